@@ -1,0 +1,69 @@
+"""Time parsing shared by validation, queries and commands.
+
+Inside the agent every datetime is naive UTC (csp's convention); text going
+out is ISO-8601 with an explicit `Z`.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from datetime import datetime, timedelta, timezone
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
+
+
+def parse_duration(text: str) -> timedelta:
+    """`90s`, `15m`, `2h`, `7d`, `250ms` or bare seconds."""
+    m = _DURATION.match(text)
+    if not m:
+        raise ValueError(f"not a duration: {text!r} (use e.g. 90s, 15m, 2h, 7d)")
+    return timedelta(seconds=float(m.group(1)) * _UNITS[m.group(2)])
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+def parse_timestamp(value: object) -> datetime:
+    """ISO-8601 with a timezone, or epoch seconds -> naive UTC. Raises ValueError with a reason."""
+    if isinstance(value, bool):
+        raise ValueError("timestamp must be ISO-8601 text or epoch seconds, not a boolean")
+    if isinstance(value, (int, float)):
+        if not math.isfinite(value) or not (0 <= value < 253402300800):
+            raise ValueError(f"epoch timestamp out of range: {value!r}")
+        return datetime.fromtimestamp(value, timezone.utc).replace(tzinfo=None)
+    if isinstance(value, str):
+        text = value.strip()
+        if text.endswith(("Z", "z")):
+            text = text[:-1] + "+00:00"
+        try:
+            dt = datetime.fromisoformat(text)
+        except ValueError:
+            raise ValueError(f"unparsable timestamp: {value[:64]!r}") from None
+        if dt.tzinfo is None:
+            raise ValueError(f"timestamp without a timezone: {value[:64]!r}")
+        return dt.astimezone(timezone.utc).replace(tzinfo=None)
+    raise ValueError(f"timestamp must be ISO-8601 text or epoch seconds, got {type(value).__name__}")
+
+
+def parse_when(text: str, now: datetime | None = None) -> datetime:
+    """A query bound: relative (`15m` ago) or absolute ISO-8601 (naive means UTC)."""
+    try:
+        return (now or utcnow()) - parse_duration(text)
+    except ValueError:
+        pass
+    t = text.strip()
+    if t.endswith(("Z", "z")):
+        t = t[:-1] + "+00:00"
+    try:
+        dt = datetime.fromisoformat(t)
+    except ValueError:
+        raise ValueError(f"not a time: {text!r} (ISO-8601 or relative like 90s, 15m, 2h, 7d)") from None
+    return dt.astimezone(timezone.utc).replace(tzinfo=None) if dt.tzinfo else dt
+
+
+def isoformat(dt: datetime) -> str:
+    """Naive-UTC datetime -> ISO-8601 with `Z`, microseconds kept when present."""
+    return dt.replace(tzinfo=None).isoformat() + "Z"

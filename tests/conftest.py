@@ -1,0 +1,42 @@
+"""Project-wide fixtures: the PostgreSQL server of this machine, the shared data folder."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+import pytest
+
+from agent.pytest_plugin import require
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED = Path(os.environ.get("EDGEWATCH_SHARED", REPO.parent / "shared"))
+POSTGRES_URL = os.environ.get("EDGEWATCH_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+
+
+@pytest.fixture
+def postgres_url() -> str:
+    """A fresh schema on the local PostgreSQL; dropped afterwards."""
+    sqlalchemy = pytest.importorskip("sqlalchemy")
+    try:
+        engine = sqlalchemy.create_engine(POSTGRES_URL)
+        with engine.connect() as conn:
+            conn.exec_driver_sql("select 1")
+    except Exception as e:  # noqa: BLE001 - any failure means "not available"
+        require("PostgreSQL", False, f"{POSTGRES_URL}: {e}".splitlines()[0])
+    schema = f"t_{uuid.uuid4().hex[:10]}"
+    with engine.begin() as conn:
+        conn.exec_driver_sql(f"create schema {schema}")
+    yield f"{POSTGRES_URL}?options=-csearch_path%3D{schema}"
+    with engine.begin() as conn:
+        conn.exec_driver_sql(f"drop schema {schema} cascade")
+    engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """`../shared/data`, read in place, never copied into the project."""
+    path = SHARED / "data"
+    require("shared data", path.is_dir(), f"{path} not found (set EDGEWATCH_SHARED)")
+    return path
