@@ -24,6 +24,16 @@ class SensorReading(csp.Struct):
     attrs: dict  # other string/boolean fields, e.g. status
 
 
+class MetricScore(csp.Struct):
+    """The anomaly detector's verdict on one metric of one reading."""
+
+    sensor_id: str
+    metric: str
+    ts: datetime
+    value: float
+    score: float  # [0, 1]
+
+
 class Trade(csp.Struct):
     symbol: str
     ts: datetime
