@@ -5,8 +5,6 @@ edge of the graphs is `ts[list[Record]]`: a node handles a whole burst per call
 instead of being woken once per message.
 """
 
-from __future__ import annotations
-
 import dataclasses
 import hashlib
 from datetime import datetime
