@@ -1,0 +1,67 @@
+"""Capture files: the JSON Lines format of SPEC §3, rotation, pruning, torn lines."""
+
+import json
+from datetime import datetime, timedelta
+
+from agent.capture import CaptureWriter, read_captures
+from agent.config import RecordConfig
+
+T0 = datetime(2026, 1, 2, 3, 4, 5, 123456)
+
+
+def test_lines_follow_the_spec_and_read_back_in_order(tmp_path):
+    w = CaptureWriter(RecordConfig(path=str(tmp_path)))
+    msgs = [(T0 + timedelta(seconds=i), f"sensors/s{i}", json.dumps({"temperature": i, "note": "é\"\n"}))
+            for i in range(5)]
+    for m in msgs:
+        w.write(*m)
+    w.flush()
+    rows = [json.loads(line) for line in w.path.read_text(encoding="utf-8").splitlines()]
+    assert rows[0] == {"received_at": "2026-01-02T03:04:05.123456Z", "topic": "sensors/s0", "payload": msgs[0][2]}
+    w.close()
+    assert list(read_captures([tmp_path])) == [(t, topic, p.encode()) for t, topic, p in msgs]
+
+
+def test_nothing_reaches_the_file_before_flush_and_everything_after(tmp_path):
+    w = CaptureWriter(RecordConfig(path=str(tmp_path)))
+    w.write(T0, "sensors/a", '{"a": 1}')
+    assert w.path.read_bytes() == b""
+    w.flush()
+    assert len(list(read_captures([w.path]))) == 1
+    w.close()
+    w.close()  # idempotent
+
+
+def test_rotation_by_size_keeps_the_newest_files(tmp_path):
+    w = CaptureWriter(RecordConfig(path=str(tmp_path), max_bytes=1000, max_files=3))
+    for i in range(200):
+        w.write(T0 + timedelta(milliseconds=i), "sensors/a", json.dumps({"i": i}))
+        if i % 10 == 9:
+            w.flush()
+    w.close()
+    files = sorted(tmp_path.glob("capture-*.jsonl"))
+    assert len(files) == 3
+    assert all(f.stat().st_size < 1100 for f in files)
+    got = [json.loads(p)["i"] for _, _, p in read_captures([tmp_path])]
+    assert got == list(range(200 - len(got), 200))  # the newest messages, contiguous and in order
+
+
+def test_a_new_writer_never_overwrites_an_earlier_run(tmp_path):
+    for run in range(3):
+        w = CaptureWriter(RecordConfig(path=str(tmp_path)))
+        w.write(T0, "sensors/a", json.dumps({"run": run}))
+        w.close()
+    assert [json.loads(p)["run"] for _, _, p in read_captures([tmp_path])] == [0, 1, 2]
+
+
+def test_torn_and_damaged_lines_are_skipped_and_counted(tmp_path):
+    w = CaptureWriter(RecordConfig(path=str(tmp_path)))
+    for i in range(3):
+        w.write(T0, "sensors/a", json.dumps({"i": i}))
+    w.close()
+    with open(w.path, "ab") as f:
+        f.write(b'{"received_at": "2026-01-02T03:04:05Z", "topic": 5, "payload": "{}"}\n')  # damaged
+        f.write(b'{"received_at": "2026-01-02T03:04:05Z", "topic": "sensors/a", "payl')  # torn by a kill
+    reader = read_captures([w.path])
+    assert [json.loads(p)["i"] for _, _, p in reader] == [0, 1, 2]
+    assert (reader.lines, reader.skipped) == (3, 2)
