@@ -92,22 +92,74 @@ class LogConfig:
 @dataclasses.dataclass
 class AnomalyConfig:
     threshold: float = 0.9  # score at or above which a reading becomes an `anomaly` event
+    warmup: int = 100  # readings per (sensor, metric) learnt before any score above 0
+    level_span: float = 20.0  # readings: EWMA span of the level forecast
+    scale_span: float = 100.0  # readings: EWMA span of the robust residual scale
+    season_span: float = 30.0  # updates: EWMA span of each time-of-day profile bucket
+    season_buckets: int = 48  # time-of-day buckets of the daily profile (0 = no daily profile)
+    season_min: int = 3  # updates a bucket needs before the daily profile is consulted
+    tail_floor: float = 1e-4  # tail probability that maps to score 1.0 (scores are -log(tail)/-log(floor))
+    short_span: float = 2.0  # readings: span of the recent surprise compared with its history
+    long_span: float = 2000.0  # readings: span of the surprise's long-run mean and variance
+    clip: float = 4.0  # residuals beyond this many scales are clipped before learning
+    rel_floor: float = 0.001  # scale floor as a fraction of the metric's mean magnitude
+    refractory: int = 200  # readings after a detection during which the metric cannot alarm again
 
 
 @dataclasses.dataclass
 class HealthConfig:
     interval: float = 60.0  # seconds between periodic `health` events per sensor
+    sweep_interval: float = 1.0  # seconds between timer sweeps for staleness and due periodic events
+    warmup: int = 30  # readings that form a sensor's own baseline before drift/noise are judged
+    fast_span: int = 20  # readings in the short window (EWMA span) compared against the baseline
+    baseline_span: int = 2000  # readings in the slowly adapting baseline (EWMA span)
+    anomaly_span: int = 20  # readings over which the recent anomaly rate is averaged (EWMA span)
+    stale_factor: float = 10.0  # a sensor is stale after this many of its usual reporting intervals
+    stale_min: float = 5.0  # ... but never before this many seconds without a reading
+    stuck_readings: int = 20  # identical consecutive values of a metric that make it stuck
+    drift_z: float = 6.0  # short-window mean this many baseline deviations away = drift
+    noise_ratio: float = 3.0  # short-window noise (std of changes) this many times the baseline = noisy
+    anomaly_rate: float = 0.2  # recent fraction of anomalous readings that is a burst
+    low_battery: float = 15.0  # battery level (percent) at or below which it is low
+    bad_status: str = "error,fault,failed,offline,low_battery"  # `status` attribute values that mean unhealthy
+    ranges: str = "temperature=-40:85,humidity=0:100,pressure=300:1100,battery=0:100"  # physical range per metric, name=low:high
+    bands: str = "0.5,0.8"  # score boundaries of the poor / degraded / good bands (a crossing emits `health`)
+    band_margin: float = 0.05  # how far past a band boundary the score must move to count as a crossing
 
 
 @dataclasses.dataclass
 class MaintenanceConfig:
-    pass
+    clear_readings: int = 10  # consecutive readings inside the clear level before a reason clears
+    drift_clear_z: float = 3.0  # drift clears below this many baseline deviations
+    noise_clear_ratio: float = 1.5  # noisy clears below this noise ratio
+    anomaly_clear_rate: float = 0.05  # anomaly_burst clears below this recent anomaly rate
+    out_of_range_rate: float = 0.3  # recent fraction of out-of-range readings that raises out_of_range
+    out_of_range_clear_rate: float = 0.05  # ... and the fraction below which it clears
+    battery_clear_margin: float = 10.0  # low_battery clears once the level is this far above health.low_battery
 
 
 @dataclasses.dataclass
 class MarketConfig:
     bar_interval: float = 1.0  # seconds per VWAP bar
     price_alert_threshold: float = 0.02  # fractional move between consecutive trades
+    fast_span: int = 5  # bars in the fast price average (EWMA span) of the trend
+    slow_span: int = 30  # bars in the slow price average and the volume profile (EWMA span)
+    vol_span: int = 30  # bars in the realised volatility estimate (EWMA span of squared returns)
+    vol_long_span: int = 300  # bars in the long-run volatility the regime compares against
+    warmup_bars: int = 10  # bars per symbol before regime and signals are computed
+    volatile_ratio: float = 1.5  # realised / long-run volatility above this = `volatile` regime
+    calm_ratio: float = 0.6  # ... below this = `calm` regime
+    trend_z: float = 2.0  # |trend| in volatility units above this = `trending` regime
+    signal_z: float = 2.0  # base threshold: price vs slow average, in volatility units, for BUY/SELL
+    volatile_mult: float = 1.5  # threshold multiplier in a volatile regime
+    calm_mult: float = 0.8  # threshold multiplier in a calm regime
+    trending_mult: float = 1.2  # threshold multiplier in a trending regime
+    strong_mult: float = 1.75  # STRONG_* when the move exceeds threshold x this and volume confirms
+    strong_volume: float = 1.5  # bar volume vs its average needed for a STRONG_* signal
+    strong_requires_news: bool = False  # STRONG_* only when recent news sentiment agrees
+    news_window: float = 600.0  # seconds a sentiment stays recent enough to agree
+    news_min_score: float = 0.2  # |sentiment score| that counts as agreeing
+    signal_cooldown: float = 30.0  # seconds of data time after a signal before the next for that symbol
 
 
 @dataclasses.dataclass
@@ -115,6 +167,11 @@ class RiskConfig:
     max_drawdown: float = 10000.0
     max_gross_exposure: float = 1_000_000.0
     check_interval: float = 0.1  # seconds between timer-driven risk checks
+    max_net_exposure: float = 500_000.0  # |sum of position x last price| that triggers REDUCE_NET_EXPOSURE
+    max_concentration: float = 0.5  # largest symbol's share of gross exposure that triggers REDUCE_CONCENTRATION
+    concentration_min_gross: float = 100_000.0  # concentration is judged only above this gross exposure
+    max_vol_exposure: float = 50_000.0  # sum of |exposure| x daily realised volatility (a one-sigma daily loss) that triggers REDUCE_RISK
+    rearm_fraction: float = 0.05  # a breach re-arms once the value is this fraction back inside its limit
 
 
 @dataclasses.dataclass
