@@ -92,11 +92,12 @@ class LogConfig:
 @dataclasses.dataclass
 class AnomalyConfig:
     threshold: float = 0.9  # score at or above which a reading becomes an `anomaly` event
+    critical: float = 1.0  # score at or above which an `anomaly` event is critical (else warning)
     warmup: int = 100  # readings per (sensor, metric) learnt before any score above 0
     level_span: float = 20.0  # readings: EWMA span of the level forecast
     scale_span: float = 100.0  # readings: EWMA span of the robust residual scale
     season_span: float = 30.0  # updates: EWMA span of each time-of-day profile bucket
-    season_buckets: int = 48  # time-of-day buckets of the daily profile (0 = no daily profile)
+    season_buckets: int = 48  # time-of-day buckets of the daily profile (1 = no daily profile)
     season_min: int = 3  # updates a bucket needs before the daily profile is consulted
     tail_floor: float = 1e-4  # tail probability that maps to score 1.0 (scores are -log(tail)/-log(floor))
     short_span: float = 2.0  # readings: span of the recent surprise compared with its history
@@ -120,6 +121,9 @@ class HealthConfig:
     drift_z: float = 6.0  # short-window mean this many baseline deviations away = drift
     noise_ratio: float = 3.0  # short-window noise (std of changes) this many times the baseline = noisy
     anomaly_rate: float = 0.2  # recent fraction of anomalous readings that is a burst
+    anomaly_score: float = 0.8  # anomaly score at or above which a reading counts as anomalous here (the detector caps repeats during its refractory period just below anomaly.threshold)
+    noise_clip: float = 4.0  # changes beyond this many baseline deviations are clipped in the noise window, so one spike is not noise
+    steady_metrics: str = "battery"  # metrics that may legitimately hold still: not judged stuck, drifting or noisy
     low_battery: float = 15.0  # battery level (percent) at or below which it is low
     bad_status: str = "error,fault,failed,offline,low_battery"  # `status` attribute values that mean unhealthy
     ranges: str = "temperature=-40:85,humidity=0:100,pressure=300:1100,battery=0:100"  # physical range per metric, name=low:high

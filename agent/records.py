@@ -139,3 +139,14 @@ def make_event(
         message=message,
         data=data,
     )
+
+
+class AnomalyScore(MetricScore):
+    """A MetricScore at or above the anomaly threshold, carrying the detector's evidence."""
+
+    expected: float  # the detector's forecast for this reading
+    band: float  # one robust scale unit around the forecast
+    surprise: float  # recent mean surprise in [0, 1)
+    surprise_mean: float  # its long-run mean ...
+    surprise_std: float  # ... and standard deviation
+    readings: int  # readings of this (sensor, metric) learnt so far

@@ -1,0 +1,256 @@
+"""Streaming anomaly detection per (sensor, metric): the detector and its csp nodes.
+
+One keyed node holds a dict of small per-(sensor, metric) states, each updated
+in O(1) with plain float arithmetic (no numpy, no per-key csp.dynamic), so the
+graph keeps up with 100k sensors. The score of a reading, in [0, 1], is built
+in three steps:
+
+1. two robust forecasts, each with its own robust scale (EWMA of clipped
+   absolute residuals): the recent level, and a daily profile learnt online in
+   time-of-day buckets. A reading is only as surprising as the forecast that
+   explains it best, so trends, daily cycles and noise changes stay quiet;
+2. a raw surprise in [0, 1) from the residual in scale units;
+3. an "anomaly likelihood" (Numenta's idea): how improbable the recent mean
+   surprise is under its own long-run distribution, mapped to [0, 1] on a log
+   scale (tail probability `tail_floor` or less -> 1.0) so the threshold has
+   resolution where it matters.
+
+After a detection the level re-baselines on the new reading (a level shift
+alarms once, then becomes the norm) and scores are damped for a refractory
+period: an operator, like the NAB benchmark, counts every repeat as a false alarm.
+
+Out-of-order readings (older than the last one of their key) are scored
+against the current model but teach it nothing: feeding the past into EWMAs
+would corrupt them.
+"""
+
+from __future__ import annotations
+
+import math
+from array import array
+from datetime import datetime
+
+import csp
+from csp import ts
+
+from agent.config import AnomalyConfig
+from agent.records import AnomalyScore, Event, MetricScore, SensorReading, make_event
+
+MAX_MAGNITUDE = 1e300  # larger readings would overflow the float arithmetic; they are not scored
+
+
+class Params:
+    """The detector's constants, derived once from AnomalyConfig (attribute reads are cheap)."""
+
+    __slots__ = (
+        "a_level", "a_dev", "a_season", "a_short", "a_long", "clip", "warmup", "refractory",
+        "rel_floor", "buckets", "season_min", "log_floor", "threshold",
+    )
+
+    def __init__(self, cfg: AnomalyConfig):
+        self.a_level = 2.0 / (cfg.level_span + 1.0)
+        self.a_dev = 2.0 / (cfg.scale_span + 1.0)
+        self.a_season = 2.0 / (cfg.season_span + 1.0)
+        self.a_short = 2.0 / (cfg.short_span + 1.0)
+        self.a_long = 2.0 / (cfg.long_span + 1.0)
+        self.clip = cfg.clip
+        self.warmup = cfg.warmup
+        self.refractory = max(cfg.refractory, 1)
+        self.rel_floor = cfg.rel_floor
+        self.buckets = max(cfg.season_buckets, 1)
+        self.season_min = min(max(cfg.season_min, 1), 255)
+        self.log_floor = math.log(min(max(cfg.tail_floor, 1e-300), 0.5))
+        self.threshold = cfg.threshold
+
+
+class MetricState:
+    """Everything the detector remembers about one (sensor, metric): a fixed set of floats."""
+
+    __slots__ = (
+        "n", "last_ts", "level", "dev", "mag", "season", "seen", "short", "lmean", "lvar",
+        "cool", "expected", "band",
+    )
+
+    def __init__(self, x: float, when: datetime, p: Params):
+        self.n = 1
+        self.last_ts = when
+        self.level = x
+        self.dev = 0.0
+        self.mag = abs(x)
+        self.season = array("d", bytes(16 * p.buckets))  # per bucket: mean, mean |residual|
+        self.seen = bytearray(p.buckets)  # per bucket: updates so far, saturating at 255
+        self.short = 0.0
+        self.lmean = 0.0
+        self.lvar = 0.0
+        self.cool = 0
+        self.expected = x
+        self.band = 0.0
+
+    def score(self, x: float, when: datetime, p: Params) -> float:
+        """Score one reading in [0, 1]; learn from it when it is in time order."""
+        learn = when >= self.last_ts
+        if learn:
+            self.last_ts = when
+            self.n += 1
+        b = (when.hour * 60 + when.minute) * p.buckets // 1440
+        floor = p.rel_floor * self.mag + 1e-9
+        # expert 1: the recent level
+        scale = self.dev if self.dev > floor else floor
+        r = x - self.level
+        z = (r if r >= 0.0 else -r) / scale
+        expected, band = self.level, scale
+        # expert 2: the same time of day on earlier days
+        season = self.season
+        if self.seen[b] >= p.season_min:
+            bs = season[2 * b + 1]
+            bs = bs if bs > floor else floor
+            rb = x - season[2 * b]
+            zb = (rb if rb >= 0.0 else -rb) / bs
+            if zb < z:
+                z, expected, band = zb, season[2 * b], bs
+        self.expected = expected
+        self.band = band
+        raw = z / (z + 3.0) if z < 1e12 else 1.0
+        short = self.short + p.a_short * (raw - self.short)
+        d = short - self.lmean
+        var = self.lvar
+        if not learn:
+            if self.n <= p.warmup:
+                return 0.0
+            return _verdict(d, var, p) * (1.0 - self.cool / p.refractory)
+        self.short = short
+        self.lmean += p.a_long * d
+        self.lvar = (1.0 - p.a_long) * (var + p.a_long * d * d)
+        # robust learning: residuals are clipped so one spike barely moves the model
+        lim = p.clip * scale
+        c = lim if r > lim else (-lim if r < -lim else r)
+        self.level += p.a_level * c
+        self.dev += p.a_dev * ((c if c >= 0.0 else -c) - self.dev)
+        self.mag += p.a_dev * ((x if x >= 0.0 else -x) - self.mag)
+        k = self.seen[b]
+        if k < 255:
+            k += 1
+            self.seen[b] = k
+        a = 1.0 / k if k * p.a_season < 1.0 else p.a_season  # plain mean until the EWMA takes over
+        rb = x - season[2 * b]
+        season[2 * b] += a * rb
+        season[2 * b + 1] += a * ((rb if rb >= 0.0 else -rb) - season[2 * b + 1])
+        if self.n <= p.warmup:
+            return 0.0
+        s = _verdict(d, var, p)
+        if self.cool > 0:
+            self.cool -= 1
+            return s * (1.0 - self.cool / p.refractory)
+        if s >= p.threshold:
+            self.cool = p.refractory
+            self.level = x  # re-baseline: a level shift alarms once, then becomes the norm
+        return s
+
+
+def _verdict(d: float, var: float, p: Params) -> float:
+    """How improbable the recent surprise is under its long-run distribution, on a log scale."""
+    if d <= 0.0 or var <= 0.0:
+        return 0.0
+    tail = 0.5 * math.erfc(d / math.sqrt(2.0 * var))
+    if tail <= 0.0:
+        return 1.0
+    s = math.log(tail) / p.log_floor
+    return s if s < 1.0 else 1.0
+
+
+class Detector:
+    """The per-(sensor, metric) states of a whole fleet, and the scoring of reading batches."""
+
+    def __init__(self, cfg: AnomalyConfig):
+        self.params = Params(cfg)
+        self.states: dict[tuple[str, str], MetricState] = {}
+
+    def score_readings(self, readings: list[SensorReading]) -> list[MetricScore]:
+        """One MetricScore per finite metric of each reading, in order; the first reading of a key scores 0."""
+        p = self.params
+        states = self.states
+        out = []
+        for rd in readings:
+            sid = rd.sensor_id
+            when = rd.ts
+            for name, x in rd.metrics.items():
+                if not -MAX_MAGNITUDE < x < MAX_MAGNITUDE:  # also rejects NaN
+                    continue
+                st = states.get((sid, name))
+                if st is None:
+                    states[sid, name] = MetricState(x, when, p)
+                    s = 0.0
+                else:
+                    s = st.score(x, when, p)
+                if s >= p.threshold:
+                    out.append(_evidence(sid, name, when, x, s, st))
+                else:
+                    out.append(MetricScore(sensor_id=sid, metric=name, ts=when, value=x, score=s))
+        return out
+
+
+def _evidence(sid: str, metric: str, when: datetime, x: float, s: float, st: MetricState) -> AnomalyScore:
+    return AnomalyScore(
+        sensor_id=sid, metric=metric, ts=when, value=x, score=s,
+        expected=st.expected, band=st.band, surprise=st.short,
+        surprise_mean=st.lmean, surprise_std=math.sqrt(st.lvar), readings=st.n,
+    )
+
+
+@csp.node(memoize=False)  # the config is a mutable dataclass, not hashable
+def anomaly_scores(readings: ts[list[SensorReading]], cfg: AnomalyConfig) -> ts[list[MetricScore]]:
+    """Score every metric of every reading; one node keyed by (sensor, metric) inside."""
+    with csp.state():
+        s_detector = Detector(cfg)
+    if csp.ticked(readings):
+        out = s_detector.score_readings(readings)
+        if out:
+            return out
+
+
+def _severity(score: float, cfg: AnomalyConfig) -> str:
+    return "critical" if score >= cfg.critical else "warning"
+
+
+def anomaly_event(sc: MetricScore, cfg: AnomalyConfig) -> Event:
+    """The `anomaly` event of one detection, with the evidence in `data`."""
+    if not isinstance(sc, AnomalyScore):  # a score from elsewhere carries no evidence
+        return make_event(
+            "anomaly", sc.sensor_id, sc.ts, _severity(sc.score, cfg),
+            f"{sc.sensor_id} {sc.metric}={sc.value:.6g} (score {sc.score:.3f})",
+            {"metric": sc.metric, "value": sc.value, "score": sc.score, "threshold": cfg.threshold},
+            sc.metric,
+        )
+    lo, hi = sc.expected - 3.0 * sc.band, sc.expected + 3.0 * sc.band
+    return make_event(
+        "anomaly",
+        sc.sensor_id,
+        sc.ts,
+        _severity(sc.score, cfg),
+        f"{sc.sensor_id} {sc.metric}={sc.value:.6g} outside the expected {lo:.6g}..{hi:.6g} "
+        f"(score {sc.score:.3f})",
+        {
+            "metric": sc.metric,
+            "value": sc.value,
+            "score": sc.score,
+            "threshold": cfg.threshold,
+            "expected": sc.expected,
+            "band_low": lo,
+            "band_high": hi,
+            "scale": sc.band,
+            "surprise": sc.surprise,
+            "surprise_mean": sc.surprise_mean,
+            "surprise_std": sc.surprise_std,
+            "readings": sc.readings,
+        },
+        sc.metric,
+    )
+
+
+@csp.node(memoize=False)
+def anomaly_events(scores: ts[list[MetricScore]], cfg: AnomalyConfig) -> ts[list[Event]]:
+    """`anomaly` events for the scores at or above cfg.threshold."""
+    if csp.ticked(scores):
+        out = [anomaly_event(sc, cfg) for sc in scores if sc.score >= cfg.threshold]
+        if out:
+            return out
