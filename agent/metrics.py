@@ -1,0 +1,66 @@
+"""The agent's Prometheus metrics, in their own registry.
+
+One module-level registry so that every part of the agent (MQTT thread, csp
+nodes, writer, outbox) updates the same objects; the HTTP endpoint serves
+`REGISTRY` and tests can read values from it without a global default registry.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+MESSAGES_IN = Counter(
+    "edgewatch_messages_in_total", "Accepted input messages, by topic kind", ["kind"], registry=REGISTRY
+)
+DEAD_LETTERS = Counter(
+    "edgewatch_dead_letters_total", "Rejected input messages, by reason class", ["reason"], registry=REGISTRY
+)
+EVENTS = Counter("edgewatch_events_total", "Events logged (newly inserted), by kind", ["kind"], registry=REGISTRY)
+EVENTS_PUBLISHED = Counter(
+    "edgewatch_events_published_total", "Events acknowledged by the broker (PUBACK)", registry=REGISTRY
+)
+ENGINE_LAG = Gauge(
+    "edgewatch_engine_lag_seconds", "Receive time to engine cycle, for the latest input batch", registry=REGISTRY
+)
+ENGINE_HEARTBEAT = Gauge(
+    "edgewatch_engine_heartbeat_timestamp_seconds", "Unix time of the engine's latest heartbeat", registry=REGISTRY
+)
+OUTBOX_BACKLOG = Gauge(
+    "edgewatch_outbox_backlog", "Logged events not yet acknowledged by the broker", registry=REGISTRY
+)
+LOG_WRITE_SECONDS = Histogram(
+    "edgewatch_log_write_seconds",
+    "Submit-to-durable time of one writer batch",
+    buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0),
+    registry=REGISTRY,
+)
+MQTT_CONNECTED = Gauge("edgewatch_mqtt_connected", "1 while connected to the broker", registry=REGISTRY)
+MQTT_RECONNECTS = Counter("edgewatch_mqtt_reconnects_total", "Connections after the first", registry=REGISTRY)
+
+
+def reason_class(reason: str) -> str:
+    """A low-cardinality label for a dead-letter reason ("sensors/x: field 't' ..." -> "field")."""
+    text = reason.partition(": ")[2] or reason
+    for needle, label in (
+        ("not UTF-8", "encoding"),
+        ("not JSON", "json"),
+        ("acceptable JSON", "json"),
+        ("nested too deeply", "json"),
+        ("must be a JSON object", "json"),
+        ("exceeds the", "size"),
+        ("topic", "topic"),
+        ("ts", "timestamp"),
+        ("finite", "non_finite"),
+        ("missing", "missing_field"),
+        ("internal", "internal"),
+    ):
+        if needle in text:
+            return label
+    return "field"
+
+
+def value(name: str, labels: dict[str, str] | None = None) -> float:
+    """Current value of a sample in REGISTRY (0 when absent): for tests and the progress view."""
+    return REGISTRY.get_sample_value(name, labels or {}) or 0.0
