@@ -58,10 +58,10 @@ class StoreConfig:
     url: str = dataclasses.field(
         default_factory=lambda: "/var/lib/edgewatch/events.db" if _under_systemd() else "./edgewatch.db"
     )
-    flush_interval: float = 0.02  # seconds the writer waits to fill a transaction
-    batch_size: int = 5000  # rows per transaction at most
-    retention_days: float = 30.0  # 0 = keep forever
-    retention_rows: int = 10_000_000  # 0 = no row limit
+    batch_size: int = 5000  # rows per transaction at most (the writer never waits to fill one)
+    retention_days: float = 30.0  # delete events/dead letters/bars older than this; 0 = keep forever
+    retention_rows: int = 10_000_000  # keep at most this many rows per table; 0 = no row limit
+    retention_interval: float = 60.0  # seconds between retention passes of the writer
 
 
 @dataclasses.dataclass
@@ -181,6 +181,11 @@ class RiskConfig:
 @dataclasses.dataclass
 class NewsConfig:
     enabled: bool = True
+    timeout: float = 0.5  # seconds one sidecar call may take before headlines are logged as degraded
+    cache_size: int = 4096  # distinct headline texts whose analysis is remembered (LRU)
+    batch_size: int = 32  # headlines sent to the sidecar in one classify request at most
+    breaker_failures: int = 2  # consecutive sidecar failures that open the circuit (degrade at once)
+    breaker_reset: float = 1.0  # seconds before an open circuit lets one trial request through
 
 
 @dataclasses.dataclass

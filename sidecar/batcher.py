@@ -1,0 +1,307 @@
+"""Coalescing concurrent requests into few ONNX Runtime runs, on one inference thread.
+
+Classification: requests that arrive within `max_wait` of each other (up to
+`max_batch` texts) share one `Engine.classify` run. Generation is continuously
+batched: new sequences are prefilled and join the running decode batch, finished
+or abandoned ones leave it, and every step is one batched `decode_step`.
+The event loop never runs inference; it only hands work over and awaits results.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import dataclasses
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+
+import numpy as np
+import structlog
+
+from sidecar.sampling import SamplingParams, TextTracker, sample
+
+log = structlog.get_logger("sidecar.batcher")
+
+
+class QueueFull(Exception):
+    """More requests are waiting than `max_queue`: answer 429 instead of growing."""
+
+
+class DeadlineExceeded(Exception):
+    """The request's deadline passed before its work was done: answer 504."""
+
+
+class Stopped(Exception):
+    """The batcher is shutting down."""
+
+
+@dataclasses.dataclass
+class Stats:
+    """Callbacks the server's metrics hang on; defaults do nothing."""
+
+    batch: Callable[[str, int], None] = lambda kind, size: None
+    tokens: Callable[[int], None] = lambda n: None
+
+
+@dataclasses.dataclass(eq=False)
+class _Work:
+    loop: asyncio.AbstractEventLoop
+    deadline: float  # time.monotonic()
+    cancelled: bool = False
+
+    def deliver(self, fn, *args) -> None:
+        try:
+            self.loop.call_soon_threadsafe(fn, *args)
+        except RuntimeError:  # the loop is closed: nobody is waiting any more
+            pass
+
+
+@dataclasses.dataclass(eq=False)
+class _Classify(_Work):
+    texts: list[str] = dataclasses.field(default_factory=list)
+    future: asyncio.Future | None = None
+
+    def finish(self, result=None, error: BaseException | None = None) -> None:
+        def settle():
+            if not self.future.done():
+                self.future.set_exception(error) if error else self.future.set_result(result)
+
+        self.deliver(settle)
+
+
+@dataclasses.dataclass(eq=False)
+class _Generate(_Work):
+    prompt: list[int] = dataclasses.field(default_factory=list)
+    params: SamplingParams = dataclasses.field(default_factory=SamplingParams)
+    out: asyncio.Queue | None = None  # ("text", str) … then ("done", finish_reason, n_tokens) or ("error", exc)
+    tracker: TextTracker | None = None
+    rng: np.random.Generator | None = None
+    cache: object = None
+    last: int = 0
+    limit: int = 0  # tokens this sequence may produce (max_tokens, capped by the context)
+    finished: bool = False
+
+    def emit(self, item: tuple) -> None:
+        self.deliver(self.out.put_nowait, item)
+
+
+class Batcher:
+    def __init__(
+        self,
+        engine,
+        *,
+        max_batch: int = 32,
+        max_wait: float = 0.001,
+        max_queue: int = 256,
+        max_gen_batch: int = 8,
+        stats: Stats | None = None,
+    ):
+        self.engine = engine
+        self.max_batch = max_batch
+        self.max_wait = max_wait
+        self.max_queue = max_queue
+        self.max_gen_batch = max_gen_batch
+        self.stats = stats or Stats()
+        self._cv = threading.Condition()
+        self._classify: collections.deque[_Classify] = collections.deque()
+        self._pending: collections.deque[_Generate] = collections.deque()
+        self._active: list[_Generate] = []
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="sidecar-inference", daemon=True)
+
+    # ---- event-loop side -------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        with self._cv:
+            self._stopping = True
+            self._cv.notify_all()
+        self._thread.join(timeout)
+
+    @property
+    def depth(self) -> int:
+        """Requests waiting for the inference thread plus sequences being generated."""
+        return len(self._classify) + len(self._pending) + len(self._active)
+
+    def _enqueue(self, queue: collections.deque, work: _Work) -> None:
+        with self._cv:
+            if self._stopping:
+                raise Stopped("server is shutting down")
+            if len(self._classify) + len(self._pending) >= self.max_queue:
+                raise QueueFull(f"{self.max_queue} requests already queued")
+            queue.append(work)
+            self._cv.notify_all()
+
+    async def classify(self, texts: list[str], deadline: float) -> list[dict]:
+        loop = asyncio.get_running_loop()
+        work = _Classify(loop=loop, deadline=deadline, texts=texts, future=loop.create_future())
+        self._enqueue(self._classify, work)
+        try:
+            return await asyncio.wait_for(work.future, max(deadline - time.monotonic(), 0.0))
+        except asyncio.TimeoutError:
+            raise DeadlineExceeded("classification deadline exceeded") from None
+        finally:
+            work.cancelled = True  # a no-op when done; otherwise the thread skips it
+
+    async def generate(self, prompt: list[int], params: SamplingParams, limit: int, deadline: float) -> AsyncIterator[tuple]:
+        """Yield ("text", delta) items, then ("done", finish_reason, n_tokens); raise on error.
+
+        Leaving the iteration early (client gone) cancels the sequence at the next step."""
+        loop = asyncio.get_running_loop()
+        work = _Generate(loop=loop, deadline=deadline, prompt=prompt, params=params, out=asyncio.Queue(), limit=limit)
+        self._enqueue(self._pending, work)
+        try:
+            while True:
+                item = await work.out.get()
+                if item[0] == "error":
+                    raise item[1]
+                yield item
+                if item[0] == "done":
+                    return
+        finally:
+            work.cancelled = True
+
+    # ---- inference thread ------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            with self._cv:
+                while not (self._stopping or self._classify or self._pending or self._active):
+                    self._cv.wait()
+                if self._stopping:
+                    break
+                if self._classify and not self._active:  # idle otherwise: let a burst gather
+                    end = time.monotonic() + self.max_wait
+                    while sum(len(w.texts) for w in self._classify) < self.max_batch and not self._stopping:
+                        left = end - time.monotonic()
+                        if left <= 0:
+                            break
+                        self._cv.wait(left)
+                classify = self._take_classify()
+                room = self.max_gen_batch - len(self._active)
+                joining = [self._pending.popleft() for _ in range(min(room, len(self._pending)))]
+            try:
+                if classify:
+                    self._run_classify(classify)
+                if joining:
+                    self._prefill(joining)
+                if self._active:
+                    self._step()
+            except Exception as e:  # noqa: BLE001 - an engine failure fails its requests, not the server
+                log.exception("inference failed")
+                for w in classify:
+                    w.finish(error=e)
+                for w in joining + self._active:
+                    w.emit(("error", e))
+                self._active = []
+        self._fail_all(Stopped("server is shutting down"))
+
+    def _take_classify(self) -> list[_Classify]:
+        batch, n = [], 0
+        while self._classify and (not batch or n + len(self._classify[0].texts) <= self.max_batch):
+            w = self._classify.popleft()
+            batch.append(w)
+            n += len(w.texts)
+        return batch
+
+    def _run_classify(self, batch: list[_Classify]) -> None:
+        now = time.monotonic()
+        live = []
+        for w in batch:
+            if w.cancelled:
+                continue
+            if w.deadline <= now:
+                w.finish(error=DeadlineExceeded("classification deadline exceeded in the queue"))
+            else:
+                live.append(w)
+        texts = [t for w in live for t in w.texts]
+        results: list[dict] = []
+        for i in range(0, len(texts), self.max_batch):  # one oversized request runs in max_batch chunks
+            chunk = texts[i : i + self.max_batch]
+            results.extend(self.engine.classify(chunk))
+            self.stats.batch("classify", len(chunk))
+        at = 0
+        for w in live:
+            w.finish(results[at : at + len(w.texts)])
+            at += len(w.texts)
+
+    def _prefill(self, joining: list[_Generate]) -> None:
+        now = time.monotonic()
+        live = []
+        for w in joining:
+            if w.cancelled:
+                continue
+            if w.deadline <= now:
+                w.emit(("error", DeadlineExceeded("generation deadline exceeded in the queue")))
+            else:
+                live.append(w)
+        if not live:
+            return
+        logits, caches = self.engine.prefill([w.prompt for w in live])
+        self.stats.batch("prefill", len(live))
+        for w, row, cache in zip(live, logits, caches):
+            w.cache = cache
+            w.tracker = TextTracker(self.engine.decode, w.params)
+            w.rng = np.random.default_rng(w.params.seed)
+            self._accept(w, row)
+        self._active.extend(w for w in live if not self._finished(w))
+
+    def _step(self) -> None:
+        now = time.monotonic()
+        keep = []
+        for w in self._active:
+            if w.cancelled:
+                continue
+            if w.deadline <= now:
+                w.emit(("error", DeadlineExceeded("generation deadline exceeded")))
+            else:
+                keep.append(w)
+        self._active = keep
+        if not keep:
+            return
+        logits, caches = self.engine.decode_step([w.last for w in keep], [w.cache for w in keep])
+        self.stats.batch("decode", len(keep))
+        for w, row, cache in zip(keep, logits, caches):
+            w.cache = cache
+            self._accept(w, row)
+        self._active = [w for w in keep if not self._finished(w)]
+
+    def _accept(self, w: _Generate, logits: np.ndarray) -> None:
+        """Sample the next token of `w`, stream its text, and finish it when it is done."""
+        token = sample(logits, w.params, w.rng)
+        eos = token == self.engine.eos_id and not w.params.ignore_eos
+        if not eos:
+            w.last = token
+            delta = w.tracker.add(token)
+            self.stats.tokens(1)
+            if delta:
+                w.emit(("text", delta))
+        if eos or w.tracker.stopped:
+            self._done(w, "stop")
+        elif len(w.tracker.ids) >= w.limit:
+            self._done(w, "length")
+
+    @staticmethod
+    def _finished(w: _Generate) -> bool:
+        return w.finished or w.cancelled
+
+    @staticmethod
+    def _done(w: _Generate, reason: str) -> None:
+        w.finished = True
+        rest = w.tracker.flush()
+        if rest:
+            w.emit(("text", rest))
+        w.emit(("done", reason, len(w.tracker.ids)))
+
+    def _fail_all(self, error: Exception) -> None:
+        with self._cv:
+            for w in self._classify:
+                w.finish(error=error)
+            for w in list(self._pending) + self._active:
+                w.emit(("error", error))
+            self._classify.clear()
+            self._pending.clear()
+            self._active = []

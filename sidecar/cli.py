@@ -1,0 +1,147 @@
+"""`edge-sidecar serve`: the model server on TCP or a Unix socket (SPEC §4).
+
+Exit codes: 0 clean stop, 2 bad flag or file (one line on stderr naming it),
+1 runtime failure, e.g. `--device cuda` without a usable GPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import structlog
+
+log = structlog.get_logger("sidecar")
+
+
+class UsageError(Exception):
+    """A bad flag or file: exit 2 with one line."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one clear line, not the whole usage text
+        raise UsageError(message)
+
+
+def _positive(kind):
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a {kind.__name__}, got {text!r}") from None
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"must be positive, got {text!r}")
+        return value
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="edge-sidecar", description="Edgewatch model sidecar (ONNX Runtime)")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
+    s = sub.add_parser("serve", help="serve the model over HTTP")
+    s.add_argument("--model", metavar="DIR", help="exported model directory (default: the shipped model)")
+    s.add_argument("--host", help="TCP address (default 127.0.0.1)")
+    s.add_argument("--port", type=_positive(int), help="TCP port (default 8765)")
+    s.add_argument("--uds", metavar="PATH", help="serve on this Unix socket instead of TCP")
+    s.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
+    s.add_argument("--api-key-file", metavar="F", help="require `Authorization: Bearer <key>` on /v1/*")
+    s.add_argument("--int8", action="store_true", help="serve model.int8.onnx")
+    s.add_argument("--threads", type=_positive(int), help="ONNX Runtime intra-op threads")
+    s.add_argument("--max-batch", type=_positive(int), default=32, help="texts per classification run")
+    s.add_argument("--max-wait-ms", type=float, default=1.0, help="how long a classification burst may gather")
+    s.add_argument("--max-gen-batch", type=_positive(int), default=8, help="sequences in the decode batch")
+    s.add_argument("--max-queue", type=_positive(int), default=256, help="queued requests before 429")
+    s.add_argument("--timeout", type=_positive(float), default=30.0, help="per-request deadline, seconds (504)")
+    s.add_argument("--max-body-bytes", type=_positive(int), default=1 << 20, help="larger bodies get 413")
+    s.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info")
+    return p
+
+
+def _settings(args):
+    from sidecar.app import Settings
+
+    if args.uds and (args.host or args.port):
+        raise UsageError("--uds cannot be combined with --host/--port")
+    if args.model is not None:
+        model = Path(args.model)
+        if not (model / "model.json").is_file():
+            raise UsageError(f"--model {args.model}: not an exported model directory (no model.json)")
+    if args.max_wait_ms < 0:
+        raise UsageError(f"--max-wait-ms must not be negative, got {args.max_wait_ms}")
+    api_key = None
+    if args.api_key_file:
+        try:
+            api_key = Path(args.api_key_file).read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as e:
+            raise UsageError(f"--api-key-file {args.api_key_file}: cannot read: {getattr(e, 'strerror', e)}") from None
+        if not api_key:
+            raise UsageError(f"--api-key-file {args.api_key_file}: the file is empty")
+    if args.uds and not Path(args.uds).parent.is_dir():
+        raise UsageError(f"--uds {args.uds}: directory does not exist")
+    return Settings(model_dir=args.model, device=args.device, int8=args.int8, threads=args.threads, api_key=api_key,
+                    max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_gen_batch=args.max_gen_batch,
+                    max_queue=args.max_queue, timeout=args.timeout, max_body_bytes=args.max_body_bytes)
+
+
+def _configure_logging(level: str) -> None:
+    import logging
+
+    structlog.configure(
+        processors=[structlog.processors.add_log_level, structlog.processors.TimeStamper(fmt="iso", utc=True),
+                    structlog.processors.dict_tracebacks, structlog.processors.JSONRenderer()],
+        wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level.upper())),
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+    )
+
+
+def serve(args) -> int:
+    import uvicorn
+
+    from agent.notify import Notifier
+    from sidecar.app import create_app
+
+    settings = _settings(args)
+    _configure_logging(args.log_level)
+    notifier = Notifier()
+    failure: list[str] = []
+    server: uvicorn.Server | None = None
+
+    def load_failed(reason: str) -> None:
+        failure.append(reason)
+        server.should_exit = True
+
+    def ready(model: str, provider: str) -> None:
+        notifier.ready(f"serving {model} on {provider}")  # systemd Type=notify: READY=1 once warm
+
+    app = create_app(settings, on_ready=ready, on_load_failed=load_failed)
+    where = {"uds": args.uds} if args.uds else {"host": args.host or "127.0.0.1", "port": args.port or 8765}
+    config = uvicorn.Config(app, **where, log_level=args.log_level, access_log=False, lifespan="on",
+                            timeout_graceful_shutdown=5)
+    server = uvicorn.Server(config)
+    log.info("starting", **where, model=args.model or "shipped", device=args.device)
+    try:
+        server.run()
+    finally:
+        notifier.stopping()
+    if failure:
+        print(f"edge-sidecar: {failure[0]}", file=sys.stderr)
+        return 1
+    return 0 if server.started else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        return serve(args)
+    except UsageError as e:
+        print(f"edge-sidecar: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
