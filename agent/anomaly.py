@@ -36,6 +36,7 @@ from csp import ts
 from agent.config import AnomalyConfig
 from agent.records import AnomalyScore, Event, MetricScore, SensorReading, make_event
 
+SURPRISE_VAR_FLOOR = 0.02**2  # the surprise's long-run variance is never taken as below this
 MAX_MAGNITUDE = 1e300  # larger readings would overflow the float arithmetic; they are not scored
 
 
@@ -118,15 +119,19 @@ class MetricState:
             if self.n <= p.warmup:
                 return 0.0
             return _verdict(d, var, p) * (1.0 - self.cool / p.refractory)
+        # young statistics are plain means (1/n) until the EWMA weight takes over: no start-up bias
+        inv_n = 1.0 / self.n
+        a = p.a_long if p.a_long > inv_n else inv_n
         self.short = short
-        self.lmean += p.a_long * d
-        self.lvar = (1.0 - p.a_long) * (var + p.a_long * d * d)
+        self.lmean += a * d
+        self.lvar = (1.0 - a) * (var + a * d * d)
         # robust learning: residuals are clipped so one spike barely moves the model
         lim = p.clip * scale
         c = lim if r > lim else (-lim if r < -lim else r)
         self.level += p.a_level * c
-        self.dev += p.a_dev * ((c if c >= 0.0 else -c) - self.dev)
-        self.mag += p.a_dev * ((x if x >= 0.0 else -x) - self.mag)
+        a = p.a_dev if p.a_dev > inv_n else inv_n
+        self.dev += a * ((c if c >= 0.0 else -c) - self.dev)
+        self.mag += a * ((x if x >= 0.0 else -x) - self.mag)
         k = self.seen[b]
         if k < 255:
             k += 1
@@ -149,8 +154,10 @@ class MetricState:
 
 def _verdict(d: float, var: float, p: Params) -> float:
     """How improbable the recent surprise is under its long-run distribution, on a log scale."""
-    if d <= 0.0 or var <= 0.0:
+    if d <= 0.0:
         return 0.0
+    if var < SURPRISE_VAR_FLOOR:  # a perfectly quiet history must still let a spike through
+        var = SURPRISE_VAR_FLOOR
     tail = 0.5 * math.erfc(d / math.sqrt(2.0 * var))
     if tail <= 0.0:
         return 1.0
