@@ -199,6 +199,94 @@ class Mosquitto(BrokerAddress):
         return self.proc is not None and self.proc.poll() is None
 
 
+def _toml_value(v: object) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    return json.dumps(str(v))  # a JSON string is a valid TOML basic string
+
+
+def write_config(path: str | os.PathLike, settings: dict[str, dict[str, object]]) -> Path:
+    """Write `{section: {key: value}}` as an agent TOML file; returns its path."""
+    lines = []
+    for section, values in settings.items():
+        lines.append(f"[{section}]")
+        lines.extend(f"{k} = {_toml_value(v)}" for k, v in values.items())
+        lines.append("")
+    path = Path(path)
+    path.write_text("\n".join(lines), encoding="utf-8")
+    return path
+
+
+class AgentProcess:
+    """`edge-agent run` as a subprocess against `broker`, with its log, capture and config under `workdir`.
+
+    `settings` override the test defaults section by section. The real service
+    path: signals, stop order and exit codes are what a deployment sees.
+    """
+
+    def __init__(self, broker: BrokerAddress, workdir: str | os.PathLike, settings: dict | None = None,
+                 protocol: str = "auto"):
+        self.dir = Path(workdir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.db = str(self.dir / "events.db")
+        self.capture_dir = self.dir / "capture"
+        cfg = {
+            "mqtt": {"host": broker.host, "port": broker.port, "protocol": protocol,
+                     "client_id": f"edgewatch-test-{uuid.uuid4().hex[:8]}"},
+            "store": {"url": self.db},
+            "record": {"path": str(self.capture_dir)},
+            "metrics": {"listen": ""},
+            "log": {"format": "json"},
+        }
+        for section, values in (settings or {}).items():
+            cfg.setdefault(section, {}).update(values)
+        self.config = write_config(self.dir / "agent.toml", cfg)
+        self.log_path = self.dir / "agent.log"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> AgentProcess:
+        import sys
+
+        self._log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen([sys.executable, "-m", "agent.cli", "run", "--config", str(self.config)],
+                                     stdout=self._log, stderr=subprocess.STDOUT)
+        return self
+
+    def wait_ready(self, broker: BrokerAddress, timeout: float = 20.0) -> None:
+        """Block until the agent announced itself `online` on the status topic."""
+        with subscribe_collect(broker, "+/status") as status:
+            wait_for(lambda: any(json.loads(p).get("state") == "online" for _, p in list(status))
+                     or (self.proc.poll() is not None and self._died()), timeout, what="agent online")
+
+    def _died(self):
+        raise RuntimeError(f"edge-agent run exited with {self.proc.returncode}: {self.log_tail()}")
+
+    def log_tail(self, n: int = 3000) -> str:
+        return self.log_path.read_text(errors="replace")[-n:] if self.log_path.exists() else ""
+
+    def stop(self, timeout: float = 15.0) -> int:
+        """SIGTERM and wait; returns the exit code."""
+        if self.proc is None:
+            return 0
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        code, self.proc = self.proc.returncode, None
+        self._log.close()
+        return code
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
 @pytest.fixture
 def mqtt_broker() -> Iterator[EmbeddedBroker]:
     """An in-process amqtt broker on a free port (MQTT 3.1.1): `.host`, `.port`, `.url`."""

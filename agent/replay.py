@@ -165,7 +165,8 @@ def replay(paths: list[str], cfg: Config, db: str) -> dict:
     }
 
 
-def _print_summary(s: dict, out=sys.stdout) -> None:
+def _print_summary(s: dict, out=None) -> None:
+    out = out or sys.stdout
     span = f"{s['first']:%Y-%m-%d %H:%M:%S} .. {s['last']:%Y-%m-%d %H:%M:%S} UTC" if s["first"] else "empty"
     accepted = ", ".join(f"{k} {s['accepted'][k]}" for k in KINDS if k in s["accepted"]) or "none"
     print(f"replayed {s['messages']} messages from {s['files']} file(s), {span}", file=out)
