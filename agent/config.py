@@ -119,10 +119,11 @@ class HealthConfig:
     stale_min: float = 5.0  # ... but never before this many seconds without a reading
     stuck_readings: int = 20  # identical consecutive values of a metric that make it stuck
     drift_z: float = 6.0  # short-window mean this many baseline deviations away = drift
-    noise_ratio: float = 3.0  # short-window noise (std of changes) this many times the baseline = noisy
+    noise_ratio: float = 2.75  # short-window noise (std of changes) this many times the baseline = noisy
     anomaly_rate: float = 0.2  # recent fraction of anomalous readings that is a burst
     anomaly_score: float = 0.8  # anomaly score at or above which a reading counts as anomalous here (the detector caps repeats during its refractory period just below anomaly.threshold)
-    noise_clip: float = 4.0  # changes beyond this many baseline deviations are clipped in the noise window, so one spike is not noise
+    outlier_z: float = 8.0  # a value this far (baseline deviations) from the short-window mean is an outlier: it counts toward the anomaly rate (the detector suppresses repeats after an alarm) and stays out of drift and noise
+    noise_clip: float = 4.0  # values and changes beyond this many baseline deviations are clipped in the short window, so sporadic spikes are neither drift nor noise
     steady_metrics: str = "battery"  # metrics that may legitimately hold still: not judged stuck, drifting or noisy
     low_battery: float = 15.0  # battery level (percent) at or below which it is low
     bad_status: str = "error,fault,failed,offline,low_battery"  # `status` attribute values that mean unhealthy

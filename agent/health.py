@@ -1,0 +1,368 @@
+"""Sensor health: a score in [0, 1] per sensor from freshness, anomalies, stuck values,
+drift, noise, physical range, battery and status, plus the maintenance flags built on it.
+
+One keyed node holds a dict of `SensorHealth` objects, each updated in O(1) per
+reading with plain float arithmetic: at 10,000 sensors the per-reading cost is
+what limits ingest, and a csp.dynamic per sensor costs more than all of this.
+
+Every component is in [0, 1] (1 = fine) and reaches 0 where the matching
+maintenance reason is raised; the score is the worst component, because a
+sensor is as trustworthy as its weakest sign of life. Drift and noise are
+judged against the sensor's own baseline (learnt over `warmup` readings, then
+adapting slowly with clipped residuals so a fault cannot teach itself in);
+noise uses changes between readings, which trends and daily cycles barely touch.
+
+Data-driven events (band crossings, flags raised by readings) carry the
+reading's time; timer-driven ones (periodic health, staleness) the engine time.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime, timedelta
+
+import csp
+from csp import ts
+
+from agent.config import ConfigError, HealthConfig, MaintenanceConfig
+from agent.maintenance import (
+    ANOMALY_BURST, DRIFT, LOW_BATTERY, NOISY, OUT_OF_RANGE, REASONS, STALE, STUCK,
+    Flags, Rules, maintenance_events,
+)
+from agent.records import Event, MetricScore, SensorReading, make_event
+
+BAND_NAMES = ("poor", "degraded", "good")
+BAND_SEVERITY = ("critical", "warning", "info")
+_ALL = range(len(REASONS))
+_STALE_ONLY = (STALE,)
+
+
+def parse_ranges(text: str) -> dict[str, tuple[float, float]]:
+    """`name=low:high,...` -> {name: (low, high)}; errors name the key."""
+    out = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        try:
+            name, bounds = part.split("=")
+            low, high = (float(v) for v in bounds.split(":"))
+        except ValueError:
+            raise ConfigError(f"health.ranges: expected name=low:high, got {part!r}") from None
+        if not low < high:
+            raise ConfigError(f"health.ranges: {name}: low must be below high")
+        out[name.strip()] = (low, high)
+    return out
+
+
+def parse_bands(text: str) -> tuple[float, float]:
+    try:
+        poor, good = (float(v) for v in text.split(","))
+    except ValueError:
+        raise ConfigError(f"health.bands: expected two numbers 'poor,good', got {text!r}") from None
+    if not 0.0 < poor < good < 1.0:
+        raise ConfigError(f"health.bands: need 0 < {poor} < {good} < 1")
+    return poor, good
+
+
+def _words(text: str) -> frozenset[str]:
+    return frozenset(w.strip().lower() for w in text.split(",") if w.strip())
+
+
+class Params:
+    """Constants derived once from the configuration (attribute reads are cheap)."""
+
+    __slots__ = (
+        "cfg", "rules", "warmup", "a_fast", "a_base", "a_anom", "a_gap", "ranges", "steady", "bad_status",
+        "bands", "margin", "clip", "outlier_z", "anomaly_score", "interval", "stale_min", "stale_factor", "first_stale",
+    )
+
+    def __init__(self, h: HealthConfig, m: MaintenanceConfig):
+        self.cfg = h
+        self.rules = Rules(h, m)
+        self.warmup = max(2, h.warmup)
+        self.a_fast = 2.0 / (h.fast_span + 1.0)
+        self.a_base = 2.0 / (h.baseline_span + 1.0)
+        self.a_anom = 2.0 / (h.anomaly_span + 1.0)
+        self.a_gap = 2.0 / (h.fast_span + 1.0)
+        self.ranges = parse_ranges(h.ranges)
+        self.steady = _words(h.steady_metrics)
+        self.bad_status = _words(h.bad_status)
+        self.bands = parse_bands(h.bands)
+        self.margin = h.band_margin
+        self.clip = h.noise_clip
+        self.outlier_z = h.outlier_z
+        self.anomaly_score = h.anomaly_score
+        self.interval = timedelta(seconds=h.interval)
+        self.stale_min = h.stale_min
+        self.stale_factor = h.stale_factor
+        # before a second reading shows the reporting interval, wait stale_factor x stale_min
+        self.first_stale = h.stale_min * h.stale_factor
+
+
+class MetricTrack:
+    """One metric of one sensor: the last value, its identical run, the baseline and short window."""
+
+    __slots__ = ("last", "clean", "run", "n", "base", "base_var", "base_dvar", "fast", "fast_dvar")
+
+    def __init__(self, x: float):
+        self.last = self.clean = x
+        self.run = 0
+        self.n = 1
+        self.base = self.fast = x
+        self.base_var = self.base_dvar = self.fast_dvar = 0.0
+
+    def update(self, x: float, p: Params) -> bool:
+        """Fold in one value; True when it is an outlier against the short window."""
+        self.run = self.run + 1 if x == self.last else 0
+        self.last = x
+        d = x - self.clean
+        n = self.n = self.n + 1
+        if n <= p.warmup:
+            # the baseline: running mean/variance of the values and of their changes (Welford)
+            delta = x - self.base
+            self.base += delta / n
+            self.base_var += (delta * (x - self.base) - self.base_var) / n
+            self.base_dvar += (d * d - self.base_dvar) / (n - 1)
+            self.fast = self.base
+            self.fast_dvar = self.base_dvar
+            self.clean = x
+            return False
+        sd = math.sqrt(self.base_var)
+        f = x - self.fast
+        outlier = (f if f >= 0.0 else -f) > p.outlier_z * sd
+        # clipped steps: an outlier barely moves the short window, a real shift or drift still does
+        lim = p.clip * sd
+        self.fast += p.a_fast * (lim if f > lim else (-lim if f < -lim else f))
+        if outlier:
+            return True  # kept out of the noise window and the baseline: a spike is not noise
+        self.clean = x
+        dlim = p.clip * math.sqrt(self.base_dvar)
+        dc = dlim if d > dlim else (-dlim if d < -dlim else d)
+        self.fast_dvar += p.a_fast * (dc * dc - self.fast_dvar)
+        # slow learning with clipped residuals: a fault moves the baseline by a bounded amount
+        lim = 3.0 * sd
+        r = x - self.base
+        rc = lim if r > lim else (-lim if r < -lim else r)
+        self.base += p.a_base * rc
+        self.base_var += p.a_base * (rc * rc - self.base_var)
+        self.base_dvar += p.a_base * (dc * dc - self.base_dvar)
+        return False
+
+    def drift(self) -> float:
+        """Short-window mean vs baseline, in baseline deviations (floored so a flat baseline is not infinitely tight)."""
+        floor = 1e-4 * abs(self.base) + 1e-9
+        return abs(self.fast - self.base) / max(math.sqrt(self.base_var), floor)
+
+    def noise(self) -> float:
+        """Short-window noise (changes) vs the baseline's."""
+        floor = (1e-4 * abs(self.base) + 1e-9) ** 2
+        return math.sqrt(self.fast_dvar / max(self.base_dvar, floor))
+
+
+class SensorHealth:
+    """Everything health and maintenance remember about one sensor."""
+
+    __slots__ = (
+        "sensor_id", "metrics", "last_ts", "gap", "readings", "anomaly", "oor", "battery", "status",
+        "band", "next_periodic", "flags", "measures",
+    )
+
+    def __init__(self, sensor_id: str, when: datetime):
+        self.sensor_id = sensor_id
+        self.metrics = {}
+        self.last_ts = when
+        self.gap = None  # EWMA of seconds between readings
+        self.readings = 0
+        self.anomaly = 0.0  # recent rate of anomalous readings
+        self.oor = 0.0  # recent rate of out-of-range readings
+        self.battery = None
+        self.status = None
+        self.band = len(BAND_NAMES) - 1
+        self.next_periodic = None
+        self.flags = Flags()
+        self.measures = [None] * len(REASONS)
+
+    def observe(self, r: SensorReading, anomalous: bool, p: Params) -> None:
+        """Fold one reading in; refresh the data-driven measures."""
+        self.readings += 1
+        if r.ts > self.last_ts:
+            dt = (r.ts - self.last_ts).total_seconds()
+            self.gap = dt if self.gap is None else self.gap + p.a_gap * (dt - self.gap)
+            self.last_ts = r.ts
+        # a reading older than the last one still counts as a value, but not as a sign of life
+        out_of_range = False
+        stuck = 0
+        drift = noise = None
+        ranges = p.ranges
+        steady = p.steady
+        for name, x in r.metrics.items():
+            bounds = ranges.get(name)
+            if bounds is not None and not bounds[0] <= x <= bounds[1]:
+                out_of_range = True
+                continue  # an impossible value teaches the baseline nothing
+            if name == "battery":
+                self.battery = x
+            m = self.metrics.get(name)
+            if m is None:
+                self.metrics[name] = MetricTrack(x)
+                continue
+            if name in steady:
+                m.update(x, p)
+                continue
+            if m.update(x, p):
+                anomalous = True
+            if m.run > stuck:
+                stuck = m.run
+            if m.n > p.warmup:
+                dz = m.drift()
+                nz = m.noise()
+                drift = dz if drift is None or dz > drift else drift
+                noise = nz if noise is None or nz > noise else noise
+        status = r.attrs.get("status") if r.attrs else None
+        if status is not None:
+            self.status = str(status)
+        self.anomaly += p.a_anom * ((1.0 if anomalous else 0.0) - self.anomaly)
+        self.oor += p.a_anom * ((1.0 if out_of_range else 0.0) - self.oor)
+        ms = self.measures
+        ms[STALE] = 0.0
+        ms[STUCK] = stuck
+        ms[DRIFT] = drift
+        ms[NOISY] = noise
+        ms[OUT_OF_RANGE] = self.oor
+        ms[ANOMALY_BURST] = self.anomaly
+        ms[LOW_BATTERY] = None if self.battery is None else -self.battery
+
+    def stale_after(self, p: Params) -> float:
+        if self.gap is None:
+            return p.first_stale
+        return max(p.stale_min, p.stale_factor * self.gap)
+
+    def components(self, now: datetime, p: Params) -> dict[str, float]:
+        """Each component in [0, 1]; 0 where its maintenance reason raises."""
+        h = p.cfg
+        ms = self.measures
+        stale_after = self.stale_after(p)
+        usual = min(self.gap or 0.0, stale_after * 0.5)
+        age = max(0.0, (now - self.last_ts).total_seconds())
+        c = {
+            "freshness": _unit(1.0 - max(0.0, age - usual) / max(stale_after - usual, 1e-9)),
+            "anomaly": _unit(1.0 - self.anomaly / h.anomaly_rate) if h.anomaly_rate > 0 else 1.0,
+            "stuck": _unit(1.0 - ms[STUCK] / h.stuck_readings) if h.stuck_readings > 0 else 1.0,
+            "drift": 1.0 if ms[DRIFT] is None else _unit(1.0 - ms[DRIFT] / h.drift_z),
+            "noise": 1.0 if ms[NOISY] is None else _unit(1.0 - (ms[NOISY] - 1.0) / max(h.noise_ratio - 1.0, 1e-9)),
+            "range": _unit(1.0 - self.oor / p.rules.raise_at[OUT_OF_RANGE]) if p.rules.raise_at[OUT_OF_RANGE] > 0 else 1.0,
+        }
+        if self.battery is not None:
+            c["battery"] = _unit((self.battery - h.low_battery) / max(h.low_battery, 1e-9))
+        if self.status is not None:
+            c["status"] = 0.0 if self.status.lower() in p.bad_status else 1.0
+        return c
+
+    def evidence(self) -> dict:
+        ms = self.measures
+        return {
+            "readings": self.readings, "interval_s": self.gap, "last_reading": self.last_ts.isoformat() + "Z",
+            "stuck_run": ms[STUCK], "drift_z": ms[DRIFT], "noise_ratio": ms[NOISY], "anomaly_rate": self.anomaly,
+            "out_of_range_rate": self.oor, "battery": self.battery, "status": self.status,
+        }
+
+
+def _unit(x: float) -> float:
+    return 0.0 if x < 0.0 else (1.0 if x > 1.0 else x)
+
+
+def quick_score(s: SensorHealth, p: Params) -> float:
+    """The score at the moment of a reading (fresh by definition): cheap, for band crossings."""
+    h = p.cfg
+    ms = s.measures
+    worst = 1.0
+    if h.stuck_readings > 0:
+        worst = min(worst, 1.0 - ms[STUCK] / h.stuck_readings)
+    if ms[DRIFT] is not None:
+        worst = min(worst, 1.0 - ms[DRIFT] / h.drift_z)
+    if ms[NOISY] is not None:
+        worst = min(worst, 1.0 - (ms[NOISY] - 1.0) / max(h.noise_ratio - 1.0, 1e-9))
+    if h.anomaly_rate > 0:
+        worst = min(worst, 1.0 - s.anomaly / h.anomaly_rate)
+    if p.rules.raise_at[OUT_OF_RANGE] > 0:
+        worst = min(worst, 1.0 - s.oor / p.rules.raise_at[OUT_OF_RANGE])
+    if s.battery is not None:
+        worst = min(worst, (s.battery - h.low_battery) / max(h.low_battery, 1e-9))
+    if s.status is not None and s.status.lower() in p.bad_status:
+        worst = 0.0
+    return _unit(worst)
+
+
+def band_after(current: int, score: float, p: Params) -> int:
+    """The band for `score`, moving off `current` only when past a boundary by the margin."""
+    poor, good = p.bands
+    raw = 0 if score < poor else (1 if score < good else 2)
+    if raw == current:
+        return current
+    bounds = (poor, good)
+    if raw > current:
+        return raw if score >= bounds[raw - 1] + p.margin else current
+    return raw if score < bounds[raw] - p.margin else current
+
+
+def health_event(s: SensorHealth, when: datetime, p: Params, why: str) -> Event:
+    comps = s.components(when, p)
+    score = min(comps.values())
+    if why == "periodic":
+        s.band = band_after(s.band, score, p)
+    band = s.band
+    data = {"score": score, "band": BAND_NAMES[band], "why": why, "components": comps, **s.evidence()}
+    msg = f"{s.sensor_id} health {score:.2f} ({BAND_NAMES[band]})"
+    return make_event("health", s.sensor_id, when, BAND_SEVERITY[band], msg, data, why)
+
+
+@csp.node(memoize=False)
+def sensor_health(
+    readings: ts[list[SensorReading]], scores: ts[list[MetricScore]], h: HealthConfig, m: MaintenanceConfig
+) -> ts[list[Event]]:
+    """`health` events (periodic and on band crossings) and `maintenance` flags, for every sensor."""
+    with csp.alarms():
+        a_sweep = csp.alarm(bool)
+    with csp.state():
+        s_sensors = {}
+        s_params = Params(h, m)
+        s_sweep = timedelta(seconds=h.sweep_interval if h.sweep_interval > 0 else 1.0)
+    with csp.start():
+        csp.make_passive(scores)
+        csp.schedule_alarm(a_sweep, s_sweep, True)
+
+    p = s_params
+    rules = p.rules
+    sensors = s_sensors
+    out = []
+    if csp.ticked(readings):
+        hits = set()
+        if csp.ticked(scores):
+            cut = p.anomaly_score
+            steady = p.steady
+            hits = {sc.sensor_id for sc in scores if sc.score >= cut and sc.metric not in steady}
+        for r in readings:
+            s = sensors.get(r.sensor_id)
+            if s is None:
+                s = sensors[r.sensor_id] = SensorHealth(r.sensor_id, r.ts)
+                s.next_periodic = csp.now() + p.interval
+            s.observe(r, r.sensor_id in hits, p)
+            raised, cleared = s.flags.update(s.measures, rules, _ALL)
+            if raised or cleared:
+                out += maintenance_events(s.sensor_id, r.ts, s.flags, raised, cleared, s.evidence())
+            band = band_after(s.band, quick_score(s, p), p)
+            if band != s.band:
+                s.band = band
+                out.append(health_event(s, r.ts, p, "band"))
+    if csp.ticked(a_sweep):
+        now = csp.now()
+        csp.schedule_alarm(a_sweep, s_sweep, True)
+        for s in sensors.values():
+            age = (now - s.last_ts).total_seconds()
+            s.measures[STALE] = age / s.stale_after(p)
+            raised, cleared = s.flags.update(s.measures, rules, _STALE_ONLY)
+            if raised:
+                out += maintenance_events(s.sensor_id, now, s.flags, raised, cleared, s.evidence())
+            if now >= s.next_periodic:
+                s.next_periodic = now + p.interval
+                out.append(health_event(s, now, p, "periodic"))
+    if out:
+        return out
