@@ -15,17 +15,10 @@ from agent.config import Config
 from agent.heartbeat import Heartbeat, heartbeat
 from agent.market_graph import market_graph, merge_events
 from agent.mqtt import RECORD_TYPES, MqttAdapterManager
-from agent.records import Bar, Event, Headline, Pnl, Position, Quote, SensorReading, Sentiment, Trade
+from agent.records import Bar, Event, Headline, Pnl, Position, Quote, SensorReading, Trade
+from agent.news import news_graph
+from agent.sensor_graph import sensor_graph
 from agent.sink import sink
-
-try:  # landing during the session: wired as soon as the module exists
-    from agent.sensor_graph import sensor_graph
-except ImportError:  # pragma: no cover
-    sensor_graph = None
-try:
-    from agent.news import news_graph
-except ImportError:  # pragma: no cover
-    news_graph = None
 
 
 @csp.graph(memoize=False)
@@ -38,18 +31,11 @@ def analytics(
     news: ts[list[Headline]],
     cfg: Config,
 ) -> csp.Outputs(events=ts[list[Event]], bars=ts[list[Bar]]):
-    """Every analytic of the agent; each input may be a null edge."""
-    parts = []
-    if sensor_graph is not None:
-        parts.append(sensor_graph(sensors, cfg))
-    sentiment = csp.null_ts(list[Sentiment])
-    if news_graph is not None:
-        n = news_graph(news, cfg)
-        parts.append(n.events)
-        sentiment = n.sentiment
-    market = market_graph(trades, quotes, positions, pnl, sentiment, cfg)
-    parts.append(market.events)
-    return csp.output(events=merge_events(parts), bars=market.bars)
+    """Every analytic of the agent; news sentiment feeds the market signals."""
+    news_out = news_graph(news, cfg)
+    market = market_graph(trades, quotes, positions, pnl, news_out.sentiment, cfg)
+    events = merge_events([sensor_graph(sensors, cfg), news_out.events, market.events])
+    return csp.output(events=events, bars=market.bars)
 
 
 @csp.graph(memoize=False)

@@ -83,11 +83,11 @@ class Link:
         self._accepting = True
 
     # -- connection -------------------------------------------------------------------------
-    def start(self, decide_timeout: float = 5.0) -> None:
+    def start(self, decide_timeout: float = 3.0) -> None:
         """Connect in the background (paho retries with backoff until the broker is there).
 
-        With protocol "auto" the first answer decides: MQTT 5, or 3.1.1 when the broker refuses 5
-        (or drops the connection before CONNACK, as some 3.1.1-only brokers do).
+        With protocol "auto" the first answer decides: MQTT 5, or 3.1.1 when the broker refuses 5,
+        drops the connection before CONNACK, or never answers it (amqtt).
         """
         choices = {"5": ["5"], "3.1.1": ["3.1.1"], "auto": ["5", "3.1.1"]}[self.cfg.protocol]
         for i, protocol in enumerate(choices):
@@ -100,11 +100,13 @@ class Link:
                 if self._outcome:
                     break
                 deadline.wait(0.01)
+            if not self._outcome and self.client.socket() is not None:
+                self._outcome.append("no CONNACK")  # TCP is up but the broker ignores an MQTT 5 CONNECT
             if not self._outcome or self._outcome[0] == "connected":
                 return  # connected, or broker unreachable: keep MQTT 5 and let paho retry
             log.info("mqtt_protocol_fallback", refused="5", using=choices[i + 1], why=self._outcome[0])
-            self.client.loop_stop()
             self.client.disconnect()
+            self.client.loop_stop()
 
     def _start_client(self, protocol: str) -> None:
         v5 = protocol == "5"

@@ -1,0 +1,147 @@
+"""`edge-agent run` end to end: readings in over MQTT -> anomaly events in the log and on MQTT.
+
+The agent runs as a subprocess (the real service path: config file, signals,
+exit codes) against a private Mosquitto (MQTT 5) and the embedded amqtt broker
+(MQTT 3.1.1, reached through protocol "auto"'s fallback).
+"""
+
+import json
+import math
+import signal
+import sqlite3
+import time
+from pathlib import Path
+
+import pytest
+
+from agent.pytest_plugin import (
+    AgentProcess,
+    publish_many,
+    subscribe_collect,
+    wait_for,
+    wait_for_dead_letters,
+    wait_for_events,
+)
+
+T0 = time.time() - 3600  # readings an hour old: deterministic event times, never "in the future"
+
+# a tiny detector warm-up so a spike after a few dozen readings is judged; fast health sweeps for fault tests
+FAST = {"anomaly": {"warmup": 20}, "health": {"interval": 0.5, "sweep_interval": 0.2}}
+
+MALFORMED = [
+    ("sensors/bad", b"not json"),
+    ("sensors/bad", b'{"temperature": "hot"}'),
+    ("sensors/bad", b'{"temperature": NaN}'),
+    ("sensors/bad", b"\xff\xfe\x00"),
+    ("market/ACME/candle", b"{}"),  # unknown topic shape under a subscribed prefix
+]
+
+
+def readings(sensor: str, n: int = 60, spike: bool = True, start: int = 0) -> list[tuple[str, dict]]:
+    """`n` calm readings (one a second, explicit ts), then one spike: the anomaly every test expects."""
+    out = [(f"sensors/{sensor}", {"ts": T0 + i, "temperature": 20.0 + 0.2 * math.sin(i / 3.0) + 0.01 * (i % 7)})
+           for i in range(start, start + n)]
+    if spike:
+        out.append((f"sensors/{sensor}", {"ts": T0 + start + n, "temperature": 95.0}))
+    return out
+
+
+def captured(agent: AgentProcess) -> list[dict]:
+    """Every line of the agent's capture record (duplicates included: redeliveries are recorded again)."""
+    lines = []
+    for path in sorted(Path(agent.capture_dir).glob("*.jsonl")):
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                lines.append(json.loads(line))
+            except ValueError:
+                pass  # a torn last line after SIGKILL
+    return lines
+
+
+def event_rows(agent: AgentProcess) -> list[dict]:
+    with sqlite3.connect(f"file:{agent.db}?mode=ro", uri=True) as db:
+        db.row_factory = sqlite3.Row
+        return [dict(r) for r in db.execute("select * from events order by id")]
+
+
+def stop_within(agent: AgentProcess, seconds: float = 10.0) -> int:
+    t0 = time.monotonic()
+    code = agent.stop(timeout=seconds + 5)
+    assert time.monotonic() - t0 < seconds, agent.log_tail()
+    return code
+
+
+def retained_status(broker) -> dict:
+    with subscribe_collect(broker, "edgewatch/status") as status:
+        status.wait(1, timeout=5)
+        return json.loads(status[-1][1])
+
+
+def _end_to_end(broker, tmp_path, protocol: str) -> AgentProcess:
+    agent = AgentProcess(broker, tmp_path / "agent", FAST, protocol=protocol).start()
+    try:
+        agent.wait_ready(broker)
+        with subscribe_collect(broker, "edgewatch/#") as out:
+            sent = [m for s in ("s1", "s2", "s3") for m in readings(s)]
+            publish_many(broker, sent + MALFORMED)
+            anomalies = wait_for_events(agent.db, 3, predicate=lambda e: e["kind"] == "anomaly", timeout=15)
+            assert {e["key"] for e in anomalies} == {"s1", "s2", "s3"}
+            for e in anomalies:
+                assert e["data"]["metric"] == "temperature" and e["data"]["value"] == 95.0
+                assert 0.0 <= e["data"]["score"] <= 1.0
+            dead = wait_for_dead_letters(agent.db, len(MALFORMED))
+            assert all(d["reason"] for d in dead) and len(dead) == len(MALFORMED)
+
+            def on_mqtt():
+                topics = [t for t, _ in list(out)]
+                return (all(f"edgewatch/events/anomaly/{s}" in topics for s in ("s1", "s2", "s3"))
+                        and topics.count("edgewatch/deadletter") >= len(MALFORMED))
+
+            wait_for(on_mqtt, timeout=10, what="anomaly events and dead letters on MQTT")
+            event = next(json.loads(p) for t, p in list(out) if t == "edgewatch/events/anomaly/s1")
+            assert {"id", "event_id", "ts", "logged_at", "kind", "key", "severity", "message", "data"} <= set(event)
+            letter = next(json.loads(p) for t, p in list(out) if t == "edgewatch/deadletter")
+            assert set(letter) == {"topic", "payload", "reason", "received_at"}
+        assert retained_status(broker)["state"] == "online"
+        assert agent.proc.poll() is None, "the agent died on malformed input"
+        wait_for(lambda: all(r["published_at"] for r in event_rows(agent)), timeout=10, what="all events published")
+        assert len({(c["topic"], c["payload"]) for c in captured(agent)}) == len(sent)
+    finally:
+        code = stop_within(agent)
+    assert code == 0, agent.log_tail()
+    return agent
+
+
+def test_end_to_end_mosquitto_mqtt5(mosquitto, tmp_path):
+    agent = _end_to_end(mosquitto, tmp_path, protocol="5")
+    status = retained_status(mosquitto)
+    assert status["state"] == "offline" and status["version"]
+    assert '"protocol": "5"' in agent.log_tail(100_000)
+
+
+def test_end_to_end_amqtt_falls_back_to_311(mqtt_broker, tmp_path):
+    agent = _end_to_end(mqtt_broker, tmp_path, protocol="auto")
+    log = agent.log_tail(100_000)
+    assert '"protocol": "3.1.1"' in log, log
+
+
+def test_sighup_reloads_thresholds_without_dropping_messages(mosquitto, tmp_path):
+    agent = AgentProcess(mosquitto, tmp_path / "agent", FAST, protocol="5").start()
+    try:
+        agent.wait_ready(mosquitto)
+        publish_many(mosquitto, readings("s1", spike=False))
+        text = agent.config.read_text().replace("warmup = 20", "warmup = 20\nthreshold = 0.95")
+        agent.config.write_text(text.replace('level = "info"', 'level = "debug"'))
+        agent.proc.send_signal(signal.SIGHUP)
+        publish_many(mosquitto, readings("s1", n=20, spike=True, start=60))
+        wait_for(lambda: "config_reloaded" in agent.log_tail(100_000), timeout=10, what="reload logged")
+        wait_for(lambda: len(captured(agent)) >= 81, timeout=10, what="every reading consumed across the reload")
+        reload_line = next(json.loads(line) for line in agent.log_tail(100_000).splitlines()
+                           if "config_reloaded" in line)
+        assert "anomaly.threshold" in reload_line["applied"]
+        agent.config.write_text(agent.config.read_text() + "\n[nonsense]\nx = 1\n")
+        agent.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: "reload_rejected" in agent.log_tail(100_000), timeout=10, what="bad reload rejected")
+        assert agent.proc.poll() is None
+    finally:
+        assert stop_within(agent) == 0, agent.log_tail()
