@@ -1,0 +1,79 @@
+"""`deploy/install.sh --root`: the staged tree is the layout the README promises, and its commands run."""
+
+from __future__ import annotations
+
+import shutil
+import stat
+import subprocess
+from pathlib import Path
+
+from .conftest import DEPLOY, UNITS, install, run_installed
+
+
+def mode(path: Path) -> str:
+    return oct(stat.S_IMODE(path.stat().st_mode))
+
+
+def ids(root: Path, name: str) -> tuple[int, int]:
+    uid = next(int(line.split(":")[2]) for line in (root / "etc/passwd").read_text().splitlines() if line.startswith(name + ":"))
+    gid = next(int(line.split(":")[2]) for line in (root / "etc/group").read_text().splitlines() if line.startswith(name + ":"))
+    return uid, gid
+
+
+def test_staged_layout(staged: Path):
+    uid, gid = ids(staged, "edgewatch")
+    passwd = next(line for line in (staged / "etc/passwd").read_text().splitlines() if line.startswith("edgewatch:"))
+    assert passwd.endswith(":/var/lib/edgewatch:/usr/sbin/nologin")  # a system user nobody logs in as
+    for unit in UNITS:
+        text = (staged / "etc/systemd/system" / unit).read_text()
+        assert text == (DEPLOY / "systemd" / unit).read_text() and mode(staged / "etc/systemd/system" / unit) == "0o644"
+    assert (staged / "usr/lib/sysusers.d/edgewatch.conf").is_file()
+    assert (staged / "usr/lib/tmpfiles.d/edgewatch.conf").is_file()
+    # configuration: root-owned, readable by the services' group only (it may name secrets)
+    conf = staged / "etc/edgewatch"
+    assert (conf.stat().st_uid, conf.stat().st_gid, mode(conf)) == (0, gid, "0o750")
+    toml = conf / "agent.toml"
+    assert (toml.stat().st_uid, toml.stat().st_gid, mode(toml)) == (0, gid, "0o640")
+    assert toml.read_text() == (DEPLOY / "agent.toml").read_text()
+    # the event log's directory: the service writes, the operators' group reads, nobody else
+    state = staged / "var/lib/edgewatch"
+    assert (state.stat().st_uid, state.stat().st_gid, mode(state)) == (uid, gid, "0o750")
+    # scripts name the interpreter where it lives on the target, not in the staging tree
+    assert (staged / "opt/edgewatch/bin/edge-agent").read_text().splitlines()[0] == "#!/opt/edgewatch/bin/python"
+    assert str(staged) not in (staged / "opt/edgewatch/bin/activate").read_text()
+
+
+def test_installed_commands_run(staged: Path):
+    r = run_installed(staged, "python", "-c", "import agent; print(agent.__file__)")
+    assert r.stdout.startswith(str(staged / "opt/edgewatch/lib")), r.stdout + r.stderr  # the installed copy
+    for command in ("edge-agent", "edge-sidecar", "edge-model"):
+        r = run_installed(staged, command, "--help")
+        assert r.returncode == 0 and "usage:" in r.stdout, r.stderr
+    r = run_installed(staged, "edge-agent", "check-config", str(staged / "etc/edgewatch/agent.toml"))
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_rerun_keeps_config_and_uninstall_keeps_data(staged: Path, wheelhouse: Path, tmp_path):
+    root = tmp_path / "root"
+    shutil.copytree(staged, root, symlinks=True)
+    toml = root / "etc/edgewatch/agent.toml"
+    toml.write_text('[mqtt]\nhost = "broker.local"\n')
+    (root / "var/lib/edgewatch/events.db").write_bytes(b"log")
+
+    r = install(root, wheelhouse=wheelhouse)  # idempotent: an upgrade in place
+    assert r.returncode == 0, r.stderr
+    assert toml.read_text() == '[mqtt]\nhost = "broker.local"\n' and "keeping existing" in r.stdout
+    assert sum(line.startswith("edgewatch:") for line in (root / "etc/passwd").read_text().splitlines()) == 1
+
+    r = install(root, "--uninstall", wheelhouse=wheelhouse)
+    assert r.returncode == 0, r.stderr
+    assert not (root / "opt/edgewatch").exists()
+    assert not any((root / "etc/systemd/system" / u).exists() for u in UNITS)
+    assert not (root / "usr/lib/sysusers.d/edgewatch.conf").exists()
+    assert toml.exists() and (root / "var/lib/edgewatch/events.db").read_bytes() == b"log"
+
+
+def test_bad_options_exit_2(tmp_path):
+    for args in (["--frobnicate"], ["--prefix", "relative/path"], ["--wheelhouse", str(tmp_path / "none")]):
+        r = subprocess.run([str(DEPLOY / "install.sh"), "--root", str(tmp_path), *args], capture_output=True, text=True)
+        assert r.returncode == 2 and r.stderr.startswith("install.sh: "), r.stderr
