@@ -1,0 +1,63 @@
+"""Real models for the sidecar tests: a tiny one trained + exported here (needs torch), and the shipped one."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from model import shipped_model_dir
+from sidecar.app import Settings, create_app
+from sidecar.engine import Engine
+from sidecar.testing import ServerThread, cached_tiny_model
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(request):
+    pytest.importorskip("torch")
+    return cached_tiny_model(request.config.cache.mkdir("edgewatch-sidecar-tiny"))
+
+
+@pytest.fixture(scope="session")
+def shipped_dir():
+    path = shipped_model_dir()
+    if not (path / "model.json").is_file():
+        pytest.skip("no shipped model in model/shipped yet")
+    return path
+
+
+@pytest.fixture(scope="session", params=["tiny", "shipped"])
+def any_model_dir(request):
+    return request.getfixturevalue("tiny_model_dir" if request.param == "tiny" else "shipped_dir")
+
+
+class ThrottledEngine(Engine):
+    """The real engine, with each decode step held back by `step_delay` s and loading held by `gate`:
+    makes queues, deadlines and disconnects observable with a model that decodes in microseconds."""
+
+    def __init__(self, *args, step_delay: float = 0.0, gate: threading.Event | None = None, **kwargs):
+        if gate is not None:
+            gate.wait(30)
+        super().__init__(*args, **kwargs)
+        self.step_delay = step_delay
+
+    def decode_step(self, tokens, caches):
+        time.sleep(self.step_delay)
+        return super().decode_step(tokens, caches)
+
+
+def _serve(model_dir, *, uds=None, step_delay=0.0, gate=None, on_ready=None, **settings) -> ServerThread:
+    """A real uvicorn server on the model; `settings` override Settings fields."""
+    cfg = Settings(model_dir=str(model_dir), device="cpu", **settings)
+    factory = None
+    if step_delay or gate:
+        def factory():
+            return ThrottledEngine(cfg.model_dir, device="cpu", step_delay=step_delay, gate=gate)
+    return ServerThread(create_app(cfg, engine_factory=factory, on_ready=on_ready), uds=uds)
+
+
+@pytest.fixture(scope="session")
+def serve():
+    """`serve(model_dir, uds=, step_delay=, gate=, on_ready=, **Settings fields)` -> a ServerThread context."""
+    return _serve
