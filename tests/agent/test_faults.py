@@ -1,0 +1,167 @@
+"""Fault tests against a real Mosquitto, QoS 1, persistent sessions, the agent as a subprocess.
+
+(a) broker SIGKILLed and restarted mid-stream, (b) agent SIGKILLed and restarted
+mid-stream, (c) broker down while events are being logged. In each: every
+reading the broker accepted is in the agent's capture record (0 lost), no
+event_id twice in the log (0 duplicates), and every logged event is eventually
+acknowledged by the broker and seen by a subscriber (the outbox).
+"""
+
+import json
+import threading
+import time
+import uuid
+
+import paho.mqtt.client as mqtt
+import pytest
+
+from agent.pytest_plugin import AgentProcess, Mosquitto, require, wait_for
+from test_service import FAST, T0, captured, event_rows, stop_within
+
+pytestmark = pytest.mark.mosquitto
+
+SENSORS = ("f1", "f2", "f3")
+
+
+@pytest.fixture
+def broker(tmp_path):
+    """Mosquitto that saves its persistence file after every change, so a SIGKILL loses nothing it acknowledged."""
+    require("mosquitto", Mosquitto.binary() is not None, "the `mosquitto` binary is not on PATH")
+    b = Mosquitto(tmp_path / "mosquitto", extra_conf="autosave_on_changes true\n").start()
+    yield b
+    b.stop()
+
+
+def _persistent_client(broker, name: str) -> mqtt.Client:
+    """A 3.1.1 client with a persistent session that reconnects fast: survives broker restarts."""
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"{name}-{uuid.uuid4().hex[:8]}",
+                    protocol=mqtt.MQTTv311, clean_session=False)
+    c.max_inflight_messages_set(100)
+    c.max_queued_messages_set(0)
+    c.reconnect_delay_set(0.1, 0.5)
+    return c
+
+
+class Stream:
+    """Readings for SENSORS at `rate` msgs/s, QoS 1; paho keeps every unacknowledged one and resends it."""
+
+    def __init__(self, broker, n: int, rate: float = 200.0, spike_every: int = 45):
+        self.messages = []
+        for i in range(n):
+            sensor = SENSORS[i % len(SENSORS)]
+            k = i // len(SENSORS)
+            value = 95.0 if k % spike_every == spike_every - 1 else 20.0 + 0.01 * (k % 7)
+            self.messages.append((f"sensors/{sensor}", json.dumps({"ts": T0 + k, "temperature": value})))
+        self.rate = rate
+        self.mids = []
+        self.acked = set()  # mids the broker acknowledged (paho resends the others, also after a reconnect)
+        self.client = _persistent_client(broker, "pub")
+        self.client.on_publish = lambda c, u, mid, rc, p: self.acked.add(mid)
+        self.client.connect_async(broker.host, broker.port)
+        self.client.loop_start()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> "Stream":
+        self.thread.start()
+        return self
+
+    def _run(self) -> None:
+        t0 = time.monotonic()
+        for i, (topic, payload) in enumerate(self.messages):
+            delay = t0 + i / self.rate - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            self.mids.append(self.client.publish(topic, payload, qos=1).mid)
+
+    def wait_acked(self, timeout: float = 20.0) -> None:
+        self.thread.join(timeout)
+        wait_for(lambda: len(self.mids) == len(self.messages) and self.acked >= set(self.mids),
+                 timeout, what="every reading acknowledged by the broker")
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+class Collector:
+    """Subscriber to the agent's events with a persistent session (gets what was queued while it was away)."""
+
+    def __init__(self, broker):
+        self.event_ids = set()
+        self.client = _persistent_client(broker, "sub")
+        self.client.on_connect = lambda c, u, f, rc, p: c.subscribe("edgewatch/events/#", qos=1)
+        self.client.on_message = lambda c, u, m: self.event_ids.add(json.loads(m.payload)["event_id"])
+        self.client.connect_async(broker.host, broker.port)
+        self.client.loop_start()
+        wait_for(self.client.is_connected, 10, what="collector connected")
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def check_delivery(agent: AgentProcess, stream: Stream, collector: Collector) -> None:
+    sent = set(stream.messages)
+    wait_for(lambda: sent <= {(c["topic"], c["payload"]) for c in captured(agent)}, 15,
+             what="every accepted reading in the capture record")
+    rows = event_rows(agent)
+    assert rows, "no events at all"
+    assert len({r["event_id"] for r in rows}) == len(rows), "duplicate events in the log"
+    wait_for(lambda: all(r["published_at"] for r in event_rows(agent)), 15, what="every logged event published")
+    logged = {r["event_id"] for r in event_rows(agent)}
+    wait_for(lambda: logged <= collector.event_ids, 10, what="every logged event seen on MQTT")
+
+
+def test_broker_killed_mid_stream(broker, tmp_path):
+    agent = AgentProcess(broker, tmp_path / "agent", FAST, protocol="5").start()
+    agent.wait_ready(broker)
+    collector = Collector(broker)
+    stream = Stream(broker, 900).start()
+    try:
+        time.sleep(1.5)
+        broker.kill()
+        time.sleep(1.0)
+        broker.restart()
+        collector_ok = wait_for(collector.client.is_connected, 10, what="collector back")
+        assert collector_ok
+        stream.wait_acked()
+        check_delivery(agent, stream, collector)
+        assert agent.proc.poll() is None
+    finally:
+        collector.close()
+        assert stop_within(agent) == 0, agent.log_tail()
+
+
+def test_agent_killed_mid_stream(broker, tmp_path):
+    agent = AgentProcess(broker, tmp_path / "agent", FAST, protocol="5").start()
+    agent.wait_ready(broker)
+    collector = Collector(broker)
+    stream = Stream(broker, 900).start()
+    try:
+        time.sleep(1.5)
+        agent.kill()
+        time.sleep(0.5)
+        agent.start()
+        stream.wait_acked()
+        check_delivery(agent, stream, collector)
+    finally:
+        collector.close()
+        assert stop_within(agent) == 0, agent.log_tail()
+
+
+def test_broker_down_while_events_are_logged(broker, tmp_path):
+    agent = AgentProcess(broker, tmp_path / "agent", FAST, protocol="5").start()
+    agent.wait_ready(broker)
+    collector = Collector(broker)
+    stream = Stream(broker, 300, rate=1000).start()
+    try:
+        stream.wait_acked()
+        wait_for(lambda: len(captured(agent)) >= 300, 10, what="readings consumed")
+        broker.stop()
+        # periodic health events keep being logged while the broker is away; they wait in the log
+        wait_for(lambda: any(r["published_at"] is None for r in event_rows(agent)), 10,
+                 what="an event logged while the broker is down")
+        time.sleep(1.0)
+        broker.restart()
+        check_delivery(agent, stream, collector)
+    finally:
+        collector.close()
+        assert stop_within(agent) == 0, agent.log_tail()
