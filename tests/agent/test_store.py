@@ -1,0 +1,295 @@
+"""The event log: one suite, run on SQLite and on the local PostgreSQL."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from datetime import datetime, timedelta, timezone
+
+import pytest
+import sqlalchemy as sa
+
+from agent.records import Bar, DeadLetter, make_event
+from agent.store import Store, StoreNotFound, StoreWriter
+from agent.timeutil import utcnow
+
+T0 = datetime(2026, 3, 1, 12, 0, 0)
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def url(request, tmp_path) -> str:
+    if request.param == "sqlite":
+        return str(tmp_path / "events.db")
+    return request.getfixturevalue("postgres_url")
+
+
+@pytest.fixture
+def store(url):
+    s = Store(url)
+    yield s
+    s.close()
+
+
+def ev(i: int, kind: str = "anomaly", key: str = "s1", ts: datetime | None = None, **data):
+    return make_event(kind, key, ts or T0 + timedelta(seconds=i), "warning", f"reading {i}", {"i": i, **data}, i)
+
+
+def count(store: Store, table: str = "events") -> int:
+    with store.engine.connect() as conn:
+        return conn.execute(sa.text(f"select count(*) from {table}")).scalar()
+
+
+def test_write_returns_new_rows_as_spec_dicts(store):
+    rows = store.write([ev(1, score=0.5), ev(2)])
+    assert [r["event_id"] for r in rows] == [ev(1).event_id, ev(2).event_id]
+    first = rows[0]
+    assert set(first) == {"id", "event_id", "ts", "logged_at", "kind", "key", "severity", "message", "data"}
+    assert first["ts"] == "2026-03-01T12:00:01Z" and first["logged_at"].endswith("Z")
+    assert first["data"] == {"i": 1, "score": 0.5}
+    assert rows[1]["id"] > first["id"]
+    assert store.events() == rows  # what write returns is exactly what the log holds
+
+
+def test_insert_or_ignore_on_event_id(store):
+    store.write([ev(1), ev(2)])
+    assert store.write([ev(1), ev(2)]) == []
+    again = store.write([ev(2), ev(3), ev(1), ev(3)])  # duplicates of the log and inside the batch
+    assert [r["event_id"] for r in again] == [ev(3).event_id]
+    logged = {r["event_id"]: r["id"] for r in store.events()}
+    assert logged[again[0]["event_id"]] == again[0]["id"]  # ids match when some rows were skipped
+    assert count(store) == 3
+
+
+def test_timestamps_are_utc_and_sort_and_filter_across_microseconds(store):
+    aware = datetime(2026, 3, 1, 14, 0, 0, 500000, tzinfo=timezone(timedelta(hours=2)))  # 12:00:00.5 UTC
+    store.write([ev(10, ts=T0), ev(11, ts=aware), ev(12, ts=T0 + timedelta(seconds=1))])
+    assert [r["ts"] for r in store.events()] == ["2026-03-01T12:00:00Z", "2026-03-01T12:00:00.500000Z", "2026-03-01T12:00:01Z"]
+    got = store.events(since=T0 + timedelta(microseconds=1), until=T0 + timedelta(seconds=1))
+    assert [r["data"]["i"] for r in got] == [11]
+
+
+def test_dead_letters_and_bars_in_the_same_transaction(store):
+    dl = DeadLetter(topic="sensors/x", payload="not json", reason="invalid JSON: Expecting value", received_at=T0)
+    bar = Bar(symbol="AAPL", start=T0, end=T0 + timedelta(seconds=1), open=1.0, high=2.0, low=0.5, close=1.5,
+              volume=10.0, vwap=1.2, trades=3)
+    store.write([ev(1)], [dl], [bar])
+    store.write(bars=[bar])  # a bar is unique per (symbol, start)
+    assert store.dead_letters() == [
+        {"id": store.dead_letters()[0]["id"], "topic": "sensors/x", "payload": "not json",
+         "reason": "invalid JSON: Expecting value", "received_at": "2026-03-01T12:00:00Z"}
+    ]
+    assert count(store, "bars") == 1 and count(store) == 1
+
+
+def test_outbox_unpublished_oldest_first_then_marked(store):
+    store.write([ev(i) for i in range(5)])
+    pending = store.unpublished(limit=3)
+    assert [r["data"]["i"] for r in pending] == [0, 1, 2]
+    store.mark_published([r["id"] for r in pending])
+    assert [r["data"]["i"] for r in store.unpublished()] == [3, 4]
+    store.mark_published([r["id"] for r in store.unpublished()])
+    assert store.unpublished() == []
+
+
+def test_event_filters_are_bound_parameters(store):
+    store.write([ev(1, kind="anomaly", key="s1"), ev(2, kind="risk", key="portfolio"), ev(3, kind="anomaly", key="s2")])
+    assert [r["data"]["i"] for r in store.events(kinds=["anomaly"])] == [1, 3]
+    assert [r["data"]["i"] for r in store.events(kinds=["anomaly", "risk"], key="portfolio")] == [2]
+    assert store.events(key="'; DROP TABLE events; --") == []
+    assert store.events(kinds=["anomaly' OR '1'='1"]) == []
+    assert count(store) == 3
+    assert [r["data"]["i"] for r in store.events(limit=2)] == [2, 3]  # the most recent, newest last
+    first = store.events()[0]["id"]
+    assert [r["data"]["i"] for r in store.events(after_id=first, limit=1)] == [2]  # follow: oldest new first
+
+
+def test_retention_by_age_and_by_rows(store):
+    store.write([ev(i) for i in range(30)], [DeadLetter("t", "p", "r", utcnow() - timedelta(days=3))])
+    with store.engine.begin() as conn:  # the first ten were logged four days ago
+        conn.execute(sa.text("update events set logged_at = :t where id <= (select min(id) + 9 from events)"),
+                     {"t": utcnow() - timedelta(days=4)})
+    assert store.apply_retention(max_age_days=2, max_rows=0) == 11  # ten events, one dead letter
+    assert [r["data"]["i"] for r in store.events()] == list(range(10, 30))
+    assert store.apply_retention(max_age_days=0, max_rows=5) == 15
+    assert [r["data"]["i"] for r in store.events()] == list(range(25, 30))
+    assert store.apply_retention(max_age_days=2, max_rows=5) == 0
+    store.write([ev(99)])
+    assert store.events()[-1]["id"] > store.events()[-2]["id"]  # ids are never reused
+
+
+def test_text_the_database_refuses_is_cleaned_not_lost(store):
+    """NUL (PostgreSQL refuses it) and a lone surrogate (not encodable) still reach the log."""
+    writer = StoreWriter(store, batch_size=100)
+    writer.start()
+    bad = DeadLetter("sensors/\ud800", "a\x00b", "invalid JSON", T0)
+    odd = {"event_id": "e-odd", "ts": T0, "kind": "anomaly", "key": "k\ud800", "severity": "info",
+           "message": "m", "data": {"text": "\x00"}}  # a dict: csp Structs cannot even hold a surrogate
+    writer.submit(events=[odd], dead_letters=[bad, DeadLetter("sensors/ok", "x", "r", T0)])
+    writer.close()
+    assert writer.dropped == 0
+    assert [d["topic"] for d in store.dead_letters()] == ["sensors/\\ud800", "sensors/ok"]
+    assert store.dead_letters()[0]["payload"] in ("a\x00b", "a\\x00b")
+    assert [r["key"] for r in store.events()] == ["k\\ud800"]
+
+
+def test_a_row_that_can_never_be_written_does_not_take_the_batch_with_it(store, caplog):
+    writer = StoreWriter(store, batch_size=100)
+    writer.start()
+    broken = {"event_id": "e-broken", "ts": "yesterday", "kind": "anomaly", "key": "s1", "severity": "info",
+              "message": "m", "data": {}}  # ts is not a time: no cleaning can save it
+    writer.submit(events=[ev(1), broken, ev(2)])
+    assert writer.flush(5)
+    writer.close()
+    assert writer.dropped == 1
+    assert [r["data"]["i"] for r in store.events()] == [1, 2]
+
+
+def test_writer_drains_the_queue_into_one_transaction(store):
+    committed: list[list[dict]] = []
+    durable = []
+    writer = StoreWriter(store, batch_size=5000, on_commit=committed.append)
+    for i in range(50):  # queued before the thread starts: one drain takes all of them
+        writer.submit(events=[ev(i * 10 + j) for j in range(10)], on_durable=lambda i=i: durable.append(i))
+    writer.start()
+    assert writer.flush(10)
+    writer.close()
+    assert writer.commits == 1 and writer.rows_written == 500 and writer.pending_rows == 0
+    assert durable == list(range(50))
+    assert [len(c) for c in committed] == [500]
+    writer2 = StoreWriter(store, batch_size=5000, on_commit=committed.append)
+    writer2.start()
+    writer2.submit(events=[ev(0)])  # already logged: durable, but nothing new to publish
+    writer2.close()
+    assert len(committed) == 1
+
+
+def test_writer_respects_batch_size(store):
+    writer = StoreWriter(store, batch_size=100)
+    for i in range(10):
+        writer.submit(events=[ev(i * 50 + j) for j in range(50)])
+    writer.start()
+    writer.close()
+    assert writer.commits == 5 and count(store) == 500
+
+
+def test_writer_survives_a_transient_db_error_and_keeps_the_rows(store):
+    """The events table vanishes (a real DB error on every write), then comes back: nothing is lost."""
+    writer = StoreWriter(store, batch_size=100)
+    writer.start()
+    writer.submit(events=[ev(0)])
+    assert writer.flush(5)
+    with store.engine.begin() as conn:
+        conn.execute(sa.text("alter table events rename to events_away"))
+    t = time.perf_counter()
+    for i in range(1, 200):
+        writer.submit(events=[ev(i)], dead_letters=[DeadLetter("t", "p", "r", T0)])
+    submit_seconds = time.perf_counter() - t
+    assert not writer.flush(0.3)  # stuck while the table is gone ...
+    assert writer.errors > 0
+    with store.engine.begin() as conn:
+        conn.execute(sa.text("alter table events_away rename to events"))
+    assert writer.flush(10)  # ... and everything arrives once it is back
+    writer.close()
+    assert submit_seconds < 0.5  # 199 submits while the database failed: the caller never waited on it
+    assert count(store) == 200 and count(store, "deadletters") == 199
+
+
+def test_submit_never_blocks_while_the_database_is_locked(tmp_path):
+    path = tmp_path / "events.db"
+    store = Store(str(path))
+    writer = StoreWriter(store, batch_size=1000)
+    writer.start()
+    locker = sa.create_engine(f"sqlite:///{path}").connect()
+    locker.exec_driver_sql("BEGIN EXCLUSIVE")  # another process holds the write lock
+    try:
+        writer.submit(events=[ev(0)])
+        t = time.perf_counter()
+        for i in range(1, 1000):
+            writer.submit(events=[ev(i)])
+        assert time.perf_counter() - t < 0.5
+        assert not writer.flush(0.2)
+    finally:
+        locker.exec_driver_sql("ROLLBACK")
+        locker.close()
+    assert writer.flush(10)
+    writer.close()
+    assert count(store) == 1000
+
+
+def test_writer_applies_retention_periodically(store):
+    writer = StoreWriter(store, batch_size=1000, retention=(0, 10), retention_every=0.05)
+    writer.start()
+    writer.submit(events=[ev(i) for i in range(50)])
+    assert writer.flush(5)
+    deadline = time.monotonic() + 5
+    while count(store) > 10 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    writer.close()
+    assert [r["data"]["i"] for r in store.events()] == list(range(40, 50))
+
+
+def test_readonly_reader_while_a_writer_writes(url):
+    store = Store(url)
+    writer = StoreWriter(store, batch_size=50)
+    writer.start()
+    stop = threading.Event()
+
+    def produce():
+        for i in range(0, 3000, 10):
+            if stop.is_set():
+                return
+            writer.submit(events=[ev(i + j) for j in range(10)])
+            time.sleep(0.001)
+
+    producer = threading.Thread(target=produce)
+    producer.start()
+    reader = Store(url, readonly=True)
+    try:
+        newest = []
+        while producer.is_alive():
+            rows = reader.events(kinds=["anomaly"], key="s1", limit=50)
+            assert [r["id"] for r in rows] == sorted(r["id"] for r in rows)
+            newest.append(rows[-1]["id"] if rows else 0)
+        assert newest == sorted(newest) and len(set(newest)) > 2  # saw the log grow, never go back
+        with pytest.raises(sa.exc.DBAPIError):
+            reader.write([ev(10**9)])  # read-only really means read-only
+    finally:
+        stop.set()
+        producer.join()
+        writer.close()
+        reader.close()
+        store.close()
+
+
+def test_readonly_never_creates_a_database(tmp_path):
+    missing = tmp_path / "nope" / "events.db"
+    with pytest.raises(StoreNotFound):
+        Store(str(missing), readonly=True)
+    assert not missing.parent.exists()
+
+
+@pytest.mark.parametrize("umask", [0o077, 0o002, 0o022])
+def test_sqlite_files_are_0640_whatever_the_umask(tmp_path, umask):
+    """Operators in the service's group can read the log (and its WAL); nobody else can."""
+    old = os.umask(umask)
+    try:
+        path = tmp_path / "state" / "events.db"
+        store = Store(str(path))
+        store.write([ev(1)])
+        reader = Store(str(path), readonly=True)
+        assert len(reader.events()) == 1
+        modes = {p.name: p.stat().st_mode & 0o777 for p in path.parent.iterdir()}
+        reader.close()
+        store.close()
+    finally:
+        os.umask(old)
+    assert modes == {"events.db": 0o640, "events.db-wal": 0o640, "events.db-shm": 0o640}
+
+
+def test_an_existing_world_readable_log_is_tightened(tmp_path):
+    path = tmp_path / "events.db"
+    Store(str(path)).close()
+    path.chmod(0o644)
+    Store(str(path)).close()
+    assert path.stat().st_mode & 0o777 == 0o640
