@@ -1,0 +1,250 @@
+"""`edge-agent events` / `deadletters` through the real CLI entry point, against a live log."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import signal
+import subprocess
+import sys
+import threading
+import time
+from datetime import timedelta
+
+import pytest
+
+from agent.cli import main
+from agent.records import DeadLetter, make_event
+from agent.store import Store, StoreWriter
+from agent.timeutil import utcnow
+
+NOW = utcnow()
+INJECTION = "'; DROP TABLE events; --"
+
+
+def _events():
+    spec = [  # (minutes ago, kind, key, severity)
+        (120, "anomaly", "s1", "warning"),
+        (60, "risk", "portfolio", "critical"),
+        (30, "anomaly", "s2", "critical"),
+        (10, "signal", "AAPL", "info"),
+        (1, "anomaly", "s1", "info"),
+    ]
+    return [
+        make_event(kind, key, NOW - timedelta(minutes=ago), sev, f"{kind} on {key} {ago}m ago",
+                   {"metric": "temperature", "value": 21.5 + ago, "score": 0.97}, ago)
+        for ago, kind, key, sev in spec
+    ]
+
+
+@pytest.fixture
+def db(tmp_path) -> str:
+    path = str(tmp_path / "events.db")
+    store = Store(path)
+    store.write(
+        _events(),
+        [DeadLetter("sensors/a", "{bad", "invalid JSON", NOW - timedelta(hours=2)),
+         DeadLetter("market/X/trade", '{"price": -1}', "price: must be > 0", NOW - timedelta(minutes=5))],
+    )
+    store.close()
+    return path
+
+
+def run(capsys, *argv) -> tuple[int, str, str]:
+    rc = main(list(argv))
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def jsonl(capsys, *argv) -> list[dict]:
+    rc, out, err = run(capsys, *argv, "--format", "json")
+    assert rc == 0, err
+    return [json.loads(line) for line in out.splitlines()]
+
+
+def keys(rows) -> list[str]:
+    return [r["key"] for r in rows]
+
+
+def test_json_lines_are_full_spec_events_newest_last(capsys, db):
+    rows = jsonl(capsys, "events", "--db", db)
+    assert keys(rows) == ["s1", "portfolio", "s2", "AAPL", "s1"]
+    assert set(rows[0]) == {"id", "event_id", "ts", "logged_at", "kind", "key", "severity", "message", "data"}
+    assert rows[0]["data"] == {"metric": "temperature", "value": 141.5, "score": 0.97}
+
+
+def test_every_filter(capsys, db):
+    assert keys(jsonl(capsys, "events", "--db", db, "--kind", "anomaly")) == ["s1", "s2", "s1"]
+    assert keys(jsonl(capsys, "events", "--db", db, "--kind", "risk", "--kind", "signal")) == ["portfolio", "AAPL"]
+    assert keys(jsonl(capsys, "events", "--db", db, "--key", "s1")) == ["s1", "s1"]
+    assert keys(jsonl(capsys, "events", "--db", db, "--severity", "critical")) == ["portfolio", "s2"]
+    assert keys(jsonl(capsys, "events", "--db", db, "--since", "45m")) == ["s2", "AAPL", "s1"]
+    assert keys(jsonl(capsys, "events", "--db", db, "--until", "20m")) == ["s1", "portfolio", "s2"]
+    assert keys(jsonl(capsys, "events", "--db", db, "--since", "2h", "--until", "5m", "--kind", "anomaly")) == ["s2"]
+    assert keys(jsonl(capsys, "events", "--db", db, "--limit", "2")) == ["AAPL", "s1"]  # the 2 most recent
+    assert keys(jsonl(capsys, "events", "--db", db, "--limit", "0")) == []
+    since = (NOW - timedelta(minutes=15)).isoformat() + "Z"
+    assert keys(jsonl(capsys, "events", "--db", db, "--since", since)) == ["AAPL", "s1"]
+    offset = (NOW - timedelta(minutes=15) + timedelta(hours=2)).isoformat() + "+02:00"
+    assert keys(jsonl(capsys, "events", "--db", db, "--since", offset)) == ["AAPL", "s1"]
+
+
+def test_sql_in_filter_values_is_data(capsys, db):
+    for flag in ("--key", "--kind", "--since"):
+        rc, out, err = run(capsys, "events", "--db", db, flag, INJECTION, "--format", "json")
+        assert (rc, out) == ((2, "") if flag == "--since" else (0, ""))
+    assert keys(jsonl(capsys, "events", "--db", db, "--key", "s1' OR '1'='1")) == []
+    assert len(jsonl(capsys, "events", "--db", db)) == 5  # the table is still there, untouched
+
+
+def test_table_is_aligned_and_summarised(capsys, tmp_path):
+    path = str(tmp_path / "t.db")
+    store = Store(path)
+    store.write([make_event("anomaly", "s1", NOW, "warning", "x" * 200, {"metric": "humidity", "value": 1 / 3}),
+                 make_event("news", "AAPL", NOW, "info", "short", {"sentiment": "bullish", "symbols": ["AAPL"]})])
+    store.close()
+    rc, out, _ = run(capsys, "events", "--db", path)
+    lines = out.splitlines()
+    assert rc == 0 and lines[0].split() == ["id", "ts", "kind", "key", "severity", "message", "data"]
+    assert set(lines[1].replace(" ", "")) == {"-"}
+    assert lines[0].index("kind") == lines[2].index("anomaly") == lines[3].index("news")  # aligned columns
+    assert "x" * 59 + "…" in lines[2] and "x" * 61 not in lines[2]  # message truncated
+    assert "metric=humidity value=0.3333" in lines[2]
+    assert 'symbols=["AAPL"]' in lines[3]
+
+
+def test_csv_has_a_header_and_json_data(capsys, db):
+    rc, out, _ = run(capsys, "events", "--db", db, "--format", "csv", "--kind", "risk")
+    rows = list(csv.DictReader(io.StringIO(out)))
+    assert rc == 0 and [r["key"] for r in rows] == ["portfolio"]
+    assert list(rows[0]) == ["id", "ts", "kind", "key", "severity", "message", "data"]
+    assert json.loads(rows[0]["data"])["score"] == 0.97
+
+
+def test_deadletters_formats_and_filters(capsys, db):
+    rows = jsonl(capsys, "deadletters", "--db", db)
+    assert [r["topic"] for r in rows] == ["sensors/a", "market/X/trade"]
+    assert set(rows[0]) == {"id", "topic", "payload", "reason", "received_at"}
+    assert [r["topic"] for r in jsonl(capsys, "deadletters", "--db", db, "--since", "1h")] == ["market/X/trade"]
+    assert [r["topic"] for r in jsonl(capsys, "deadletters", "--db", db, "--limit", "1")] == ["market/X/trade"]
+    rc, out, _ = run(capsys, "deadletters", "--db", db)
+    assert rc == 0 and out.splitlines()[0].split() == ["id", "received_at", "topic", "reason", "payload"]
+    rc, out, _ = run(capsys, "deadletters", "--db", db, "--format", "csv")
+    assert [r["reason"] for r in csv.DictReader(io.StringIO(out))] == ["invalid JSON", "price: must be > 0"]
+
+
+def test_db_defaults_to_the_configured_store(capsys, db, tmp_path, monkeypatch):
+    cfg = tmp_path / "agent.toml"
+    cfg.write_text(f'[store]\nurl = "{db}"\n')
+    assert len(jsonl(capsys, "events", "--config", str(cfg))) == 5
+    monkeypatch.chdir(tmp_path)  # no --config: the default ./edgewatch.db, which is absent here
+    rc, out, err = run(capsys, "events")
+    assert rc == 2 and "edgewatch.db: no such event log" in err
+    assert not (tmp_path / "edgewatch.db").exists()
+
+
+@pytest.mark.parametrize(
+    "argv, code, message",
+    [
+        (["events", "--since", "yesterday"], 2, "--since: not a time"),
+        (["events", "--until", "soon"], 2, "--until: not a time"),
+        (["events", "--limit", "-1"], 2, "--limit: must not be negative"),
+        (["deadletters", "--since", "1x"], 2, "--since: not a time"),
+    ],
+)
+def test_usage_errors_exit_2_with_one_line(capsys, db, argv, code, message):
+    rc, out, err = run(capsys, *argv, "--db", db)
+    assert (rc, out) == (code, "") and message in err and len(err.strip().splitlines()) == 1
+
+
+def test_database_errors(capsys, tmp_path):
+    missing = tmp_path / "missing.db"
+    rc, _, err = run(capsys, "events", "--db", str(missing))
+    assert rc == 2 and "no such event log" in err and not missing.exists()  # never created
+    for bad in ("mysql://u@h/db", "postgresql+psycopg://[::1"):
+        rc, _, err = run(capsys, "events", "--db", bad)
+        assert rc == 2 and "store.url" in err
+    garbage = tmp_path / "garbage.db"
+    garbage.write_bytes(b"this is not a database" * 100)
+    rc, _, err = run(capsys, "events", "--db", str(garbage))
+    assert rc == 1 and "not a database" in err and len(err.strip().splitlines()) == 1
+    rc, _, err = run(capsys, "deadletters", "--db", "postgresql+psycopg://postgres@127.0.0.1:1/none")
+    assert rc == 1 and "Connection refused" in err
+
+
+def test_queries_while_the_agent_writes(capsys, tmp_path):
+    path = str(tmp_path / "live.db")
+    store = Store(path)
+    writer = StoreWriter(store, batch_size=200)
+    writer.start()
+    stop = threading.Event()
+
+    def produce():
+        i = 0
+        while not stop.is_set() and i < 20000:
+            writer.submit(events=[make_event("anomaly", f"s{j % 7}", NOW, "warning", "m", {"i": i + j}, i + j)
+                                  for j in range(50)],
+                          dead_letters=[DeadLetter("sensors/x", "{", "invalid JSON", NOW)])
+            i += 50
+            time.sleep(0.002)
+
+    producer = threading.Thread(target=produce)
+    producer.start()
+    try:
+        counts = []
+        for _ in range(15):
+            counts.append(len(jsonl(capsys, "events", "--db", path, "--key", "s3")))
+            assert run(capsys, "events", "--db", path, "--kind", "anomaly", "--limit", "5")[0] == 0
+            assert run(capsys, "deadletters", "--db", path, "--format", "csv", "--limit", "5")[0] == 0
+        assert counts == sorted(counts) and counts[-1] > counts[0]
+    finally:
+        stop.set()
+        producer.join()
+        writer.close()
+        store.close()
+
+
+def _cli(*argv) -> list[str]:
+    return [sys.executable, "-m", "agent.cli", *argv]
+
+
+def test_follow_prints_new_events_until_sigterm(tmp_path):
+    path = str(tmp_path / "follow.db")
+    store = Store(path)
+    store.write([make_event("anomaly", "old", NOW, "info", "before", {}, 0)])
+    proc = subprocess.Popen(_cli("events", "--db", path, "--follow", "--format", "json", "--kind", "anomaly"),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert json.loads(proc.stdout.readline())["key"] == "old"
+        store.write([make_event("risk", "portfolio", NOW, "critical", "not followed", {}, 1),
+                     make_event("anomaly", "new", NOW, "warning", "after", {}, 2)])
+        assert json.loads(proc.stdout.readline())["key"] == "new"
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=10)
+    finally:
+        proc.kill() if proc.poll() is None else None
+        store.close()
+    assert proc.returncode == 0 and out == "" and err == ""
+
+
+def test_piping_into_head_prints_no_traceback(tmp_path):
+    path = str(tmp_path / "big.db")
+    store = Store(path)
+    store.write([make_event("anomaly", f"s{i}", NOW, "info", "m" * 50, {"i": i}, i) for i in range(5000)])
+    store.close()
+    proc = subprocess.Popen(_cli("events", "--db", path), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.readline()
+    proc.stdout.close()  # like `| head -1`
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=20) == 0 and "Traceback" not in err and err == ""
+
+
+@pytest.mark.postgres
+def test_events_from_a_postgresql_log(capsys, postgres_url):
+    store = Store(postgres_url)
+    store.write(_events())
+    store.close()
+    assert keys(jsonl(capsys, "events", "--db", postgres_url, "--kind", "anomaly", "--since", "45m")) == ["s2", "s1"]
+    rc, out, _ = run(capsys, "events", "--db", postgres_url, "--format", "csv", "--key", INJECTION)
+    assert (rc, out.strip()) == (0, "id,ts,kind,key,severity,message,data")
