@@ -1,0 +1,227 @@
+"""`edge-model export`: the trained GPT as ONNX with a KV cache, plus model.json and tokenizer.json.
+
+Names follow Hugging Face optimum / onnxruntime-genai: inputs `input_ids`,
+`attention_mask`, `position_ids`, `past_key_values.{i}.key|value`; outputs
+`logits`, `present.{i}.key|value`. Batch, sequence and past axes are dynamic
+(asserted after export: the dynamo exporter can silently fix a dimension).
+The export checks itself against PyTorch before anything is written to --out.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+import structlog
+import torch
+from torch.export import Dim
+
+from model.data import read_labelled, split
+from model.evaluate import evaluate_engine
+from model.gpt import GPT, GPTConfig
+from model.prompt import FORMAT, LABEL_TOKENS, LABELS, SENTIMENT, label_ids
+from model.tokenizer import Tokenizer
+
+log = structlog.get_logger("model.export")
+OPSET = 18
+TOLERANCE = 1e-4
+GREEDY_TOKENS = 64
+# provenance of the default training file, from shared/data/financial-tweets/README.md
+DATA_NAME = "Twitter Financial News sentiment (zeroshot/twitter-financial-news-sentiment), training split"
+DATA_LICENSE = "MIT"
+
+
+class ExportError(RuntimeError):
+    """The exported graph does not match PyTorch or lost a dynamic axis."""
+
+
+def load_checkpoint(path: str | Path) -> tuple[GPT, Tokenizer, dict]:
+    """The EMA weights of a training checkpoint, in eval mode."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such checkpoint")
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    model = GPT(GPTConfig(**ckpt["config"]))
+    ema = {k.removeprefix("module."): v for k, v in ckpt["ema"].items() if k.startswith("module.")}
+    model.load_state_dict(ema)
+    return model.eval(), Tokenizer.from_json(ckpt["tokenizer"]), ckpt
+
+
+class _Flat(torch.nn.Module):
+    """The GPT with the cache as separate tensors, the layout the ONNX graph exposes."""
+
+    def __init__(self, model: GPT):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, attention_mask, position_ids, past):
+        logits, presents = self.model(input_ids, attention_mask, position_ids, past)
+        return logits, presents
+
+
+def io_names(n_layer: int) -> tuple[list[str], list[str]]:
+    kv = [(i, k) for i in range(n_layer) for k in ("key", "value")]
+    return (["input_ids", "attention_mask", "position_ids"] + [f"past_key_values.{i}.{k}" for i, k in kv],
+            ["logits"] + [f"present.{i}.{k}" for i, k in kv])
+
+
+def export_onnx(model: GPT, path: Path) -> None:
+    c = model.config
+    B, T, P, hd = 2, 3, 2, c.n_embd // c.n_head  # sizes > 1: torch.export specialises 0 and 1
+    example = (torch.randint(0, c.vocab_size, (B, T)), torch.ones(B, P + T, dtype=torch.long),
+               torch.arange(P, P + T).expand(B, T),
+               [(torch.zeros(B, c.n_head, P, hd), torch.zeros(B, c.n_head, P, hd)) for _ in range(c.n_layer)])
+    batch, seq = Dim("batch", max=4096), Dim("sequence_length", max=c.block_size)
+    past = Dim("past_sequence_length", min=0, max=c.block_size)
+    kv = {0: batch, 2: past}
+    shapes = {"input_ids": {0: batch, 1: seq}, "attention_mask": {0: batch, 1: Dim.AUTO},
+              "position_ids": {0: batch, 1: seq}, "past": [(kv, kv)] * c.n_layer}
+    inputs, outputs = io_names(c.n_layer)
+    with torch.no_grad():
+        torch.onnx.export(_Flat(model).eval(), example, str(path), input_names=inputs, output_names=outputs,
+                          dynamic_shapes=shapes, dynamo=True, opset_version=OPSET, external_data=False)
+    proto = onnx.load(str(path))
+    mask_dim = next(i for i in proto.graph.input if i.name == "attention_mask").type.tensor_type.shape.dim[1]
+    if mask_dim.dim_param:
+        mask_dim.dim_param = "total_sequence_length"
+    onnx.save(proto, str(path))
+    check_dynamic_axes(path, c.n_layer)
+
+
+def check_dynamic_axes(path: Path, n_layer: int) -> None:
+    """Every batch/sequence/past axis must be symbolic; a fixed number there breaks batching."""
+    graph = onnx.load(str(path), load_external_data=False).graph
+    inputs, outputs = io_names(n_layer)
+    dynamic = {"input_ids": (0, 1), "attention_mask": (0, 1), "position_ids": (0, 1), "logits": (0, 1)}
+    dynamic |= {name: (0, 2) for name in inputs[3:] + outputs[1:]}
+    found = {v.name: v.type.tensor_type.shape.dim for v in list(graph.input) + list(graph.output)}
+    if set(found) != set(inputs) | set(outputs):
+        raise ExportError(f"graph inputs/outputs are {sorted(found)}, expected {inputs + outputs}")
+    for name, axes in dynamic.items():
+        for axis in axes:
+            if not found[name][axis].dim_param:
+                raise ExportError(f"{name} axis {axis} was fixed to {found[name][axis].dim_value} by the exporter")
+
+
+@torch.no_grad()
+def torch_greedy(model: GPT, prompt: list[int], n: int) -> list[int]:
+    """Greedy continuation with the PyTorch KV cache (prefill once, then one token per step)."""
+    logits, past = model(torch.tensor([prompt]))
+    out = []
+    for _ in range(n):
+        out.append(int(logits[0, -1].argmax()))
+        logits, past = model(torch.tensor([[out[-1]]]), past_key_values=past)
+    return out
+
+
+@torch.no_grad()
+def parity(model: GPT, engine, seed: int = 0) -> dict:
+    """ONNX (through the Engine) vs PyTorch: padded batch logits, a cached step, and greedy continuations."""
+    g = torch.Generator().manual_seed(seed)
+    c = model.config
+    lengths = [1, max(1, c.block_size // 4), max(2, c.block_size // 2)]
+    prompts = [torch.randint(0, c.vocab_size, (n,), generator=g).tolist() for n in lengths]
+    worst = 0.0
+    onnx_logits, caches = engine.prefill(prompts)
+    nxt = torch.randint(0, c.vocab_size, (len(prompts),), generator=g).tolist()
+    step_logits, _ = engine.decode_step(nxt, caches)
+    for i, p in enumerate(prompts):
+        ref, _ = model(torch.tensor([p + [nxt[i]]]))
+        worst = max(worst, float(np.abs(ref[0, -2].numpy() - onnx_logits[i]).max()),
+                    float(np.abs(ref[0, -1].numpy() - step_logits[i]).max()))
+    if worst > TOLERANCE:
+        raise ExportError(f"max |Δlogits| {worst:.2e} > {TOLERANCE:g}")
+    n_greedy = min(GREEDY_TOKENS, c.block_size - 8)
+    for p in prompts[:2]:
+        p = p[:8]
+        expected = torch_greedy(model, p, n_greedy)
+        logits, caches = engine.prefill([p])
+        got = []
+        for _ in range(n_greedy):
+            got.append(int(logits[0].argmax()))
+            logits, caches = engine.decode_step([got[-1]], caches)
+        if got != expected:
+            raise ExportError(f"greedy continuation differs from PyTorch at token {next(i for i, (a, b) in enumerate(zip(got, expected)) if a != b)}")
+    return {"max_abs_logit_diff": worst, "greedy_tokens_equal": n_greedy}
+
+
+def write_meta(out: Path, model: GPT, tok: Tokenizer, ckpt: dict, name: str, int8: bool) -> dict:
+    c = model.config
+    inputs, outputs = io_names(c.n_layer)
+    meta = {
+        "name": name,
+        "files": {"model": "model.onnx", "int8": "model.int8.onnx" if int8 else None, "tokenizer": "tokenizer.json"},
+        "architecture": {"type": "nanoGPT", **c.to_dict(), "tied_head": True, "pre_layernorm": True},
+        "params": model.num_params(),
+        "tokenizer": {"file": "tokenizer.json", "type": "byte-level BPE", "vocab_size": tok.vocab_size},
+        "labels": list(LABELS),
+        "label_mapping": {str(i): label for i, label in enumerate(LABELS)},
+        "prompt": {"format": FORMAT, "sentiment_token": SENTIMENT, "sentiment_token_id": tok.special[SENTIMENT],
+                   "label_tokens": list(LABEL_TOKENS), "label_token_ids": label_ids(tok)},
+        "calibration_temperature": ckpt.get("temperature") or 1.0,
+        "eos_id": tok.eot_id,
+        "onnx": {"opset": OPSET, "inputs": inputs, "outputs": outputs},
+        "training": {
+            "data": {"name": DATA_NAME, "license": DATA_LICENSE, **ckpt["data"],
+                     "path": Path(ckpt["data"]["path"]).name,
+                     "validation_split": "stratified 10 %, seed 1234 (model.data.split)"},
+            "steps": ckpt["step"],
+            "args": {k: v for k, v in ckpt["args"].items() if k not in ("data", "out")},
+            "tokens_per_s": (ckpt.get("val") or {}).get("tokens_per_s"),
+            "device": (ckpt.get("val") or {}).get("device"),
+        },
+        "metrics": {},
+    }
+    (out / "model.json").write_text(json.dumps(meta, indent=2) + "\n")
+    return meta
+
+
+def export(checkpoint: str | Path, out: str | Path, int8: bool = False, data: str | Path | None = None,
+           name: str = "edgewatch-nanogpt") -> dict:
+    """Export, self-check, measure; --out is replaced only when every check passed. Returns model.json."""
+    from sidecar.engine import Engine
+
+    model, tok, ckpt = load_checkpoint(checkpoint)
+    out = Path(out)
+    with tempfile.TemporaryDirectory(dir=out.parent if out.parent.exists() else None) as tmp:
+        tmp = Path(tmp)
+        export_onnx(model, tmp / "model.onnx")
+        tok.save(tmp / "tokenizer.json")
+        meta = write_meta(tmp, model, tok, ckpt, name, int8)
+        engine = Engine(tmp, device="cpu")
+        meta["export_check"] = parity(model, engine)
+        if int8:
+            from onnxruntime.quantization import QuantType, quantize_dynamic
+
+            quantize_dynamic(tmp / "model.onnx", tmp / "model.int8.onnx", weight_type=QuantType.QInt8)
+        data_path = Path(data) if data else Path(ckpt["data"]["path"])
+        if data_path.is_file():
+            _, val_rows = split(read_labelled(data_path))
+            m = evaluate_engine(engine, val_rows)
+            meta["metrics"] = {"measured_on": f"validation split of {data_path.name} ({len(val_rows)} rows), ONNX fp32",
+                               "val_accuracy": m["accuracy"], "val_macro_f1": m["macro_f1"],
+                               "per_class": m["per_class"], "confusion": m["confusion"]}
+            if int8:
+                q = evaluate_engine(Engine(tmp, device="cpu", int8=True), val_rows)
+                meta["metrics"] |= {"int8_val_accuracy": q["accuracy"], "int8_val_macro_f1": q["macro_f1"],
+                                    "int8_accuracy_change": q["accuracy"] - m["accuracy"]}
+        else:
+            log.warning("no data to measure metrics", data=str(data_path))
+        (tmp / "model.json").write_text(json.dumps(meta, indent=2) + "\n")
+        out.mkdir(parents=True, exist_ok=True)
+        for f in tmp.iterdir():
+            shutil.copy2(f, out / f.name)
+    log.info("exported", out=str(out), **meta["export_check"], **{k: v for k, v in meta["metrics"].items()
+                                                                  if isinstance(v, float)})
+    return meta
+
+
+def export_command(args) -> int:
+    meta = export(args.checkpoint, args.out, int8=args.int8, data=args.data, name=args.name)
+    print(json.dumps({"out": args.out, **meta["export_check"],
+                      **{k: v for k, v in meta["metrics"].items() if isinstance(v, float)}}))
+    return 0

@@ -1,0 +1,218 @@
+"""ONNX Runtime inference for the exported GPT: classification, prefill and cached decoding. Torch-free.
+
+The graph (model/export.py) takes `input_ids`, `attention_mask` [B, past+seq],
+`position_ids` and `past_key_values.{i}.key|value` and returns `logits` and
+`present.{i}.key|value`. Prompts in one run are LEFT-padded (so every row's
+last position is its next-token position) with the mask zeroing the padding
+and position_ids counting only real tokens.
+
+Context limits: classification cuts text from the LEFT to fit block_size;
+generation stops at block_size (prefill raises ValueError for longer prompts,
+decode_step raises ValueError once a cache is full; check `cache.length`).
+
+Caches: a KVCache is one sequence's row in the presents of the run that made
+it. When the next decode_step gets exactly that run's rows in order (the
+usual generation loop), the presents are fed back as they are: on CUDA they
+are OrtValues bound through IO binding and never leave the GPU. Any other
+combination (sequences joining or leaving a batch, different past lengths) is
+gathered on the host into a left-padded past with the matching mask.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import structlog
+
+from model import shipped_model_dir
+from model.prompt import classification_ids, label_probs
+from model.tokenizer import Tokenizer
+
+log = structlog.get_logger("sidecar.engine")
+CUDA = "CUDAExecutionProvider"
+CPU = "CPUExecutionProvider"
+
+
+class _Run:
+    """Presents of one run (per layer key, value: [B, n_head, L, head_dim]) and its keep-mask [B, L]."""
+
+    __slots__ = ("kv", "mask")
+
+    def __init__(self, kv: list, mask: np.ndarray):
+        self.kv = kv
+        self.mask = mask
+
+
+@dataclass(frozen=True)
+class KVCache:
+    """One sequence's keys/values; `length` real tokens = the position of its next token."""
+
+    run: _Run
+    row: int
+    length: int
+
+    def arrays(self) -> list[np.ndarray]:
+        """Per layer key, value as host arrays [n_head, length, head_dim], padding removed."""
+        keep = self.run.mask[self.row].astype(bool)
+        return [_host(t)[self.row][:, keep, :] for t in self.run.kv]
+
+
+def _host(t) -> np.ndarray:
+    return t if isinstance(t, np.ndarray) else t.numpy()
+
+
+class Engine:
+    def __init__(self, model_dir: str | Path | None = None, device: str = "auto", int8: bool = False,
+                 threads: int | None = None):
+        self.model_dir = Path(model_dir) if model_dir is not None else shipped_model_dir()
+        meta_path = self.model_dir / "model.json"
+        if not meta_path.is_file():
+            raise FileNotFoundError(f"{meta_path}: no model.json (not an exported model directory)")
+        self.meta: dict = json.loads(meta_path.read_text())
+        onnx_name = self.meta["files"]["int8" if int8 else "model"]
+        if not onnx_name or not (self.model_dir / onnx_name).is_file():
+            raise FileNotFoundError(f"{self.model_dir}: no {'int8 ' if int8 else ''}ONNX model "
+                                    f"({onnx_name or 'not exported; run edge-model export --int8'})")
+        self.tokenizer = Tokenizer.load(self.model_dir / self.meta["tokenizer"]["file"])
+
+        opts = ort.SessionOptions()
+        # a small edge CPU: a few intra-op threads, no inter-op pool competing with the server's threads
+        opts.intra_op_num_threads = threads or min(4, os.cpu_count() or 1)
+        opts.inter_op_num_threads = 1
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.session = ort.InferenceSession(str(self.model_dir / onnx_name), opts, providers=_providers(device))
+        self.provider: str = self.session.get_providers()[0]
+        if device == "cuda" and self.provider != CUDA:
+            raise RuntimeError(f"device cuda: onnxruntime fell back to {self.provider} (no usable GPU)")
+
+        arch = self.meta["architecture"]
+        self.name: str = self.meta["name"] + ("-int8" if int8 else "")
+        self.labels: list[str] = list(self.meta["labels"])
+        self.eos_id: int = int(self.meta["eos_id"])
+        self.block_size: int = int(arch["block_size"])
+        self.vocab_size: int = int(arch["vocab_size"])
+        self._n_layer, self._n_head = int(arch["n_layer"]), int(arch["n_head"])
+        self._head_dim = int(arch["n_embd"]) // self._n_head
+        self._label_ids: list[int] = list(self.meta["prompt"]["label_token_ids"])
+        self._temperature = float(self.meta.get("calibration_temperature", 1.0))
+        self._past = [f"past_key_values.{i}.{kv}" for i in range(self._n_layer) for kv in ("key", "value")]
+        self._present = [f"present.{i}.{kv}" for i in range(self._n_layer) for kv in ("key", "value")]
+        log.info("engine", model=self.name, provider=self.provider, threads=opts.intra_op_num_threads)
+
+    # --- text ---
+    def encode(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text)
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids)
+
+    def warmup(self) -> None:
+        """One classification and one decode step, so the first request does not pay for allocation."""
+        self.classify(["warm up the engine"])
+        _, caches = self.prefill([[self.eos_id]])
+        self.decode_step([self.eos_id], caches)
+
+    # --- runs ---
+    def _run(self, ids: np.ndarray, mask: np.ndarray, past: list) -> tuple[np.ndarray, list]:
+        """One graph run -> (logits at the last position [B, vocab], presents)."""
+        positions = np.maximum(np.cumsum(mask, axis=1) - 1, 0)[:, -ids.shape[1]:].astype(np.int64)
+        feeds = {"input_ids": ids, "attention_mask": mask, "position_ids": positions}
+        if self.provider != CUDA:
+            out = self.session.run(None, {**feeds, **{n: _host(t) for n, t in zip(self._past, past)}})
+            return out[0][:, -1, :], out[1:]
+        binding = self.session.io_binding()
+        for name, value in feeds.items():
+            binding.bind_cpu_input(name, value)
+        for name, t in zip(self._past, past):
+            if isinstance(t, np.ndarray):
+                binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(t, "cuda", 0))
+            else:
+                binding.bind_ortvalue_input(name, t)
+        binding.bind_output("logits", "cpu")
+        for name in self._present:
+            binding.bind_output(name, "cuda", 0)
+        self.session.run_with_iobinding(binding)
+        out = binding.get_outputs()
+        return out[0].numpy()[:, -1, :], out[1:]
+
+    def _check_ids(self, seq: list[int]) -> None:
+        if any(not 0 <= t < self.vocab_size for t in seq):
+            raise ValueError(f"token ids must be in [0, {self.vocab_size})")
+
+    def _prompts(self, prompts: list[list[int]]) -> tuple[np.ndarray, _Run]:
+        """Left-padded prompts with an empty past -> last-position logits and the run's presents."""
+        B, L = len(prompts), max(len(p) for p in prompts)
+        ids = np.full((B, L), self.eos_id, dtype=np.int64)
+        mask = np.zeros((B, L), dtype=np.int64)
+        for i, p in enumerate(prompts):
+            ids[i, L - len(p):] = p
+            mask[i, L - len(p):] = 1
+        empty = np.zeros((B, self._n_head, 0, self._head_dim), dtype=np.float32)
+        logits, presents = self._run(ids, mask, [empty] * len(self._past))
+        return logits, _Run(presents, mask)
+
+    def classify(self, texts: list[str]) -> list[dict]:
+        """Label probabilities for a batch of texts, in ONE run."""
+        if not texts:
+            return []
+        logits, _ = self._prompts([classification_ids(self.tokenizer, t, self.block_size) for t in texts])
+        probs = label_probs(logits, self._label_ids, self._temperature)
+        return [{"label": self.labels[int(p.argmax())], "confidence": float(p.max()),
+                 "scores": {label: float(x) for label, x in zip(self.labels, p)}} for p in probs]
+
+    def prefill(self, prompts: list[list[int]]) -> tuple[np.ndarray, list[KVCache]]:
+        """Run whole prompts (1..block_size tokens each) -> next-token logits [B, vocab], one cache each."""
+        if not prompts:
+            raise ValueError("prefill needs at least one prompt")
+        for p in prompts:
+            if not 1 <= len(p) <= self.block_size:
+                raise ValueError(f"a prompt must have 1..{self.block_size} tokens (got {len(p)})")
+            self._check_ids(p)
+        logits, run = self._prompts(prompts)
+        return logits, [KVCache(run, i, len(p)) for i, p in enumerate(prompts)]
+
+    def decode_step(self, tokens: list[int], caches: list[KVCache]) -> tuple[np.ndarray, list[KVCache]]:
+        """Feed one token per sequence after its cache -> logits [B, vocab] and the extended caches."""
+        if not tokens or len(tokens) != len(caches):
+            raise ValueError("decode_step needs one token per cache")
+        self._check_ids(tokens)
+        if any(c.length >= self.block_size for c in caches):
+            raise ValueError(f"context full: a sequence reached block_size {self.block_size}")
+        run = caches[0].run
+        if all(c.run is run for c in caches) and [c.row for c in caches] == list(range(run.mask.shape[0])):
+            past, past_mask = run.kv, run.mask
+        else:
+            past, past_mask = self._gather(caches)
+        mask = np.concatenate([past_mask, np.ones((len(caches), 1), dtype=np.int64)], axis=1)
+        ids = np.asarray(tokens, dtype=np.int64).reshape(-1, 1)
+        logits, presents = self._run(ids, mask, past)
+        new = _Run(presents, mask)
+        return logits, [KVCache(new, i, c.length + 1) for i, c in enumerate(caches)]
+
+    def _gather(self, caches: list[KVCache]) -> tuple[list[np.ndarray], np.ndarray]:
+        """Caches of different runs/lengths -> one left-padded past and its mask."""
+        L = max(c.length for c in caches)
+        past = [np.zeros((len(caches), self._n_head, L, self._head_dim), dtype=np.float32) for _ in self._past]
+        mask = np.zeros((len(caches), L), dtype=np.int64)
+        for i, c in enumerate(caches):
+            mask[i, L - c.length:] = 1
+            for dst, src in zip(past, c.arrays()):
+                dst[i, :, L - c.length:, :] = src
+        return past, mask
+
+
+def _providers(device: str) -> list[str]:
+    if device not in ("auto", "cuda", "cpu"):
+        raise ValueError(f"device must be auto, cuda or cpu (got {device!r})")
+    if device == "cpu":
+        return [CPU]
+    if CUDA in ort.get_available_providers():
+        return [CUDA, CPU]
+    if device == "cuda":
+        raise RuntimeError("device cuda: this onnxruntime has no CUDA execution provider (install the gpu extra)")
+    return [CPU]
