@@ -8,6 +8,7 @@ read from files (`*_file` keys) so they never sit in the TOML itself.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import socket
 import sys
@@ -257,6 +258,8 @@ def _apply(cfg: Config, data: dict, source: str) -> None:
             choices = _CHOICES.get((section, key))
             if choices and value not in choices:
                 raise ConfigError(f"{where}: must be one of {', '.join(choices)}, got {value!r}")
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"{where}: must be a finite number, got {value!r}")
             if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:
                 raise ConfigError(f"{where}: must not be negative, got {value!r}")
             setattr(target, key, value)
