@@ -16,27 +16,19 @@ from agent.notify import Notifier
 
 
 class Heartbeat:
-    """Proof that the engine is cycling: beaten from inside the graph, read by the watchdog and /health.
-
-    Each `beat()` also feeds the systemd watchdog (at most every half interval),
-    so the pings come from the engine thread itself and stop when it hangs.
-    """
+    """The engine's last sign of life; each `beat()` also feeds the systemd watchdog."""
 
     def __init__(self, notifier: Notifier | None = None, max_age: float = 5.0):
         self.notifier = notifier
         self.max_age = max_age  # seconds without a beat after which the engine counts as stalled
         self.beats = 0
         self._last: float | None = None
-        self._pinged = float("-inf")
 
     def beat(self) -> None:
-        now = time.monotonic()
-        self._last = now
+        self._last = time.monotonic()
         self.beats += 1
-        n = self.notifier
-        if n is not None and n.watchdog_interval and now - self._pinged >= n.watchdog_interval / 2:
-            self._pinged = now
-            n.watchdog()
+        if self.notifier is not None:
+            self.notifier.keepalive()
 
     def age(self) -> float:
         """Seconds since the last beat (infinite before the first)."""
