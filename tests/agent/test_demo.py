@@ -1,0 +1,31 @@
+"""`edge-agent demo`: the README's main job, with nothing but the package."""
+
+import subprocess
+import sys
+
+from agent.cli import main
+from agent.store import Store
+
+
+def test_demo_runs_end_to_end_and_exits_0(tmp_path):
+    db = tmp_path / "demo.db"
+    done = subprocess.run([sys.executable, "-m", "agent.cli", "demo", "--duration", "8s", "--db", str(db)],
+                          capture_output=True, text=True, timeout=90)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    out = done.stdout
+    assert "edgewatch demo" in out  # the progress view (plain lines: stdout is not a terminal)
+    assert "\x1b[" not in out
+    assert f"edge-agent events --db {db}" in out
+    store = Store(str(db), readonly=True)
+    kinds = {e["kind"] for e in store.events()}
+    assert len(kinds) >= 3 and "anomaly" in kinds, kinds
+    dead = store.dead_letters()
+    assert dead and all(d["reason"] for d in dead)
+    assert f"dead letters: {len(dead)}" in out
+
+
+def test_demo_rejects_a_bad_duration(tmp_path, capsys):
+    assert main(["demo", "--duration", "soon", "--db", str(tmp_path / "x.db")]) == 2
+    err = capsys.readouterr().err
+    assert "--duration" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "x.db").exists()
