@@ -66,3 +66,19 @@ def test_mosquitto_start_failure_is_reported(tmp_path):
             clash.start(timeout=3)
     finally:
         first.stop()
+
+
+def test_the_readme_example(mqtt_broker, tmp_path):
+    """The example of agent/README-testing.md, verbatim."""
+    from agent.pytest_plugin import AgentProcess, publish_many, wait_for_events
+
+    readings = [("sensors/boiler/1", {"temperature": 20.0 + (i % 3) * 0.1}) for i in range(300)]
+    readings.append(("sensors/boiler/1", {"temperature": 95.0}))
+    agent = AgentProcess(mqtt_broker, tmp_path, protocol="3.1.1").start()
+    try:
+        agent.wait_ready(mqtt_broker)
+        publish_many(mqtt_broker, readings)
+        [event] = wait_for_events(agent.db, 1, kinds=["anomaly"], key="boiler/1", timeout=15)
+        assert event["data"]["value"] == 95.0
+    finally:
+        assert agent.stop() == 0
