@@ -38,6 +38,7 @@ from agent.records import AnomalyScore, Event, MetricScore, SensorReading, make_
 
 SURPRISE_VAR_FLOOR = 0.02**2  # the surprise's long-run variance is never taken as below this
 MAX_MAGNITUDE = 1e300  # larger readings would overflow the float arithmetic; they are not scored
+_UNSEEN = float("inf")  # the daily profile's error before its first prediction
 
 
 class Params:
@@ -69,7 +70,7 @@ class MetricState:
 
     __slots__ = (
         "n", "last_ts", "level", "dev", "mag", "season", "seen", "short", "lmean", "lvar",
-        "cool", "expected", "band",
+        "cool", "expected", "band", "serr",
     )
 
     def __init__(self, x: float, when: datetime, p: Params):
@@ -86,6 +87,7 @@ class MetricState:
         self.cool = 0
         self.expected = x
         self.band = 0.0
+        self.serr = _UNSEEN
 
     def score(self, x: float, when: datetime, p: Params) -> float:
         """Score one reading in [0, 1]; learn from it when it is in time order."""
@@ -100,15 +102,19 @@ class MetricState:
         r = x - self.level
         z = (r if r >= 0.0 else -r) / scale
         expected, band = self.level, scale
-        # expert 2: the same time of day on earlier days
+        # expert 2: the same time of day on earlier days, trusted once it has been the better forecast
         season = self.season
         if self.seen[b] >= p.season_min:
+            rb = x - season[2 * b]
+            ab = rb if rb >= 0.0 else -rb
             bs = season[2 * b + 1]
             bs = bs if bs > floor else floor
-            rb = x - season[2 * b]
-            zb = (rb if rb >= 0.0 else -rb) / bs
-            if zb < z:
-                z, expected, band = zb, season[2 * b], bs
+            if self.serr < scale:
+                z, expected, band = ab / bs, season[2 * b], bs
+            if learn:
+                lb = p.clip * bs
+                ab = ab if ab < lb else lb
+                self.serr = ab if self.serr == _UNSEEN else self.serr + p.a_dev * (ab - self.serr)
         self.expected = expected
         self.band = band
         raw = z / (z + 3.0) if z < 1e12 else 1.0

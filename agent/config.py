@@ -92,20 +92,20 @@ class LogConfig:
 
 @dataclasses.dataclass
 class AnomalyConfig:
-    threshold: float = 0.9  # score at or above which a reading becomes an `anomaly` event
+    threshold: float = 0.8  # score at or above which a reading becomes an `anomaly` event
     critical: float = 1.0  # score at or above which an `anomaly` event is critical (else warning)
     warmup: int = 100  # readings per (sensor, metric) learnt before any score above 0
     level_span: float = 20.0  # readings: EWMA span of the level forecast
     scale_span: float = 100.0  # readings: EWMA span of the robust residual scale
     season_span: float = 30.0  # updates: EWMA span of each time-of-day profile bucket
-    season_buckets: int = 48  # time-of-day buckets of the daily profile (1 = no daily profile)
+    season_buckets: int = 96  # time-of-day buckets of the daily profile (1 = no daily profile)
     season_min: int = 3  # updates a bucket needs before the daily profile is consulted
     tail_floor: float = 1e-4  # tail probability that maps to score 1.0 (scores are -log(tail)/-log(floor))
     short_span: float = 2.0  # readings: span of the recent surprise compared with its history
     long_span: float = 2000.0  # readings: span of the surprise's long-run mean and variance
     clip: float = 4.0  # residuals beyond this many scales are clipped before learning
     rel_floor: float = 0.001  # scale floor as a fraction of the metric's mean magnitude
-    refractory: int = 200  # readings after a detection during which the metric cannot alarm again
+    refractory: int = 100  # readings after a detection during which the metric cannot alarm again
 
 
 @dataclasses.dataclass
