@@ -9,6 +9,7 @@ files rotate by size with only the newest `max_files` kept.
 from __future__ import annotations
 
 import json
+import json.encoder
 import os
 import threading
 from collections.abc import Iterable, Iterator
@@ -18,12 +19,12 @@ from pathlib import Path
 import structlog
 
 from agent.config import RecordConfig
-from agent.timeutil import isoformat, parse_timestamp, utcnow
+from agent.timeutil import parse_timestamp, utcnow
 
 log = structlog.get_logger(__name__)
 
 PATTERN = "capture-*.jsonl"
-_dumps = json.JSONEncoder(ensure_ascii=False).encode
+_quote = json.encoder.encode_basestring  # C-speed JSON string literal, non-ASCII kept as is
 
 
 class CaptureWriter:
@@ -67,9 +68,9 @@ class CaptureWriter:
 
     def write(self, received_at: datetime, topic: str, payload_text: str) -> None:
         """Queue one message; it reaches the file at the next `flush()`."""
-        line = (
-            f'{{"received_at":"{isoformat(received_at)}","topic":{_dumps(topic)},"payload":{_dumps(payload_text)}}}\n'
-        )
+        # received_at is naive UTC (the agent's convention), so isoformat() + "Z" is timeutil.isoformat
+        line = f'{{"received_at":"{received_at.isoformat()}Z","topic":{_quote(topic)},"payload":'
+        line += f"{_quote(payload_text)}}}\n"
         with self._lock:
             self._pending.append(line)
             self._pending_bytes += len(line)
