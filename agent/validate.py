@@ -50,13 +50,16 @@ def _reject_constant(name: str) -> float:
     raise Invalid(f"payload contains {name}, which is not a finite number")
 
 
+_json = json.JSONDecoder(parse_constant=_reject_constant).decode  # built once: json.loads(**kw) builds one per call
+
+
 def _decode(payload: bytes) -> tuple[str, dict]:
     try:
         text = payload.decode("utf-8")
     except UnicodeDecodeError as e:
         raise Invalid(f"payload is not UTF-8 (invalid byte at offset {e.start})") from None
     try:
-        obj = json.loads(text, parse_constant=_reject_constant)
+        obj = _json(text)
     except Invalid:
         raise
     except RecursionError:
