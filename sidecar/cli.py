@@ -7,6 +7,7 @@ Exit codes: 0 clean stop, 2 bad flag or file (one line on stderr naming it),
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from pathlib import Path
 
@@ -122,6 +123,8 @@ def serve(args) -> int:
                             timeout_graceful_shutdown=5)
     server = uvicorn.Server(config)
     log.info("starting", **where, model=args.model or "shipped", device=args.device)
+    for sig in (signal.SIGTERM, signal.SIGINT):  # uvicorn re-raises the stop signal after a clean shutdown:
+        signal.signal(sig, lambda *_: None)  # let it land here, so a requested stop exits 0
     try:
         server.run()
     finally:

@@ -12,6 +12,9 @@ import dataclasses
 import numpy as np
 
 
+GREEDY_BELOW = 1e-4  # temperatures this small are greedy (dividing by them overflows float64)
+
+
 @dataclasses.dataclass(frozen=True)
 class SamplingParams:
     max_tokens: int = 16
@@ -25,7 +28,7 @@ class SamplingParams:
 
 def sample(logits: np.ndarray, params: SamplingParams, rng: np.random.Generator) -> int:
     """One token id from a [vocab] logit vector: greedy, or temperature + top-k + top-p."""
-    if params.temperature == 0.0:
+    if params.temperature < GREEDY_BELOW:
         return int(np.argmax(logits))
     z = logits.astype(np.float64) / params.temperature
     if 0 < params.top_k < z.shape[0]:
@@ -65,11 +68,16 @@ def stable_length(text: str, stops: tuple[str, ...]) -> int:
     return end - hold
 
 
+def valid_unicode(text: str) -> str:
+    """Lone surrogates (bytes the byte-level tokenizer can produce) → U+FFFD, so the text is valid UTF-8/JSON."""
+    return text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+
+
 class TextTracker:
     """Generated ids of one sequence → the text it has produced, its stop, and the unsent delta."""
 
     def __init__(self, decode, params: SamplingParams):
-        self._decode = decode
+        self._decode = lambda ids: valid_unicode(decode(ids))
         self._stops = tuple(s for s in params.stop if s)
         self.ids: list[int] = []
         self.text = ""

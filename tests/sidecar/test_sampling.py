@@ -6,7 +6,7 @@ import numpy as np
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sidecar.sampling import SamplingParams, TextTracker, find_stop, sample, stable_length
+from sidecar.sampling import SamplingParams, TextTracker, find_stop, sample, stable_length, valid_unicode
 
 LOGITS = np.array([0.1, 3.0, 2.0, -1.0, 2.5], dtype=np.float32)
 
@@ -18,6 +18,7 @@ def draws(params: SamplingParams, n: int = 400) -> set[int]:
 
 def test_greedy_is_argmax():
     assert draws(SamplingParams(temperature=0.0), 5) == {1}
+    assert draws(SamplingParams(temperature=5e-324, top_p=5e-324, top_k=1), 5) == {1}  # found by the API fuzzer
 
 
 def test_top_k_keeps_only_the_k_best():
@@ -78,3 +79,15 @@ def test_tracker_deltas_concatenate_to_the_final_text(ids, stops):
     parts.append(tracker.flush())
     assert "".join(parts) == tracker.text
     assert find_stop(tracker.text, tuple(stops)) is None
+
+
+@given(st.text())
+def test_valid_unicode_always_encodes(text):
+    clean = valid_unicode(text)
+    clean.encode("utf-8")  # raises on a lone surrogate
+    assert len(clean) >= len(text) or "\ufffd" in clean
+
+
+def test_valid_unicode_replaces_lone_surrogates():
+    assert valid_unicode("ok ✓") == "ok ✓"
+    assert valid_unicode("a\udce9b").startswith("a\ufffd") and valid_unicode("a\udce9b").endswith("b")
