@@ -85,3 +85,12 @@ def test_replay_matches_the_live_run(mqtt_broker, tmp_path):
     replayed = Store(str(tmp_path / "replayed.db"), readonly=True).events(kinds=["anomaly"])
     assert sorted(e["event_id"] for e in replayed) == sorted(e["event_id"] for e in live)
     assert len(live) >= 3
+
+
+def test_replay_into_postgresql(tmp_path, postgres_url):
+    write_capture(tmp_path / "cap", readings(datetime(2026, 1, 1)))
+    sqlite = replay([str(tmp_path / "cap")], Config(), str(tmp_path / "ev.db"))
+    pg = replay([str(tmp_path / "cap")], Config(), postgres_url)
+    assert pg["new_events"] == sqlite["new_events"] > 0
+    assert {e["event_id"] for e in Store(postgres_url).events()} == {
+        e["event_id"] for e in Store(str(tmp_path / "ev.db")).events()}
