@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from urllib.parse import quote
 
 import sqlalchemy as sa
 import structlog
@@ -43,7 +44,7 @@ events = sa.Table(
     sa.Column("id", _Id, primary_key=True, autoincrement=True),  # the log sequence; never reused
     sa.Column("event_id", sa.String(64), nullable=False, unique=True),
     sa.Column("ts", sa.DateTime, nullable=False, index=True),
-    sa.Column("logged_at", sa.DateTime, nullable=False, index=True),
+    sa.Column("logged_at", sa.DateTime, nullable=False),  # no index: retention searches it by id
     sa.Column("kind", sa.String(32), nullable=False, index=True),
     sa.Column("key", sa.Text, nullable=False, index=True),
     sa.Column("severity", sa.String(16), nullable=False),
@@ -76,7 +77,7 @@ bars = sa.Table(
     metadata,
     sa.Column("id", _Id, primary_key=True, autoincrement=True),
     sa.Column("symbol", sa.Text, nullable=False),
-    sa.Column("start", sa.DateTime, nullable=False, index=True),
+    sa.Column("start", sa.DateTime, nullable=False),
     sa.Column("end", sa.DateTime, nullable=False),
     sa.Column("open", sa.Float, nullable=False),
     sa.Column("high", sa.Float, nullable=False),
@@ -144,6 +145,26 @@ def _sqlite_file(url: URL) -> Path | None:
     return Path(db)
 
 
+def _readonly_uri(path: Path) -> str:
+    """An SQLite URI that never writes or creates anything, usable by operators of the service's group.
+
+    While the agent runs, its -wal and -shm files exist and `mode=ro` shares them. When it is stopped they
+    are gone, and a reader who may not create them in the state directory opens the (then quiescent,
+    fully checkpointed) file as `immutable`.
+    """
+    try:
+        if not path.is_file():
+            raise StoreNotFound(f"{path}: no such event log")
+        with open(path, "rb"):
+            pass
+    except PermissionError:
+        raise ConfigError(f"{path}: permission denied (operators need the service's group)") from None
+    uri = f"file:{quote(str(path.resolve()))}?mode=ro"
+    if not Path(f"{path}-wal").exists() and not os.access(path.parent, os.W_OK):
+        uri += "&immutable=1"
+    return uri
+
+
 def _create_private(path: Path) -> None:
     """Create the SQLite file 0640 whatever the umask; SQLite gives its -wal/-shm files the same mode."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o750)
@@ -162,6 +183,24 @@ def _create_private(path: Path) -> None:
         os.fchmod(fd, FILE_MODE)
     finally:
         os.close(fd)
+
+
+def _first_id_not_older(conn: sa.Connection, table: sa.Table, col: sa.Column, cutoff: datetime, lo: int, hi: int) -> int:
+    """Smallest id whose `col` is at or after `cutoff` (hi + 1 when none), by binary search over the primary key.
+
+    Rows are appended in time order (the writer stamps `logged_at` as it inserts), so `col` is sorted by
+    id: ~log2(n) key lookups replace an index on `col` that every insert would have to pay for.
+    """
+    hi += 1
+    probe = sa.select(col).where(table.c.id >= sa.bindparam("mid")).order_by(table.c.id).limit(1)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        when = conn.execute(probe, {"mid": mid}).scalar()
+        if when is not None and when < cutoff:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
 
 
 def _event_dict(row) -> dict:
@@ -227,10 +266,7 @@ class Store:
         engine_url = self.url
         if path is not None:
             if readonly:
-                if not path.is_file():
-                    raise StoreNotFound(f"{path}: no such event log")
-                # mode=ro: SQLite never writes or creates anything through this connection
-                engine_url = URL.create("sqlite", database=f"file:{path.resolve()}?mode=ro", query={"uri": "true"})
+                engine_url = URL.create("sqlite", database=_readonly_uri(path), query={"uri": "true"})
             else:
                 _create_private(path)
             connect_args["timeout"] = SQLITE_BUSY_TIMEOUT_MS / 1000
@@ -376,25 +412,22 @@ class Store:
         cutoff = utcnow() - timedelta(days=max_age_days) if max_age_days > 0 else None
         for table, age_col in ((events, events.c.logged_at), (deadletters, deadletters.c.received_at), (bars, bars.c.start)):
             with self.engine.connect() as conn:
-                upto = None  # delete every id <= upto
-                if cutoff is not None:
-                    upto = conn.execute(sa.select(sa.func.max(table.c.id)).where(age_col < cutoff)).scalar()
-                if max_rows > 0:
-                    lo, hi = conn.execute(sa.select(sa.func.min(table.c.id), sa.func.max(table.c.id))).one()
-                    if hi is not None and hi - lo + 1 > max_rows:  # ids can have gaps: only then count exactly
-                        keep_from = conn.execute(
-                            sa.select(table.c.id).order_by(table.c.id.desc()).offset(max_rows - 1).limit(1)
-                        ).scalar()
-                        if keep_from is not None:
-                            upto = max(upto or 0, keep_from - 1)
-                if upto is None:
+                lo, hi = conn.execute(sa.select(sa.func.min(table.c.id), sa.func.max(table.c.id))).one()
+                if lo is None:
                     continue
-                lo = conn.execute(sa.select(sa.func.min(table.c.id))).scalar()
-            while lo is not None and lo <= upto:
-                step_end = min(upto, lo + 50_000 - 1)
+                keep_from = lo  # delete every id below it
+                if cutoff is not None:
+                    keep_from = _first_id_not_older(conn, table, age_col, cutoff, lo, hi)
+                if max_rows > 0 and hi - lo + 1 > max_rows:  # ids can have gaps: only then count exactly
+                    nth_newest = conn.execute(
+                        sa.select(table.c.id).order_by(table.c.id.desc()).offset(max_rows - 1).limit(1)
+                    ).scalar()
+                    keep_from = max(keep_from, nth_newest or lo)
+            while lo < keep_from:
+                step_end = min(keep_from, lo + 50_000)
                 with self.engine.begin() as conn:
-                    deleted += conn.execute(table.delete().where(table.c.id.between(lo, step_end))).rowcount
-                lo = step_end + 1
+                    deleted += conn.execute(table.delete().where(table.c.id >= lo, table.c.id < step_end)).rowcount
+                lo = step_end
         return deleted
 
     # -- reading -------------------------------------------------------------------------------------------

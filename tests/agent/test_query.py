@@ -5,12 +5,16 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 
@@ -248,3 +252,37 @@ def test_events_from_a_postgresql_log(capsys, postgres_url):
     assert keys(jsonl(capsys, "events", "--db", postgres_url, "--kind", "anomaly", "--since", "45m")) == ["s2", "s1"]
     rc, out, _ = run(capsys, "events", "--db", postgres_url, "--format", "csv", "--key", INJECTION)
     assert (rc, out.strip()) == (0, "id,ts,kind,key,severity,message,data")
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv"), reason="needs root and setpriv to act as an operator")
+def test_operators_in_the_services_group_read_the_live_and_the_stopped_log():
+    """The state directory is 0750 and the log 0640, group = the service's: an operator of that group reads
+    it while the agent writes and after it stopped; anyone else gets one clear line."""
+    nobody, group = 65534, 65534
+    base = Path(tempfile.mkdtemp(prefix="edgewatch-perm-"))
+    try:
+        base.chmod(0o755)
+        state = base / "state"
+        state.mkdir(mode=0o750)
+        os.chown(state, 0, group)
+        path = state / "events.db"
+        store = Store(str(path))
+        store.write(_events())
+        for f in state.iterdir():
+            os.chown(f, 0, group)
+
+        def as_user(gid: int) -> subprocess.CompletedProcess:
+            cmd = ["setpriv", f"--reuid={nobody}", f"--regid={gid}", "--clear-groups",
+                   *_cli("events", "--db", str(path), "--format", "json")]
+            return subprocess.run(cmd, capture_output=True, text=True, cwd=Path(__file__).parents[2], timeout=60)
+
+        live = as_user(group)
+        store.close()  # the agent stops: -wal and -shm are gone, the operator cannot create them
+        assert sorted(p.name for p in state.iterdir()) == ["events.db"]
+        stopped = as_user(group)
+        stranger = as_user(1)
+    finally:
+        shutil.rmtree(base)
+    assert live.returncode == 0 and len(live.stdout.splitlines()) == 5, live.stderr
+    assert stopped.returncode == 0 and len(stopped.stdout.splitlines()) == 5, stopped.stderr
+    assert stranger.returncode == 2 and "permission denied" in stranger.stderr and "Traceback" not in stranger.stderr
