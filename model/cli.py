@@ -11,6 +11,8 @@ import argparse
 import importlib
 import sys
 
+import structlog
+
 from model.data import DataError
 
 HANDLERS = {
@@ -81,6 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))  # stdout is for results
     module, func = HANDLERS[args.command].split(":")
     try:
         return getattr(importlib.import_module(module), func)(args)

@@ -1,0 +1,91 @@
+"""Export: names, dynamic axes, parity with PyTorch, int8, and the eval/generate commands on the result."""
+
+from __future__ import annotations
+
+import json
+
+import onnx
+import pytest
+
+from model.cli import main
+from sidecar.engine import Engine
+
+pytest.importorskip("torch")
+
+
+def test_graph_names_and_dynamic_axes(tiny_model_dir):
+    from model.export import ExportError, check_dynamic_axes, io_names
+
+    check_dynamic_axes(tiny_model_dir / "model.onnx", 2)
+    graph = onnx.load(str(tiny_model_dir / "model.onnx")).graph
+    inputs, outputs = io_names(2)
+    assert [i.name for i in graph.input] == inputs and [o.name for o in graph.output] == outputs
+    assert inputs[3:] == ["past_key_values.0.key", "past_key_values.0.value",
+                          "past_key_values.1.key", "past_key_values.1.value"]
+    # a graph with a fixed batch axis is refused
+    graph.input[0].type.tensor_type.shape.dim[0].dim_value = 1
+    bad = tiny_model_dir.parent / "fixed.onnx"
+    onnx.save(onnx.load(str(tiny_model_dir / "model.onnx")), str(bad))
+    proto = onnx.load(str(bad))
+    proto.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 1
+    onnx.save(proto, str(bad))
+    with pytest.raises(ExportError, match="input_ids axis 0"):
+        check_dynamic_axes(bad, 2)
+
+
+def test_parity_recorded_and_rechecked(tiny_model_dir):
+    from model.export import TOLERANCE, load_checkpoint, parity
+
+    meta = json.loads((tiny_model_dir / "model.json").read_text())
+    assert meta["export_check"]["max_abs_logit_diff"] <= TOLERANCE
+    assert meta["export_check"]["greedy_tokens_equal"] == 64
+    model, _, _ = load_checkpoint(tiny_model_dir.parent / "run" / "ckpt.pt")
+    check = parity(model, Engine(tiny_model_dir, device="cpu"), seed=7)
+    assert check["max_abs_logit_diff"] <= TOLERANCE
+
+
+def test_model_json(tiny_model_dir):
+    meta = json.loads((tiny_model_dir / "model.json").read_text())
+    assert meta["labels"] == ["bearish", "bullish", "neutral"]
+    assert meta["label_mapping"] == {"0": "bearish", "1": "bullish", "2": "neutral"}
+    assert meta["training"]["data"]["license"] == "MIT" and meta["training"]["data"]["val_rows"] == 24
+    assert meta["params"] > 0 and meta["eos_id"] == meta["architecture"]["vocab_size"] - 5
+    for key in ("val_accuracy", "val_macro_f1", "int8_val_accuracy", "int8_accuracy_change"):
+        assert key in meta["metrics"]
+
+
+def test_int8_loads_and_classifies(tiny_model_dir):
+    engine = Engine(tiny_model_dir, device="cpu", int8=True)
+    assert engine.name.endswith("-int8")
+    (result,) = engine.classify(["$ACME beats earnings estimates"])
+    assert result["label"] in engine.labels and sum(result["scores"].values()) == pytest.approx(1.0)
+    assert (tiny_model_dir / "model.int8.onnx").stat().st_size < (tiny_model_dir / "model.onnx").stat().st_size
+
+
+def test_eval_command(tiny_model_dir, tmp_path, capsys):
+    from model.testing import tiny_csv
+
+    data = tiny_csv(tmp_path / "eval.csv", rows=9, seed=3)
+    assert main(["eval", "--model", str(tiny_model_dir), "--data", str(data), "--json"]) == 0
+    m = json.loads(capsys.readouterr().out)
+    assert m["n"] == 9 and 0 <= m["accuracy"] <= 1 and 0 <= m["macro_f1"] <= 1
+    assert sum(map(sum, m["confusion"]["matrix"])) == 9
+    assert main(["eval", "--model", str(tiny_model_dir), "--data", str(data)]) == 0
+    assert "confusion" in capsys.readouterr().out
+
+
+def test_generate_command(tiny_model_dir, capsys):
+    assert main(["generate", "--model", str(tiny_model_dir), "$ACME", "--max-tokens", "5"]) == 0
+    assert capsys.readouterr().out.startswith("$ACME")
+    assert main(["generate", "--model", str(tiny_model_dir), "$ACME", "--temperature", "0.8", "--seed", "1"]) == 0
+
+
+def test_usage_errors_exit_2(tiny_model_dir, tmp_path, capsys):
+    assert main(["eval", "--model", str(tiny_model_dir), "--data", str(tmp_path / "missing.csv")]) == 2
+    assert "missing.csv" in capsys.readouterr().err
+    bad = tmp_path / "bad.csv"
+    bad.write_text("text,label\nhello,7\n")
+    assert main(["eval", "--model", str(tiny_model_dir), "--data", str(bad)]) == 2
+    assert "bad.csv:2" in capsys.readouterr().err
+    assert main(["eval", "--model", str(tmp_path), "--data", str(bad)]) == 2
+    assert main(["export", str(tmp_path / "none.pt"), "--out", str(tmp_path / "o")]) == 2
