@@ -571,6 +571,11 @@ class StoreWriter:
     def start(self) -> None:
         self._thread.start()
 
+    @property
+    def alive(self) -> bool:
+        """The writer thread runs (for health and readiness)."""
+        return self._thread.is_alive()
+
     def submit(self, events=(), dead_letters=(), bars=(), on_durable: Callable[[], None] | None = None) -> None:
         """Queue rows for the next transaction; `on_durable` runs once they are committed. Never blocks."""
         item = _Item(list(events), list(dead_letters), list(bars), on_durable)
@@ -638,6 +643,9 @@ class StoreWriter:
 
     def _write_batch(self, batch: list[_Item]) -> None:
         t0 = time.perf_counter()
+        if not any(map(len, batch)):  # only acknowledgements waiting for what came before: nothing to write
+            self._done(batch, [])
+            return
         try:
             new = self._retrying(
                 events=[e for it in batch for e in it.events],
@@ -683,7 +691,7 @@ class StoreWriter:
 
     def _done(self, batch: list[_Item], new: list[dict]) -> None:
         rows = sum(map(len, batch))
-        self.commits += 1
+        self.commits += rows > 0
         self.rows_written += rows
         for it in batch:
             if it.on_durable is not None:

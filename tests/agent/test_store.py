@@ -295,3 +295,14 @@ def test_an_existing_world_readable_log_is_tightened(tmp_path):
     path.chmod(0o644)
     Store(str(path)).close()
     assert path.stat().st_mode & 0o777 == 0o640
+
+
+def test_acknowledgements_without_rows_wait_for_earlier_rows_only(store):
+    order = []
+    writer = StoreWriter(store, batch_size=10)
+    writer.submit(events=[ev(i) for i in range(10)], on_durable=lambda: order.append(("rows", count(store))))
+    writer.submit(on_durable=lambda: order.append(("ack", count(store))))  # a cycle that produced nothing
+    writer.start()
+    assert writer.flush(5) and writer.alive
+    writer.close()
+    assert order == [("rows", 10), ("ack", 10)] and writer.commits == 1 and not writer.alive
