@@ -124,7 +124,8 @@ class MetricState:
         if not learn:
             if self.n <= p.warmup:
                 return 0.0
-            return _verdict(d, var, p) * (1.0 - self.cool / p.refractory)
+            s = _verdict(d, var, p)
+            return 0.5 * s if self.cool else s
         # young statistics are plain means (1/n) until the EWMA weight takes over: no start-up bias
         inv_n = 1.0 / self.n
         a = p.a_long if p.a_long > inv_n else inv_n
@@ -144,6 +145,10 @@ class MetricState:
             self.seen[b] = k
         a = 1.0 / k if k * p.a_season < 1.0 else p.a_season  # plain mean until the EWMA takes over
         rb = x - season[2 * b]
+        if k > p.season_min:  # a trusted bucket learns robustly too
+            lb = season[2 * b + 1]
+            lb = p.clip * (lb if lb > floor else floor)
+            rb = lb if rb > lb else (-lb if rb < -lb else rb)
         season[2 * b] += a * rb
         season[2 * b + 1] += a * ((rb if rb >= 0.0 else -rb) - season[2 * b + 1])
         if self.n <= p.warmup:
@@ -151,7 +156,7 @@ class MetricState:
         s = _verdict(d, var, p)
         if self.cool > 0:
             self.cool -= 1
-            return s * (1.0 - self.cool / p.refractory)
+            return 0.5 * s  # damped: cannot alarm at any threshold above 0.5
         if s >= p.threshold:
             self.cool = p.refractory
             self.level = x  # re-baseline: a level shift alarms once, then becomes the norm
