@@ -161,3 +161,23 @@ def test_configuration_error_exits_2(tmp_path, capsys):
     code, marks = run(bad, capsys)
     assert code == 2 and marks["config"] == "✗" and "mqtt.port" in marks["out"]
     assert "broker" not in marks  # nothing else can be checked without a configuration
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(request):
+    pytest.importorskip("torch")
+    from sidecar.testing import cached_tiny_model
+
+    return cached_tiny_model(request.config.cache.mkdir("edgewatch-sidecar-tiny"))
+
+
+def test_ready_sidecar_names_model_and_provider(mosquitto, tmp_path, capsys, tiny_model_dir):
+    from sidecar.app import Settings, create_app
+    from sidecar.testing import ServerThread, wait_ready
+
+    sock_path = str(tmp_path / "sidecar.sock")
+    with ServerThread(create_app(Settings(model_dir=str(tiny_model_dir), device="cpu")), uds=sock_path):
+        wait_ready(f"unix://{sock_path}")
+        path = settings(tmp_path, mosquitto, news={"enabled": True}, sidecar={"url": f"unix://{sock_path}"})
+        code, marks = run(path, capsys)
+    assert marks["sidecar"] == "✓" and "CPUExecutionProvider" in marks["out"], marks["out"]

@@ -77,3 +77,26 @@ def test_bad_options_exit_2(tmp_path):
     for args in (["--frobnicate"], ["--prefix", "relative/path"], ["--wheelhouse", str(tmp_path / "none")]):
         r = subprocess.run([str(DEPLOY / "install.sh"), "--root", str(tmp_path), *args], capture_output=True, text=True)
         assert r.returncode == 2 and r.stderr.startswith("install.sh: "), r.stderr
+
+
+def test_readme_layout_matches_the_staged_tree(staged: Path):
+    """Every installed path the README's layout table names exists after install (the run-time ones aside)."""
+    text = (DEPLOY / "README.md").read_text()
+    assert "## Deploy as a service" in text
+    for section in ("### Install", "### Start", "### Status", "### Logs", "### Reload", "### Upgrade", "### Uninstall"):
+        assert section in text
+    table = text[text.index("| path | what |"):].split("\n\n")[0]
+    paths = [p for row in table.splitlines()[2:] for p in row.split("|")[1].replace(",", " ").split() if p.strip("`")]
+    checked = 0
+    for cell in paths:
+        path = cell.strip("`")
+        if path.startswith("/run/") or path.endswith("events.db"):
+            continue  # made by the running services
+        if "*" in path:
+            assert list(staged.glob(path.lstrip("/"))), path
+        else:
+            assert (staged / path.lstrip("/")).exists(), path
+        checked += 1
+    assert checked >= 5
+    assert "journalctl -u edgewatch-agent" in text and "systemctl reload edgewatch-agent" in text
+    assert "deploy/install.sh --uninstall" in text
