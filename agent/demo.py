@@ -105,30 +105,34 @@ class Feeder(threading.Thread):
 class Sidecar:
     """`edge-sidecar serve` on the CPU with the shipped model, when there is one."""
 
-    def __init__(self, workdir: Path):
+    def __init__(self, workdir: Path, model_dir: Path | None = None):
+        self.model_dir = model_dir  # None: the model shipped in the package
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = workdir / "sidecar.log"
         self.proc: subprocess.Popen | None = None
         self.note = ""
 
-    @staticmethod
-    def available() -> str:
+    def available(self) -> str:
         """Why the sidecar cannot run here, or '' when it can."""
-        try:
-            from model import shipped_model_dir
-        except ImportError:
-            return "the model package is not installed"
-        if not (shipped_model_dir() / "model.json").is_file():
-            return "no model is shipped in this package"
+        model_dir = self.model_dir
+        if model_dir is None:
+            try:
+                from model import shipped_model_dir
+            except ImportError:
+                return "the model package is not installed"
+            model_dir = shipped_model_dir()
+        if not (model_dir / "model.json").is_file():
+            return f"no model in {model_dir}" if self.model_dir else "no model is shipped in this package"
         if importlib.util.find_spec("onnxruntime") is None:
             return "onnxruntime is not installed (pip install 'edgewatch[cpu]')"
         return ""
 
     def start(self) -> None:
         self._log = open(self.log_path, "ab")
+        model = ["--model", str(self.model_dir)] if self.model_dir else []
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "sidecar.cli", "serve", "--port", str(self.port), "--device", "cpu"],
+            [sys.executable, "-m", "sidecar.cli", "serve", "--port", str(self.port), "--device", "cpu", *model],
             stdout=self._log, stderr=subprocess.STDOUT,
         )
 
@@ -281,8 +285,8 @@ def demo_command(args) -> int:
         broker = EmbeddedBroker().start()
         sidecar, agent, feeder, counts = None, None, None, LogCounts(db)
         try:
-            why_not = Sidecar.available()
             sidecar = Sidecar(work)
+            why_not = sidecar.available()
             if why_not:
                 notes.append(f"sidecar not started: {why_not}; news analysis runs degraded")
             else:

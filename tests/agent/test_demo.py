@@ -29,3 +29,27 @@ def test_demo_rejects_a_bad_duration(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "--duration" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "x.db").exists()
+
+
+def test_demo_sidecar_serves_a_model_and_stops(tmp_path, request):
+    """The demo's sidecar: `edge-sidecar serve` on the CPU, ready, classifying, stopped (tiny model, cached)."""
+    import httpx
+    import pytest
+
+    from agent.demo import Sidecar
+
+    pytest.importorskip("torch")
+    from sidecar.testing import cached_tiny_model
+
+    model = cached_tiny_model(request.config.cache.mkdir("edgewatch-sidecar-tiny"))
+    assert "no model in" in Sidecar(tmp_path, tmp_path / "nothing").available()
+    sidecar = Sidecar(tmp_path, model)
+    assert sidecar.available() == ""
+    sidecar.start()
+    try:
+        assert sidecar.wait_ready(timeout=60), sidecar.log_path.read_text()[-2000:]
+        r = httpx.post(f"{sidecar.url}/v1/classify", json={"texts": ["AAPL beats estimates"]}, timeout=10)
+        assert r.status_code == 200 and r.json()["results"][0]["label"] in ("bullish", "bearish", "neutral")
+    finally:
+        sidecar.stop()
+    assert sidecar.proc is None
