@@ -7,12 +7,13 @@ never create, lock out or change the agent's database. Filter values are bound p
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import os
 import signal
 import sys
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterator
 
 import sqlalchemy as sa
 
@@ -22,6 +23,7 @@ from agent.store import Store, StoreError
 from agent.timeutil import parse_when
 
 FOLLOW_POLL_SECONDS = 0.5
+PAGE = 1000  # rows per query when streaming a whole log
 EVENT_COLUMNS = ("id", "ts", "kind", "key", "severity", "message", "data")
 DEADLETTER_COLUMNS = ("id", "received_at", "topic", "reason", "payload")
 WIDTH_CAPS = {"message": 60, "data": 48, "payload": 48, "reason": 48, "key": 32, "topic": 40}
@@ -155,14 +157,35 @@ def events_command(args) -> int:
 
     def body(store: Store) -> None:
         printer = _Printer(args.format, EVENT_COLUMNS)
-        rows = store.events(**filters, limit=limit)
-        printer.rows(rows)
-        if args.follow:
+        fetch = functools.partial(store.events, **filters)
+        if limit is not None:  # the N most recent
+            rows = fetch(limit=limit)
+            printer.rows(rows)
             last = rows[-1]["id"] if rows else _newest_id(store)
-            for batch in _follow(lambda after: store.events(**filters, after_id=after), last):
-                printer.rows(batch)
+        else:  # everything, streamed in pages so a large log never sits in memory
+            printer.rows([])  # the CSV header, even when nothing matches
+            last = _newest_id(store) if args.follow else 0
+            last_seen = 0
+            for page in _pages(fetch, 0):
+                printer.rows(page)
+                last_seen = page[-1]["id"]
+            last = max(last, last_seen)
+        if args.follow:
+            for page in _follow(fetch, last):
+                printer.rows(page)
 
     return _run("events", args, body)
+
+
+def _pages(fetch: Callable[..., list[dict]], after: int) -> Iterator[list[dict]]:
+    """Rows with id > `after`, oldest first, PAGE at a time, until there are no more."""
+    while True:
+        page = fetch(after_id=after, limit=PAGE)
+        if page:
+            yield page
+            after = page[-1]["id"]
+        if len(page) < PAGE:
+            return
 
 
 def _newest_id(store: Store) -> int:
@@ -170,16 +193,15 @@ def _newest_id(store: Store) -> int:
     return newest[0]["id"] if newest else 0
 
 
-def _follow(fetch: Callable[[int], list[dict]], last: int) -> Iterable[list[dict]]:
+def _follow(fetch: Callable[..., list[dict]], last: int) -> Iterator[list[dict]]:
     """Poll for rows after `last` until Ctrl-C or SIGTERM (both end it cleanly, exit 0)."""
     stop = threading.Event()
     previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
         while not stop.wait(FOLLOW_POLL_SECONDS):
-            batch = fetch(last)
-            if batch:
-                last = batch[-1]["id"]
-                yield batch
+            for page in _pages(fetch, last):
+                last = page[-1]["id"]
+                yield page
     finally:
         signal.signal(signal.SIGTERM, previous)
 
@@ -187,5 +209,13 @@ def _follow(fetch: Callable[[int], list[dict]], last: int) -> Iterable[list[dict
 def deadletters_command(args) -> int:
     """`edge-agent deadletters`."""
     since, limit = _when("--since", args.since), _limit(args.limit)
-    printer = _Printer(args.format, DEADLETTER_COLUMNS)
-    return _run("deadletters", args, lambda store: printer.rows(store.dead_letters(since=since, limit=limit)))
+
+    def body(store: Store) -> None:
+        printer = _Printer(args.format, DEADLETTER_COLUMNS)
+        fetch = functools.partial(store.dead_letters, since=since)
+        printer.rows(fetch(limit=limit) if limit is not None else [])
+        if limit is None:
+            for page in _pages(fetch, 0):
+                printer.rows(page)
+
+    return _run("deadletters", args, body)

@@ -468,11 +468,15 @@ class Store:
             rows = [_event_dict(r) for r in conn.execute(q)]
         return rows[::-1] if newest_first else rows
 
-    def dead_letters(self, *, since: datetime | None = None, limit: int | None = None) -> list[dict]:
-        """Dead letters, newest last; `limit` keeps the most recent."""
-        q = sa.select(deadletters).order_by(deadletters.c.id.desc())
+    def dead_letters(self, *, since: datetime | None = None, after_id: int | None = None, limit: int | None = None) -> list[dict]:
+        """Dead letters, newest last. `limit` keeps the most recent; `after_id` returns the oldest newer ones."""
+        q = sa.select(deadletters)
         if since is not None:
             q = q.where(deadletters.c.received_at >= _naive_utc(since))
+        if after_id is not None:
+            q = q.where(deadletters.c.id > after_id).order_by(deadletters.c.id)
+        else:
+            q = q.order_by(deadletters.c.id.desc())
         if limit is not None:
             q = q.limit(limit)
         with self.engine.connect() as conn:
@@ -486,8 +490,7 @@ class Store:
                 }
                 for r in conn.execute(q)
             ]
-        return rows[::-1]
-
+        return rows if after_id is not None else rows[::-1]
 
 
 def _clean_text(value: object, dialect: str) -> object:

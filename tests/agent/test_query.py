@@ -286,3 +286,16 @@ def test_operators_in_the_services_group_read_the_live_and_the_stopped_log():
     assert live.returncode == 0 and len(live.stdout.splitlines()) == 5, live.stderr
     assert stopped.returncode == 0 and len(stopped.stdout.splitlines()) == 5, stopped.stderr
     assert stranger.returncode == 2 and "permission denied" in stranger.stderr and "Traceback" not in stranger.stderr
+
+
+def test_a_whole_log_streams_in_pages(capsys, db, monkeypatch):
+    monkeypatch.setattr("agent.query.PAGE", 2)  # 5 events, 2 dead letters: several pages, one exactly full
+    assert keys(jsonl(capsys, "events", "--db", db)) == ["s1", "portfolio", "s2", "AAPL", "s1"]
+    assert keys(jsonl(capsys, "events", "--db", db, "--kind", "anomaly")) == ["s1", "s2", "s1"]
+    rc, out, _ = run(capsys, "events", "--db", db, "--format", "csv")
+    assert rc == 0 and out.count("id,ts,kind") == 1 and len(out.splitlines()) == 6
+    rc, out, _ = run(capsys, "events", "--db", db)
+    assert rc == 0 and len(out.splitlines()) == 7 and out.splitlines()[0].startswith("id")
+    assert [r["topic"] for r in jsonl(capsys, "deadletters", "--db", db)] == ["sensors/a", "market/X/trade"]
+    rc, out, _ = run(capsys, "events", "--db", db, "--format", "csv", "--key", "none")
+    assert out == "id,ts,kind,key,severity,message,data\n"
