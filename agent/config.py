@@ -114,6 +114,7 @@ class HealthConfig:
     sweep_interval: float = 1.0  # seconds between timer sweeps for staleness and due periodic events
     warmup: int = 30  # readings that form a sensor's own baseline before drift/noise are judged
     fast_span: int = 20  # readings in the short window (EWMA span) compared against the baseline
+    noise_span: int = 50  # readings in the short noise window (EWMA span of squared changes): longer than fast_span, as squares are skewed
     baseline_span: int = 2000  # readings in the slowly adapting baseline (EWMA span)
     anomaly_span: int = 20  # readings over which the recent anomaly rate is averaged (EWMA span)
     stale_factor: float = 10.0  # a sensor is stale after this many of its usual reporting intervals
@@ -124,7 +125,7 @@ class HealthConfig:
     anomaly_rate: float = 0.2  # recent fraction of anomalous readings that is a burst
     anomaly_score: float = 0.8  # anomaly score at or above which a reading counts as anomalous here (the detector caps repeats during its refractory period just below anomaly.threshold)
     outlier_z: float = 8.0  # a value this far (baseline deviations) from the short-window mean is an outlier: it counts toward the anomaly rate (the detector suppresses repeats after an alarm) and stays out of drift and noise
-    noise_clip: float = 4.0  # values and changes beyond this many baseline deviations are clipped in the short window, so sporadic spikes are neither drift nor noise
+    noise_clip: float = 6.0  # values and changes beyond this many baseline deviations are clipped in the short window, so sporadic spikes are neither drift nor noise
     steady_metrics: str = "battery"  # metrics that may legitimately hold still: not judged stuck, drifting or noisy
     low_battery: float = 15.0  # battery level (percent) at or below which it is low
     bad_status: str = "error,fault,failed,offline,low_battery"  # `status` attribute values that mean unhealthy
@@ -138,7 +139,7 @@ class MaintenanceConfig:
     clear_readings: int = 10  # consecutive readings inside the clear level before a reason clears
     drift_clear_z: float = 3.0  # drift clears below this many baseline deviations
     noise_clear_ratio: float = 1.5  # noisy clears below this noise ratio
-    anomaly_clear_rate: float = 0.05  # anomaly_burst clears below this recent anomaly rate
+    anomaly_clear_rate: float = 0.1  # anomaly_burst clears below this recent anomaly rate (one lone anomaly stays below it)
     out_of_range_rate: float = 0.3  # recent fraction of out-of-range readings that raises out_of_range
     out_of_range_clear_rate: float = 0.05  # ... and the fraction below which it clears
     battery_clear_margin: float = 10.0  # low_battery clears once the level is this far above health.low_battery

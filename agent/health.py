@@ -5,8 +5,8 @@ One keyed node holds a dict of `SensorHealth` objects, each updated in O(1) per
 reading with plain float arithmetic: at 10,000 sensors the per-reading cost is
 what limits ingest, and a csp.dynamic per sensor costs more than all of this.
 
-Every component is in [0, 1] (1 = fine) and reaches 0 where the matching
-maintenance reason is raised; the score is the worst component, because a
+Every component is in [0, 1]: 1 up to the clear level of the matching
+maintenance reason, falling to 0 where that reason is raised; the score is the worst component, because a
 sensor is as trustworthy as its weakest sign of life. Drift and noise are
 judged against the sensor's own baseline (learnt over `warmup` readings, then
 adapting slowly with clipped residuals so a fault cannot teach itself in);
@@ -70,15 +70,17 @@ class Params:
     """Constants derived once from the configuration (attribute reads are cheap)."""
 
     __slots__ = (
-        "cfg", "rules", "warmup", "a_fast", "a_base", "a_anom", "a_gap", "ranges", "steady", "bad_status",
-        "bands", "margin", "clip", "outlier_z", "anomaly_score", "interval", "stale_min", "stale_factor", "first_stale",
+        "rules", "warmup", "a_fast", "a_noise", "a_base", "a_anom", "a_gap", "ranges", "steady", "bad_status",
+        "bands", "margin", "clip", "outlier_z", "anomaly_score", "interval", "stale_min", "stale_min_td", "stale_factor", "first_stale",
+        "inv_stuck", "drift_ok", "inv_drift", "noise_ok", "inv_noise", "anomaly_ok", "inv_anomaly", "oor_ok", "inv_oor",
+        "low_battery", "inv_battery",
     )
 
     def __init__(self, h: HealthConfig, m: MaintenanceConfig):
-        self.cfg = h
         self.rules = Rules(h, m)
         self.warmup = max(2, h.warmup)
         self.a_fast = 2.0 / (h.fast_span + 1.0)
+        self.a_noise = 2.0 / (h.noise_span + 1.0)
         self.a_base = 2.0 / (h.baseline_span + 1.0)
         self.a_anom = 2.0 / (h.anomaly_span + 1.0)
         self.a_gap = 2.0 / (h.fast_span + 1.0)
@@ -92,9 +94,22 @@ class Params:
         self.anomaly_score = h.anomaly_score
         self.interval = timedelta(seconds=h.interval)
         self.stale_min = h.stale_min
+        self.stale_min_td = timedelta(seconds=h.stale_min)
         self.stale_factor = h.stale_factor
         # before a second reading shows the reporting interval, wait stale_factor x stale_min
         self.first_stale = h.stale_min * h.stale_factor
+        # a component is 1 up to its reason's clear level and falls linearly to 0 at the raise level: healthy
+        # jitter costs nothing, and the score reaches 0 exactly where a maintenance reason raises
+        self.inv_stuck = _inverse(h.stuck_readings)
+        self.drift_ok, self.inv_drift = m.drift_clear_z, _inverse(h.drift_z - m.drift_clear_z)
+        self.noise_ok, self.inv_noise = m.noise_clear_ratio, _inverse(h.noise_ratio - m.noise_clear_ratio)
+        self.anomaly_ok, self.inv_anomaly = m.anomaly_clear_rate, _inverse(h.anomaly_rate - m.anomaly_clear_rate)
+        self.oor_ok, self.inv_oor = m.out_of_range_clear_rate, _inverse(m.out_of_range_rate - m.out_of_range_clear_rate)
+        self.low_battery, self.inv_battery = h.low_battery, _inverse(m.battery_clear_margin)
+
+
+def _inverse(x: float) -> float:
+    return 1.0 / x if x > 0 else 0.0
 
 
 class MetricTrack:
@@ -136,7 +151,7 @@ class MetricTrack:
         self.clean = x
         dlim = p.clip * math.sqrt(self.base_dvar)
         dc = dlim if d > dlim else (-dlim if d < -dlim else d)
-        self.fast_dvar += p.a_fast * (dc * dc - self.fast_dvar)
+        self.fast_dvar += p.a_noise * (dc * dc - self.fast_dvar)
         # slow learning with clipped residuals: a fault moves the baseline by a bounded amount
         lim = 3.0 * sd
         r = x - self.base
@@ -145,16 +160,6 @@ class MetricTrack:
         self.base_var += p.a_base * (rc * rc - self.base_var)
         self.base_dvar += p.a_base * (dc * dc - self.base_dvar)
         return False
-
-    def drift(self) -> float:
-        """Short-window mean vs baseline, in baseline deviations (floored so a flat baseline is not infinitely tight)."""
-        floor = 1e-4 * abs(self.base) + 1e-9
-        return abs(self.fast - self.base) / max(math.sqrt(self.base_var), floor)
-
-    def noise(self) -> float:
-        """Short-window noise (changes) vs the baseline's."""
-        floor = (1e-4 * abs(self.base) + 1e-9) ** 2
-        return math.sqrt(self.fast_dvar / max(self.base_dvar, floor))
 
 
 class SensorHealth:
@@ -180,8 +185,10 @@ class SensorHealth:
         self.flags = Flags()
         self.measures = [None] * len(REASONS)
 
-    def observe(self, r: SensorReading, anomalous: bool, p: Params) -> None:
-        """Fold one reading in; refresh the data-driven measures."""
+    def observe(self, r: SensorReading, anomalous: bool, p: Params) -> float:
+        """Fold one reading in, refresh the data-driven measures; return the score as of this reading.
+
+        The hot path of the sensor side: drift, noise and the score are inlined on purpose."""
         self.readings += 1
         if r.ts > self.last_ts:
             dt = (r.ts - self.last_ts).total_seconds()
@@ -193,32 +200,45 @@ class SensorHealth:
         drift = noise = None
         ranges = p.ranges
         steady = p.steady
+        warmup = p.warmup
+        tracks = self.metrics
         for name, x in r.metrics.items():
             bounds = ranges.get(name)
             if bounds is not None and not bounds[0] <= x <= bounds[1]:
                 out_of_range = True
                 continue  # an impossible value teaches the baseline nothing
-            if name == "battery":
-                self.battery = x
-            m = self.metrics.get(name)
+            m = tracks.get(name)
             if m is None:
-                self.metrics[name] = MetricTrack(x)
+                tracks[name] = MetricTrack(x)
+                if name == "battery":
+                    self.battery = x
                 continue
             if name in steady:
                 m.update(x, p)
+                if name == "battery":
+                    self.battery = x
                 continue
             if m.update(x, p):
                 anomalous = True
             if m.run > stuck:
                 stuck = m.run
-            if m.n > p.warmup:
-                dz = m.drift()
-                nz = m.noise()
-                drift = dz if drift is None or dz > drift else drift
-                noise = nz if noise is None or nz > noise else noise
-        status = r.attrs.get("status") if r.attrs else None
-        if status is not None:
-            self.status = str(status)
+            if m.n > warmup:
+                # drift: short-window mean vs baseline in baseline deviations; noise: changes vs the baseline's.
+                # floors keep a flat (quantised) baseline from making both infinitely sensitive
+                floor = 1e-4 * abs(m.base) + 1e-9
+                sd = math.sqrt(m.base_var)
+                f = m.fast - m.base
+                dz = (f if f >= 0.0 else -f) / (sd if sd > floor else floor)
+                floor *= floor
+                nz = math.sqrt(m.fast_dvar / (m.base_dvar if m.base_dvar > floor else floor))
+                if drift is None or dz > drift:
+                    drift = dz
+                if noise is None or nz > noise:
+                    noise = nz
+        if r.attrs:
+            status = r.attrs.get("status")
+            if status is not None:
+                self.status = str(status)
         self.anomaly += p.a_anom * ((1.0 if anomalous else 0.0) - self.anomaly)
         self.oor += p.a_anom * ((1.0 if out_of_range else 0.0) - self.oor)
         ms = self.measures
@@ -229,6 +249,28 @@ class SensorHealth:
         ms[OUT_OF_RANGE] = self.oor
         ms[ANOMALY_BURST] = self.anomaly
         ms[LOW_BATTERY] = None if self.battery is None else -self.battery
+        # the score right after a reading (fresh by definition): the worst component
+        worst = 1.0 - stuck * p.inv_stuck
+        c = 1.0 - (self.anomaly - p.anomaly_ok) * p.inv_anomaly
+        if c < worst:
+            worst = c
+        c = 1.0 - (self.oor - p.oor_ok) * p.inv_oor
+        if c < worst:
+            worst = c
+        if drift is not None:
+            c = 1.0 - (drift - p.drift_ok) * p.inv_drift
+            if c < worst:
+                worst = c
+            c = 1.0 - (noise - p.noise_ok) * p.inv_noise
+            if c < worst:
+                worst = c
+        if self.battery is not None:
+            c = (self.battery - p.low_battery) * p.inv_battery
+            if c < worst:
+                worst = c
+        if self.status is not None and self.status.lower() in p.bad_status:
+            worst = 0.0
+        return 0.0 if worst < 0.0 else worst
 
     def stale_after(self, p: Params) -> float:
         if self.gap is None:
@@ -237,21 +279,20 @@ class SensorHealth:
 
     def components(self, now: datetime, p: Params) -> dict[str, float]:
         """Each component in [0, 1]; 0 where its maintenance reason raises."""
-        h = p.cfg
         ms = self.measures
         stale_after = self.stale_after(p)
         usual = min(self.gap or 0.0, stale_after * 0.5)
         age = max(0.0, (now - self.last_ts).total_seconds())
         c = {
             "freshness": _unit(1.0 - max(0.0, age - usual) / max(stale_after - usual, 1e-9)),
-            "anomaly": _unit(1.0 - self.anomaly / h.anomaly_rate) if h.anomaly_rate > 0 else 1.0,
-            "stuck": _unit(1.0 - ms[STUCK] / h.stuck_readings) if h.stuck_readings > 0 else 1.0,
-            "drift": 1.0 if ms[DRIFT] is None else _unit(1.0 - ms[DRIFT] / h.drift_z),
-            "noise": 1.0 if ms[NOISY] is None else _unit(1.0 - (ms[NOISY] - 1.0) / max(h.noise_ratio - 1.0, 1e-9)),
-            "range": _unit(1.0 - self.oor / p.rules.raise_at[OUT_OF_RANGE]) if p.rules.raise_at[OUT_OF_RANGE] > 0 else 1.0,
+            "anomaly": _unit(1.0 - (self.anomaly - p.anomaly_ok) * p.inv_anomaly),
+            "stuck": _unit(1.0 - ms[STUCK] * p.inv_stuck),
+            "drift": 1.0 if ms[DRIFT] is None else _unit(1.0 - (ms[DRIFT] - p.drift_ok) * p.inv_drift),
+            "noise": 1.0 if ms[NOISY] is None else _unit(1.0 - (ms[NOISY] - p.noise_ok) * p.inv_noise),
+            "range": _unit(1.0 - (self.oor - p.oor_ok) * p.inv_oor),
         }
         if self.battery is not None:
-            c["battery"] = _unit((self.battery - h.low_battery) / max(h.low_battery, 1e-9))
+            c["battery"] = _unit((self.battery - p.low_battery) * p.inv_battery)
         if self.status is not None:
             c["status"] = 0.0 if self.status.lower() in p.bad_status else 1.0
         return c
@@ -267,28 +308,6 @@ class SensorHealth:
 
 def _unit(x: float) -> float:
     return 0.0 if x < 0.0 else (1.0 if x > 1.0 else x)
-
-
-def quick_score(s: SensorHealth, p: Params) -> float:
-    """The score at the moment of a reading (fresh by definition): cheap, for band crossings."""
-    h = p.cfg
-    ms = s.measures
-    worst = 1.0
-    if h.stuck_readings > 0:
-        worst = min(worst, 1.0 - ms[STUCK] / h.stuck_readings)
-    if ms[DRIFT] is not None:
-        worst = min(worst, 1.0 - ms[DRIFT] / h.drift_z)
-    if ms[NOISY] is not None:
-        worst = min(worst, 1.0 - (ms[NOISY] - 1.0) / max(h.noise_ratio - 1.0, 1e-9))
-    if h.anomaly_rate > 0:
-        worst = min(worst, 1.0 - s.anomaly / h.anomaly_rate)
-    if p.rules.raise_at[OUT_OF_RANGE] > 0:
-        worst = min(worst, 1.0 - s.oor / p.rules.raise_at[OUT_OF_RANGE])
-    if s.battery is not None:
-        worst = min(worst, (s.battery - h.low_battery) / max(h.low_battery, 1e-9))
-    if s.status is not None and s.status.lower() in p.bad_status:
-        worst = 0.0
-    return _unit(worst)
 
 
 def band_after(current: int, score: float, p: Params) -> int:
@@ -331,6 +350,7 @@ def sensor_health(
 
     p = s_params
     rules = p.rules
+    poor, good = p.bands
     sensors = s_sensors
     out = []
     if csp.ticked(readings):
@@ -344,23 +364,28 @@ def sensor_health(
             if s is None:
                 s = sensors[r.sensor_id] = SensorHealth(r.sensor_id, r.ts)
                 s.next_periodic = csp.now() + p.interval
-            s.observe(r, r.sensor_id in hits, p)
-            raised, cleared = s.flags.update(s.measures, rules, _ALL)
-            if raised or cleared:
-                out += maintenance_events(s.sensor_id, r.ts, s.flags, raised, cleared, s.evidence())
-            band = band_after(s.band, quick_score(s, p), p)
-            if band != s.band:
-                s.band = band
-                out.append(health_event(s, r.ts, p, "band"))
+            score = s.observe(r, r.sensor_id in hits, p)
+            # every reason raises exactly where the score reaches 0: while it is above 0 and nothing is raised,
+            # the flags cannot change, and the per-reason rules are skipped
+            if score <= 1e-9 or s.flags.calm:
+                raised, cleared = s.flags.update(s.measures, rules, _ALL)
+                if raised or cleared:
+                    out += maintenance_events(s.sensor_id, r.ts, s.flags, raised, cleared, s.evidence())
+            if (0 if score < poor else (1 if score < good else 2)) != s.band:
+                band = band_after(s.band, score, p)
+                if band != s.band:
+                    s.band = band
+                    out.append(health_event(s, r.ts, p, "band"))
     if csp.ticked(a_sweep):
         now = csp.now()
         csp.schedule_alarm(a_sweep, s_sweep, True)
+        recent = now - p.stale_min_td  # no sensor that reported since then can be stale
         for s in sensors.values():
-            age = (now - s.last_ts).total_seconds()
-            s.measures[STALE] = age / s.stale_after(p)
-            raised, cleared = s.flags.update(s.measures, rules, _STALE_ONLY)
-            if raised:
-                out += maintenance_events(s.sensor_id, now, s.flags, raised, cleared, s.evidence())
+            if s.last_ts < recent and STALE not in s.flags.calm:
+                s.measures[STALE] = (now - s.last_ts).total_seconds() / s.stale_after(p)
+                raised, cleared = s.flags.update(s.measures, rules, _STALE_ONLY)
+                if raised:
+                    out += maintenance_events(s.sensor_id, now, s.flags, raised, cleared, s.evidence())
             if now >= s.next_periodic:
                 s.next_periodic = now + p.interval
                 out.append(health_event(s, now, p, "periodic"))

@@ -113,9 +113,6 @@ def risk_checks(
         s_book = Book()
         s_interval = timedelta(seconds=cfg.check_interval) if cfg.check_interval > 0 else None
     with csp.start():
-        csp.make_passive(trades)
-        csp.make_passive(quotes)
-        csp.make_passive(vols)
         if s_interval is not None:
             csp.schedule_alarm(a_check, s_interval, True)
 

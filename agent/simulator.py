@@ -34,6 +34,7 @@ FAULT_REASONS = {
     "price_jump": "price_alert",
 }
 SENSOR_FAULTS = ("spike", "drift", "stuck", "dropout", "noisy", "battery", "out_of_range")
+REASONS_OF_SENSORS = frozenset(FAULT_REASONS[k] for k in SENSOR_FAULTS)
 
 # metric -> (low, high) of the healthy base level, noise standard deviation, impossible reading
 METRICS = {
@@ -92,6 +93,7 @@ class SimConfig:
     rate: float = 1.0  # readings per sensor per second
     faults: bool = True
     fault_fraction: float = 0.35  # share of sensors that get one fault
+    fault_kinds: tuple = SENSOR_FAULTS  # kinds dealt in turn to the faulty sensors
     seed: int = 0
     duration: float = 600.0  # seconds of simulated time
     warmup: int = 150  # readings per sensor before any fault starts: detectors learn first
@@ -122,10 +124,12 @@ class Simulator:
         out = []
         period = 1.0 / cfg.rate
         warm = cfg.warmup * period
+        kinds = 0
         for sid in self.sensor_ids:
             if rng.random() >= cfg.fault_fraction:
                 continue
-            kind = rng.choice(SENSOR_FAULTS)
+            kind = cfg.fault_kinds[kinds % len(cfg.fault_kinds)]  # in turn: every kind is covered
+            kinds += 1
             length = rng.uniform(90, 180) * period
             latest = cfg.duration - length - 30 * period
             if latest <= warm:
@@ -282,4 +286,53 @@ def to_batches(messages, cfg, window: float = 0.01) -> dict[str, list[tuple[date
             batch.setdefault(got.kind, []).append(got.record)
     for kind, records in batch.items():
         out.setdefault(kind, []).append((open_at + step, records))
+    return out
+
+
+def match_faults(faults: list[Fault], events, grace: timedelta) -> dict[str, dict]:
+    """Score `maintenance` events against the ground truth, per reason.
+
+    A fault is found when its reason is raised on its sensor between its start and
+    `grace` after its end; a raise is a true positive when such a fault explains it.
+    Returns {reason: {faults, found, recall, raised, true_raises, precision, max_delay_s, mean_delay_s,
+    false_with: {fault kind active on that sensor, or "none": false raises}}}.
+    """
+    raises: dict[tuple[str, str], list[datetime]] = {}
+    for e in events:
+        if e.kind == "maintenance" and e.data.get("state") == "raised":
+            for reason in e.data["reasons"]:
+                raises.setdefault((e.key, reason), []).append(e.ts)
+    by_reason: dict[str, dict] = {}
+    explained: set[tuple[str, str, datetime]] = set()
+    for f in faults:
+        if f.reason not in REASONS_OF_SENSORS:
+            continue
+        r = by_reason.setdefault(f.reason, {"faults": 0, "found": 0, "delays": []})
+        r["faults"] += 1
+        hits = [t for t in raises.get((f.key, f.reason), ()) if f.start <= t <= f.end + grace]
+        if hits:
+            r["found"] += 1
+            r["delays"].append((min(hits) - f.start).total_seconds())
+        explained.update((f.key, f.reason, t) for t in hits)
+    fault_of = {f.key: f for f in faults}
+    for (key, reason), times in raises.items():
+        r = by_reason.setdefault(reason, {"faults": 0, "found": 0, "delays": []})
+        r["raised"] = r.get("raised", 0) + len(times)
+        r["true_raises"] = r.get("true_raises", 0) + sum((key, reason, t) in explained for t in times)
+        for t in times:
+            if (key, reason, t) not in explained:  # which fault (if any) the false raise came with
+                other = fault_of.get(key)
+                cause = other.kind if other and other.start <= t <= other.end + grace else "none"
+                r.setdefault("false_with", {}).setdefault(cause, 0)
+                r["false_with"][cause] += 1
+    out = {}
+    for reason, r in sorted(by_reason.items()):
+        raised, true, delays = r.get("raised", 0), r.get("true_raises", 0), r["delays"]
+        out[reason] = {
+            "faults": r["faults"], "found": r["found"], "recall": r["found"] / r["faults"] if r["faults"] else None,
+            "raised": raised, "true_raises": true, "precision": true / raised if raised else None,
+            "max_delay_s": max(delays) if delays else None,
+            "mean_delay_s": sum(delays) / len(delays) if delays else None,
+            "false_with": r.get("false_with", {}),
+        }
     return out

@@ -1,0 +1,204 @@
+"""Market analytics in historical mode: price alerts, VWAP bars, regime-adaptive signals, news fusion."""
+
+from __future__ import annotations
+
+import math
+import random
+from datetime import datetime, timedelta
+
+import csp
+import pytest
+
+from agent.config import Config, MarketConfig
+from agent.market import bucket_of, market_analytics, price_alerts
+from agent.market_graph import market_graph
+from agent.records import Pnl, Position, Quote, Sentiment, Trade
+from agent.simulator import SimConfig, Simulator, to_batches
+
+T0 = datetime(2026, 3, 2, 14, 30)
+
+
+def at(seconds: float) -> datetime:
+    return T0 + timedelta(seconds=seconds)
+
+
+def trade(sym: str, s: float, price: float, size: float = 100.0) -> Trade:
+    return Trade(symbol=sym, ts=at(s), price=price, size=size)
+
+
+def batches(records: list) -> list:
+    """One batch per record, delivered at its own data time (times never go backwards for csp)."""
+    out, last = [], T0
+    for r in records:
+        last = max(last, r.ts)
+        out.append((last, [r]))
+    return out
+
+
+def run_alerts(trades: list[Trade], threshold: float = 0.02) -> list:
+    out = csp.run(price_alerts, csp.curve(list[Trade], batches(trades)), threshold, starttime=T0,
+                  endtime=timedelta(seconds=100))
+    return [e for _, evs in out[0] for e in evs]
+
+
+def run_market(trades: list[Trade], sentiment: list[Sentiment] = (), cfg: MarketConfig | None = None,
+               end: float = 100.0) -> dict:
+    cfg = cfg or MarketConfig()
+
+    @csp.graph
+    def g():
+        sent = csp.curve(list[Sentiment], batches(list(sentiment))) if sentiment else csp.null_ts(list[Sentiment])
+        out = market_analytics(csp.curve(list[Trade], batches(trades)), sent, cfg)
+        csp.add_graph_output("bars", out.bars)
+        csp.add_graph_output("signals", out.signals)
+
+    out = csp.run(g, starttime=T0, endtime=timedelta(seconds=end))
+    return {k: [x for _, xs in v for x in xs] for k, v in out.items()}
+
+
+# --- price alerts -------------------------------------------------------------------------------------------
+
+def test_price_alert_fires_on_a_fast_move_and_never_on_the_first_trade():
+    evs = run_alerts([trade("AAA", 1, 100.0), trade("AAA", 2, 101.0), trade("AAA", 3, 104.0), trade("BBB", 3, 5.0)])
+    assert len(evs) == 1
+    e = evs[0]
+    assert (e.kind, e.key, e.ts) == ("price_alert", "AAA", at(3))
+    assert e.data["prev_price"] == 101.0 and e.data["price"] == 104.0
+    assert e.data["move"] == pytest.approx(104 / 101 - 1) and e.data["threshold"] == 0.02
+    assert e.severity == "warning"
+
+
+def test_price_alert_down_move_big_is_critical_and_ids_are_deterministic():
+    trades = [trade("AAA", 1, 100.0), trade("AAA", 2, 90.0)]
+    a, b = run_alerts(trades), run_alerts(trades)
+    assert [e.severity for e in a] == ["critical"]
+    assert a[0].data["move"] == pytest.approx(-0.1)
+    assert [e.event_id for e in a] == [e.event_id for e in b]
+
+
+def test_price_alert_out_of_order_trades_compare_in_arrival_order():
+    # the second trade is older than the first: it still is the "previous" trade for the third
+    evs = run_alerts([trade("AAA", 5, 100.0), Trade(symbol="AAA", ts=at(4), price=100.5, size=1.0),
+                      trade("AAA", 6, 100.6)])
+    assert evs == []
+
+
+# --- VWAP bars ---------------------------------------------------------------------------------------------
+
+def test_vwap_bar_values_and_the_quiet_symbol_bar_closes_on_the_timer():
+    trades = [trade("AAA", 0.1, 10.0, 100), trade("AAA", 0.5, 12.0, 300), trade("AAA", 0.9, 11.0, 100),
+              trade("AAA", 1.2, 11.5, 50), trade("BBB", 1.3, 50.0, 10)]
+    bars = run_market(trades, end=10)["bars"]
+    by = {(b.symbol, b.start): b for b in bars}
+    b0 = by[("AAA", at(0))]
+    assert (b0.open, b0.high, b0.low, b0.close, b0.volume, b0.trades) == (10.0, 12.0, 10.0, 11.0, 500.0, 3)
+    assert b0.vwap == pytest.approx((10 * 100 + 12 * 300 + 11 * 100) / 500)
+    assert b0.end == at(1)
+    # AAA's and BBB's second-second bars have no later trade: the engine-time alarm closes them
+    assert by[("AAA", at(1))].vwap == 11.5 and by[("BBB", at(1))].trades == 1
+    assert len(bars) == 3
+
+
+def test_gaps_make_no_empty_bars_and_bars_align_to_the_interval():
+    bars = run_market([trade("AAA", 0.5, 10.0), trade("AAA", 7.25, 11.0)], end=20)["bars"]
+    assert [(b.start, b.end) for b in bars] == [(at(0), at(1)), (at(7), at(8))]
+    assert bucket_of(at(7.999), 1.0) == bucket_of(at(7), 1.0)
+
+
+def test_late_trade_is_counted_in_the_open_bar():
+    trades = [trade("AAA", 0.5, 10.0), trade("AAA", 1.5, 11.0), Trade(symbol="AAA", ts=at(0.7), price=9.0, size=100)]
+    bars = run_market(trades, end=5)["bars"]
+    assert [b.trades for b in bars] == [1, 2]
+    assert bars[1].low == 9.0
+
+
+def test_zero_volume_bar_uses_the_last_price():
+    bars = run_market([trade("AAA", 0.2, 10.0, 0.0), trade("AAA", 0.4, 10.5, 0.0)], end=3)["bars"]
+    assert bars[0].volume == 0 and bars[0].vwap == 10.5 and math.isfinite(bars[0].vwap)
+
+
+# --- signals -----------------------------------------------------------------------------------------------
+
+def walk(n_bars: int, jump_at: int | None = None, jump: float = 0.004, seed: int = 1, volume_boost: float = 1.0):
+    """A quiet random walk at 4 trades per second, with a burst of steady moves from bar `jump_at`."""
+    rng = random.Random(seed)
+    price, out = 100.0, []
+    for i in range(n_bars * 4):
+        bar = i // 4
+        burst = jump_at is not None and jump_at <= bar < jump_at + 6
+        price *= math.exp(rng.gauss(0, 0.0005) + (jump if burst else 0.0))
+        out.append(trade("AAA", i * 0.25, price, 100.0 * (volume_boost if burst else 1.0)))
+    return out
+
+
+def test_a_strong_move_gives_a_signal_with_regime_threshold_and_reference_price():
+    sig = run_market(walk(200, jump_at=120, volume_boost=4.0), end=250)["signals"]
+    assert sig, "a 6-bar burst of +0.4% per trade must signal"
+    e = next(e for e in sig if e.ts >= at(120))
+    assert e.kind == "signal" and e.key == "AAA"
+    assert e.data["signal"] == "STRONG_BUY"
+    assert e.data["regime"] in ("calm", "normal", "volatile", "trending")
+    assert e.data["z"] >= e.data["threshold"] > 0
+    assert e.data["reference_price"] > 100 and e.data["news_score"] is None
+    assert e.ts == at(int((e.ts - T0).total_seconds()))  # stamped at its bar's end: data time
+
+
+def test_cooldown_allows_one_signal_per_window():
+    cfg = MarketConfig(signal_cooldown=1000.0)
+    sig = run_market(walk(200, jump_at=120), cfg=cfg, end=250)["signals"]
+    assert len([e for e in sig if e.ts >= at(120)]) <= 1
+
+
+def test_no_signal_during_warmup_or_on_the_first_tick():
+    assert run_market([trade("AAA", 0.1, 100.0)], end=5)["signals"] == []
+    assert run_market(walk(8), end=20)["signals"] == []
+
+
+def test_strong_signal_can_require_news_agreement():
+    cfg = MarketConfig(strong_requires_news=True)
+    trades = walk(200, jump_at=120, volume_boost=4.0)
+    without = run_market(trades, cfg=cfg, end=250)["signals"]
+    assert without and without[-1].data["signal"] == "BUY"  # no news: plain signal, never STRONG_*
+    bullish = [Sentiment(symbol="AAA", ts=at(110), score=0.8, label="bullish", confidence=0.9)]
+    agree = run_market(trades, sentiment=bullish, cfg=cfg, end=250)["signals"]
+    assert agree[-1].data["signal"] == "STRONG_BUY" and agree[-1].data["news_agrees"] is True
+    bearish = [Sentiment(symbol="AAA", ts=at(110), score=-0.8, label="bearish", confidence=0.9)]
+    disagree = run_market(trades, sentiment=bearish, cfg=cfg, end=250)["signals"]
+    assert disagree[-1].data["signal"] == "BUY"
+
+
+# --- the whole market graph ------------------------------------------------------------------------------
+
+def simulated(seed: int = 5, duration: float = 400):
+    cfg = Config()
+    sim = Simulator(SimConfig(sensors=0, symbols=3, duration=duration, seed=seed, jump_rate=0.003), T0)
+    return cfg, sim, to_batches(sim.messages(), cfg)
+
+
+def run_graph(cfg, feeds, end):
+    @csp.graph
+    def g():
+        out = market_graph(
+            csp.curve(list[Trade], feeds["trade"]), csp.curve(list[Quote], feeds["quote"]),
+            csp.curve(list[Position], feeds["position"]), csp.curve(list[Pnl], feeds["pnl"]),
+            csp.null_ts(list[Sentiment]), cfg,
+        )
+        csp.add_graph_output("events", out.events)
+        csp.add_graph_output("bars", out.bars)
+
+    out = csp.run(g, starttime=T0, endtime=timedelta(seconds=end))
+    return [e for _, l in out["events"] for e in l], [b for _, l in out["bars"] for b in l]
+
+
+def test_simulated_market_produces_every_market_event_kind_and_replays_identically():
+    cfg, sim, feeds = simulated()
+    events, bars = run_graph(cfg, feeds, 400)
+    kinds = {e.kind for e in events}
+    assert {"price_alert", "signal", "risk"} <= kinds
+    jumps = sim.jump_faults()
+    alerted = {(e.key, e.ts) for e in events if e.kind == "price_alert"}
+    assert jumps and all((f.key, f.start) in alerted for f in jumps)
+    assert {b.symbol for b in bars} == set(sim.symbols)
+    again, bars2 = run_graph(cfg, feeds, 400)
+    assert [e.event_id for e in again] == [e.event_id for e in events]
+    assert len(bars2) == len(bars)
