@@ -306,3 +306,26 @@ def test_acknowledgements_without_rows_wait_for_earlier_rows_only(store):
     assert writer.flush(5) and writer.alive
     writer.close()
     assert order == [("rows", 10), ("ack", 10)] and writer.commits == 1 and not writer.alive
+
+
+def test_two_agents_sharing_one_log_each_event_is_new_exactly_once(url):
+    """Two writers (two agents on one PostgreSQL log, or replay into a live SQLite log) racing on the same ids."""
+    stores = [Store(url), Store(url)]
+    returned: list[list[dict]] = [[], []]
+
+    def run(n: int) -> None:
+        for start in range(0, 600, 50):
+            batch = [ev(i) for i in range(start, start + 50)]
+            returned[n] += stores[n].write(batch[::-1] if n else batch)
+
+    threads = [threading.Thread(target=run, args=(n,)) for n in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    new = returned[0] + returned[1]
+    assert sorted(r["event_id"] for r in new) == sorted(ev(i).event_id for i in range(600))
+    logged = {r["event_id"]: r["id"] for r in stores[0].events()}
+    assert all(logged[r["event_id"]] == r["id"] for r in new)  # each returned id is that event's id
+    for s in stores:
+        s.close()
