@@ -56,6 +56,7 @@ class NewsAnalyzer:
             breaker=CircuitBreaker(cfg.news.breaker_failures, cfg.news.breaker_reset),
         )
         self._cache: collections.OrderedDict[str, tuple[dict, str]] = collections.OrderedDict()
+        self.degraded = False  # logged on change only: an outage is one warning, not one per headline
 
     def analyze(self, headlines: list[Headline], since: float | None = None) -> list[Event]:
         """One event per headline; `since` (perf_counter) is when they were handed over, for latency_ms."""
@@ -70,7 +71,12 @@ class NewsAnalyzer:
                     self._remember(text, result, answer["model"])
             except Exception as e:  # noqa: BLE001 - any failure degrades these headlines, never the agent
                 error = str(e) or type(e).__name__
-                log.warning("news analysis degraded", error=error, headlines=len(chunk))
+        if missing and (error is not None) != self.degraded:
+            self.degraded = error is not None
+            if error:
+                log.warning("news analysis degraded: sidecar unavailable", error=error)
+            else:
+                log.info("news analysis resumed", url=self.client.url)
         latency_ms = round((time.perf_counter() - since) * 1000, 3)
         return [self._event(h, self._lookup(h.headline), latency_ms, error) for h in headlines]
 
