@@ -42,6 +42,10 @@ class Invalid(ValueError):
     """Why a message was rejected (the reason, without the topic)."""
 
 
+def _looks_like_ms(value: object) -> bool:
+    return type(value) in (int, float) and 1e11 < value < _MAX_EPOCH * 1000
+
+
 def _type_name(value: object) -> str:
     return "null" if value is None else _TYPE_NAMES.get(type(value), type(value).__name__)
 
@@ -197,7 +201,8 @@ class Validator:
             else:
                 ts = parse_timestamp(raw)
         except ValueError as e:
-            raise Invalid(f"field 'ts': {e}") from None
+            hint = " (epoch seconds expected; this looks like milliseconds)" if _looks_like_ms(raw) else ""
+            raise Invalid(f"field 'ts': {e}{hint}") from None
         if ts < _EPOCH:
             raise Invalid(f"field 'ts' is before 1970: {raw!r}")
         if ts - received_at > MAX_FUTURE:

@@ -78,6 +78,7 @@ REJECTED = [
     ("sensors/x", {"temperature": 1, "ts": "yesterday"}, "unparsable timestamp"),
     ("sensors/x", {"temperature": 1, "ts": "2026-01-02T03:04:05"}, "without a timezone"),
     ("sensors/x", {"temperature": 1, "ts": -5}, "out of range"),
+    ("sensors/x", {"temperature": 1, "ts": 1767323045123}, "looks like milliseconds"),
     ("sensors/x", {"temperature": 1, "ts": True}, "boolean"),
     ("sensors/x", {"temperature": 1, "ts": "1677-01-01T00:00:00Z"}, "before 1970"),
     ("sensors/x", {"temperature": 1, "ts": "2026-01-02T03:10:06Z"}, "in the future"),
