@@ -164,11 +164,12 @@ def test_configuration_error_exits_2(tmp_path, capsys):
 
 
 @pytest.fixture(scope="module")
-def tiny_model_dir(request):
+def tiny_model_dir(request, tmp_path_factory):
     pytest.importorskip("torch")
     from sidecar.testing import cached_tiny_model
 
-    return cached_tiny_model(request.config.cache.mkdir("edgewatch-sidecar-tiny"))
+    cache = getattr(request.config, "cache", None)  # shared with tests/sidecar; absent under -p no:cacheprovider
+    return cached_tiny_model(cache.mkdir("edgewatch-sidecar-tiny") if cache else tmp_path_factory.mktemp("tiny"))
 
 
 def test_ready_sidecar_names_model_and_provider(mosquitto, tmp_path, capsys, tiny_model_dir):

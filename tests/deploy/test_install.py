@@ -60,8 +60,9 @@ def test_rerun_keeps_config_and_uninstall_keeps_data(staged: Path, wheelhouse: P
     toml.write_text('[mqtt]\nhost = "broker.local"\n')
     (root / "var/lib/edgewatch/events.db").write_bytes(b"log")
 
-    r = install(root, wheelhouse=wheelhouse)  # idempotent: an upgrade in place
+    r = install(root, "--gpu", wheelhouse=wheelhouse)  # idempotent: an upgrade in place (to the GPU build)
     assert r.returncode == 0, r.stderr
+    assert "onnxruntime: gpu" in r.stdout
     assert toml.read_text() == '[mqtt]\nhost = "broker.local"\n' and "keeping existing" in r.stdout
     assert sum(line.startswith("edgewatch:") for line in (root / "etc/passwd").read_text().splitlines()) == 1
 
