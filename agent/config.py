@@ -81,7 +81,7 @@ class SidecarConfig:
 
 @dataclasses.dataclass
 class MetricsConfig:
-    listen: str = "127.0.0.1:9108"
+    listen: str = "127.0.0.1:9108"  # host:port of the Prometheus /metrics and /health endpoint; "" = off
 
 
 @dataclasses.dataclass

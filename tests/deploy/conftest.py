@@ -55,15 +55,15 @@ def staged(tmp_path_factory, wheelhouse) -> Path:
     return root
 
 
-def run_installed(root: Path, command: str, *args: str, **kw) -> subprocess.CompletedProcess:
+def run_installed(root: Path, command: str, *args: str, env_extra: dict | None = None) -> subprocess.CompletedProcess:
     """Run an installed console script of the staged tree with its own interpreter.
 
     Its shebang names /opt/edgewatch (the target path), so the staged python runs
     it; the dependencies that --no-deps left out come from this test environment.
     """
-    env = {**os.environ, "PYTHONPATH": sysconfig.get_paths()["purelib"]}
+    env = {**os.environ, "PYTHONPATH": sysconfig.get_paths()["purelib"], **(env_extra or {})}
     env.pop("VIRTUAL_ENV", None)
     venv = root / "opt/edgewatch/bin"
     script = [] if command == "python" else [str(venv / command)]
     return subprocess.run([str(venv / "python"), *script, *args], capture_output=True, text=True,
-                          env=env, cwd=root, timeout=120, **kw)
+                          env=env, cwd=root, timeout=120)

@@ -101,3 +101,18 @@ def test_readme_layout_matches_the_staged_tree(staged: Path):
     assert checked >= 5
     assert "journalctl -u edgewatch-agent" in text and "systemctl reload edgewatch-agent" in text
     assert "deploy/install.sh --uninstall" in text
+
+
+def test_installed_doctor_passes_with_the_installed_config(staged: Path, mosquitto):
+    """The operator's first check, README "Start": the installed doctor on the installed agent.toml.
+
+    Only what differs between this test and a real box is overridden, through the
+    environment as an operator would in a drop-in: the broker's port, the staged
+    state directory, and no sidecar (news off).
+    """
+    env = {"EDGEWATCH_MQTT_PORT": str(mosquitto.port), "EDGEWATCH_NEWS_ENABLED": "false",
+           "EDGEWATCH_STORE_URL": str(staged / "var/lib/edgewatch/events.db")}
+    r = run_installed(staged, "edge-agent", "doctor", "--config", str(staged / "etc/edgewatch/agent.toml"),
+                      env_extra=env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "✓ broker" in r.stdout and "✓ event log" in r.stdout
