@@ -11,8 +11,11 @@ check passes, 1 otherwise, 2 when the configuration itself is unusable.
 from __future__ import annotations
 
 import dataclasses
+import grp
 import json
 import os
+import pwd
+import stat
 import shutil
 import statistics
 import sys
@@ -38,6 +41,7 @@ MIN_FREE_BYTES = 256 * 1024 * 1024  # below this the event log is about to stop
 MAX_SKEW = 60.0  # seconds between a message's `ts` and our clock before event times mislead
 MAX_FUTURE = 300.0  # SPEC §1: messages further in the future are dead-lettered
 PROTOCOL_REFUSED = ("Unsupported protocol version", "Unacceptable protocol version")
+SERVICE_USER = "edgewatch"  # the systemd units' User=; root's doctor checks access on its behalf
 
 
 @dataclasses.dataclass
@@ -179,12 +183,35 @@ def _check_sqlite(path: Path) -> Result:
         target = path if path.exists() and os.access(directory, os.W_OK) else directory
         return Result("event log", False, f"{target}: not writable ({e.strerror})",
                       f"give the service user write access (chown edgewatch:edgewatch {target}) or change store.url")
+    if os.geteuid() == 0:  # root writes anywhere: what matters is whether the service user can
+        denied = _denied_to_service_user(path if path.exists() else directory)
+        if denied:
+            return Result("event log", False, denied,
+                          f"chown {SERVICE_USER}:{SERVICE_USER} {directory} {path if path.exists() else ''}".rstrip()
+                          + " (or run the doctor as the service: sudo -u edgewatch edge-agent doctor …)")
     free = shutil.disk_usage(directory).free
     detail = f"{path} writable, {free / 2**30:.1f} GiB free"
     if free < MIN_FREE_BYTES:
         return Result("event log", False, detail,
                       "free disk space, or lower store.retention_days / store.retention_rows")
     return Result("event log", True, detail)
+
+
+def _denied_to_service_user(target: Path) -> str | None:
+    """Why the service user could not write `target` (by owner/group/other bits), None if it can or does not exist."""
+    try:
+        user = pwd.getpwnam(SERVICE_USER)
+    except KeyError:
+        return None  # not installed as a service here: the probe above is the whole answer
+    gids = {user.pw_gid} | {g.gr_gid for g in grp.getgrall() if SERVICE_USER in g.gr_mem}
+    st = target.stat()
+    if st.st_uid == user.pw_uid:
+        ok = st.st_mode & stat.S_IWUSR
+    elif st.st_gid in gids:
+        ok = st.st_mode & stat.S_IWGRP
+    else:
+        ok = st.st_mode & stat.S_IWOTH
+    return None if ok else f"{target}: writable by root, not by the service user {SERVICE_USER}"
 
 
 def _check_database(url) -> Result:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import pwd
 import shutil
 import socket
 import subprocess
@@ -182,3 +183,17 @@ def test_ready_sidecar_names_model_and_provider(mosquitto, tmp_path, capsys, tin
         path = settings(tmp_path, mosquitto, news={"enabled": True}, sidecar={"url": f"unix://{sock_path}"})
         code, marks = run(path, capsys)
     assert marks["sidecar"] == "✓" and "CPUExecutionProvider" in marks["out"], marks["out"]
+
+
+def test_root_checks_on_behalf_of_the_service_user(mosquitto, tmp_path, capsys, monkeypatch):
+    """`sudo edge-agent doctor` must not pass a log directory only root can write."""
+    if os.geteuid() != 0:
+        pytest.skip("runs as root only: it is about what root's doctor reports")
+    monkeypatch.setattr(doctor, "SERVICE_USER", "nobody")
+    path = settings(tmp_path, mosquitto)
+    (tmp_path / "log").chmod(0o755)  # root's, not nobody's
+    code, marks = run(path, capsys)
+    assert code == 1 and marks["event log"] == "✗" and "not by the service user nobody" in marks["out"], marks["out"]
+    os.chown(tmp_path / "log", pwd.getpwnam("nobody").pw_uid, -1)
+    code, marks = run(path, capsys)
+    assert code == 0 and marks["event log"] == "✓", marks["out"]
