@@ -329,3 +329,24 @@ def test_two_agents_sharing_one_log_each_event_is_new_exactly_once(url):
     assert all(logged[r["event_id"]] == r["id"] for r in new)  # each returned id is that event's id
     for s in stores:
         s.close()
+
+
+@pytest.mark.postgres
+def test_writer_reconnects_after_the_server_drops_its_connection(postgres_url):
+    store = Store(postgres_url)
+    writer = StoreWriter(store, batch_size=100)
+    writer.start()
+    writer.submit(events=[ev(0)])
+    assert writer.flush(5)
+    with store.engine.connect() as conn:  # the pooled connection the writer uses
+        pid = conn.exec_driver_sql("select pg_backend_pid()").scalar()
+    admin = sa.create_engine(postgres_url)
+    with admin.begin() as conn:  # what a server restart does to the agent's pooled connections
+        killed = conn.execute(sa.text("select pg_terminate_backend(:pid)"), {"pid": pid}).scalar()
+    admin.dispose()
+    for i in range(1, 50):
+        writer.submit(events=[ev(i)])
+    assert writer.flush(10)
+    writer.close()
+    assert killed and count(store) == 50
+    store.close()
