@@ -32,6 +32,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from agent import config
 from agent.check import validate
 from agent.config import Config, ConfigError
+from agent.mqtt import PROTOCOL_REFUSED
 from agent.timeutil import parse_timestamp
 
 CONNECT_TIMEOUT = 5.0  # seconds for TCP + CONNACK
@@ -40,7 +41,6 @@ LISTEN_ENOUGH = 50  # ... or until this many timestamped ones arrived
 MIN_FREE_BYTES = 256 * 1024 * 1024  # below this the event log is about to stop
 MAX_SKEW = 60.0  # seconds between a message's `ts` and our clock before event times mislead
 MAX_FUTURE = 300.0  # SPEC §1: messages further in the future are dead-lettered
-PROTOCOL_REFUSED = ("Unsupported protocol version", "Unacceptable protocol version")
 SERVICE_USER = "edgewatch"  # the systemd units' User=; root's doctor checks access on its behalf
 
 
@@ -63,11 +63,11 @@ def check_broker(cfg: Config) -> tuple[Result, mqtt.Client | None]:
         client, outcome = _connect(cfg, protocol, password)
         if client is not None:
             return Result("broker", True, f"{where} MQTT {protocol}" + (f" as {m.username}" if m.username else "")), client
-        if not (outcome in PROTOCOL_REFUSED or outcome == "no CONNACK"):
+        if not _version_refused(outcome):
             break
     if outcome in ("Not authorized", "Bad user name or password"):
         fix = "check mqtt.username and the password in mqtt.password_file against the broker's password file / ACL"
-    elif outcome in PROTOCOL_REFUSED or outcome == "no CONNACK":
+    elif _version_refused(outcome):
         fix = 'the broker does not speak the configured MQTT version: set mqtt.protocol = "auto" or "3.1.1"'
     elif "certificate" in outcome.lower() or "ssl" in outcome.lower():
         fix = "check mqtt.tls, mqtt.ca_file (the CA that signed the broker's certificate), mqtt.cert_file/key_file"
@@ -75,6 +75,11 @@ def check_broker(cfg: Config) -> tuple[Result, mqtt.Client | None]:
         fix = (f"is the broker running and listening on {where}? (systemctl status mosquitto; "
                "ss -ltn) — or fix mqtt.host / mqtt.port")
     return Result("broker", False, f"{where}: {outcome}", fix), None
+
+
+def _version_refused(outcome: str) -> bool:
+    """The answers of a broker that does not speak the MQTT version asked for (amqtt drops or ignores a v5 CONNECT)."""
+    return outcome in PROTOCOL_REFUSED or outcome in ("dropped before CONNACK", "no CONNACK")
 
 
 def _connect(cfg: Config, protocol: str, password: str | None) -> tuple[mqtt.Client | None, str]:

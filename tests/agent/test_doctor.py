@@ -197,3 +197,11 @@ def test_root_checks_on_behalf_of_the_service_user(mosquitto, tmp_path, capsys, 
     os.chown(tmp_path / "log", pwd.getpwnam("nobody").pw_uid, -1)
     code, marks = run(path, capsys)
     assert code == 0 and marks["event log"] == "✓", marks["out"]
+
+
+def test_auto_protocol_falls_back_to_311(mqtt_broker, tmp_path, capsys):
+    """The embedded amqtt broker speaks MQTT 3.1.1 only: `auto` gets there, `5` fails with a fix."""
+    code, marks = run(settings(tmp_path, mqtt_broker, mqtt={"protocol": "auto"}), capsys)
+    assert marks["broker"] == "✓" and "MQTT 3.1.1" in marks["out"], marks["out"]
+    code, marks = run(settings(tmp_path, mqtt_broker, mqtt={"protocol": "5"}), capsys)
+    assert code == 1 and marks["broker"] == "✗" and 'mqtt.protocol = "auto"' in marks["out"], marks["out"]
