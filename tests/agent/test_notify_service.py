@@ -11,6 +11,7 @@ import time
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from agent.harness import Mosquitto
 from agent.pytest_plugin import free_port, require, write_config
@@ -83,7 +84,15 @@ def test_ready_after_broker_watchdog_reload_stop(broker, tmp_path):
         assert all(t >= started for t, m in manager.messages if "READY" in m)  # READY only after the broker came
         r = httpx.get(f"http://127.0.0.1:{metrics_port}/health")
         assert r.status_code == 200 and r.json()["ready"] is True
-        assert "edgewatch" in httpx.get(f"http://127.0.0.1:{metrics_port}/metrics").text
+        # the list: messages in by kind, dead letters by reason, events by kind, engine lag, outbox backlog,
+        # log write latency, MQTT connection state, reconnects
+        text = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics").text
+        families = {f.name: f for f in text_string_to_metric_families(text)}
+        for name in ("edgewatch_messages_in", "edgewatch_dead_letters", "edgewatch_events", "edgewatch_engine_lag_seconds",
+                     "edgewatch_outbox_backlog", "edgewatch_log_write_seconds", "edgewatch_mqtt_connected",
+                     "edgewatch_mqtt_reconnects"):
+            assert name in families, sorted(families)
+        assert families["edgewatch_mqtt_connected"].samples[0].value == 1
 
         # the engine keeps proving it is alive: pings keep coming, at least every WatchdogSec/2
         pings = [t for t, m in manager.messages if "WATCHDOG" in m]
