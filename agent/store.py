@@ -119,7 +119,7 @@ def json_dumps(value: object) -> str:
     """The one JSON encoding of event data, in the log and on MQTT: strict JSON, never raises."""
     try:
         return _encode(value)
-    except ValueError:
+    except (ValueError, TypeError):  # NaN/Inf, or keys that are not text
         return _encode(_finite(value))
 
 
@@ -136,6 +136,8 @@ def resolve_url(url: str) -> URL:
         raise ConfigError(f"store.url: not an SQLAlchemy URL: {text!r} ({e})") from None
     if parsed.get_backend_name() not in ("sqlite", "postgresql"):
         raise ConfigError(f"store.url: unsupported database {parsed.get_backend_name()!r} (sqlite or postgresql)")
+    if parsed.get_backend_name() == "sqlite" and parsed.database in (None, "", ":memory:"):
+        raise ConfigError(f"store.url: {text!r} is an in-memory database: every event would be lost at exit")
     return parsed
 
 

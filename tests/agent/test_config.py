@@ -163,6 +163,7 @@ def test_check_config_of_the_defaults(capsys, tmp_path):
         ('[store]\nurl = "mysql://u@h/db"\n', "store.url: unsupported database"),
         ('[store]\nurl = "postgresql://[::1"\n', "store.url: not an SQLAlchemy URL"),
         ('[store]\nurl = ""\n', "store.url: empty"),
+        ('[store]\nurl = "sqlite://"\n', "store.url: 'sqlite://' is an in-memory database"),
         ("[store]\nbatch_size = 0\n", "store.batch_size: must be at least 1"),
         ('[record]\npath = "{pw}"\n', "record.path"),
         ('[sidecar]\nurl = "ftp://x"\n', "sidecar.url: expected http://host:port or unix:///path.sock"),
