@@ -39,6 +39,7 @@ from agent.records import AnomalyScore, Event, MetricScore, SensorReading, make_
 SURPRISE_VAR_FLOOR = 0.02**2  # the surprise's long-run variance is never taken as below this
 MAX_MAGNITUDE = 1e300  # larger readings would overflow the float arithmetic; they are not scored
 _UNSEEN = float("inf")  # the daily profile's error before its first prediction
+SPATIAL_MIN_SCORE = 0.3  # a new extreme must also be mildly surprising: a young range is narrow
 
 
 class Params:
@@ -46,7 +47,7 @@ class Params:
 
     __slots__ = (
         "a_level", "a_dev", "a_season", "a_short", "a_long", "clip", "warmup", "refractory",
-        "rel_floor", "buckets", "season_min", "log_floor", "threshold",
+        "rel_floor", "buckets", "season_min", "log_floor", "threshold", "spatial",
     )
 
     def __init__(self, cfg: AnomalyConfig):
@@ -63,6 +64,7 @@ class Params:
         self.season_min = min(max(cfg.season_min, 1), 255)
         self.log_floor = math.log(min(max(cfg.tail_floor, 1e-300), 0.5))
         self.threshold = cfg.threshold
+        self.spatial = cfg.spatial_tolerance
 
 
 class MetricState:
@@ -70,7 +72,7 @@ class MetricState:
 
     __slots__ = (
         "n", "last_ts", "level", "dev", "mag", "season", "seen", "short", "lmean", "lvar",
-        "cool", "expected", "band", "serr",
+        "cool", "expected", "band", "serr", "lo", "hi",
     )
 
     def __init__(self, x: float, when: datetime, p: Params):
@@ -88,6 +90,8 @@ class MetricState:
         self.expected = x
         self.band = 0.0
         self.serr = _UNSEEN
+        self.lo = x
+        self.hi = x
 
     def score(self, x: float, when: datetime, p: Params) -> float:
         """Score one reading in [0, 1]; learn from it when it is in time order."""
@@ -151,9 +155,17 @@ class MetricState:
             rb = lb if rb > lb else (-lb if rb < -lb else rb)
         season[2 * b] += a * rb
         season[2 * b + 1] += a * ((rb if rb >= 0.0 else -rb) - season[2 * b + 1])
+        hi, lo = self.hi, self.lo
+        if x > hi:
+            self.hi = x
+        if x < lo:
+            self.lo = x
         if self.n <= p.warmup:
             return 0.0
         s = _verdict(d, var, p)
+        m = p.spatial * (hi - lo)
+        if m > 0.0 and s >= SPATIAL_MIN_SCORE and (x > hi + m or x < lo - m):
+            s = 1.0  # well beyond anything seen before: HTM's "spatial anomaly"
         if self.cool > 0:
             self.cool -= 1
             return 0.5 * s  # damped: cannot alarm at any threshold above 0.5

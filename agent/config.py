@@ -106,6 +106,7 @@ class AnomalyConfig:
     clip: float = 4.0  # residuals beyond this many scales are clipped before learning
     rel_floor: float = 0.001  # scale floor as a fraction of the metric's mean magnitude
     refractory: int = 100  # readings after a detection during which the metric cannot alarm again
+    spatial_tolerance: float = 0.05  # a reading beyond the range seen so far by this fraction of it scores 1 (0 = off)
 
 
 @dataclasses.dataclass
