@@ -116,3 +116,15 @@ def test_installed_doctor_passes_with_the_installed_config(staged: Path, mosquit
                       env_extra=env)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "✓ broker" in r.stdout and "✓ event log" in r.stdout
+
+
+def test_prefix_moves_the_environment_and_the_units_follow(wheelhouse: Path, tmp_path):
+    root = tmp_path / "root"
+    r = install(root, "--prefix", "/srv/edgewatch", wheelhouse=wheelhouse)
+    assert r.returncode == 0, r.stderr
+    assert (root / "srv/edgewatch/bin/edge-agent").read_text().startswith("#!/srv/edgewatch/bin/python")
+    assert not (root / "opt").exists()
+    for unit in UNITS:
+        text = (root / "etc/systemd/system" / unit).read_text()
+        assert "ExecStart=/srv/edgewatch/bin/" in text and "/opt/edgewatch" not in text
+    assert "/srv/edgewatch/bin/edge-agent check-config" in r.stdout  # next steps name the real paths
