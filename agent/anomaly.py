@@ -1,27 +1,32 @@
 """Streaming anomaly detection per (sensor, metric): the detector and its csp nodes.
 
-One keyed node holds a dict of small per-(sensor, metric) states, each updated
-in O(1) with plain float arithmetic (no numpy, no per-key csp.dynamic), so the
-graph keeps up with 100k sensors. The score of a reading, in [0, 1], is built
-in three steps:
+One keyed node holds a dict of small per-(sensor, metric) states (~1.4 KB
+each), each updated in O(1) with plain float arithmetic (no numpy, no per-key
+csp.dynamic), so the graph keeps up with 100k sensors. The score of a reading,
+in [0, 1], is built in four steps:
 
 1. two robust forecasts, each with its own robust scale (EWMA of clipped
    absolute residuals): the recent level, and a daily profile learnt online in
-   time-of-day buckets. A reading is only as surprising as the forecast that
-   explains it best, so trends, daily cycles and noise changes stay quiet;
-2. a raw surprise in [0, 1) from the residual in scale units;
+   time-of-day buckets. The profile is used once its recent error is below the
+   level's, so daily cycles are expected, while trends and series without a
+   daily rhythm fall back on the level;
+2. a raw surprise in [0, 1) from the residual in scale units, z / (z + 3);
 3. an "anomaly likelihood" (Numenta's idea): how improbable the recent mean
    surprise is under its own long-run distribution, mapped to [0, 1] on a log
    scale (tail probability `tail_floor` or less -> 1.0) so the threshold has
-   resolution where it matters.
+   resolution where it matters; noise changes move that distribution, not the score;
+4. a reading well beyond the whole range seen so far (by `spatial_tolerance`
+   of it) scores 1.0, HTM's "spatial anomaly".
 
 After a detection the level re-baselines on the new reading (a level shift
-alarms once, then becomes the norm) and scores are damped for a refractory
+alarms once, then becomes the norm) and scores are halved for a refractory
 period: an operator, like the NAB benchmark, counts every repeat as a false alarm.
+Statistics start as plain means (1/n) until their EWMA weight takes over, so
+there is no start-up bias; nothing scores above 0 during the warm-up.
 
 Out-of-order readings (older than the last one of their key) are scored
 against the current model but teach it nothing: feeding the past into EWMAs
-would corrupt them.
+would corrupt them. Readings that are not finite, or beyond +-1e30, get no score.
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ from agent.config import AnomalyConfig
 from agent.records import AnomalyScore, Event, MetricScore, SensorReading, make_event
 
 SURPRISE_VAR_FLOOR = 0.02**2  # the surprise's long-run variance is never taken as below this
-MAX_MAGNITUDE = 1e300  # larger readings would overflow the float arithmetic; they are not scored
+MAX_MAGNITUDE = 1e30  # readings beyond this are not scored (the daily profile is stored as float32)
 _UNSEEN = float("inf")  # the daily profile's error before its first prediction
 SPATIAL_MIN_SCORE = 0.3  # a new extreme must also be mildly surprising: a young range is narrow
 
@@ -68,7 +73,7 @@ class Params:
 
 
 class MetricState:
-    """Everything the detector remembers about one (sensor, metric): a fixed set of floats."""
+    """Everything the detector remembers about one (sensor, metric): a fixed set of numbers."""
 
     __slots__ = (
         "n", "last_ts", "level", "dev", "mag", "season", "seen", "short", "lmean", "lvar",
@@ -81,7 +86,7 @@ class MetricState:
         self.level = x
         self.dev = 0.0
         self.mag = abs(x)
-        self.season = array("d", bytes(16 * p.buckets))  # per bucket: mean, mean |residual|
+        self.season = array("f", bytes(8 * p.buckets))  # per bucket: mean, mean |residual|
         self.seen = bytearray(p.buckets)  # per bucket: updates so far, saturating at 255
         self.short = 0.0
         self.lmean = 0.0

@@ -68,7 +68,7 @@ def read_series(stream: io.TextIOBase, column: str = "value") -> list[tuple[str,
         except ValueError:
             raise InputError(f"line {line}: {column} is not a number: {row[vi][:64]!r}") from None
         if not -MAX_MAGNITUDE < x < MAX_MAGNITUDE:
-            raise InputError(f"line {line}: {column} is not a finite number of magnitude below 1e300: {row[vi]!r}")
+            raise InputError(f"line {line}: {column} is not a finite number of magnitude below {MAX_MAGNITUDE:g}: {row[vi]!r}")
         rows.append((row[ti], row[vi], when, x))
     return rows
 

@@ -119,8 +119,8 @@ def test_scores_in_unit_interval_no_nan_on_hostile_values():
     rnd = random.Random(7)
     values = []
     for i in range(3000):
-        values.append(rnd.choice([0.0, 1e-300, -1e-300, 1e299, -1e299, 5e-324, rnd.gauss(0, 1e6), 42.0]))
-    values += [float("nan"), float("inf"), -float("inf"), 1e300]  # not scored: no MetricScore at all
+        values.append(rnd.choice([0.0, 1e-300, -1e-300, 1e29, -1e29, 5e-324, rnd.gauss(0, 1e6), 42.0]))
+    values += [float("nan"), float("inf"), -float("inf"), 1e31]  # not scored: no MetricScore at all
     scores, _ = run_graph([reading(i, x) for i, x in enumerate(values)], AnomalyConfig())
     assert len(scores) == 3000
     assert all(0.0 <= s.score <= 1.0 and not math.isnan(s.score) for s in scores)
@@ -165,7 +165,7 @@ def test_many_keys_bounded_memory_and_time():
     det.score_readings(batch)
     mem = tracemalloc.get_traced_memory()[0]
     tracemalloc.stop()
-    assert mem / keys < 2500, f"{mem / keys:.0f} bytes per key"
+    assert mem / keys < 1800, f"{mem / keys:.0f} bytes per key"
     for step in range(1, 5):
         batch = [SensorReading(sensor_id=f"s{k}", ts=T0 + step * STEP, metrics={"t": float(k % 5)}, attrs={}) for k in range(keys)]
         t0 = time.perf_counter()

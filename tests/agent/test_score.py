@@ -77,6 +77,7 @@ def test_stdout_and_config(tmp_path):
         ("timestamp,value\n2014-07-01 00:00:00,1\nnot-a-time,2\n", "line 3: unparsable timestamp"),
         ("timestamp,value\n2014-07-01 00:00:00,1\n2014-07-01 00:05:00,abc\n", "line 3: value is not a number"),
         ("timestamp,value\n2014-07-01 00:00:00,nan\n", "line 2: value is not a finite number"),
+        ("timestamp,value\n2014-07-01 00:00:00,1e31\n", "line 2: value is not a finite number of magnitude below 1e+30"),
         ("timestamp,value\n2014-07-01 00:00:00\n", "line 2: expected 2 columns"),
         ("time,value\n", "line 1: no 'timestamp' column"),
         ("", "line 1: empty file"),
