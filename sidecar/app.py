@@ -41,7 +41,7 @@ class Settings:
     threads: int | None = None
     api_key: str | None = None  # Bearer key required on /v1/* when set
     max_batch: int = 32  # texts per classification run
-    max_wait_ms: float = 1.0  # how long an idle server lets a classification burst gather
+    max_wait_ms: float = 1.0  # under concurrent load, how long a classification burst may gather
     max_gen_batch: int = 8  # sequences in the running decode batch
     max_queue: int = 256  # waiting requests before 429
     timeout: float = 30.0  # per-request deadline, seconds (X-Request-Timeout may shorten it)

@@ -1,6 +1,6 @@
 """Coalescing concurrent requests into few ONNX Runtime runs, on one inference thread.
 
-Classification: requests that arrive within `max_wait` of each other (up to
+Classification: under concurrent load, requests arriving within `max_wait` (up to
 `max_batch` texts) share one `Engine.classify` run. Generation is continuously
 batched: new sequences are prefilled and join the running decode batch, finished
 or abandoned ones leave it, and every step is one batched `decode_step`.
@@ -108,6 +108,7 @@ class Batcher:
         self._pending: collections.deque[_Generate] = collections.deque()
         self._active: list[_Generate] = []
         self._stopping = False
+        self._concurrent = False  # did the last classification run serve more than one request?
         self._thread = threading.Thread(target=self._run, name="sidecar-inference", daemon=True)
 
     # ---- event-loop side -------------------------------------------------------------
@@ -173,7 +174,8 @@ class Batcher:
                     self._cv.wait()
                 if self._stopping:
                     break
-                if self._classify and not self._active:  # idle otherwise: let a burst gather
+                if self._classify and not self._active and self._concurrent:
+                    # requests arrive concurrently: let the burst gather (a lone client never waits)
                     end = time.monotonic() + self.max_wait
                     while sum(len(w.texts) for w in self._classify) < self.max_batch and not self._stopping:
                         left = end - time.monotonic()
@@ -208,6 +210,7 @@ class Batcher:
         return batch
 
     def _run_classify(self, batch: list[_Classify]) -> None:
+        self._concurrent = len(batch) > 1
         now = time.monotonic()
         live = []
         for w in batch:

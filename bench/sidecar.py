@@ -1,0 +1,215 @@
+"""Sidecar speed on the same weights, in one run: generation tokens/s and classification over HTTP.
+
+    python bench/sidecar.py [--checkpoint CKPT] [--tokens 96] [--seconds 4]
+
+Generation, greedy, batch 1, one prompt, `--tokens` new tokens:
+  (1) PyTorch, the nanoGPT way: the whole sequence re-run for every token;
+  (2) PyTorch with the KV cache;  (3) ONNX Runtime with the KV cache (the sidecar's Engine);
+  (4) the same ONNX model quantised to int8.
+Classification over HTTP against `edge-sidecar serve` in its own process (so the
+load generator does not share its interpreter): one client vs 32 concurrent
+clients (texts/s), and p50/p99 latency of one classification from one client.
+Headline → `news` event: the agent's realtime news graph against that sidecar.
+
+Without --checkpoint the weights are a model of the shipped architecture
+(model/shipped/model.json, else the GPTConfig defaults) briefly trained by
+model.testing's pipeline and exported with `edge-model export --int8` code:
+speed does not depend on what the weights learnt. Prints one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from datetime import datetime, timedelta
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import httpx  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from model import shipped_model_dir  # noqa: E402
+from model.export import export, load_checkpoint, torch_greedy  # noqa: E402
+from sidecar.engine import Engine  # noqa: E402
+from sidecar.testing import SidecarProcess  # noqa: E402
+
+TEXTS = ["$ACME upgraded to Buy at Citi, target raised", "Initech shares fall after weak guidance",
+         "Hooli to present at Nomura conference", "Globex beats earnings estimates on strong demand"]
+
+
+def bench_checkpoint(workdir: Path) -> Path:
+    """A checkpoint of the shipped architecture through the project's own train pipeline (a few steps)."""
+    from model import testing
+    from model.train import train
+
+    arch = {}
+    shipped = shipped_model_dir() / "model.json"
+    if shipped.is_file():
+        a = json.loads(shipped.read_text())["architecture"]
+        arch = {k: a[k] for k in ("n_layer", "n_head", "n_embd", "block_size", "vocab_size")}
+    else:
+        from model.gpt import GPTConfig
+
+        c = GPTConfig()
+        arch = dict(n_layer=c.n_layer, n_head=c.n_head, n_embd=c.n_embd, block_size=c.block_size,
+                    vocab_size=c.vocab_size)
+    data = testing.tiny_csv(workdir / "bench.csv", rows=600)
+    return train(testing.train_args(data, workdir / "run", max_steps=2, eval_every=1000, **arch))
+
+
+def rate(fn, tokens: int, repeat: int = 3) -> float:
+    """Best tokens/s of `repeat` runs (the machine is shared: the best run is the signal)."""
+    best = float("inf")
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return tokens / best
+
+
+@torch.no_grad()
+def nanogpt_generate(model, prompt: list[int], n: int) -> list[int]:
+    """nanoGPT's generate(): the whole (cropped) sequence through the model for every new token."""
+    idx = torch.tensor([prompt])
+    for _ in range(n):
+        logits, _ = model(idx[:, -model.config.block_size:])
+        idx = torch.cat([idx, logits[:, -1].argmax(-1, keepdim=True)], dim=1)
+    return idx[0, len(prompt):].tolist()
+
+
+def onnx_generate(engine: Engine, prompt: list[int], n: int) -> list[int]:
+    logits, caches = engine.prefill([prompt])
+    out = []
+    for _ in range(n):
+        out.append(int(np.argmax(logits[0])))
+        if len(out) < n:
+            logits, caches = engine.decode_step([out[-1]], caches)
+    return out
+
+
+def generation(model_dir: Path, checkpoint: Path, tokens: int) -> dict:
+    torch.set_num_threads(2)
+    model, tok, _ = load_checkpoint(checkpoint)
+    prompt = tok.encode("$ACME upgraded to Buy")[:8]
+    n = min(tokens, model.config.block_size - len(prompt))
+    fp32, int8 = Engine(model_dir, device="cpu"), Engine(model_dir, device="cpu", int8=True)
+    same = nanogpt_generate(model, prompt, n) == torch_greedy(model, prompt, n) == onnx_generate(fp32, prompt, n)
+    out = {
+        "tokens": n,
+        "greedy_equal_torch_onnx": same,
+        "torch_nocache_tok_s": rate(lambda: nanogpt_generate(model, prompt, n), n),
+        "torch_kvcache_tok_s": rate(lambda: torch_greedy(model, prompt, n), n),
+        "onnx_kvcache_tok_s": rate(lambda: onnx_generate(fp32, prompt, n), n),
+        "onnx_int8_tok_s": rate(lambda: onnx_generate(int8, prompt, n), n),
+        "params": model.num_params(),
+        "arch": {k: getattr(model.config, k) for k in ("n_layer", "n_head", "n_embd", "block_size", "vocab_size")},
+    }
+    out["ratio_onnx_vs_nocache"] = out["onnx_kvcache_tok_s"] / out["torch_nocache_tok_s"]
+    out["ratio_onnx_vs_torch_kvcache"] = out["onnx_kvcache_tok_s"] / out["torch_kvcache_tok_s"]
+    return out
+
+
+async def classify_load(url: str, clients: int, seconds: float) -> tuple[float, list[float]]:
+    """`clients` independent clients (one connection each), each sending one-text requests back to back
+    for `seconds`: (texts/s, latencies)."""
+    latencies: list[float] = []
+    end = time.perf_counter() + seconds
+
+    async def client(i: int):
+        async with httpx.AsyncClient(base_url=url, timeout=30) as http:
+            while time.perf_counter() < end:
+                t0 = time.perf_counter()
+                r = await http.post("/v1/classify", json={"texts": [TEXTS[i % len(TEXTS)] + f" #{i}"]})
+                r.raise_for_status()
+                latencies.append(time.perf_counter() - t0)
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(client(i) for i in range(clients)))
+    return len(latencies) / (time.perf_counter() - t0), latencies
+
+
+def one_client_latency(url: str, n: int) -> list[float]:
+    """Sequential single-text classifications with a keep-alive client (the agent's pattern)."""
+    out = []
+    with httpx.Client(base_url=url, timeout=30) as http:
+        for i in range(n):
+            t0 = time.perf_counter()
+            http.post("/v1/classify", json={"texts": [TEXTS[i % len(TEXTS)] + f" {i}"]}).raise_for_status()
+            out.append(time.perf_counter() - t0)
+    return out
+
+
+def headline_to_event(url: str, n: int) -> list[float]:
+    """Seconds from a headline entering the realtime news graph to its `news` event leaving it."""
+    import csp
+    from csp.impl.genericpushadapter import GenericPushAdapter
+
+    from agent.config import Config
+    from agent.news import news_graph
+    from agent.records import Headline
+
+    cfg = Config()
+    cfg.sidecar.url = url
+    adapter = GenericPushAdapter(list[Headline])
+
+    @csp.graph
+    def g():
+        csp.add_graph_output("events", news_graph(adapter.out(), cfg).events)
+
+    runner = csp.run_on_thread(g, realtime=True, endtime=timedelta(minutes=5))
+    adapter.wait_for_start()
+    for i in range(n):
+        adapter.push_tick([Headline(source="bench", ts=datetime.utcnow(), headline=f"{TEXTS[i % 4]} ({i})",
+                                    symbols=["ACME"], id=str(i))])
+        time.sleep(0.02)
+    time.sleep(0.5)
+    runner.stop_engine()
+    result = runner.join()
+    events = [(tick, e) for tick, batch in result["events"] for e in batch]
+    assert len(events) == n and not any(e.data["degraded"] for _, e in events), "news events missing or degraded"
+    return [(tick - e.ts).total_seconds() for tick, e in events]
+
+
+def pct(xs: list[float], q: float) -> float:
+    return float(np.percentile(xs, q) * 1000)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--checkpoint", help="a training checkpoint (default: a briefly trained shipped-architecture model)")
+    ap.add_argument("--tokens", type=int, default=96)
+    ap.add_argument("--seconds", type=float, default=4.0)
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        ckpt = Path(args.checkpoint) if args.checkpoint else bench_checkpoint(tmp)
+        export(ckpt, tmp / "model", int8=True, data=tmp / "none.csv", name="bench-nanogpt")
+        result = {"bench": "sidecar", "generation": generation(tmp / "model", ckpt, args.tokens)}
+        with SidecarProcess(tmp / "model", "--threads", "2") as sidecar:
+            one_client_latency(sidecar.url, 50)  # warm the connection path
+            single = one_client_latency(sidecar.url, 400)
+            one_rate, _ = asyncio.run(classify_load(sidecar.url, 1, args.seconds))
+            many_rate, many_lat = asyncio.run(classify_load(sidecar.url, 32, args.seconds))
+            news = headline_to_event(sidecar.url, 200)
+        result["classify"] = {
+            "p50_ms": pct(single, 50), "p99_ms": pct(single, 99),
+            "one_client_texts_s": one_rate, "32_clients_texts_s": many_rate,
+            "ratio_32_vs_1": many_rate / one_rate, "32_clients_p50_ms": pct(many_lat, 50),
+            "32_clients_p99_ms": pct(many_lat, 99),
+        }
+        result["headline_to_news_event"] = {"n": len(news), "p50_ms": pct(news, 50), "p99_ms": pct(news, 99),
+                                            "max_ms": max(news) * 1000}
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
