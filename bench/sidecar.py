@@ -1,6 +1,6 @@
 """Sidecar speed on the same weights, in one run: generation tokens/s and classification over HTTP.
 
-    python bench/sidecar.py [--checkpoint CKPT] [--tokens 96] [--seconds 4]
+    python bench/sidecar.py [--checkpoint CKPT] [--tokens 120] [--seconds 4] [--threads 1]
 
 Generation, greedy, batch 1, one prompt, `--tokens` new tokens:
   (1) PyTorch, the nanoGPT way: the whole sequence re-run for every token;
@@ -95,12 +95,13 @@ def onnx_generate(engine: Engine, prompt: list[int], n: int) -> list[int]:
     return out
 
 
-def generation(model_dir: Path, checkpoint: Path, tokens: int) -> dict:
-    torch.set_num_threads(2)
+def generation(model_dir: Path, checkpoint: Path, tokens: int, threads: int) -> dict:
+    torch.set_num_threads(threads)  # the same compute for PyTorch and ONNX Runtime
     model, tok, _ = load_checkpoint(checkpoint)
     prompt = tok.encode("$ACME upgraded to Buy")[:8]
     n = min(tokens, model.config.block_size - len(prompt))
-    fp32, int8 = Engine(model_dir, device="cpu"), Engine(model_dir, device="cpu", int8=True)
+    fp32 = Engine(model_dir, device="cpu", threads=threads)
+    int8 = Engine(model_dir, device="cpu", int8=True, threads=threads)
     same = nanogpt_generate(model, prompt, n) == torch_greedy(model, prompt, n) == onnx_generate(fp32, prompt, n)
     out = {
         "tokens": n,
@@ -185,15 +186,19 @@ def pct(xs: list[float], q: float) -> float:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--checkpoint", help="a training checkpoint (default: a briefly trained shipped-architecture model)")
-    ap.add_argument("--tokens", type=int, default=96)
+    ap.add_argument("--tokens", type=int, default=120)
     ap.add_argument("--seconds", type=float, default=4.0)
+    ap.add_argument("--threads", type=int, default=1,
+                    help="intra-op threads for PyTorch, ONNX Runtime and the sidecar (1 leaves the second core "
+                         "of a 2-core box to the HTTP event loop)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         ckpt = Path(args.checkpoint) if args.checkpoint else bench_checkpoint(tmp)
         export(ckpt, tmp / "model", int8=True, data=tmp / "none.csv", name="bench-nanogpt")
-        result = {"bench": "sidecar", "generation": generation(tmp / "model", ckpt, args.tokens)}
-        with SidecarProcess(tmp / "model", "--threads", "2") as sidecar:
+        result = {"bench": "sidecar", "threads": args.threads,
+                  "generation": generation(tmp / "model", ckpt, args.tokens, args.threads)}
+        with SidecarProcess(tmp / "model", "--threads", str(args.threads)) as sidecar:
             one_client_latency(sidecar.url, 50)  # warm the connection path
             single = one_client_latency(sidecar.url, 400)
             one_rate, _ = asyncio.run(classify_load(sidecar.url, 1, args.seconds))
