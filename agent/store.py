@@ -232,6 +232,7 @@ def _get(obj, name: str, default=None):
 _EVENT_FIELDS = ("event_id", "ts", "kind", "key", "severity", "message", "data")
 _event_attrs = operator.attrgetter(*_EVENT_FIELDS)
 _event_items = operator.itemgetter(*_EVENT_FIELDS)
+_by_event_id = operator.itemgetter(0)
 _SQLITE_INSERT = (
     "INSERT OR IGNORE INTO events (event_id, ts, logged_at, kind, \"key\", severity, message, data)"
     " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
@@ -375,12 +376,13 @@ class Store:
     def _insert_postgresql(self, conn: sa.Connection, rows: list[tuple], now: datetime) -> list[tuple[int, str]]:
         """psycopg's pipelined executemany with RETURNING: one result per row, empty where the row was a duplicate.
 
-        Correct with several agents writing one log. (SQLAlchemy's multi-row VALUES spends most of its time in
-        psycopg re-parsing each huge statement; one small prepared statement avoids that.)
+        Correct with several agents writing one log; rows go in event_id order, so two writers racing on the
+        same ids take their row locks in the same order and never deadlock. (SQLAlchemy's multi-row VALUES
+        spends most of its time in psycopg re-parsing each huge statement; one small statement avoids that.)
         """
         params = [
             (eid, ts, now, kind, key, severity, message, json_dumps(data))
-            for eid, ts, kind, key, severity, message, data in rows
+            for eid, ts, kind, key, severity, message, data in sorted(rows, key=_by_event_id)  # one lock order
         ]
         dbapi = self.engine.dialect.loaded_dbapi
         cur = conn.connection.dbapi_connection.cursor()

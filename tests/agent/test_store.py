@@ -313,16 +313,22 @@ def test_two_agents_sharing_one_log_each_event_is_new_exactly_once(url):
     stores = [Store(url), Store(url)]
     returned: list[list[dict]] = [[], []]
 
+    errors = []
+
     def run(n: int) -> None:
-        for start in range(0, 600, 50):
-            batch = [ev(i) for i in range(start, start + 50)]
-            returned[n] += stores[n].write(batch[::-1] if n else batch)
+        try:
+            for start in range(0, 600, 50):
+                batch = [ev(i) for i in range(start, start + 50)]
+                returned[n] += stores[n].write(batch[::-1] if n else batch)
+        except Exception as e:  # noqa: BLE001 - e.g. a deadlock: reported below
+            errors.append(e)
 
     threads = [threading.Thread(target=run, args=(n,)) for n in (0, 1)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
+    assert errors == []
     new = returned[0] + returned[1]
     assert sorted(r["event_id"] for r in new) == sorted(ev(i).event_id for i in range(600))
     logged = {r["event_id"]: r["id"] for r in stores[0].events()}
