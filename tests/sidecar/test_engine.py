@@ -9,11 +9,9 @@ from sidecar.engine import Engine
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    pytest.importorskip("torch")
-    from model.testing import tiny_model
-
-    return tiny_model(tmp_path_factory.mktemp("engine"))
+def model_dir(tiny_model_dir):
+    """model.testing.tiny_model, built once for the sidecar tests (tests/sidecar/conftest.py)."""
+    return tiny_model_dir
 
 
 @pytest.fixture(scope="module")
