@@ -47,6 +47,11 @@ _UNSEEN = float("inf")  # the daily profile's error before its first prediction
 SPATIAL_MIN_SCORE = 0.3  # a new extreme must also be mildly surprising: a young range is narrow
 
 
+def _alpha(span: float) -> float:
+    """EWMA weight of a span in readings (a span below 1 means "no memory")."""
+    return 2.0 / (max(span, 1.0) + 1.0)
+
+
 class Params:
     """The detector's constants, derived once from AnomalyConfig (attribute reads are cheap)."""
 
@@ -56,14 +61,14 @@ class Params:
     )
 
     def __init__(self, cfg: AnomalyConfig):
-        self.a_level = 2.0 / (cfg.level_span + 1.0)
-        self.a_dev = 2.0 / (cfg.scale_span + 1.0)
-        self.a_season = 2.0 / (cfg.season_span + 1.0)
-        self.a_short = 2.0 / (cfg.short_span + 1.0)
-        self.a_long = 2.0 / (cfg.long_span + 1.0)
+        self.a_level = _alpha(cfg.level_span)
+        self.a_dev = _alpha(cfg.scale_span)
+        self.a_season = _alpha(cfg.season_span)
+        self.a_short = _alpha(cfg.short_span)
+        self.a_long = _alpha(cfg.long_span)
         self.clip = cfg.clip
         self.warmup = cfg.warmup
-        self.refractory = max(cfg.refractory, 1)
+        self.refractory = cfg.refractory
         self.rel_floor = cfg.rel_floor
         self.buckets = max(cfg.season_buckets, 1)
         self.season_min = min(max(cfg.season_min, 1), 255)
@@ -214,9 +219,9 @@ class Detector:
                 st = states.get((sid, name))
                 if st is None:
                     states[sid, name] = MetricState(x, when, p)
-                    s = 0.0
-                else:
-                    s = st.score(x, when, p)
+                    out.append(MetricScore(sensor_id=sid, metric=name, ts=when, value=x, score=0.0))
+                    continue
+                s = st.score(x, when, p)
                 if s >= p.threshold:
                     out.append(_evidence(sid, name, when, x, s, st))
                 else:

@@ -173,3 +173,20 @@ def test_many_keys_bounded_memory_and_time():
         per = (time.perf_counter() - t0) / keys
     assert len(out) == keys and len(det.states) == keys
     assert per < 50e-6, f"{per * 1e6:.1f} us per reading"  # generous: shared CI machines
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"season_buckets": 0, "season_min": 0, "refractory": 0, "warmup": 0},
+        {"short_span": 0.0, "long_span": 0.0, "level_span": 0.0, "scale_span": 0.0, "season_span": 0.0},
+        {"tail_floor": 0.0, "rel_floor": 0.0, "clip": 0.0, "spatial_tolerance": 0.0},
+        {"season_buckets": 1440, "season_min": 1000, "tail_floor": 1.0, "threshold": 0.0},
+    ],
+)
+def test_extreme_configurations_stay_in_range(overrides):
+    cfg = AnomalyConfig(**overrides)
+    values = seasonal(600)
+    values[500] += 50
+    out = Detector(cfg).score_readings([reading(i, x) for i, x in enumerate(values)])
+    assert len(out) == 600 and all(0.0 <= s.score <= 1.0 for s in out)
