@@ -232,7 +232,6 @@ def _get(obj, name: str, default=None):
 _EVENT_FIELDS = ("event_id", "ts", "kind", "key", "severity", "message", "data")
 _event_attrs = operator.attrgetter(*_EVENT_FIELDS)
 _event_items = operator.itemgetter(*_EVENT_FIELDS)
-_by_event_id = operator.itemgetter(0)
 _SQLITE_INSERT = (
     "INSERT OR IGNORE INTO events (event_id, ts, logged_at, kind, \"key\", severity, message, data)"
     " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
@@ -376,17 +375,20 @@ class Store:
     def _insert_postgresql(self, conn: sa.Connection, rows: list[tuple], now: datetime) -> list[tuple[int, str]]:
         """psycopg's pipelined executemany with RETURNING: one result per row, empty where the row was a duplicate.
 
-        Correct with several agents writing one log; rows go in event_id order, so two writers racing on the
-        same ids take their row locks in the same order and never deadlock. (SQLAlchemy's multi-row VALUES
-        spends most of its time in psycopg re-parsing each huge statement; one small statement avoids that.)
+        Several agents may write one log: a transaction-scoped advisory lock on the table makes their event
+        inserts take turns, so two agents racing on the same ids cannot deadlock, and ids are handed out in
+        commit order, so a reader polling for `id > last` (the outbox, `events --follow`) never skips a row
+        that committed late. (SQLAlchemy's multi-row VALUES spends most of its time in psycopg re-parsing
+        each huge statement; one small statement, pipelined, avoids that.)
         """
         params = [
             (eid, ts, now, kind, key, severity, message, json_dumps(data))
-            for eid, ts, kind, key, severity, message, data in sorted(rows, key=_by_event_id)  # one lock order
+            for eid, ts, kind, key, severity, message, data in rows
         ]
         dbapi = self.engine.dialect.loaded_dbapi
         cur = conn.connection.dbapi_connection.cursor()
         try:
+            cur.execute("SELECT pg_advisory_xact_lock('events'::regclass::oid::bigint)")
             cur.executemany(_PG_INSERT, params, returning=True)
             inserted = []
             while True:
