@@ -33,7 +33,7 @@ from agent.records import SensorReading  # noqa: E402
 from agent.score import read_series, score_series  # noqa: E402
 from bench.zscore import zscore_series  # noqa: E402
 
-SHARED = Path(os.environ.get("EDGEWATCH_SHARED", REPO.parent / "shared"))
+SHARED = Path(os.environ.get("SHARED_DIR", REPO.parent / "shared"))
 PROFILES = ("standard", "reward_low_FP_rate", "reward_low_FN_rate")
 BASELINE_FIXED = 0.7  # z = 7: near the baseline's own optimum on nab-dev (generous to it; z = 3 scores -226)
 

@@ -11,8 +11,8 @@ import pytest
 from agent.pytest_plugin import require
 
 REPO = Path(__file__).resolve().parent.parent
-SHARED = Path(os.environ.get("EDGEWATCH_SHARED", REPO.parent / "shared"))
-POSTGRES_URL = os.environ.get("EDGEWATCH_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+SHARED = Path(os.environ.get("SHARED_DIR", REPO.parent / "shared"))
+POSTGRES_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
 
 @pytest.fixture
@@ -38,5 +38,5 @@ def postgres_url() -> str:
 def shared_data() -> Path:
     """`../shared/data`, read in place, never copied into the project."""
     path = SHARED / "data"
-    require("shared data", path.is_dir(), f"{path} not found (set EDGEWATCH_SHARED)")
+    require("shared data", path.is_dir(), f"{path} not found (set SHARED_DIR)")
     return path
