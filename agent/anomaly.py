@@ -267,8 +267,7 @@ def anomaly_event(sc: MetricScore, cfg: AnomalyConfig) -> Event:
         sc.sensor_id,
         sc.ts,
         _severity(sc.score, cfg),
-        f"{sc.sensor_id} {sc.metric}={sc.value:.6g} outside the expected {lo:.6g}..{hi:.6g} "
-        f"(score {sc.score:.3f})",
+        f"{sc.sensor_id} {sc.metric}={sc.value:.6g}, expected {lo:.6g}..{hi:.6g} (score {sc.score:.3f})",
         {
             "metric": sc.metric,
             "value": sc.value,
