@@ -14,6 +14,11 @@ REGISTRY = CollectorRegistry(auto_describe=True)
 MESSAGES_IN = Counter(
     "edgewatch_messages_in_total", "Accepted input messages, by topic kind", ["kind"], registry=REGISTRY
 )
+MESSAGES_DONE = Counter(
+    "edgewatch_messages_done_total",
+    "Input messages fully handled: their batch's events and dead letters committed, PUBACK sent",
+    registry=REGISTRY,
+)
 DEAD_LETTERS = Counter(
     "edgewatch_dead_letters_total", "Rejected input messages, by reason class", ["reason"], registry=REGISTRY
 )

@@ -7,6 +7,7 @@ writer's `on_durable` acknowledges that batch's messages after the commit.
 
 
 import functools
+import time
 
 import csp
 from csp import ts
@@ -25,13 +26,13 @@ def sink(
     writer: object,
     on_durable: object,
 ):
-    """Submit the cycle's rows to `writer`; `on_durable(mark, dead_letters)` runs once they are committed."""
+    """Submit the cycle's rows to `writer`; `on_durable(mark, dead_letters, submitted)` runs once committed."""
     ev = events if csp.ticked(events) else ()
     br = bars if csp.ticked(bars) else ()
     dl = dead_letters if csp.ticked(dead_letters) else ()
     done = None
     if csp.ticked(marks):
         metrics.ENGINE_LAG.set(max(0.0, (csp.now() - marks.received_at).total_seconds()))
-        done = functools.partial(on_durable, marks, dl)
+        done = functools.partial(on_durable, marks, dl, time.perf_counter())
     if ev or br or dl or done is not None:
         writer.submit(events=ev, dead_letters=dl, bars=br, on_durable=done)

@@ -1,0 +1,329 @@
+"""Ingest benchmark: sensor readings through a private Mosquitto into (1) a bare paho subscriber,
+(2) the agent end to end, (3) a naive agent; plus publish -> event-on-MQTT latency at a fixed rate.
+
+Throughput is measured on a pre-loaded queue, so the publisher's speed cannot
+limit it: each consumer first registers a persistent MQTT 5 session
+(subscribed to `sensors/#`, QoS 1, receive maximum 1000), the N readings are
+published once (QoS 1) and the broker queues them for every session; then each
+consumer connects alone and drains its queue while nothing else runs. Rates
+count from the first message handled to the last:
+
+- bare: paho callback + `json.loads`, automatic PUBACK (the ceiling of any paho agent);
+- agent: `edge-agent run` (validation, anomaly + health graph, event log in SQLite,
+  outbox), messages counted when their batch is committed and acknowledged
+  (`edgewatch_messages_done_total`, scraped from the agent's metrics endpoint);
+- naive: paho callback -> the project's validation and anomaly detector per
+  message -> the verdict written with its own commit (`Store.write`) per message.
+
+Latency: the agent runs live while readings and trades are published at
+`--rate` msgs/s; every trade moves the price 5% (a `price_alert` event) and
+every 50th reading of a sensor is a spike (an `anomaly` event once warmed up).
+Latency = time the event arrives on `edgewatch/events/#` - time its input was
+published, matched by (key, event time).
+
+Prints ONE JSON line. `python bench/ingest.py [--n 200000] [--naive-n 20000]`.
+"""
+
+import argparse
+import json
+import os
+import random
+import re
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from agent.pytest_plugin import AgentProcess, Mosquitto, free_port  # noqa: E402
+
+RECEIVE_MAXIMUM = 1000
+
+
+def readings(n: int, sensors: int, seed: int = 7) -> list[tuple[str, bytes]]:
+    """Small readings, round-robin over `sensors` ids; one reading in 1000 is a spike.
+
+    No `ts`: a live feed, stamped on receipt (old timestamps would make the whole fleet look stale).
+    """
+    rnd = random.Random(seed)
+    out = []
+    for i in range(n):
+        temp = 95.0 if rnd.random() < 0.001 else 20.0 + rnd.gauss(0, 0.5)
+        out.append((f"sensors/dev{i % sensors}", json.dumps({"temperature": round(temp, 3),
+                                                              "humidity": round(45 + rnd.gauss(0, 2), 2)}).encode()))
+    return out
+
+
+def _client(client_id: str) -> tuple[mqtt.Client, dict]:
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+    c.max_inflight_messages_set(RECEIVE_MAXIMUM)
+    c.max_queued_messages_set(0)
+    props = Properties(PacketTypes.CONNECT)
+    props.SessionExpiryInterval = 3600
+    props.ReceiveMaximum = RECEIVE_MAXIMUM
+    return c, {"clean_start": False, "properties": props}
+
+
+def register_session(broker, client_id: str) -> None:
+    """Create the persistent session and its subscription, then leave: the broker queues for it."""
+    c, kw = _client(client_id)
+    subscribed = threading.Event()
+    c.on_subscribe = lambda *a: subscribed.set()
+    c.connect(broker.host, broker.port, **kw)
+    c.loop_start()
+    c.subscribe("sensors/#", qos=1)
+    subscribed.wait(10)
+    c.disconnect()
+    c.loop_stop()
+
+
+def publish_all(broker, messages: list[tuple[str, bytes]]) -> float:
+    """QoS 1 as fast as the broker acknowledges; returns msgs/s."""
+    c, kw = _client(f"bench-pub-{os.getpid()}")
+    done = threading.Event()
+    acked = [0]
+
+    def on_publish(client, userdata, mid, rc, props):
+        acked[0] += 1
+        if acked[0] == len(messages):
+            done.set()
+
+    c.on_publish = on_publish
+    c.connect(broker.host, broker.port, clean_start=True)
+    c.loop_start()
+    t0 = time.perf_counter()
+    for topic, payload in messages:
+        c.publish(topic, payload, qos=1)
+    done.wait(600)
+    rate = len(messages) / (time.perf_counter() - t0)
+    c.disconnect()
+    c.loop_stop()
+    return rate
+
+
+# -- consumers (run in their own process: `--role bare|naive`) ----------------------------------------
+
+
+def drain(port: int, client_id: str, n: int, handle) -> float:
+    """Connect to the queued session, run `handle(msg)` per message; msgs/s from first to last."""
+    c, kw = _client(client_id)
+    done = threading.Event()
+    state = {"count": 0, "first": 0.0, "last": 0.0}
+
+    def on_message(client, userdata, msg):
+        if state["count"] == 0:
+            state["first"] = time.perf_counter()
+        handle(msg)
+        state["count"] += 1
+        if state["count"] >= n:
+            state["last"] = time.perf_counter()
+            done.set()
+
+    c.on_message = on_message
+    c.connect("127.0.0.1", port, **kw)
+    c.loop_start()
+    if not done.wait(900):
+        raise SystemExit(f"{client_id}: only {state['count']} of {n} messages")
+    c.disconnect()
+    c.loop_stop()
+    return (n - 1) / (state["last"] - state["first"])
+
+
+def bare_handler():
+    return lambda msg: json.loads(msg.payload)
+
+
+def naive_handler(db: str):
+    from agent.anomaly import Detector
+    from agent.config import Config
+    from agent.records import DeadLetter, make_event
+    from agent.store import Store
+    from agent.timeutil import utcnow
+    from agent.validate import Validator
+
+    cfg = Config()
+    validator, detector, store = Validator(cfg), Detector(cfg.anomaly), Store(db)
+
+    def handle(msg):
+        r = validator.parse(msg.topic, msg.payload, utcnow())
+        if type(r) is DeadLetter:
+            store.write(dead_letters=[r])
+            return
+        for s in detector.score_readings([r.record]):
+            severity = "warning" if s.score >= cfg.anomaly.threshold else "info"
+            store.write(events=[make_event("anomaly", s.sensor_id, s.ts, severity, f"{s.metric} scored",
+                                           {"metric": s.metric, "value": s.value, "score": s.score}, s.metric)])
+
+    return handle
+
+
+# -- the agent ---------------------------------------------------------------------------------------
+
+
+def scrape(port: int, name: str) -> float:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    m = re.search(rf"^{name} ([0-9.e+]+)$", text, re.M)
+    return float(m.group(1)) if m else 0.0
+
+
+def agent_process(broker, workdir: Path, client_id: str, extra: dict | None = None) -> tuple[AgentProcess, int]:
+    mport = free_port()
+    settings = {"mqtt": {"client_id": client_id, "receive_maximum": RECEIVE_MAXIMUM, "session_expiry": 3600},
+                "metrics": {"listen": f"127.0.0.1:{mport}"}, "record": {"path": ""}, "log": {"level": "warning"},
+                "news": {"enabled": False}}
+    for k, v in (extra or {}).items():
+        settings.setdefault(k, {}).update(v)
+    return AgentProcess(broker, workdir, settings, protocol="5"), mport
+
+
+def agent_session(broker, workdir: Path, client_id: str) -> None:
+    """Run the agent once so that the broker holds its persistent session, then stop it."""
+    agent = agent_process(broker, workdir, client_id)[0].start()
+    agent.wait_ready(broker)
+    agent.stop()
+
+
+def agent_drain(broker, workdir: Path, client_id: str, n: int) -> float:
+    """Start the agent on its queued session; msgs/s from the first committed batch to the last."""
+    agent, mport = agent_process(broker, workdir, client_id)
+    agent.start()
+    points = []
+    deadline = time.monotonic() + 900
+    try:
+        while time.monotonic() < deadline:
+            try:
+                done = scrape(mport, "edgewatch_messages_done_total")
+            except OSError:
+                done = None
+            now = time.perf_counter()
+            if done:
+                points.append((now, done))
+                if done >= n:
+                    break
+            time.sleep(0.02)
+    finally:
+        agent.stop()
+    (t0, c0), (t1, c1) = points[0], points[-1]
+    if c1 < n:
+        raise SystemExit(f"agent: only {c1:.0f} of {n} messages")
+    return (c1 - c0) / (t1 - t0)
+
+
+def latency(broker, workdir: Path, rate: float, seconds: float) -> dict:
+    """Publish at `rate` msgs/s; publish -> event-on-MQTT latency of every event matched to its input."""
+    agent, _ = agent_process(broker, workdir, "bench-latency", {"anomaly": {"warmup": 20, "refractory": 1}})
+    agent.start()
+    agent.wait_ready(broker)
+    sent: dict[tuple[str, str], float] = {}
+    lat: list[float] = []
+    sub, kw = _client("bench-latency-sub")
+
+    def on_message(client, userdata, msg):
+        now = time.perf_counter()
+        e = json.loads(msg.payload)
+        t = sent.get((e["key"], e["ts"]))
+        if t is not None:
+            lat.append(now - t)
+
+    sub.on_message = on_message
+    sub.connect(broker.host, broker.port, clean_start=True)
+    sub.subscribe("edgewatch/events/#", qos=1)
+    sub.loop_start()
+    pub, _ = _client("bench-latency-pub")
+    pub.connect(broker.host, broker.port, clean_start=True)
+    pub.loop_start()
+    time.sleep(0.5)
+    n = int(rate * seconds)
+    t0 = time.perf_counter()
+    now0 = datetime.now(timezone.utc).replace(tzinfo=None) - timedelta(seconds=seconds + 5)
+    for i in range(n):
+        delay = t0 + i / rate - time.perf_counter()
+        if delay > 0:
+            time.sleep(delay)
+        ts = (now0 + timedelta(milliseconds=i)).isoformat() + "Z"
+        if i % 10 == 0:  # a trade that moves the price 5%: a price_alert event
+            key, topic = "ACME", "market/ACME/trade"
+            payload = {"ts": ts, "price": 100.0 if (i // 10) % 2 else 105.0, "size": 1}
+        else:
+            k = i // 10 * 9 + i % 10 - 1
+            key, topic = f"lat{k % 20}", f"sensors/lat{k % 20}"
+            payload = {"ts": ts, "temperature": 95.0 if (k // 20) % 50 == 49 else 20.0 + 0.01 * (k % 7)}
+        sent[(key, ts)] = time.perf_counter()
+        pub.publish(topic, json.dumps(payload), qos=1)
+    time.sleep(2.0)
+    for c in (pub, sub):
+        c.disconnect()
+        c.loop_stop()
+    agent.stop()
+    lat.sort()
+    if not lat:
+        return {"events": 0}
+    q = lambda p: round(1000 * lat[min(len(lat) - 1, int(p * len(lat)))], 3)  # noqa: E731
+    return {"rate": rate, "events": len(lat), "p50_ms": q(0.50), "p99_ms": q(0.99), "max_ms": round(1000 * lat[-1], 3)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=200_000)
+    ap.add_argument("--naive-n", type=int, default=20_000, help="the naive agent is slow: fewer messages")
+    ap.add_argument("--rate", type=float, default=1000.0, help="msgs/s of the latency run")
+    ap.add_argument("--latency-seconds", type=float, default=10.0)
+    ap.add_argument("--role", choices=("bare", "naive"), help=argparse.SUPPRESS)
+    ap.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--db", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.role:  # a consumer subprocess: print its rate
+        handler = bare_handler() if args.role == "bare" else naive_handler(args.db)
+        print(drain(args.port, f"bench-{args.role}", args.n, handler))
+        return
+
+    me = [sys.executable, __file__]
+    with tempfile.TemporaryDirectory(prefix="edgewatch-bench-") as tmp:
+        tmp = Path(tmp)
+        broker = Mosquitto(tmp / "mosquitto").start()
+        try:
+            result = {"n": args.n, "naive_n": args.naive_n, "receive_maximum": RECEIVE_MAXIMUM}
+
+            def consumer(role: str, n: int) -> float:
+                out = subprocess.run(me + ["--role", role, "--port", str(broker.port), "--n", str(n),
+                                           "--db", str(tmp / f"{role}.db")], capture_output=True, text=True)
+                if out.returncode:
+                    raise SystemExit(out.stderr[-2000:])
+                return float(out.stdout.strip().splitlines()[-1])
+
+            # 100 sensor ids: every consumer drains the same N (naive: the first naive_n)
+            for cid in ("bench-bare", "bench-naive", "bench-agent-100"):
+                if cid == "bench-agent-100":
+                    agent_session(broker, tmp / "agent-100", cid)
+                else:
+                    register_session(broker, cid)
+            time.sleep(1.0)
+            result["publish_msgs_per_s"] = round(publish_all(broker, readings(args.n, 100)))
+            result["bare_msgs_per_s"] = round(consumer("bare", args.n))
+            result["agent_msgs_per_s"] = round(agent_drain(broker, tmp / "agent-100", "bench-agent-100", args.n))
+            result["naive_msgs_per_s"] = round(consumer("naive", args.naive_n))
+            # 100,000 sensor ids: the agent's per-message cost must not grow with the fleet
+            agent_session(broker, tmp / "agent-100k", "bench-agent-100k")
+            time.sleep(1.0)
+            publish_all(broker, readings(args.n, 100_000, seed=8))
+            result["agent_100k_ids_msgs_per_s"] = round(agent_drain(broker, tmp / "agent-100k", "bench-agent-100k",
+                                                                    args.n))
+            result["latency"] = latency(broker, tmp / "latency", args.rate, args.latency_seconds)
+        finally:
+            broker.stop()
+    result["agent_vs_bare"] = round(result["agent_msgs_per_s"] / result["bare_msgs_per_s"], 3)
+    result["agent_vs_naive"] = round(result["agent_msgs_per_s"] / result["naive_msgs_per_s"], 2)
+    result["cost_100k_vs_100_ids"] = round(result["agent_msgs_per_s"] / result["agent_100k_ids_msgs_per_s"], 3)
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
