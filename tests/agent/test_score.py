@@ -133,3 +133,13 @@ def test_beats_the_zscore_baseline_on_nab_files(shared_data, tmp_path):
     theirs = nab.score_corpus(sub, base)["standard"]["normalized"]
     print(f"detector {mine:.1f} vs z-score {theirs:.1f}")
     assert mine > theirs + 10, (mine, theirs)
+
+
+def test_metric_names_the_value_column(tmp_path, capsys):
+    path = tmp_path / "temp.csv"
+    path.write_text("timestamp,temp\n" + "".join(f"2014-07-01T00:{i:02d}:00Z,{20 + i % 3}\n" for i in range(60)))
+    out = tmp_path / "out.csv"
+    assert main(["score", str(path), "--metric", "temp", "--out", str(out)]) == 0
+    assert len(out.read_text().splitlines()) == 61
+    assert main(["score", str(path)]) == 2
+    assert "no 'value' column" in capsys.readouterr().err
