@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import importlib.util
+import json
 import subprocess
 import sys
 from datetime import datetime, timedelta
@@ -14,7 +16,7 @@ from agent.anomaly import Detector
 from agent.cli import main
 from agent.config import AnomalyConfig
 from agent.records import SensorReading
-from agent.score import score_series
+from agent.score import read_series, score_series
 
 REPO = Path(__file__).resolve().parents[2]
 T0 = datetime(2014, 7, 1)
@@ -101,8 +103,6 @@ def test_missing_file_and_bad_config_exit_2(tmp_path, capsys):
 
 def test_beats_the_zscore_baseline_on_nab_files(shared_data, tmp_path):
     """Two nab-dev files, scored with NAB's method at the live threshold, against the baseline at its optimum."""
-    import importlib.util
-
     sys.path.insert(0, str(REPO))
     from bench.zscore import zscore_series
 
@@ -113,16 +113,12 @@ def test_beats_the_zscore_baseline_on_nab_files(shared_data, tmp_path):
     corpus = shared_data / "nab-dev"
     files = ["realKnownCause/nyc_taxi.csv", "artificialWithAnomaly/art_daily_jumpsdown.csv"]
     # a corpus of just these files: same data, their labels only
-    import json
-
     (tmp_path / "labels").mkdir()
     labels = json.loads((corpus / "labels" / "windows.json").read_text())
     (tmp_path / "labels" / "windows.json").write_text(json.dumps({f: labels[f] for f in files}))
     (tmp_path / "data").symlink_to(corpus / "data")
     (tmp_path / "config").symlink_to(corpus / "config")
     sub = nab.Corpus(str(tmp_path))
-    from agent.score import read_series
-
     det, base = {}, {}
     for rel in files:
         with open(corpus / "data" / rel) as f:
