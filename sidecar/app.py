@@ -314,7 +314,7 @@ def create_app(
     )
     app.state.sidecar = sc
 
-    def authorize(request: Request) -> None:
+    async def authorize(request: Request) -> None:  # async: a sync dependency would hop to a thread pool
         if settings.api_key is None:
             return
         scheme, _, key = request.headers.get("authorization", "").partition(" ")
