@@ -56,12 +56,13 @@ class Params:
     """The detector's constants, derived once from AnomalyConfig (attribute reads are cheap)."""
 
     __slots__ = (
-        "a_level", "a_dev", "a_season", "a_short", "a_long", "clip", "warmup", "refractory",
+        "a_level", "a_trend", "a_dev", "a_season", "a_short", "a_long", "clip", "warmup", "refractory",
         "rel_floor", "buckets", "season_min", "log_floor", "threshold", "spatial",
     )
 
     def __init__(self, cfg: AnomalyConfig):
         self.a_level = _alpha(cfg.level_span)
+        self.a_trend = _alpha(cfg.trend_span) if cfg.trend_span > 0.0 else 0.0
         self.a_dev = _alpha(cfg.scale_span)
         self.a_season = _alpha(cfg.season_span)
         self.a_short = _alpha(cfg.short_span)
@@ -82,7 +83,7 @@ class MetricState:
 
     __slots__ = (
         "n", "last_ts", "level", "dev", "mag", "season", "seen", "short", "lmean", "lvar",
-        "cool", "expected", "band", "serr", "lo", "hi",
+        "cool", "expected", "band", "serr", "lo", "hi", "trend",
     )
 
     def __init__(self, x: float, when: datetime, p: Params):
@@ -102,6 +103,7 @@ class MetricState:
         self.serr = _UNSEEN
         self.lo = x
         self.hi = x
+        self.trend = 0.0
 
     def score(self, x: float, when: datetime, p: Params) -> float:
         """Score one reading in [0, 1]; learn from it when it is in time order."""
@@ -111,11 +113,12 @@ class MetricState:
             self.n += 1
         b = (when.hour * 60 + when.minute) * p.buckets // 1440
         floor = p.rel_floor * self.mag + 1e-9
-        # expert 1: the recent level
+        # expert 1: the recent level and its slow trend (Holt)
         scale = self.dev if self.dev > floor else floor
-        r = x - self.level
+        fc = self.level + self.trend
+        r = x - fc
         z = (r if r >= 0.0 else -r) / scale
-        expected, band = self.level, scale
+        expected, band = fc, scale
         # expert 2: the same time of day on earlier days, trusted once it has been the better forecast
         season = self.season
         if self.seen[b] >= p.season_min:
@@ -149,7 +152,10 @@ class MetricState:
         # robust learning: residuals are clipped so one spike barely moves the model
         lim = p.clip * scale
         c = lim if r > lim else (-lim if r < -lim else r)
-        self.level += p.a_level * c
+        nl = fc + p.a_level * c
+        if not self.cool:  # while it re-learns after a detection the level's moves are no trend
+            self.trend += p.a_trend * (nl - self.level - self.trend)
+        self.level = nl
         a = p.a_dev if p.a_dev > inv_n else inv_n
         self.dev += a * ((c if c >= 0.0 else -c) - self.dev)
         self.mag += a * ((x if x >= 0.0 else -x) - self.mag)
@@ -181,7 +187,7 @@ class MetricState:
             return 0.5 * s  # damped: cannot alarm at any threshold above 0.5
         if s >= p.threshold:
             self.cool = p.refractory
-            self.level = x  # re-baseline: a level shift alarms once, then becomes the norm
+            self.level, self.trend = x, 0.0  # re-baseline: a level shift alarms once, then becomes the norm
         return s
 
 

@@ -96,6 +96,7 @@ class AnomalyConfig:
     critical: float = 1.0  # score at or above which an `anomaly` event is critical (else warning)
     warmup: int = 100  # readings per (sensor, metric) learnt before any score above 0
     level_span: float = 20.0  # readings: EWMA span of the level forecast
+    trend_span: float = 500.0  # readings: EWMA span of the level's slow trend (Holt); 0 = no trend
     scale_span: float = 100.0  # readings: EWMA span of the robust residual scale
     season_span: float = 30.0  # updates: EWMA span of each time-of-day profile bucket
     season_buckets: int = 96  # time-of-day buckets of the daily profile (1 = no daily profile)
