@@ -6,8 +6,8 @@ csp.dynamic), so the graph keeps up with 100k sensors. The score of a reading,
 in [0, 1], is built in four steps:
 
 1. two robust forecasts, each with its own robust scale (EWMA of clipped
-   absolute residuals): the recent level, and a daily profile learnt online in
-   time-of-day buckets. The profile is used once its recent error is below the
+   absolute residuals): the recent level with a slow (Holt) trend, and a daily
+   profile learnt online in time-of-day buckets. The profile is used once its recent error is below the
    level's, so daily cycles are expected, while trends and series without a
    daily rhythm fall back on the level;
 2. a raw surprise in [0, 1) from the residual in scale units, z / (z + 3);
