@@ -26,7 +26,7 @@ from csp import ts
 
 from agent.config import ConfigError, HealthConfig, MaintenanceConfig
 from agent.maintenance import (
-    ANOMALY_BURST, DRIFT, LOW_BATTERY, NOISY, OUT_OF_RANGE, REASONS, STALE, STUCK,
+    REASONS, STALE,
     Flags, Rules, maintenance_events,
 )
 from agent.records import Event, MetricScore, SensorReading, make_event
@@ -60,6 +60,22 @@ def parse_bands(text: str) -> tuple[float, float]:
     if not 0.0 < poor < good < 1.0:
         raise ConfigError(f"health.bands: need 0 < {poor} < {good} < 1")
     return poor, good
+
+
+def check(h: HealthConfig, m: MaintenanceConfig) -> None:
+    """Raise ConfigError naming the first bad [health]/[maintenance] key (called when the graph is wired)."""
+    Params(h, m)
+    for key in ("fast_span", "noise_span", "baseline_span", "anomaly_span", "stuck_readings"):
+        if getattr(h, key) < 1:
+            raise ConfigError(f"health.{key}: must be at least 1")
+    if h.stale_min <= 0 or h.interval <= 0:
+        raise ConfigError("health.stale_min and health.interval must be positive")
+    for key, clear, rise in (("drift_clear_z", m.drift_clear_z, h.drift_z),
+                             ("noise_clear_ratio", m.noise_clear_ratio, h.noise_ratio),
+                             ("anomaly_clear_rate", m.anomaly_clear_rate, h.anomaly_rate),
+                             ("out_of_range_clear_rate", m.out_of_range_clear_rate, m.out_of_range_rate)):
+        if not clear < rise:
+            raise ConfigError(f"maintenance.{key}: must be below its raise level ({rise}), got {clear}")
 
 
 def _words(text: str) -> frozenset[str]:
@@ -113,9 +129,10 @@ def _inverse(x: float) -> float:
 
 
 class MetricTrack:
-    """One metric of one sensor: the last value, its identical run, the baseline and short window."""
+    """One metric of one sensor: the last value, its identical run, the baseline and short window,
+    and the two verdicts they give: drift (`dz`) and noise (`nz`), -1 while the baseline is being learnt."""
 
-    __slots__ = ("last", "clean", "run", "n", "base", "base_var", "base_dvar", "fast", "fast_dvar")
+    __slots__ = ("last", "clean", "run", "n", "base", "base_var", "base_dvar", "fast", "fast_dvar", "dz", "nz")
 
     def __init__(self, x: float):
         self.last = self.clean = x
@@ -123,43 +140,57 @@ class MetricTrack:
         self.n = 1
         self.base = self.fast = x
         self.base_var = self.base_dvar = self.fast_dvar = 0.0
+        self.dz = self.nz = -1.0
 
     def update(self, x: float, p: Params) -> bool:
-        """Fold in one value; True when it is an outlier against the short window."""
+        """Fold in one value; True when it is an outlier against the short window. (Hot path: locals on purpose.)"""
         self.run = self.run + 1 if x == self.last else 0
         self.last = x
         d = x - self.clean
         n = self.n = self.n + 1
+        base, base_var, base_dvar = self.base, self.base_var, self.base_dvar
         if n <= p.warmup:
             # the baseline: running mean/variance of the values and of their changes (Welford)
-            delta = x - self.base
-            self.base += delta / n
-            self.base_var += (delta * (x - self.base) - self.base_var) / n
-            self.base_dvar += (d * d - self.base_dvar) / (n - 1)
-            self.fast = self.base
-            self.fast_dvar = self.base_dvar
+            delta = x - base
+            base += delta / n
+            self.base = self.fast = base
+            self.base_var = base_var + (delta * (x - base) - base_var) / n
+            self.base_dvar = self.fast_dvar = base_dvar + (d * d - base_dvar) / (n - 1)
             self.clean = x
             return False
-        sd = math.sqrt(self.base_var)
-        f = x - self.fast
+        sd = math.sqrt(base_var)
+        dsd = math.sqrt(base_dvar)
+        clip = p.clip
+        fast = self.fast
+        f = x - fast
         outlier = (f if f >= 0.0 else -f) > p.outlier_z * sd
         # clipped steps: an outlier barely moves the short window, a real shift or drift still does
-        lim = p.clip * sd
-        self.fast += p.a_fast * (lim if f > lim else (-lim if f < -lim else f))
-        if outlier:
-            return True  # kept out of the noise window and the baseline: a spike is not noise
-        self.clean = x
-        dlim = p.clip * math.sqrt(self.base_dvar)
-        dc = dlim if d > dlim else (-dlim if d < -dlim else d)
-        self.fast_dvar += p.a_noise * (dc * dc - self.fast_dvar)
-        # slow learning with clipped residuals: a fault moves the baseline by a bounded amount
-        lim = 3.0 * sd
-        r = x - self.base
-        rc = lim if r > lim else (-lim if r < -lim else r)
-        self.base += p.a_base * rc
-        self.base_var += p.a_base * (rc * rc - self.base_var)
-        self.base_dvar += p.a_base * (dc * dc - self.base_dvar)
-        return False
+        lim = clip * sd
+        fast += p.a_fast * (lim if f > lim else (-lim if f < -lim else f))
+        self.fast = fast
+        fast_dvar = self.fast_dvar
+        if not outlier:  # an outlier stays out of the noise window and the baseline: a spike is not noise
+            self.clean = x
+            dlim = clip * dsd
+            dc = dlim if d > dlim else (-dlim if d < -dlim else d)
+            dc *= dc
+            fast_dvar += p.a_noise * (dc - fast_dvar)
+            self.fast_dvar = fast_dvar
+            # slow learning with clipped residuals: a fault moves the baseline by a bounded amount
+            lim = 3.0 * sd
+            r = x - base
+            rc = lim if r > lim else (-lim if r < -lim else r)
+            a = p.a_base
+            base += a * rc
+            self.base = base
+            self.base_var = base_var + a * (rc * rc - base_var)
+            self.base_dvar = base_dvar + a * (dc - base_dvar)
+        # floors keep a flat (quantised) baseline from making drift and noise infinitely sensitive
+        floor = 1e-4 * (base if base >= 0.0 else -base) + 1e-9
+        f = fast - base
+        self.dz = (f if f >= 0.0 else -f) / (sd if sd > floor else floor)
+        self.nz = math.sqrt(fast_dvar) / (dsd if dsd > floor else floor)
+        return outlier
 
 
 class SensorHealth:
@@ -167,7 +198,7 @@ class SensorHealth:
 
     __slots__ = (
         "sensor_id", "metrics", "last_ts", "gap", "readings", "anomaly", "oor", "battery", "status",
-        "band", "next_periodic", "flags", "measures",
+        "band", "next_periodic", "flags", "stale", "stuck", "drift", "noise",
     )
 
     def __init__(self, sensor_id: str, when: datetime):
@@ -183,72 +214,60 @@ class SensorHealth:
         self.band = len(BAND_NAMES) - 1
         self.next_periodic = None
         self.flags = Flags()
-        self.measures = [None] * len(REASONS)
+        self.stale = 0.0  # age / stale_after, as of the last sweep
+        self.stuck = 0  # longest identical run among the judged metrics
+        self.drift = self.noise = None  # worst drift z / noise ratio; None until a metric is past its warm-up
 
     def observe(self, r: SensorReading, anomalous: bool, p: Params) -> float:
         """Fold one reading in, refresh the data-driven measures; return the score as of this reading.
 
         The hot path of the sensor side: drift, noise and the score are inlined on purpose."""
         self.readings += 1
-        if r.ts > self.last_ts:
-            dt = (r.ts - self.last_ts).total_seconds()
+        when = r.ts  # a csp.Struct builds a new datetime on every field read: read it once
+        if when > self.last_ts:
+            dt = (when - self.last_ts).total_seconds()
             self.gap = dt if self.gap is None else self.gap + p.a_gap * (dt - self.gap)
-            self.last_ts = r.ts
+            self.last_ts = when
         # a reading older than the last one still counts as a value, but not as a sign of life
         out_of_range = False
         stuck = 0
-        drift = noise = None
+        drift = noise = -1.0  # -1: no metric past its warm-up yet
         ranges = p.ranges
         steady = p.steady
-        warmup = p.warmup
         tracks = self.metrics
         for name, x in r.metrics.items():
             bounds = ranges.get(name)
             if bounds is not None and not bounds[0] <= x <= bounds[1]:
                 out_of_range = True
                 continue  # an impossible value teaches the baseline nothing
-            m = tracks.get(name)
-            if m is None:
-                tracks[name] = MetricTrack(x)
+            if name in steady:  # e.g. battery: its level matters, its stillness does not
                 if name == "battery":
                     self.battery = x
                 continue
-            if name in steady:
-                m.update(x, p)
-                if name == "battery":
-                    self.battery = x
+            m = tracks.get(name)
+            if m is None:
+                tracks[name] = MetricTrack(x)
                 continue
             if m.update(x, p):
                 anomalous = True
             if m.run > stuck:
                 stuck = m.run
-            if m.n > warmup:
-                # drift: short-window mean vs baseline in baseline deviations; noise: changes vs the baseline's.
-                # floors keep a flat (quantised) baseline from making both infinitely sensitive
-                floor = 1e-4 * abs(m.base) + 1e-9
-                sd = math.sqrt(m.base_var)
-                f = m.fast - m.base
-                dz = (f if f >= 0.0 else -f) / (sd if sd > floor else floor)
-                floor *= floor
-                nz = math.sqrt(m.fast_dvar / (m.base_dvar if m.base_dvar > floor else floor))
-                if drift is None or dz > drift:
-                    drift = dz
-                if noise is None or nz > noise:
-                    noise = nz
+            if m.dz > drift:
+                drift = m.dz
+            if m.nz > noise:
+                noise = m.nz
         if r.attrs:
             status = r.attrs.get("status")
             if status is not None:
                 self.status = str(status)
+        if drift < 0.0:
+            drift = noise = None
         self.anomaly += p.a_anom * ((1.0 if anomalous else 0.0) - self.anomaly)
         self.oor += p.a_anom * ((1.0 if out_of_range else 0.0) - self.oor)
-        ms = self.measures
-        ms[STALE] = 0.0
-        ms[STUCK] = stuck
-        ms[DRIFT] = drift
-        ms[NOISY] = noise
-        ms[OUT_OF_RANGE] = self.oor
-        ms[ANOMALY_BURST] = self.anomaly
-        ms[LOW_BATTERY] = None if self.battery is None else -self.battery
+        self.stale = 0.0
+        self.stuck = stuck
+        self.drift = drift
+        self.noise = noise
         # the score right after a reading (fresh by definition): the worst component
         worst = 1.0 - stuck * p.inv_stuck
         c = 1.0 - (self.anomaly - p.anomaly_ok) * p.inv_anomaly
@@ -272,6 +291,11 @@ class SensorHealth:
             worst = 0.0
         return 0.0 if worst < 0.0 else worst
 
+    def measures(self) -> tuple:
+        """What each maintenance reason watches, in REASONS order (bigger = worse; None = not judged yet)."""
+        return (self.stale, self.stuck, self.drift, self.noise, self.oor, self.anomaly,
+                None if self.battery is None else -self.battery)
+
     def stale_after(self, p: Params) -> float:
         if self.gap is None:
             return p.first_stale
@@ -279,16 +303,15 @@ class SensorHealth:
 
     def components(self, now: datetime, p: Params) -> dict[str, float]:
         """Each component in [0, 1]; 0 where its maintenance reason raises."""
-        ms = self.measures
         stale_after = self.stale_after(p)
         usual = min(self.gap or 0.0, stale_after * 0.5)
         age = max(0.0, (now - self.last_ts).total_seconds())
         c = {
             "freshness": _unit(1.0 - max(0.0, age - usual) / max(stale_after - usual, 1e-9)),
             "anomaly": _unit(1.0 - (self.anomaly - p.anomaly_ok) * p.inv_anomaly),
-            "stuck": _unit(1.0 - ms[STUCK] * p.inv_stuck),
-            "drift": 1.0 if ms[DRIFT] is None else _unit(1.0 - (ms[DRIFT] - p.drift_ok) * p.inv_drift),
-            "noise": 1.0 if ms[NOISY] is None else _unit(1.0 - (ms[NOISY] - p.noise_ok) * p.inv_noise),
+            "stuck": _unit(1.0 - self.stuck * p.inv_stuck),
+            "drift": 1.0 if self.drift is None else _unit(1.0 - (self.drift - p.drift_ok) * p.inv_drift),
+            "noise": 1.0 if self.noise is None else _unit(1.0 - (self.noise - p.noise_ok) * p.inv_noise),
             "range": _unit(1.0 - (self.oor - p.oor_ok) * p.inv_oor),
         }
         if self.battery is not None:
@@ -298,10 +321,9 @@ class SensorHealth:
         return c
 
     def evidence(self) -> dict:
-        ms = self.measures
         return {
             "readings": self.readings, "interval_s": self.gap, "last_reading": self.last_ts.isoformat() + "Z",
-            "stuck_run": ms[STUCK], "drift_z": ms[DRIFT], "noise_ratio": ms[NOISY], "anomaly_rate": self.anomaly,
+            "stuck_run": self.stuck, "drift_z": self.drift, "noise_ratio": self.noise, "anomaly_rate": self.anomaly,
             "out_of_range_rate": self.oor, "battery": self.battery, "status": self.status,
         }
 
@@ -368,7 +390,7 @@ def sensor_health(
             # every reason raises exactly where the score reaches 0: while it is above 0 and nothing is raised,
             # the flags cannot change, and the per-reason rules are skipped
             if score <= 1e-9 or s.flags.calm:
-                raised, cleared = s.flags.update(s.measures, rules, _ALL)
+                raised, cleared = s.flags.update(s.measures(), rules, _ALL)
                 if raised or cleared:
                     out += maintenance_events(s.sensor_id, r.ts, s.flags, raised, cleared, s.evidence())
             if (0 if score < poor else (1 if score < good else 2)) != s.band:
@@ -382,8 +404,8 @@ def sensor_health(
         recent = now - p.stale_min_td  # no sensor that reported since then can be stale
         for s in sensors.values():
             if s.last_ts < recent and STALE not in s.flags.calm:
-                s.measures[STALE] = (now - s.last_ts).total_seconds() / s.stale_after(p)
-                raised, cleared = s.flags.update(s.measures, rules, _STALE_ONLY)
+                s.stale = (now - s.last_ts).total_seconds() / s.stale_after(p)
+                raised, cleared = s.flags.update(s.measures(), rules, _STALE_ONLY)
                 if raised:
                     out += maintenance_events(s.sensor_id, now, s.flags, raised, cleared, s.evidence())
             if now >= s.next_periodic:

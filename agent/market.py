@@ -19,7 +19,7 @@ from datetime import datetime, timedelta
 import csp
 from csp import ts
 
-from agent.config import MarketConfig
+from agent.config import ConfigError, MarketConfig
 from agent.records import Bar, Event, Sentiment, Trade, make_event
 
 EPOCH = datetime(1970, 1, 1)
@@ -29,6 +29,15 @@ SECONDS_PER_DAY = 86400.0
 def bucket_of(when: datetime, interval: float) -> int:
     """Index of the bar that holds `when`: bars are aligned to the epoch, not to the first trade."""
     return math.floor((when - EPOCH).total_seconds() / interval)
+
+
+def check(cfg: MarketConfig) -> None:
+    """Raise ConfigError naming the first bad [market] key (called when the graph is wired)."""
+    if cfg.bar_interval <= 0:
+        raise ConfigError("market.bar_interval: must be positive")
+    for key in ("fast_span", "slow_span", "vol_span", "vol_long_span"):
+        if getattr(cfg, key) < 1:
+            raise ConfigError(f"market.{key}: must be at least 1")
 
 
 def ewma_alpha(span: int) -> float:

@@ -6,7 +6,7 @@ import csp
 from csp import ts
 
 from agent.config import Config
-from agent.market import market_analytics, price_alerts
+from agent.market import check, market_analytics, price_alerts
 from agent.records import Bar, Event, Pnl, Position, Quote, Sentiment, Trade
 from agent.risk import risk_checks
 
@@ -30,6 +30,7 @@ def market_graph(
     cfg: Config,
 ) -> csp.Outputs(events=ts[list[Event]], bars=ts[list[Bar]]):
     """Price alerts, VWAP bars, regime signals and risk checks. `sentiment` may be csp.null_ts(list[Sentiment])."""
+    check(cfg.market)  # a bad key fails here, at wiring, not inside the running engine
     alerts = price_alerts(trades, cfg.market.price_alert_threshold)
     analytics = market_analytics(trades, sentiment, cfg.market)
     risk = risk_checks(trades, quotes, positions, pnl, analytics.vols, cfg.risk)

@@ -129,3 +129,20 @@ def test_out_of_order_and_first_readings_do_not_break_anything():
     assert [e.data["why"] for e in evs] == ["periodic", "periodic"]
     assert evs[1].data["readings"] == 41  # the late reading counts as a value ...
     assert evs[1].data["last_reading"] == "2026-03-02T08:00:39Z"  # ... but not as a sign of life
+
+
+def test_bad_health_and_market_keys_fail_when_the_graphs_are_wired():
+    from agent.config import Config
+    from agent.market_graph import market_graph
+    from agent.records import Pnl, Position, Quote, Sentiment, Trade
+    from agent.sensor_graph import sensor_graph
+
+    cfg = Config()
+    cfg.maintenance.drift_clear_z = 9.0
+    with pytest.raises(ConfigError, match="maintenance.drift_clear_z"):
+        csp.build_graph(sensor_graph, csp.null_ts(list[SensorReading]), cfg)
+    cfg = Config()
+    cfg.market.bar_interval = 0.0
+    with pytest.raises(ConfigError, match="market.bar_interval"):
+        csp.build_graph(market_graph, csp.null_ts(list[Trade]), csp.null_ts(list[Quote]), csp.null_ts(list[Position]),
+                        csp.null_ts(list[Pnl]), csp.null_ts(list[Sentiment]), cfg)
