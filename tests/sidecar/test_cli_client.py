@@ -90,7 +90,7 @@ def test_client_fails_fast_when_down_and_recovers(tiny_model_dir):
     t0 = time.perf_counter()
     with pytest.raises(SidecarUnavailable, match="circuit open"):
         c.classify(["fail fast"])
-    assert time.perf_counter() - t0 < 0.05
+    assert time.perf_counter() - t0 < 0.2  # no connection attempt, no timeout
     with SidecarProcess(tiny_model_dir, port=port):
         time.sleep(0.35)
         assert c.classify(["back"])["results"][0]["label"]

@@ -224,9 +224,8 @@ def test_client_disconnect_cancels_generation(serve, tiny_model_dir, stream):
         else:
             with pytest.raises(httpx.ReadTimeout):
                 http.post("/v1/completions", json=body, timeout=0.3)
-        time.sleep(0.3)
-        generated = metric(http, "sidecar_tokens_generated_total") - before
-        time.sleep(0.3)
-        assert metric(http, "sidecar_tokens_generated_total") - before == generated  # nothing more is generated
-        assert generated < 70
-        assert metric(http, "sidecar_queue_depth") == 0
+        deadline = time.monotonic() + 5
+        while metric(http, "sidecar_queue_depth") > 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert metric(http, "sidecar_queue_depth") == 0  # the sequence left the decode batch...
+        assert metric(http, "sidecar_tokens_generated_total") - before < 70  # ...before it had finished
