@@ -12,6 +12,7 @@ paho itself resends those on reconnect.
 from __future__ import annotations
 
 import collections
+import functools
 import json
 import threading
 
@@ -35,6 +36,7 @@ class Outbox:
         self.link = link
         self.prefix = f"{link.cfg.output_prefix}/events"
         self.flush_interval = flush_interval
+        self.writer = None  # the StoreWriter, once it exists: published marks are written by its thread
         self._lock = threading.Lock()
         self._inflight: dict[int, int] = {}  # row id -> mid
         self._by_mid: dict[int, int] = {}  # mid -> row id
@@ -97,7 +99,10 @@ class Outbox:
         if len(self._unresolved) > 65535:  # acks for messages we never sent (status, dead letters)
             self._unresolved.clear()
         if ids:
-            self.store.mark_published(ids)
+            if self.writer is not None:  # in the writer's thread: SQLite lock waits would stall the writer
+                self.writer.submit(on_durable=functools.partial(self.store.mark_published, ids))
+            else:
+                self.store.mark_published(ids)
             metrics.EVENTS_PUBLISHED.inc(len(ids))
         return len(ids)
 
@@ -136,4 +141,5 @@ class Outbox:
         self._wake.set()
         if self._thread.is_alive():
             self._thread.join(timeout=max(1.0, timeout))
+        self.writer = None  # closed by now: mark the last acknowledgements directly
         self._mark_acked()
