@@ -16,7 +16,7 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from agent.pytest_plugin import AgentProcess, Mosquitto, require, wait_for
-from test_service import FAST, T0, captured, event_rows, stop_within
+from .test_service import FAST, T0, captured, event_rows, stop_within
 
 pytestmark = pytest.mark.mosquitto
 
