@@ -54,6 +54,8 @@ class Outbox:
 
     def on_commit(self, rows: list[dict]) -> None:
         """Writer thread, right after a commit: publish the new rows now if we can."""
+        for row in rows:
+            metrics.EVENTS.labels(row["kind"]).inc()
         if rows and self.link.connected.is_set():
             self._publish(rows)
         elif rows:
