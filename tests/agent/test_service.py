@@ -7,8 +7,10 @@ exit codes) against a private Mosquitto (MQTT 5) and the embedded amqtt broker
 
 import json
 import math
+import shutil
 import signal
 import sqlite3
+import subprocess
 import time
 from pathlib import Path
 
@@ -16,6 +18,8 @@ import pytest
 
 from agent.pytest_plugin import (
     AgentProcess,
+    Mosquitto,
+    require,
     publish_many,
     subscribe_collect,
     wait_for,
@@ -145,3 +149,54 @@ def test_sighup_reloads_thresholds_without_dropping_messages(mosquitto, tmp_path
         assert agent.proc.poll() is None
     finally:
         assert stop_within(agent) == 0, agent.log_tail()
+
+
+def _tls_material(d: Path) -> dict[str, Path]:
+    """A throwaway CA and a server certificate for 127.0.0.1, made with the openssl CLI."""
+    d.mkdir(parents=True, exist_ok=True)
+    run = lambda *a: subprocess.run(a, cwd=d, check=True, capture_output=True)  # noqa: E731
+    run("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt",
+        "-subj", "/CN=edgewatch-test-ca", "-days", "1")
+    run("openssl", "req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr",
+        "-subj", "/CN=127.0.0.1")
+    (d / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
+    run("openssl", "x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+        "-out", "server.crt", "-days", "1", "-extfile", "san.ext")
+    return {name: d / name for name in ("ca.crt", "server.crt", "server.key")}
+
+
+def test_tls_and_password(tmp_path):
+    """TLS with a private CA plus username/password_file: the agent connects, ingests, logs events."""
+    for tool in ("openssl", "mosquitto_passwd"):
+        require(tool, shutil.which(tool) is not None, f"`{tool}` is not on PATH")
+    require("mosquitto", Mosquitto.binary() is not None, "the `mosquitto` binary is not on PATH")
+    tls = _tls_material(tmp_path / "tls")
+    passwd = tmp_path / "passwd"
+    subprocess.run(["mosquitto_passwd", "-b", "-c", str(passwd), "edge", "s3cret"], check=True, capture_output=True)
+    (tmp_path / "password").write_text("s3cret\n")
+    broker = Mosquitto(tmp_path / "mosquitto", extra_conf=(
+        f"cafile {tls['ca.crt']}\ncertfile {tls['server.crt']}\nkeyfile {tls['server.key']}\n"
+        f"allow_anonymous false\npassword_file {passwd}\n")).start()
+    settings = dict(FAST, mqtt={"tls": True, "ca_file": str(tls["ca.crt"]), "username": "edge",
+                                "password_file": str(tmp_path / "password")})
+    agent = AgentProcess(broker, tmp_path / "agent", settings, protocol="5").start()
+    try:
+        wait_for(lambda: '"agent_ready"' in agent.log_tail(100_000) or agent.proc.poll() is not None, 20,
+                 what="agent ready over TLS")
+        assert agent.proc.poll() is None, agent.log_tail()
+        # the test's own publisher is a plain client: give it the same TLS and credentials
+        import paho.mqtt.client as mqtt
+        pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv311)
+        pub.tls_set(ca_certs=str(tls["ca.crt"]))
+        pub.username_pw_set("edge", "s3cret")
+        pub.connect(broker.host, broker.port)
+        pub.loop_start()
+        infos = [pub.publish(t, json.dumps(p), qos=1) for t, p in readings("tls1")]
+        for info in infos:
+            info.wait_for_publish(10)
+        pub.disconnect()
+        pub.loop_stop()
+        wait_for_events(agent.db, 1, predicate=lambda e: e["kind"] == "anomaly", timeout=15)
+    finally:
+        assert stop_within(agent) == 0, agent.log_tail()
+        broker.stop()
