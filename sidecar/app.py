@@ -270,6 +270,12 @@ class Sidecar:
         if self.batcher:
             self.batcher.stop()
 
+    def healthy(self) -> bool:
+        """Loading, or serving with a live inference thread; False once loading failed or inference hung."""
+        if self.batcher is None:
+            return self.load_error is None
+        return self.batcher.healthy()
+
     def require_ready(self):
         if self.batcher is None:
             state = f"model failed to load: {self.load_error}" if self.load_error else "model is loading"
@@ -295,15 +301,28 @@ def create_app(
     engine_factory: Callable[[], object] | None = None,
     on_ready: Callable[[str, str], None] | None = None,
     on_load_failed: Callable[[str], None] | None = None,
+    on_heartbeat: Callable[[], None] | None = None,
+    heartbeat_interval: float = 1.0,
 ) -> FastAPI:
     """The ASGI app. `on_ready(model, provider)` runs once the model is warm: the hook for
-    systemd's READY=1; `on_load_failed(reason)` lets the CLI exit 1 when the model cannot load."""
+    systemd's READY=1; `on_load_failed(reason)` lets the CLI exit 1 when the model cannot load;
+    `on_heartbeat()` runs every `heartbeat_interval` s while the event loop turns and the inference
+    thread is alive and not stuck: the hook for systemd's WATCHDOG=1."""
     settings = settings or Settings()
     sc = Sidecar(settings, engine_factory, on_ready, on_load_failed)
 
+    async def heartbeat():
+        while True:
+            await asyncio.sleep(heartbeat_interval)
+            if sc.healthy():
+                on_heartbeat()
+
     async def lifespan(app):
         threading.Thread(target=sc.load, name="sidecar-load", daemon=True).start()
+        beating = asyncio.create_task(heartbeat()) if on_heartbeat else None
         yield
+        if beating:
+            beating.cancel()
         sc.close()
 
     app = FastAPI(

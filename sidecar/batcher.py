@@ -109,6 +109,7 @@ class Batcher:
         self._active: list[_Generate] = []
         self._stopping = False
         self._concurrent = False  # did the last classification run serve more than one request?
+        self._progress = time.monotonic()  # when the inference thread last finished a round
         self._thread = threading.Thread(target=self._run, name="sidecar-inference", daemon=True)
 
     # ---- event-loop side -------------------------------------------------------------
@@ -121,6 +122,10 @@ class Batcher:
             self._stopping = True
             self._cv.notify_all()
         self._thread.join(timeout)
+
+    def healthy(self, stall: float = 30.0) -> bool:
+        """The inference thread is alive, and idle or making progress: what the watchdog vouches for."""
+        return self._thread.is_alive() and (self.depth == 0 or time.monotonic() - self._progress < stall)
 
     @property
     def depth(self) -> int:
@@ -199,6 +204,7 @@ class Batcher:
                 for w in joining + self._active:
                     w.emit(("error", e))
                 self._active = []
+            self._progress = time.monotonic()
         self._fail_all(Stopped("server is shutting down"))
 
     def _take_classify(self) -> list[_Classify]:

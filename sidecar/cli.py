@@ -117,7 +117,9 @@ def serve(args) -> int:
     def ready(model: str, provider: str) -> None:
         notifier.ready(f"serving {model} on {provider}")  # systemd Type=notify: READY=1 once warm
 
-    app = create_app(settings, on_ready=ready, on_load_failed=load_failed)
+    watchdog = {"on_heartbeat": notifier.watchdog, "heartbeat_interval": notifier.watchdog_interval} \
+        if notifier.watchdog_interval else {}  # systemd WatchdogSec: WATCHDOG=1 while serving is healthy
+    app = create_app(settings, on_ready=ready, on_load_failed=load_failed, **watchdog)
     where = {"uds": args.uds} if args.uds else {"host": args.host or "127.0.0.1", "port": args.port or 8765}
     config = uvicorn.Config(app, **where, log_level=args.log_level, access_log=False, lifespan="on",
                             timeout_graceful_shutdown=5)

@@ -47,14 +47,17 @@ class ThrottledEngine(Engine):
         return super().decode_step(tokens, caches)
 
 
-def _serve(model_dir, *, uds=None, step_delay=0.0, gate=None, on_ready=None, **settings) -> ServerThread:
+def _serve(model_dir, *, uds=None, step_delay=0.0, gate=None, on_ready=None, on_heartbeat=None,
+           heartbeat_interval=1.0, **settings) -> ServerThread:
     """A real uvicorn server on the model; `settings` override Settings fields."""
     cfg = Settings(model_dir=str(model_dir), device="cpu", **settings)
     factory = None
     if step_delay or gate:
         def factory():
             return ThrottledEngine(cfg.model_dir, device="cpu", step_delay=step_delay, gate=gate)
-    return ServerThread(create_app(cfg, engine_factory=factory, on_ready=on_ready), uds=uds)
+    app = create_app(cfg, engine_factory=factory, on_ready=on_ready, on_heartbeat=on_heartbeat,
+                     heartbeat_interval=heartbeat_interval)
+    return ServerThread(app, uds=uds)
 
 
 @pytest.fixture(scope="session")

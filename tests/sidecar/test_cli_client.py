@@ -121,3 +121,29 @@ async def test_async_client(tiny_model_dir, serve):
             out = await c.complete("a", max_tokens=4, temperature=0, ignore_eos=True)
             assert out["usage"]["completion_tokens"] == 4
             assert (await c.models())["data"][0]["id"] == "tiny-nanogpt"
+
+
+def test_systemd_ready_watchdog_stopping(tiny_model_dir, tmp_path):
+    import os
+    import socket
+
+    path = str(tmp_path / "notify")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(path)
+    sock.settimeout(30)
+    env = dict(os.environ, NOTIFY_SOCKET=path, WATCHDOG_USEC="200000")
+    proc = subprocess.Popen([sys.executable, "-m", "sidecar.cli", "serve", "--model", str(tiny_model_dir),
+                             "--port", str(free_port()), "--device", "cpu"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        seen: list[str] = []
+        while not ("READY=1" in seen and seen.count("WATCHDOG=1") >= 2):
+            seen += sock.recv(4096).decode().splitlines()
+        assert any(line.startswith("STATUS=serving tiny-nanogpt on CPUExecutionProvider") for line in seen)
+        proc.terminate()
+        assert proc.wait(15) == 0
+        while "STOPPING=1" not in seen:
+            seen += sock.recv(4096).decode().splitlines()
+    finally:
+        proc.kill()
+        sock.close()

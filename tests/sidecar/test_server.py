@@ -229,3 +229,16 @@ def test_client_disconnect_cancels_generation(serve, tiny_model_dir, stream):
             time.sleep(0.05)
         assert metric(http, "sidecar_queue_depth") == 0  # the sequence left the decode batch...
         assert metric(http, "sidecar_tokens_generated_total") - before < 70  # ...before it had finished
+
+
+def test_heartbeat_only_while_inference_is_alive(serve, tiny_model_dir):
+    beats = []
+    with serve(tiny_model_dir, on_heartbeat=lambda: beats.append(time.monotonic()), heartbeat_interval=0.05) as s:
+        wait_ready(s.url)
+        time.sleep(0.3)
+        assert len(beats) >= 3  # loading and serving both count as healthy
+        s.server.config.app.state.sidecar.batcher.stop()  # the inference thread is gone
+        time.sleep(0.15)
+        stopped = len(beats)
+        time.sleep(0.3)
+        assert len(beats) == stopped  # no more WATCHDOG=1: systemd restarts the service
