@@ -216,7 +216,10 @@ def _realtime_run() -> bool:
 def news_graph(
     headlines: ts[list[Headline]], cfg: Config, realtime: object = None
 ) -> csp.Outputs(events=ts[list[Event]], sentiment=ts[list[Sentiment]]):
-    """`realtime` None = follow the engine's mode (push adapter live, synchronous calls in replay)."""
+    """`realtime` None = follow the engine's mode (push adapter live, synchronous calls in replay).
+    With `news.enabled = false` headlines are not analysed and no news events are made."""
+    if not cfg.news.enabled:
+        return csp.output(events=csp.null_ts(list[Event]), sentiment=csp.null_ts(list[Sentiment]))
     realtime = _realtime_run() if realtime is None else realtime
     analyzer = NewsAnalyzer(cfg)
     if realtime:

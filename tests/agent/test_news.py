@@ -100,6 +100,19 @@ def test_replay_without_sidecar_degrades_at_once():
     assert "sentiment" not in result or not result["sentiment"]
 
 
+def test_disabled_news_makes_no_events():
+    cfg = config("http://127.0.0.1:9")
+    cfg.news.enabled = False
+    start = datetime(2024, 5, 1)
+
+    @csp.graph
+    def g():
+        out = news_graph(csp.const([headline("ignored", start)]), cfg)
+        csp.add_graph_output("events", out.events)
+
+    assert not csp.run(g, starttime=start, endtime=timedelta(seconds=1)).get("events")
+
+
 def test_sidecar_outage_degrades_news_not_market_and_recovers(tiny_model_dir):
     """Live: the sidecar answers, hangs (SIGSTOP), dies (SIGKILL), comes back; trades flow throughout."""
     sidecar = SidecarProcess(tiny_model_dir).start()
