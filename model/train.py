@@ -55,6 +55,9 @@ def batch_loss(model, seqs, tok: Tokenizer, labels: torch.Tensor, args, device) 
     sent_pos = lengths - 3  # input position of <|sentiment|>; its target is the label token
     y[pos >= (lengths - 1).unsqueeze(1)] = -1
     y[torch.arange(len(seqs)), sent_pos] = -1
+    if args.token_noise:  # augmentation: replace a fraction of the TEXT inputs by random byte/merge tokens
+        noisy = (torch.rand(x.shape) < args.token_noise) & (pos < sent_pos.unsqueeze(1))
+        x = torch.where(noisy.to(device), torch.randint_like(x, len(tok.vocab)), x)
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
         logits, _ = model(x)
     logits = logits.float()
