@@ -16,7 +16,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from typing import Annotated, Literal
+from typing import Literal
 
 import structlog
 from fastapi import Depends, FastAPI, Request
@@ -31,6 +31,7 @@ from sidecar.metrics import SidecarMetrics
 from sidecar.sampling import SamplingParams
 
 log = structlog.get_logger("sidecar")
+MAX_CHARS_PER_TOKEN = 64  # far above any BPE token of a small tweet vocabulary: a bound, not an estimate
 
 
 @dataclasses.dataclass
@@ -419,6 +420,9 @@ def create_app(
                                 top_p=body.top_p, stop=stops, seed=body.seed, ignore_eos=body.ignore_eos)
         encoded = []
         for p in prompts:
+            if len(p) > engine.block_size * MAX_CHARS_PER_TOKEN:  # too long for sure: spare the loop the encoding
+                raise ApiError(400, f"prompt of {len(p)} characters exceeds the model's context of "
+                                    f"{engine.block_size} tokens", "invalid_request_error")
             ids = engine.encode(p) or [engine.eos_id]  # an empty prompt starts a fresh document
             if len(ids) >= engine.block_size:
                 raise ApiError(400, f"prompt is {len(ids)} tokens; the model's context is {engine.block_size}",
