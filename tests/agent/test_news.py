@@ -115,7 +115,7 @@ def test_disabled_news_makes_no_events():
 
 def test_sidecar_outage_degrades_news_not_market_and_recovers(tiny_model_dir):
     """Live: the sidecar answers, hangs (SIGSTOP), dies (SIGKILL), comes back; trades flow throughout."""
-    sidecar = SidecarProcess(tiny_model_dir).start()
+    sidecar = SidecarProcess(tiny_model_dir)
     cfg = config(sidecar.url)
     feeds = {k: GenericPushAdapter(list[t]) for k, t in
              [("sensors", SensorReading), ("trades", Trade), ("quotes", Quote), ("positions", Position),
@@ -127,9 +127,6 @@ def test_sidecar_outage_degrades_news_not_market_and_recovers(tiny_model_dir):
         out = analytics(f["sensors"], f["trades"], f["quotes"], f["positions"], f["pnl"], f["news"], cfg)
         csp.add_graph_output("events", out.events)
 
-    runner = csp.run_on_thread(g, realtime=True, endtime=timedelta(seconds=60))
-    for a in feeds.values():
-        a.wait_for_start()
     phases: list[tuple[str, float]] = []
     stop = threading.Event()
 
@@ -144,7 +141,12 @@ def test_sidecar_outage_degrades_news_not_market_and_recovers(tiny_model_dir):
             time.sleep(0.05)
 
     driver = threading.Thread(target=drive)
+    runner = None
     try:
+        sidecar.start()
+        runner = csp.run_on_thread(g, realtime=True, endtime=timedelta(seconds=60))
+        for a in feeds.values():
+            a.wait_for_start()
         phases.append(("up", time.time()))
         driver.start()
         time.sleep(1.5)
@@ -161,11 +163,14 @@ def test_sidecar_outage_degrades_news_not_market_and_recovers(tiny_model_dir):
         time.sleep(3.0)
     finally:
         stop.set()
-        driver.join()
-        time.sleep(0.5)  # let the last analyses land
-        runner.stop_engine()
-        result = runner.join()
-        sidecar.stop()
+        if driver.is_alive():
+            driver.join()
+        if runner is not None:
+            time.sleep(0.5)  # let the last analyses land
+        sidecar.stop()  # whatever failed above, never leave the process behind
+        if runner is not None:
+            runner.stop_engine()
+    result = runner.join()
 
     def phase_of(ts: datetime) -> str:
         t = (ts - datetime(1970, 1, 1)).total_seconds()
