@@ -34,6 +34,7 @@ from agent.records import Event, MetricScore, SensorReading, make_event
 BAND_NAMES = ("poor", "degraded", "good")
 BAND_SEVERITY = ("critical", "warning", "info")
 _ALL = range(len(REASONS))
+_ANY = (-math.inf, math.inf)  # the range of a metric with no configured range
 _STALE_ONLY = (STALE,)
 
 
@@ -132,9 +133,12 @@ class MetricTrack:
     """One metric of one sensor: the last value, its identical run, the baseline and short window,
     and the two verdicts they give: drift (`dz`) and noise (`nz`), -1 while the baseline is being learnt."""
 
-    __slots__ = ("last", "clean", "run", "n", "base", "base_var", "base_dvar", "fast", "fast_dvar", "dz", "nz")
+    __slots__ = ("lo", "hi", "steady", "last", "clean", "run", "n", "base", "base_var", "base_dvar", "fast",
+                 "fast_dvar", "dz", "nz")
 
-    def __init__(self, x: float):
+    def __init__(self, x: float, lo: float, hi: float, steady: bool):
+        self.lo, self.hi = lo, hi  # physical range
+        self.steady = steady  # may hold still: only its level is used (e.g. battery)
         self.last = self.clean = x
         self.run = 0
         self.n = 1
@@ -236,17 +240,22 @@ class SensorHealth:
         steady = p.steady
         tracks = self.metrics
         for name, x in r.metrics.items():
-            bounds = ranges.get(name)
-            if bounds is not None and not bounds[0] <= x <= bounds[1]:
-                out_of_range = True
-                continue  # an impossible value teaches the baseline nothing
-            if name in steady:  # e.g. battery: its level matters, its stillness does not
+            m = tracks.get(name)
+            if m is None:  # the first valid value starts the track: an impossible one must not be its baseline
+                lo, hi = ranges.get(name, _ANY)
+                if not lo <= x <= hi:
+                    out_of_range = True
+                    continue
+                tracks[name] = MetricTrack(x, lo, hi, name in steady)
                 if name == "battery":
                     self.battery = x
                 continue
-            m = tracks.get(name)
-            if m is None:
-                tracks[name] = MetricTrack(x)
+            if not m.lo <= x <= m.hi:
+                out_of_range = True
+                continue  # an impossible value teaches the baseline nothing
+            if m.steady:  # e.g. battery: its level matters, its stillness does not
+                if name == "battery":
+                    self.battery = x
                 continue
             if m.update(x, p):
                 anomalous = True

@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import csp  # noqa: E402
 from csp import ts  # noqa: E402
 
+from agent.anomaly import anomaly_events, anomaly_scores  # noqa: E402
 from agent.config import Config  # noqa: E402
 from agent.market import price_alerts  # noqa: E402
 from agent.market_graph import market_graph  # noqa: E402
@@ -124,11 +125,20 @@ def bench_sensors(n_sensors: int, rounds: int, repeat: int) -> dict:
         with csp.memoize(False):
             csp.add_graph_output("n", count(csp.curve(list[SensorReading], feeds)), tick_count=1)
 
+    @csp.graph
+    def detector_only():
+        with csp.memoize(False):
+            scores = anomaly_scores(csp.curve(list[SensorReading], feeds), cfg.anomaly)
+            csp.add_graph_output("events", count_events(anomaly_events(scores, cfg.anomaly)), tick_count=1)
+
     t_full = min(timed(full, end)[0] for _ in range(repeat))
     _, out = timed(full, end)
     t_base = min(timed(base, end)[0] for _ in range(repeat))
+    t_detector = min(timed(detector_only, end)[0] for _ in range(repeat))
     events = last(out, "events")
     return {
+        "anomaly_detector_us_per_reading": 1e6 * (t_detector - t_base) / n,
+        "health_maintenance_us_per_reading": 1e6 * (t_full - t_detector) / n,
         "sensors": n_sensors, "readings": n, "warmup": WARMUP, "batches": len(feeds),
         "readings_per_s": n / t_full, "events": events, "events_per_s": events / t_full,
         "events_per_reading": events / n, "us_per_reading": 1e6 * t_full / n,
