@@ -23,6 +23,7 @@ from agent.mqtt import Link
 log = get("agent.outbox")
 
 PAGE = 1000  # unpublished rows read per query while draining the backlog
+MAX_INFLIGHT = 20_000  # unacknowledged publishes at most: paho's message ids wrap at 65535
 
 
 def event_payload(row: dict) -> bytes:
@@ -76,6 +77,9 @@ class Outbox:
                 rid = row["id"]
                 if rid in self._inflight:
                     continue
+                if len(self._inflight) >= MAX_INFLIGHT:  # the rest waits in the log for the backlog drain
+                    self._backlog = True
+                    break
                 mid = self.link.publish(f"{self.prefix}/{row['kind']}/{row['key']}", event_payload(row))
                 self._inflight[rid] = mid
                 self._by_mid[mid] = rid
