@@ -29,7 +29,7 @@ def test_api(api_schema):
             continue  # a GET without parameters has no invalid form
 
         @given(case=op.as_strategy(generation_mode=mode))
-        @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+        @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck), database=None)
         def fuzz(case):
             if isinstance(case.body, dict) and isinstance(case.body.get("max_tokens"), int):
                 case.body["max_tokens"] = min(case.body["max_tokens"], 8)  # fuzz the inputs, not the patience
