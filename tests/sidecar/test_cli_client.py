@@ -147,3 +147,21 @@ def test_systemd_ready_watchdog_stopping(tiny_model_dir, tmp_path):
     finally:
         proc.kill()
         sock.close()
+
+
+def test_serves_the_shipped_model_without_torch(shipped_dir):
+    port = free_port()
+    code = ("import sys; sys.modules['torch'] = None; from sidecar.cli import main; "
+            f"sys.exit(main(['serve', '--port', '{port}', '--device', 'cpu']))")  # default --model: the shipped one
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        assert wait_ready(url, process=proc)["model"]
+        with SidecarClient(url) as c:
+            results = c.classify(["$ACME beats estimates, raises guidance", "Initech misses, shares plunge"])["results"]
+            assert len(results) == 2 and all(r["label"] in ("bearish", "bullish", "neutral") for r in results)
+        proc.terminate()
+        assert proc.wait(15) == 0
+    finally:
+        proc.kill()
+        proc.stderr.close()
