@@ -39,9 +39,6 @@ from sidecar.client import CircuitBreaker, SidecarClient
 
 log = structlog.get_logger("agent.news")
 
-SIGN = {"bullish": 1.0, "bearish": -1.0, "neutral": 0.0}
-
-
 class NewsAnalyzer:
     """Headlines → `news` events: an LRU cache by text in front of the sidecar, degraded when it cannot answer."""
 
