@@ -6,8 +6,9 @@ reading with plain float arithmetic: at 10,000 sensors the per-reading cost is
 what limits ingest, and a csp.dynamic per sensor costs more than all of this.
 
 Every component is in [0, 1]: 1 up to the clear level of the matching
-maintenance reason, falling to 0 where that reason is raised; the score is the worst component, because a
-sensor is as trustworthy as its weakest sign of life. Drift and noise are
+maintenance reason, falling to 0 where that reason is raised. The score is the
+worst component, because a sensor is as trustworthy as its weakest sign of
+life. Drift and noise are
 judged against the sensor's own baseline (learnt over `warmup` readings, then
 adapting slowly with clipped residuals so a fault cannot teach itself in);
 noise uses changes between readings, which trends and daily cycles barely touch.
@@ -25,10 +26,7 @@ import csp
 from csp import ts
 
 from agent.config import ConfigError, HealthConfig, MaintenanceConfig
-from agent.maintenance import (
-    REASONS, STALE,
-    Flags, Rules, maintenance_events,
-)
+from agent.maintenance import REASONS, STALE, Flags, Rules, maintenance_events
 from agent.records import Event, MetricScore, SensorReading, make_event
 
 BAND_NAMES = ("poor", "degraded", "good")
@@ -88,7 +86,8 @@ class Params:
 
     __slots__ = (
         "rules", "warmup", "a_fast", "a_noise", "a_base", "a_anom", "a_gap", "ranges", "steady", "bad_status",
-        "bands", "margin", "clip", "outlier_z", "anomaly_score", "interval", "stale_min", "stale_min_td", "stale_factor", "first_stale",
+        "bands", "margin", "clip", "outlier_z", "anomaly_score", "interval", "stale_min", "stale_min_td",
+        "stale_factor", "first_stale",
         "inv_stuck", "drift_ok", "inv_drift", "noise_ok", "inv_noise", "anomaly_ok", "inv_anomaly", "oor_ok", "inv_oor",
         "low_battery", "inv_battery",
     )

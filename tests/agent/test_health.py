@@ -48,7 +48,8 @@ def run_health(readings: list, scores: list = (), h: HealthConfig | None = None,
 
 
 def test_config_strings_parse_and_bad_ones_name_the_key():
-    assert parse_ranges("temperature=-40:85, humidity=0:100") == {"temperature": (-40.0, 85.0), "humidity": (0.0, 100.0)}
+    assert parse_ranges("temperature=-40:85, humidity=0:100") == {
+        "temperature": (-40.0, 85.0), "humidity": (0.0, 100.0)}
     assert parse_bands("0.4,0.9") == (0.4, 0.9)
     for bad in ("temperature=1", "x=5:1", "nonsense"):
         with pytest.raises(ConfigError, match="health.ranges"):
@@ -120,9 +121,9 @@ def test_out_of_order_and_first_readings_do_not_break_anything():
     @csp.graph
     def g():
         batches = [(r.ts, [r]) for r in rs] + [(at(40), [late])]
-        csp.add_graph_output("e", sensor_health(csp.curve(list[SensorReading], sorted(batches, key=lambda b: b[0])),
-                                                csp.null_ts(list[MetricScore]), HealthConfig(interval=30.0, stale_min=100.0),
-                                                MaintenanceConfig()))
+        feed = csp.curve(list[SensorReading], sorted(batches, key=lambda b: b[0]))
+        h = HealthConfig(interval=30.0, stale_min=100.0)
+        csp.add_graph_output("e", sensor_health(feed, csp.null_ts(list[MetricScore]), h, MaintenanceConfig()))
 
     out = csp.run(g, starttime=T0, endtime=timedelta(seconds=61))
     evs = [e for _, l in out["e"] for e in l]

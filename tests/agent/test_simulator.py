@@ -1,4 +1,5 @@
-"""The fault simulator: deterministic, valid SPEC messages, faults where the ground truth says; `edge-agent simulate`."""
+"""The fault simulator: deterministic, valid SPEC messages, faults where the ground truth says;
+and `edge-agent simulate` against a real broker."""
 
 from __future__ import annotations
 
