@@ -83,14 +83,15 @@ class Tokenizer:
             out.extend(ids)
         return out
 
-    def decode(self, ids: list[int]) -> str:
-        """Ids to text; special tokens print as their names, broken UTF-8 as U+FFFD."""
+    def decode(self, ids: list[int], skip_special: bool = False) -> str:
+        """Ids to text; special tokens print as their names (or nothing), broken UTF-8 as U+FFFD."""
         parts: list[bytes] = []
         for i in ids:
             if 0 <= i < len(self.vocab):
                 parts.append(self.vocab[i])
             elif i in self.special_names:
-                parts.append(self.special_names[i].encode())
+                if not skip_special:
+                    parts.append(self.special_names[i].encode())
             else:
                 raise ValueError(f"token id {i} outside the vocabulary (size {self.vocab_size})")
         data = b"".join(parts)

@@ -109,7 +109,8 @@ class Engine:
         return self.tokenizer.encode(text)
 
     def decode(self, ids: list[int]) -> str:
-        return self.tokenizer.decode(ids)
+        """Generated text: control tokens (<|sentiment|>, labels, <|endoftext|>) are not text and are dropped."""
+        return self.tokenizer.decode(ids, skip_special=True)
 
     def warmup(self) -> None:
         """One classification and one decode step, so the first request does not pay for allocation."""

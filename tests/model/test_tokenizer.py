@@ -41,6 +41,7 @@ def test_special_names_in_text_are_plain_text(tok):
     ids = tok.encode(f"a {EOT} b")
     assert tok.eot_id not in ids
     assert tok.decode(ids) == f"a {EOT} b"
+    assert tok.decode([tok.eot_id]) == EOT and tok.decode([65, tok.eot_id], skip_special=True) == "A"
 
 
 def test_save_load_identical(tok, tmp_path):
