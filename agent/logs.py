@@ -1,4 +1,10 @@
-"""structlog setup: JSON lines when stdout is not a terminal (journald, files), console otherwise."""
+"""structlog setup shared by the three commands: JSON lines when the stream is not a terminal
+(journald, files), console otherwise.
+
+The stream is looked up at every write (`sys.stdout` or `sys.stderr` by name), so a process
+that swaps its streams (pytest's capture, a daemon redirecting output) never writes to a
+closed file.
+"""
 
 from __future__ import annotations
 
@@ -10,9 +16,24 @@ import structlog
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
 
-def setup(level: str = "info", fmt: str = "auto") -> None:
-    """(Re)configure logging; called at start and again on SIGHUP with the new level."""
-    json_lines = fmt == "json" or (fmt == "auto" and not sys.stdout.isatty())
+class _StreamLogger:
+    """A structlog logger writing one line to `sys.<stream>` as it is at the moment of the call."""
+
+    def __init__(self, stream: str):
+        self._stream = stream
+
+    def msg(self, message: str) -> None:
+        print(message, file=getattr(sys, self._stream), flush=True)
+
+    log = debug = info = warning = warn = error = critical = exception = fatal = msg
+
+
+def setup(level: str = "info", fmt: str = "auto", stream: str = "stdout") -> None:
+    """(Re)configure logging; called at start and again on SIGHUP with the new level.
+
+    `stream` is "stdout" for the services and "stderr" for commands whose stdout carries results.
+    """
+    json_lines = fmt == "json" or (fmt == "auto" and not getattr(sys, stream).isatty())
     renderer = structlog.processors.JSONRenderer() if json_lines else structlog.dev.ConsoleRenderer()
     structlog.configure(
         processors=[
@@ -20,16 +41,16 @@ def setup(level: str = "info", fmt: str = "auto") -> None:
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.StackInfoRenderer(),
-            structlog.processors.format_exc_info,
+            structlog.processors.dict_tracebacks if json_lines else structlog.processors.format_exc_info,
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
-        logger_factory=structlog.PrintLoggerFactory(sys.stdout),
+        logger_factory=lambda *_: _StreamLogger(stream),
         cache_logger_on_first_use=False,
     )
-    # paho and SQLAlchemy log through the standard library: same level, same stream
-    logging.basicConfig(level=_LEVELS[level], stream=sys.stdout, format="%(name)s %(levelname)s %(message)s",
-                        force=True)
+    # paho, SQLAlchemy and uvicorn log through the standard library: same level, same stream
+    logging.basicConfig(level=_LEVELS[level], stream=getattr(sys, stream),
+                        format="%(name)s %(levelname)s %(message)s", force=True)
 
 
 def get(name: str) -> structlog.stdlib.BoundLogger:

@@ -11,7 +11,7 @@ import argparse
 import importlib
 import sys
 
-import structlog
+from agent import logs
 
 from model.data import DataError
 
@@ -84,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))  # stdout is for results
+    logs.setup("info", stream="stderr")  # stdout is for results
     module, func = HANDLERS[args.command].split(":")
     try:
         return getattr(importlib.import_module(module), func)(args)

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import structlog
 
+from agent import logs
+
 log = structlog.get_logger("sidecar")
 
 
@@ -87,17 +89,6 @@ def _settings(args):
                     max_queue=args.max_queue, timeout=args.timeout, max_body_bytes=args.max_body_bytes)
 
 
-def _configure_logging(level: str) -> None:
-    import logging
-
-    structlog.configure(
-        processors=[structlog.processors.add_log_level, structlog.processors.TimeStamper(fmt="iso", utc=True),
-                    structlog.processors.dict_tracebacks, structlog.processors.JSONRenderer()],
-        wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level.upper())),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
-    )
-
-
 def serve(args) -> int:
     import uvicorn
 
@@ -105,7 +96,7 @@ def serve(args) -> int:
     from sidecar.app import create_app
 
     settings = _settings(args)
-    _configure_logging(args.log_level)
+    logs.setup(args.log_level, "json", stream="stderr")
     notifier = Notifier()
     failure: list[str] = []
     server: uvicorn.Server | None = None
