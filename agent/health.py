@@ -34,6 +34,7 @@ BAND_SEVERITY = ("critical", "warning", "info")
 _ALL = range(len(REASONS))
 _ANY = (-math.inf, math.inf)  # the range of a metric with no configured range
 _STALE_ONLY = (STALE,)
+_NONE = frozenset()
 
 
 def parse_ranges(text: str) -> dict[str, tuple[float, float]]:
@@ -384,17 +385,18 @@ def sensor_health(
     sensors = s_sensors
     out = []
     if csp.ticked(readings):
-        hits = set()
+        hits = _NONE
         if csp.ticked(scores):
             cut = p.anomaly_score
             steady = p.steady
             hits = {sc.sensor_id for sc in scores if sc.score >= cut and sc.metric not in steady}
         for r in readings:
-            s = sensors.get(r.sensor_id)
+            sid = r.sensor_id
+            s = sensors.get(sid)
             if s is None:
-                s = sensors[r.sensor_id] = SensorHealth(r.sensor_id, r.ts)
+                s = sensors[sid] = SensorHealth(sid, r.ts)
                 s.next_periodic = csp.now() + p.interval
-            score = s.observe(r, r.sensor_id in hits, p)
+            score = s.observe(r, sid in hits, p)
             # every reason raises exactly where the score reaches 0: while it is above 0 and nothing is raised,
             # the flags cannot change, and the per-reason rules are skipped
             if score <= 1e-9 or s.flags.calm:
