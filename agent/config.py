@@ -150,6 +150,7 @@ class MaintenanceConfig:
 @dataclasses.dataclass
 class MarketConfig:
     bar_interval: float = 1.0  # seconds per VWAP bar
+    bar_grace: float = 0.25  # seconds after a bar's end before a quiet symbol's bar is closed (late trades still count)
     price_alert_threshold: float = 0.02  # fractional move between consecutive trades
     fast_span: int = 5  # bars in the fast price average (EWMA span) of the trend
     slow_span: int = 30  # bars in the slow price average and the volume profile (EWMA span)

@@ -3,7 +3,8 @@
 All per-symbol state sits in one keyed node (a dict of `__slots__` objects,
 O(1) per trade), because a csp.dynamic per symbol costs far more than the math.
 Bars are cut on data time (`floor(ts / interval)`), so a replay and a live run
-cut the same bars; an engine-time alarm closes bars of symbols that went quiet.
+cut the same bars; an engine-time alarm closes bars of symbols that went quiet,
+`bar_grace` after their end so that trades delayed in transit still count.
 Regime and signals are computed once per closed bar, from the bar's VWAP, so
 they too depend only on the data.
 
@@ -199,7 +200,7 @@ def on_bar(s: SymbolState, bar: Bar, p: MarketParams) -> Event | None:
 
 
 def _next_boundary(now: datetime, interval: float) -> datetime:
-    """The first bar boundary strictly after `now` (engine time); float rounding never yields the past."""
+    """The first bar boundary strictly after `now`; float rounding never yields the past."""
     boundary = EPOCH + timedelta(seconds=(bucket_of(now, interval) + 1) * interval)
     return boundary if boundary > now else now + timedelta(microseconds=1)
 
@@ -215,8 +216,10 @@ def market_analytics(
         s_symbols = {}
         s_params = MarketParams(cfg)
         s_interval = timedelta(seconds=cfg.bar_interval)
+        s_grace = timedelta(seconds=cfg.bar_grace)
     with csp.start():
-        csp.schedule_alarm(a_close, _next_boundary(csp.now(), cfg.bar_interval) - csp.now(), True)
+        now = csp.now()
+        csp.schedule_alarm(a_close, _next_boundary(now - s_grace, cfg.bar_interval) + s_grace - now, True)
 
     bars = []
     if csp.ticked(sentiment):
@@ -236,11 +239,13 @@ def market_analytics(
                 bars.append(s.cut(t.symbol, interval))
             s.add(t, b, interval)
     if csp.ticked(a_close):
+        # bars of symbols that went quiet close `bar_grace` after their end: a trade delayed in transit
+        # still lands in its own bar, live as in a replay
         now = csp.now()
         for symbol, s in s_symbols.items():
-            if s.bucket is not None and s.start + s_interval <= now:
+            if s.bucket is not None and s.start + s_interval + s_grace <= now:
                 bars.append(s.cut(symbol, cfg.bar_interval))
-        csp.schedule_alarm(a_close, _next_boundary(now, cfg.bar_interval) - now, True)
+        csp.schedule_alarm(a_close, _next_boundary(now - s_grace, cfg.bar_interval) + s_grace - now, True)
     if bars:
         signals = []
         vols = {}

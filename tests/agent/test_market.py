@@ -202,3 +202,19 @@ def test_simulated_market_produces_every_market_event_kind_and_replays_identical
     again, bars2 = run_graph(cfg, feeds, 400)
     assert [e.event_id for e in again] == [e.event_id for e in events]
     assert len(bars2) == len(bars)
+
+
+def test_a_trade_arriving_within_the_grace_still_counts_in_its_own_bar():
+    # data time 0.9 s, delivered at 1.1 s (in transit): the quiet bar [0, 1) is still open until 1.25 s
+    late = Trade(symbol="AAA", ts=at(0.9), price=11.0, size=100)
+
+    @csp.graph
+    def g():
+        feed = csp.curve(list[Trade], [(at(0.5), [trade("AAA", 0.5, 10.0)]), (at(1.1), [late])])
+        out = market_analytics(feed, csp.null_ts(list[Sentiment]), MarketConfig())
+        csp.add_graph_output("bars", out.bars)
+
+    out = csp.run(g, starttime=T0, endtime=timedelta(seconds=5))
+    bars = [(t, b) for t, bs in out["bars"] for b in bs]
+    assert len(bars) == 1 and bars[0][1].trades == 2 and bars[0][1].end == at(1)
+    assert bars[0][0] == at(1.25)
