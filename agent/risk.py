@@ -1,8 +1,9 @@
 """Portfolio risk checks: drawdown, gross/net exposure, concentration, volatility-scaled exposure.
 
-Checked on every position or P&L update (the event carries that data's time)
-and on an engine-time timer (prices move between updates; the event carries
-the engine time). A breach is reported once per crossing: a check fires when
+Checked on every position or P&L update and on every trade of a held symbol
+(the event carries that data's time, so a replay reports what the live run
+did), and on an engine-time timer as a safety net (the event carries the
+engine time). A breach is reported once per crossing: a check fires when
 its value reaches the limit and re-arms only once the value is back inside by
 `rearm_fraction`, so a value hovering at the limit does not flood the log.
 
@@ -121,14 +122,16 @@ def risk_checks(
         for q in quotes:
             if q.symbol not in book.traded:
                 book.prices[q.symbol] = (q.bid + q.ask) / 2.0
+    out = []
+    when = None
     if csp.ticked(trades):
         for t in trades:
             book.prices[t.symbol] = t.price
             book.traded.add(t.symbol)
+            if book.positions.get(t.symbol):  # a held symbol's price moved: exposure changed at data time
+                when = t.ts if when is None or t.ts > when else when
     if csp.ticked(vols):
         book.vols.update(vols)
-    out = []
-    when = None
     if csp.ticked(positions):
         for p in positions:
             book.positions[p.symbol] = p.quantity

@@ -79,8 +79,8 @@ def test_gross_exposure_uses_last_trade_price_and_skips_positions_without_a_pric
     e = evs[0]
     assert e.data["action"] == "REDUCE_POSITIONS" and e.data["value"] == 120_000.0
     assert e.data["unpriced"] == ["ZZZ"]
-    # the price move came from a trade, not a position/P&L update: the timer found it, in engine time
-    assert at(3) <= e.ts <= at(3.1)
+    # the price move of a held symbol is checked at the trade's own (data) time
+    assert e.ts == at(3)
 
 
 def test_quote_mid_prices_a_position_until_the_first_trade():
@@ -105,6 +105,14 @@ def test_net_concentration_and_vol_exposure():
     assert got["vol_exposure"].data["value"] == pytest.approx(2000 * 100 * 0.03 + 1000 * 10 * 0.02)
     assert got["vol_exposure"].data["action"] == "REDUCE_RISK"
     assert len(evs) == 3
+
+
+def test_the_timer_checks_when_no_data_arrives():
+    cfg = only({"max_vol_exposure": 1000.0})
+    evs = run_risk(cfg, trades=[Trade(symbol="AAA", ts=at(0.1), price=10.0, size=1)],
+                   positions=[Position(symbol="AAA", ts=at(1), quantity=500.0)], vols=[(at(2.05), {"AAA": 0.5})])
+    assert [e.data["check"] for e in evs] == ["vol_exposure"]
+    assert at(2.05) < evs[0].ts <= at(2.15)  # found by the 100 ms timer, stamped with engine time
 
 
 def test_breach_held_on_the_timer_is_not_repeated():
