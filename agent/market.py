@@ -73,12 +73,13 @@ class SymbolState:
     """One symbol: the open bar plus the running statistics that define its regime."""
 
     __slots__ = (
-        "bucket", "start", "open", "high", "low", "close", "volume", "pv", "trades",
+        "bucket", "closed", "start", "open", "high", "low", "close", "volume", "pv", "trades",
         "ref", "fast", "slow", "mean_r", "var", "var_long", "avg_volume", "bars", "last_signal", "news",
     )
 
     def __init__(self):
         self.bucket = None  # index of the open bar; None when no bar is open
+        self.closed = None  # index of the last bar cut: bars never reopen
         self.ref = None  # VWAP of the previous closed bar
         self.fast = self.slow = None
         self.mean_r = self.var = self.var_long = 0.0
@@ -94,7 +95,7 @@ class SymbolState:
             self.open = self.high = self.low = t.price
             self.volume = self.pv = 0.0
             self.trades = 0
-        # a late trade (older than the open bar) is counted in the open bar: bars never reopen
+        # a late trade (older than the open bar) is counted in the open bar
         self.high = max(self.high, t.price)
         self.low = min(self.low, t.price)
         self.close = t.price
@@ -109,6 +110,7 @@ class SymbolState:
             open=self.open, high=self.high, low=self.low, close=self.close,
             volume=self.volume, vwap=vwap, trades=self.trades,
         )
+        self.closed = self.bucket
         self.bucket = None
         return bar
 
@@ -235,6 +237,8 @@ def market_analytics(
             if s is None:
                 s = s_symbols[t.symbol] = SymbolState()
             b = bucket_of(t.ts, interval)
+            if s.closed is not None and b <= s.closed:
+                b = s.closed + 1  # its bar was already cut (trade delayed past bar_grace): it joins the next
             if s.bucket is not None and b > s.bucket:
                 bars.append(s.cut(t.symbol, interval))
             s.add(t, b, interval)
