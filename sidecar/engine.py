@@ -41,11 +41,18 @@ CPU = "CPUExecutionProvider"
 class _Run:
     """Presents of one run (per layer key, value: [B, n_head, L, head_dim]) and its keep-mask [B, L]."""
 
-    __slots__ = ("kv", "mask")
+    __slots__ = ("kv", "mask", "_host")
 
     def __init__(self, kv: list, mask: np.ndarray):
         self.kv = kv
         self.mask = mask
+        self._host: list[np.ndarray] | None = None
+
+    def host(self) -> list[np.ndarray]:
+        """The presents as host arrays, copied from the device once per run however many rows are read."""
+        if self._host is None:
+            self._host = [t if isinstance(t, np.ndarray) else t.numpy() for t in self.kv]
+        return self._host
 
 
 @dataclass(frozen=True)
@@ -59,11 +66,7 @@ class KVCache:
     def arrays(self) -> list[np.ndarray]:
         """Per layer key, value as host arrays [n_head, length, head_dim], padding removed."""
         keep = self.run.mask[self.row].astype(bool)
-        return [_host(t)[self.row][:, keep, :] for t in self.run.kv]
-
-
-def _host(t) -> np.ndarray:
-    return t if isinstance(t, np.ndarray) else t.numpy()
+        return [t[self.row][:, keep, :] for t in self.run.host()]
 
 
 class Engine:
@@ -124,7 +127,7 @@ class Engine:
         positions = np.maximum(np.cumsum(mask, axis=1) - 1, 0)[:, -ids.shape[1]:].astype(np.int64)
         feeds = {"input_ids": ids, "attention_mask": mask, "position_ids": positions}
         if self.provider != CUDA:
-            out = self.session.run(None, {**feeds, **{n: _host(t) for n, t in zip(self._past, past)}})
+            out = self.session.run(None, {**feeds, **dict(zip(self._past, past))})
             return out[0][:, -1, :], out[1:]
         binding = self.session.io_binding()
         for name, value in feeds.items():
