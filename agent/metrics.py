@@ -56,7 +56,7 @@ def reason_class(reason: str) -> str:
         ("must be a JSON object", "json"),
         ("exceeds the", "size"),
         ("topic", "topic"),
-        ("ts", "timestamp"),
+        ("'ts'", "timestamp"),
         ("finite", "non_finite"),
         ("missing", "missing_field"),
         ("internal", "internal"),
