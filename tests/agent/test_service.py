@@ -133,16 +133,21 @@ def test_sighup_reloads_thresholds_without_dropping_messages(mosquitto, tmp_path
     agent = AgentProcess(mosquitto, tmp_path / "agent", FAST, protocol="5").start()
     try:
         agent.wait_ready(mosquitto)
-        publish_many(mosquitto, readings("s1", spike=False))
-        text = agent.config.read_text().replace("warmup = 20", "warmup = 20\nthreshold = 0.95")
-        agent.config.write_text(text.replace('level = "info"', 'level = "debug"'))
+        publish_many(mosquitto, readings("s1") + readings("s2", spike=False))
+        wait_for_events(agent.db, 1, predicate=lambda e: e["kind"] == "anomaly" and e["key"] == "s1", timeout=15)
+        # a threshold no score reaches: the same spike on s2 must no longer be an event
+        text = agent.config.read_text().replace("warmup = 20", "warmup = 20\nthreshold = 1.01")
+        agent.config.write_text(text.replace('format = "json"', 'format = "json"\nlevel = "debug"'))
         agent.proc.send_signal(signal.SIGHUP)
-        publish_many(mosquitto, readings("s1", n=20, spike=True, start=60))
         wait_for(lambda: "config_reloaded" in agent.log_tail(100_000), timeout=10, what="reload logged")
-        wait_for(lambda: len(captured(agent)) >= 81, timeout=10, what="every reading consumed across the reload")
         reload_line = next(json.loads(line) for line in agent.log_tail(100_000).splitlines()
                            if "config_reloaded" in line)
-        assert "anomaly.threshold" in reload_line["applied"]
+        assert {"anomaly.threshold", "log.level"} <= set(reload_line["applied"])
+        publish_many(mosquitto, readings("s2", n=0, start=60) + readings("s1", n=20, spike=False, start=61))
+        wait_for(lambda: len(captured(agent)) >= 61 + 60 + 1 + 20, timeout=10,
+                 what="every reading consumed across the reload")
+        time.sleep(1.0)  # the s2 spike's cycle has long been committed by now
+        assert not [e for e in event_rows(agent) if e["kind"] == "anomaly" and e["key"] == "s2"]
         agent.config.write_text(agent.config.read_text() + "\n[nonsense]\nx = 1\n")
         agent.proc.send_signal(signal.SIGHUP)
         wait_for(lambda: "reload_rejected" in agent.log_tail(100_000), timeout=10, what="bad reload rejected")
