@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from urllib.parse import urlsplit
 
-from agent import config
+from agent import config, health, market
 from agent.config import Config, ConfigError
 from agent.store import resolve_url
 
@@ -50,6 +50,9 @@ def validate(cfg: Config) -> None:
     config.read_secret("sidecar.api_key_file", cfg.sidecar.api_key_file)
     if cfg.metrics.listen:
         _host_port("metrics.listen", cfg.metrics.listen)
+    # the analytics' own consistency rules, the same ones the graphs apply when they are wired
+    health.check(cfg.health, cfg.maintenance)
+    market.check(cfg.market)
 
 
 def check_config_command(args) -> int:

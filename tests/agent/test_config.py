@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from agent import config
+from agent import cli, config
 from agent.cli import main
 from agent.config import ConfigError
 
@@ -192,3 +192,11 @@ def test_check_config_missing_and_unreadable_files(capsys, tmp_path):
 def test_unix_sidecar_url_is_accepted(capsys, tmp_path):
     rc, _, err = check(capsys, write(tmp_path, '[sidecar]\nurl = "unix:///run/edgewatch/sidecar.sock"\n'))
     assert rc == 0, err
+
+
+def test_check_config_applies_the_analytics_rules(tmp_path, capsys):
+    """A key the loader accepts but the health graph cannot work with is caught before `run`."""
+    path = tmp_path / "agent.toml"
+    path.write_text("[health]\nfast_span = 0\n")
+    assert cli.main(["check-config", str(path)]) == 2
+    assert "health.fast_span" in capsys.readouterr().err
