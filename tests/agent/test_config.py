@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from agent import cli, config
+from agent import config
 from agent.cli import main
 from agent.config import ConfigError
 
@@ -198,5 +198,5 @@ def test_check_config_applies_the_analytics_rules(tmp_path, capsys):
     """A key the loader accepts but the health graph cannot work with is caught before `run`."""
     path = tmp_path / "agent.toml"
     path.write_text("[health]\nfast_span = 0\n")
-    assert cli.main(["check-config", str(path)]) == 2
+    assert main(["check-config", str(path)]) == 2
     assert "health.fast_span" in capsys.readouterr().err
