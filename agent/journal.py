@@ -25,6 +25,11 @@ PRIORITY = {"debug": 7, "info": 6, "warning": 4, "warn": 4, "error": 3, "excepti
 RESERVED = {"MESSAGE", "PRIORITY", "SYSLOG_IDENTIFIER"}  # set by us from the entry itself
 
 
+def program_name() -> str:
+    """The identifier sd_journal_send would use: the program's short name (`edge-agent`, `edge-sidecar`)."""
+    return os.path.basename(sys.argv[0]) or "edgewatch"
+
+
 def stdout_is_journal(environ: typing.Mapping[str, str] | None = None, stream: typing.TextIO | None = None) -> bool:
     """True when `stream` (stdout) is the journal stream systemd connected (JOURNAL_STREAM=dev:inode)."""
     value = (os.environ if environ is None else environ).get("JOURNAL_STREAM", "")
@@ -76,9 +81,9 @@ def entry_fields(line: str, identifier: str) -> list[tuple[str, str]]:
 class JournalLogger:
     """A structlog logger taking the rendered JSON line (after JSONRenderer) to the journal."""
 
-    def __init__(self, identifier: str, path: str = JOURNAL_SOCKET, fallback: typing.TextIO | None = None):
+    def __init__(self, identifier: str, path: str | None = None, fallback: typing.TextIO | None = None):
         self.identifier = identifier
-        self.path = path
+        self.path = path or JOURNAL_SOCKET
         self.fallback = fallback or sys.stdout
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
         self._lock = threading.Lock()
@@ -97,8 +102,8 @@ class JournalLogger:
 class JournalLoggerFactory:
     """structlog `logger_factory`: one shared logger (one socket) for the whole process."""
 
-    def __init__(self, identifier: str, path: str = JOURNAL_SOCKET):
-        self._logger = JournalLogger(identifier, path)
+    def __init__(self, identifier: str | None = None, path: str | None = None):
+        self._logger = JournalLogger(identifier or program_name(), path)
 
     def __call__(self, *args: object) -> JournalLogger:
         return self._logger

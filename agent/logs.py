@@ -13,6 +13,8 @@ import sys
 
 import structlog
 
+from agent import journal
+
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
 
@@ -45,12 +47,20 @@ def setup(level: str = "info", fmt: str = "auto", stream: str = "stdout") -> Non
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
-        logger_factory=lambda *_: _StreamLogger(stream),
+        logger_factory=_journal_or(stream, json_lines),
         cache_logger_on_first_use=False,
     )
     # paho, SQLAlchemy and uvicorn log through the standard library: same level, same stream
     logging.basicConfig(level=_LEVELS[level], stream=getattr(sys, stream),
                         format="%(name)s %(levelname)s %(message)s", force=True)
+
+
+def _journal_or(stream: str, json_lines: bool):
+    """[deploy] Under systemd (the stream is the journal), JSON entries go over the journal's native socket,
+    so each key becomes a journal field; elsewhere the stream."""
+    if json_lines and journal.stdout_is_journal(stream=getattr(sys, stream)):
+        return journal.JournalLoggerFactory()
+    return lambda *_: _StreamLogger(stream)
 
 
 def get(name: str) -> structlog.stdlib.BoundLogger:

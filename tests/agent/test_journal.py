@@ -79,3 +79,29 @@ def test_stdout_is_journal_only_for_the_stream_systemd_connected(tmp_path):
         assert not stdout_is_journal({"JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino + 1}"}, f)  # stdout redirected elsewhere
         assert not stdout_is_journal({}, f)
     assert not stdout_is_journal({"JOURNAL_STREAM": "1:2"}, io.StringIO())
+
+
+def test_logs_setup_uses_the_journal_under_systemd(tmp_path, monkeypatch):
+    """agent.logs (both services' setup): with stdout connected to the journal, entries arrive as fields."""
+    from agent import journal, logs
+
+    path = str(tmp_path / "journal.socket")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(path)
+    sock.settimeout(5)
+    monkeypatch.setattr(journal, "JOURNAL_SOCKET", path)
+    with open(tmp_path / "stdout", "w") as out:
+        st = os.fstat(out.fileno())
+        monkeypatch.setenv("JOURNAL_STREAM", f"{st.st_dev}:{st.st_ino}")
+        monkeypatch.setattr("sys.stdout", out)
+        monkeypatch.setattr("sys.argv", ["/opt/edgewatch/bin/edge-agent", "run"])
+        try:
+            logs.setup("info", "json")
+            logs.get("agent.service").info("agent_ready", broker="127.0.0.1:1883")
+            fields = decode(sock.recv(65536))
+        finally:
+            structlog.reset_defaults()
+            sock.close()
+    assert fields["SYSLOG_IDENTIFIER"] == "edge-agent" and fields["EVENT"] == "agent_ready"
+    assert fields["BROKER"] == "127.0.0.1:1883" and fields["PRIORITY"] == "6"
+    assert (tmp_path / "stdout").read_text() == ""  # the entry went to the journal only, once
