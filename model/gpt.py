@@ -19,10 +19,10 @@ KV = tuple[torch.Tensor, torch.Tensor]  # (key, value), each [batch, n_head, len
 @dataclass
 class GPTConfig:
     block_size: int = 128
-    vocab_size: int = 3000
+    vocab_size: int = 2000
     n_layer: int = 4
     n_head: int = 4
-    n_embd: int = 256
+    n_embd: int = 128
     dropout: float = 0.1
     bias: bool = True
 

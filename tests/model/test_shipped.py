@@ -42,7 +42,7 @@ def test_size_and_metadata():
     assert META["params"] <= 10_000_000
     assert META["training"]["data"]["license"] == "MIT"
     assert META["export_check"]["max_abs_logit_diff"] <= 1e-4 and META["export_check"]["greedy_tokens_equal"] == 64
-    assert META["metrics"]["val_accuracy"] >= 0.75
+    assert META["metrics"]["val_accuracy"] >= 0.78
 
 
 def test_cached_decoding_equals_full_prefill(engine):
@@ -61,4 +61,4 @@ def test_accuracy_on_validation_sample(engine, shared_data):
     _, val = split(read_labelled(shared_data / "financial-tweets" / "train.csv"))
     sample = random.Random(0).sample(val, 200)
     m = evaluate_engine(engine, sample)
-    assert m["accuracy"] >= META["metrics"]["val_accuracy"] - 0.06
+    assert m["accuracy"] >= 0.75  # measured 0.780 on this sample (0.794 on the whole split)
