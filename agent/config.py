@@ -31,31 +31,33 @@ def _under_systemd() -> bool:
 
 @dataclasses.dataclass
 class MqttConfig:
-    host: str = "127.0.0.1"
-    port: int = 1883
+    host: str = "127.0.0.1"  # broker address
+    port: int = 1883  # broker port (8883 is usual with TLS)
     protocol: str = "auto"  # "5", "3.1.1" or "auto"
+    # fixed client id of the persistent session
     client_id: str = dataclasses.field(default_factory=lambda: f"edgewatch-{socket.gethostname()}")
-    username: str = ""
-    password_file: str = ""
-    tls: bool = False
-    ca_file: str = ""
-    cert_file: str = ""
-    key_file: str = ""
-    keepalive: int = 30
+    username: str = ""  # broker user; empty = anonymous
+    password_file: str = ""  # file holding the broker password (secret kept out of the TOML)
+    tls: bool = False  # connect with TLS
+    ca_file: str = ""  # CA bundle for TLS; empty = system CAs
+    cert_file: str = ""  # client certificate for mutual TLS
+    key_file: str = ""  # client key for mutual TLS
+    keepalive: int = 30  # seconds between MQTT keep-alive pings
     session_expiry: int = 86400  # seconds the broker keeps our session while we are away
     receive_maximum: int = 1000  # QoS 1 messages in flight to us (MQTT 5)
-    reconnect_min_delay: float = 0.5
-    reconnect_max_delay: float = 30.0
-    max_payload: int = 65536
-    sensors_prefix: str = "sensors"
-    market_prefix: str = "market"
-    portfolio_prefix: str = "portfolio"
-    news_prefix: str = "news"
-    output_prefix: str = "edgewatch"
+    reconnect_min_delay: float = 0.5  # first reconnect backoff, seconds
+    reconnect_max_delay: float = 30.0  # longest reconnect backoff, seconds
+    max_payload: int = 65536  # larger messages become dead letters, bytes
+    sensors_prefix: str = "sensors"  # input topic prefix: {prefix}/{sensor_id}
+    market_prefix: str = "market"  # input topic prefix: {prefix}/{symbol}/trade|quote
+    portfolio_prefix: str = "portfolio"  # input topic prefix: {prefix}/positions, {prefix}/pnl
+    news_prefix: str = "news"  # input topic prefix: {prefix}/{source}
+    output_prefix: str = "edgewatch"  # output prefix: events/, deadletter, status, bars/
 
 
 @dataclasses.dataclass
 class StoreConfig:
+    # event log: a path (SQLite) or an SQLAlchemy URL
     url: str = dataclasses.field(
         default_factory=lambda: "/var/lib/edgewatch/events.db" if _under_systemd() else "./edgewatch.db"
     )
@@ -74,9 +76,9 @@ class RecordConfig:
 
 @dataclasses.dataclass
 class SidecarConfig:
-    url: str = "http://127.0.0.1:8765"
-    api_key_file: str = ""
-    timeout: float = 2.0
+    url: str = "http://127.0.0.1:8765"  # http://host:port or unix:///path.sock
+    api_key_file: str = ""  # file holding the sidecar API key; empty = none
+    timeout: float = 2.0  # seconds for one sidecar HTTP call
 
 
 @dataclasses.dataclass
@@ -86,7 +88,7 @@ class MetricsConfig:
 
 @dataclasses.dataclass
 class LogConfig:
-    level: str = "info"
+    level: str = "info"  # debug, info, warning or error
     format: str = "auto"  # auto (JSON when not on a terminal), json, console
 
 
@@ -174,8 +176,8 @@ class MarketConfig:
 
 @dataclasses.dataclass
 class RiskConfig:
-    max_drawdown: float = 10000.0
-    max_gross_exposure: float = 1_000_000.0
+    max_drawdown: float = 10000.0  # P&L drop from its high-water mark that triggers EMERGENCY_STOP
+    max_gross_exposure: float = 1_000_000.0  # sum of |position x last price| that triggers REDUCE_POSITIONS
     check_interval: float = 0.1  # seconds between timer-driven risk checks
     max_net_exposure: float = 500_000.0  # |sum of position x last price| that triggers REDUCE_NET_EXPOSURE
     max_concentration: float = 0.5  # largest symbol's share of gross exposure that triggers REDUCE_CONCENTRATION
@@ -186,7 +188,7 @@ class RiskConfig:
 
 @dataclasses.dataclass
 class NewsConfig:
-    enabled: bool = True
+    enabled: bool = True  # send headlines to the sidecar and emit news events
     timeout: float = 0.5  # seconds one sidecar call may take before headlines are logged as degraded
     cache_size: int = 4096  # distinct headline texts whose analysis is remembered (LRU)
     batch_size: int = 32  # headlines sent to the sidecar in one classify request at most
