@@ -21,7 +21,6 @@ from __future__ import annotations
 import dataclasses
 import gc
 import signal
-import sys
 import threading
 import time
 from datetime import timedelta
@@ -43,7 +42,6 @@ log = logs.get("agent.service")
 
 BEAT_EVERY = timedelta(seconds=1)
 RESTART_SECTIONS = ("mqtt", "store", "record", "metrics")
-SWITCH_INTERVAL = 0.0005  # seconds a thread may hold the GIL while another waits for it
 GC_THRESHOLDS = (100_000, 50, 100)  # allocations per young collection, then per older ones
 STOP_TIMEOUT = 10.0  # seconds the whole stop may take (SPEC §3)
 
@@ -117,9 +115,6 @@ class Service:
 
     def run(self) -> int:
         """Start everything, serve until SIGTERM/SIGINT, stop cleanly. Returns the exit code."""
-        # five threads share the GIL (paho, pump, engine, writer, outbox): a waking thread waits for the
-        # switch interval when another one is busy, so the default 5 ms would be the latency floor under load
-        sys.setswitchinterval(SWITCH_INTERVAL)
         # per-sensor state is long-lived and large: with the default young-generation threshold (700)
         # the collector keeps re-scanning it (measured: half the throughput with 100k sensors)
         gc.set_threshold(*GC_THRESHOLDS)
