@@ -3,7 +3,7 @@
 Fixtures for testing an Edgewatch setup against a real broker: `mqtt_broker` (an
 in-process amqtt broker, the mock broker) and `mosquitto` (a private Mosquitto);
 the helpers to publish, collect and wait for events live in `agent.harness` and
-are re-exported here. See `agent/README-testing.md`.
+are re-exported here. See the README, "Testing your setup".
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ import stat
 import subprocess
 from pathlib import Path
 
-from .conftest import DEPLOY, UNITS, install, run_installed
+from .conftest import DEPLOY, REPO, UNITS, install, run_installed
 
 
 def mode(path: Path) -> str:
@@ -82,7 +82,7 @@ def test_bad_options_exit_2(tmp_path):
 
 def test_readme_layout_matches_the_staged_tree(staged: Path):
     """Every installed path the README's layout table names exists after install (the run-time ones aside)."""
-    text = (DEPLOY / "README.md").read_text()
+    text = (REPO / "README.md").read_text()
     assert "## Deploy as a service" in text
     for section in ("### Install", "### Start", "### Status", "### Logs", "### Reload", "### Upgrade", "### Uninstall"):
         assert section in text
