@@ -16,13 +16,18 @@ in [0, 1], is built in four steps:
    scale (tail probability `tail_floor` or less -> 1.0) so the threshold has
    resolution where it matters; noise changes move that distribution, not the score;
 4. a reading well beyond the whole range seen so far (by `spatial_tolerance`
-   of it) scores 1.0, HTM's "spatial anomaly".
+   of it) and at least `spatial_z` scales from its forecast scores 1.0, HTM's
+   "spatial anomaly". The second condition matters early: right after the
+   warm-up the range seen is narrow, and ordinary noise extremes leave it.
 
 After a detection the level re-baselines on the new reading (a level shift
 alarms once, then becomes the norm) and scores are halved for a refractory
 period: an operator, like the NAB benchmark, counts every repeat as a false alarm.
 Statistics start as plain means (1/n) until their EWMA weight takes over, so
-there is no start-up bias; nothing scores above 0 during the warm-up.
+there is no start-up bias (a profile bucket's first reading sets its mean, and
+its scale starts from the residuals after it, not from |x|: otherwise the
+surprise learnt during the warm-up is near 0 and every later reading looks
+rare); nothing scores above 0 during the warm-up.
 
 Out-of-order readings (older than the last one of their key) are scored
 against the current model but teach it nothing: feeding the past into EWMAs
@@ -57,7 +62,7 @@ class Params:
 
     __slots__ = (
         "a_level", "a_trend", "a_dev", "a_season", "a_short", "a_long", "clip", "warmup", "refractory",
-        "rel_floor", "buckets", "season_min", "log_floor", "threshold", "spatial",
+        "rel_floor", "buckets", "season_min", "log_floor", "threshold", "spatial", "spatial_z",
     )
 
     def __init__(self, cfg: AnomalyConfig):
@@ -76,6 +81,7 @@ class Params:
         self.log_floor = math.log(min(max(cfg.tail_floor, 1e-300), 0.5))
         self.threshold = cfg.threshold
         self.spatial = cfg.spatial_tolerance
+        self.spatial_z = cfg.spatial_z
 
 
 class MetricState:
@@ -163,14 +169,18 @@ class MetricState:
         if k < 255:
             k += 1
             self.seen[b] = k
-        a = 1.0 / k if k * p.a_season < 1.0 else p.a_season  # plain mean until the EWMA takes over
-        rb = x - season[2 * b]
-        if k > p.season_min:  # a trusted bucket learns robustly too
-            lb = season[2 * b + 1]
-            lb = p.clip * (lb if lb > floor else floor)
-            rb = lb if rb > lb else (-lb if rb < -lb else rb)
-        season[2 * b] += a * rb
-        season[2 * b + 1] += a * ((rb if rb >= 0.0 else -rb) - season[2 * b + 1])
+        if k == 1:  # a bucket's first reading is its mean; there is no residual yet (|x| is no scale)
+            season[2 * b] = x
+        else:
+            rb = x - season[2 * b]
+            if k > p.season_min:  # a trusted bucket learns robustly too
+                lb = season[2 * b + 1]
+                lb = p.clip * (lb if lb > floor else floor)
+                rb = lb if rb > lb else (-lb if rb < -lb else rb)
+            a = 1.0 / k if k * p.a_season < 1.0 else p.a_season  # plain means until the EWMA takes over
+            season[2 * b] += a * rb
+            a = 1.0 / (k - 1) if (k - 1) * p.a_season < 1.0 else p.a_season  # k - 1 residuals so far
+            season[2 * b + 1] += a * ((rb if rb >= 0.0 else -rb) - season[2 * b + 1])
         hi, lo = self.hi, self.lo
         if x > hi:
             self.hi = x
@@ -180,7 +190,7 @@ class MetricState:
             return 0.0
         s = _verdict(d, var, p)
         m = p.spatial * (hi - lo)
-        if m > 0.0 and s >= SPATIAL_MIN_SCORE and (x > hi + m or x < lo - m):
+        if m > 0.0 and s >= SPATIAL_MIN_SCORE and z >= p.spatial_z and (x > hi + m or x < lo - m):
             s = 1.0  # well beyond anything seen before: HTM's "spatial anomaly"
         if self.cool > 0:
             self.cool -= 1

@@ -102,7 +102,7 @@ class AnomalyConfig:
     scale_span: float = 100.0  # readings: EWMA span of the robust residual scale
     season_span: float = 30.0  # updates: EWMA span of each time-of-day profile bucket
     season_buckets: int = 96  # time-of-day buckets of the daily profile (1 = no daily profile)
-    season_min: int = 3  # updates a bucket needs before the daily profile is consulted
+    season_min: int = 5  # updates a bucket needs before the daily profile is consulted
     tail_floor: float = 1e-4  # tail probability that maps to score 1.0 (scores are -log(tail)/-log(floor))
     short_span: float = 2.0  # readings: span of the recent surprise compared with its history
     long_span: float = 2000.0  # readings: span of the surprise's long-run mean and variance
@@ -110,6 +110,7 @@ class AnomalyConfig:
     rel_floor: float = 0.001  # scale floor as a fraction of the metric's mean magnitude
     refractory: int = 100  # readings after a detection during which the metric cannot alarm again
     spatial_tolerance: float = 0.05  # a reading beyond the range seen so far by this fraction of it scores 1 (0 = off)
+    spatial_z: float = 5.0  # ... and only when the reading is also this many robust scales from its forecast (a young range is narrow)
 
 
 @dataclasses.dataclass

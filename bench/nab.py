@@ -8,7 +8,13 @@ corpus (NAB's best case) and at a threshold fixed in advance (the honest
 figure: the detector's live `anomaly.threshold`; the baseline at z = 7).
 Prints ONE JSON line.
 
+`--healthy` instead measures what NAB's probation period hides: false alarms on
+healthy simulated sensors (agent/simulator.py, faults off) from the first
+reading on, per 1000 scored reading-metrics after the warm-up, and the recall
+of injected spike faults with the false alarms outside them.
+
     python bench/nab.py [--corpus DIR] [--scorer PATH] [--config PATH] [--out DIR]
+    python bench/nab.py --healthy [--sensors N] [--readings N] [--config PATH]
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from datetime import datetime
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -31,6 +38,8 @@ from agent import config  # noqa: E402
 from agent.anomaly import Detector  # noqa: E402
 from agent.records import SensorReading  # noqa: E402
 from agent.score import read_series, score_series  # noqa: E402
+from agent.simulator import SimConfig, Simulator  # noqa: E402
+from agent.timeutil import parse_timestamp  # noqa: E402
 from bench.zscore import zscore_series  # noqa: E402
 
 SHARED = Path(os.environ.get("SHARED_DIR", REPO.parent / "shared"))
@@ -95,14 +104,79 @@ def core_us_per_reading(series: list, cfg, repeats: int = 3) -> float:
     return best / len(readings) * 1e6
 
 
+def simulated_alarms(cfg, sim: Simulator) -> list[tuple[str, str, datetime, int]]:
+    """(sensor, metric, ts, readings of that key so far) of every alarm on the simulator's sensor feed."""
+    det = Detector(cfg)
+    alarms = []
+    for m in sim.messages():
+        metrics = {k: float(v) for k, v in m.payload.items() if k != "ts" and isinstance(v, (int, float))}
+        rd = SensorReading(sensor_id=m.topic.removeprefix("sensors/"), ts=parse_timestamp(m.payload["ts"]),
+                           metrics=metrics, attrs={})
+        for sc in det.score_readings([rd]):
+            if sc.score >= cfg.threshold:
+                alarms.append((sc.sensor_id, sc.metric, sc.ts, det.states[sc.sensor_id, sc.metric].n))
+    return alarms
+
+
+def healthy(cfg, sensors: int, readings: int, seed: int = 0) -> dict:
+    """False alarms on healthy simulated sensors, by phase and metric; recall of injected spikes."""
+    start = datetime(2024, 1, 1, 8)
+    sim = Simulator(SimConfig(sensors=sensors, symbols=0, faults=False, seed=seed, duration=float(readings)), start)
+    t0 = time.perf_counter()
+    alarms = simulated_alarms(cfg, sim)
+    elapsed = time.perf_counter() - t0
+    keys = sensors * 4  # temperature, humidity, pressure, battery
+    scored = keys * max(readings - cfg.warmup, 0)
+    phases = {"101-300": (cfg.warmup, 300), "301-1000": (300, 1000), "1001+": (1000, 1 << 62)}
+    by_phase = {}
+    for name, (lo, hi) in phases.items():
+        rows = keys * max(min(readings, hi) - lo, 0)
+        if rows:
+            hits = sum(lo < n <= hi for *_, n in alarms)
+            by_phase[name] = {"alarms": hits, "per_1000": round(1000.0 * hits / rows, 3)}
+    by_metric: dict[str, int] = {}
+    for _, metric, _, _ in alarms:
+        by_metric[metric] = by_metric.get(metric, 0) + 1
+
+    spikes = Simulator(SimConfig(sensors=sensors, symbols=0, faults=True, fault_fraction=0.2, fault_kinds=("spike",),
+                                 seed=seed, duration=float(readings)), start)
+    s_alarms = simulated_alarms(cfg, spikes)
+    windows = {(f.key, f.metric): f for f in spikes.faults}
+    inside = {(sid, metric) for sid, metric, ts, _ in s_alarms
+              if (f := windows.get((sid, metric))) and f.start <= ts < f.end}
+    outside = sum(1 for sid, metric, ts, _ in s_alarms
+                  if not ((f := windows.get((sid, metric))) and f.start <= ts < f.end))
+    return {
+        "benchmark": "healthy-sensors",
+        "sensors": sensors,
+        "readings_per_sensor": readings,
+        "threshold": cfg.threshold,
+        "alarms": len(alarms),
+        "alarms_per_1000": round(1000.0 * len(alarms) / scored, 3) if scored else None,
+        "by_phase": by_phase,
+        "by_metric": by_metric,
+        "us_per_reading_metric": round(elapsed / (keys * readings) * 1e6, 2),
+        "spike_faults": len(windows),
+        "spike_faults_detected": len(inside),
+        "false_alarms_with_spikes": outside,
+    }
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--corpus", type=Path, default=SHARED / "data" / "nab-dev")
     ap.add_argument("--scorer", type=Path, default=SHARED / "tools" / "nab_score.py")
     ap.add_argument("--config", help="agent configuration whose [anomaly] section is used")
     ap.add_argument("--out", type=Path, help="keep the score CSVs here (default: a temporary directory)")
+    ap.add_argument("--healthy", action="store_true", help="false alarms on healthy simulated sensors instead")
+    ap.add_argument("--sensors", type=int, default=300, help="--healthy: simulated sensors")
+    ap.add_argument("--readings", type=int, default=500, help="--healthy: readings per sensor")
     args = ap.parse_args(argv)
     cfg = config.load(args.config).anomaly
+    if args.healthy:
+        result = healthy(cfg, args.sensors, args.readings)
+        print(json.dumps(result, separators=(",", ":")))
+        return result
 
     with tempfile.TemporaryDirectory() as tmp:
         out = args.out or Path(tmp)
