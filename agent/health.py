@@ -13,8 +13,17 @@ judged against the sensor's own baseline (learnt over `warmup` readings, then
 adapting slowly with clipped residuals so a fault cannot teach itself in);
 noise uses changes between readings, which trends and daily cycles barely touch.
 
-Data-driven events (band crossings, flags raised by readings) carry the
-reading's time; timer-driven ones (periodic health, staleness) the engine time.
+Events are driven by the data wherever the data can drive them, so that a replay
+and the live run over the same readings log the same events: the periodic
+`health` event comes with a sensor's first reading in each `interval`-long bucket
+of data time (its id keyed on the bucket), band crossings and maintenance flags
+with the reading that caused them. Only silence needs a clock: an engine-time
+sweep raises `stale` and reports a silent sensor's health. Those events are
+stamped and keyed in data time (the moment the sensor became stale, last reading
++ its stale threshold, then every `interval`), but whether and when they fire
+depends on the engine clock: a replay ends at its last message and sweeps on a
+different phase, so stale-driven events (and the `stale` clear that follows) are
+not replay-identical. They never feed back into the data-driven ones.
 """
 
 from __future__ import annotations
@@ -27,7 +36,7 @@ from csp import ts
 
 from agent.config import ConfigError, HealthConfig, MaintenanceConfig
 from agent.maintenance import REASONS, STALE, Flags, Rules, maintenance_events
-from agent.records import Event, MetricScore, SensorReading, make_event
+from agent.records import Event, MetricScore, SensorReading, event_id
 
 BAND_NAMES = ("poor", "degraded", "good")
 BAND_SEVERITY = ("critical", "warning", "info")
@@ -35,6 +44,8 @@ _ALL = range(len(REASONS))
 _ANY = (-math.inf, math.inf)  # the range of a metric with no configured range
 _STALE_ONLY = (STALE,)
 _NONE = frozenset()
+_EPOCH = datetime(1970, 1, 1)
+_US = timedelta(microseconds=1)
 
 
 def parse_ranges(text: str) -> dict[str, tuple[float, float]]:
@@ -87,7 +98,7 @@ class Params:
 
     __slots__ = (
         "rules", "warmup", "a_fast", "a_noise", "a_base", "a_anom", "a_gap", "ranges", "steady", "bad_status",
-        "bands", "margin", "clip", "outlier_z", "anomaly_score", "interval", "stale_min", "stale_min_td",
+        "bands", "margin", "clip", "outlier_z", "anomaly_score", "interval", "interval_us", "stale_min", "stale_min_td",
         "stale_factor", "first_stale",
         "inv_stuck", "drift_ok", "inv_drift", "noise_ok", "inv_noise", "anomaly_ok", "inv_anomaly", "oor_ok", "inv_oor",
         "low_battery", "inv_battery",
@@ -110,6 +121,7 @@ class Params:
         self.outlier_z = h.outlier_z
         self.anomaly_score = h.anomaly_score
         self.interval = timedelta(seconds=h.interval)
+        self.interval_us = max(1, self.interval // _US)  # whole microseconds: buckets of data time, exactly
         self.stale_min = h.stale_min
         self.stale_min_td = timedelta(seconds=h.stale_min)
         self.stale_factor = h.stale_factor
@@ -127,6 +139,12 @@ class Params:
 
 def _inverse(x: float) -> float:
     return 1.0 / x if x > 0 else 0.0
+
+
+def bucket_start(when: datetime, p: Params) -> datetime:
+    """The start of the `health.interval`-long bucket of data time (aligned to the epoch) holding `when`."""
+    us = (when - _EPOCH) // _US
+    return _EPOCH + timedelta(microseconds=us - us % p.interval_us)
 
 
 class MetricTrack:
@@ -202,10 +220,10 @@ class SensorHealth:
 
     __slots__ = (
         "sensor_id", "metrics", "last_ts", "gap", "readings", "anomaly", "oor", "battery", "status",
-        "band", "next_periodic", "flags", "stale", "stuck", "drift", "noise",
+        "band", "next_periodic", "next_silent", "flags", "stale", "stuck", "drift", "noise",
     )
 
-    def __init__(self, sensor_id: str, when: datetime):
+    def __init__(self, sensor_id: str, when: datetime, p: Params):
         self.sensor_id = sensor_id
         self.metrics = {}
         self.last_ts = when
@@ -216,18 +234,19 @@ class SensorHealth:
         self.battery = None
         self.status = None
         self.band = len(BAND_NAMES) - 1
-        self.next_periodic = None
+        self.next_periodic = bucket_start(when, p) + p.interval  # the data time of the next periodic event
+        self.next_silent = None  # the data time of the next report while stale
         self.flags = Flags()
         self.stale = 0.0  # age / stale_after, as of the last sweep
         self.stuck = 0  # longest identical run among the judged metrics
         self.drift = self.noise = None  # worst drift z / noise ratio; None until a metric is past its warm-up
 
-    def observe(self, r: SensorReading, anomalous: bool, p: Params) -> float:
-        """Fold one reading in, refresh the data-driven measures; return the score as of this reading.
+    def observe(self, r: SensorReading, when: datetime, anomalous: bool, p: Params) -> float:
+        """Fold one reading (`when` = r.ts, read once by the caller) in, refresh the data-driven measures;
+        return the score as of this reading.
 
         The hot path of the sensor side: drift, noise and the score are inlined on purpose."""
         self.readings += 1
-        when = r.ts  # a csp.Struct builds a new datetime on every field read: read it once
         if when > self.last_ts:
             dt = (when - self.last_ts).total_seconds()
             self.gap = dt if self.gap is None else self.gap + p.a_gap * (dt - self.gap)
@@ -353,22 +372,25 @@ def band_after(current: int, score: float, p: Params) -> int:
     return raw if score < bounds[raw] - p.margin else current
 
 
-def health_event(s: SensorHealth, when: datetime, p: Params, why: str) -> Event:
+def health_event(s: SensorHealth, when: datetime, p: Params, why: str, keyed: datetime | None = None) -> Event:
+    """A `health` event at data time `when`, its id keyed on `keyed` (default `when`): a periodic event is
+    keyed on its bucket, so each sensor has one per bucket whichever reading opens it."""
     comps = s.components(when, p)
     score = min(comps.values())
-    if why == "periodic":
-        s.band = band_after(s.band, score, p)
-    band = s.band
+    # after a reading this is s.band (the reading just moved it); a silent sensor's report does not move it,
+    # so that the data-driven band crossings never depend on the engine clock
+    band = band_after(s.band, score, p)
     data = {"score": score, "band": BAND_NAMES[band], "why": why, "components": comps, **s.evidence()}
     msg = f"{s.sensor_id} health {score:.2f} ({BAND_NAMES[band]})"
-    return make_event("health", s.sensor_id, when, BAND_SEVERITY[band], msg, data, why)
+    return Event(event_id=event_id("health", s.sensor_id, keyed or when, why), ts=when, kind="health",
+                 key=s.sensor_id, severity=BAND_SEVERITY[band], message=msg, data=data)
 
 
 @csp.node(memoize=False)
 def sensor_health(
     readings: ts[list[SensorReading]], scores: ts[list[MetricScore]], h: HealthConfig, m: MaintenanceConfig
 ) -> ts[list[Event]]:
-    """`health` events (periodic and on band crossings) and `maintenance` flags, for every sensor."""
+    """`health` events (periodic, on band crossings, while stale) and `maintenance` flags, for every sensor."""
     with csp.alarms():
         a_sweep = csp.alarm(bool)
     with csp.state():
@@ -389,37 +411,52 @@ def sensor_health(
         if csp.ticked(scores):
             cut = p.anomaly_score
             steady = p.steady
-            hits = {sc.sensor_id for sc in scores if sc.score >= cut and sc.metric not in steady}
+            # per reading, not per sensor: a batch may hold several readings of one sensor
+            hits = {(sc.sensor_id, sc.ts) for sc in scores if sc.score >= cut and sc.metric not in steady}
         for r in readings:
             sid = r.sensor_id
+            when = r.ts  # a csp.Struct builds a new datetime on every field read: read it once
             s = sensors.get(sid)
             if s is None:
-                s = sensors[sid] = SensorHealth(sid, r.ts)
-                s.next_periodic = csp.now() + p.interval
-            score = s.observe(r, sid in hits, p)
+                s = sensors[sid] = SensorHealth(sid, when, p)
+            score = s.observe(r, when, (sid, when) in hits if hits else False, p)
             # every reason raises exactly where the score reaches 0: while it is above 0 and nothing is raised,
             # the flags cannot change, and the per-reason rules are skipped
             if score <= 1e-9 or s.flags.calm:
                 raised, cleared = s.flags.update(s.measures(), rules, _ALL)
                 if raised or cleared:
-                    out += maintenance_events(s.sensor_id, r.ts, s.flags, raised, cleared, s.evidence())
+                    out += maintenance_events(sid, when, s.flags, raised, cleared, s.evidence())
             if (0 if score < poor else (1 if score < good else 2)) != s.band:
                 band = band_after(s.band, score, p)
                 if band != s.band:
                     s.band = band
-                    out.append(health_event(s, r.ts, p, "band"))
+                    out.append(health_event(s, when, p, "band"))
+            if when >= s.next_periodic:  # the first reading in a new bucket of data time
+                start = bucket_start(when, p)
+                s.next_periodic = start + p.interval
+                out.append(health_event(s, when, p, "periodic", start))
     if csp.ticked(a_sweep):
+        # silence is the one thing no reading can report: the engine clock finds it, the events are stamped
+        # in data time (last reading + stale threshold, then every interval) so their ids are deterministic
         now = csp.now()
         csp.schedule_alarm(a_sweep, s_sweep, True)
         recent = now - p.stale_min_td  # no sensor that reported since then can be stale
         for s in sensors.values():
-            if s.last_ts < recent and STALE not in s.flags.calm:
-                s.stale = (now - s.last_ts).total_seconds() / s.stale_after(p)
+            if s.last_ts >= recent:
+                continue
+            after = s.stale_after(p)
+            age = (now - s.last_ts).total_seconds()
+            if age < after:
+                continue
+            since = s.last_ts + timedelta(seconds=after)
+            if STALE not in s.flags.calm:
+                s.stale = age / after
                 raised, cleared = s.flags.update(s.measures(), rules, _STALE_ONLY)
-                if raised:
-                    out += maintenance_events(s.sensor_id, now, s.flags, raised, cleared, s.evidence())
-            if now >= s.next_periodic:
-                s.next_periodic = now + p.interval
-                out.append(health_event(s, now, p, "periodic"))
+                out += maintenance_events(s.sensor_id, since, s.flags, raised, cleared, s.evidence())
+                s.next_silent = since
+            if now >= s.next_silent:  # the latest report due: a long-silent sensor is not reported in a burst
+                at = since + (now - since) // p.interval * p.interval
+                s.next_silent = at + p.interval
+                out.append(health_event(s, at, p, "stale"))
     if out:
         return out

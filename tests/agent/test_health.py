@@ -1,4 +1,5 @@
-"""Sensor health in historical mode: the score's components, periodic and band-crossing events, staleness."""
+"""Sensor health in historical mode: the score's components, periodic and band-crossing events, staleness;
+data-driven events the same however the input is batched and however long the engine runs."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import pytest
 
 from agent.config import ConfigError, HealthConfig, MaintenanceConfig
 from agent.health import parse_bands, parse_ranges, sensor_health
-from agent.records import MetricScore, SensorReading
+from agent.records import MetricScore, SensorReading, event_id
 
 T0 = datetime(2026, 3, 2, 8, 0)
 
@@ -31,11 +32,12 @@ def healthy(sid: str, n: int, start: float = 0.0, seed: int = 0) -> list[SensorR
 
 
 def run_health(readings: list, scores: list = (), h: HealthConfig | None = None, end: float | None = None,
-               m: MaintenanceConfig | None = None) -> list:
+               m: MaintenanceConfig | None = None, batches: list | None = None) -> list:
+    """Events of `sensor_health` over the readings, one batch per reading at its own time unless `batches`."""
     h = h or HealthConfig()
     m = m or MaintenanceConfig()
     end = end if end is not None else max(r.ts for r in readings).timestamp() - T0.timestamp() + 1
-    batches = [(r.ts, [r]) for r in sorted(readings, key=lambda r: r.ts)]
+    batches = batches or [(r.ts, [r]) for r in sorted(readings, key=lambda r: r.ts)]
     score_batches = [(s.ts, [s]) for s in scores]
 
     @csp.graph
@@ -93,13 +95,23 @@ def test_bad_status_attribute_and_low_battery():
 
 
 def test_stale_sensor_is_flagged_by_the_timer_and_cleared_when_it_returns():
-    h = HealthConfig(interval=3600.0, stale_factor=10.0, stale_min=5.0)
+    h = HealthConfig(interval=60.0, stale_factor=10.0, stale_min=5.0)
     rs = healthy("a/1", 50) + healthy("a/1", 20, start=200)
-    evs = [e for e in run_health(rs, h=h, end=230) if e.kind == "maintenance"]
-    assert [(e.data["state"], e.data["reasons"]) for e in evs] == [("raised", ["stale"]), ("cleared", ["stale"])]
-    # raised by the engine-time sweep about stale_factor x interval after the last reading, cleared by the reading
-    assert at(49 + 10) <= evs[0].ts <= at(49 + 10 + h.sweep_interval)
-    assert evs[1].ts == at(200)
+    evs = run_health(rs, h=h, end=230)
+    flags = [e for e in evs if e.kind == "maintenance"]
+    assert [(e.data["state"], e.data["reasons"]) for e in flags] == [("raised", ["stale"]), ("cleared", ["stale"])]
+    # found by the engine-time sweep, stamped when the data went stale: stale_factor x interval after the last
+    # reading; cleared by the reading
+    assert flags[0].ts == at(49 + 10) and flags[1].ts == at(200)
+    # while silent, its health is reported from that moment on, every interval, with freshness 0
+    silent = [e for e in evs if e.kind == "health" and e.data["why"] == "stale"]
+    assert [e.ts for e in silent] == [at(59), at(119), at(179)]
+    assert all(e.data["components"]["freshness"] == 0.0 and e.data["band"] == "poor" for e in silent)
+    assert silent[0].event_id == event_id("health", "a/1", at(59), "stale")
+    # ... without moving the band the readings drive: no crossing back when it returns, only the flag clears
+    back = [e for e in evs if e.kind == "health" and e.data["why"] != "stale"]
+    assert [(e.data["why"], e.ts) for e in back] == [("periodic", at(200))]  # the first reading of its bucket
+    assert back[0].event_id == event_id("health", "a/1", at(180), "periodic") and back[0].data["band"] == "good"
 
 
 def test_anomaly_scores_count_toward_the_anomaly_rate_but_steady_metrics_do_not():
@@ -117,19 +129,51 @@ def test_anomaly_scores_count_toward_the_anomaly_rate_but_steady_metrics_do_not(
 def test_out_of_order_and_first_readings_do_not_break_anything():
     rs = healthy("a/1", 40)
     late = reading("a/1", 10.5, temperature=21.0, humidity=45.0, battery=90.0)
+    batches = sorted([(r.ts, [r]) for r in rs] + [(at(40), [late])], key=lambda b: b[0])
+    h = HealthConfig(interval=30.0, stale_min=5.0, stale_factor=10.0)
+    evs = run_health(rs + [late], h=h, end=61, batches=batches)
+    assert [(e.kind, e.data["why"] if e.kind == "health" else e.data["state"]) for e in evs] == [
+        ("health", "periodic"), ("maintenance", "raised"), ("health", "stale")]
+    assert evs[0].ts == at(30) and evs[0].data["readings"] == 31  # the first reading starts no event
+    assert evs[2].data["readings"] == 41  # the late reading counts as a value ...
+    assert evs[2].data["last_reading"] == "2026-03-02T08:00:39Z" and evs[2].ts == at(49)  # ... not as a sign of life
 
-    @csp.graph
-    def g():
-        batches = [(r.ts, [r]) for r in rs] + [(at(40), [late])]
-        feed = csp.curve(list[SensorReading], sorted(batches, key=lambda b: b[0]))
-        h = HealthConfig(interval=30.0, stale_min=100.0)
-        csp.add_graph_output("e", sensor_health(feed, csp.null_ts(list[MetricScore]), h, MaintenanceConfig()))
 
-    out = csp.run(g, starttime=T0, endtime=timedelta(seconds=61))
-    evs = [e for _, l in out["e"] for e in l]
-    assert [e.data["why"] for e in evs] == ["periodic", "periodic"]
-    assert evs[1].data["readings"] == 41  # the late reading counts as a value ...
-    assert evs[1].data["last_reading"] == "2026-03-02T08:00:39Z"  # ... but not as a sign of life
+def ids(events, why: str) -> list[tuple]:
+    return sorted((e.event_id, e.ts) for e in events if e.kind == "health" and e.data["why"] == why)
+
+
+def test_periodic_health_follows_data_time_whatever_the_batching_and_the_engine_clock():
+    """One periodic event per sensor and bucket of data time, with the first reading in the bucket, keyed on the
+    bucket: fine or coarse batches, an engine clock far ahead of the data, a run past the last reading: same ids."""
+    rng = random.Random(5)
+    rs = []
+    for sid in ("a/1", "b/2"):
+        t = rng.uniform(0, 3)
+        while t < 400:  # irregular reporting: 0.2 to 4 s apart
+            rs.append(reading(sid, t, temperature=21 + rng.gauss(0, 0.1), humidity=45 + rng.gauss(0, 0.5)))
+            t += rng.uniform(0.2, 4.0)
+    rs.sort(key=lambda r: r.ts)
+    h = HealthConfig(interval=30.0)
+    fine = run_health(rs, h=h)
+    periodic = ids(fine, "periodic")
+    assert len(periodic) == 2 * 13  # buckets starting at 30, 60, ..., 390 for each sensor
+    for sid in ("a/1", "b/2"):
+        mine = [r.ts for r in rs if r.sensor_id == sid]
+        for k in range(1, 14):
+            start = at(30 * k)
+            first = min(t for t in mine if t >= start)  # stamped with the first reading of the bucket
+            assert (event_id("health", sid, start, "periodic"), first) in periodic
+    # 20-second batches handed to the engine at the batch's end: the engine clock runs up to 20 s ahead of
+    # the data, so the stale timer fires in between; the data-driven events do not move
+    coarse = {}
+    for r in rs:
+        coarse.setdefault(at(20 * (int((r.ts - T0).total_seconds()) // 20 + 1)), []).append(r)
+    late_clock = run_health(rs, h=h, batches=sorted(coarse.items()), end=1000)
+    assert ids(late_clock, "stale")  # the timer did fire (and the engine ran far past the last reading) ...
+    for why in ("periodic", "band"):
+        assert ids(late_clock, why) == ids(fine, why)  # ... and changed nothing the data drives
+    assert ids(run_health(rs, h=h, end=1000), "periodic") == periodic
 
 
 def test_bad_health_and_market_keys_fail_when_the_graphs_are_wired():

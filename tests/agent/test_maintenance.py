@@ -9,9 +9,10 @@ import pytest
 
 from agent.config import Config, HealthConfig, MaintenanceConfig
 from agent.maintenance import DRIFT, REASONS, Flags, Rules
-from agent.records import SensorReading
+from agent.records import SensorReading, event_id
 from agent.sensor_graph import sensor_graph
 from agent.simulator import SENSOR_FAULTS, SimConfig, Simulator, match_faults, to_batches
+from agent.timeutil import parse_timestamp
 
 T0 = datetime(2026, 3, 2, 8, 0)
 
@@ -79,6 +80,18 @@ def test_every_injected_fault_raises_its_reason_within_a_bounded_delay():
     raised = [e for e in events if e.kind == "maintenance" and e.data["state"] == "raised"]
     assert all(e.severity == "warning" and e.data["reasons"] for e in raised)
     assert len({e.event_id for e in events}) == len(events)
+    # every flag is stamped in data time and keyed on it: one a reading raised or cleared carries that reading's
+    # time; a stale raise (found by the timer) the moment the silence passed the sensor's stale threshold
+    seen = {(r.sensor_id, r.ts) for _, batch in to_batches(sim.messages(), cfg)["sensor"] for r in batch}
+    flags = [e for e in events if e.kind == "maintenance"]
+    for e in flags:
+        assert e.event_id == event_id("maintenance", e.key, e.ts, e.data["state"], *e.data["reasons"])
+        if e.data["reasons"] == ["stale"] and e.data["state"] == "raised":
+            last = parse_timestamp(e.data["last_reading"])
+            assert (e.key, last) in seen and last + timedelta(seconds=cfg.health.stale_min) <= e.ts
+        else:
+            assert (e.key, e.ts) in seen
+    assert {e.data["state"] for e in flags} == {"raised", "cleared"}
 
 
 def test_healthy_sensors_raise_nothing_over_a_long_run():
