@@ -115,8 +115,8 @@ class AnomalyConfig:
 
 @dataclasses.dataclass
 class HealthConfig:
-    interval: float = 60.0  # seconds between periodic `health` events per sensor
-    sweep_interval: float = 1.0  # seconds between timer sweeps for staleness and due periodic events
+    interval: float = 60.0  # seconds of data time between periodic `health` events per sensor (sent with its first reading in a new bucket)
+    sweep_interval: float = 1.0  # seconds between engine-time sweeps that find silent (stale) sensors and report their health
     warmup: int = 30  # readings that form a sensor's own baseline before drift/noise are judged
     fast_span: int = 20  # readings in the short window (EWMA span) compared against the baseline
     noise_span: int = 50  # readings in the short noise window (EWMA span of squared changes): longer than fast_span, as squares are skewed
