@@ -128,7 +128,7 @@ class HealthConfig:
     drift_z: float = 6.0  # short-window mean this many baseline deviations away = drift
     noise_ratio: float = 2.75  # short-window noise (std of changes) this many times the baseline = noisy
     anomaly_rate: float = 0.2  # recent fraction of anomalous readings that is a burst
-    anomaly_score: float = 0.8  # anomaly score at or above which a reading counts as anomalous here (the detector caps repeats during its refractory period just below anomaly.threshold)
+    anomaly_score: float = 0.8  # anomaly score at or above which a reading counts as anomalous here (the detector halves scores during its refractory period after an alarm)
     outlier_z: float = 8.0  # a value this far (baseline deviations) from the short-window mean is an outlier: it counts toward the anomaly rate (the detector suppresses repeats after an alarm) and stays out of drift and noise
     noise_clip: float = 6.0  # values and changes beyond this many baseline deviations are clipped in the short window, so sporadic spikes are neither drift nor noise
     steady_metrics: str = "battery"  # metrics that may legitimately hold still: not judged stuck, drifting or noisy
