@@ -205,7 +205,7 @@ async def test_flood_429_with_retry_after(serve, tiny_model_dir):
             body = {"prompt": "flood", "max_tokens": 15, "ignore_eos": True}
             answers = await asyncio.gather(*(http.post("/v1/completions", json=body) for _ in range(12)))
             codes = sorted(r.status_code for r in answers)
-            assert set(codes) == {200, 429} and codes.count(200) >= 3, codes
+            assert set(codes) == {200, 429} and codes.count(200) >= 2, codes  # at least the queued ones
             busy = next(r for r in answers if r.status_code == 429)
             assert busy.headers["retry-after"] == "1" and busy.json()["error"]["type"] == "rate_limit_error"
             # the queue drains: the server answers normally afterwards
