@@ -315,21 +315,3 @@ def read_secret(cfg_key: str, path: str) -> str | None:
     except OSError as e:
         raise ConfigError(f"{cfg_key}: cannot read {path}: {e.strerror}") from None
 
-
-def defaults_as_toml() -> str:
-    """Every key with its default, as TOML: the reference the README and example are checked against."""
-    lines: list[str] = []
-    cfg = Config()
-    for section in _section_types(Config):
-        lines.append(f"[{section}]")
-        for f in dataclasses.fields(getattr(cfg, section)):
-            value = getattr(getattr(cfg, section), f.name)
-            if isinstance(value, bool):
-                text = "true" if value else "false"
-            elif isinstance(value, str):
-                text = '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-            else:
-                text = repr(value)
-            lines.append(f"{f.name} = {text}")
-        lines.append("")
-    return "\n".join(lines)
