@@ -2,7 +2,7 @@
 
 One module-level registry so that every part of the agent (MQTT thread, csp
 nodes, writer, outbox) updates the same objects; the HTTP endpoint serves
-`REGISTRY` and tests can read values from it without a global default registry.
+`REGISTRY`, apart from prometheus_client's global default registry.
 """
 
 from __future__ import annotations
@@ -65,7 +65,3 @@ def reason_class(reason: str) -> str:
             return label
     return "field"
 
-
-def value(name: str, labels: dict[str, str] | None = None) -> float:
-    """Current value of a sample in REGISTRY (0 when absent): for tests and the progress view."""
-    return REGISTRY.get_sample_value(name, labels or {}) or 0.0
