@@ -45,7 +45,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from agent.pytest_plugin import AgentProcess, Mosquitto, free_port  # noqa: E402
+from agent.harness import AgentProcess, Mosquitto, free_port  # noqa: E402
 
 RECEIVE_MAXIMUM = 1000
 

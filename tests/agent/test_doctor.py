@@ -20,8 +20,8 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from agent import doctor
-from agent.harness import Mosquitto
-from agent.pytest_plugin import free_port, require, write_config
+from agent.harness import Mosquitto, free_port, write_config
+from agent.pytest_plugin import require
 
 
 @pytest.fixture(autouse=True)

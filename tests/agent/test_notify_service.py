@@ -13,8 +13,8 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from agent.harness import Mosquitto
-from agent.pytest_plugin import free_port, require, write_config
+from agent.harness import Mosquitto, free_port, write_config
+from agent.pytest_plugin import require
 
 
 class FakeManager:
