@@ -16,7 +16,6 @@ import time
 import typing
 
 
-
 class Notifier:
     """Messages to the service manager: READY, WATCHDOG, STATUS, STOPPING, RELOADING."""
 
