@@ -228,17 +228,19 @@ def _check_database(url) -> Result:
         with engine.connect() as conn:
             if sa.inspect(conn).has_table("events"):
                 ok = conn.exec_driver_sql("select has_table_privilege(current_user, 'events', 'INSERT')").scalar()
-                what = "INSERT on table events"
+                what, grant = "INSERT on table events", "GRANT INSERT ON events TO"
             else:
                 ok = conn.exec_driver_sql("select has_schema_privilege(current_user, current_schema(), 'CREATE')").scalar()
-                what = "CREATE in the current schema"
+                schema = conn.exec_driver_sql("select current_schema()").scalar()  # None: no usable one on the path
+                what = f"CREATE in schema {schema}" if schema else "usable schema on the search_path"
+                grant = f"GRANT USAGE, CREATE ON SCHEMA {schema or '<schema>'} TO"
     except Exception as e:  # noqa: BLE001 - any failure to reach the database is the finding
         return Result("event log", False, f"{shown}: {str(e).splitlines()[0]}",
                       "is the database server up and store.url right (host, user, database, password)?")
     finally:
         engine.dispose()
     if not ok:
-        return Result("event log", False, f"{shown}: no {what}", f"GRANT {what.split(' on ')[0].split(' in ')[0]} to the agent's user")
+        return Result("event log", False, f"{shown}: no {what}", f"as the database owner: {grant} {url.username or '<agent user>'}")
     return Result("event log", True, f"{shown}: connected, {what} granted")
 
 
