@@ -84,7 +84,7 @@ class JournalLogger:
     def __init__(self, identifier: str, path: str | None = None, fallback: typing.TextIO | None = None):
         self.identifier = identifier
         self.path = path or JOURNAL_SOCKET
-        self.fallback = fallback or sys.stdout
+        self.fallback = fallback  # None: sys.stdout as it is at the time of the write (see agent.logs)
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
         self._lock = threading.Lock()
 
@@ -94,7 +94,7 @@ class JournalLogger:
             self._sock.sendto(data, self.path)
         except OSError:  # journald away or the entry too large for a datagram: keep the line on stdout
             with self._lock:
-                print(message, file=self.fallback, flush=True)
+                print(message, file=self.fallback or sys.stdout, flush=True)
 
     debug = info = warning = warn = error = err = critical = exception = fatal = log = msg
 
