@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -14,13 +13,9 @@ from pathlib import Path
 import httpx
 import uvicorn
 
+from agent.harness import free_port
+
 MODEL_SOURCES = ("export.py", "gpt.py", "prompt.py", "tokenizer.py", "testing.py", "train.py")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def cached_tiny_model(cache_dir: str | Path) -> Path:
