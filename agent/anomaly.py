@@ -52,7 +52,7 @@ _UNSEEN = float("inf")  # the daily profile's error before its first prediction
 SPATIAL_MIN_SCORE = 0.3  # a new extreme must also be mildly surprising: a young range is narrow
 
 
-def _alpha(span: float) -> float:
+def ewma_alpha(span: float) -> float:
     """EWMA weight of a span in readings (a span below 1 means "no memory")."""
     return 2.0 / (max(span, 1.0) + 1.0)
 
@@ -66,12 +66,12 @@ class Params:
     )
 
     def __init__(self, cfg: AnomalyConfig):
-        self.a_level = _alpha(cfg.level_span)
-        self.a_trend = _alpha(cfg.trend_span) if cfg.trend_span > 0.0 else 0.0
-        self.a_dev = _alpha(cfg.scale_span)
-        self.a_season = _alpha(cfg.season_span)
-        self.a_short = _alpha(cfg.short_span)
-        self.a_long = _alpha(cfg.long_span)
+        self.a_level = ewma_alpha(cfg.level_span)
+        self.a_trend = ewma_alpha(cfg.trend_span) if cfg.trend_span > 0.0 else 0.0
+        self.a_dev = ewma_alpha(cfg.scale_span)
+        self.a_season = ewma_alpha(cfg.season_span)
+        self.a_short = ewma_alpha(cfg.short_span)
+        self.a_long = ewma_alpha(cfg.long_span)
         self.clip = cfg.clip
         self.warmup = cfg.warmup
         self.refractory = cfg.refractory

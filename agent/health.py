@@ -34,6 +34,7 @@ from datetime import datetime, timedelta
 import csp
 from csp import ts
 
+from agent.anomaly import ewma_alpha
 from agent.config import ConfigError, HealthConfig, MaintenanceConfig
 from agent.maintenance import REASONS, STALE, Flags, Rules, maintenance_events
 from agent.records import Event, MetricScore, SensorReading, event_id
@@ -107,11 +108,11 @@ class Params:
     def __init__(self, h: HealthConfig, m: MaintenanceConfig):
         self.rules = Rules(h, m)
         self.warmup = max(2, h.warmup)
-        self.a_fast = 2.0 / (h.fast_span + 1.0)
-        self.a_noise = 2.0 / (h.noise_span + 1.0)
-        self.a_base = 2.0 / (h.baseline_span + 1.0)
-        self.a_anom = 2.0 / (h.anomaly_span + 1.0)
-        self.a_gap = 2.0 / (h.fast_span + 1.0)
+        self.a_fast = ewma_alpha(h.fast_span)
+        self.a_noise = ewma_alpha(h.noise_span)
+        self.a_base = ewma_alpha(h.baseline_span)
+        self.a_anom = ewma_alpha(h.anomaly_span)
+        self.a_gap = ewma_alpha(h.fast_span)
         self.ranges = parse_ranges(h.ranges)
         self.steady = _words(h.steady_metrics)
         self.bad_status = _words(h.bad_status)

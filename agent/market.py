@@ -20,6 +20,7 @@ from datetime import datetime, timedelta
 import csp
 from csp import ts
 
+from agent.anomaly import ewma_alpha
 from agent.config import ConfigError, MarketConfig
 from agent.records import Bar, Event, Sentiment, Trade, make_event
 
@@ -39,10 +40,6 @@ def check(cfg: MarketConfig) -> None:
     for key in ("fast_span", "slow_span", "vol_span", "vol_long_span"):
         if getattr(cfg, key) < 1:
             raise ConfigError(f"market.{key}: must be at least 1")
-
-
-def ewma_alpha(span: int) -> float:
-    return 2.0 / (span + 1.0)
 
 
 @csp.node
