@@ -113,8 +113,12 @@ def score_command(args) -> int:
     except InputError as e:
         print(f"edge-agent score: {args.input}: {e}", file=sys.stderr)
         return 2
+    try:  # before scoring: a bad --out fails at once, not after the whole series
+        out = open(args.out, "w", newline="", encoding="utf-8") if args.out else sys.stdout
+    except OSError as e:
+        print(f"edge-agent score: {args.out}: {e.strerror}", file=sys.stderr)
+        return 2
     scores = score_series([(when, x) for _, _, when, x in rows], cfg, args.metric)
-    out = open(args.out, "w", newline="", encoding="utf-8") if args.out else sys.stdout
     try:
         w = csv.writer(out, lineterminator="\n")
         w.writerow(("timestamp", "value", "anomaly_score"))

@@ -139,3 +139,11 @@ def test_metric_names_the_value_column(tmp_path, capsys):
     assert len(out.read_text().splitlines()) == 61
     assert main(["score", str(path)]) == 2
     assert "no 'value' column" in capsys.readouterr().err
+
+
+def test_unwritable_out_exits_2_with_one_line(tmp_path, capsys):
+    rows = [(f"2024-01-01 00:{i:02d}:00", 1.0) for i in range(5)]
+    out = tmp_path / "missing" / "out.csv"
+    assert main(["score", str(write(tmp_path / "in.csv", rows)), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(out) in err and "Traceback" not in err
