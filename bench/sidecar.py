@@ -75,10 +75,11 @@ def rate(fn, tokens: int, repeat: int = 3) -> float:
 
 @torch.no_grad()
 def nanogpt_generate(model, prompt: list[int], n: int) -> list[int]:
-    """nanoGPT's generate(): the whole (cropped) sequence through the model for every new token."""
+    """nanoGPT's generate(): the whole (cropped) sequence through the model for every new token
+    (and, as nanoGPT's forward does at inference, the head on the last position only)."""
     idx = torch.tensor([prompt])
     for _ in range(n):
-        logits, _ = model(idx[:, -model.config.block_size:])
+        logits, _ = model(idx[:, -model.config.block_size:], last_only=True)
         idx = torch.cat([idx, logits[:, -1].argmax(-1, keepdim=True)], dim=1)
     return idx[0, len(prompt):].tolist()
 

@@ -27,7 +27,7 @@ from model.prompt import FORMAT, LABEL_TOKENS, LABELS, SENTIMENT, label_ids
 from model.tokenizer import Tokenizer
 
 log = structlog.get_logger("model.export")
-OPSET = 18
+OPSET = 23  # SDPA exports as ONNX Attention (one node per layer, with past/present): onnxruntime >= 1.23
 TOLERANCE = 1e-4
 GREEDY_TOKENS = 64
 # provenance of the default training file, from shared/data/financial-tweets/README.md
@@ -197,7 +197,8 @@ def export(checkpoint: str | Path, out: str | Path, int8: bool = False, data: st
         if int8:
             from onnxruntime.quantization import QuantType, quantize_dynamic
 
-            quantize_dynamic(tmp / "model.onnx", tmp / "model.int8.onnx", weight_type=QuantType.QInt8)
+            quantize_dynamic(tmp / "model.onnx", tmp / "model.int8.onnx", weight_type=QuantType.QInt8,
+                             op_types_to_quantize=["MatMul"])  # the weights; its QAttention is not ONNX Attention
         data_path = Path(data) if data else Path(ckpt["data"]["path"])
         if data_path.is_file():
             _, val_rows = split(read_labelled(data_path))

@@ -134,12 +134,14 @@ class GPT(nn.Module):
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
         past_key_values: list[KV] | None = None,
+        last_only: bool = False,
     ) -> tuple[torch.Tensor, list[KV]]:
         """idx [B, T] -> logits [B, T, vocab] and the presents (past + these T positions).
 
         Without mask and past this is nanoGPT's causal forward. With a past or
         padding, pass attention_mask [B, past+T] (1 = real token) and
         position_ids [B, T] (each sequence's own positions, so padding does not shift them).
+        `last_only` is nanoGPT's inference shortcut: the head on the last position only (logits [B, 1, vocab]).
         """
         B, T = idx.shape
         past_len = past_key_values[0][0].shape[2] if past_key_values else 0
@@ -155,4 +157,6 @@ class GPT(nn.Module):
         for i, block in enumerate(self.transformer.h):
             x, present = block(x, mask, past_key_values[i] if past_key_values else None)
             presents.append(present)
+        if last_only:
+            x = x[:, -1:, :]
         return self.lm_head(self.transformer.ln_f(x)), presents

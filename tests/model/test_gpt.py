@@ -25,6 +25,15 @@ def test_shapes_and_tied_head(model):
 
 
 @torch.no_grad()
+def test_last_only_is_the_last_position_of_the_full_logits(model):
+    x = torch.randint(0, 50, (2, 9))
+    full, _ = model(x)
+    last, _ = model(x, last_only=True)
+    assert last.shape == (2, 1, 50)
+    torch.testing.assert_close(last[:, 0], full[:, -1])
+
+
+@torch.no_grad()
 def test_future_tokens_do_not_change_past_logits(model):
     x = torch.randint(0, 50, (1, 10))
     y = x.clone()
