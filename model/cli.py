@@ -41,6 +41,8 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weight-decay", type=float, default=0.1)
     p.add_argument("--ema", type=float, default=0.995, help="EMA decay of the averaged weights")
     p.add_argument("--lm-weight", type=float, default=0.5, help="weight of the next-token loss on the text")
+    p.add_argument("--pretrain-epochs", type=int, default=0,
+                   help="first epochs on the language-model loss alone, before the label term joins")
     p.add_argument("--label-smoothing", type=float, default=0.1)
     p.add_argument("--token-noise", type=float, default=0.15, help="fraction of text tokens replaced at random (augmentation)")
     p.add_argument("--eval-every", type=int, default=270, help="steps between validation + checkpoint")

@@ -46,8 +46,10 @@ def pad_batch(seqs: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tens
     return ids, torch.tensor([len(s) for s in seqs])
 
 
-def batch_loss(model, seqs, tok: Tokenizer, labels: torch.Tensor, args, device) -> tuple[torch.Tensor, int]:
-    """Both loss terms for a batch of training sequences; returns (loss, real input tokens)."""
+def batch_loss(model, seqs, tok: Tokenizer, labels: torch.Tensor, args, device,
+               pretrain: bool = False) -> tuple[torch.Tensor, int]:
+    """Both loss terms for a batch of training sequences (`pretrain`: the text's LM loss alone);
+    returns (loss, real input tokens)."""
     ids, lengths = pad_batch(seqs, tok.eot_id)
     x, y = ids[:, :-1].to(device), ids[:, 1:].clone()
     T = y.shape[1]
@@ -64,7 +66,7 @@ def batch_loss(model, seqs, tok: Tokenizer, labels: torch.Tensor, args, device) 
     lm = F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1).to(device), ignore_index=-1)
     cls_logits = logits[torch.arange(len(seqs), device=device), sent_pos.to(device)][:, label_ids(tok)]
     cls = F.cross_entropy(cls_logits, labels.to(device), label_smoothing=args.label_smoothing)
-    return args.lm_weight * lm + cls, int((lengths - 1).sum())
+    return (lm if pretrain else args.lm_weight * lm + cls), int((lengths - 1).sum())
 
 
 @torch.no_grad()
@@ -183,7 +185,8 @@ def train(args) -> Path:
         model.train()
         for group in opt.param_groups:
             group["lr"] = lr_at(step, total, args)
-        loss, n = batch_loss(fwd, [seqs[i] for i in batch], tok, labels[batch], args, device)
+        loss, n = batch_loss(fwd, [seqs[i] for i in batch], tok, labels[batch], args, device,
+                             pretrain=epoch < args.pretrain_epochs)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
