@@ -1,8 +1,9 @@
 """The event log is the outbox: events reach MQTT from the log, never around it.
 
 After each commit the writer hands the newly logged rows to `on_commit`, which
-publishes them at once (QoS 1) when the broker is connected. A PUBACK marks the
-row published (batched, from the outbox thread, never from paho's thread). On
+publishes them at once (QoS 1) when the broker is connected. PUBACKs mark their
+rows published in one statement per `flush_interval` (from the outbox thread,
+never from paho's thread): one UPDATE per commit would double the writer's work. On
 start and after every reconnect the outbox republishes whatever the log still
 holds unpublished, so an event logged while the broker was away, or before an
 agent crash, is published later; rows already in flight are skipped, because
@@ -61,7 +62,7 @@ class Outbox:
             self._publish(rows)
         elif rows:
             self._backlog = True
-        self._wake.set()
+            self._wake.set()
 
     def on_connect(self) -> None:
         """paho's thread: defer the backlog query to the outbox thread."""
