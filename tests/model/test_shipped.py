@@ -61,4 +61,4 @@ def test_accuracy_on_validation_sample(engine, shared_data):
     _, val = split(read_labelled(shared_data / "financial-tweets" / "train.csv"))
     sample = random.Random(0).sample(val, 200)
     m = evaluate_engine(engine, sample)
-    assert m["accuracy"] >= 0.75  # measured 0.790 on this sample (0.800 on the whole split)
+    assert m["accuracy"] >= 0.75  # measured 0.785 on this sample (0.825 on the whole split)
