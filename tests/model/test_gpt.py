@@ -95,3 +95,24 @@ def test_training_is_deterministic_and_resumes(tmp_path):
     assert resumed["step"] == 12
     for k, v in straight["model"].items():
         torch.testing.assert_close(resumed["model"][k], v)
+
+
+@torch.no_grad()
+def test_pretraining_loss_ignores_the_labels():
+    """--pretrain-epochs: the language-model loss alone, so the labels cannot change it."""
+    from model.prompt import SPECIAL_TOKENS, training_ids
+    from model.testing import train_args
+    from model.tokenizer import Tokenizer
+    from model.train import batch_loss
+
+    texts = ["$ACME upgraded to Buy", "Initech shares fall after weak guidance", "Hooli to present"]
+    tok = Tokenizer.train(texts, 300, SPECIAL_TOKENS)
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(block_size=32, vocab_size=tok.vocab_size, n_layer=1, n_head=2, n_embd=16, dropout=0.0))
+    seqs = [training_ids(tok, t, 0, 32) for t in texts]
+    args = train_args("unused.csv", "unused", token_noise=0.0)
+    a, b = torch.tensor([0, 1, 2]), torch.tensor([2, 2, 0])
+    device = torch.device("cpu")
+    assert batch_loss(model, seqs, tok, a, args, device, pretrain=True)[0] == \
+        batch_loss(model, seqs, tok, b, args, device, pretrain=True)[0]
+    assert batch_loss(model, seqs, tok, a, args, device)[0] != batch_loss(model, seqs, tok, b, args, device)[0]
