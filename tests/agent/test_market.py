@@ -204,31 +204,27 @@ def test_simulated_market_produces_every_market_event_kind_and_replays_identical
     assert len(bars2) == len(bars)
 
 
-def test_a_trade_arriving_within_the_grace_still_counts_in_its_own_bar():
-    # data time 0.9 s, delivered at 1.1 s (in transit): the quiet bar [0, 1) is still open until 1.25 s
+def bars_when_delivered(delivered: float) -> list[tuple]:
+    """(tick time, bar) of one trade at 0.5 s and one of data time 0.9 s delivered at `delivered` s."""
     late = Trade(symbol="AAA", ts=at(0.9), price=11.0, size=100)
 
     @csp.graph
     def g():
-        feed = csp.curve(list[Trade], [(at(0.5), [trade("AAA", 0.5, 10.0)]), (at(1.1), [late])])
+        feed = csp.curve(list[Trade], [(at(0.5), [trade("AAA", 0.5, 10.0)]), (at(delivered), [late])])
         out = market_analytics(feed, csp.null_ts(list[Sentiment]), MarketConfig())
         csp.add_graph_output("bars", out.bars)
 
     out = csp.run(g, starttime=T0, endtime=timedelta(seconds=5))
-    bars = [(t, b) for t, bs in out["bars"] for b in bs]
+    return [(t, b) for t, bs in out["bars"] for b in bs]
+
+
+def test_a_trade_arriving_within_the_grace_still_counts_in_its_own_bar():
+    # data time 0.9 s, delivered at 1.1 s (in transit): the quiet bar [0, 1) is still open until 1.25 s
+    bars = bars_when_delivered(1.1)
     assert len(bars) == 1 and bars[0][1].trades == 2 and bars[0][1].end == at(1)
     assert bars[0][0] == at(1.25)
 
 
 def test_a_trade_later_than_the_grace_joins_the_next_bar_and_never_reopens_a_cut_one():
-    late = Trade(symbol="AAA", ts=at(0.9), price=11.0, size=100)
-
-    @csp.graph
-    def g():
-        feed = csp.curve(list[Trade], [(at(0.5), [trade("AAA", 0.5, 10.0)]), (at(1.6), [late])])
-        out = market_analytics(feed, csp.null_ts(list[Sentiment]), MarketConfig())
-        csp.add_graph_output("bars", out.bars)
-
-    out = csp.run(g, starttime=T0, endtime=timedelta(seconds=5))
-    bars = [b for _, bs in out["bars"] for b in bs]
+    bars = [b for _, b in bars_when_delivered(1.6)]
     assert [(b.start, b.trades, b.close) for b in bars] == [(at(0), 1, 10.0), (at(1), 1, 11.0)]
