@@ -120,6 +120,7 @@ persistence_location {dir}/
 autosave_interval 1
 max_queued_messages 1000000
 max_inflight_messages 1000
+set_tcp_nodelay true
 log_dest file {dir}/mosquitto.log
 user {user}
 """

@@ -18,6 +18,7 @@ the broker redelivers, and deterministic event ids make the redelivery harmless.
 
 import collections
 import json
+import socket
 import struct
 import threading
 import time
@@ -54,6 +55,18 @@ COALESCE = 0.0002  # seconds the pump lets a burst gather after the first messag
 MAX_BATCHES_IN_FLIGHT = 2  # pushed but not yet durable: under load the next batch grows instead
 _PUBACK = struct.Struct("!BBH")
 PROTOCOL_REFUSED = {"Unsupported protocol version", "Unacceptable protocol version"}
+
+
+def no_delay(client, userdata, sock) -> None:
+    """paho's `on_socket_open`: turn off Nagle's algorithm, which paho leaves on.
+
+    With Nagle, a small write (an event, a PUBACK) waits for the ACK of the previous one: measured
+    here as 18 ms gaps in the stream, the largest part of the latency tail.
+    """
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except (OSError, AttributeError):  # not a TCP socket (a Unix socket, a websocket wrapper)
+        pass
 
 
 class BatchMark(csp.Struct):
@@ -135,6 +148,7 @@ class Link:
         c.on_disconnect = self._on_disconnect
         c.on_message = self._on_message
         c.on_publish = self._on_publish
+        c.on_socket_open = no_delay
         kwargs = {}
         if v5:
             props = Properties(PacketTypes.CONNECT)

@@ -21,12 +21,17 @@ Latency: the agent runs live while readings and trades are published at
 `--rate` msgs/s; every trade moves the price 5% (a `price_alert` event) and
 every 50th reading of a sensor is a spike (an `anomaly` event once warmed up).
 Latency = time the event arrives on `edgewatch/events/#` - time its input was
-published, matched by (key, event time).
+published, matched by (key, event time). The floor, measured the same way in
+the same run: an echo (one paho client that republishes those same inputs from
+its callback) in place of the agent: the two broker hops and the paho clients
+alone. Every client and the broker run with TCP_NODELAY (Nagle's algorithm
+off, as the agent sets it; `set_tcp_nodelay` in the harness's Mosquitto).
 
 Prints ONE JSON line. `python bench/ingest.py [--n 200000] [--naive-n 20000]`.
 """
 
 import argparse
+import gc
 import json
 import os
 import random
@@ -46,8 +51,10 @@ from paho.mqtt.properties import Properties
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from agent.harness import AgentProcess, Mosquitto, free_port  # noqa: E402
+from agent.mqtt import no_delay  # noqa: E402
 
 RECEIVE_MAXIMUM = 1000
+SPIKE = 95.0  # the latency run's spike reading: an anomaly event
 
 
 def readings(n: int, sensors: int, seed: int = 7) -> list[tuple[str, bytes]]:
@@ -68,6 +75,7 @@ def _client(client_id: str) -> tuple[mqtt.Client, dict]:
     c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
     c.max_inflight_messages_set(RECEIVE_MAXIMUM)
     c.max_queued_messages_set(0)
+    c.on_socket_open = no_delay
     props = Properties(PacketTypes.CONNECT)
     props.SessionExpiryInterval = 3600
     props.ReceiveMaximum = RECEIVE_MAXIMUM
@@ -113,7 +121,7 @@ def publish_all(broker, messages: list[tuple[str, bytes]]) -> float:
     return rate
 
 
-# -- consumers (run in their own process: `--role bare|naive`) ----------------------------------------
+# -- consumers (run in their own process: `--role bare|naive|echo`) -------------------------------------
 
 
 def drain(port: int, client_id: str, n: int, handle) -> float:
@@ -139,6 +147,23 @@ def drain(port: int, client_id: str, n: int, handle) -> float:
     c.disconnect()
     c.loop_stop()
     return (n - 1) / (state["last"] - state["first"])
+
+
+def echo(port: int) -> None:
+    """The latency floor: republish every input the agent turns into an event, from paho's callback."""
+    c, _ = _client("bench-echo")
+
+    def on_message(client, userdata, msg):
+        e = json.loads(msg.payload)
+        if msg.topic.startswith("market/") or e.get("temperature") == SPIKE:
+            key = msg.topic.split("/")[1]
+            client.publish(f"edgewatch/events/echo/{key}", json.dumps({"key": key, "ts": e["ts"]}), qos=1)
+
+    c.on_message = on_message
+    c.on_subscribe = lambda *a: print("subscribed", flush=True)
+    c.connect("127.0.0.1", port, clean_start=True)
+    c.subscribe([("sensors/#", 1), ("market/#", 1)])
+    c.loop_forever()
 
 
 def bare_handler():
@@ -227,11 +252,19 @@ def agent_drain(broker, workdir: Path, client_id: str, n: int, warm: int = 0) ->
     return (c1 - cw) / (t1 - tw), (cw - c0) / (tw - t0)
 
 
-def latency(broker, workdir: Path, rate: float, seconds: float) -> dict:
-    """Publish at `rate` msgs/s; publish -> event-on-MQTT latency of every event matched to its input."""
-    agent, _ = agent_process(broker, workdir, "bench-latency", {"anomaly": {"warmup": 20, "refractory": 1}})
-    agent.start()
-    agent.wait_ready(broker)
+def latency(broker, workdir: Path, rate: float, seconds: float, target: str = "agent") -> dict:
+    """Publish at `rate` msgs/s; publish -> event-on-MQTT latency of every event matched to its input.
+
+    `target` "agent" runs `edge-agent run`; "echo" the bare republisher (the floor).
+    """
+    if target == "agent":
+        agent, _ = agent_process(broker, workdir, "bench-latency", {"anomaly": {"warmup": 20, "refractory": 1}})
+        agent.start()
+        agent.wait_ready(broker)
+    else:
+        agent = subprocess.Popen([sys.executable, __file__, "--role", "echo", "--port", str(broker.port)],
+                                 stdout=subprocess.PIPE, text=True)
+        agent.stdout.readline()  # "subscribed"
     sent: dict[tuple[str, str], float] = {}
     lat: list[float] = []
     sub, kw = _client("bench-latency-sub")
@@ -252,6 +285,7 @@ def latency(broker, workdir: Path, rate: float, seconds: float) -> dict:
     pub.loop_start()
     time.sleep(0.5)
     n = int(rate * seconds)
+    gc.disable()  # the bench's own collector pausing the publisher would count against the agent
     t0 = time.perf_counter()
     now0 = datetime.now(timezone.utc).replace(tzinfo=None) - timedelta(seconds=seconds + 5)
     for i in range(n):
@@ -265,14 +299,19 @@ def latency(broker, workdir: Path, rate: float, seconds: float) -> dict:
         else:
             k = i // 10 * 9 + i % 10 - 1
             key, topic = f"lat{k % 20}", f"sensors/lat{k % 20}"
-            payload = {"ts": ts, "temperature": 95.0 if (k // 20) % 50 == 49 else 20.0 + 0.01 * (k % 7)}
+            payload = {"ts": ts, "temperature": SPIKE if (k // 20) % 50 == 49 else 20.0 + 0.01 * (k % 7)}
         sent[(key, ts)] = time.perf_counter()
         pub.publish(topic, json.dumps(payload), qos=1)
     time.sleep(2.0)
+    gc.enable()
     for c in (pub, sub):
         c.disconnect()
         c.loop_stop()
-    agent.stop()
+    if target == "agent":
+        agent.stop()
+    else:
+        agent.kill()
+        agent.wait()
     if not lat:
         return {"events": 0}
 
@@ -285,6 +324,14 @@ def latency(broker, workdir: Path, rate: float, seconds: float) -> dict:
             "max_ms": q(every, 1.0), "p99_after_1s_ms": q(steady, 0.99)}
 
 
+def latencies(broker, tmp: Path, rate: float, seconds: float) -> dict:
+    """The agent's latency, the echo floor's, and the ratio of their p99s."""
+    agent = latency(broker, tmp / "latency", rate, seconds)
+    floor = latency(broker, tmp / "latency-echo", rate, seconds, target="echo")
+    return {"latency": agent, "latency_echo": floor,
+            "latency_p99_vs_echo": round(agent["p99_ms"] / floor["p99_ms"], 2) if floor.get("p99_ms") else None}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=200_000)
@@ -292,10 +339,13 @@ def main() -> None:
     ap.add_argument("--rate", type=float, default=1000.0, help="msgs/s of the latency run")
     ap.add_argument("--latency-seconds", type=float, default=10.0)
     ap.add_argument("--latency-only", action="store_true", help="skip the throughput runs")
-    ap.add_argument("--role", choices=("bare", "naive"), help=argparse.SUPPRESS)
+    ap.add_argument("--role", choices=("bare", "naive", "echo"), help=argparse.SUPPRESS)
     ap.add_argument("--port", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--db", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.role == "echo":
+        echo(args.port)
+        return
     if args.role:  # a consumer subprocess: print its rate
         handler = bare_handler() if args.role == "bare" else naive_handler(args.db)
         print(drain(args.port, f"bench-{args.role}", args.n, handler))
@@ -317,7 +367,7 @@ def main() -> None:
                 return float(out.stdout.strip().splitlines()[-1])
 
             if args.latency_only:
-                print(json.dumps({"latency": latency(broker, tmp / "latency", args.rate, args.latency_seconds)}))
+                print(json.dumps(latencies(broker, tmp, args.rate, args.latency_seconds)))
                 return
             # 100 sensor ids: every consumer drains the same N (naive: the first naive_n)
             for cid in ("bench-bare", "bench-naive", "bench-agent-100"):
@@ -338,7 +388,7 @@ def main() -> None:
             steady, first = agent_drain(broker, tmp / "agent-100k", "bench-agent-100k", args.n + 100_000, 100_000)
             result["agent_100k_ids_msgs_per_s"] = round(steady)
             result["agent_100k_ids_first_reading_msgs_per_s"] = round(first)
-            result["latency"] = latency(broker, tmp / "latency", args.rate, args.latency_seconds)
+            result.update(latencies(broker, tmp, args.rate, args.latency_seconds))
         finally:
             broker.stop()
     result["agent_vs_bare"] = round(result["agent_msgs_per_s"] / result["bare_msgs_per_s"], 3)
