@@ -3,8 +3,9 @@
 Names follow Hugging Face optimum / onnxruntime-genai: inputs `input_ids`,
 `attention_mask`, `position_ids`, `past_key_values.{i}.key|value`; outputs
 `logits`, `present.{i}.key|value`. Batch, sequence and past axes are dynamic
-(asserted after export: the dynamo exporter can silently fix a dimension).
-The export checks itself against PyTorch before anything is written to --out.
+(asserted after export). The graph is written from the weights by
+`model.builder`, not traced; the export checks itself against PyTorch before
+anything is written to --out.
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ import numpy as np
 import onnx
 import structlog
 import torch
-from torch.export import Dim
 
+from model.builder import OPSET, build
 from model.data import read_labelled, split
 from model.evaluate import evaluate_engine
 from model.gpt import GPT, GPTConfig
@@ -27,7 +28,6 @@ from model.prompt import FORMAT, LABEL_TOKENS, LABELS, SENTIMENT, label_ids
 from model.tokenizer import Tokenizer
 
 log = structlog.get_logger("model.export")
-OPSET = 23  # SDPA exports as ONNX Attention (one node per layer, with past/present): onnxruntime >= 1.23
 TOLERANCE = 1e-4
 GREEDY_TOKENS = 64
 # provenance of the default training file, from shared/data/financial-tweets/README.md
@@ -51,18 +51,6 @@ def load_checkpoint(path: str | Path) -> tuple[GPT, Tokenizer, dict]:
     return model.eval(), Tokenizer.from_json(ckpt["tokenizer"]), ckpt
 
 
-class _Flat(torch.nn.Module):
-    """The GPT with the cache as separate tensors, the layout the ONNX graph exposes."""
-
-    def __init__(self, model: GPT):
-        super().__init__()
-        self.model = model
-
-    def forward(self, input_ids, attention_mask, position_ids, past):
-        logits, presents = self.model(input_ids, attention_mask, position_ids, past)
-        return logits, presents
-
-
 def io_names(n_layer: int) -> tuple[list[str], list[str]]:
     kv = [(i, k) for i in range(n_layer) for k in ("key", "value")]
     return (["input_ids", "attention_mask", "position_ids"] + [f"past_key_values.{i}.{k}" for i, k in kv],
@@ -70,33 +58,15 @@ def io_names(n_layer: int) -> tuple[list[str], list[str]]:
 
 
 def export_onnx(model: GPT, path: Path) -> None:
-    c = model.config
-    B, T, P, hd = 2, 3, 2, c.n_embd // c.n_head  # sizes > 1: torch.export specialises 0 and 1
-    example = (torch.randint(0, c.vocab_size, (B, T)), torch.ones(B, P + T, dtype=torch.long),
-               torch.arange(P, P + T).expand(B, T),
-               [(torch.zeros(B, c.n_head, P, hd), torch.zeros(B, c.n_head, P, hd)) for _ in range(c.n_layer)])
-    batch, seq = Dim("batch", max=4096), Dim("sequence_length", max=c.block_size)
-    past = Dim("past_sequence_length", min=0, max=c.block_size)
-    kv = {0: batch, 2: past}
-    shapes = {"input_ids": {0: batch, 1: seq}, "attention_mask": {0: batch, 1: Dim.AUTO},
-              "position_ids": {0: batch, 1: seq}, "past": [(kv, kv)] * c.n_layer}
-    inputs, outputs = io_names(c.n_layer)
-    with torch.no_grad():
-        torch.onnx.export(_Flat(model).eval(), example, str(path), input_names=inputs, output_names=outputs,
-                          dynamic_shapes=shapes, dynamo=True, opset_version=OPSET, external_data=False)
-    proto = onnx.load(str(path))
-    mask_dim = next(i for i in proto.graph.input if i.name == "attention_mask").type.tensor_type.shape.dim[1]
-    if mask_dim.dim_param:
-        mask_dim.dim_param = "total_sequence_length"
-    onnx.save(proto, str(path))
-    check_dynamic_axes(path, c.n_layer)
+    onnx.save(build(model), str(path))
+    check_dynamic_axes(path, model.config.n_layer)
 
 
 def check_dynamic_axes(path: Path, n_layer: int) -> None:
     """Every batch/sequence/past axis must be symbolic; a fixed number there breaks batching."""
     graph = onnx.load(str(path), load_external_data=False).graph
     inputs, outputs = io_names(n_layer)
-    dynamic = {"input_ids": (0, 1), "attention_mask": (0, 1), "position_ids": (0, 1), "logits": (0, 1)}
+    dynamic = {"input_ids": (0, 1), "attention_mask": (0, 1), "position_ids": (0, 1), "logits": (0,)}
     dynamic |= {name: (0, 2) for name in inputs[3:] + outputs[1:]}
     found = {v.name: v.type.tensor_type.shape.dim for v in list(graph.input) + list(graph.output)}
     if set(found) != set(inputs) | set(outputs):
