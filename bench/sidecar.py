@@ -1,6 +1,6 @@
 """Sidecar speed on the same weights, in one run: generation tokens/s and classification over HTTP.
 
-    python bench/sidecar.py [--checkpoint CKPT [CKPT ...]] [--tokens 120] [--seconds 3] [--threads 1]
+    python bench/sidecar.py [--checkpoint CKPT] [--tokens 120] [--seconds 3] [--threads 1]
 
 Generation, greedy, batch 1, one prompt, `--tokens` new tokens:
   (1) PyTorch, the nanoGPT way: the whole sequence re-run for every token;
@@ -35,7 +35,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from model import shipped_model_dir  # noqa: E402
-from model.export import export, load_members, torch_greedy  # noqa: E402
+from model.export import export, load_checkpoint, torch_greedy  # noqa: E402
 from sidecar.engine import Engine  # noqa: E402
 from sidecar.testing import SidecarProcess  # noqa: E402
 
@@ -94,9 +94,9 @@ def onnx_generate(engine: Engine, prompt: list[int], n: int) -> list[int]:
     return out
 
 
-def generation(model_dir: Path, checkpoints: list[Path], tokens: int, threads: int) -> dict:
+def generation(model_dir: Path, checkpoint: Path, tokens: int, threads: int) -> dict:
     torch.set_num_threads(threads)  # the same compute for PyTorch and ONNX Runtime
-    model, tok, _ = load_members(checkpoints)
+    model, tok, _ = load_checkpoint(checkpoint)
     prompt = tok.encode("$ACME upgraded to Buy")[:8]
     n = min(tokens, model.config.block_size - len(prompt))
     fp32 = Engine(model_dir, device="cpu", threads=threads)
@@ -110,8 +110,7 @@ def generation(model_dir: Path, checkpoints: list[Path], tokens: int, threads: i
         "onnx_kvcache_tok_s": rate(lambda: onnx_generate(fp32, prompt, n), n),
         "onnx_int8_tok_s": rate(lambda: onnx_generate(int8, prompt, n), n),
         "params": model.num_params(),
-        "arch": {k: getattr(model.config, k) for k in ("n_layer", "n_head", "n_embd", "block_size", "vocab_size")}
-        | {"members": len(model.members)},
+        "arch": {k: getattr(model.config, k) for k in ("n_layer", "n_head", "n_embd", "block_size", "vocab_size")},
     }
     out["ratio_onnx_vs_nocache"] = out["onnx_kvcache_tok_s"] / out["torch_nocache_tok_s"]
     out["ratio_onnx_vs_torch_kvcache"] = out["onnx_kvcache_tok_s"] / out["torch_kvcache_tok_s"]
@@ -199,9 +198,7 @@ def pct(xs: list[float], q: float) -> float:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--checkpoint", nargs="+", type=Path,
-                    help="training checkpoint(s), several for an ensemble, as `edge-model export` takes them "
-                         "(default: a briefly trained shipped-architecture model)")
+    ap.add_argument("--checkpoint", help="a training checkpoint (default: a briefly trained shipped-architecture model)")
     ap.add_argument("--tokens", type=int, default=120)
     ap.add_argument("--seconds", type=float, default=3.0)
     ap.add_argument("--threads", type=int, default=1,
@@ -210,10 +207,10 @@ def main() -> int:
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        ckpts = args.checkpoint or [bench_checkpoint(tmp)]
-        export(ckpts, tmp / "model", int8=True, data=tmp / "none.csv", name="bench-nanogpt")
+        ckpt = Path(args.checkpoint) if args.checkpoint else bench_checkpoint(tmp)
+        export(ckpt, tmp / "model", int8=True, data=tmp / "none.csv", name="bench-nanogpt")
         result = {"bench": "sidecar", "threads": args.threads,
-                  "generation": generation(tmp / "model", ckpts, args.tokens, args.threads)}
+                  "generation": generation(tmp / "model", ckpt, args.tokens, args.threads)}
         with SidecarProcess(tmp / "model", "--threads", str(args.threads)) as sidecar:
             one_client_latency(sidecar.url, 50)  # warm the connection path
             single = one_client_latency(sidecar.url, 400)

@@ -11,9 +11,7 @@ heads itself and appends them to the past keys/values. The attention mask
 shared by every layer. The head runs on each row's last position only, as
 nanoGPT's inference forward does: `logits` is [batch, 1, vocab], the
 next-token distribution that generation samples and classification reads (on a
-30-token tweet the head over every position was a quarter of the FLOPs). An
-ensemble's members (`model.ensemble`) share the inputs and the mask; their
-logits are averaged by one `Mean`, their caches follow one another. Inputs,
+30-token tweet the head over every position was a quarter of the FLOPs). Inputs,
 outputs and dynamic axes as `model.export.io_names` describes;
 `model.export.parity` checks the numbers against PyTorch.
 """
@@ -24,7 +22,6 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from model.ensemble import Ensemble
 from model.gpt import GPT
 
 OPSET = 23  # ONNX Attention with past/present: onnxruntime >= 1.23
@@ -75,46 +72,35 @@ def _attention_mask(g: _Graph) -> str:
     return g.op("Or", g.op("And", causal, real), g.op("Equal", k_pos, q_pos))
 
 
-def _member(g: _Graph, model: GPT, j: int, mask: str, bsc: str) -> str:
-    """One GPT's body on the shared inputs -> its next-token logits [B, vocab]; its caches are j * n_layer + i."""
+def build(model: GPT) -> onnx.ModelProto:
+    """The model's graph: inputs/outputs named as `model.export.io_names`, every batch/sequence/past axis symbolic."""
     c = model.config
+    head_dim = c.n_embd // c.n_head
     t = model.transformer
-    m = f"m{j}"
-    wte = g.const(f"{m}.wte", t.wte.weight.detach().numpy())
-    x = g.op("Add", g.op("Gather", wte, "input_ids"),
-             g.op("Gather", g.const(f"{m}.wpe", t.wpe.weight.detach().numpy()), "position_ids"))  # [B, S, C]
-    x = g.op("Reshape", x, "flat")  # [B*S, C]
+    g = _Graph()
+    mask = _attention_mask(g)
+    wte = g.const("wte", t.wte.weight.detach().numpy())
+    x = g.op("Add", g.op("Gather", wte, "input_ids"), g.op("Gather", g.const("wpe", t.wpe.weight.detach().numpy()),
+                                                          "position_ids"))  # [B, S, C]
+    bsc = g.op("Concat", g.op("Shape", "input_ids"), g.const("minus1", np.array([-1], np.int64)), axis=0)
+    x = g.op("Reshape", x, g.const("flat", np.array([-1, c.n_embd], np.int64)))  # [B*S, C]
     for i, block in enumerate(t.h):
-        p, k = f"{m}.h.{i}", j * c.n_layer + i
+        p = f"h.{i}"
         qkv = g.op("Reshape", _linear(g, _layernorm(g, x, f"{p}.ln_1", block.ln_1), f"{p}.attn.c_attn",
                                       block.attn.c_attn.weight, block.attn.c_attn.bias), bsc)
-        q, kk, v = g.op("Split", qkv, "split3", axis=-1, outputs=3)
-        y = g.op("Attention", q, kk, v, mask, f"past_key_values.{k}.key", f"past_key_values.{k}.value",
-                 outputs=[f"{p}.attn", f"present.{k}.key", f"present.{k}.value"],
-                 q_num_heads=c.n_head, kv_num_heads=c.n_head, scale=1.0 / float(np.sqrt(c.n_embd // c.n_head)))[0]
+        q, k, v = g.op("Split", qkv, g.const(f"{p}.split", np.array([c.n_embd] * 3, np.int64)), axis=-1, outputs=3)
+        y = g.op("Attention", q, k, v, mask, f"past_key_values.{i}.key", f"past_key_values.{i}.value",
+                 outputs=[f"attn_{i}", f"present.{i}.key", f"present.{i}.value"],
+                 q_num_heads=c.n_head, kv_num_heads=c.n_head, scale=1.0 / float(np.sqrt(head_dim)))[0]
         y = g.op("Reshape", y, "flat")
         x = g.op("Add", x, _linear(g, y, f"{p}.attn.c_proj", block.attn.c_proj.weight, block.attn.c_proj.bias))
         h = _linear(g, _layernorm(g, x, f"{p}.ln_2", block.ln_2), f"{p}.mlp.c_fc", block.mlp.c_fc.weight,
                     block.mlp.c_fc.bias)
         h = g.op("Gelu", h)  # exact (erf) GELU, as nn.GELU()
         x = g.op("Add", x, _linear(g, h, f"{p}.mlp.c_proj", block.mlp.c_proj.weight, block.mlp.c_proj.bias))
-    last = g.op("Gather", g.op("Reshape", x, bsc), "minus1_scalar", axis=1)  # [B, C]
-    return g.op("Gemm", _layernorm(g, last, f"{m}.ln_f", t.ln_f), wte, transB=1)  # tied head: x @ wte^T
-
-
-def build(model: Ensemble) -> onnx.ModelProto:
-    """The model's graph: inputs/outputs named as `model.export.io_names(model.cache_layers)`, every
-    batch/sequence/past axis symbolic; several members share the inputs and the mask, and their logits are averaged."""
-    c = model.config
-    head_dim = c.n_embd // c.n_head
-    g = _Graph()
-    mask = _attention_mask(g)
-    bsc = g.op("Concat", g.op("Shape", "input_ids"), g.const("minus1", np.array([-1], np.int64)), axis=0)
-    g.const("flat", np.array([-1, c.n_embd], np.int64))
-    g.const("split3", np.array([c.n_embd] * 3, np.int64))
-    g.const("minus1_scalar", np.array(-1, np.int64))
-    logits = [_member(g, member, j, mask, bsc) for j, member in enumerate(model.members)]
-    g.op("Unsqueeze", logits[0] if len(logits) == 1 else g.op("Mean", *logits), "axis1", outputs=["logits"])
+    last = g.op("Gather", g.op("Reshape", x, bsc), g.const("minus1_scalar", np.array(-1, np.int64)), axis=1)
+    logits = g.op("Gemm", _layernorm(g, last, "ln_f", t.ln_f), wte, transB=1)  # tied head: x @ wte^T
+    g.op("Unsqueeze", logits, "axis1", outputs=["logits"])
 
     def value(name: str, elem: int, dims: list) -> onnx.ValueInfoProto:
         return helper.make_tensor_value_info(name, elem, dims)
@@ -125,7 +111,7 @@ def build(model: Ensemble) -> onnx.ModelProto:
               value("attention_mask", TensorProto.INT64, ["batch_size", "total_sequence_length"]),
               value("position_ids", TensorProto.INT64, ["batch_size", "sequence_length"])]
     outputs = [value("logits", TensorProto.FLOAT, ["batch_size", 1, c.vocab_size])]
-    for i in range(model.cache_layers):
+    for i in range(c.n_layer):
         for kv in ("key", "value"):
             inputs.append(value(f"past_key_values.{i}.{kv}", TensorProto.FLOAT, kv_past))
             outputs.append(value(f"present.{i}.{kv}", TensorProto.FLOAT, kv_present))

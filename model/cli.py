@@ -62,8 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_arguments(p)
 
     p = sub.add_parser("export", help="ONNX with a KV cache + model.json, checked against PyTorch")
-    p.add_argument("checkpoint", nargs="+",
-                   help="ckpt.pt written by train; several (same tokenizer) export one ensemble: the mean of their logits")
+    p.add_argument("checkpoint", help="ckpt.pt written by train")
     p.add_argument("--out", required=True, help="directory for model.onnx, model.json, tokenizer.json")
     p.add_argument("--int8", action="store_true", help="also write model.int8.onnx (dynamic quantisation)")
     p.add_argument("--data", help="labelled CSV to measure metrics on (default: the checkpoint's own data file)")

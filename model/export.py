@@ -23,7 +23,6 @@ import torch
 from model.builder import OPSET, build
 from model.data import read_labelled, split
 from model.evaluate import evaluate_engine
-from model.ensemble import Ensemble
 from model.gpt import GPT, GPTConfig
 from model.prompt import FORMAT, LABEL_TOKENS, LABELS, SENTIMENT, label_ids
 from model.tokenizer import Tokenizer
@@ -58,19 +57,9 @@ def io_names(n_layer: int) -> tuple[list[str], list[str]]:
             ["logits"] + [f"present.{i}.{k}" for i, k in kv])
 
 
-def load_members(paths: list[str | Path]) -> tuple[Ensemble, Tokenizer, list[dict]]:
-    """Checkpoints as one model (one checkpoint: an ensemble of one); they must share the tokenizer."""
-    loaded = [load_checkpoint(p) for p in paths]
-    tok = loaded[0][1]
-    for path, (_, other, _) in zip(paths[1:], loaded[1:]):
-        if other.to_json() != tok.to_json():
-            raise ExportError(f"{path}: trained with another tokenizer than {paths[0]}; members must share one")
-    return Ensemble([m for m, _, _ in loaded]).eval(), tok, [c for _, _, c in loaded]
-
-
-def export_onnx(model: Ensemble, path: Path) -> None:
+def export_onnx(model: GPT, path: Path) -> None:
     onnx.save(build(model), str(path))
-    check_dynamic_axes(path, model.cache_layers)
+    check_dynamic_axes(path, model.config.n_layer)
 
 
 def check_dynamic_axes(path: Path, n_layer: int) -> None:
@@ -89,7 +78,7 @@ def check_dynamic_axes(path: Path, n_layer: int) -> None:
 
 
 @torch.no_grad()
-def torch_greedy(model: GPT | Ensemble, prompt: list[int], n: int) -> list[int]:
+def torch_greedy(model: GPT, prompt: list[int], n: int) -> list[int]:
     """Greedy continuation with the PyTorch KV cache (prefill once, then one token per step)."""
     logits, past = model(torch.tensor([prompt]))
     out = []
@@ -100,7 +89,7 @@ def torch_greedy(model: GPT | Ensemble, prompt: list[int], n: int) -> list[int]:
 
 
 @torch.no_grad()
-def parity(model: GPT | Ensemble, engine, seed: int = 0) -> dict:
+def parity(model: GPT, engine, seed: int = 0) -> dict:
     """ONNX (through the Engine) vs PyTorch: padded batch logits, a cached step, and greedy continuations."""
     g = torch.Generator().manual_seed(seed)
     c = model.config
@@ -130,23 +119,20 @@ def parity(model: GPT | Ensemble, engine, seed: int = 0) -> dict:
     return {"max_abs_logit_diff": worst, "greedy_tokens_equal": n_greedy}
 
 
-def write_meta(out: Path, model: Ensemble, tok: Tokenizer, ckpts: list[dict], name: str, int8: bool,
-               temperature: float) -> dict:
+def write_meta(out: Path, model: GPT, tok: Tokenizer, ckpt: dict, name: str, int8: bool) -> dict:
     c = model.config
-    ckpt = ckpts[0]
-    inputs, outputs = io_names(model.cache_layers)
+    inputs, outputs = io_names(c.n_layer)
     meta = {
         "name": name,
         "files": {"model": "model.onnx", "int8": "model.int8.onnx" if int8 else None, "tokenizer": "tokenizer.json"},
-        "architecture": {"type": "nanoGPT", **c.to_dict(), "tied_head": True, "pre_layernorm": True,
-                         "members": len(model.members)},
+        "architecture": {"type": "nanoGPT", **c.to_dict(), "tied_head": True, "pre_layernorm": True},
         "params": model.num_params(),
         "tokenizer": {"file": "tokenizer.json", "type": "byte-level BPE", "vocab_size": tok.vocab_size},
         "labels": list(LABELS),
         "label_mapping": {str(i): label for i, label in enumerate(LABELS)},
         "prompt": {"format": FORMAT, "sentiment_token": SENTIMENT, "sentiment_token_id": tok.special[SENTIMENT],
                    "label_tokens": list(LABEL_TOKENS), "label_token_ids": label_ids(tok)},
-        "calibration_temperature": temperature,
+        "calibration_temperature": ckpt.get("temperature") or 1.0,
         "eos_id": tok.eot_id,
         "onnx": {"opset": OPSET, "inputs": inputs, "outputs": outputs},
         "training": {
@@ -155,8 +141,6 @@ def write_meta(out: Path, model: Ensemble, tok: Tokenizer, ckpts: list[dict], na
                      "validation_split": "stratified 10 %, seed 1234 (model.data.split)"},
             "steps": ckpt["step"],
             "args": {k: v for k, v in ckpt["args"].items() if k not in ("data", "out")},
-            "members": [{"seed": m["args"]["seed"], "steps": m["step"],
-                         "val_accuracy": (m.get("val") or {}).get("accuracy")} for m in ckpts],
             "tokens_per_s": (ckpt.get("val") or {}).get("tokens_per_s"),
             "device": (ckpt.get("val") or {}).get("device"),
         },
@@ -166,31 +150,18 @@ def write_meta(out: Path, model: Ensemble, tok: Tokenizer, ckpts: list[dict], na
     return meta
 
 
-def calibration(model: Ensemble, tok: Tokenizer, ckpts: list[dict], val_rows: list | None) -> float:
-    """One member: the temperature its training fitted. Several: fitted again on the validation split."""
-    if len(ckpts) == 1 or not val_rows:
-        return ckpts[0].get("temperature") or 1.0
-    from model.train import fit_temperature, label_logits
-
-    z = label_logits(model, tok, [t for t, _ in val_rows], torch.device("cpu"))
-    return fit_temperature(z, torch.tensor([label for _, label in val_rows]))
-
-
-def export(checkpoints: str | Path | list, out: str | Path, int8: bool = False, data: str | Path | None = None,
+def export(checkpoint: str | Path, out: str | Path, int8: bool = False, data: str | Path | None = None,
            name: str = "edgewatch-nanogpt") -> dict:
     """Export, self-check, measure; --out is replaced only when every check passed. Returns model.json."""
     from sidecar.engine import Engine
 
-    paths = [checkpoints] if isinstance(checkpoints, (str, Path)) else list(checkpoints)
-    model, tok, ckpts = load_members(paths)
-    data_path = Path(data) if data else Path(ckpts[0]["data"]["path"])
-    val_rows = split(read_labelled(data_path))[1] if data_path.is_file() else None
+    model, tok, ckpt = load_checkpoint(checkpoint)
     out = Path(out)
     with tempfile.TemporaryDirectory(dir=out.parent if out.parent.exists() else None) as tmp:
         tmp = Path(tmp)
         export_onnx(model, tmp / "model.onnx")
         tok.save(tmp / "tokenizer.json")
-        meta = write_meta(tmp, model, tok, ckpts, name, int8, calibration(model, tok, ckpts, val_rows))
+        meta = write_meta(tmp, model, tok, ckpt, name, int8)
         engine = Engine(tmp, device="cpu")
         meta["export_check"] = parity(model, engine)
         if int8:
@@ -198,7 +169,9 @@ def export(checkpoints: str | Path | list, out: str | Path, int8: bool = False, 
 
             quantize_dynamic(tmp / "model.onnx", tmp / "model.int8.onnx", weight_type=QuantType.QInt8,
                              op_types_to_quantize=["MatMul"])  # the weights; its QAttention is not ONNX Attention
-        if val_rows is not None:
+        data_path = Path(data) if data else Path(ckpt["data"]["path"])
+        if data_path.is_file():
+            _, val_rows = split(read_labelled(data_path))
             m = evaluate_engine(engine, val_rows)
             meta["metrics"] = {"measured_on": f"validation split of {data_path.name} ({len(val_rows)} rows), ONNX fp32",
                                "val_accuracy": m["accuracy"], "val_macro_f1": m["macro_f1"],

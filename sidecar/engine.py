@@ -99,8 +99,7 @@ class Engine:
         self.eos_id: int = int(self.meta["eos_id"])
         self.block_size: int = int(arch["block_size"])
         self.vocab_size: int = int(arch["vocab_size"])
-        # an ensemble's members each have n_layer caches, one after another
-        self._n_layer, self._n_head = int(arch["n_layer"]) * int(arch.get("members", 1)), int(arch["n_head"])
+        self._n_layer, self._n_head = int(arch["n_layer"]), int(arch["n_head"])
         self._head_dim = int(arch["n_embd"]) // self._n_head
         self._label_ids: list[int] = list(self.meta["prompt"]["label_token_ids"])
         self._temperature = float(self.meta.get("calibration_temperature", 1.0))

@@ -89,28 +89,3 @@ def test_usage_errors_exit_2(tiny_model_dir, tmp_path, capsys):
     assert "bad.csv:2" in capsys.readouterr().err
     assert main(["eval", "--model", str(tmp_path), "--data", str(bad)]) == 2
     assert main(["export", str(tmp_path / "none.pt"), "--out", str(tmp_path / "o")]) == 2
-
-
-def test_two_checkpoints_export_one_ensemble(tiny_model_dir, tmp_path):
-    """Members of one tokenizer become one graph (their logits averaged, their caches one after another)."""
-    from model.export import ExportError, export
-    from model.testing import tiny_csv, train_args
-    from model.train import train
-
-    first = tiny_model_dir.parent / "run" / "ckpt.pt"
-    data = tiny_model_dir.parent / "tiny.csv"
-    second = train(train_args(data, tmp_path / "seed1", seed=1))
-    meta = export([first, second], tmp_path / "ensemble", name="tiny-ensemble")
-    assert meta["architecture"]["members"] == 2 and meta["export_check"]["greedy_tokens_equal"] == 64
-    assert [m["seed"] for m in meta["training"]["members"]] == [0, 1]
-    assert len(meta["onnx"]["inputs"]) == 3 + 2 * 2 * 2  # 2 members x 2 layers x key, value
-    engine = Engine(tmp_path / "ensemble", device="cpu")
-    (result,) = engine.classify(["$ACME beats earnings estimates"])
-    assert sum(result["scores"].values()) == pytest.approx(1.0)
-    _, caches = engine.prefill([engine.encode("$ACME")])
-    logits, _ = engine.decode_step([engine.eos_id], caches)
-    assert logits.shape == (1, engine.vocab_size)
-    # another tokenizer (learnt from other text) cannot join
-    other = train(train_args(tiny_csv(tmp_path / "other.csv", seed=5), tmp_path / "other", vocab_size=300))
-    with pytest.raises(ExportError, match="another tokenizer"):
-        export([first, other], tmp_path / "mixed")
