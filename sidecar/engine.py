@@ -12,8 +12,8 @@ decode_step raises ValueError once a cache is full; check `cache.length`).
 
 Caches: a KVCache is one sequence's row in the presents of the run that made
 it. When the next decode_step gets exactly that run's rows in order (the
-usual generation loop), the presents are fed back as they are: ONNX Runtime's
-own tensors, bound through IO binding (on CUDA they never leave the GPU). Any other
+usual generation loop), the presents are fed back as they are: on CUDA they
+are OrtValues bound through IO binding and never leave the GPU. Any other
 combination (sequences joining or leaving a batch, different past lengths) is
 gathered on the host into a left-padded past with the matching mask.
 """
@@ -49,9 +49,9 @@ class _Run:
         self._host: list[np.ndarray] | None = None
 
     def host(self) -> list[np.ndarray]:
-        """The presents as host arrays, copied once per run however many rows are read."""
+        """The presents as host arrays, copied from the device once per run however many rows are read."""
         if self._host is None:
-            self._host = [t.numpy() for t in self.kv]
+            self._host = [t if isinstance(t, np.ndarray) else t.numpy() for t in self.kv]
         return self._host
 
 
@@ -105,7 +105,6 @@ class Engine:
         self._temperature = float(self.meta.get("calibration_temperature", 1.0))
         self._past = [f"past_key_values.{i}.{kv}" for i in range(self._n_layer) for kv in ("key", "value")]
         self._present = [f"present.{i}.{kv}" for i in range(self._n_layer) for kv in ("key", "value")]
-        self._device = ("cuda", 0) if self.provider == CUDA else ("cpu", 0)  # where the presents live
         log.info("engine", model=self.name, provider=self.provider, threads=opts.intra_op_num_threads)
 
     # --- text ---
@@ -124,23 +123,22 @@ class Engine:
 
     # --- runs ---
     def _run(self, ids: np.ndarray, mask: np.ndarray, positions: np.ndarray, past: list) -> tuple[np.ndarray, list]:
-        """One graph run -> (logits at the last position [B, vocab], presents as OrtValues).
-
-        IO binding on every provider: the presents stay ONNX Runtime's own tensors (on the GPU under
-        CUDA) and are bound back unchanged for the next step, never converted to numpy and back
-        (on the CPU that conversion was a fifth of a decode step).
-        """
+        """One graph run -> (logits at the last position [B, vocab], presents)."""
+        feeds = {"input_ids": ids, "attention_mask": mask, "position_ids": positions}
+        if self.provider != CUDA:  # plain run: on the CPU IO binding's per-tensor calls cost more than they save
+            out = self.session.run(None, {**feeds, **dict(zip(self._past, past))})
+            return out[0][:, -1, :], out[1:]
         binding = self.session.io_binding()
-        binding.bind_cpu_input("input_ids", ids)
-        binding.bind_cpu_input("attention_mask", mask)
-        binding.bind_cpu_input("position_ids", positions)
+        for name, value in feeds.items():
+            binding.bind_cpu_input(name, value)
         for name, t in zip(self._past, past):
             if isinstance(t, np.ndarray):
-                t = ort.OrtValue.ortvalue_from_numpy(t, *self._device)
-            binding.bind_ortvalue_input(name, t)
+                binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(t, "cuda", 0))
+            else:
+                binding.bind_ortvalue_input(name, t)
         binding.bind_output("logits", "cpu")
         for name in self._present:
-            binding.bind_output(name, *self._device)
+            binding.bind_output(name, "cuda", 0)
         self.session.run_with_iobinding(binding)
         out = binding.get_outputs()
         return out[0].numpy()[:, -1, :], out[1:]
