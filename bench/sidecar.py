@@ -63,14 +63,16 @@ def bench_checkpoint(workdir: Path) -> Path:
     return train(testing.train_args(data, workdir / "run", max_steps=2, eval_every=1000, **arch))
 
 
-def rate(fn, tokens: int, repeat: int = 3) -> float:
-    """Best tokens/s of `repeat` runs (the machine is shared: the best run is the signal)."""
-    best = float("inf")
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return tokens / best
+def rates(fns: dict, tokens: int, rounds: int = 7) -> dict:
+    """Best tokens/s of each generator over `rounds` rounds that run them in turn: the machine is
+    shared, so each gets the same chances at a quiet moment and the best run is the signal."""
+    best = dict.fromkeys(fns, float("inf"))
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            best[name] = min(best[name], time.perf_counter() - t0)
+    return {name: tokens / t for name, t in best.items()}
 
 
 @torch.no_grad()
@@ -105,10 +107,10 @@ def generation(model_dir: Path, checkpoint: Path, tokens: int, threads: int) -> 
     out = {
         "tokens": n,
         "greedy_equal_torch_onnx": same,
-        "torch_nocache_tok_s": rate(lambda: nanogpt_generate(model, prompt, n), n),
-        "torch_kvcache_tok_s": rate(lambda: torch_greedy(model, prompt, n), n),
-        "onnx_kvcache_tok_s": rate(lambda: onnx_generate(fp32, prompt, n), n),
-        "onnx_int8_tok_s": rate(lambda: onnx_generate(int8, prompt, n), n),
+        **rates({"torch_nocache_tok_s": lambda: nanogpt_generate(model, prompt, n),
+                 "torch_kvcache_tok_s": lambda: torch_greedy(model, prompt, n),
+                 "onnx_kvcache_tok_s": lambda: onnx_generate(fp32, prompt, n),
+                 "onnx_int8_tok_s": lambda: onnx_generate(int8, prompt, n)}, n),
         "params": model.num_params(),
         "arch": {k: getattr(model.config, k) for k in ("n_layer", "n_head", "n_embd", "block_size", "vocab_size")},
     }
