@@ -60,8 +60,8 @@ PROTOCOL_REFUSED = {"Unsupported protocol version", "Unacceptable protocol versi
 def no_delay(client, userdata, sock) -> None:
     """paho's `on_socket_open`: turn off Nagle's algorithm, which paho leaves on.
 
-    With Nagle, a small write (an event, a PUBACK) waits for the ACK of the previous one: measured
-    here as 18 ms gaps in the stream, the largest part of the latency tail.
+    With Nagle, a small write (an event, a PUBACK) can wait for the TCP acknowledgement of the
+    previous one; with it on at both ends, arrivals at the agent showed regular 18 ms gaps.
     """
     try:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
