@@ -19,30 +19,36 @@ LABELS = ("bearish", "bullish", "neutral")  # index = the CSV label (0 bearish, 
 SENTIMENT = "<|sentiment|>"
 LABEL_TOKENS = tuple(f"<|{label}|>" for label in LABELS)
 SPECIAL_TOKENS = [EOT, SENTIMENT, *LABEL_TOKENS]
-FORMAT = "normalise(text) <|sentiment|> <|label|> <|endoftext|>; normalise = t.co links -> 'URL', whitespace collapsed"
+FORMAT = ("normalise(text) <|sentiment|> <|label|> <|endoftext|>; normalise = t.co links -> 'URL', whitespace "
+          "collapsed, lower-cased when the model was trained so (prompt.lowercase)")
 
 _URL = re.compile(r"https?://\S+")
 _SPACE = re.compile(r"\s+")
 
 
-def normalise(text: str) -> str:
-    """Links are random strings (t.co/...): one placeholder keeps tokens for words that carry sentiment."""
-    return _SPACE.sub(" ", _URL.sub("URL", text)).strip()
+def normalise(text: str, lowercase: bool = False) -> str:
+    """Links are random strings (t.co/...): one placeholder keeps tokens for words that carry sentiment.
+
+    `lowercase`: headlines capitalise at will ("Upgrades", "UPGRADE"), which splits a word's few
+    training examples over several token sequences; lower case carries no sentiment of its own.
+    """
+    text = _SPACE.sub(" ", _URL.sub("URL", text)).strip()
+    return text.lower() if lowercase else text
 
 
 def label_ids(tok: Tokenizer) -> list[int]:
     return [tok.special[name] for name in LABEL_TOKENS]
 
 
-def classification_ids(tok: Tokenizer, text: str, block_size: int) -> list[int]:
+def classification_ids(tok: Tokenizer, text: str, block_size: int, lowercase: bool = False) -> list[int]:
     """Prompt ids ending in `<|sentiment|>`; text longer than the context is cut from the LEFT."""
-    ids = tok.encode(normalise(text))[-(block_size - 1):] if block_size > 1 else []
+    ids = tok.encode(normalise(text, lowercase))[-(block_size - 1):] if block_size > 1 else []
     return ids + [tok.special[SENTIMENT]]
 
 
-def training_ids(tok: Tokenizer, text: str, label: int, block_size: int) -> list[int]:
+def training_ids(tok: Tokenizer, text: str, label: int, block_size: int, lowercase: bool = False) -> list[int]:
     """The full training sequence: prompt, label token, end of text (fits block_size + 1 for shifting)."""
-    return classification_ids(tok, text, block_size - 1) + [tok.special[LABEL_TOKENS[label]], tok.eot_id]
+    return classification_ids(tok, text, block_size - 1, lowercase) + [tok.special[LABEL_TOKENS[label]], tok.eot_id]
 
 
 def label_probs(logits: np.ndarray, ids: list[int], temperature: float = 1.0) -> np.ndarray:

@@ -70,20 +70,20 @@ def batch_loss(model, seqs, tok: Tokenizer, labels: torch.Tensor, args, device,
 
 
 @torch.no_grad()
-def label_logits(model, tok: Tokenizer, texts: list[str], device, batch_size: int = 256) -> torch.Tensor:
+def label_logits(model, tok: Tokenizer, texts: list[str], device, lowercase: bool, batch_size: int = 256) -> torch.Tensor:
     """[N, 3] label logits at <|sentiment|> (right padding: read each row at its own last position)."""
     model.eval()
     out = []
     for i in range(0, len(texts), batch_size):
-        seqs = [classification_ids(tok, t, model.config.block_size) for t in texts[i:i + batch_size]]
+        seqs = [classification_ids(tok, t, model.config.block_size, lowercase) for t in texts[i:i + batch_size]]
         ids, lengths = pad_batch(seqs, tok.eot_id)
         logits, _ = model(ids.to(device))
         out.append(logits[torch.arange(len(seqs)), (lengths - 1).to(device)][:, label_ids(tok)].float().cpu())
     return torch.cat(out)
 
 
-def validate(model, tok, val_rows, device) -> dict:
-    z = label_logits(model, tok, [t for t, _ in val_rows], device)
+def validate(model, tok, val_rows, device, lowercase: bool) -> dict:
+    z = label_logits(model, tok, [t for t, _ in val_rows], device, lowercase)
     y = torch.tensor([label for _, label in val_rows])
     m = metrics(y.tolist(), z.argmax(1).tolist())
     m["loss"] = float(F.cross_entropy(z, y))
@@ -139,7 +139,7 @@ def train(args) -> Path:
         tok = Tokenizer.from_json(resume["tokenizer"])
         config = GPTConfig(**resume["config"])
     else:
-        tok = Tokenizer.train([normalise(t) for t, _ in train_rows], args.vocab_size, SPECIAL_TOKENS)
+        tok = Tokenizer.train([normalise(t, args.lowercase) for t, _ in train_rows], args.vocab_size, SPECIAL_TOKENS)
         config = GPTConfig(block_size=args.block_size, vocab_size=tok.vocab_size, n_layer=args.n_layer,
                            n_head=args.n_head, n_embd=args.n_embd, dropout=args.dropout)
     model = GPT(config).to(device)
@@ -157,7 +157,7 @@ def train(args) -> Path:
         torch.set_rng_state(resume["rng"])
     fwd = torch.compile(model) if args.compile else model
 
-    seqs = [training_ids(tok, t, label, config.block_size) for t, label in train_rows]
+    seqs = [training_ids(tok, t, label, config.block_size, args.lowercase) for t, label in train_rows]
     labels = torch.tensor([label for _, label in train_rows])
     steps_per_epoch = len(epoch_batches([len(s) for s in seqs], args.batch_size, 0))
     total = args.max_steps or steps_per_epoch * args.epochs
@@ -197,7 +197,7 @@ def train(args) -> Path:
         bar.update(1)
         bar.set_postfix(loss=f"{loss.item():.3f}", tok_s=f"{tokens / (time.perf_counter() - t0):.0f}")
         if step % args.eval_every == 0 or step == stop:
-            val = validate(ema.module, tok, val_rows, device)
+            val = validate(ema.module, tok, val_rows, device, args.lowercase)
             bar.write(f"step {step}: val loss {val['loss']:.4f} acc {val['accuracy']:.4f} "
                       f"macro-F1 {val['macro_f1']:.4f}")
             save(val)
@@ -205,9 +205,9 @@ def train(args) -> Path:
     if step < total:
         log.info("stopped early; continue with --resume", step=step, total=total)
         return ckpt_path
-    z = label_logits(ema.module, tok, [t for t, _ in val_rows], device)
+    z = label_logits(ema.module, tok, [t for t, _ in val_rows], device, args.lowercase)
     temperature = fit_temperature(z, torch.tensor([label for _, label in val_rows]))
-    val = val or validate(ema.module, tok, val_rows, device)
+    val = val or validate(ema.module, tok, val_rows, device, args.lowercase)
     val["tokens_per_s"] = tokens / max(time.perf_counter() - t0, 1e-9)
     val["device"] = str(device)
     save(val, temperature)

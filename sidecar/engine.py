@@ -103,6 +103,7 @@ class Engine:
         self._head_dim = int(arch["n_embd"]) // self._n_head
         self._label_ids: list[int] = list(self.meta["prompt"]["label_token_ids"])
         self._temperature = float(self.meta.get("calibration_temperature", 1.0))
+        self._lowercase = bool(self.meta["prompt"].get("lowercase", False))  # as the model was trained
         self._past = [f"past_key_values.{i}.{kv}" for i in range(self._n_layer) for kv in ("key", "value")]
         self._present = [f"present.{i}.{kv}" for i in range(self._n_layer) for kv in ("key", "value")]
         log.info("engine", model=self.name, provider=self.provider, threads=opts.intra_op_num_threads)
@@ -164,7 +165,8 @@ class Engine:
         """Label probabilities for a batch of texts, in ONE run."""
         if not texts:
             return []
-        logits, _ = self._prompts([classification_ids(self.tokenizer, t, self.block_size) for t in texts])
+        logits, _ = self._prompts([classification_ids(self.tokenizer, t, self.block_size, self._lowercase)
+                                   for t in texts])
         probs = label_probs(logits, self._label_ids, self._temperature)
         return [{"label": self.labels[int(p.argmax())], "confidence": float(p.max()),
                  "scores": {label: float(x) for label, x in zip(self.labels, p)}} for p in probs]
