@@ -138,6 +138,7 @@ def train(args) -> Path:
     if resume:
         tok = Tokenizer.from_json(resume["tokenizer"])
         config = GPTConfig(**resume["config"])
+        args.lowercase = resume["args"].get("lowercase", False)  # the text as the tokenizer and weights saw it
     else:
         tok = Tokenizer.train([normalise(t, args.lowercase) for t, _ in train_rows], args.vocab_size, SPECIAL_TOKENS)
         config = GPTConfig(block_size=args.block_size, vocab_size=tok.vocab_size, n_layer=args.n_layer,
