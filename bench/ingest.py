@@ -252,19 +252,25 @@ def agent_drain(broker, workdir: Path, client_id: str, n: int, warm: int = 0) ->
     return (c1 - cw) / (t1 - tw), (cw - c0) / (tw - t0)
 
 
-def latency(broker, workdir: Path, rate: float, seconds: float, target: str = "agent") -> dict:
-    """Publish at `rate` msgs/s; publish -> event-on-MQTT latency of every event matched to its input.
+def live_agent(broker, workdir: Path):
+    """`edge-agent run`, ready; returns its stop."""
+    agent, _ = agent_process(broker, workdir, "bench-latency", {"anomaly": {"warmup": 20, "refractory": 1}})
+    agent.start()
+    agent.wait_ready(broker)
+    return agent.stop
 
-    `target` "agent" runs `edge-agent run`; "echo" the bare republisher (the floor).
-    """
-    if target == "agent":
-        agent, _ = agent_process(broker, workdir, "bench-latency", {"anomaly": {"warmup": 20, "refractory": 1}})
-        agent.start()
-        agent.wait_ready(broker)
-    else:
-        agent = subprocess.Popen([sys.executable, __file__, "--role", "echo", "--port", str(broker.port)],
-                                 stdout=subprocess.PIPE, text=True)
-        agent.stdout.readline()  # "subscribed"
+
+def live_echo(broker):
+    """The echo subprocess, subscribed; returns its stop."""
+    proc = subprocess.Popen([sys.executable, __file__, "--role", "echo", "--port", str(broker.port)],
+                            stdout=subprocess.PIPE, text=True)
+    proc.stdout.readline()  # "subscribed"
+    return lambda: (proc.kill(), proc.wait())
+
+
+def latency(broker, stop_target, rate: float, seconds: float) -> dict:
+    """Publish at `rate` msgs/s to a started target (`stop_target` ends it); publish -> event-on-MQTT
+    latency of every event matched to its input."""
     sent: dict[tuple[str, str], float] = {}
     lat: list[float] = []
     sub, kw = _client("bench-latency-sub")
@@ -307,11 +313,7 @@ def latency(broker, workdir: Path, rate: float, seconds: float, target: str = "a
     for c in (pub, sub):
         c.disconnect()
         c.loop_stop()
-    if target == "agent":
-        agent.stop()
-    else:
-        agent.kill()
-        agent.wait()
+    stop_target()
     if not lat:
         return {"events": 0}
 
@@ -326,8 +328,8 @@ def latency(broker, workdir: Path, rate: float, seconds: float, target: str = "a
 
 def latencies(broker, tmp: Path, rate: float, seconds: float) -> dict:
     """The agent's latency, the echo floor's, and the ratio of their p99s."""
-    agent = latency(broker, tmp / "latency", rate, seconds)
-    floor = latency(broker, tmp / "latency-echo", rate, seconds, target="echo")
+    agent = latency(broker, live_agent(broker, tmp / "latency"), rate, seconds)
+    floor = latency(broker, live_echo(broker), rate, seconds)
     return {"latency": agent, "latency_echo": floor,
             "latency_p99_vs_echo": round(agent["p99_ms"] / floor["p99_ms"], 2) if floor.get("p99_ms") else None}
 
