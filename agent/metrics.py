@@ -2,14 +2,20 @@
 
 One module-level registry so that every part of the agent (MQTT thread, csp
 nodes, writer, outbox) updates the same objects; the HTTP endpoint serves
-`REGISTRY`, apart from prometheus_client's global default registry.
+`REGISTRY`, apart from prometheus_client's global default registry, with the
+same standard collectors that registry has (`process_cpu_seconds_total`, resident
+memory, open file descriptors, Python's GC and version), so CPU per message can be
+read off a running agent.
 """
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import GC_COLLECTOR, CollectorRegistry, Counter, Gauge, Histogram, PlatformCollector, ProcessCollector
 
 REGISTRY = CollectorRegistry(auto_describe=True)
+ProcessCollector(registry=REGISTRY)
+PlatformCollector(registry=REGISTRY)
+REGISTRY.register(GC_COLLECTOR)
 
 MESSAGES_IN = Counter(
     "edgewatch_messages_in_total", "Accepted input messages, by topic kind", ["kind"], registry=REGISTRY

@@ -93,6 +93,9 @@ def test_ready_after_broker_watchdog_reload_stop(broker, tmp_path):
                      "edgewatch_mqtt_reconnects"):
             assert name in families, sorted(families)
         assert families["edgewatch_mqtt_connected"].samples[0].value == 1
+        # and the standard process collectors: CPU per message can be read off a running agent
+        assert families["process_cpu_seconds"].samples[0].value > 0
+        assert families["process_resident_memory_bytes"].samples[0].value > 0
 
         # the engine keeps proving it is alive: pings keep coming, at least every WatchdogSec/2
         pings = [t for t, m in manager.messages if "WATCHDOG" in m]
