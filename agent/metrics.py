@@ -10,7 +10,8 @@ read off a running agent.
 
 from __future__ import annotations
 
-from prometheus_client import GC_COLLECTOR, CollectorRegistry, Counter, Gauge, Histogram, PlatformCollector, ProcessCollector
+from prometheus_client import (GC_COLLECTOR, CollectorRegistry, Counter, Gauge, Histogram, PlatformCollector,
+                               ProcessCollector)
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 ProcessCollector(registry=REGISTRY)
