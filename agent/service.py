@@ -70,7 +70,7 @@ class Service:
         self._wake = threading.Event()  # a signal arrived
         self._stopping = False
         self._reload = False
-        self.store = Store(cfg.store.url)
+        self.store = Store(cfg.store.url, checkpoint_in_background=True)
         self.link = Link(cfg)
         self.outbox = Outbox(self.store, self.link)
         self.writer = StoreWriter(self.store, batch_size=cfg.store.batch_size, on_commit=self.outbox.on_commit,

@@ -34,6 +34,7 @@ log = structlog.get_logger("agent.store")
 FILE_MODE = 0o640  # owner writes, the service's group (operators) reads, nobody else
 SQLITE_BUSY_TIMEOUT_MS = 5000
 SQLITE_CACHE_KIB = 32768  # page cache of the writer's connection (SQLite's default is 2 MiB)
+CHECKPOINT_EVERY = 1.0  # seconds between background WAL checkpoints (`Store(checkpoint_in_background=True)`)
 
 metadata = sa.MetaData()
 
@@ -263,11 +264,18 @@ def _sqlite_time(dt: datetime) -> str:
 
 
 class Store:
-    """One event log. Thread-safe; `readonly=True` opens it for queries without ever writing or creating it."""
+    """One event log. Thread-safe; `readonly=True` opens it for queries without ever writing or creating it.
 
-    def __init__(self, url: str, *, readonly: bool = False):
+    `checkpoint_in_background`: SQLite copies the WAL into the database (a checkpoint, with its fsyncs)
+    inside whichever commit crosses 1,000 WAL pages, which stalls that commit and every event behind it
+    by milliseconds. With this set, commits never checkpoint; the `StoreWriter` calls `checkpoint()`
+    from a thread of its own instead.
+    """
+
+    def __init__(self, url: str, *, readonly: bool = False, checkpoint_in_background: bool = False):
         self.url = resolve_url(url)
         self.readonly = readonly
+        self.checkpoint_in_background = checkpoint_in_background and not readonly
         self.dialect = self.url.get_backend_name()
         path = _sqlite_file(self.url)
         connect_args: dict = {}
@@ -308,6 +316,8 @@ class Store:
         else:
             cur.execute("PRAGMA journal_mode=WAL")  # readers never block the writer, nor it them
             cur.execute("PRAGMA synchronous=NORMAL")  # durable at each checkpoint, fast commits in WAL
+            if self.checkpoint_in_background:
+                cur.execute("PRAGMA wal_autocheckpoint=0")
             cur.execute(f"PRAGMA cache_size=-{SQLITE_CACHE_KIB}")  # keeps the event_id index's hot pages in memory
         cur.close()
 
@@ -415,6 +425,12 @@ class Store:
         if n <= 0:
             return []
         return conn.exec_driver_sql("SELECT id, event_id FROM events ORDER BY id DESC LIMIT ?", (n,)).cursor.fetchall()
+
+    def checkpoint(self) -> None:
+        """Copy committed WAL pages into the database file without waiting on readers or the writer."""
+        if self.dialect == "sqlite":
+            with self.engine.connect() as conn:
+                conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
 
     def unpublished(self, limit: int = 1000) -> list[dict]:
         """Events not yet acknowledged by the broker, oldest first (the outbox)."""
@@ -596,6 +612,9 @@ class StoreWriter:
         self._done_n = 0  # items committed (or, for a row the database refuses forever, logged and given up)
         self._closed = False
         self._thread = threading.Thread(target=self._run, name="store-writer", daemon=True)
+        self._checkpointer = (threading.Thread(target=self._checkpoints, name="store-checkpoint", daemon=True)
+                              if store.checkpoint_in_background and store.dialect == "sqlite" else None)
+        self._stopped = threading.Event()
         # observable state, for metrics and health
         self.pending_rows = 0  # submitted, not yet committed
         self.commits = 0
@@ -606,6 +625,8 @@ class StoreWriter:
 
     def start(self) -> None:
         self._thread.start()
+        if self._checkpointer is not None:
+            self._checkpointer.start()
 
     @property
     def alive(self) -> bool:
@@ -644,6 +665,21 @@ class StoreWriter:
             self._thread.join(timeout)
             if self._thread.is_alive():
                 log.error("store_writer_close_timeout", pending_rows=self.pending_rows, timeout=timeout)
+        self._stopped.set()
+        if self._checkpointer is not None and self._checkpointer.is_alive():
+            self._checkpointer.join(timeout)
+            self._checkpoint()  # what the last commits left in the WAL
+
+    def _checkpoints(self) -> None:
+        """The checkpointer thread: the writer's commits only append to the WAL."""
+        while not self._stopped.wait(CHECKPOINT_EVERY):
+            self._checkpoint()
+
+    def _checkpoint(self) -> None:
+        try:
+            self.store.checkpoint()
+        except Exception as e:  # noqa: BLE001 - a busy or briefly locked log: the next round catches up
+            log.warning("store_checkpoint_failed", error=str(e).splitlines()[0])
 
     # -- the writer thread ---------------------------------------------------------------------------------
 

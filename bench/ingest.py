@@ -299,12 +299,14 @@ def latency(broker, stop_target, rate: float, seconds: float) -> dict:
     n = int(rate * seconds)
     gc.disable()  # the bench's own collector pausing the publisher would count against the agent
     t0 = time.perf_counter()
-    now0 = datetime.now(timezone.utc).replace(tzinfo=None) - timedelta(seconds=seconds + 5)
+    # readings stamped with the time they are sent, as a live sensor stamps them: stamps seconds in the past
+    # made every sensor look silent to the health sweep, whose `stale` events then filled the tail
+    now0 = datetime.now(timezone.utc).replace(tzinfo=None)
     for i in range(n):
         delay = t0 + i / rate - time.perf_counter()
         if delay > 0:
             time.sleep(delay)
-        ts = (now0 + timedelta(milliseconds=i)).isoformat() + "Z"
+        ts = (now0 + timedelta(seconds=time.perf_counter() - t0)).isoformat() + "Z"
         if i % 10 == 0:  # a trade that moves the price 5%: a price_alert event
             key, topic = "ACME", "market/ACME/trade"
             payload = {"ts": ts, "price": 100.0 if (i // 10) % 2 else 105.0, "size": 1}

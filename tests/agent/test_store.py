@@ -231,6 +231,51 @@ def test_writer_applies_retention_periodically(store):
     assert [r["data"]["i"] for r in store.events()] == list(range(40, 50))
 
 
+def _fill_wal(writer: StoreWriter, start: int) -> None:
+    """Commit > 1,000 WAL pages (SQLite's autocheckpoint threshold) in 10 transactions."""
+    for b in range(10):
+        writer.submit(events=[ev(start + b * 1000 + j, key=f"s{j}", pad="x" * 400) for j in range(1000)])
+        assert writer.flush(10)
+
+
+def test_sqlite_commits_leave_checkpoints_to_the_writers_own_thread(tmp_path, monkeypatch):
+    """A checkpoint (WAL copied into the database, with fsyncs) inside a commit stalled every event
+    behind it; with `checkpoint_in_background` commits only append to the WAL and the writer's
+    checkpointer thread copies it, every CHECKPOINT_EVERY and once more at close."""
+    db, wal = tmp_path / "events.db", tmp_path / "events.db-wal"
+    auto = Store(str(tmp_path / "auto.db"))  # SQLite's default, for contrast: commits checkpoint
+    writer = StoreWriter(auto)
+    writer.start()
+    before = (tmp_path / "auto.db").stat().st_size
+    _fill_wal(writer, 0)
+    assert (tmp_path / "auto.db").stat().st_size > before + 1_000_000
+    writer.close()
+    auto.close()
+
+    monkeypatch.setattr("agent.store.CHECKPOINT_EVERY", 3600.0)
+    store = Store(str(db), checkpoint_in_background=True)
+    writer = StoreWriter(store)
+    writer.start()
+    before = db.stat().st_size
+    _fill_wal(writer, 0)
+    assert db.stat().st_size == before and wal.stat().st_size > 1000 * 4096  # no commit checkpointed
+    writer.close()
+    assert db.stat().st_size > before + 4_000_000  # the checkpoint at close
+    assert count(store) == 10_000
+
+    monkeypatch.setattr("agent.store.CHECKPOINT_EVERY", 0.05)
+    writer = StoreWriter(store)
+    writer.start()
+    before = db.stat().st_size
+    _fill_wal(writer, 10_000)
+    deadline = time.monotonic() + 5
+    while db.stat().st_size < before + 4_000_000 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert db.stat().st_size > before + 4_000_000  # the periodic checkpoint, the writer still running
+    writer.close()
+    store.close()
+
+
 def test_readonly_reader_while_a_writer_writes(url):
     store = Store(url)
     writer = StoreWriter(store, batch_size=50)
