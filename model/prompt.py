@@ -9,7 +9,6 @@ and softmaxed. Dedicated label tokens make the read-off one position, one run.
 
 from __future__ import annotations
 
-import random
 import re
 
 import numpy as np
@@ -41,19 +40,15 @@ def label_ids(tok: Tokenizer) -> list[int]:
     return [tok.special[name] for name in LABEL_TOKENS]
 
 
-def classification_ids(tok: Tokenizer, text: str, block_size: int, lowercase: bool = False,
-                       dropout: float = 0.0, rng: random.Random | None = None) -> list[int]:
-    """Prompt ids ending in `<|sentiment|>`; text longer than the context is cut from the LEFT.
-    `dropout`, `rng`: BPE-dropout while training (`Tokenizer.encode`)."""
-    ids = tok.encode(normalise(text, lowercase), dropout, rng)[-(block_size - 1):] if block_size > 1 else []
+def classification_ids(tok: Tokenizer, text: str, block_size: int, lowercase: bool = False) -> list[int]:
+    """Prompt ids ending in `<|sentiment|>`; text longer than the context is cut from the LEFT."""
+    ids = tok.encode(normalise(text, lowercase))[-(block_size - 1):] if block_size > 1 else []
     return ids + [tok.special[SENTIMENT]]
 
 
-def training_ids(tok: Tokenizer, text: str, label: int, block_size: int, lowercase: bool = False,
-                 dropout: float = 0.0, rng: random.Random | None = None) -> list[int]:
+def training_ids(tok: Tokenizer, text: str, label: int, block_size: int, lowercase: bool = False) -> list[int]:
     """The full training sequence: prompt, label token, end of text (fits block_size + 1 for shifting)."""
-    prompt = classification_ids(tok, text, block_size - 1, lowercase, dropout, rng)
-    return prompt + [tok.special[LABEL_TOKENS[label]], tok.eot_id]
+    return classification_ids(tok, text, block_size - 1, lowercase) + [tok.special[LABEL_TOKENS[label]], tok.eot_id]
 
 
 def label_probs(logits: np.ndarray, ids: list[int], temperature: float = 1.0) -> np.ndarray:

@@ -12,7 +12,6 @@ Torch-free: the sidecar imports this module.
 from __future__ import annotations
 
 import json
-import random
 import re
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -50,21 +49,16 @@ class Tokenizer:
     def eot_id(self) -> int:
         return self.special[EOT]
 
-    def _bpe(self, piece: str, dropout: float = 0.0, rng: random.Random | None = None) -> list[int]:
-        """Merge the bytes of one pre-token, lowest merge rank first (as GPT-2 does).
-
-        `dropout` > 0 is BPE-dropout (Provilkov et al., 2020): at each step every applicable merge
-        is skipped with that probability, so a word is seen under several segmentations in training.
-        """
+    def _bpe(self, piece: str) -> list[int]:
+        """Merge the bytes of one pre-token, lowest merge rank first (as GPT-2 does)."""
         ids = list(_to_bytes(piece))
         while len(ids) > 1:
-            pairs = {(ids[i], ids[i + 1]) for i in range(len(ids) - 1)} & self.ranks.keys()
-            if dropout:
-                pairs = {p for p in sorted(pairs) if rng.random() >= dropout}
-            if not pairs:
+            pairs = {(ids[i], ids[i + 1]) for i in range(len(ids) - 1)}
+            best = min(pairs, key=lambda p: self.ranks.get(p, 1 << 30))
+            rank = self.ranks.get(best)
+            if rank is None:
                 break
-            new = 256 + min(self.ranks[p] for p in pairs)
-            best = self.merges[new - 256]
+            new = 256 + rank
             out, i = [], 0
             while i < len(ids):
                 if i < len(ids) - 1 and (ids[i], ids[i + 1]) == best:
@@ -76,11 +70,8 @@ class Tokenizer:
             ids = out
         return ids
 
-    def encode(self, text: str, dropout: float = 0.0, rng: random.Random | None = None) -> list[int]:
-        """Text to ids. Special-token names inside `text` are plain text, never specials.
-        `dropout`: BPE-dropout with `rng` (training augmentation; see `_bpe`)."""
-        if dropout:
-            return [i for piece in self.pattern.findall(text) for i in self._bpe(piece, dropout, rng)]
+    def encode(self, text: str) -> list[int]:
+        """Text to ids. Special-token names inside `text` are plain text, never specials."""
         out: list[int] = []
         cache = self._cache
         for piece in self.pattern.findall(text):

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import random
 import time
 from pathlib import Path
 
@@ -182,10 +181,6 @@ def train(args) -> Path:
     while step < stop:
         epoch, offset = divmod(step, steps_per_epoch)
         if offset == 0 or batches is None:
-            if args.bpe_dropout:  # each epoch sees the texts under a new segmentation (same batches' lengths order)
-                rng = random.Random(args.seed * 1000 + epoch)
-                seqs = [training_ids(tok, t, label, config.block_size, args.lowercase, args.bpe_dropout, rng)
-                        for t, label in train_rows]
             batches = epoch_batches([len(s) for s in seqs], args.batch_size, args.seed * 1000 + epoch)
         batch = batches[offset]
         model.train()
