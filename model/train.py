@@ -47,10 +47,9 @@ def pad_batch(seqs: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tens
 
 
 def batch_loss(model, seqs, tok: Tokenizer, labels: torch.Tensor, args, device,
-               pretrain: bool = False, soft: torch.Tensor | None = None) -> tuple[torch.Tensor, int]:
+               pretrain: bool = False) -> tuple[torch.Tensor, int]:
     """Both loss terms for a batch of training sequences (`pretrain`: the text's LM loss alone);
-    `soft`: teachers' label probabilities, mixed into the label term by `args.distill`.
-    Returns (loss, real input tokens)."""
+    returns (loss, real input tokens)."""
     ids, lengths = pad_batch(seqs, tok.eot_id)
     x, y = ids[:, :-1].to(device), ids[:, 1:].clone()
     T = y.shape[1]
@@ -67,8 +66,6 @@ def batch_loss(model, seqs, tok: Tokenizer, labels: torch.Tensor, args, device,
     lm = F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1).to(device), ignore_index=-1)
     cls_logits = logits[torch.arange(len(seqs), device=device), sent_pos.to(device)][:, label_ids(tok)]
     cls = F.cross_entropy(cls_logits, labels.to(device), label_smoothing=args.label_smoothing)
-    if soft is not None:
-        cls = (1 - args.distill) * cls + args.distill * F.cross_entropy(cls_logits, soft.to(device))
     return (lm if pretrain else args.lm_weight * lm + cls), int((lengths - 1).sum())
 
 
@@ -91,23 +88,6 @@ def validate(model, tok, val_rows, device, lowercase: bool) -> dict:
     m = metrics(y.tolist(), z.argmax(1).tolist())
     m["loss"] = float(F.cross_entropy(z, y))
     return m
-
-
-def teacher_probs(paths: list[str], texts: list[str], data_sha256: str, device) -> torch.Tensor:
-    """Distillation targets: the mean label probabilities of trained checkpoints (each with its own
-    tokenizer and text preparation, calibrated by its own temperature) on the training texts.
-    A teacher must come from the same data file, hence the same split: it never saw the validation rows."""
-    from model.export import load_checkpoint
-
-    probs = []
-    for path in paths:
-        teacher, teacher_tok, ckpt = load_checkpoint(path)
-        if ckpt["data"]["sha256"] != data_sha256:
-            raise ValueError(f"--teacher {path}: trained on another data file; "
-                             "its split could hold our validation rows")
-        z = label_logits(teacher.to(device), teacher_tok, texts, device, ckpt["args"].get("lowercase", False))
-        probs.append(F.softmax(z / (ckpt.get("temperature") or 1.0), dim=1))
-    return torch.stack(probs).mean(0)
 
 
 def fit_temperature(z: torch.Tensor, y: torch.Tensor) -> float:
@@ -180,9 +160,6 @@ def train(args) -> Path:
 
     seqs = [training_ids(tok, t, label, config.block_size, args.lowercase) for t, label in train_rows]
     labels = torch.tensor([label for _, label in train_rows])
-    soft = None
-    if args.teacher:
-        soft = teacher_probs(args.teacher, [t for t, _ in train_rows], file_sha256(data_path), device)
     steps_per_epoch = len(epoch_batches([len(s) for s in seqs], args.batch_size, 0))
     total = args.max_steps or steps_per_epoch * args.epochs
     log.info("train", device=str(device), params=model.num_params(), vocab=tok.vocab_size,
@@ -210,7 +187,7 @@ def train(args) -> Path:
         for group in opt.param_groups:
             group["lr"] = lr_at(step, total, args)
         loss, n = batch_loss(fwd, [seqs[i] for i in batch], tok, labels[batch], args, device,
-                             pretrain=epoch < args.pretrain_epochs, soft=None if soft is None else soft[batch])
+                             pretrain=epoch < args.pretrain_epochs)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

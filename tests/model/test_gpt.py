@@ -98,26 +98,6 @@ def test_training_is_deterministic_and_resumes(tmp_path):
         torch.testing.assert_close(resumed["model"][k], v)
 
 
-def test_distillation_from_teachers_of_the_same_data_only(tmp_path):
-    """--teacher: the label term mixes in the teachers' probabilities on the training texts; a teacher
-    trained on another file is refused (its split could hold this run's validation rows)."""
-    from model.testing import tiny_csv, train_args
-    from model.train import file_sha256, teacher_probs, train
-
-    data = tiny_csv(tmp_path / "t.csv")
-    teacher = train(train_args(data, tmp_path / "teacher", max_steps=10, eval_every=10))
-    texts = ["acme upgraded", "acme downgraded"]
-    probs = teacher_probs([str(teacher)] * 2, texts, file_sha256(data), torch.device("cpu"))
-    assert probs.shape == (2, 3) and torch.allclose(probs.sum(1), torch.ones(2))
-    plain = torch.load(train(train_args(data, tmp_path / "a", max_steps=6, eval_every=6)), weights_only=False)
-    taught = torch.load(train(train_args(data, tmp_path / "b", max_steps=6, eval_every=6, teacher=[str(teacher)],
-                                         distill=1.0)), weights_only=False)
-    assert any(not torch.equal(plain["model"][k], taught["model"][k]) for k in plain["model"])
-    other = tiny_csv(tmp_path / "other.csv", seed=1)
-    with pytest.raises(ValueError, match="another data file"):
-        train(train_args(other, tmp_path / "c", max_steps=2, teacher=[str(teacher)]))
-
-
 @torch.no_grad()
 def test_pretraining_loss_ignores_the_labels():
     """--pretrain-epochs: the language-model loss alone, so the labels cannot change it."""
