@@ -77,6 +77,7 @@ class Feeder(threading.Thread):
         client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"edgewatch-demo-fleet-{self.rnd.random()}",
                              protocol=mqtt.MQTTv311)
         client.max_inflight_messages_set(1000)
+        last = None  # the newest publish: QoS 1 messages go out in order
         try:
             client.connect(self.broker.host, self.broker.port)
             client.loop_start()
@@ -88,16 +89,18 @@ class Feeder(threading.Thread):
                 wait = due - (time.monotonic() - t0)
                 if wait > 0.005 and self._halt.wait(wait):
                     break
-                client.publish(m.topic, json.dumps(m.payload), qos=1)
+                last = client.publish(m.topic, json.dumps(m.payload), qos=1)
                 self.published += 1
                 if self.published % BAD_EVERY == 0:
                     topic, payload = self.rnd.choice(MALFORMED)
-                    client.publish(topic, payload, qos=1)
+                    last = client.publish(topic, payload, qos=1)
                     self.malformed += 1
         except Exception as e:  # noqa: BLE001 - shown in the summary; the demo still ends cleanly
             self.error = f"{type(e).__name__}: {e}"
         finally:
             with contextlib.suppress(Exception):
+                if last is not None:  # what waits beyond the in-flight window would die with the connection
+                    last.wait_for_publish(DRAIN_SECONDS)
                 client.disconnect()
                 client.loop_stop()
 

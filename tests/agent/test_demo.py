@@ -1,5 +1,6 @@
 """`edge-agent demo`: the README's main job, with nothing but the package."""
 
+import re
 import subprocess
 import sys
 
@@ -22,6 +23,10 @@ def test_demo_runs_end_to_end_and_exits_0(tmp_path):
     dead = store.dead_letters()
     assert dead and all(d["reason"] for d in dead)
     assert f"dead letters: {len(dead)}" in out
+    # every message the fleet published reached the agent (none left in the feeder's queue at its disconnect)
+    last = re.findall(r"published\s+(\d+)\s+\((\d+) malformed\) \| agent in\s+(\d+)\s+dead letters (\d+)", out)[-1]
+    published, malformed, taken, dead_letters = map(int, last)
+    assert taken + dead_letters == published and dead_letters == malformed == len(dead), last
 
 
 def test_demo_rejects_a_bad_duration(tmp_path, capsys):
