@@ -98,9 +98,10 @@ class Feeder(threading.Thread):
         except Exception as e:  # noqa: BLE001 - shown in the summary; the demo still ends cleanly
             self.error = f"{type(e).__name__}: {e}"
         finally:
-            with contextlib.suppress(Exception):
-                if last is not None:  # what waits beyond the in-flight window would die with the connection
+            if last is not None:  # what waits beyond the in-flight window would die with the connection
+                with contextlib.suppress(Exception):  # raises when the broker went away: disconnect all the same
                     last.wait_for_publish(DRAIN_SECONDS)
+            with contextlib.suppress(Exception):
                 client.disconnect()
                 client.loop_stop()
 
