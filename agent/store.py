@@ -266,7 +266,7 @@ def _sqlite_time(dt: datetime) -> str:
 class Store:
     """One event log. Thread-safe; `readonly=True` opens it for queries without ever writing or creating it.
 
-    `checkpoint_in_background`: SQLite copies the WAL into the database (a checkpoint, with its fsyncs)
+    `checkpoint_in_background` (SQLite only): SQLite copies the WAL into the database (a checkpoint, with its fsyncs)
     inside whichever commit crosses 1,000 WAL pages, which stalls that commit and every event behind it
     by milliseconds. With this set, commits never checkpoint; the `StoreWriter` calls `checkpoint()`
     from a thread of its own instead.
@@ -275,8 +275,8 @@ class Store:
     def __init__(self, url: str, *, readonly: bool = False, checkpoint_in_background: bool = False):
         self.url = resolve_url(url)
         self.readonly = readonly
-        self.checkpoint_in_background = checkpoint_in_background and not readonly
         self.dialect = self.url.get_backend_name()
+        self.checkpoint_in_background = checkpoint_in_background and not readonly and self.dialect == "sqlite"
         path = _sqlite_file(self.url)
         connect_args: dict = {}
         engine_url = self.url
@@ -613,7 +613,7 @@ class StoreWriter:
         self._closed = False
         self._thread = threading.Thread(target=self._run, name="store-writer", daemon=True)
         self._checkpointer = (threading.Thread(target=self._checkpoints, name="store-checkpoint", daemon=True)
-                              if store.checkpoint_in_background and store.dialect == "sqlite" else None)
+                              if store.checkpoint_in_background else None)
         self._stopped = threading.Event()
         # observable state, for metrics and health
         self.pending_rows = 0  # submitted, not yet committed
