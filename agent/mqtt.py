@@ -34,7 +34,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from agent import __version__, metrics
+from agent import __version__, metrics, paho_properties
 from agent.config import Config, read_secret
 from agent.logs import get
 from agent.records import DeadLetter, Headline, Pnl, Position, Quote, SensorReading, Trade
@@ -99,6 +99,7 @@ class Link:
         self._connects = 0
         self._outcome: collections.deque = collections.deque()  # first-connection outcome, for protocol "auto"
         self._accepting = True
+        paho_properties.install()  # MQTT 5: paho's property tables built once, not once per PUBLISH
 
     # -- connection -------------------------------------------------------------------------
     def start(self, decide_timeout: float = 3.0) -> None:

@@ -1,0 +1,99 @@
+"""Received MQTT 5 properties decode exactly as stock paho decodes them, with the tables built once."""
+
+import threading
+import uuid
+
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt import _packet
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from agent import paho_properties
+from agent.paho_properties import SharedTablesProperties
+from agent.pytest_plugin import Mosquitto, require
+
+
+def _publish_packet(props: bytes, payload: bytes = b'{"value": 1}') -> bytes:
+    """The variable part of a QoS 1 PUBLISH (after the fixed header): topic, packet id 7, properties, payload."""
+    topic = b"sensors/s1/temperature"
+    return len(topic).to_bytes(2, "big") + topic + (7).to_bytes(2, "big") + props + payload
+
+
+def _properties(**values) -> Properties:
+    p = Properties(PacketTypes.PUBLISH)
+    for name, value in values.items():
+        setattr(p, name, value)
+    return p
+
+
+CASES = [
+    {},
+    {"ContentType": "application/json"},
+    {"PayloadFormatIndicator": 1, "MessageExpiryInterval": 60, "ResponseTopic": "r/1", "CorrelationData": b"\x00\xff",
+     "UserProperty": [("site", "berlin"), ("site", "paris")], "TopicAlias": 3, "SubscriptionIdentifier": [5]},
+]
+
+
+def test_install_routes_publish_decoding_through_the_shared_tables():
+    assert paho_properties.install()
+    assert paho_properties.install()  # idempotent
+    assert _packet.Properties is SharedTablesProperties
+    assert mqtt.Properties is Properties  # what the agent builds itself (CONNECT, PUBLISH) stays paho's own
+
+
+@pytest.mark.parametrize("values", CASES)
+def test_decoded_properties_equal_stock_paho(values):
+    paho_properties.install()
+    packed = _properties(**values).pack()
+    stock, stock_len = Properties(PacketTypes.PUBLISH).unpack(packed)
+    ours = _packet.decode_publish(0x32, _publish_packet(packed), mqtt.MQTTv5)
+    assert isinstance(ours.properties, SharedTablesProperties) and isinstance(ours.properties, Properties)
+    assert vars(ours.properties) == vars(stock)
+    assert str(ours.properties) == str(stock) and ours.properties.json() == stock.json()
+    assert (ours.mid, ours.topic, ours.payload) == (7, b"sensors/s1/temperature", b'{"value": 1}')
+
+
+def test_instances_share_tables_but_not_values():
+    paho_properties.install()
+    a, b = SharedTablesProperties(PacketTypes.PUBLISH), SharedTablesProperties(PacketTypes.PUBLISH)
+    assert a.names is b.names and a.properties is b.properties
+    a.ContentType = "text/plain"
+    assert not hasattr(b, "ContentType")
+    a.unpack(_properties(ResponseTopic="x").pack())  # unpack clears what was set before
+    assert vars(a) == vars(Properties(PacketTypes.PUBLISH).unpack(_properties(ResponseTopic="x").pack())[0])
+    assert a.names == Properties(PacketTypes.PUBLISH).names  # the shared tables were not modified
+
+
+@pytest.mark.mosquitto
+def test_a_real_mqtt5_subscriber_receives_every_property(tmp_path):
+    """Through Mosquitto: properties the publisher set arrive on a subscriber decoding with the shared tables."""
+    require("mosquitto", Mosquitto.binary() is not None, "the `mosquitto` binary is not on PATH")
+    paho_properties.install()
+    broker = Mosquitto(tmp_path / "broker").start()
+    got, done = [], threading.Event()
+    sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"sub-{uuid.uuid4().hex[:8]}", protocol=mqtt.MQTTv5)
+    sub.on_message = lambda c, u, msg: (got.append(msg), done.set())
+    subscribed = threading.Event()
+    sub.on_subscribe = lambda *a: subscribed.set()
+    pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"pub-{uuid.uuid4().hex[:8]}", protocol=mqtt.MQTTv5)
+    try:
+        sub.connect(broker.host, broker.port)
+        sub.loop_start()
+        sub.subscribe("sensors/#", qos=1)
+        assert subscribed.wait(5)
+        pub.connect(broker.host, broker.port)
+        pub.loop_start()
+        sent = _properties(ContentType="application/json", UserProperty=[("site", "berlin")], MessageExpiryInterval=60)
+        pub.publish("sensors/s1/temperature", b'{"value": 21.5}', qos=1, properties=sent).wait_for_publish(5)
+        assert done.wait(5)
+        props = got[0].properties
+        assert isinstance(props, SharedTablesProperties)
+        assert (props.ContentType, props.UserProperty) == ("application/json", [("site", "berlin")])
+        assert 0 < props.MessageExpiryInterval <= 60  # the broker forwards the time left
+        assert got[0].payload == b'{"value": 21.5}' and got[0].qos == 1
+    finally:
+        for c in (pub, sub):
+            c.disconnect()
+            c.loop_stop()
+        broker.stop()
