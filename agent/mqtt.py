@@ -34,7 +34,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from agent import __version__, metrics, paho_properties
+from agent import __version__, metrics, paho_receive
 from agent.config import Config, read_secret
 from agent.logs import get
 from agent.records import DeadLetter, Headline, Pnl, Position, Quote, SensorReading, Trade
@@ -69,6 +69,16 @@ def no_delay(client, userdata, sock) -> None:
         pass
 
 
+def open_socket(client, userdata, sock) -> None:
+    """The agent's `on_socket_open`: no Nagle, and paho reads through a `ReadAheadSocket`.
+
+    paho calls this right after it stores the new connection's socket in `client._sock` (paho 2.x,
+    pinned <3) and before it sends CONNECT; every later read, write and select goes through it.
+    """
+    no_delay(client, userdata, sock)
+    client._sock = paho_receive.ReadAheadSocket(sock)
+
+
 class BatchMark(csp.Struct):
     """Ticks with every push batch: which batch, how many messages, when its first one arrived."""
 
@@ -99,7 +109,7 @@ class Link:
         self._connects = 0
         self._outcome: collections.deque = collections.deque()  # first-connection outcome, for protocol "auto"
         self._accepting = True
-        paho_properties.install()  # MQTT 5: paho's property tables built once, not once per PUBLISH
+        paho_receive.install()  # MQTT 5: paho's property tables built once, not once per PUBLISH
 
     # -- connection -------------------------------------------------------------------------
     def start(self, decide_timeout: float = 3.0) -> None:
@@ -149,7 +159,7 @@ class Link:
         c.on_disconnect = self._on_disconnect
         c.on_message = self._on_message
         c.on_publish = self._on_publish
-        c.on_socket_open = no_delay
+        c.on_socket_open = open_socket
         kwargs = {}
         if v5:
             props = Properties(PacketTypes.CONNECT)

@@ -1,4 +1,5 @@
-"""Received MQTT 5 properties decode exactly as stock paho decodes them, with the tables built once."""
+"""paho's receive path as the agent runs it: properties decode exactly as stock paho decodes them (tables
+built once), and reads served from one large recv lose, reorder and delay nothing."""
 
 import threading
 import uuid
@@ -9,8 +10,9 @@ from paho.mqtt import _packet
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from agent import paho_properties
-from agent.paho_properties import SharedTablesProperties
+from agent import paho_receive
+from agent.mqtt import open_socket
+from agent.paho_receive import READ_AHEAD, ReadAheadSocket, SharedTablesProperties
 from agent.pytest_plugin import Mosquitto, require
 
 
@@ -36,15 +38,15 @@ CASES = [
 
 
 def test_install_routes_publish_decoding_through_the_shared_tables():
-    assert paho_properties.install()
-    assert paho_properties.install()  # idempotent
+    assert paho_receive.install()
+    assert paho_receive.install()  # idempotent
     assert _packet.Properties is SharedTablesProperties
     assert mqtt.Properties is Properties  # what the agent builds itself (CONNECT, PUBLISH) stays paho's own
 
 
 @pytest.mark.parametrize("values", CASES)
 def test_decoded_properties_equal_stock_paho(values):
-    paho_properties.install()
+    paho_receive.install()
     packed = _properties(**values).pack()
     stock, stock_len = Properties(PacketTypes.PUBLISH).unpack(packed)
     ours = _packet.decode_publish(0x32, _publish_packet(packed), mqtt.MQTTv5)
@@ -55,7 +57,7 @@ def test_decoded_properties_equal_stock_paho(values):
 
 
 def test_instances_share_tables_but_not_values():
-    paho_properties.install()
+    paho_receive.install()
     a, b = SharedTablesProperties(PacketTypes.PUBLISH), SharedTablesProperties(PacketTypes.PUBLISH)
     assert a.names is b.names and a.properties is b.properties
     a.ContentType = "text/plain"
@@ -69,7 +71,7 @@ def test_instances_share_tables_but_not_values():
 def test_a_real_mqtt5_subscriber_receives_every_property(tmp_path):
     """Through Mosquitto: properties the publisher set arrive on a subscriber decoding with the shared tables."""
     require("mosquitto", Mosquitto.binary() is not None, "the `mosquitto` binary is not on PATH")
-    paho_properties.install()
+    paho_receive.install()
     broker = Mosquitto(tmp_path / "broker").start()
     got, done = [], threading.Event()
     sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"sub-{uuid.uuid4().hex[:8]}", protocol=mqtt.MQTTv5)
@@ -92,6 +94,88 @@ def test_a_real_mqtt5_subscriber_receives_every_property(tmp_path):
         assert (props.ContentType, props.UserProperty) == ("application/json", [("site", "berlin")])
         assert 0 < props.MessageExpiryInterval <= 60  # the broker forwards the time left
         assert got[0].payload == b'{"value": 21.5}' and got[0].qos == 1
+    finally:
+        for c in (pub, sub):
+            c.disconnect()
+            c.loop_stop()
+        broker.stop()
+
+
+class _Chunks:
+    """A socket stand-in that returns the queued chunks, then raises BlockingIOError (a non-blocking socket)."""
+
+    def __init__(self, *chunks: bytes):
+        self.chunks = list(chunks)
+        self.asked: list[int] = []
+
+    def recv(self, n: int) -> bytes:
+        self.asked.append(n)
+        if not self.chunks:
+            raise BlockingIOError
+        return self.chunks.pop(0)[:n]
+
+    def fileno(self) -> int:
+        return 42
+
+
+def test_read_ahead_serves_small_reads_from_one_large_recv():
+    inner = _Chunks(b"\x32\x0bhello world!")
+    s = ReadAheadSocket(inner)
+    assert s.pending() == 0
+    assert s.recv(1) == b"\x32" and s.pending() == 13
+    assert s.recv(1) == b"\x0b"
+    assert s.recv(100) == b"hello world!"  # no more than is buffered: paho reads the rest next time
+    assert s.pending() == 0 and inner.asked == [READ_AHEAD]  # one system call for three reads
+    with pytest.raises(BlockingIOError):  # an empty buffer reads the socket, as paho expects
+        s.recv(1)
+    assert s.fileno() == 42  # everything else is the socket's own
+
+
+def test_read_ahead_passes_a_closed_connection_through():
+    s = ReadAheadSocket(_Chunks(b"ab", b""))
+    assert s.recv(5) == b"ab"  # what the socket returned fits the request: handed over as is
+    assert s.recv(1) == b""  # paho treats b"" as the connection lost
+
+
+def test_read_ahead_adds_what_a_tls_socket_holds_to_pending():
+    inner = _Chunks(b"xyz")
+    inner.pending = lambda: 7
+    s = ReadAheadSocket(inner)
+    s.recv(1)
+    assert s.pending() == 2 + 7
+
+
+def test_paho_reads_a_burst_through_the_read_ahead_socket(tmp_path):
+    """The agent's `on_socket_open` on a real connection: a burst of QoS 1 messages arrives whole and in order."""
+    require("mosquitto", Mosquitto.binary() is not None, "the `mosquitto` binary is not on PATH")
+    broker = Mosquitto(tmp_path / "broker").start()
+    got, done, subscribed = [], threading.Event(), threading.Event()
+
+    def on_message(client, userdata, msg):
+        got.append(msg.payload)
+        if len(got) == 2000:
+            done.set()
+
+    sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"sub-{uuid.uuid4().hex[:8]}", protocol=mqtt.MQTTv5)
+    sub.on_socket_open = open_socket
+    sub.on_message = on_message
+    sub.on_subscribe = lambda *a: subscribed.set()
+    pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"pub-{uuid.uuid4().hex[:8]}", protocol=mqtt.MQTTv5)
+    pub.max_queued_messages_set(0)
+    try:
+        sub.connect(broker.host, broker.port)
+        sub.loop_start()
+        sub.subscribe("sensors/#", qos=1)
+        assert subscribed.wait(5)
+        assert isinstance(sub.socket(), ReadAheadSocket)
+        pub.connect(broker.host, broker.port)
+        pub.loop_start()
+        sent = [b'{"value": %d, "pad": "%s"}' % (i, b"x" * (i % 300)) for i in range(2000)]
+        for i, payload in enumerate(sent):
+            info = pub.publish(f"sensors/s{i % 50}/temperature", payload, qos=1)
+        info.wait_for_publish(10)
+        assert done.wait(10), f"{len(got)} of 2000 arrived"
+        assert got == sent
     finally:
         for c in (pub, sub):
             c.disconnect()

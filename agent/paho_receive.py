@@ -1,0 +1,89 @@
+"""paho's receive path, made cheaper where it costs the agent most: socket reads and MQTT 5 properties.
+
+paho's thread shares the GIL with validation, the csp engine and the log writer, so
+every microsecond it spends per message is one they wait for.
+
+Reads: paho reads a packet as 1 byte (its type), 1-4 bytes (its length), then
+the rest: three `recv` calls, each releasing and re-acquiring the GIL, and it
+selects again before every packet. `ReadAheadSocket` serves those reads from one
+large `recv` and reports what it holds through `pending()`, which paho's loop
+already asks of SSL sockets, so buffered packets are read without waiting.
+
+Properties: paho 2.x decodes every PUBLISH of an MQTT 5 session into a new `Properties`:
+its constructor rebuilds two 27-entry tables (property names, their types and
+packet kinds) through a validating `__setattr__`, and `unpack` first "clears"
+the fresh object by testing all 27 names. For a small sensor reading that is
+about a third of what paho's thread spends on it, on the GIL that validation
+and the csp engine need. The tables are constants that paho only reads, so
+`SharedTablesProperties` shares one copy and clears only what is set; decoding
+is otherwise paho's own. `install()` makes paho's PUBLISH decoder use it; the
+agent's own `Properties` (CONNECT, PUBLISH) are paho's, untouched.
+"""
+
+from __future__ import annotations
+
+from paho.mqtt import _packet
+from paho.mqtt.properties import Properties
+
+_TABLES = ("types", "names", "properties")
+READ_AHEAD = 65536  # bytes per socket read: a burst of ~1,000 small readings
+
+
+class SharedTablesProperties(Properties):
+    """paho's `Properties`, with the lookup tables shared by every instance."""
+
+    _tables: dict = {}  # table name -> the one copy, set by install()
+
+    def __init__(self, packetType: int):
+        self.__dict__.update(self._tables, packetType=packetType)
+
+    def clear(self) -> None:
+        """Drop every property set (paho stores them as attributes; the tables and packet type stay)."""
+        for name in [n for n in self.__dict__ if n != "packetType" and n not in _TABLES]:
+            del self.__dict__[name]
+
+
+def install() -> bool:
+    """Decode received PUBLISH properties with `SharedTablesProperties`; False where this paho is laid out
+    differently (no `_packet.Properties`, or other instance state), and then nothing is changed."""
+    current = getattr(_packet, "Properties", None)
+    if current is SharedTablesProperties:
+        return True
+    if current is not Properties:
+        return False
+    probe = Properties(0)
+    if set(vars(probe)) != {"packetType", *_TABLES}:
+        return False
+    SharedTablesProperties._tables = {name: vars(probe)[name] for name in _TABLES}
+    _packet.Properties = SharedTablesProperties
+    return True
+
+
+class ReadAheadSocket:
+    """A connected socket whose reads are served from one large `recv`; everything else is the socket's own."""
+
+    def __init__(self, sock):
+        self._sock = sock
+        self._buf = b""
+        self._pos = 0
+
+    def recv(self, bufsize: int) -> bytes:
+        """Up to `bufsize` bytes: from the buffer, or from the socket (which may raise BlockingIOError as usual)."""
+        if self._pos >= len(self._buf):
+            data = self._sock.recv(max(bufsize, READ_AHEAD))
+            if len(data) <= bufsize:
+                return data
+            self._buf, self._pos = data, 0
+        chunk = self._buf[self._pos:self._pos + bufsize]
+        self._pos += len(chunk)
+        if self._pos >= len(self._buf):
+            self._buf, self._pos = b"", 0
+        return chunk
+
+    def pending(self) -> int:
+        """Bytes readable without waiting: paho's loop skips select()'s wait while this is above 0."""
+        inner = self._sock.pending() if hasattr(self._sock, "pending") else 0  # TLS: decrypted, not yet read
+        return len(self._buf) - self._pos + inner
+
+    def __getattr__(self, name: str):
+        return getattr(self._sock, name)
