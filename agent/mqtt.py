@@ -51,7 +51,6 @@ RECORD_TYPES = {
     "news": Headline,
 }
 MAX_BATCH = 5000  # messages per push at most: bounds one engine cycle's latency
-COALESCE = 0.0002  # seconds the pump lets a burst gather after the first message wakes it
 MAX_BATCHES_IN_FLIGHT = 2  # pushed but not yet durable: under load the next batch grows instead
 _PUBACK = struct.Struct("!BBH")
 PROTOCOL_REFUSED = {"Unsupported protocol version", "Unacceptable protocol version"}
@@ -334,7 +333,6 @@ class _MqttAdapterManagerImpl(AdapterManagerImpl):
         while self._running:
             link.wake.wait(0.5)
             link.wake.clear()
-            time.sleep(COALESCE)  # hand the GIL back to paho's thread: the rest of its burst joins this batch
             while self._running and link.inbox and link._accepting:
                 self._push(link.inbox)
                 self._rep.wait_for_durable(self._seq - MAX_BATCHES_IN_FLIGHT + 1, lambda: not self._running)
