@@ -26,6 +26,7 @@ from paho.mqtt import _packet
 from paho.mqtt.properties import Properties
 
 _TABLES = ("types", "names", "properties")
+_STATE = {"packetType", *_TABLES}  # what a paho `Properties` holds besides the properties set on it
 READ_AHEAD = 65536  # bytes per socket read: a burst of ~1,000 small readings
 
 
@@ -39,7 +40,7 @@ class SharedTablesProperties(Properties):
 
     def clear(self) -> None:
         """Drop every property set (paho stores them as attributes; the tables and packet type stay)."""
-        for name in [n for n in self.__dict__ if n != "packetType" and n not in _TABLES]:
+        for name in [n for n in self.__dict__ if n not in _STATE]:
             del self.__dict__[name]
 
 
@@ -52,7 +53,7 @@ def install() -> bool:
     if current is not Properties:
         return False
     probe = Properties(0)
-    if set(vars(probe)) != {"packetType", *_TABLES}:
+    if set(vars(probe)) != _STATE:
         return False
     SharedTablesProperties._tables = {name: vars(probe)[name] for name in _TABLES}
     _packet.Properties = SharedTablesProperties
@@ -64,6 +65,7 @@ class ReadAheadSocket:
 
     def __init__(self, sock):
         self._sock = sock
+        self._inner_pending = getattr(sock, "pending", None)  # TLS: decrypted bytes not yet read
         self._buf = b""
         self._pos = 0
 
@@ -82,7 +84,7 @@ class ReadAheadSocket:
 
     def pending(self) -> int:
         """Bytes readable without waiting: paho's loop skips select()'s wait while this is above 0."""
-        inner = self._sock.pending() if hasattr(self._sock, "pending") else 0  # TLS: decrypted, not yet read
+        inner = self._inner_pending() if self._inner_pending is not None else 0
         return len(self._buf) - self._pos + inner
 
     def __getattr__(self, name: str):

@@ -133,7 +133,7 @@ def publish_all(broker, messages: list[tuple[str, bytes]]) -> float:
     return rate
 
 
-# -- consumers (run in their own process: `--role bare|naive|echo`) -------------------------------------
+# -- consumers (run in their own process: `--role bare|bare-patched|naive|echo`) -------------------------------------
 
 
 def drain(port: int, client_id: str, n: int, handle, patched: bool = False) -> float:

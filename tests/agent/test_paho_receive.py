@@ -41,14 +41,16 @@ def test_install_routes_publish_decoding_through_the_shared_tables():
     assert paho_receive.install()
     assert paho_receive.install()  # idempotent
     assert _packet.Properties is SharedTablesProperties
-    assert mqtt.Properties is Properties  # what the agent builds itself (CONNECT, PUBLISH) stays paho's own
+    # what the agent builds itself (CONNECT, PUBLISH) stays paho's own, with tables of its own
+    assert type(mqtt.Properties(PacketTypes.CONNECT)) is Properties
+    assert mqtt.Properties(PacketTypes.CONNECT).names is not SharedTablesProperties._tables["names"]
 
 
 @pytest.mark.parametrize("values", CASES)
 def test_decoded_properties_equal_stock_paho(values):
     paho_receive.install()
     packed = _properties(**values).pack()
-    stock, stock_len = Properties(PacketTypes.PUBLISH).unpack(packed)
+    stock, _ = Properties(PacketTypes.PUBLISH).unpack(packed)
     ours = _packet.decode_publish(0x32, _publish_packet(packed), mqtt.MQTTv5)
     assert isinstance(ours.properties, SharedTablesProperties) and isinstance(ours.properties, Properties)
     assert vars(ours.properties) == vars(stock)
@@ -67,38 +69,54 @@ def test_instances_share_tables_but_not_values():
     assert a.names == Properties(PacketTypes.PUBLISH).names  # the shared tables were not modified
 
 
-@pytest.mark.mosquitto
-def test_a_real_mqtt5_subscriber_receives_every_property(tmp_path):
-    """Through Mosquitto: properties the publisher set arrive on a subscriber decoding with the shared tables."""
+@pytest.fixture
+def mqtt5(tmp_path):
+    """A private Mosquitto and `connect(name, **callbacks)` for started MQTT 5 clients, all closed after the test."""
     require("mosquitto", Mosquitto.binary() is not None, "the `mosquitto` binary is not on PATH")
     paho_receive.install()
     broker = Mosquitto(tmp_path / "broker").start()
-    got, done = [], threading.Event()
-    sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"sub-{uuid.uuid4().hex[:8]}", protocol=mqtt.MQTTv5)
-    sub.on_message = lambda c, u, msg: (got.append(msg), done.set())
+    clients: list[mqtt.Client] = []
+
+    def connect(name: str, **callbacks) -> mqtt.Client:
+        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"{name}-{uuid.uuid4().hex[:8]}",
+                        protocol=mqtt.MQTTv5)
+        c.max_queued_messages_set(0)
+        for attr, callback in callbacks.items():
+            setattr(c, attr, callback)
+        clients.append(c)
+        c.connect(broker.host, broker.port)
+        c.loop_start()
+        return c
+
+    yield connect
+    for c in clients:
+        c.disconnect()
+        c.loop_stop()
+    broker.stop()
+
+
+def _subscribe(client: mqtt.Client, topic: str) -> None:
     subscribed = threading.Event()
-    sub.on_subscribe = lambda *a: subscribed.set()
-    pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"pub-{uuid.uuid4().hex[:8]}", protocol=mqtt.MQTTv5)
-    try:
-        sub.connect(broker.host, broker.port)
-        sub.loop_start()
-        sub.subscribe("sensors/#", qos=1)
-        assert subscribed.wait(5)
-        pub.connect(broker.host, broker.port)
-        pub.loop_start()
-        sent = _properties(ContentType="application/json", UserProperty=[("site", "berlin")], MessageExpiryInterval=60)
-        pub.publish("sensors/s1/temperature", b'{"value": 21.5}', qos=1, properties=sent).wait_for_publish(5)
-        assert done.wait(5)
-        props = got[0].properties
-        assert isinstance(props, SharedTablesProperties)
-        assert (props.ContentType, props.UserProperty) == ("application/json", [("site", "berlin")])
-        assert 0 < props.MessageExpiryInterval <= 60  # the broker forwards the time left
-        assert got[0].payload == b'{"value": 21.5}' and got[0].qos == 1
-    finally:
-        for c in (pub, sub):
-            c.disconnect()
-            c.loop_stop()
-        broker.stop()
+    client.on_subscribe = lambda *a: subscribed.set()
+    client.subscribe(topic, qos=1)
+    assert subscribed.wait(5)
+
+
+@pytest.mark.mosquitto
+def test_a_real_mqtt5_subscriber_receives_every_property(mqtt5):
+    """Through Mosquitto: properties the publisher set arrive on a subscriber decoding with the shared tables."""
+    got, done = [], threading.Event()
+    sub = mqtt5("sub", on_message=lambda c, u, msg: (got.append(msg), done.set()))
+    _subscribe(sub, "sensors/#")
+    pub = mqtt5("pub")
+    sent = _properties(ContentType="application/json", UserProperty=[("site", "berlin")], MessageExpiryInterval=60)
+    pub.publish("sensors/s1/temperature", b'{"value": 21.5}', qos=1, properties=sent).wait_for_publish(5)
+    assert done.wait(5)
+    props = got[0].properties
+    assert isinstance(props, SharedTablesProperties)
+    assert (props.ContentType, props.UserProperty) == ("application/json", [("site", "berlin")])
+    assert 0 < props.MessageExpiryInterval <= 60  # the broker forwards the time left
+    assert got[0].payload == b'{"value": 21.5}' and got[0].qos == 1
 
 
 class _Chunks:
@@ -145,39 +163,23 @@ def test_read_ahead_adds_what_a_tls_socket_holds_to_pending():
     assert s.pending() == 2 + 7
 
 
-def test_paho_reads_a_burst_through_the_read_ahead_socket(tmp_path):
+@pytest.mark.mosquitto
+def test_paho_reads_a_burst_through_the_read_ahead_socket(mqtt5):
     """The agent's `on_socket_open` on a real connection: a burst of QoS 1 messages arrives whole and in order."""
-    require("mosquitto", Mosquitto.binary() is not None, "the `mosquitto` binary is not on PATH")
-    broker = Mosquitto(tmp_path / "broker").start()
-    got, done, subscribed = [], threading.Event(), threading.Event()
+    got, done = [], threading.Event()
 
     def on_message(client, userdata, msg):
         got.append(msg.payload)
         if len(got) == 2000:
             done.set()
 
-    sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"sub-{uuid.uuid4().hex[:8]}", protocol=mqtt.MQTTv5)
-    sub.on_socket_open = open_socket
-    sub.on_message = on_message
-    sub.on_subscribe = lambda *a: subscribed.set()
-    pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"pub-{uuid.uuid4().hex[:8]}", protocol=mqtt.MQTTv5)
-    pub.max_queued_messages_set(0)
-    try:
-        sub.connect(broker.host, broker.port)
-        sub.loop_start()
-        sub.subscribe("sensors/#", qos=1)
-        assert subscribed.wait(5)
-        assert isinstance(sub.socket(), ReadAheadSocket)
-        pub.connect(broker.host, broker.port)
-        pub.loop_start()
-        sent = [b'{"value": %d, "pad": "%s"}' % (i, b"x" * (i % 300)) for i in range(2000)]
-        for i, payload in enumerate(sent):
-            info = pub.publish(f"sensors/s{i % 50}/temperature", payload, qos=1)
-        info.wait_for_publish(10)
-        assert done.wait(10), f"{len(got)} of 2000 arrived"
-        assert got == sent
-    finally:
-        for c in (pub, sub):
-            c.disconnect()
-            c.loop_stop()
-        broker.stop()
+    sub = mqtt5("sub", on_socket_open=open_socket, on_message=on_message)
+    _subscribe(sub, "sensors/#")
+    assert isinstance(sub.socket(), ReadAheadSocket)
+    pub = mqtt5("pub")
+    sent = [b'{"value": %d, "pad": "%s"}' % (i, b"x" * (i % 300)) for i in range(2000)]
+    for i, payload in enumerate(sent):
+        info = pub.publish(f"sensors/s{i % 50}/temperature", payload, qos=1)
+    info.wait_for_publish(10)
+    assert done.wait(10), f"{len(got)} of 2000 arrived"
+    assert got == sent
