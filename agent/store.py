@@ -9,6 +9,7 @@ tested. Every datetime is naive UTC, stored as the backend's timestamp type
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import operator
@@ -16,7 +17,7 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from urllib.parse import quote
@@ -303,6 +304,8 @@ class Store:
             metadata.create_all(self.engine)
         insert = sqlite.insert if self.dialect == "sqlite" else postgresql.insert
         self._insert_bars = insert(bars).on_conflict_do_nothing(index_elements=["symbol", "start"])
+        self._write_lock = threading.Lock()
+        self._write_conn: sa.Connection | None = None  # kept between writes: a pool round trip is per connection
 
     @property
     def display_url(self) -> str:
@@ -328,7 +331,18 @@ class Store:
             raise StoreError(f"{self.display_url}: {e.orig}") from None
 
     def close(self) -> None:
+        with self._write_lock:
+            self._drop_write_conn()
         self.engine.dispose()
+
+    def _drop_write_conn(self) -> None:
+        """Give the writes' connection back (after an error: the next write checks out a tested one)."""
+        if self._write_conn is not None:
+            try:
+                self._write_conn.close()
+            except sa.exc.SQLAlchemyError:
+                pass
+            self._write_conn = None
 
     # -- writing -------------------------------------------------------------------------------------------
 
@@ -351,35 +365,47 @@ class Store:
         bar_rows = [
             {c: (_naive_utc(_get(b, c)) if c in ("start", "end") else _get(b, c)) for c in _BAR_FIELDS} for b in bars
         ]
+        with self._write_lock:
+            if self._write_conn is None:
+                self._write_conn = self.engine.connect()
+            try:
+                with self._write_conn.begin():
+                    return self._write(self._write_conn, now, ev_rows, dl_rows, bar_rows)
+            except Exception:
+                self._drop_write_conn()
+                raise
+
+    def _write(self, conn: sa.Connection, now: datetime, ev_rows: list[tuple], dl_rows: list[dict],
+               bar_rows: list[dict]) -> list[dict]:
+        """The rows of one transaction; the events newly inserted, as SPEC §2 dicts."""
         new: list[dict] = []
-        with self.engine.begin() as conn:
-            if ev_rows:
-                insert = self._insert_sqlite if self.dialect == "sqlite" else self._insert_postgresql
-                inserted = insert(conn, ev_rows, now)
-                if inserted:
-                    inserted.sort()
-                    if len(inserted) < len(ev_rows) or any(i[1] != r[0] for i, r in zip(inserted, ev_rows)):
-                        by_id = {r[0]: r for r in ev_rows}
-                        ev_rows = [by_id[eid] for _, eid in inserted]
-                    logged_at = isoformat(now)
-                    for (id_, _), (eid, ts, kind, key, severity, message, data) in zip(inserted, ev_rows):
-                        new.append(
-                            {
-                                "id": id_,
-                                "event_id": eid,
-                                "ts": isoformat(ts),
-                                "logged_at": logged_at,
-                                "kind": kind,
-                                "key": key,
-                                "severity": severity,
-                                "message": message,
-                                "data": data,
-                            }
-                        )
-            if dl_rows:
-                conn.execute(deadletters.insert(), dl_rows)
-            if bar_rows:
-                conn.execute(self._insert_bars, bar_rows)
+        if ev_rows:
+            insert = self._insert_sqlite if self.dialect == "sqlite" else self._insert_postgresql
+            inserted = insert(conn, ev_rows, now)
+            if inserted:
+                inserted.sort()
+                if len(inserted) < len(ev_rows) or any(i[1] != r[0] for i, r in zip(inserted, ev_rows)):
+                    by_id = {r[0]: r for r in ev_rows}
+                    ev_rows = [by_id[eid] for _, eid in inserted]
+                logged_at = isoformat(now)
+                for (id_, _), (eid, ts, kind, key, severity, message, data) in zip(inserted, ev_rows):
+                    new.append(
+                        {
+                            "id": id_,
+                            "event_id": eid,
+                            "ts": isoformat(ts),
+                            "logged_at": logged_at,
+                            "kind": kind,
+                            "key": key,
+                            "severity": severity,
+                            "message": message,
+                            "data": data,
+                        }
+                    )
+        if dl_rows:
+            conn.execute(deadletters.insert(), dl_rows)
+        if bar_rows:
+            conn.execute(self._insert_bars, bar_rows)
         return new
 
     def _insert_postgresql(self, conn: sa.Connection, rows: list[tuple], now: datetime) -> list[tuple[int, str]]:
@@ -395,9 +421,7 @@ class Store:
             (eid, ts, now, kind, key, severity, message, json_dumps(data))
             for eid, ts, kind, key, severity, message, data in rows
         ]
-        dbapi = self.engine.dialect.loaded_dbapi
-        cur = conn.connection.dbapi_connection.cursor()
-        try:
+        with self._driver_cursor(conn, _PG_INSERT) as cur:
             cur.execute("SELECT pg_advisory_xact_lock('events'::regclass::oid::bigint)")
             cur.executemany(_PG_INSERT, params, returning=True)
             inserted = []
@@ -405,13 +429,10 @@ class Store:
                 inserted += cur.fetchall()
                 if not cur.nextset():
                     return inserted
-        except dbapi.Error as e:  # as SQLAlchemy would raise it, so the writer tells transient from refused
-            raise sa.exc.DBAPIError.instance(_PG_INSERT, None, e, dbapi.Error) from None
-        finally:
-            cur.close()
 
     def _insert_sqlite(self, conn: sa.Connection, rows: list[tuple], now: datetime) -> list[tuple[int, str]]:
-        """The hot path: one C-level executemany with values already in SQLAlchemy's SQLite storage format.
+        """The hot path: one C-level executemany on the driver's cursor, values already in SQLAlchemy's SQLite
+        storage format (SQLAlchemy's statement layers cost more than the insert itself on a cold CPU cache).
 
         The transaction holds SQLite's write lock from the first insert on, and ids only grow
         (AUTOINCREMENT), so the rows this statement inserted are exactly the `rowcount` highest ids.
@@ -421,10 +442,24 @@ class Store:
             (eid, _sqlite_time(ts), logged_at, kind, key, severity, message, json_dumps(data))
             for eid, ts, kind, key, severity, message, data in rows
         ]
-        n = conn.exec_driver_sql(_SQLITE_INSERT, params).rowcount
-        if n <= 0:
-            return []
-        return conn.exec_driver_sql("SELECT id, event_id FROM events ORDER BY id DESC LIMIT ?", (n,)).cursor.fetchall()
+        with self._driver_cursor(conn, _SQLITE_INSERT) as cur:
+            n = cur.executemany(_SQLITE_INSERT, params).rowcount
+            if n <= 0:
+                return []
+            return cur.execute("SELECT id, event_id FROM events ORDER BY id DESC LIMIT ?", (n,)).fetchall()
+
+    @contextlib.contextmanager
+    def _driver_cursor(self, conn: sa.Connection, statement: str) -> Iterator:
+        """A cursor of the driver itself, in `conn`'s transaction; its errors raised as SQLAlchemy raises them,
+        so the writer tells a database that is away (retry) from a row it refuses."""
+        dbapi = self.engine.dialect.loaded_dbapi
+        cur = conn.connection.dbapi_connection.cursor()
+        try:
+            yield cur
+        except dbapi.Error as e:
+            raise sa.exc.DBAPIError.instance(statement, None, e, dbapi.Error) from None
+        finally:
+            cur.close()
 
     def checkpoint(self) -> None:
         """Copy committed WAL pages into the database file without waiting on readers or the writer."""
@@ -765,17 +800,17 @@ class StoreWriter:
         rows = sum(map(len, batch))
         self.commits += rows > 0
         self.rows_written += rows
+        if new and self.on_commit is not None:  # events out first: acknowledgements are nobody's latency
+            try:
+                self.on_commit(new)
+            except Exception:  # noqa: BLE001
+                log.exception("store_on_commit_failed")
         for it in batch:
             if it.on_durable is not None:
                 try:
                     it.on_durable()
                 except Exception:  # noqa: BLE001
                     log.exception("store_on_durable_failed")
-        if new and self.on_commit is not None:
-            try:
-                self.on_commit(new)
-            except Exception:  # noqa: BLE001
-                log.exception("store_on_commit_failed")
         with self._lock:
             self.pending_rows -= rows
             self._done_n += len(batch)
