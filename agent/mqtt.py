@@ -34,7 +34,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from agent import __version__, metrics, paho_receive
+from agent import __version__, metrics, paho_receive, paho_send
 from agent.config import Config, read_secret
 from agent.logs import get
 from agent.records import DeadLetter, Headline, Pnl, Position, Quote, SensorReading, Trade
@@ -159,6 +159,8 @@ class Link:
         c.on_message = self._on_message
         c.on_publish = self._on_publish
         c.on_socket_open = open_socket
+        if not self.cfg.tls:  # events and PUBACKs leave from the thread that makes them (plain TCP only)
+            paho_send.install(c)
         kwargs = {}
         if v5:
             props = Properties(PacketTypes.CONNECT)

@@ -2,7 +2,6 @@
 built once), and reads served from one large recv lose, reorder and delay nothing."""
 
 import threading
-import uuid
 
 import paho.mqtt.client as mqtt
 import pytest
@@ -13,7 +12,6 @@ from paho.mqtt.properties import Properties
 from agent import paho_receive
 from agent.mqtt import open_socket
 from agent.paho_receive import READ_AHEAD, ReadAheadSocket, SharedTablesProperties
-from agent.pytest_plugin import Mosquitto, require
 
 
 def _publish_packet(props: bytes, payload: bytes = b'{"value": 1}') -> bytes:
@@ -69,45 +67,11 @@ def test_instances_share_tables_but_not_values():
     assert a.names == Properties(PacketTypes.PUBLISH).names  # the shared tables were not modified
 
 
-@pytest.fixture
-def mqtt5(tmp_path):
-    """A private Mosquitto and `connect(name, **callbacks)` for started MQTT 5 clients, all closed after the test."""
-    require("mosquitto", Mosquitto.binary() is not None, "the `mosquitto` binary is not on PATH")
-    paho_receive.install()
-    broker = Mosquitto(tmp_path / "broker").start()
-    clients: list[mqtt.Client] = []
-
-    def connect(name: str, **callbacks) -> mqtt.Client:
-        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"{name}-{uuid.uuid4().hex[:8]}",
-                        protocol=mqtt.MQTTv5)
-        c.max_queued_messages_set(0)
-        for attr, callback in callbacks.items():
-            setattr(c, attr, callback)
-        clients.append(c)
-        c.connect(broker.host, broker.port)
-        c.loop_start()
-        return c
-
-    yield connect
-    for c in clients:
-        c.disconnect()
-        c.loop_stop()
-    broker.stop()
-
-
-def _subscribe(client: mqtt.Client, topic: str) -> None:
-    subscribed = threading.Event()
-    client.on_subscribe = lambda *a: subscribed.set()
-    client.subscribe(topic, qos=1)
-    assert subscribed.wait(5)
-
-
 @pytest.mark.mosquitto
 def test_a_real_mqtt5_subscriber_receives_every_property(mqtt5):
     """Through Mosquitto: properties the publisher set arrive on a subscriber decoding with the shared tables."""
     got, done = [], threading.Event()
-    sub = mqtt5("sub", on_message=lambda c, u, msg: (got.append(msg), done.set()))
-    _subscribe(sub, "sensors/#")
+    mqtt5("sub", subscribe="sensors/#", on_message=lambda c, u, msg: (got.append(msg), done.set()))
     pub = mqtt5("pub")
     sent = _properties(ContentType="application/json", UserProperty=[("site", "berlin")], MessageExpiryInterval=60)
     pub.publish("sensors/s1/temperature", b'{"value": 21.5}', qos=1, properties=sent).wait_for_publish(5)
@@ -173,8 +137,7 @@ def test_paho_reads_a_burst_through_the_read_ahead_socket(mqtt5):
         if len(got) == 2000:
             done.set()
 
-    sub = mqtt5("sub", on_socket_open=open_socket, on_message=on_message)
-    _subscribe(sub, "sensors/#")
+    sub = mqtt5("sub", subscribe="sensors/#", on_socket_open=open_socket, on_message=on_message)
     assert isinstance(sub.socket(), ReadAheadSocket)
     pub = mqtt5("pub")
     sent = [b'{"value": %d, "pad": "%s"}' % (i, b"x" * (i % 300)) for i in range(2000)]

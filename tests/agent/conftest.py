@@ -1,0 +1,44 @@
+"""Fixtures of the agent's tests: plain MQTT 5 clients on a private Mosquitto, for paho's send and receive paths."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+
+import paho.mqtt.client as mqtt
+import pytest
+
+from agent import paho_receive
+from agent.pytest_plugin import Mosquitto, require
+
+
+@pytest.fixture
+def mqtt5(tmp_path):
+    """A private Mosquitto and `connect(name, subscribe=None, **callbacks)`: a started MQTT 5 client, subscribed
+    (QoS 1, SUBACK awaited) when `subscribe` names a topic filter; every client is closed after the test."""
+    require("mosquitto", Mosquitto.binary() is not None, "the `mosquitto` binary is not on PATH")
+    paho_receive.install()
+    broker = Mosquitto(tmp_path / "broker").start()
+    clients: list[mqtt.Client] = []
+
+    def connect(name: str, subscribe: str | None = None, **callbacks) -> mqtt.Client:
+        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"{name}-{uuid.uuid4().hex[:8]}",
+                        protocol=mqtt.MQTTv5)
+        c.max_queued_messages_set(0)
+        for attr, callback in callbacks.items():
+            setattr(c, attr, callback)
+        clients.append(c)
+        c.connect(broker.host, broker.port)
+        c.loop_start()
+        if subscribe is not None:
+            subscribed = threading.Event()
+            c.on_subscribe = lambda *a: subscribed.set()
+            c.subscribe(subscribe, qos=1)
+            assert subscribed.wait(5), f"{name}: no SUBACK for {subscribe}"
+        return c
+
+    yield connect
+    for c in clients:
+        c.disconnect()
+        c.loop_stop()
+    broker.stop()
