@@ -305,7 +305,7 @@ class Store:
         insert = sqlite.insert if self.dialect == "sqlite" else postgresql.insert
         self._insert_bars = insert(bars).on_conflict_do_nothing(index_elements=["symbol", "start"])
         self._write_lock = threading.Lock()
-        self._write_conn: sa.Connection | None = None  # kept between writes: a pool round trip is per connection
+        self._write_conn: sa.Connection | None = None  # see _write_transaction
 
     @property
     def display_url(self) -> str:
@@ -336,7 +336,7 @@ class Store:
         self.engine.dispose()
 
     def _drop_write_conn(self) -> None:
-        """Give the writes' connection back (after an error: the next write checks out a tested one)."""
+        """Give the writes' connection back to the pool."""
         if self._write_conn is not None:
             try:
                 self._write_conn.close()
@@ -365,48 +365,51 @@ class Store:
         bar_rows = [
             {c: (_naive_utc(_get(b, c)) if c in ("start", "end") else _get(b, c)) for c in _BAR_FIELDS} for b in bars
         ]
+        new: list[dict] = []
+        with self._write_transaction() as conn:
+            if ev_rows:
+                insert = self._insert_sqlite if self.dialect == "sqlite" else self._insert_postgresql
+                inserted = insert(conn, ev_rows, now)
+                if inserted:
+                    inserted.sort()
+                    if len(inserted) < len(ev_rows) or any(i[1] != r[0] for i, r in zip(inserted, ev_rows)):
+                        by_id = {r[0]: r for r in ev_rows}
+                        ev_rows = [by_id[eid] for _, eid in inserted]
+                    logged_at = isoformat(now)
+                    for (id_, _), (eid, ts, kind, key, severity, message, data) in zip(inserted, ev_rows):
+                        new.append(
+                            {
+                                "id": id_,
+                                "event_id": eid,
+                                "ts": isoformat(ts),
+                                "logged_at": logged_at,
+                                "kind": kind,
+                                "key": key,
+                                "severity": severity,
+                                "message": message,
+                                "data": data,
+                            }
+                        )
+            if dl_rows:
+                conn.execute(deadletters.insert(), dl_rows)
+            if bar_rows:
+                conn.execute(self._insert_bars, bar_rows)
+        return new
+
+    @contextlib.contextmanager
+    def _write_transaction(self) -> Iterator[sa.Connection]:
+        """One transaction on the writes' own connection, kept between writes (a pool checkout and return
+        per commit cost more than a small insert); after an error it is given back and the next write
+        checks out a fresh, tested one."""
         with self._write_lock:
             if self._write_conn is None:
                 self._write_conn = self.engine.connect()
             try:
                 with self._write_conn.begin():
-                    return self._write(self._write_conn, now, ev_rows, dl_rows, bar_rows)
+                    yield self._write_conn
             except Exception:
                 self._drop_write_conn()
                 raise
-
-    def _write(self, conn: sa.Connection, now: datetime, ev_rows: list[tuple], dl_rows: list[dict],
-               bar_rows: list[dict]) -> list[dict]:
-        """The rows of one transaction; the events newly inserted, as SPEC §2 dicts."""
-        new: list[dict] = []
-        if ev_rows:
-            insert = self._insert_sqlite if self.dialect == "sqlite" else self._insert_postgresql
-            inserted = insert(conn, ev_rows, now)
-            if inserted:
-                inserted.sort()
-                if len(inserted) < len(ev_rows) or any(i[1] != r[0] for i, r in zip(inserted, ev_rows)):
-                    by_id = {r[0]: r for r in ev_rows}
-                    ev_rows = [by_id[eid] for _, eid in inserted]
-                logged_at = isoformat(now)
-                for (id_, _), (eid, ts, kind, key, severity, message, data) in zip(inserted, ev_rows):
-                    new.append(
-                        {
-                            "id": id_,
-                            "event_id": eid,
-                            "ts": isoformat(ts),
-                            "logged_at": logged_at,
-                            "kind": kind,
-                            "key": key,
-                            "severity": severity,
-                            "message": message,
-                            "data": data,
-                        }
-                    )
-        if dl_rows:
-            conn.execute(deadletters.insert(), dl_rows)
-        if bar_rows:
-            conn.execute(self._insert_bars, bar_rows)
-        return new
 
     def _insert_postgresql(self, conn: sa.Connection, rows: list[tuple], now: datetime) -> list[tuple[int, str]]:
         """psycopg's pipelined executemany with RETURNING: one result per row, empty where the row was a duplicate.

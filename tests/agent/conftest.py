@@ -9,16 +9,13 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from agent import paho_receive
-from agent.pytest_plugin import Mosquitto, require
 
 
 @pytest.fixture
-def mqtt5(tmp_path):
-    """A private Mosquitto and `connect(name, subscribe=None, **callbacks)`: a started MQTT 5 client, subscribed
+def mqtt5(mosquitto):
+    """`connect(name, subscribe=None, **callbacks)`: a started MQTT 5 client of the test's Mosquitto, subscribed
     (QoS 1, SUBACK awaited) when `subscribe` names a topic filter; every client is closed after the test."""
-    require("mosquitto", Mosquitto.binary() is not None, "the `mosquitto` binary is not on PATH")
     paho_receive.install()
-    broker = Mosquitto(tmp_path / "broker").start()
     clients: list[mqtt.Client] = []
 
     def connect(name: str, subscribe: str | None = None, **callbacks) -> mqtt.Client:
@@ -28,7 +25,7 @@ def mqtt5(tmp_path):
         for attr, callback in callbacks.items():
             setattr(c, attr, callback)
         clients.append(c)
-        c.connect(broker.host, broker.port)
+        c.connect(mosquitto.host, mosquitto.port)
         c.loop_start()
         if subscribe is not None:
             subscribed = threading.Event()
@@ -41,4 +38,3 @@ def mqtt5(tmp_path):
     for c in clients:
         c.disconnect()
         c.loop_stop()
-    broker.stop()

@@ -9,10 +9,11 @@ import pytest
 from paho.mqtt.client import _ConnectionState
 
 from agent import paho_send
+from agent.harness import publish, subscribe_collect
 
 
-def _blocked_loop(mqtt5, client: mqtt.Client) -> threading.Event:
-    """Park `client`'s paho thread inside a callback; set the returned event to let it go."""
+def _blocked_loop(broker, client: mqtt.Client) -> threading.Event:
+    """Park `client`'s paho thread (subscribed to park/#) inside a callback; set the returned event to let it go."""
     release, parked = threading.Event(), threading.Event()
 
     def on_message(c, u, msg):
@@ -20,23 +21,22 @@ def _blocked_loop(mqtt5, client: mqtt.Client) -> threading.Event:
         release.wait(10)
 
     client.message_callback_add("park/#", on_message)
-    client.subscribe("park/#", qos=0)
-    mqtt5("parker").publish("park/now", b"", qos=0)
+    publish(broker, "park/now", b"", qos=0)
     assert parked.wait(5)
     return release
 
 
 @pytest.mark.mosquitto
 @pytest.mark.parametrize("direct", [True, False])
-def test_a_publish_leaves_while_paho_thread_is_busy(mqtt5, direct):
+def test_a_publish_leaves_while_paho_thread_is_busy(mosquitto, mqtt5, direct):
     """With `install`, a QoS 1 PUBLISH reaches a subscriber while paho's thread is stuck in a callback; stock
     paho only queues it for that thread (the control case shows the hop exists)."""
     got = threading.Event()
     mqtt5("sub", subscribe="sensors/#", on_message=lambda c, u, msg: got.set())
-    pub = mqtt5("pub")
+    pub = mqtt5("pub", subscribe="park/#")
     if direct:
         paho_send.install(pub)
-    release = _blocked_loop(mqtt5, pub)
+    release = _blocked_loop(mosquitto, pub)
     try:
         info = pub.publish("sensors/s1", b'{"temperature": 21.5}', qos=1)
         assert got.wait(2) is direct
@@ -47,17 +47,10 @@ def test_a_publish_leaves_while_paho_thread_is_busy(mqtt5, direct):
 
 
 @pytest.mark.mosquitto
-def test_concurrent_publishers_lose_reorder_and_interleave_nothing(mqtt5):
+def test_concurrent_publishers_lose_reorder_and_interleave_nothing(mosquitto, mqtt5):
     """Through Mosquitto: four threads publish payloads of up to 256 KiB while paho's thread reads and
     acknowledges: every payload arrives intact, each thread's in the order it sent them."""
-    per_thread, got, done = 150, [], threading.Event()
-
-    def on_message(c, u, msg):
-        got.append((msg.topic, msg.payload))
-        if len(got) == 4 * per_thread:
-            done.set()
-
-    mqtt5("sub", subscribe="load/#", on_message=on_message)
+    per_thread = 150
     pub = mqtt5("pub", subscribe="echo/#")  # paho's thread reads and acknowledges too
     paho_send.install(pub)
     noise = mqtt5("noise")
@@ -71,12 +64,13 @@ def test_concurrent_publishers_lose_reorder_and_interleave_nothing(mqtt5):
             pub.publish(f"load/{t}", payload(t, i), qos=1)
             noise.publish("echo/x", b"x", qos=1)
 
-    threads = [threading.Thread(target=publisher, args=(t,)) for t in range(4)]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join()
-    assert done.wait(30), f"{len(got)} of {4 * per_thread} arrived"
+    with subscribe_collect(mosquitto, "load/#") as got:
+        threads = [threading.Thread(target=publisher, args=(t,)) for t in range(4)]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+        got.wait(4 * per_thread, timeout=30)
     for t in range(4):
         assert [p for topic, p in got if topic == f"load/{t}"] == [payload(t, i) for i in range(per_thread)]
 
