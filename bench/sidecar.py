@@ -6,6 +6,8 @@ Generation, greedy, batch 1, one prompt, `--tokens` new tokens:
   (1) PyTorch, the nanoGPT way: the whole sequence re-run for every token;
   (2) PyTorch with the KV cache;  (3) ONNX Runtime with the KV cache (the sidecar's Engine);
   (4) the same ONNX model quantised to int8.
+Cached step (`cached_step`): one decode step's graph run alone for (3) and (4), against a
+graph of Identity nodes with the same inputs and outputs (the Python/ONNX Runtime crossing).
 Classification over HTTP against `edge-sidecar serve` in its own process (so the
 load generator does not share its interpreter): one client vs 32 concurrent
 clients (texts/s), and p50/p99 latency of one classification from one client.
@@ -96,6 +98,44 @@ def onnx_generate(engine: Engine, prompt: list[int], n: int) -> list[int]:
     return out
 
 
+def step_costs(engines: dict[str, Engine], threads: int, past: int = 64, runs: int = 2000, rounds: int = 5) -> dict:
+    """Where a cached decode step's time goes (batch 1, `past` cached tokens, best of `rounds`): the
+    graph run alone for each engine, against a graph of Identity nodes with the same inputs and as
+    many outputs, which costs only the crossing between Python and ONNX Runtime."""
+    import onnxruntime as ort
+    from onnx import helper
+
+    session = next(iter(engines.values())).session
+    feeds = {}
+    for i in session.get_inputs():
+        if i.name.startswith("past_key_values."):
+            feeds[i.name] = np.zeros([1, i.shape[1], past, i.shape[3]], dtype=np.float32)
+    feeds |= {"input_ids": np.array([[0]], dtype=np.int64), "position_ids": np.array([[past]], dtype=np.int64),
+              "attention_mask": np.ones((1, past + 1), dtype=np.int64)}
+    n_out = len(session.get_outputs())
+    names = list(feeds)
+    graph = helper.make_graph(
+        [helper.make_node("Identity", [names[k]], [f"out{k}"]) for k in range(n_out)], "boundary",
+        [helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(v.dtype), v.shape) for n, v in feeds.items()],
+        [helper.make_tensor_value_info(f"out{k}", helper.np_dtype_to_tensor_dtype(feeds[names[k]].dtype), None)
+         for k in range(n_out)])
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1  # as the engines' sessions
+    boundary = ort.InferenceSession(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+                                    .SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    runners = {f"{name}_run_us": e.session for name, e in engines.items()} | {"boundary_run_us": boundary}
+    best = dict.fromkeys(runners, float("inf"))
+    for _ in range(rounds):
+        for name, sess in runners.items():
+            t0 = time.perf_counter()
+            for _ in range(runs):
+                sess.run(None, feeds)
+            best[name] = min(best[name], (time.perf_counter() - t0) / runs * 1e6)
+    out = {"past": past, **best}
+    out["boundary_share_of_onnx_run"] = best["boundary_run_us"] / best["onnx_run_us"]
+    return out
+
+
 def generation(model_dir: Path, checkpoint: Path, tokens: int, threads: int) -> dict:
     torch.set_num_threads(threads)  # the same compute for PyTorch and ONNX Runtime
     model, tok, _ = load_checkpoint(checkpoint)
@@ -111,6 +151,7 @@ def generation(model_dir: Path, checkpoint: Path, tokens: int, threads: int) -> 
                  "torch_kvcache_tok_s": lambda: torch_greedy(model, prompt, n),
                  "onnx_kvcache_tok_s": lambda: onnx_generate(fp32, prompt, n),
                  "onnx_int8_tok_s": lambda: onnx_generate(int8, prompt, n)}, n),
+        "cached_step": step_costs({"onnx": fp32, "onnx_int8": int8}, threads),
         "params": model.num_params(),
         "arch": {k: getattr(model.config, k) for k in ("n_layer", "n_head", "n_embd", "block_size", "vocab_size")},
     }
