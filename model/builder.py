@@ -13,16 +13,21 @@ nanoGPT's inference forward does: `logits` is [batch, 1, vocab], the
 next-token distribution that generation samples and classification reads (on a
 30-token tweet the head over every position was a quarter of the FLOPs). Inputs,
 outputs and dynamic axes as `model.export.io_names` describes;
-`model.export.parity` checks the numbers against PyTorch.
+`model.export.parity` checks the numbers against PyTorch. A model with the
+bag-of-n-grams head (model/ngrams.py) also outputs `sentiment_logits`, the
+classifier's scores, computed inside an `If` on runs with an empty past.
 """
 
 from __future__ import annotations
+
+import itertools
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from model.gpt import GPT
+from model.ngrams import NgramHead
 
 OPSET = 23  # ONNX Attention with past/present: onnxruntime >= 1.23
 
@@ -30,20 +35,24 @@ OPSET = 23  # ONNX Attention with past/present: onnxruntime >= 1.23
 class _Graph:
     """Nodes and initializers, appended in order; names are generated from the op type."""
 
-    def __init__(self):
+    def __init__(self, parent: "_Graph | None" = None):
         self.nodes: list[onnx.NodeProto] = []
-        self.weights: list[onnx.TensorProto] = []
-        self._n = 0
+        self.weights: list[onnx.TensorProto] = parent.weights if parent else []  # a branch's live in the main graph
+        self._count = parent._count if parent else itertools.count(1)
 
     def const(self, name: str, value: np.ndarray) -> str:
         self.weights.append(numpy_helper.from_array(np.array(value, order="C"), name))  # keeps 0-d scalars 0-d
         return name
 
     def op(self, op_type: str, *inputs: str, outputs: int | list[str] = 1, **attrs) -> str | list[str]:
-        self._n += 1
-        names = outputs if isinstance(outputs, list) else [f"{op_type.lower()}_{self._n}_{i}" for i in range(outputs)]
-        self.nodes.append(helper.make_node(op_type, list(inputs), names, name=f"{op_type}_{self._n}", **attrs))
+        n = next(self._count)
+        names = outputs if isinstance(outputs, list) else [f"{op_type.lower()}_{n}_{i}" for i in range(outputs)]
+        self.nodes.append(helper.make_node(op_type, list(inputs), names, name=f"{op_type}_{n}", **attrs))
         return names[0] if len(names) == 1 else names
+
+    def subgraph(self, name: str, output: str) -> onnx.GraphProto:
+        """This branch's nodes as the body of an `If` (outer-scope names and initializers stay visible)."""
+        return helper.make_graph(self.nodes, name, [], [helper.make_tensor_value_info(output, TensorProto.FLOAT, None)])
 
 
 def _linear(g: _Graph, x: str, prefix: str, weight, bias) -> str:
@@ -72,8 +81,54 @@ def _attention_mask(g: _Graph) -> str:
     return g.op("Or", g.op("And", causal, real), g.op("Equal", k_pos, q_pos))
 
 
-def build(model: GPT) -> onnx.ModelProto:
-    """The model's graph: inputs/outputs named as `model.export.io_names`, every batch/sequence/past axis symbolic."""
+def _sentiment(main: _Graph, logits: str, label_ids: list[int], head: NgramHead) -> None:
+    """`sentiment_logits` [B, 3]: log-softmax of the LM's label logits + the n-gram bag's (model/ngrams.py).
+
+    Computed on a run with an empty past (a classification prompt run whole, ending in `<|sentiment|>`;
+    the bag reads the text tokens of `input_ids`, padding excluded by the mask); zeros on a run with a
+    past. The `If` keeps the bag's ~30 nodes off every generation step (ONNX Runtime runs the whole
+    graph whatever outputs are fetched).
+    """
+    g = _Graph(main)
+    zero, one, last, end = (g.const(f"{name}_1d", np.array([v], np.int64))
+                            for name, v in (("zero", 0), ("one", 1), ("minus1", -1), ("end", 2**62)))
+    axis1 = "axis1"
+    seq = g.op("Unsqueeze", g.op("Gather", g.op("Shape", "input_ids"), "one", axis=0), "axis0")
+    mask = g.op("Slice", "attention_mask", g.op("Neg", seq), end, axis1)  # this run's tokens [B, S]
+    text = g.op("And", g.op("Less", "input_ids", g.const("n_text", np.array(head.n_text, np.int64))),
+                g.op("Cast", mask, to=TensorProto.BOOL))
+    ids = g.op("Where", text, "input_ids", "zero")
+    prev, cur = g.op("Slice", ids, zero, last, axis1), g.op("Slice", ids, one, end, axis1)
+    pair = g.op("Add", g.op("Mul", prev, "n_text"), cur)
+    bigram = g.op("Add", g.op("Mod", pair, g.const("buckets", np.array(head.buckets, np.int64))), "n_text")
+    pair_text = g.op("And", g.op("Slice", text, zero, last, axis1), g.op("Slice", text, one, end, axis1))
+    feats = g.op("Concat", ids, bigram, axis=1)  # [B, N]
+    valid = g.op("Cast", g.op("Concat", text, pair_text, axis=1), to=TensorProto.FLOAT)
+    idf = g.op("Unsqueeze", g.op("Mul", g.op("Gather", g.const("ngram.idf", head.idf), feats), valid), "axis1")
+    num = g.op("MatMul", idf, g.op("Gather", g.const("ngram.weight", head.weight), feats))  # [B, 1, 3]
+    same = g.op("Cast", g.op("Equal", g.op("Unsqueeze", feats, g.const("axis2", np.array([2], np.int64))),
+                             g.op("Unsqueeze", feats, "axis1")), to=TensorProto.FLOAT)  # [B, N, N]
+    norm2 = g.op("MatMul", g.op("MatMul", idf, same), g.op("Transpose", idf, perm=[0, 2, 1]))  # [B, 1, 1]
+    norm = g.op("Max", g.op("Sqrt", norm2), g.const("tiny", np.array(1e-12, np.float32)))
+    bag = g.op("Add", g.op("Squeeze", g.op("Div", num, norm), "axis1"), g.const("ngram.bias", head.bias))
+    lm = g.op("Gather", logits, g.const("label_ids", np.array(label_ids, np.int64)), axis=1)
+    g.op("Add", g.op("LogSoftmax", lm, axis=-1), g.op("LogSoftmax", bag, axis=-1), outputs=["sentiment_scored"])
+    skip = _Graph(main)
+    shape = skip.op("Concat", skip.op("Slice", skip.op("Shape", "input_ids"), zero, one),
+                    g.const("n_labels_1d", np.array([len(label_ids)], np.int64)), axis=0)  # [B, 3]
+    skip.op("ConstantOfShape", shape, value=numpy_helper.from_array(np.zeros(1, np.float32)),
+            outputs=["sentiment_skipped"])
+    past = main.op("Gather", main.op("Shape", "past_key_values.0.key"), g.const("two", np.array(2, np.int64)), axis=0)
+    first = main.op("Equal", past, "zero")
+    main.op("If", first, then_branch=g.subgraph("scored", "sentiment_scored"),
+            else_branch=skip.subgraph("skipped", "sentiment_skipped"), outputs=["sentiment_logits"])
+
+
+def build(model: GPT, label_ids: list[int] | None = None, head: NgramHead | None = None) -> onnx.ModelProto:
+    """The model's graph: inputs/outputs named as `model.export.io_names`, every batch/sequence/past axis symbolic.
+
+    With an n-gram `head` (and the `label_ids` it scores) the graph also outputs `sentiment_logits`.
+    """
     c = model.config
     head_dim = c.n_embd // c.n_head
     t = model.transformer
@@ -101,6 +156,8 @@ def build(model: GPT) -> onnx.ModelProto:
     last = g.op("Gather", g.op("Reshape", x, bsc), g.const("minus1_scalar", np.array(-1, np.int64)), axis=1)
     logits = g.op("Gemm", _layernorm(g, last, "ln_f", t.ln_f), wte, transB=1)  # tied head: x @ wte^T
     g.op("Unsqueeze", logits, "axis1", outputs=["logits"])
+    if head is not None:
+        _sentiment(g, logits, label_ids, head)
 
     def value(name: str, elem: int, dims: list) -> onnx.ValueInfoProto:
         return helper.make_tensor_value_info(name, elem, dims)
@@ -115,6 +172,8 @@ def build(model: GPT) -> onnx.ModelProto:
         for kv in ("key", "value"):
             inputs.append(value(f"past_key_values.{i}.{kv}", TensorProto.FLOAT, kv_past))
             outputs.append(value(f"present.{i}.{kv}", TensorProto.FLOAT, kv_present))
+    if head is not None:  # last, so `logits` + presents keep their places for readers that do not know it
+        outputs.append(value("sentiment_logits", TensorProto.FLOAT, ["batch_size", len(label_ids)]))
     graph = helper.make_graph(g.nodes, "nanogpt", inputs, outputs, g.weights)
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="edgewatch")
     onnx.checker.check_model(proto)

@@ -46,6 +46,8 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--label-smoothing", type=float, default=0.1)
     p.add_argument("--lowercase", action=argparse.BooleanOptionalAction, default=True,
                    help="lower-case the text before tokenizing (recorded in model.json; the sidecar does the same)")
+    p.add_argument("--ngrams", action=argparse.BooleanOptionalAction, default=True,
+                   help="fit the bag-of-n-grams head read beside the LM (model/ngrams.py; needs scikit-learn)")
     p.add_argument("--token-noise", type=float, default=0.15, help="fraction of text tokens replaced at random (augmentation)")
     p.add_argument("--eval-every", type=int, default=270, help="steps between validation + checkpoint")
     p.add_argument("--vocab-size", type=int, default=2000)

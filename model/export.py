@@ -20,6 +20,7 @@ import onnx
 import structlog
 import torch
 
+from model import ngrams
 from model.builder import OPSET, build
 from model.data import read_labelled, split
 from model.evaluate import evaluate_engine
@@ -51,23 +52,30 @@ def load_checkpoint(path: str | Path) -> tuple[GPT, Tokenizer, dict]:
     return model.eval(), Tokenizer.from_json(ckpt["tokenizer"]), ckpt
 
 
-def io_names(n_layer: int) -> tuple[list[str], list[str]]:
+def ngram_head(ckpt: dict) -> ngrams.NgramHead | None:
+    """The checkpoint's bag-of-n-grams head (`edge-model train --ngrams`), if it has one."""
+    return ngrams.NgramHead(**ckpt["ngrams"]) if ckpt.get("ngrams") else None
+
+
+def io_names(n_layer: int, sentiment: bool = False) -> tuple[list[str], list[str]]:
+    """Graph inputs and outputs; `sentiment`: the n-gram head's `sentiment_logits` output comes last."""
     kv = [(i, k) for i in range(n_layer) for k in ("key", "value")]
     return (["input_ids", "attention_mask", "position_ids"] + [f"past_key_values.{i}.{k}" for i, k in kv],
-            ["logits"] + [f"present.{i}.{k}" for i, k in kv])
+            ["logits"] + [f"present.{i}.{k}" for i, k in kv] + (["sentiment_logits"] if sentiment else []))
 
 
-def export_onnx(model: GPT, path: Path) -> None:
-    onnx.save(build(model), str(path))
-    check_dynamic_axes(path, model.config.n_layer)
+def export_onnx(model: GPT, path: Path, label_ids: list[int], head: ngrams.NgramHead | None = None) -> None:
+    onnx.save(build(model, label_ids, head), str(path))
+    check_dynamic_axes(path, model.config.n_layer, sentiment=head is not None)
 
 
-def check_dynamic_axes(path: Path, n_layer: int) -> None:
+def check_dynamic_axes(path: Path, n_layer: int, sentiment: bool = False) -> None:
     """Every batch/sequence/past axis must be symbolic; a fixed number there breaks batching."""
     graph = onnx.load(str(path), load_external_data=False).graph
-    inputs, outputs = io_names(n_layer)
+    inputs, outputs = io_names(n_layer, sentiment)
     dynamic = {"input_ids": (0, 1), "attention_mask": (0, 1), "position_ids": (0, 1), "logits": (0,)}
-    dynamic |= {name: (0, 2) for name in inputs[3:] + outputs[1:]}
+    dynamic |= {name: (0, 2) for name in inputs[3:] + outputs[1:1 + 2 * n_layer]}
+    dynamic |= {"sentiment_logits": (0,)} if sentiment else {}
     found = {v.name: v.type.tensor_type.shape.dim for v in list(graph.input) + list(graph.output)}
     if set(found) != set(inputs) | set(outputs):
         raise ExportError(f"graph inputs/outputs are {sorted(found)}, expected {inputs + outputs}")
@@ -89,8 +97,9 @@ def torch_greedy(model: GPT, prompt: list[int], n: int) -> list[int]:
 
 
 @torch.no_grad()
-def parity(model: GPT, engine, seed: int = 0) -> dict:
-    """ONNX (through the Engine) vs PyTorch: padded batch logits, a cached step, and greedy continuations."""
+def parity(model: GPT, engine, seed: int = 0, head: ngrams.NgramHead | None = None) -> dict:
+    """ONNX (through the Engine) vs PyTorch: padded batch logits, a cached step, greedy continuations, and
+    with an n-gram `head` the sentiment scores of padded classification prompts (an empty text among them)."""
     g = torch.Generator().manual_seed(seed)
     c = model.config
     lengths = [1, max(1, c.block_size // 4), max(2, c.block_size // 2)]
@@ -103,6 +112,8 @@ def parity(model: GPT, engine, seed: int = 0) -> dict:
         ref, _ = model(torch.tensor([p + [nxt[i]]]))
         worst = max(worst, float(np.abs(ref[0, -2].numpy() - onnx_logits[i]).max()),
                     float(np.abs(ref[0, -1].numpy() - step_logits[i]).max()))
+    if head is not None:
+        worst = max(worst, _sentiment_parity(model, engine, head, g))
     if worst > TOLERANCE:
         raise ExportError(f"max |Δlogits| {worst:.2e} > {TOLERANCE:g}")
     n_greedy = min(GREEDY_TOKENS, c.block_size - 8)
@@ -119,9 +130,23 @@ def parity(model: GPT, engine, seed: int = 0) -> dict:
     return {"max_abs_logit_diff": worst, "greedy_tokens_equal": n_greedy}
 
 
+def _sentiment_parity(model: GPT, engine, head: ngrams.NgramHead, g: torch.Generator) -> float:
+    """Max |Δ| of `sentiment_logits` against PyTorch's label log-softmax + the numpy bag (model/ngrams.py)."""
+    sentiment = engine.meta["prompt"]["sentiment_token_id"]
+    lengths = [0, 1, 7, model.config.block_size - 1]
+    prompts = [torch.randint(0, head.n_text, (n,), generator=g).tolist() + [sentiment] for n in lengths]
+    prompts[2][3:5] = prompts[2][:2]  # a repeated bigram: counts above 1 in the L2 norm
+    got = engine.label_scores(prompts)
+    label_ids = engine.meta["prompt"]["label_token_ids"]
+    lm = torch.stack([model(torch.tensor([p]))[0][0, -1, label_ids] for p in prompts])
+    ref = torch.log_softmax(lm, dim=-1).double().numpy() + ngrams.log_probs(head, prompts)
+    return float(np.abs(ref - got).max())
+
+
 def write_meta(out: Path, model: GPT, tok: Tokenizer, ckpt: dict, name: str, int8: bool) -> dict:
     c = model.config
-    inputs, outputs = io_names(c.n_layer)
+    head = ngram_head(ckpt)
+    inputs, outputs = io_names(c.n_layer, sentiment=head is not None)
     meta = {
         "name": name,
         "files": {"model": "model.onnx", "int8": "model.int8.onnx" if int8 else None, "tokenizer": "tokenizer.json"},
@@ -133,6 +158,15 @@ def write_meta(out: Path, model: GPT, tok: Tokenizer, ckpt: dict, name: str, int
         "prompt": {"format": FORMAT, "sentiment_token": SENTIMENT, "sentiment_token_id": tok.special[SENTIMENT],
                    "label_tokens": list(LABEL_TOKENS), "label_token_ids": label_ids(tok),
                    "lowercase": bool(ckpt["args"].get("lowercase", False))},
+        "classifier": {
+            "output": "sentiment_logits" if head else "logits",
+            "read": ("log-softmax of the label-token logits at <|sentiment|> + log-softmax of a bag of BPE n-grams "
+                     "(model/ngrams.py), divided by calibration_temperature" if head else
+                     "the label-token logits at <|sentiment|>, divided by calibration_temperature"),
+            **({"ngrams": {"features": "token unigrams + hashed adjacent-token bigrams, TF-IDF, L2-normalised",
+                           "buckets": head.buckets, "logistic_regression_c": head.c,
+                           "params": int(head.weight.size + head.bias.size)}} if head else {}),
+        },
         "calibration_temperature": ckpt.get("temperature") or 1.0,
         "eos_id": tok.eot_id,
         "onnx": {"opset": OPSET, "inputs": inputs, "outputs": outputs},
@@ -160,11 +194,12 @@ def export(checkpoint: str | Path, out: str | Path, int8: bool = False, data: st
     out = Path(out)
     with tempfile.TemporaryDirectory(dir=out.parent if out.parent.exists() else None) as tmp:
         tmp = Path(tmp)
-        export_onnx(model, tmp / "model.onnx")
+        head = ngram_head(ckpt)
+        export_onnx(model, tmp / "model.onnx", label_ids(tok), head)
         tok.save(tmp / "tokenizer.json")
         meta = write_meta(tmp, model, tok, ckpt, name, int8)
         engine = Engine(tmp, device="cpu")
-        meta["export_check"] = parity(model, engine)
+        meta["export_check"] = parity(model, engine, head=head)
         if int8:
             from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -177,6 +212,12 @@ def export(checkpoint: str | Path, out: str | Path, int8: bool = False, data: st
             meta["metrics"] = {"measured_on": f"validation split of {data_path.name} ({len(val_rows)} rows), ONNX fp32",
                                "val_accuracy": m["accuracy"], "val_macro_f1": m["macro_f1"],
                                "per_class": m["per_class"], "confusion": m["confusion"]}
+            if head:  # each half alone, as training measured them (PyTorch LM, numpy bag)
+                val = ckpt["val"]
+                meta["metrics"] |= {"lm_alone_val_accuracy": val["accuracy"],
+                                    "lm_alone_val_macro_f1": val["macro_f1"],
+                                    "ngrams_alone_val_accuracy": val["ngrams_alone"]["accuracy"],
+                                    "ngrams_alone_val_macro_f1": val["ngrams_alone"]["macro_f1"]}
             if int8:
                 q = evaluate_engine(Engine(tmp, device="cpu", int8=True), val_rows)
                 meta["metrics"] |= {"int8_val_accuracy": q["accuracy"], "int8_val_macro_f1": q["macro_f1"],

@@ -42,6 +42,7 @@ def train_args(data: Path, out: Path, **overrides) -> Namespace:
     args = dict(data=str(data), out=str(out), device="cpu", seed=0, epochs=1, max_steps=20, stop_after=0,
                 resume=False, threads=0, compile=False, batch_size=16, lr=3e-3, min_lr=1e-4, weight_decay=0.1,
                 ema=0.5, lm_weight=0.5, pretrain_epochs=0, label_smoothing=0.0, lowercase=True, token_noise=0.0,
+                ngrams=True,
                 eval_every=10, vocab_size=330, block_size=80, n_layer=2, n_head=2, n_embd=32, dropout=0.0)
     return Namespace(**(args | overrides))
 

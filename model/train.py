@@ -10,6 +10,7 @@ validation split).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 import time
@@ -20,6 +21,7 @@ import torch
 from torch.nn import functional as F
 from tqdm import tqdm
 
+from model import ngrams
 from model.data import read_labelled, split
 from model.evaluate import metrics
 from model.gpt import GPT, GPTConfig
@@ -165,11 +167,12 @@ def train(args) -> Path:
     log.info("train", device=str(device), params=model.num_params(), vocab=tok.vocab_size,
              train_rows=len(train_rows), val_rows=len(val_rows), steps=total, resume_step=step)
 
-    def save(val: dict | None, temperature: float | None = None) -> None:
+    def save(val: dict | None, temperature: float | None = None, head: ngrams.NgramHead | None = None) -> None:
         torch.save({
             "model": model.state_dict(), "ema": ema.state_dict(), "optimizer": opt.state_dict(),
             "config": config.to_dict(), "tokenizer": tok.to_json(), "step": step, "args": vars(args),
             "val": val, "temperature": temperature, "rng": torch.get_rng_state(),
+            "ngrams": dataclasses.asdict(head) if head else None,
             "data": {"path": str(data_path.resolve()), "sha256": file_sha256(data_path), "rows": len(rows),
                      "train_rows": len(train_rows), "val_rows": len(val_rows)},
         }, ckpt_path.with_suffix(".tmp"))
@@ -206,14 +209,27 @@ def train(args) -> Path:
     if step < total:
         log.info("stopped early; continue with --resume", step=step, total=total)
         return ckpt_path
-    z = label_logits(ema.module, tok, [t for t, _ in val_rows], device, args.lowercase)
-    temperature = fit_temperature(z, torch.tensor([label for _, label in val_rows]))
     val = val or validate(ema.module, tok, val_rows, device, args.lowercase)
-    val["tokens_per_s"] = tokens / max(time.perf_counter() - t0, 1e-9)
-    val["device"] = str(device)
-    save(val, temperature)
-    log.info("trained", checkpoint=str(ckpt_path), accuracy=val["accuracy"], macro_f1=val["macro_f1"],
-             temperature=temperature, tokens_per_s=round(val["tokens_per_s"]))
+    y_val = torch.tensor([label for _, label in val_rows])
+    z = label_logits(ema.module, tok, [t for t, _ in val_rows], device, args.lowercase)
+    head = None
+    if args.ngrams:  # the bag of n-grams beside the LM (model/ngrams.py), fitted on the training rows alone
+        seqs = [classification_ids(tok, t, config.block_size, args.lowercase) for t, _ in train_rows]
+        head = ngrams.fit(seqs, [label for _, label in train_rows], len(tok.vocab), seed=args.seed)
+        val_seqs = [classification_ids(tok, t, config.block_size, args.lowercase) for t, _ in val_rows]
+        bag = torch.from_numpy(ngrams.log_probs(head, val_seqs)).float()
+        val["ngrams_alone"] = metrics(y_val.tolist(), bag.argmax(1).tolist())
+        z = F.log_softmax(z, dim=-1) + bag
+        val["classifier"] = metrics(y_val.tolist(), z.argmax(1).tolist())  # `val` itself: the LM alone
+    temperature = fit_temperature(z, y_val)
+    if tokens:  # a resumed, already finished run keeps the figures of the run that trained it
+        val["tokens_per_s"] = tokens / max(time.perf_counter() - t0, 1e-9)
+        val["device"] = str(device)
+    save(val, temperature, head)
+    log.info("trained", checkpoint=str(ckpt_path), lm_accuracy=val["accuracy"],
+             ngrams_accuracy=val.get("ngrams_alone", {}).get("accuracy"),
+             accuracy=val.get("classifier", val)["accuracy"], macro_f1=val.get("classifier", val)["macro_f1"],
+             temperature=temperature, tokens_per_s=round(val.get("tokens_per_s") or 0))
     return ckpt_path
 
 

@@ -106,6 +106,8 @@ class Engine:
         self._lowercase = bool(self.meta["prompt"].get("lowercase", False))  # as the model was trained
         self._past = [f"past_key_values.{i}.{kv}" for i in range(self._n_layer) for kv in ("key", "value")]
         self._present = [f"present.{i}.{kv}" for i in range(self._n_layer) for kv in ("key", "value")]
+        # a graph with the n-gram head (model/ngrams.py) scores sentiment itself; generation never asks for it
+        self._sentiment = any(o.name == "sentiment_logits" for o in self.session.get_outputs())
         log.info("engine", model=self.name, provider=self.provider, threads=opts.intra_op_num_threads)
 
     # --- text ---
@@ -123,12 +125,14 @@ class Engine:
         self.decode_step([self.eos_id], caches)
 
     # --- runs ---
-    def _run(self, ids: np.ndarray, mask: np.ndarray, positions: np.ndarray, past: list) -> tuple[np.ndarray, list]:
-        """One graph run -> (logits at the last position [B, vocab], presents)."""
+    def _run(self, ids: np.ndarray, mask: np.ndarray, positions: np.ndarray, past: list,
+             sentiment: bool = False) -> tuple[np.ndarray, list, np.ndarray | None]:
+        """One graph run -> (logits at the last position [B, vocab], presents, `sentiment_logits` if asked)."""
         feeds = {"input_ids": ids, "attention_mask": mask, "position_ids": positions}
+        names = ["logits", *self._present, *(["sentiment_logits"] if sentiment else [])]
         if self.provider != CUDA:  # plain run: on the CPU IO binding's per-tensor calls cost more than they save
-            out = self.session.run(None, {**feeds, **dict(zip(self._past, past))})
-            return out[0][:, -1, :], out[1:]
+            out = self.session.run(names, {**feeds, **dict(zip(self._past, past))})
+            return out[0][:, -1, :], out[1:1 + len(self._present)], out[-1] if sentiment else None
         binding = self.session.io_binding()
         for name, value in feeds.items():
             binding.bind_cpu_input(name, value)
@@ -140,16 +144,20 @@ class Engine:
         binding.bind_output("logits", "cpu")
         for name in self._present:
             binding.bind_output(name, "cuda", 0)
+        if sentiment:
+            binding.bind_output("sentiment_logits", "cpu")
         self.session.run_with_iobinding(binding)
         out = binding.get_outputs()
-        return out[0].numpy()[:, -1, :], out[1:]
+        return (out[0].numpy()[:, -1, :], out[1:1 + len(self._present)],
+                out[-1].numpy() if sentiment else None)
 
     def _check_ids(self, seq: list[int]) -> None:
         if any(not 0 <= t < self.vocab_size for t in seq):
             raise ValueError(f"token ids must be in [0, {self.vocab_size})")
 
-    def _prompts(self, prompts: list[list[int]]) -> tuple[np.ndarray, _Run]:
-        """Left-padded prompts with an empty past -> last-position logits and the run's presents."""
+    def _prompts(self, prompts: list[list[int]], sentiment: bool = False) -> tuple[np.ndarray, _Run, np.ndarray | None]:
+        """Left-padded prompts with an empty past -> last-position logits, the run's presents and
+        (`sentiment`) the graph's sentiment scores."""
         B, L = len(prompts), max(len(p) for p in prompts)
         ids = np.full((B, L), self.eos_id, dtype=np.int64)
         mask = np.zeros((B, L), dtype=np.int64)
@@ -158,18 +166,24 @@ class Engine:
             mask[i, L - len(p):] = 1
         empty = np.zeros((B, self._n_head, 0, self._head_dim), dtype=np.float32)
         positions = np.maximum(np.cumsum(mask, axis=1) - 1, 0)  # padding does not shift a prompt's positions
-        logits, presents = self._run(ids, mask, positions, [empty] * len(self._past))
-        return logits, _Run(presents, mask)
+        logits, presents, scores = self._run(ids, mask, positions, [empty] * len(self._past), sentiment)
+        return logits, _Run(presents, mask), scores
 
     def classify(self, texts: list[str]) -> list[dict]:
         """Label probabilities for a batch of texts, in ONE run."""
         if not texts:
             return []
-        logits, _ = self._prompts([classification_ids(self.tokenizer, t, self.block_size, self._lowercase)
-                                   for t in texts])
-        probs = label_probs(logits, self._label_ids, self._temperature)
+        scores = self.label_scores([classification_ids(self.tokenizer, t, self.block_size, self._lowercase)
+                                    for t in texts])
+        probs = label_probs(scores, list(range(len(self.labels))), self._temperature)
         return [{"label": self.labels[int(p.argmax())], "confidence": float(p.max()),
                  "scores": {label: float(x) for label, x in zip(self.labels, p)}} for p in probs]
+
+    def label_scores(self, prompts: list[list[int]]) -> np.ndarray:
+        """Uncalibrated label scores [B, 3] of classification prompts (ending in `<|sentiment|>`), one run:
+        the graph's `sentiment_logits` when it has the n-gram head, else the LM's label-token logits."""
+        logits, _, scores = self._prompts(prompts, sentiment=self._sentiment)
+        return scores if self._sentiment else logits[:, self._label_ids]
 
     def prefill(self, prompts: list[list[int]]) -> tuple[np.ndarray, list[KVCache]]:
         """Run whole prompts (1..block_size tokens each) -> next-token logits [B, vocab], one cache each."""
@@ -179,7 +193,7 @@ class Engine:
             if not 1 <= len(p) <= self.block_size:
                 raise ValueError(f"a prompt must have 1..{self.block_size} tokens (got {len(p)})")
             self._check_ids(p)
-        logits, run = self._prompts(prompts)
+        logits, run, _ = self._prompts(prompts)
         return logits, [KVCache(run, i, len(p)) for i, p in enumerate(prompts)]
 
     def decode_step(self, tokens: list[int], caches: list[KVCache]) -> tuple[np.ndarray, list[KVCache]]:
@@ -197,7 +211,7 @@ class Engine:
         mask = np.concatenate([past_mask, np.ones((len(caches), 1), dtype=np.int64)], axis=1)
         ids = np.array(tokens, dtype=np.int64).reshape(-1, 1)
         positions = np.array([c.length for c in caches], dtype=np.int64).reshape(-1, 1)
-        logits, presents = self._run(ids, mask, positions, past)
+        logits, presents, _ = self._run(ids, mask, positions, past)
         new = _Run(presents, mask)
         return logits, [KVCache(new, i, c.length + 1) for i, c in enumerate(caches)]
 

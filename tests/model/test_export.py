@@ -16,9 +16,10 @@ pytest.importorskip("torch")
 def test_graph_names_and_dynamic_axes(tiny_model_dir):
     from model.export import ExportError, check_dynamic_axes, io_names
 
-    check_dynamic_axes(tiny_model_dir / "model.onnx", 2)
+    check_dynamic_axes(tiny_model_dir / "model.onnx", 2, sentiment=True)
     graph = onnx.load(str(tiny_model_dir / "model.onnx")).graph
-    inputs, outputs = io_names(2)
+    inputs, outputs = io_names(2, sentiment=True)
+    assert outputs[0] == "logits" and outputs[-1] == "sentiment_logits"
     assert [i.name for i in graph.input] == inputs and [o.name for o in graph.output] == outputs
     assert inputs[3:] == ["past_key_values.0.key", "past_key_values.0.value",
                           "past_key_values.1.key", "past_key_values.1.value"]
@@ -30,7 +31,7 @@ def test_graph_names_and_dynamic_axes(tiny_model_dir):
     proto.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 1
     onnx.save(proto, str(bad))
     with pytest.raises(ExportError, match="input_ids axis 0"):
-        check_dynamic_axes(bad, 2)
+        check_dynamic_axes(bad, 2, sentiment=True)
 
 
 def test_parity_recorded_and_rechecked(tiny_model_dir):
@@ -50,8 +51,25 @@ def test_model_json(tiny_model_dir):
     assert meta["label_mapping"] == {"0": "bearish", "1": "bullish", "2": "neutral"}
     assert meta["training"]["data"]["license"] == "MIT" and meta["training"]["data"]["val_rows"] == 24
     assert meta["params"] > 0 and meta["eos_id"] == meta["architecture"]["vocab_size"] - 5
-    for key in ("val_accuracy", "val_macro_f1", "int8_val_accuracy", "int8_accuracy_change"):
+    for key in ("val_accuracy", "val_macro_f1", "int8_val_accuracy", "int8_accuracy_change",
+                "lm_alone_val_accuracy", "ngrams_alone_val_accuracy"):
         assert key in meta["metrics"]
+    assert meta["classifier"]["output"] == "sentiment_logits" and meta["classifier"]["ngrams"]["buckets"] > 0
+    assert meta["onnx"]["outputs"][-1] == "sentiment_logits"
+
+
+def test_without_ngrams_the_lm_alone_classifies(tmp_path):
+    """`edge-model train --no-ngrams`: no head, no `sentiment_logits`; the Engine reads the label tokens."""
+    from model.export import export
+    from model.testing import tiny_csv, train_args
+    from model.train import train
+
+    ckpt = train(train_args(tiny_csv(tmp_path / "tiny.csv"), tmp_path / "run", ngrams=False, max_steps=5))
+    meta = export(ckpt, tmp_path / "model")
+    assert meta["classifier"]["output"] == "logits" and "sentiment_logits" not in meta["onnx"]["outputs"]
+    engine = Engine(tmp_path / "model", device="cpu")
+    (result,) = engine.classify(["$ACME beats earnings estimates"])
+    assert sum(result["scores"].values()) == pytest.approx(1.0)
 
 
 def test_int8_loads_and_classifies(tiny_model_dir):

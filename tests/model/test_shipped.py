@@ -42,7 +42,8 @@ def test_size_and_metadata():
     assert META["params"] <= 10_000_000
     assert META["training"]["data"]["license"] == "MIT"
     assert META["export_check"]["max_abs_logit_diff"] <= 1e-4 and META["export_check"]["greedy_tokens_equal"] == 64
-    assert META["metrics"]["val_accuracy"] >= 0.78
+    assert META["metrics"]["val_accuracy"] >= 0.85
+    assert META["classifier"]["output"] == "sentiment_logits"
 
 
 def test_text_is_prepared_as_the_model_was_trained(engine):
@@ -68,4 +69,4 @@ def test_accuracy_on_validation_sample(engine, shared_data):
     _, val = split(read_labelled(shared_data / "financial-tweets" / "train.csv"))
     sample = random.Random(0).sample(val, 200)
     m = evaluate_engine(engine, sample)
-    assert m["accuracy"] >= 0.78  # measured 0.845 on this sample (0.843 on the whole split)
+    assert m["accuracy"] >= 0.80  # measured 0.840 on this sample (0.857 on the whole split; LM alone 0.845)
