@@ -10,7 +10,8 @@ Cached step (`cached_step`): one decode step's graph run alone for (3) and (4), 
 graph of Identity nodes with the same inputs and outputs (the Python/ONNX Runtime crossing).
 Classification over HTTP against `edge-sidecar serve` in its own process (so the
 load generator does not share its interpreter): one client vs 32 concurrent
-clients (texts/s), and p50/p99 latency of one classification from one client.
+clients (texts/s), the server's CPU per request by thread (event loop vs inference), the
+engine's cost per text by batch size, and p50/p99 latency of one classification from one client.
 Headline → `news` event: the agent's realtime news graph against that sidecar.
 
 Without --checkpoint the weights are a model of the shipped architecture
@@ -24,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 import tempfile
 import time
@@ -193,6 +195,48 @@ async def classify_load(url: str, clients: int, seconds: float) -> tuple[float, 
     return len(latencies) / (time.perf_counter() - t0), latencies
 
 
+def thread_cpu(pid: int) -> dict[int, float]:
+    """CPU seconds (user + system) of each thread of process `pid`, from /proc (Linux)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        out[int(task.name)] = (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+    return out
+
+
+def loaded(url: str, pid: int, clients: int, seconds: float) -> dict:
+    """`classify_load`, plus the server's CPU per request: its event-loop (main) thread and the rest
+    (the inference thread; ONNX Runtime runs in it with one intra-op thread)."""
+    before = thread_cpu(pid)
+    rate, latencies = asyncio.run(classify_load(url, clients, seconds))
+    after = thread_cpu(pid)
+    n = len(latencies)
+    main = after.get(pid, 0.0) - before.get(pid, 0.0)
+    rest = sum(after.values()) - sum(before.values()) - main
+    return {"rate": rate, "latencies": latencies, "server_main_us": main / n * 1e6, "server_other_us": rest / n * 1e6}
+
+
+def batch_costs(engine: Engine, sizes: tuple[int, ...] = (1, 8, 32), rounds: int = 7) -> dict:
+    """µs per text of `Engine.classify` by batch size, in process (best of `rounds`): how much a batch
+    saves per text on this CPU, the most 32 clients can gain over one beside the HTTP path."""
+    out = {}
+    for size in sizes:
+        texts = [f"{TEXTS[i % len(TEXTS)]} #{i}" for i in range(size)]
+        engine.classify(texts)
+        runs = max(10, 200 // size)
+        best = min(_timed(lambda: engine.classify(texts), runs) for _ in range(rounds))
+        out[f"batch_{size}_us_per_text"] = best / size * 1e6
+    return out
+
+
+def _timed(fn, runs: int) -> float:
+    t0 = time.perf_counter()
+    for _ in range(runs):
+        fn()
+    return (time.perf_counter() - t0) / runs
+
+
 def one_client_latency(url: str, n: int) -> list[float]:
     """Sequential single-text classifications with a keep-alive client (the agent's pattern)."""
     out = []
@@ -257,19 +301,19 @@ def main() -> int:
         with SidecarProcess(tmp / "model", "--threads", str(args.threads)) as sidecar:
             one_client_latency(sidecar.url, 50)  # warm the connection path
             single = one_client_latency(sidecar.url, 400)
-            one_rate = many_rate = 0.0
+            one = many = {"rate": 0.0}
             for _ in range(3):  # alternate, keep the best of each: the machine is shared
-                rate_1, _ = asyncio.run(classify_load(sidecar.url, 1, args.seconds))
-                rate_32, lat_32 = asyncio.run(classify_load(sidecar.url, 32, args.seconds))
-                one_rate = max(one_rate, rate_1)
-                if rate_32 > many_rate:
-                    many_rate, many_lat = rate_32, lat_32
+                one = max(one, loaded(sidecar.url, sidecar.proc.pid, 1, args.seconds), key=lambda r: r["rate"])
+                many = max(many, loaded(sidecar.url, sidecar.proc.pid, 32, args.seconds), key=lambda r: r["rate"])
             news = headline_to_event(sidecar.url, 200)
         result["classify"] = {
             "p50_ms": pct(single, 50), "p99_ms": pct(single, 99),
-            "one_client_texts_s": one_rate, "32_clients_texts_s": many_rate,
-            "ratio_32_vs_1": many_rate / one_rate, "32_clients_p50_ms": pct(many_lat, 50),
-            "32_clients_p99_ms": pct(many_lat, 99),
+            "one_client_texts_s": one["rate"], "32_clients_texts_s": many["rate"],
+            "ratio_32_vs_1": many["rate"] / one["rate"], "32_clients_p50_ms": pct(many["latencies"], 50),
+            "32_clients_p99_ms": pct(many["latencies"], 99),
+            "server_cpu_us_per_request": {f"{k}_clients_{t}": r[f"server_{t}_us"]
+                                          for k, r in (("1", one), ("32", many)) for t in ("main", "other")},
+            "engine": batch_costs(Engine(tmp / "model", device="cpu", threads=args.threads)),
         }
         result["headline_to_news_event"] = {"n": len(news), "p50_ms": pct(news, 50), "p99_ms": pct(news, 99),
                                             "max_ms": max(news) * 1000}
