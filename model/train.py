@@ -4,8 +4,10 @@ Loss = lm_weight * (next-token loss on the tweet text and <|endoftext|>)
      + cross-entropy of the label token over the three label tokens (label smoothing).
 The LM term is the pre-training signal on tiny data; the label term is what
 classification reads. Weights are averaged (EMA) and the EMA model is what is
-evaluated, checkpointed for export and calibrated (temperature fitted on the
-validation split).
+evaluated and checkpointed for export. Then (`--ngrams`, the default) the
+bag-of-n-grams head of model/ngrams.py is fitted on the same training rows, and
+the temperature fitted on the validation split calibrates the classifier's
+scores: the LM's label log-probabilities plus the head's.
 """
 
 from __future__ import annotations
