@@ -71,7 +71,7 @@ def _attention_mask(g: _Graph) -> str:
     """attention_mask [B, past+S] -> boolean [B, 1, S, past+S]: causal AND real token, OR the diagonal."""
     total = g.op("Gather", g.op("Shape", "attention_mask"), g.const("one", np.array(1, np.int64)), axis=0)
     seq = g.op("Gather", g.op("Shape", "input_ids"), "one", axis=0)
-    past = g.op("Sub", total, seq)
+    past = g.op("Sub", total, seq, outputs=["past_length"])  # also the sentiment head's condition
     zero, step = g.const("zero", np.array(0, np.int64)), "one"
     q_pos = g.op("Unsqueeze", g.op("Range", past, total, step), g.const("axis1", np.array([1], np.int64)))
     k_pos = g.op("Unsqueeze", g.op("Range", zero, total, step), g.const("axis0", np.array([0], np.int64)))
@@ -118,8 +118,7 @@ def _sentiment(main: _Graph, logits: str, label_ids: list[int], head: NgramHead)
                     g.const("n_labels_1d", np.array([len(label_ids)], np.int64)), axis=0)  # [B, 3]
     skip.op("ConstantOfShape", shape, value=numpy_helper.from_array(np.zeros(1, np.float32)),
             outputs=["sentiment_skipped"])
-    past = main.op("Gather", main.op("Shape", "past_key_values.0.key"), g.const("two", np.array(2, np.int64)), axis=0)
-    first = main.op("Equal", past, "zero")
+    first = main.op("Equal", "past_length", "zero")
     main.op("If", first, then_branch=g.subgraph("scored", "sentiment_scored"),
             else_branch=skip.subgraph("skipped", "sentiment_skipped"), outputs=["sentiment_logits"])
 
