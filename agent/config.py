@@ -44,7 +44,7 @@ class MqttConfig:
     key_file: str = ""  # client key for mutual TLS
     keepalive: int = 30  # seconds between MQTT keep-alive pings
     session_expiry: int = 86400  # seconds the broker keeps our session while we are away
-    receive_maximum: int = 5000  # QoS 1 messages in flight to us (MQTT 5): a deep window keeps a large fleet streaming
+    receive_maximum: int = 5000  # QoS 1 messages in flight to us (MQTT 5): how far the broker streams ahead of the log
     reconnect_min_delay: float = 0.5  # first reconnect backoff, seconds
     reconnect_max_delay: float = 30.0  # longest reconnect backoff, seconds
     max_payload: int = 65536  # larger messages become dead letters, bytes

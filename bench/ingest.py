@@ -85,15 +85,16 @@ def readings(n: int, sensors: int, seed: int = 7) -> list[tuple[str, bytes]]:
     return out
 
 
-def _client(client_id: str) -> tuple[mqtt.Client, dict]:
+def _client(client_id: str, session_expiry: int = 3600) -> tuple[mqtt.Client, dict]:
+    """A bench client and its connect() arguments: a persistent session, or with expiry 0 a clean one."""
     c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
     c.max_inflight_messages_set(RECEIVE_MAXIMUM)
     c.max_queued_messages_set(0)
     c.on_socket_open = no_delay
     props = Properties(PacketTypes.CONNECT)
-    props.SessionExpiryInterval = 3600
+    props.SessionExpiryInterval = session_expiry
     props.ReceiveMaximum = RECEIVE_MAXIMUM
-    return c, {"clean_start": False, "properties": props}
+    return c, {"clean_start": session_expiry == 0, "properties": props}
 
 
 def register_session(broker, client_id: str) -> None:
@@ -113,10 +114,8 @@ def drop_session(broker, client_id: str) -> None:
     """End a drained consumer's persistent session (clean start, expiry 0): otherwise the broker keeps
     queueing every later reading for it, and the 100k run would measure a broker holding a million
     messages for benchmark sessions that are gone."""
-    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
-    props = Properties(PacketTypes.CONNECT)
-    props.SessionExpiryInterval = 0
-    c.connect(broker.host, broker.port, clean_start=True, properties=props)
+    c, kw = _client(client_id, session_expiry=0)
+    c.connect(broker.host, broker.port, **kw)
     c.loop_start()
     c.disconnect()
     c.loop_stop()

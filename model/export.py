@@ -143,9 +143,9 @@ def _sentiment_parity(model: GPT, engine, head: ngrams.NgramHead, g: torch.Gener
     return float(np.abs(ref - got).max())
 
 
-def write_meta(out: Path, model: GPT, tok: Tokenizer, ckpt: dict, name: str, int8: bool) -> dict:
+def write_meta(out: Path, model: GPT, tok: Tokenizer, ckpt: dict, head: ngrams.NgramHead | None, name: str,
+               int8: bool) -> dict:
     c = model.config
-    head = ngram_head(ckpt)
     inputs, outputs = io_names(c.n_layer, sentiment=head is not None)
     meta = {
         "name": name,
@@ -197,7 +197,7 @@ def export(checkpoint: str | Path, out: str | Path, int8: bool = False, data: st
         head = ngram_head(ckpt)
         export_onnx(model, tmp / "model.onnx", label_ids(tok), head)
         tok.save(tmp / "tokenizer.json")
-        meta = write_meta(tmp, model, tok, ckpt, name, int8)
+        meta = write_meta(tmp, model, tok, ckpt, head, name, int8)
         engine = Engine(tmp, device="cpu")
         meta["export_check"] = parity(model, engine, head=head)
         if int8:

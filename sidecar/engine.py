@@ -108,6 +108,7 @@ class Engine:
         self._present = [f"present.{i}.{kv}" for i in range(self._n_layer) for kv in ("key", "value")]
         # a graph with the n-gram head (model/ngrams.py) scores sentiment itself; generation never asks for it
         self._sentiment = any(o.name == "sentiment_logits" for o in self.session.get_outputs())
+        self._fetch = {False: ["logits", *self._present], True: ["logits", *self._present, "sentiment_logits"]}
         log.info("engine", model=self.name, provider=self.provider, threads=opts.intra_op_num_threads)
 
     # --- text ---
@@ -129,9 +130,8 @@ class Engine:
              sentiment: bool = False) -> tuple[np.ndarray, list, np.ndarray | None]:
         """One graph run -> (logits at the last position [B, vocab], presents, `sentiment_logits` if asked)."""
         feeds = {"input_ids": ids, "attention_mask": mask, "position_ids": positions}
-        names = ["logits", *self._present, *(["sentiment_logits"] if sentiment else [])]
         if self.provider != CUDA:  # plain run: on the CPU IO binding's per-tensor calls cost more than they save
-            out = self.session.run(names, {**feeds, **dict(zip(self._past, past))})
+            out = self.session.run(self._fetch[sentiment], {**feeds, **dict(zip(self._past, past))})
             return out[0][:, -1, :], out[1:1 + len(self._present)], out[-1] if sentiment else None
         binding = self.session.io_binding()
         for name, value in feeds.items():
