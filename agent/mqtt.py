@@ -159,6 +159,7 @@ class Link:
         c.on_message = self._on_message
         c.on_publish = self._on_publish
         c.on_socket_open = open_socket
+        paho_receive.use_fast_matcher(c)
         if not self.cfg.tls:  # events and PUBACKs leave from the thread that makes them (plain TCP only)
             paho_send.install(c)
         kwargs = {}

@@ -1,4 +1,5 @@
-"""paho's receive path, made cheaper where it costs the agent most: socket reads and MQTT 5 properties.
+"""paho's receive path, made cheaper where it costs the agent most: socket reads, MQTT 5 properties and
+a reference cycle per message.
 
 paho's thread shares the GIL with validation, the csp engine and the log writer, so
 every microsecond it spends per message is one they wait for.
@@ -18,11 +19,20 @@ and the csp engine need. The tables are constants that paho only reads, so
 `SharedTablesProperties` shares one copy and clears only what is set; decoding
 is otherwise paho's own. `install()` makes paho's PUBLISH decoder use it; the
 agent's own `Properties` (CONNECT, PUBLISH) are paho's, untouched.
+
+Garbage: for every message paho looks up per-topic callbacks (`message_callback_add`)
+with `MQTTMatcher.iter_match`, which builds a recursive closure, a function and
+cell that reference each other, even when no callback is registered (the agent
+registers none). Only the cyclic collector frees those: draining 100,000 readings
+took 13 young-generation collections (0.73 s) with them and 1 without, and memory
+that refcounting would reuse at once stays dirty until then. `EmptyFastMatcher`
+answers "nothing" without building it while no filter is registered.
 """
 
 from __future__ import annotations
 
 from paho.mqtt import _packet
+from paho.mqtt.matcher import MQTTMatcher
 from paho.mqtt.properties import Properties
 
 _TABLES = ("types", "names", "properties")
@@ -58,6 +68,18 @@ def install() -> bool:
     SharedTablesProperties._tables = {name: vars(probe)[name] for name in _TABLES}
     _packet.Properties = SharedTablesProperties
     return True
+
+
+class EmptyFastMatcher(MQTTMatcher):
+    """paho's topic matcher for per-topic callbacks, without the per-message garbage while it is empty."""
+
+    def iter_match(self, topic: str):
+        return super().iter_match(topic) if self._root._children else iter(())
+
+
+def use_fast_matcher(client) -> None:
+    """Give a new paho 2.x client (no `message_callback_add` yet) the matcher above."""
+    client._on_message_filtered = EmptyFastMatcher()
 
 
 class ReadAheadSocket:

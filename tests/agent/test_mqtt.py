@@ -9,6 +9,7 @@ from csp import ts
 
 from agent.config import Config
 from agent.mqtt import BatchMark, Link, MqttAdapterManager
+from agent.paho_receive import EmptyFastMatcher
 from agent.pytest_plugin import publish_many, wait_for
 from agent.records import DeadLetter, SensorReading
 from agent.validate import Validator
@@ -46,6 +47,7 @@ def test_bursts_become_batches_in_order_and_are_acknowledged(mosquitto):
     cfg, link = _link(mosquitto, "test-mqtt-batches")
     link.start()
     wait_for(link.connected.is_set, 10, what="connected")
+    assert isinstance(link.client._on_message_filtered, EmptyFastMatcher)  # no garbage cycle per message
     n = 3000
     messages = [("sensors/a", {"seq": i, "temperature": 20.0 + i % 5}) for i in range(n)]
     messages[1000] = ("sensors/a", b"{broken")

@@ -1,6 +1,7 @@
 """paho's receive path as the agent runs it: properties decode exactly as stock paho decodes them (tables
 built once), and reads served from one large recv lose, reorder and delay nothing."""
 
+import gc
 import threading
 
 import paho.mqtt.client as mqtt
@@ -146,3 +147,43 @@ def test_paho_reads_a_burst_through_the_read_ahead_socket(mqtt5):
     info.wait_for_publish(10)
     assert done.wait(10), f"{len(got)} of 2000 arrived"
     assert got == sent
+
+
+def _unreachable_after(client, messages: int) -> int:
+    """Objects only the cyclic collector could free, left by paho handling `messages` PUBLISHes."""
+    msg = mqtt.MQTTMessage(mid=1, topic=b"sensors/s1")
+    msg.payload = b'{"temperature": 20.5}'
+    gc.collect()
+    gc.disable()
+    try:
+        for _ in range(messages):
+            client._handle_on_message(msg)
+        return gc.collect()
+    finally:
+        gc.enable()
+
+
+def test_the_fast_matcher_leaves_no_cyclic_garbage_per_message():
+    stock = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+    stock.on_message = lambda *a: None
+    assert _unreachable_after(stock, 1000) >= 1000  # stock paho 2.x: a function/cell cycle per message
+    ours = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+    paho_receive.use_fast_matcher(ours)
+    got = []
+    ours.on_message = lambda c, u, m: got.append(m.topic)
+    assert _unreachable_after(ours, 1000) == 0
+    assert len(got) == 1000  # and every message still reached on_message
+
+
+def test_the_fast_matcher_still_routes_per_topic_callbacks():
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+    paho_receive.use_fast_matcher(c)
+    routed, fallback = [], []
+    c.on_message = lambda cl, u, m: fallback.append(m.topic)
+    c.message_callback_add("sensors/+", lambda cl, u, m: routed.append(m.topic))
+    for topic in (b"sensors/s1", b"market/ACME/trade"):
+        c._handle_on_message(mqtt.MQTTMessage(mid=1, topic=topic))
+    assert routed == ["sensors/s1"] and fallback == ["market/ACME/trade"]  # as stock paho routes them
+    c.message_callback_remove("sensors/+")
+    c._handle_on_message(mqtt.MQTTMessage(mid=1, topic=b"sensors/s2"))
+    assert fallback == ["market/ACME/trade", "sensors/s2"]
