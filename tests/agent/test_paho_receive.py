@@ -1,5 +1,6 @@
 """paho's receive path as the agent runs it: properties decode exactly as stock paho decodes them (tables
-built once), and reads served from one large recv lose, reorder and delay nothing."""
+built once), reads served from one large recv lose, reorder and delay nothing, and looking up per-topic
+callbacks leaves no garbage cycle behind."""
 
 import gc
 import threading
