@@ -108,7 +108,7 @@ class Link:
         self._connects = 0
         self._outcome: collections.deque = collections.deque()  # first-connection outcome, for protocol "auto"
         self._accepting = True
-        paho_receive.install()  # MQTT 5: paho's property tables built once, not once per PUBLISH
+        paho_receive.install()  # paho's property tables built once, not per PUBLISH; no garbage cycle per message
 
     # -- connection -------------------------------------------------------------------------
     def start(self, decide_timeout: float = 3.0) -> None:
@@ -159,7 +159,6 @@ class Link:
         c.on_message = self._on_message
         c.on_publish = self._on_publish
         c.on_socket_open = open_socket
-        paho_receive.use_fast_matcher(c)
         if not self.cfg.tls:  # events and PUBACKs leave from the thread that makes them (plain TCP only)
             paho_send.install(c)
         kwargs = {}

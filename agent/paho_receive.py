@@ -17,8 +17,7 @@ the fresh object by testing all 27 names. For a small sensor reading that is
 about a third of what paho's thread spends on it, on the GIL that validation
 and the csp engine need. The tables are constants that paho only reads, so
 `SharedTablesProperties` shares one copy and clears only what is set; decoding
-is otherwise paho's own. `install()` makes paho's PUBLISH decoder use it; the
-agent's own `Properties` (CONNECT, PUBLISH) are paho's, untouched.
+is otherwise paho's own. The agent's own `Properties` (CONNECT, PUBLISH) are paho's, untouched.
 
 Garbage: for every message paho looks up per-topic callbacks (`message_callback_add`)
 with `MQTTMatcher.iter_match`, which builds a recursive closure, a function and
@@ -27,11 +26,15 @@ registers none). Only the cyclic collector frees those: draining 100,000 reading
 took 13 young-generation collections (0.73 s) with them and 1 without, and memory
 that refcounting would reuse at once stays dirty until then. `EmptyFastMatcher`
 answers "nothing" without building it while no filter is registered.
+
+`install()` puts both in place: paho's PUBLISH decoder uses `SharedTablesProperties`,
+and every client created afterwards gets an `EmptyFastMatcher`.
 """
 
 from __future__ import annotations
 
 from paho.mqtt import _packet
+from paho.mqtt import client as _client
 from paho.mqtt.matcher import MQTTMatcher
 from paho.mqtt.properties import Properties
 
@@ -54,22 +57,6 @@ class SharedTablesProperties(Properties):
             del self.__dict__[name]
 
 
-def install() -> bool:
-    """Decode received PUBLISH properties with `SharedTablesProperties`; False where this paho is laid out
-    differently (no `_packet.Properties`, or other instance state), and then nothing is changed."""
-    current = getattr(_packet, "Properties", None)
-    if current is SharedTablesProperties:
-        return True
-    if current is not Properties:
-        return False
-    probe = Properties(0)
-    if set(vars(probe)) != _STATE:
-        return False
-    SharedTablesProperties._tables = {name: vars(probe)[name] for name in _TABLES}
-    _packet.Properties = SharedTablesProperties
-    return True
-
-
 class EmptyFastMatcher(MQTTMatcher):
     """paho's topic matcher for per-topic callbacks, without the per-message garbage while it is empty."""
 
@@ -77,9 +64,22 @@ class EmptyFastMatcher(MQTTMatcher):
         return super().iter_match(topic) if self._root._children else iter(())
 
 
-def use_fast_matcher(client) -> None:
-    """Give a new paho 2.x client (no `message_callback_add` yet) the matcher above."""
-    client._on_message_filtered = EmptyFastMatcher()
+def install() -> bool:
+    """Decode received PUBLISH properties with `SharedTablesProperties` and give clients created from now on an
+    `EmptyFastMatcher`; False where this paho is laid out differently (no `_packet.Properties` or
+    `client.MQTTMatcher`, or other instance state), and then nothing is changed."""
+    current = getattr(_packet, "Properties", None)
+    if current is SharedTablesProperties:
+        return True
+    if current is not Properties or getattr(_client, "MQTTMatcher", None) is not MQTTMatcher:
+        return False
+    probe = Properties(0)
+    if set(vars(probe)) != _STATE:
+        return False
+    SharedTablesProperties._tables = {name: vars(probe)[name] for name in _TABLES}
+    _packet.Properties = SharedTablesProperties
+    _client.MQTTMatcher = EmptyFastMatcher  # what `Client.__init__` builds its callback matcher from
+    return True
 
 
 class ReadAheadSocket:

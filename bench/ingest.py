@@ -155,10 +155,10 @@ def publish_all(broker, messages: list[tuple[str, bytes]]) -> float:
 def drain(port: int, client_id: str, n: int, handle, patched: bool = False) -> float:
     """Connect to the queued session, run `handle(msg)` per message; msgs/s from first to last.
     `patched`: paho's receive path as the agent runs it (`agent.paho_receive`)."""
+    if patched:
+        paho_receive.install()  # before the client exists: its callback matcher comes from install()
     c, kw = _client(client_id)
     if patched:
-        paho_receive.install()
-        paho_receive.use_fast_matcher(c)
         c.on_socket_open = open_socket
     done = threading.Event()
     state = {"count": 0, "first": 0.0, "last": 0.0}
@@ -406,8 +406,7 @@ def main() -> None:
                 return float(out.stdout.strip().splitlines()[-1])
 
             if args.latency_only:
-                print(json.dumps(latencies(broker, tmp, args.rate, args.latency_seconds,
-                                                   args.staggered_spikes)))
+                print(json.dumps(latencies(broker, tmp, args.rate, args.latency_seconds, args.staggered_spikes)))
                 return
             # 100 sensor ids: every consumer drains the same N (naive: the first naive_n)
             for cid in ("bench-bare", "bench-bare-patched", "bench-naive", "bench-agent-100"):

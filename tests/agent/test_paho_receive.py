@@ -8,12 +8,13 @@ import threading
 import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt import _packet
+from paho.mqtt.matcher import MQTTMatcher
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from agent import paho_receive
 from agent.mqtt import open_socket
-from agent.paho_receive import READ_AHEAD, ReadAheadSocket, SharedTablesProperties
+from agent.paho_receive import READ_AHEAD, EmptyFastMatcher, ReadAheadSocket, SharedTablesProperties
 
 
 def _publish_packet(props: bytes, payload: bytes = b'{"value": 1}') -> bytes:
@@ -41,6 +42,7 @@ def test_install_routes_publish_decoding_through_the_shared_tables():
     assert paho_receive.install()
     assert paho_receive.install()  # idempotent
     assert _packet.Properties is SharedTablesProperties
+    assert type(mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)._on_message_filtered) is EmptyFastMatcher
     # what the agent builds itself (CONNECT, PUBLISH) stays paho's own, with tables of its own
     assert type(mqtt.Properties(PacketTypes.CONNECT)) is Properties
     assert mqtt.Properties(PacketTypes.CONNECT).names is not SharedTablesProperties._tables["names"]
@@ -165,11 +167,12 @@ def _unreachable_after(client, messages: int) -> int:
 
 
 def test_the_fast_matcher_leaves_no_cyclic_garbage_per_message():
+    paho_receive.install()
     stock = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+    stock._on_message_filtered = MQTTMatcher()  # paho's own
     stock.on_message = lambda *a: None
     assert _unreachable_after(stock, 1000) >= 1000  # stock paho 2.x: a function/cell cycle per message
     ours = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
-    paho_receive.use_fast_matcher(ours)
     got = []
     ours.on_message = lambda c, u, m: got.append(m.topic)
     assert _unreachable_after(ours, 1000) == 0
@@ -177,8 +180,8 @@ def test_the_fast_matcher_leaves_no_cyclic_garbage_per_message():
 
 
 def test_the_fast_matcher_still_routes_per_topic_callbacks():
+    paho_receive.install()
     c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
-    paho_receive.use_fast_matcher(c)
     routed, fallback = [], []
     c.on_message = lambda cl, u, m: fallback.append(m.topic)
     c.message_callback_add("sensors/+", lambda cl, u, m: routed.append(m.topic))
