@@ -97,7 +97,7 @@ class Link:
         self.topics = [f"{p}/#" for p in (self.cfg.sensors_prefix, self.cfg.market_prefix,
                                          self.cfg.portfolio_prefix, self.cfg.news_prefix)]
         self.inbox: collections.deque = collections.deque()  # (received_at, MQTTMessage)
-        self.wake = threading.Event()  # set when the inbox goes from empty to non-empty
+        self.wake = threading.Event()  # set after paho has read a burst of messages into the inbox
         self.connected = threading.Event()
         self.on_connect: list = []  # callables run (in paho's thread) after every successful connect
         self.on_published: list = []  # callables(mid) run (in paho's thread) on PUBACK
@@ -159,6 +159,7 @@ class Link:
         c.on_message = self._on_message
         c.on_publish = self._on_publish
         c.on_socket_open = open_socket
+        paho_receive.read_bursts(c, self._burst_read)
         if not self.cfg.tls:  # events and PUBACKs leave from the thread that makes them (plain TCP only)
             paho_send.install(c)
         kwargs = {}
@@ -206,8 +207,11 @@ class Link:
     def _on_message(self, client, userdata, msg) -> None:
         if self._accepting:  # after close() began, leave messages unacknowledged: the broker redelivers
             self.inbox.append((utcnow(), msg))
-            if not self.wake.is_set():
-                self.wake.set()
+
+    def _burst_read(self) -> None:
+        """paho's thread has parsed everything it had buffered: wake the pump if that queued messages."""
+        if self.inbox and not self.wake.is_set():
+            self.wake.set()
 
     def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
         for hook in self.on_published:

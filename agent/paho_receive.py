@@ -29,9 +29,14 @@ answers "nothing" without building it while no filter is registered.
 
 `install()` puts both in place: paho's PUBLISH decoder uses `SharedTablesProperties`,
 and every client created afterwards gets an `EmptyFastMatcher`.
+
+Bursts: `read_bursts(client, after)` makes paho parse everything buffered in one turn of its loop
+and then call `after`, where the agent wakes its pump: one wake-up per burst.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 from paho.mqtt import _packet
 from paho.mqtt import client as _client
@@ -41,6 +46,7 @@ from paho.mqtt.properties import Properties
 _TABLES = ("types", "names", "properties")
 _STATE = {"packetType", *_TABLES}  # what a paho `Properties` holds besides the properties set on it
 READ_AHEAD = 65536  # bytes per socket read: a burst of ~1,000 small readings
+MAX_BURST = 1000  # loop_read calls per burst at most: paho's loop still sends and pings between bursts
 
 
 class SharedTablesProperties(Properties):
@@ -111,3 +117,26 @@ class ReadAheadSocket:
 
     def __getattr__(self, name: str):
         return getattr(self._sock, name)
+
+
+def read_bursts(client: _client.Client, after: Callable[[], None]) -> None:
+    """Make one of `client`'s `loop_read` calls take every packet its `ReadAheadSocket` holds, then run `after()`.
+
+    paho reads one packet per turn of its loop, with a `select()` and its housekeeping before each:
+    a system call per message even when the next one is already buffered. Reading the whole burst
+    first also tells the consumer when a burst ends, so `after` can wake it once per burst instead of
+    at the burst's first message, while paho still has the rest to parse on the same GIL.
+    """
+    loop_read = client.loop_read
+
+    def read_buffered(max_packets: int = 1) -> _client.MQTTErrorCode:
+        rc = loop_read(max_packets)
+        for _ in range(MAX_BURST):
+            sock = client._sock
+            if rc or sock is None or getattr(sock, "pending", None) is None or sock.pending() <= 0:
+                break
+            rc = loop_read(max_packets)
+        after()
+        return rc
+
+    client.loop_read = read_buffered

@@ -1,9 +1,10 @@
 """paho's receive path as the agent runs it: properties decode exactly as stock paho decodes them (tables
 built once), reads served from one large recv lose, reorder and delay nothing, and looking up per-topic
-callbacks leaves no garbage cycle behind."""
+callbacks leaves no garbage cycle behind; a burst is parsed in one turn of paho's loop."""
 
 import gc
 import threading
+import time
 
 import paho.mqtt.client as mqtt
 import pytest
@@ -150,6 +151,36 @@ def test_paho_reads_a_burst_through_the_read_ahead_socket(mqtt5):
     info.wait_for_publish(10)
     assert done.wait(10), f"{len(got)} of 2000 arrived"
     assert got == sent
+
+
+@pytest.mark.mosquitto
+def test_read_bursts_parses_what_is_buffered_then_calls_after_once(mqtt5):
+    """`read_bursts`: messages queued behind a slow one are parsed in bursts, whole and in order, and `after`
+    runs once a burst (not once a message), always after the burst's last message."""
+    got, bursts, done = [], [], threading.Event()
+
+    def on_message(client, userdata, msg):
+        if not got:
+            time.sleep(0.3)  # the other 1,999 pile up in the socket meanwhile
+        got.append(msg.payload)
+
+    def after():
+        if got and (not bursts or bursts[-1] != len(got)):
+            bursts.append(len(got))
+        if len(got) == 2000:
+            done.set()
+
+    sub = mqtt5("sub", subscribe="sensors/#", on_socket_open=open_socket, on_message=on_message)
+    paho_receive.read_bursts(sub, after)
+    pub = mqtt5("pub")
+    sent = [b'{"value": %d}' % i for i in range(2000)]
+    for i, payload in enumerate(sent):
+        info = pub.publish(f"sensors/s{i % 50}/temperature", payload, qos=1)
+    info.wait_for_publish(10)
+    assert done.wait(10), f"{len(got)} of 2000 arrived"
+    assert got == sent
+    assert bursts[-1] == 2000  # `after` ran once the last message was in
+    assert len(bursts) < 200, f"{len(bursts)} wake-ups for 2000 messages"
 
 
 def _unreachable_after(client, messages: int) -> int:
