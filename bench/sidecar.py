@@ -14,10 +14,9 @@ clients (texts/s), the server's CPU per request by thread (event loop vs inferen
 engine's cost per text by batch size, and p50/p99 latency of one classification from one client.
 Headline → `news` event: the agent's realtime news graph against that sidecar.
 
-Without --checkpoint the weights are a model of the shipped architecture
-(model/shipped/model.json, else the GPTConfig defaults) briefly trained by
-model.testing's pipeline and exported with `edge-model export --int8` code:
-speed does not depend on what the weights learnt. Prints one JSON line.
+Without --checkpoint it measures the shipped model (model/shipped/): PyTorch runs its
+weights read back from the ONNX file (`model.export.load_exported`). With --checkpoint
+that checkpoint is exported first, as `edge-model export --int8` does. Prints one JSON line.
 """
 
 from __future__ import annotations
@@ -39,32 +38,12 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from model import shipped_model_dir  # noqa: E402
-from model.export import export, load_checkpoint, torch_greedy  # noqa: E402
+from model.export import export, load_exported, torch_greedy  # noqa: E402
 from sidecar.engine import Engine  # noqa: E402
 from sidecar.testing import SidecarProcess  # noqa: E402
 
 TEXTS = ["$ACME upgraded to Buy at Citi, target raised", "Initech shares fall after weak guidance",
          "Hooli to present at Nomura conference", "Globex beats earnings estimates on strong demand"]
-
-
-def bench_checkpoint(workdir: Path) -> Path:
-    """A checkpoint of the shipped architecture through the project's own train pipeline (a few steps)."""
-    from model import testing
-    from model.train import train
-
-    arch = {}
-    shipped = shipped_model_dir() / "model.json"
-    if shipped.is_file():
-        a = json.loads(shipped.read_text())["architecture"]
-        arch = {k: a[k] for k in ("n_layer", "n_head", "n_embd", "block_size", "vocab_size")}
-    else:
-        from model.gpt import GPTConfig
-
-        c = GPTConfig()
-        arch = dict(n_layer=c.n_layer, n_head=c.n_head, n_embd=c.n_embd, block_size=c.block_size,
-                    vocab_size=c.vocab_size)
-    data = testing.tiny_csv(workdir / "bench.csv", rows=600)
-    return train(testing.train_args(data, workdir / "run", max_steps=2, eval_every=1000, **arch))
 
 
 def rates(fns: dict, tokens: int, rounds: int = 7) -> dict:
@@ -140,9 +119,9 @@ def step_costs(engines: dict[str, Engine], threads: int, past: int = 64, runs: i
     return out
 
 
-def generation(model_dir: Path, checkpoint: Path, tokens: int, threads: int) -> dict:
+def generation(model_dir: Path, tokens: int, threads: int) -> dict:
     torch.set_num_threads(threads)  # the same compute for PyTorch and ONNX Runtime
-    model, tok, _ = load_checkpoint(checkpoint)
+    model, tok = load_exported(model_dir)  # the very weights the engines run
     prompt = tok.encode("$ACME upgraded to Buy")[:8]
     n = min(tokens, model.config.block_size - len(prompt))
     fp32 = Engine(model_dir, device="cpu", threads=threads)
@@ -280,7 +259,7 @@ def pct(xs: list[float], q: float) -> float:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--checkpoint", help="a training checkpoint (default: a briefly trained shipped-architecture model)")
+    ap.add_argument("--checkpoint", help="a training checkpoint to export and measure (default: the shipped model)")
     ap.add_argument("--tokens", type=int, default=120)
     ap.add_argument("--seconds", type=float, default=3.0)
     ap.add_argument("--threads", type=int, default=1,
@@ -289,11 +268,13 @@ def main() -> int:
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        ckpt = Path(args.checkpoint) if args.checkpoint else bench_checkpoint(tmp)
-        export(ckpt, tmp / "model", int8=True, data=tmp / "none.csv", name="bench-nanogpt")
-        result = {"bench": "sidecar", "threads": args.threads,
-                  "generation": generation(tmp / "model", ckpt, args.tokens, args.threads)}
-        with SidecarProcess(tmp / "model", "--threads", str(args.threads)) as sidecar:
+        model_dir = shipped_model_dir()
+        if args.checkpoint:
+            model_dir = tmp / "model"
+            export(args.checkpoint, model_dir, int8=True, data=tmp / "none.csv", name="bench-nanogpt")
+        result = {"bench": "sidecar", "model": str(args.checkpoint or model_dir), "threads": args.threads,
+                  "generation": generation(model_dir, args.tokens, args.threads)}
+        with SidecarProcess(model_dir, "--threads", str(args.threads)) as sidecar:
             one_client_latency(sidecar.url, 50)  # warm the connection path
             single = one_client_latency(sidecar.url, 400)
             one = many = {"rate": 0.0}
@@ -308,7 +289,7 @@ def main() -> int:
             "32_clients_p99_ms": pct(many["latencies"], 99),
             "server_cpu_us_per_request": {f"{k}_clients_{t}": r[f"server_{t}_us"]
                                           for k, r in (("1", one), ("32", many)) for t in ("main", "other")},
-            "engine": batch_costs(Engine(tmp / "model", device="cpu", threads=args.threads)),
+            "engine": batch_costs(Engine(model_dir, device="cpu", threads=args.threads)),
         }
         result["headline_to_news_event"] = {"n": len(news), "p50_ms": pct(news, 50), "p99_ms": pct(news, 99),
                                             "max_ms": max(news) * 1000}

@@ -19,6 +19,7 @@ import numpy as np
 import onnx
 import structlog
 import torch
+from onnx import numpy_helper
 
 from model import ngrams
 from model.builder import OPSET, build
@@ -50,6 +51,29 @@ def load_checkpoint(path: str | Path) -> tuple[GPT, Tokenizer, dict]:
     ema = {k.removeprefix("module."): v for k, v in ckpt["ema"].items() if k.startswith("module.")}
     model.load_state_dict(ema)
     return model.eval(), Tokenizer.from_json(ckpt["tokenizer"]), ckpt
+
+
+def load_exported(model_dir: str | Path) -> tuple[GPT, Tokenizer]:
+    """The PyTorch GPT back from an exported model's weights, in eval mode: PyTorch runs on the shipped
+    weights (a benchmark, a parity check) without the training checkpoint, which does not ship.
+
+    The inverse of `model.builder.build`: its initializers are named after the module's parameters,
+    `*.weight_t` transposed, the head tied to `wte`.
+    """
+    model_dir = Path(model_dir)
+    meta = json.loads((model_dir / "model.json").read_text())
+    arch = meta["architecture"]
+    model = GPT(GPTConfig(**{k: arch[k] for k in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd", "bias")}))
+    graph = onnx.load(str(model_dir / meta["files"]["model"])).graph
+    weights = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    renamed = {"lm_head.weight": "wte", "transformer.wte.weight": "wte", "transformer.wpe.weight": "wpe"}
+    state = {}
+    for name in model.state_dict():
+        key = renamed.get(name, name.removeprefix("transformer."))
+        w = weights[f"{key}_t"].T if f"{key}_t" in weights else weights[key]
+        state[name] = torch.tensor(w)
+    model.load_state_dict(state)
+    return model.eval(), Tokenizer.load(model_dir / meta["files"]["tokenizer"])
 
 
 def ngram_head(ckpt: dict) -> ngrams.NgramHead | None:

@@ -46,7 +46,8 @@ def test_demo_sidecar_serves_a_model_and_stops(tmp_path, request):
     pytest.importorskip("torch")
     from sidecar.testing import cached_tiny_model
 
-    model = cached_tiny_model(request.config.cache.mkdir("edgewatch-sidecar-tiny"))
+    cache = getattr(request.config, "cache", None)  # absent under -p no:cacheprovider
+    model = cached_tiny_model(cache.mkdir("edgewatch-sidecar-tiny") if cache else tmp_path / "tiny")
     assert "no model in" in Sidecar(tmp_path, tmp_path / "nothing").available()
     sidecar = Sidecar(tmp_path, model)
     assert sidecar.available() == ""

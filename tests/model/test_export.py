@@ -10,7 +10,7 @@ import pytest
 from model.cli import main
 from sidecar.engine import Engine
 
-pytest.importorskip("torch")
+torch = pytest.importorskip("torch")
 
 
 def test_graph_names_and_dynamic_axes(tiny_model_dir):
@@ -43,6 +43,31 @@ def test_parity_recorded_and_rechecked(tiny_model_dir):
     model, _, _ = load_checkpoint(tiny_model_dir.parent / "run" / "ckpt.pt")
     check = parity(model, Engine(tiny_model_dir, device="cpu"), seed=7)
     assert check["max_abs_logit_diff"] <= TOLERANCE
+
+
+def test_exported_weights_load_back_into_pytorch(tiny_model_dir):
+    """`load_exported` is the inverse of the export: every tensor equal to the checkpoint's, tokenizer too."""
+    from model.export import load_checkpoint, load_exported
+
+    model, tok, _ = load_checkpoint(tiny_model_dir.parent / "run" / "ckpt.pt")
+    back, back_tok = load_exported(tiny_model_dir)
+    expected, got = model.state_dict(), back.state_dict()
+    assert got.keys() == expected.keys()
+    for name, tensor in expected.items():
+        assert torch.equal(got[name], tensor), name
+    assert back.transformer.wte.weight is back.lm_head.weight  # still tied
+    assert back_tok.encode("$ACME upgraded to Buy") == tok.encode("$ACME upgraded to Buy")
+
+
+def test_shipped_model_matches_pytorch_on_its_own_weights():
+    """The shipped ONNX model computes what PyTorch computes from the same weights: logits of padded
+    batches and a cached step within tolerance, greedy continuations equal (no checkpoint needed)."""
+    from model import shipped_model_dir
+    from model.export import TOLERANCE, load_exported, parity
+
+    model, _ = load_exported(shipped_model_dir())
+    check = parity(model, Engine(shipped_model_dir(), device="cpu"), seed=3)
+    assert check["max_abs_logit_diff"] <= TOLERANCE and check["greedy_tokens_equal"] == 64
 
 
 def test_model_json(tiny_model_dir):
