@@ -1,4 +1,4 @@
-"""Project-wide fixtures: the PostgreSQL server of this machine, the shared data folder."""
+"""Project-wide fixtures: the PostgreSQL server of this machine, the shared data folder, a tiny exported model."""
 
 from __future__ import annotations
 
@@ -40,3 +40,14 @@ def shared_data() -> Path:
     path = SHARED / "data"
     require("shared data", path.is_dir(), f"{path} not found (set SHARED_DIR)")
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(request, tmp_path_factory) -> Path:
+    """A tiny exported model for the sidecar, built once and kept in pytest's cache until the model code changes
+    (tests/model has its own, built fresh, since it tests the build)."""
+    pytest.importorskip("torch")
+    from sidecar.testing import cached_tiny_model
+
+    cache = getattr(request.config, "cache", None)  # absent under -p no:cacheprovider
+    return cached_tiny_model(cache.mkdir("edgewatch-sidecar-tiny") if cache else tmp_path_factory.mktemp("tiny"))

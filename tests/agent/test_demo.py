@@ -36,20 +36,14 @@ def test_demo_rejects_a_bad_duration(tmp_path, capsys):
     assert not (tmp_path / "x.db").exists()
 
 
-def test_demo_sidecar_serves_a_model_and_stops(tmp_path, request):
+def test_demo_sidecar_serves_a_model_and_stops(tmp_path, tiny_model_dir):
     """The demo's sidecar: `edge-sidecar serve` on the CPU, ready, classifying, stopped (tiny model, cached)."""
     import httpx
-    import pytest
 
     from agent.demo import Sidecar
 
-    pytest.importorskip("torch")
-    from sidecar.testing import cached_tiny_model
-
-    cache = getattr(request.config, "cache", None)  # absent under -p no:cacheprovider
-    model = cached_tiny_model(cache.mkdir("edgewatch-sidecar-tiny") if cache else tmp_path / "tiny")
     assert "no model in" in Sidecar(tmp_path, tmp_path / "nothing").available()
-    sidecar = Sidecar(tmp_path, model)
+    sidecar = Sidecar(tmp_path, tiny_model_dir)
     assert sidecar.available() == ""
     sidecar.start()
     try:

@@ -164,15 +164,6 @@ def test_configuration_error_exits_2(tmp_path, capsys):
     assert "broker" not in marks  # nothing else can be checked without a configuration
 
 
-@pytest.fixture(scope="module")
-def tiny_model_dir(request, tmp_path_factory):
-    pytest.importorskip("torch")
-    from sidecar.testing import cached_tiny_model
-
-    cache = getattr(request.config, "cache", None)  # shared with tests/sidecar; absent under -p no:cacheprovider
-    return cached_tiny_model(cache.mkdir("edgewatch-sidecar-tiny") if cache else tmp_path_factory.mktemp("tiny"))
-
-
 def test_ready_sidecar_names_model_and_provider(mosquitto, tmp_path, capsys, tiny_model_dir):
     from sidecar.app import Settings, create_app
     from sidecar.testing import ServerThread, wait_ready

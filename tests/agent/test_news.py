@@ -17,13 +17,7 @@ from agent.config import Config
 from agent.graph import analytics
 from agent.news import news_graph
 from agent.records import Headline, Pnl, Position, Quote, SensorReading, Trade
-from sidecar.testing import SidecarProcess, cached_tiny_model, wait_ready
-
-
-@pytest.fixture(scope="session")
-def tiny_model_dir(request):
-    pytest.importorskip("torch")
-    return cached_tiny_model(request.config.cache.mkdir("edgewatch-sidecar-tiny"))
+from sidecar.testing import SidecarProcess, wait_ready
 
 
 def config(url: str) -> Config:

@@ -11,16 +11,6 @@ import sys
 import time
 
 import httpx
-import pytest
-
-from sidecar.testing import cached_tiny_model
-
-
-@pytest.fixture(scope="module")
-def tiny_model_dir(request, tmp_path_factory):
-    pytest.importorskip("torch")
-    cache = getattr(request.config, "cache", None)  # shared with tests/sidecar; absent under -p no:cacheprovider
-    return cached_tiny_model(cache.mkdir("edgewatch-sidecar-tiny") if cache else tmp_path_factory.mktemp("tiny"))
 
 
 def test_sidecar_ready_watchdog_stopping(tiny_model_dir, tmp_path):

@@ -10,13 +10,7 @@ import pytest
 from model import shipped_model_dir
 from sidecar.app import Settings, create_app
 from sidecar.engine import Engine
-from sidecar.testing import ServerThread, cached_tiny_model
-
-
-@pytest.fixture(scope="session")
-def tiny_model_dir(request):
-    pytest.importorskip("torch")
-    return cached_tiny_model(request.config.cache.mkdir("edgewatch-sidecar-tiny"))
+from sidecar.testing import ServerThread
 
 
 @pytest.fixture(scope="session")
