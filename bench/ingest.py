@@ -11,8 +11,9 @@ count from the first message handled to the last:
 - bare: paho callback + `json.loads`, automatic PUBACK (the ceiling of any paho agent);
 - bare-patched: the same with paho's receive path as the agent runs it (`agent.paho_receive`:
   socket reads served from one large `recv`, MQTT 5 property tables built once instead of per
-  PUBLISH, no garbage cycle per message, a buffered burst parsed in one turn of paho's loop): the ceiling of a paho agent with those fixes, so `agent_vs_bare_patched` is the
-  ratio they cannot flatter;
+  PUBLISH, no garbage cycle per message, a buffered burst parsed in one turn of paho's loop):
+  the ceiling of a paho agent with those fixes, so `agent_vs_bare_patched` is the ratio they
+  cannot flatter;
 - agent: `edge-agent run` (validation, anomaly + health graph, event log in SQLite,
   outbox), messages counted when their batch is committed and acknowledged
   (`edgewatch_messages_done_total`, scraped from the agent's metrics endpoint);

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
+from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
@@ -62,8 +63,8 @@ def load_exported(model_dir: str | Path) -> tuple[GPT, Tokenizer]:
     """
     model_dir = Path(model_dir)
     meta = json.loads((model_dir / "model.json").read_text())
-    arch = meta["architecture"]
-    model = GPT(GPTConfig(**{k: arch[k] for k in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd", "bias")}))
+    arch = meta["architecture"]  # `write_meta` wrote GPTConfig.to_dict() into it
+    model = GPT(GPTConfig(**{f.name: arch[f.name] for f in fields(GPTConfig)}))
     graph = onnx.load(str(model_dir / meta["files"]["model"])).graph
     weights = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
     renamed = {"lm_head.weight": "wte", "transformer.wte.weight": "wte", "transformer.wpe.weight": "wpe"}
