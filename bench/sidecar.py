@@ -4,10 +4,10 @@
 
 Generation, greedy, batch 1, one prompt, `--tokens` new tokens:
   (1) PyTorch, the nanoGPT way: the whole sequence re-run for every token;
-  (2) PyTorch with the KV cache;  (3) ONNX Runtime with the KV cache (the sidecar's Engine);
-  (4) the same ONNX model quantised to int8.
-Cached step (`cached_step`): one decode step's graph run alone for (3) and (4), against a
-graph of Identity nodes with the same inputs and outputs (the Python/ONNX Runtime crossing).
+  (2) PyTorch with the KV cache;  (3) ONNX Runtime with the KV cache (the sidecar's Engine: prompt
+  on model.onnx, steps on the decode graph, model.decode.onnx); (4) the same, quantised to int8;
+  and, to show what the decode graph changed, (3) stepping on the general graph as before it.
+Cached step (`cached_step`): µs a decode step costs through each engine from 64 cached tokens on.
 Classification over HTTP against `edge-sidecar serve` in its own process (so the
 load generator does not share its interpreter): one client vs 32 concurrent
 clients (texts/s), the server's CPU per request by thread (event loop vs inference), the
@@ -40,7 +40,7 @@ import torch  # noqa: E402
 from model import shipped_model_dir  # noqa: E402
 from model.export import export, load_exported, torch_greedy  # noqa: E402
 from sidecar.engine import Engine  # noqa: E402
-from sidecar.testing import SidecarProcess  # noqa: E402
+from sidecar.testing import SidecarProcess, without_decode_graph  # noqa: E402
 
 TEXTS = ["$ACME upgraded to Buy at Citi, target raised", "Initech shares fall after weak guidance",
          "Hooli to present at Nomura conference", "Globex beats earnings estimates on strong demand"]
@@ -79,67 +79,45 @@ def onnx_generate(engine: Engine, prompt: list[int], n: int) -> list[int]:
     return out
 
 
-def step_costs(engines: dict[str, Engine], threads: int, past: int = 64, runs: int = 2000, rounds: int = 5) -> dict:
-    """Where a cached decode step's time goes (batch 1, `past` cached tokens, best of `rounds`): the
-    graph run alone for each engine, against a graph of Identity nodes with the same inputs and as
-    many outputs, which costs only the crossing between Python and ONNX Runtime."""
-    import onnxruntime as ort
-    from onnx import helper
-
-    session = next(iter(engines.values())).session
-    feeds = {}
-    for i in session.get_inputs():
-        if i.name.startswith("past_key_values."):
-            feeds[i.name] = np.zeros([1, i.shape[1], past, i.shape[3]], dtype=np.float32)
-    feeds |= {"input_ids": np.array([[0]], dtype=np.int64), "position_ids": np.array([[past]], dtype=np.int64),
-              "attention_mask": np.ones((1, past + 1), dtype=np.int64)}
-    fetched = [o.name for o in session.get_outputs() if o.name != "sentiment_logits"]  # what a decode step reads
-    n_out = len(fetched)
-    names = list(feeds)
-    graph = helper.make_graph(
-        [helper.make_node("Identity", [names[k]], [f"out{k}"]) for k in range(n_out)], "boundary",
-        [helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(v.dtype), v.shape) for n, v in feeds.items()],
-        [helper.make_tensor_value_info(f"out{k}", helper.np_dtype_to_tensor_dtype(feeds[names[k]].dtype), None)
-         for k in range(n_out)])
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1  # as the engines' sessions
-    boundary = ort.InferenceSession(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-                                    .SerializeToString(), opts, providers=["CPUExecutionProvider"])
-    runners = {f"{name}_run_us": (e.session, fetched) for name, e in engines.items()}
-    runners["boundary_run_us"] = (boundary, None)
-    best = dict.fromkeys(runners, float("inf"))
+def step_costs(engines: dict[str, Engine], past: int = 64, steps: int = 32, rounds: int = 7) -> dict:
+    """µs per decode step through each engine at batch 1, from `past` cached tokens on (best of `rounds`)."""
+    prompt = list(range(1, past + 1))
+    best = {f"{name}_step_us": float("inf") for name in engines}
     for _ in range(rounds):
-        for name, (sess, outputs) in runners.items():
+        for name, engine in engines.items():
+            logits, caches = engine.prefill([prompt])
             t0 = time.perf_counter()
-            for _ in range(runs):
-                sess.run(outputs, feeds)
-            best[name] = min(best[name], (time.perf_counter() - t0) / runs * 1e6)
-    out = {"past": past, **best}
-    out["boundary_share_of_onnx_run"] = best["boundary_run_us"] / best["onnx_run_us"]
-    return out
+            for _ in range(steps):
+                logits, caches = engine.decode_step([int(np.argmax(logits[0]))], caches)
+            best[f"{name}_step_us"] = min(best[f"{name}_step_us"], (time.perf_counter() - t0) / steps * 1e6)
+    return {"past": past, **best}
 
 
-def generation(model_dir: Path, tokens: int, threads: int) -> dict:
+def generation(model_dir: Path, tokens: int, threads: int, tmp: Path) -> dict:
     torch.set_num_threads(threads)  # the same compute for PyTorch and ONNX Runtime
     model, tok = load_exported(model_dir)  # the very weights the engines run
     prompt = tok.encode("$ACME upgraded to Buy")[:8]
     n = min(tokens, model.config.block_size - len(prompt))
     fp32 = Engine(model_dir, device="cpu", threads=threads)
     int8 = Engine(model_dir, device="cpu", int8=True, threads=threads)
-    same = nanogpt_generate(model, prompt, n) == torch_greedy(model, prompt, n) == onnx_generate(fp32, prompt, n)
+    general = Engine(without_decode_graph(model_dir, tmp / "general"), device="cpu", threads=threads)
+    same = (nanogpt_generate(model, prompt, n) == torch_greedy(model, prompt, n) == onnx_generate(fp32, prompt, n)
+            == onnx_generate(general, prompt, n))
     out = {
         "tokens": n,
         "greedy_equal_torch_onnx": same,
         **rates({"torch_nocache_tok_s": lambda: nanogpt_generate(model, prompt, n),
                  "torch_kvcache_tok_s": lambda: torch_greedy(model, prompt, n),
                  "onnx_kvcache_tok_s": lambda: onnx_generate(fp32, prompt, n),
-                 "onnx_int8_tok_s": lambda: onnx_generate(int8, prompt, n)}, n),
-        "cached_step": step_costs({"onnx": fp32, "onnx_int8": int8}, threads),
+                 "onnx_int8_tok_s": lambda: onnx_generate(int8, prompt, n),
+                 "onnx_general_graph_tok_s": lambda: onnx_generate(general, prompt, n)}, n),
+        "cached_step": step_costs({"onnx": fp32, "onnx_int8": int8, "onnx_general_graph": general}),
         "params": model.num_params(),
         "arch": {k: getattr(model.config, k) for k in ("n_layer", "n_head", "n_embd", "block_size", "vocab_size")},
     }
     out["ratio_onnx_vs_nocache"] = out["onnx_kvcache_tok_s"] / out["torch_nocache_tok_s"]
     out["ratio_onnx_vs_torch_kvcache"] = out["onnx_kvcache_tok_s"] / out["torch_kvcache_tok_s"]
+    out["ratio_decode_graph_vs_general_graph"] = out["onnx_kvcache_tok_s"] / out["onnx_general_graph_tok_s"]
     return out
 
 
@@ -273,7 +251,7 @@ def main() -> int:
             model_dir = tmp / "model"
             export(args.checkpoint, model_dir, int8=True, data=tmp / "none.csv", name="bench-nanogpt")
         result = {"bench": "sidecar", "model": str(args.checkpoint or model_dir), "threads": args.threads,
-                  "generation": generation(model_dir, args.tokens, args.threads)}
+                  "generation": generation(model_dir, args.tokens, args.threads, tmp)}
         with SidecarProcess(model_dir, "--threads", str(args.threads)) as sidecar:
             one_client_latency(sidecar.url, 50)  # warm the connection path
             single = one_client_latency(sidecar.url, 400)

@@ -16,6 +16,11 @@ outputs and dynamic axes as `model.export.io_names` describes;
 `model.export.parity` checks the numbers against PyTorch. A model with the
 bag-of-n-grams head (model/ngrams.py) also outputs `sentiment_logits`, the
 classifier's scores, computed inside an `If` on runs with an empty past.
+
+`build_decode` writes the second graph a model ships: the same blocks for one
+token per row against fixed-size key/value buffers updated in place, which the
+sidecar runs for every generation step on the CPU (prompts and classification
+run the graph above).
 """
 
 from __future__ import annotations
@@ -123,57 +128,119 @@ def _sentiment(main: _Graph, logits: str, label_ids: list[int], head: NgramHead)
             else_branch=skip.subgraph("skipped", "sentiment_skipped"), outputs=["sentiment_logits"])
 
 
+def _embed(g: _Graph, t) -> str:
+    """Token + position embeddings as the flat [B*S, C] residual stream."""
+    wte = g.const("wte", t.wte.weight.detach().numpy())
+    x = g.op("Add", g.op("Gather", wte, "input_ids"), g.op("Gather", g.const("wpe", t.wpe.weight.detach().numpy()),
+                                                          "position_ids"))  # [B, S, C]
+    return g.op("Reshape", x, g.const("flat", np.array([-1, t.wte.weight.shape[1]], np.int64)))
+
+
+def _blocks(g: _Graph, model: GPT, x: str, bsc: str, attend) -> str:
+    """The transformer blocks on the flat stream; `attend(i, qkv)` maps layer i's [B, S, 3C] projections (`bsc`:
+    the [B, S, -1] shape to unflatten them) to [B, S, C]."""
+    for i, block in enumerate(model.transformer.h):
+        p = f"h.{i}"
+        qkv = g.op("Reshape", _linear(g, _layernorm(g, x, f"{p}.ln_1", block.ln_1), f"{p}.attn.c_attn",
+                                      block.attn.c_attn.weight, block.attn.c_attn.bias), bsc)
+        y = g.op("Reshape", attend(i, qkv), "flat")
+        x = g.op("Add", x, _linear(g, y, f"{p}.attn.c_proj", block.attn.c_proj.weight, block.attn.c_proj.bias))
+        h = _linear(g, _layernorm(g, x, f"{p}.ln_2", block.ln_2), f"{p}.mlp.c_fc", block.mlp.c_fc.weight,
+                    block.mlp.c_fc.bias)
+        h = g.op("Gelu", h)  # exact (erf) GELU, as nn.GELU()
+        x = g.op("Add", x, _linear(g, h, f"{p}.mlp.c_proj", block.mlp.c_proj.weight, block.mlp.c_proj.bias))
+    return x
+
+
+def _head(g: _Graph, model: GPT, last: str) -> str:
+    """`logits` [B, 1, vocab] from each row's last position [B, C] (the tied head: x @ wte^T)."""
+    logits = g.op("Gemm", _layernorm(g, last, "ln_f", model.transformer.ln_f), "wte", transB=1)
+    g.op("Unsqueeze", logits, g.const("logits_axis", np.array([1], np.int64)), outputs=["logits"])
+    return logits
+
+
+def _value(name: str, elem: int, dims: list) -> onnx.ValueInfoProto:
+    return helper.make_tensor_value_info(name, elem, dims)
+
+
+def _kv(c, inputs: list, outputs: list, past_axis: str, present_axis: str) -> None:
+    head_dim = c.n_embd // c.n_head
+    for i in range(c.n_layer):
+        for kv in ("key", "value"):
+            inputs.append(_value(f"past_key_values.{i}.{kv}", TensorProto.FLOAT, ["batch_size", c.n_head, past_axis,
+                                                                                  head_dim]))
+            outputs.append(_value(f"present.{i}.{kv}", TensorProto.FLOAT, ["batch_size", c.n_head, present_axis,
+                                                                           head_dim]))
+
+
 def build(model: GPT, label_ids: list[int] | None = None, head: NgramHead | None = None) -> onnx.ModelProto:
     """The model's graph: inputs/outputs named as `model.export.io_names`, every batch/sequence/past axis symbolic.
 
     With an n-gram `head` (and the `label_ids` it scores) the graph also outputs `sentiment_logits`.
     """
     c = model.config
-    head_dim = c.n_embd // c.n_head
-    t = model.transformer
     g = _Graph()
     mask = _attention_mask(g)
-    wte = g.const("wte", t.wte.weight.detach().numpy())
-    x = g.op("Add", g.op("Gather", wte, "input_ids"), g.op("Gather", g.const("wpe", t.wpe.weight.detach().numpy()),
-                                                          "position_ids"))  # [B, S, C]
+    x = _embed(g, model.transformer)
     bsc = g.op("Concat", g.op("Shape", "input_ids"), g.const("minus1", np.array([-1], np.int64)), axis=0)
-    x = g.op("Reshape", x, g.const("flat", np.array([-1, c.n_embd], np.int64)))  # [B*S, C]
-    for i, block in enumerate(t.h):
-        p = f"h.{i}"
-        qkv = g.op("Reshape", _linear(g, _layernorm(g, x, f"{p}.ln_1", block.ln_1), f"{p}.attn.c_attn",
-                                      block.attn.c_attn.weight, block.attn.c_attn.bias), bsc)
-        q, k, v = g.op("Split", qkv, g.const(f"{p}.split", np.array([c.n_embd] * 3, np.int64)), axis=-1, outputs=3)
-        y = g.op("Attention", q, k, v, mask, f"past_key_values.{i}.key", f"past_key_values.{i}.value",
-                 outputs=[f"attn_{i}", f"present.{i}.key", f"present.{i}.value"],
-                 q_num_heads=c.n_head, kv_num_heads=c.n_head, scale=1.0 / float(np.sqrt(head_dim)))[0]
-        y = g.op("Reshape", y, "flat")
-        x = g.op("Add", x, _linear(g, y, f"{p}.attn.c_proj", block.attn.c_proj.weight, block.attn.c_proj.bias))
-        h = _linear(g, _layernorm(g, x, f"{p}.ln_2", block.ln_2), f"{p}.mlp.c_fc", block.mlp.c_fc.weight,
-                    block.mlp.c_fc.bias)
-        h = g.op("Gelu", h)  # exact (erf) GELU, as nn.GELU()
-        x = g.op("Add", x, _linear(g, h, f"{p}.mlp.c_proj", block.mlp.c_proj.weight, block.mlp.c_proj.bias))
-    last = g.op("Gather", g.op("Reshape", x, bsc), g.const("minus1_scalar", np.array(-1, np.int64)), axis=1)
-    logits = g.op("Gemm", _layernorm(g, last, "ln_f", t.ln_f), wte, transB=1)  # tied head: x @ wte^T
-    g.op("Unsqueeze", logits, "axis1", outputs=["logits"])
+
+    def attend(i: int, qkv: str) -> str:
+        q, k, v = g.op("Split", qkv, g.const(f"h.{i}.split", np.array([c.n_embd] * 3, np.int64)), axis=-1, outputs=3)
+        return g.op("Attention", q, k, v, mask, f"past_key_values.{i}.key", f"past_key_values.{i}.value",
+                    outputs=[f"attn_{i}", f"present.{i}.key", f"present.{i}.value"],
+                    q_num_heads=c.n_head, kv_num_heads=c.n_head, scale=1.0 / float(np.sqrt(c.n_embd // c.n_head)))[0]
+
+    x = _blocks(g, model, x, bsc, attend)
+    logits = _head(g, model, g.op("Gather", g.op("Reshape", x, bsc), g.const("minus1_scalar", np.array(-1, np.int64)),
+                                  axis=1))
     if head is not None:
         _sentiment(g, logits, label_ids, head)
-
-    def value(name: str, elem: int, dims: list) -> onnx.ValueInfoProto:
-        return helper.make_tensor_value_info(name, elem, dims)
-
-    kv_past = ["batch_size", c.n_head, "past_sequence_length", head_dim]
-    kv_present = ["batch_size", c.n_head, "total_sequence_length", head_dim]
-    inputs = [value("input_ids", TensorProto.INT64, ["batch_size", "sequence_length"]),
-              value("attention_mask", TensorProto.INT64, ["batch_size", "total_sequence_length"]),
-              value("position_ids", TensorProto.INT64, ["batch_size", "sequence_length"])]
-    outputs = [value("logits", TensorProto.FLOAT, ["batch_size", 1, c.vocab_size])]
-    for i in range(c.n_layer):
-        for kv in ("key", "value"):
-            inputs.append(value(f"past_key_values.{i}.{kv}", TensorProto.FLOAT, kv_past))
-            outputs.append(value(f"present.{i}.{kv}", TensorProto.FLOAT, kv_present))
+    inputs = [_value("input_ids", TensorProto.INT64, ["batch_size", "sequence_length"]),
+              _value("attention_mask", TensorProto.INT64, ["batch_size", "total_sequence_length"]),
+              _value("position_ids", TensorProto.INT64, ["batch_size", "sequence_length"])]
+    outputs = [_value("logits", TensorProto.FLOAT, ["batch_size", 1, c.vocab_size])]
+    _kv(c, inputs, outputs, "past_sequence_length", "total_sequence_length")
     if head is not None:  # last, so `logits` + presents keep their places for readers that do not know it
-        outputs.append(value("sentiment_logits", TensorProto.FLOAT, ["batch_size", len(label_ids)]))
+        outputs.append(_value("sentiment_logits", TensorProto.FLOAT, ["batch_size", len(label_ids)]))
     graph = helper.make_graph(g.nodes, "nanogpt", inputs, outputs, g.weights)
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="edgewatch")
+    onnx.checker.check_model(proto)
+    return proto
+
+
+def build_decode(model: GPT) -> onnx.ModelProto:
+    """The decode-step graph: one new token per row against keys/values in fixed buffers, as
+    onnxruntime-genai runs a model on the CPU.
+
+    Past and present are [B, n_head, block_size, head_dim] buffers that the caller binds to the same
+    memory: `GroupQueryAttention` (com.microsoft; query/key/value packed, as the projection makes them)
+    writes each row's new key and value at position `seqlens_k[b]` in place and attends to positions
+    0..seqlens_k[b], so rows of different lengths need no mask and nothing is copied between steps
+    (the general graph's Attention returns a new, longer present every step, and its mask costs 15
+    kernels). One token a row: `input_ids` [B, 1]; `position_ids` is each row's length,
+    `total_sequence_length` the longest row's + 1. No sentiment head: a decode step never classifies.
+    Inputs/outputs as `model.export.decode_io_names`.
+    """
+    c = model.config
+    g = _Graph()
+    x = _embed(g, model.transformer)  # [B, C]: one position a row, so the stream is the last positions already
+    b1c = g.const("b1c", np.array([-1, 1, 3 * c.n_embd], np.int64))
+
+    def attend(i: int, qkv: str) -> str:
+        return g.op("GroupQueryAttention", qkv, "", "", f"past_key_values.{i}.key", f"past_key_values.{i}.value",
+                    "seqlens_k", "total_sequence_length", domain="com.microsoft",
+                    outputs=[f"attn_{i}", f"present.{i}.key", f"present.{i}.value"],
+                    num_heads=c.n_head, kv_num_heads=c.n_head, scale=1.0 / float(np.sqrt(c.n_embd // c.n_head)))[0]
+
+    _head(g, model, _blocks(g, model, x, b1c, attend))
+    inputs = [_value("input_ids", TensorProto.INT64, ["batch_size", 1]),
+              _value("position_ids", TensorProto.INT64, ["batch_size", 1]),
+              _value("seqlens_k", TensorProto.INT32, ["batch_size"]),
+              _value("total_sequence_length", TensorProto.INT32, [])]
+    outputs = [_value("logits", TensorProto.FLOAT, ["batch_size", 1, c.vocab_size])]
+    _kv(c, inputs, outputs, "max_sequence_length", "max_sequence_length")
+    graph = helper.make_graph(g.nodes, "nanogpt_decode", inputs, outputs, g.weights)
+    proto = helper.make_model(graph, producer_name="edgewatch", opset_imports=[
+        helper.make_opsetid("", OPSET), helper.make_opsetid("com.microsoft", 1)])
     onnx.checker.check_model(proto)
     return proto

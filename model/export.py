@@ -23,7 +23,7 @@ import torch
 from onnx import numpy_helper
 
 from model import ngrams
-from model.builder import OPSET, build
+from model.builder import OPSET, build, build_decode
 from model.data import read_labelled, split
 from model.evaluate import evaluate_engine
 from model.gpt import GPT, GPTConfig
@@ -89,9 +89,36 @@ def io_names(n_layer: int, sentiment: bool = False) -> tuple[list[str], list[str
             ["logits"] + [f"present.{i}.{k}" for i, k in kv] + (["sentiment_logits"] if sentiment else []))
 
 
+def decode_io_names(n_layer: int) -> tuple[list[str], list[str]]:
+    """The decode-step graph's inputs and outputs (`model.builder.build_decode`)."""
+    kv = [(i, k) for i in range(n_layer) for k in ("key", "value")]
+    return (["input_ids", "position_ids", "seqlens_k", "total_sequence_length"]
+            + [f"past_key_values.{i}.{k}" for i, k in kv], ["logits"] + [f"present.{i}.{k}" for i, k in kv])
+
+
 def export_onnx(model: GPT, path: Path, label_ids: list[int], head: ngrams.NgramHead | None = None) -> None:
     onnx.save(build(model, label_ids, head), str(path))
     check_dynamic_axes(path, model.config.n_layer, sentiment=head is not None)
+
+
+def write_decode(model: GPT, out: Path, int8: bool) -> dict[str, str]:
+    """The decode-step graph (and with `int8` its quantised twin) next to model.onnx -> model.json `files` entries.
+    Also how a model exported before the decode graph existed gets one: `write_decode(load_exported(d)[0], d, ...)`."""
+    onnx.save(build_decode(model), str(out / "model.decode.onnx"))
+    files = {"decode": "model.decode.onnx"}
+    if int8:
+        quantize_int8(out / "model.decode.onnx", out / "model.decode.int8.onnx")
+        files["decode_int8"] = "model.decode.int8.onnx"
+    return files
+
+
+def quantize_int8(src: Path, dst: Path) -> None:
+    """Dynamic int8 quantisation of the MatMul weights (ONNX Attention and GroupQueryAttention stay fp32;
+    the quantiser's shape inference does not know the latter's outputs, hence the default type)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(src, dst, weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"],
+                     extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
 
 
 def check_dynamic_axes(path: Path, n_layer: int, sentiment: bool = False) -> None:
@@ -194,7 +221,8 @@ def write_meta(out: Path, model: GPT, tok: Tokenizer, ckpt: dict, head: ngrams.N
         },
         "calibration_temperature": ckpt.get("temperature") or 1.0,
         "eos_id": tok.eot_id,
-        "onnx": {"opset": OPSET, "inputs": inputs, "outputs": outputs},
+        "onnx": {"opset": OPSET, "inputs": inputs, "outputs": outputs,
+                 "decode": dict(zip(("inputs", "outputs"), decode_io_names(c.n_layer)))},
         "training": {
             "data": {"name": DATA_NAME, "license": DATA_LICENSE, **ckpt["data"],
                      "path": Path(ckpt["data"]["path"]).name,
@@ -223,13 +251,12 @@ def export(checkpoint: str | Path, out: str | Path, int8: bool = False, data: st
         export_onnx(model, tmp / "model.onnx", label_ids(tok), head)
         tok.save(tmp / "tokenizer.json")
         meta = write_meta(tmp, model, tok, ckpt, head, name, int8)
+        meta["files"] |= write_decode(model, tmp, int8)
+        (tmp / "model.json").write_text(json.dumps(meta, indent=2) + "\n")
         engine = Engine(tmp, device="cpu")
-        meta["export_check"] = parity(model, engine, head=head)
+        meta["export_check"] = parity(model, engine, head=head)  # prompts on model.onnx, steps on model.decode.onnx
         if int8:
-            from onnxruntime.quantization import QuantType, quantize_dynamic
-
-            quantize_dynamic(tmp / "model.onnx", tmp / "model.int8.onnx", weight_type=QuantType.QInt8,
-                             op_types_to_quantize=["MatMul"])  # the weights; its QAttention is not ONNX Attention
+            quantize_int8(tmp / "model.onnx", tmp / "model.int8.onnx")
         data_path = Path(data) if data else Path(ckpt["data"]["path"])
         if data_path.is_file():
             _, val_rows = split(read_labelled(data_path))

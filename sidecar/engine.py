@@ -10,20 +10,29 @@ Context limits: classification cuts text from the LEFT to fit block_size;
 generation stops at block_size (prefill raises ValueError for longer prompts,
 decode_step raises ValueError once a cache is full; check `cache.length`).
 
-Caches: a KVCache is one sequence's row in the presents of the run that made
-it. When the next decode_step gets exactly that run's rows in order (the
-usual generation loop), the presents are fed back as they are: on CUDA they
-are OrtValues bound through IO binding and never leave the GPU. Any other
-combination (sequences joining or leaving a batch, different past lengths) is
-gathered on the host into a left-padded past with the matching mask.
+Decode steps on the CPU run the model's decode graph (`files.decode` in
+model.json, model.builder.build_decode) when it has one: each batch's keys and
+values live in fixed [B, n_head, block_size, head_dim] buffers (`_Slots`) that
+the graph appends to in place, bound once with the step's inputs and logits
+through IO binding, so a step copies nothing but a token and a length per row.
+A KVCache is one sequence's row in a `_Slots` or, straight after a prefill, in
+the presents of the run that made it (`_Run`). When the next decode_step gets
+exactly a `_Slots`' rows in order, each at the length that row has reached (the
+usual generation loop), it steps them in place; any other combination
+(sequences joining or leaving a batch, a prefill's presents, a cache stepped
+twice) is copied into new buffers first, so a cache keeps meaning what it did.
+Without a decode graph, and on CUDA, steps run the general graph: its
+presents are fed back as they are (on CUDA as OrtValues bound through IO
+binding that never leave the GPU), other combinations gathered on the host into
+a left-padded past with the matching mask.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import onnxruntime as ort
@@ -54,19 +63,46 @@ class _Run:
             self._host = [t if isinstance(t, np.ndarray) else t.numpy() for t in self.kv]
         return self._host
 
+    def arrays(self, row: int, length: int) -> list[np.ndarray]:
+        return [t[row][:, self.mask[row].astype(bool), :] for t in self.host()]
 
-@dataclass(frozen=True)
-class KVCache:
+
+class _Slots:
+    """A decode batch's keys/values in fixed buffers that the decode graph appends to in place, and the
+    step's inputs and logits, all bound once by address: a step writes tokens and lengths, then runs."""
+
+    __slots__ = ("kv", "written", "ids", "positions", "seqlens", "total", "logits", "binding")
+
+    def __init__(self, session: ort.InferenceSession, rows: int, shape: tuple[int, int, int], vocab: int,
+                 past: list[str], present: list[str]):
+        self.kv = [np.zeros((rows, *shape), dtype=np.float32) for _ in past]
+        self.written = [0] * rows  # per row: how many positions hold its sequence (where the next key goes)
+        self.ids, self.positions = np.zeros((rows, 1), np.int64), np.zeros((rows, 1), np.int64)
+        self.seqlens, self.total = np.zeros(rows, np.int32), np.zeros((), np.int32)
+        self.logits = np.zeros((rows, 1, vocab), np.float32)
+        self.binding = session.io_binding()
+        for name, a in (("input_ids", self.ids), ("position_ids", self.positions), ("seqlens_k", self.seqlens),
+                        ("total_sequence_length", self.total)):
+            self.binding.bind_input(name, "cpu", 0, a.dtype, list(a.shape), a.ctypes.data)
+        for p, q, a in zip(past, present, self.kv):  # past and present: the same memory
+            self.binding.bind_input(p, "cpu", 0, a.dtype, list(a.shape), a.ctypes.data)
+            self.binding.bind_output(q, "cpu", 0, a.dtype, list(a.shape), a.ctypes.data)
+        self.binding.bind_output("logits", "cpu", 0, np.float32, list(self.logits.shape), self.logits.ctypes.data)
+
+    def arrays(self, row: int, length: int) -> list[np.ndarray]:
+        return [t[row, :, :length, :] for t in self.kv]
+
+
+class KVCache(NamedTuple):  # a NamedTuple: made every step for every row, ~5 times cheaper than a frozen dataclass
     """One sequence's keys/values; `length` real tokens = the position of its next token."""
 
-    run: _Run
+    run: _Run | _Slots
     row: int
     length: int
 
     def arrays(self) -> list[np.ndarray]:
         """Per layer key, value as host arrays [n_head, length, head_dim], padding removed."""
-        keep = self.run.mask[self.row].astype(bool)
-        return [t[self.row][:, keep, :] for t in self.run.host()]
+        return self.run.arrays(self.row, self.length)
 
 
 class Engine:
@@ -92,6 +128,10 @@ class Engine:
         self.provider: str = self.session.get_providers()[0]
         if device == "cuda" and self.provider != CUDA:
             raise RuntimeError(f"device cuda: onnxruntime fell back to {self.provider} (no usable GPU)")
+        # the decode graph's GroupQueryAttention runs fp32 on the CPU only (its CUDA kernel wants fp16)
+        decode_name = self.meta["files"].get("decode_int8" if int8 else "decode")
+        self._decode = (ort.InferenceSession(str(self.model_dir / decode_name), opts, providers=[CPU])
+                        if decode_name and self.provider == CPU else None)
 
         arch = self.meta["architecture"]
         self.name: str = self.meta["name"] + ("-int8" if int8 else "")
@@ -109,7 +149,8 @@ class Engine:
         # a graph with the n-gram head (model/ngrams.py) scores sentiment itself; generation never asks for it
         self._sentiment = any(o.name == "sentiment_logits" for o in self.session.get_outputs())
         self._fetch = {False: ["logits", *self._present], True: ["logits", *self._present, "sentiment_logits"]}
-        log.info("engine", model=self.name, provider=self.provider, threads=opts.intra_op_num_threads)
+        log.info("engine", model=self.name, provider=self.provider, threads=opts.intra_op_num_threads,
+                 decode_graph=self._decode is not None)
 
     # --- text ---
     def encode(self, text: str) -> list[int]:
@@ -203,6 +244,8 @@ class Engine:
         self._check_ids(tokens)
         if any(c.length >= self.block_size for c in caches):
             raise ValueError(f"context full: a sequence reached block_size {self.block_size}")
+        if self._decode is not None:
+            return self._step_in_place(tokens, caches)
         run = caches[0].run
         if all(c.run is run for c in caches) and [c.row for c in caches] == list(range(run.mask.shape[0])):
             past, past_mask = run.kv, run.mask
@@ -214,6 +257,25 @@ class Engine:
         logits, presents, _ = self._run(ids, mask, positions, past)
         new = _Run(presents, mask)
         return logits, [KVCache(new, i, c.length + 1) for i, c in enumerate(caches)]
+
+    def _step_in_place(self, tokens: list[int], caches: list[KVCache]) -> tuple[np.ndarray, list[KVCache]]:
+        """A decode step on the decode graph: the caches' rows stepped in place (copied into new buffers first
+        unless they are exactly one `_Slots`' rows, in order, each at the length its row has reached)."""
+        slots = caches[0].run
+        if not (isinstance(slots, _Slots) and len(caches) == len(slots.written)
+                and all(c.run is slots and c.row == i and slots.written[i] == c.length for i, c in enumerate(caches))):
+            slots = _Slots(self._decode, len(caches), (self._n_head, self.block_size, self._head_dim),
+                           self.vocab_size, self._past, self._present)
+            for i, c in enumerate(caches):
+                for dst, src in zip(slots.kv, c.arrays()):
+                    dst[i, :, :c.length, :] = src
+                slots.written[i] = c.length
+        lengths = [c.length for c in caches]
+        slots.ids[:, 0], slots.positions[:, 0], slots.seqlens[:] = tokens, lengths, lengths
+        slots.total[()] = max(lengths) + 1
+        self._decode.run_with_iobinding(slots.binding)
+        slots.written = [n + 1 for n in lengths]
+        return slots.logits[:, 0, :].copy(), [KVCache(slots, i, n + 1) for i, n in enumerate(lengths)]
 
     def _gather(self, caches: list[KVCache]) -> tuple[list[np.ndarray], np.ndarray]:
         """Caches of different runs/lengths -> one left-padded past and its mask."""

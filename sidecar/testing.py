@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -15,7 +17,8 @@ import uvicorn
 
 from agent.harness import free_port
 
-MODEL_SOURCES = ("export.py", "gpt.py", "prompt.py", "tokenizer.py", "testing.py", "train.py")
+MODEL_SOURCES = ("builder.py", "export.py", "gpt.py", "ngrams.py", "prompt.py", "tokenizer.py", "testing.py",
+                 "train.py")
 
 
 def cached_tiny_model(cache_dir: str | Path) -> Path:
@@ -29,6 +32,17 @@ def cached_tiny_model(cache_dir: str | Path) -> Path:
     if not built.is_file() or built.stat().st_mtime < newest:
         testing.tiny_model(cache_dir)
     return cache_dir / "model"
+
+
+def without_decode_graph(model_dir: str | Path, out: str | Path) -> Path:
+    """A copy of an exported model that names no decode graph, as models exported before it existed: its
+    Engine steps on the general graph (the same numbers, the previous speed)."""
+    out = Path(shutil.copytree(model_dir, out))
+    meta = json.loads((out / "model.json").read_text())
+    for key in ("decode", "decode_int8"):
+        meta["files"].pop(key, None)
+    (out / "model.json").write_text(json.dumps(meta, indent=2) + "\n")
+    return out
 
 
 class ServerThread:

@@ -34,6 +34,28 @@ def test_graph_names_and_dynamic_axes(tiny_model_dir):
         check_dynamic_axes(bad, 2, sentiment=True)
 
 
+def test_decode_graph_names_and_files(tiny_model_dir):
+    """The decode-step graph ships next to model.onnx: its own inputs (lengths, not a mask), the same outputs
+    but the sentiment scores, fixed-size past = present buffers, any batch."""
+    from model.export import decode_io_names
+
+    meta = json.loads((tiny_model_dir / "model.json").read_text())
+    assert meta["files"]["decode"] == "model.decode.onnx" and meta["files"]["decode_int8"] == "model.decode.int8.onnx"
+    inputs, outputs = decode_io_names(2)
+    assert meta["onnx"]["decode"] == {"inputs": inputs, "outputs": outputs}
+    graph = onnx.load(str(tiny_model_dir / "model.decode.onnx")).graph
+    assert [i.name for i in graph.input] == inputs and [o.name for o in graph.output] == outputs
+    assert inputs[:4] == ["input_ids", "position_ids", "seqlens_k", "total_sequence_length"]
+    assert [n.op_type for n in graph.node].count("GroupQueryAttention") == 2
+    dims = {v.name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]
+            for v in list(graph.input) + list(graph.output)}
+    assert dims["input_ids"] == ["batch_size", 1] and dims["logits"] == ["batch_size", 1, 330]
+    assert dims["past_key_values.1.value"] == dims["present.1.value"] == ["batch_size", 2, "max_sequence_length", 16]
+    int8 = Engine(tiny_model_dir, device="cpu", int8=True)
+    logits, caches = int8.prefill([[1, 2, 3]])
+    assert int8._decode is not None and int8.decode_step([int(logits[0].argmax())], caches)[0].shape == (1, 330)
+
+
 def test_parity_recorded_and_rechecked(tiny_model_dir):
     from model.export import TOLERANCE, load_checkpoint, parity
 

@@ -35,9 +35,8 @@ def test_loads_and_classifies_without_torch():
 
 
 def test_size_and_metadata():
-    files = [SHIPPED / META["files"]["model"], SHIPPED / META["files"]["tokenizer"]]
-    if META["files"]["int8"]:
-        files.append(SHIPPED / META["files"]["int8"])
+    files = [SHIPPED / name for name in META["files"].values() if name]  # model, int8, decode graphs, tokenizer
+    assert {"model", "int8", "decode", "decode_int8", "tokenizer"} <= set(META["files"])
     assert sum(f.stat().st_size for f in files) <= 20 * 2**20
     assert META["params"] <= 10_000_000
     assert META["training"]["data"]["license"] == "MIT"

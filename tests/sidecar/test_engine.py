@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from sidecar.engine import Engine
+from sidecar.testing import without_decode_graph
 
 
 @pytest.fixture(scope="module")
@@ -77,6 +78,34 @@ def test_decode_step_with_different_past_lengths(engine):
     for seq, row in zip([a + [ta, 7, 1], b + [tb, 2], c + [tc, 3]], again):
         np.testing.assert_allclose(row, engine.prefill([seq])[0][0], atol=1e-4)
     assert caches2[1].arrays()[0].shape[1] == len(b) + 2  # padding is not part of a sequence's cache
+
+
+def test_in_place_steps_keep_every_cache_meaning_what_it_did(engine):
+    """The decode graph appends to its buffers in place: a cache stepped twice (two continuations of one
+    prefix) and a cache left behind by later steps must still extend their own sequences."""
+    a, b = engine.encode("$ACME upgraded to Buy"), engine.encode("Hooli files quarterly report")
+    _, first = engine.prefill([a, b])
+    _, one = engine.decode_step([5, 6], first)
+    two, onetwo = engine.decode_step([7, 8], one)  # in place: the rows of `one` advance
+    other, _ = engine.decode_step([9, 10], one)  # `one` again: copied out, `onetwo` untouched
+    late, _ = engine.decode_step([11], [onetwo[1]])
+    behind, _ = engine.decode_step([12, 13], first)  # two steps behind its buffers
+    for seq, row in [(a + [5, 7], two[0]), (b + [6, 8], two[1]), (a + [5, 9], other[0]), (b + [6, 10], other[1]),
+                     (b + [6, 8, 11], late[0]), (a + [12], behind[0]), (b + [13], behind[1])]:
+        np.testing.assert_allclose(row, engine.prefill([seq])[0][0], atol=1e-4)
+
+
+def test_a_model_without_decode_graph_steps_on_the_general_graph(engine, model_dir, tmp_path):
+    """Models exported before the decode graph existed still generate, with the same numbers."""
+    general = Engine(without_decode_graph(model_dir, tmp_path / "old"), device="cpu", threads=1)
+    assert general._decode is None and engine._decode is not None
+    prompts = [engine.encode("$WAYN cut to Sell"), engine.encode("Stark Industries beats earnings estimates")]
+    (la, ca), (lb, cb) = engine.prefill(prompts), general.prefill(prompts)
+    for _ in range(5):
+        toks = [int(x) for x in la.argmax(1)]
+        assert toks == [int(x) for x in lb.argmax(1)]
+        (la, ca), (lb, cb) = engine.decode_step(toks, ca), general.decode_step(toks, cb)
+        np.testing.assert_allclose(la, lb, atol=1e-4)
 
 
 def test_batched_generation_equals_solo(engine):
