@@ -10,8 +10,9 @@ Generation, greedy, batch 1, one prompt, `--tokens` new tokens:
 Cached step (`cached_step`): µs a decode step costs through each engine from 64 cached tokens on.
 Classification over HTTP against `edge-sidecar serve` in its own process (so the
 load generator does not share its interpreter): one client vs 32 concurrent
-clients (texts/s), the server's CPU per request by thread (event loop vs inference), the
-engine's cost per text by batch size, and p50/p99 latency of one classification from one client.
+clients (texts/s), CPU per request (the server's event loop and inference thread, the load
+generator) and from it the ceiling of that ratio on this machine's cores, the engine's cost per
+text by batch size, and p50/p99 latency of one classification from one client.
 Headline → `news` event: the agent's realtime news graph against that sidecar.
 
 Without --checkpoint it measures the shipped model (model/shipped/): PyTorch runs its
@@ -165,15 +166,23 @@ def thread_cpu(pid: int) -> dict[int, float]:
 
 
 def loaded(url: str, pid: int, clients: int, seconds: float) -> dict:
-    """`classify_load`, plus the server's CPU per request: its event-loop (main) thread and the rest
-    (the inference thread; ONNX Runtime runs in it with one intra-op thread)."""
-    before = thread_cpu(pid)
+    """`classify_load`, plus CPU per request: the server's event-loop (main) thread, the rest of the server
+    (the inference thread; ONNX Runtime runs in it with one intra-op thread), and the load generator."""
+    before, client = thread_cpu(pid), time.process_time()
     rate, latencies = asyncio.run(classify_load(url, clients, seconds))
-    after = thread_cpu(pid)
+    after, client = thread_cpu(pid), time.process_time() - client
     n = len(latencies)
     main = after.get(pid, 0.0) - before.get(pid, 0.0)
     rest = sum(after.values()) - sum(before.values()) - main
-    return {"rate": rate, "latencies": latencies, "server_main_us": main / n * 1e6, "server_other_us": rest / n * 1e6}
+    return {"rate": rate, "latencies": latencies, "server_main_us": main / n * 1e6, "server_other_us": rest / n * 1e6,
+            "client_us": client / n * 1e6}
+
+
+def ceiling(one: dict, many: dict) -> float:
+    """The most `many` clients could gain over one on this machine's cores: all of them busy doing the CPU work
+    a request cost under that load, against one client's request time (its round trip, work done serially)."""
+    cpu = many["server_main_us"] + many["server_other_us"] + many["client_us"]
+    return len(os.sched_getaffinity(0)) * (1e6 / one["rate"]) / cpu
 
 
 def batch_costs(engine: Engine, sizes: tuple[int, ...] = (1, 8, 32)) -> dict:
@@ -263,10 +272,11 @@ def main() -> int:
         result["classify"] = {
             "p50_ms": pct(single, 50), "p99_ms": pct(single, 99),
             "one_client_texts_s": one["rate"], "32_clients_texts_s": many["rate"],
-            "ratio_32_vs_1": many["rate"] / one["rate"], "32_clients_p50_ms": pct(many["latencies"], 50),
+            "ratio_32_vs_1": many["rate"] / one["rate"], "ceiling_32_vs_1": ceiling(one, many),
+            "32_clients_p50_ms": pct(many["latencies"], 50),
             "32_clients_p99_ms": pct(many["latencies"], 99),
-            "server_cpu_us_per_request": {f"{k}_clients_{t}": r[f"server_{t}_us"]
-                                          for k, r in (("1", one), ("32", many)) for t in ("main", "other")},
+            "cpu_us_per_request": {f"{k}_clients_{t}": r[f"{t}_us"] for k, r in (("1", one), ("32", many))
+                                   for t in ("server_main", "server_other", "client")},
             "engine": batch_costs(Engine(model_dir, device="cpu", threads=args.threads)),
         }
         result["headline_to_news_event"] = {"n": len(news), "p50_ms": pct(news, 50), "p99_ms": pct(news, 99),
