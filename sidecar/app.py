@@ -41,7 +41,7 @@ class Settings:
     int8: bool = False
     threads: int | None = None
     api_key: str | None = None  # Bearer key required on /v1/* when set
-    max_batch: int = 32  # texts per classification run
+    max_batch: int = 16  # texts per classification run (why 16: sidecar.batcher)
     max_wait_ms: float = 1.0  # under concurrent load, how long a classification burst may gather
     max_gen_batch: int = 8  # sequences in the running decode batch
     max_queue: int = 256  # waiting requests before 429

@@ -53,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--api-key-file", metavar="F", help="require `Authorization: Bearer <key>` on /v1/*")
     s.add_argument("--int8", action="store_true", help="serve model.int8.onnx")
     s.add_argument("--threads", type=_positive(int), help="ONNX Runtime intra-op threads")
-    s.add_argument("--max-batch", type=_positive(int), default=32, help="texts per classification run")
+    s.add_argument("--max-batch", type=_positive(int), default=16, help="texts per classification run")
     s.add_argument("--max-wait-ms", type=float, default=1.0, help="how long a classification burst may gather")
     s.add_argument("--max-gen-batch", type=_positive(int), default=8, help="sequences in the decode batch")
     s.add_argument("--max-queue", type=_positive(int), default=256, help="queued requests before 429")
