@@ -128,7 +128,7 @@ class Engine:
         self.provider: str = self.session.get_providers()[0]
         if device == "cuda" and self.provider != CUDA:
             raise RuntimeError(f"device cuda: onnxruntime fell back to {self.provider} (no usable GPU)")
-        # the decode graph's GroupQueryAttention runs fp32 on the CPU only (its CUDA kernel wants fp16)
+        # the decode graph is fp32, which GroupQueryAttention runs on the CPU only (its CUDA kernel: fp16/bf16)
         decode_name = self.meta["files"].get("decode_int8" if int8 else "decode")
         self._decode = (ort.InferenceSession(str(self.model_dir / decode_name), opts, providers=[CPU])
                         if decode_name and self.provider == CPU else None)
