@@ -163,6 +163,19 @@ def _value(name: str, elem: int, dims: list) -> onnx.ValueInfoProto:
     return helper.make_tensor_value_info(name, elem, dims)
 
 
+def _scale(c) -> float:
+    return 1.0 / float(np.sqrt(c.n_embd // c.n_head))
+
+
+def _model(g: _Graph, name: str, inputs: list, outputs: list, *domains: str) -> onnx.ModelProto:
+    """The checked model of graph `g`, with ONNX's opset and the named operator domains' (version 1)."""
+    opsets = [helper.make_opsetid("", OPSET)] + [helper.make_opsetid(d, 1) for d in domains]
+    proto = helper.make_model(helper.make_graph(g.nodes, name, inputs, outputs, g.weights), opset_imports=opsets,
+                              producer_name="edgewatch")
+    onnx.checker.check_model(proto)
+    return proto
+
+
 def _kv(c, inputs: list, outputs: list, past_axis: str, present_axis: str) -> None:
     head_dim = c.n_embd // c.n_head
     for i in range(c.n_layer):
@@ -188,7 +201,7 @@ def build(model: GPT, label_ids: list[int] | None = None, head: NgramHead | None
         q, k, v = g.op("Split", qkv, g.const(f"h.{i}.split", np.array([c.n_embd] * 3, np.int64)), axis=-1, outputs=3)
         return g.op("Attention", q, k, v, mask, f"past_key_values.{i}.key", f"past_key_values.{i}.value",
                     outputs=[f"attn_{i}", f"present.{i}.key", f"present.{i}.value"],
-                    q_num_heads=c.n_head, kv_num_heads=c.n_head, scale=1.0 / float(np.sqrt(c.n_embd // c.n_head)))[0]
+                    q_num_heads=c.n_head, kv_num_heads=c.n_head, scale=_scale(c))[0]
 
     x = _blocks(g, model, x, bsc, attend)
     logits = _head(g, model, g.op("Gather", g.op("Reshape", x, bsc), g.const("minus1_scalar", np.array(-1, np.int64)),
@@ -202,10 +215,7 @@ def build(model: GPT, label_ids: list[int] | None = None, head: NgramHead | None
     _kv(c, inputs, outputs, "past_sequence_length", "total_sequence_length")
     if head is not None:  # last, so `logits` + presents keep their places for readers that do not know it
         outputs.append(_value("sentiment_logits", TensorProto.FLOAT, ["batch_size", len(label_ids)]))
-    graph = helper.make_graph(g.nodes, "nanogpt", inputs, outputs, g.weights)
-    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="edgewatch")
-    onnx.checker.check_model(proto)
-    return proto
+    return _model(g, "nanogpt", inputs, outputs)
 
 
 def build_decode(model: GPT) -> onnx.ModelProto:
@@ -230,7 +240,7 @@ def build_decode(model: GPT) -> onnx.ModelProto:
         return g.op("GroupQueryAttention", qkv, "", "", f"past_key_values.{i}.key", f"past_key_values.{i}.value",
                     "seqlens_k", "total_sequence_length", domain="com.microsoft",
                     outputs=[f"attn_{i}", f"present.{i}.key", f"present.{i}.value"],
-                    num_heads=c.n_head, kv_num_heads=c.n_head, scale=1.0 / float(np.sqrt(c.n_embd // c.n_head)))[0]
+                    num_heads=c.n_head, kv_num_heads=c.n_head, scale=_scale(c))[0]
 
     _head(g, model, _blocks(g, model, x, b1c, attend))
     inputs = [_value("input_ids", TensorProto.INT64, ["batch_size", 1]),
@@ -239,8 +249,4 @@ def build_decode(model: GPT) -> onnx.ModelProto:
               _value("total_sequence_length", TensorProto.INT32, [])]
     outputs = [_value("logits", TensorProto.FLOAT, ["batch_size", 1, c.vocab_size])]
     _kv(c, inputs, outputs, "max_sequence_length", "max_sequence_length")
-    graph = helper.make_graph(g.nodes, "nanogpt_decode", inputs, outputs, g.weights)
-    proto = helper.make_model(graph, producer_name="edgewatch", opset_imports=[
-        helper.make_opsetid("", OPSET), helper.make_opsetid("com.microsoft", 1)])
-    onnx.checker.check_model(proto)
-    return proto
+    return _model(g, "nanogpt_decode", inputs, outputs, "com.microsoft")

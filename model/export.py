@@ -102,8 +102,7 @@ def export_onnx(model: GPT, path: Path, label_ids: list[int], head: ngrams.Ngram
 
 
 def write_decode(model: GPT, out: Path, int8: bool) -> dict[str, str]:
-    """The decode-step graph (and with `int8` its quantised twin) next to model.onnx -> model.json `files` entries.
-    Also how a model exported before the decode graph existed gets one: `write_decode(load_exported(d)[0], d, ...)`."""
+    """The decode-step graph (and with `int8` its quantised twin) next to model.onnx -> model.json `files` entries."""
     onnx.save(build_decode(model), str(out / "model.decode.onnx"))
     files = {"decode": "model.decode.onnx"}
     if int8:
@@ -196,12 +195,13 @@ def _sentiment_parity(model: GPT, engine, head: ngrams.NgramHead, g: torch.Gener
 
 
 def write_meta(out: Path, model: GPT, tok: Tokenizer, ckpt: dict, head: ngrams.NgramHead | None, name: str,
-               int8: bool) -> dict:
+               int8: bool, decode_files: dict[str, str]) -> dict:
     c = model.config
     inputs, outputs = io_names(c.n_layer, sentiment=head is not None)
     meta = {
         "name": name,
-        "files": {"model": "model.onnx", "int8": "model.int8.onnx" if int8 else None, "tokenizer": "tokenizer.json"},
+        "files": {"model": "model.onnx", "int8": "model.int8.onnx" if int8 else None, "tokenizer": "tokenizer.json",
+                  **decode_files},
         "architecture": {"type": "nanoGPT", **c.to_dict(), "tied_head": True, "pre_layernorm": True},
         "params": model.num_params(),
         "tokenizer": {"file": "tokenizer.json", "type": "byte-level BPE", "vocab_size": tok.vocab_size},
@@ -250,9 +250,7 @@ def export(checkpoint: str | Path, out: str | Path, int8: bool = False, data: st
         head = ngram_head(ckpt)
         export_onnx(model, tmp / "model.onnx", label_ids(tok), head)
         tok.save(tmp / "tokenizer.json")
-        meta = write_meta(tmp, model, tok, ckpt, head, name, int8)
-        meta["files"] |= write_decode(model, tmp, int8)
-        (tmp / "model.json").write_text(json.dumps(meta, indent=2) + "\n")
+        meta = write_meta(tmp, model, tok, ckpt, head, name, int8, write_decode(model, tmp, int8))
         engine = Engine(tmp, device="cpu")
         meta["export_check"] = parity(model, engine, head=head)  # prompts on model.onnx, steps on model.decode.onnx
         if int8:
