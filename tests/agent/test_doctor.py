@@ -11,7 +11,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -135,7 +134,7 @@ def test_read_only_log_directory(mosquitto, tmp_path):
     command = [sys.executable, "-m", "agent.cli", "doctor", "--config", str(path)]
     if os.geteuid() == 0:  # root ignores permission bits: use a read-only bind mount in a private namespace
         require("unshare", shutil.which("unshare") is not None, "util-linux unshare not on PATH")
-        command = ["unshare", "--mount", "sh", "-c", f'mount --bind -o ro "$0" "$0" && exec "$@"', str(logdir), *command]
+        command = ["unshare", "--mount", "sh", "-c", 'mount --bind -o ro "$0" "$0" && exec "$@"', str(logdir), *command]
     else:
         logdir.chmod(0o555)
     try:

@@ -7,7 +7,6 @@ consumed (it is in the capture record), and the agent must stay up and stop clea
 import json
 import random
 from collections import Counter
-from datetime import timedelta
 
 from agent.capture import read_captures
 from agent.config import Config

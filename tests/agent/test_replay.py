@@ -4,7 +4,6 @@ import json
 import random
 from datetime import datetime, timedelta
 
-import pytest
 
 from agent.capture import CaptureWriter, read_captures
 from agent.cli import main

@@ -2,7 +2,7 @@
 
 import base64
 import json
-from datetime import datetime, timedelta
+from datetime import datetime
 
 import pytest
 from hypothesis import HealthCheck, given, settings
