@@ -11,26 +11,28 @@ import argparse
 import importlib
 import sys
 
-from agent.config import ConfigError
+from edgewatch.agent.config import ConfigError
+from edgewatch.common import __version__
 
 FORMATS = ("table", "json", "csv")
 
 # subcommand -> "module:function"; each function takes the parsed args and returns an exit code
 HANDLERS = {
-    "run": "agent.service:run_command",
-    "events": "agent.query:events_command",
-    "deadletters": "agent.query:deadletters_command",
-    "replay": "agent.replay:replay_command",
-    "score": "agent.score:score_command",
-    "demo": "agent.demo:demo_command",
-    "simulate": "agent.simulate:simulate_command",
-    "check-config": "agent.check:check_config_command",
-    "doctor": "agent.doctor:doctor_command",
+    "run": "edgewatch.agent.commands.run:run_command",
+    "events": "edgewatch.agent.commands.events:events_command",
+    "deadletters": "edgewatch.agent.commands.events:deadletters_command",
+    "replay": "edgewatch.agent.commands.replay:replay_command",
+    "score": "edgewatch.agent.commands.score:score_command",
+    "demo": "edgewatch.agent.commands.demo:demo_command",
+    "simulate": "edgewatch.agent.commands.simulate:simulate_command",
+    "check-config": "edgewatch.agent.commands.check_config:check_config_command",
+    "doctor": "edgewatch.agent.commands.doctor:doctor_command",
 }
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="edge-agent", description="Edgewatch edge agent")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = sub.add_parser("run", help="run the agent service")

@@ -150,3 +150,22 @@ class AnomalyScore(MetricScore):
     surprise_mean: float  # its long-run mean ...
     surprise_std: float  # ... and standard deviation
     readings: int  # readings of this (sensor, metric) learnt so far
+
+
+class BatchMark(csp.Struct):
+    """Ticks with every push batch: which batch, how many messages, when its first one arrived."""
+
+    seq: int
+    count: int
+    received_at: datetime
+
+
+# the input feeds, by the kind named in their topic
+RECORD_TYPES = {
+    "sensor": SensorReading,
+    "trade": Trade,
+    "quote": Quote,
+    "position": Position,
+    "pnl": Pnl,
+    "news": Headline,
+}

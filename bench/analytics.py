@@ -23,15 +23,24 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import csp  # noqa: E402
 from csp import ts  # noqa: E402
-
-from agent.anomaly import anomaly_events, anomaly_scores  # noqa: E402
-from agent.config import Config  # noqa: E402
-from agent.market import price_alerts  # noqa: E402
-from agent.market_graph import market_graph  # noqa: E402
-from agent.records import Event, Pnl, Position, Quote, SensorReading, Sentiment, Trade  # noqa: E402
-from agent.sensor_graph import sensor_graph  # noqa: E402
-from agent.simulator import SimConfig, Simulator  # noqa: E402
-from agent.timeutil import parse_timestamp  # noqa: E402
+from edgewatch.agent.analytics.anomaly import anomaly_events, anomaly_scores  # noqa: E402
+from edgewatch.agent.analytics.market import price_alerts  # noqa: E402
+from edgewatch.agent.analytics.topology import (
+    market_graph,  # noqa: E402
+    sensor_graph,  # noqa: E402
+)
+from edgewatch.agent.config import Config  # noqa: E402
+from edgewatch.agent.records import (  # noqa: E402
+    Event,
+    Pnl,
+    Position,
+    Quote,
+    SensorReading,
+    Sentiment,
+    Trade,
+)
+from edgewatch.agent.testing.simulator import SimConfig, Simulator  # noqa: E402
+from edgewatch.agent.timeutil import parse_timestamp  # noqa: E402
 
 START = datetime(2026, 1, 1)
 WARMUP = 10  # readings per sensor before drift/noise/anomaly scoring starts (bench only)

@@ -57,10 +57,10 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from agent.demo import scrape  # noqa: E402
-from agent.harness import AgentProcess, Mosquitto, free_port  # noqa: E402
-from agent import paho_receive  # noqa: E402
-from agent.mqtt import no_delay, open_socket  # noqa: E402
+from edgewatch.agent.commands.demo import scrape  # noqa: E402
+from edgewatch.agent.ingest import paho_receive  # noqa: E402
+from edgewatch.agent.ingest.mqtt import no_delay, open_socket  # noqa: E402
+from edgewatch.agent.testing.harness import AgentProcess, Mosquitto, free_port  # noqa: E402
 
 RECEIVE_MAXIMUM = 5000  # the agent's default; every consumer gets the same window
 # With 100,000 ids a sensor's readings are 100,000 messages apart: tens of seconds on a slow machine.
@@ -206,12 +206,12 @@ def bare_handler():
 
 
 def naive_handler(db: str):
-    from agent.anomaly import Detector
-    from agent.config import Config
-    from agent.records import DeadLetter, make_event
-    from agent.store import Store
-    from agent.timeutil import utcnow
-    from agent.validate import Validator
+    from edgewatch.agent.analytics.anomaly import Detector
+    from edgewatch.agent.config import Config
+    from edgewatch.agent.eventlog.store import Store
+    from edgewatch.agent.ingest.validate import Validator
+    from edgewatch.agent.records import DeadLetter, make_event
+    from edgewatch.agent.timeutil import utcnow
 
     cfg = Config()
     validator, detector, store = Validator(cfg), Detector(cfg.anomaly), Store(db)

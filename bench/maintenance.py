@@ -19,11 +19,15 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import csp  # noqa: E402
-
-from agent.config import Config  # noqa: E402
-from agent.records import SensorReading  # noqa: E402
-from agent.sensor_graph import sensor_graph  # noqa: E402
-from agent.simulator import SimConfig, Simulator, match_faults, to_batches  # noqa: E402
+from edgewatch.agent.analytics.topology import sensor_graph  # noqa: E402
+from edgewatch.agent.config import Config  # noqa: E402
+from edgewatch.agent.records import SensorReading  # noqa: E402
+from edgewatch.agent.testing.simulator import (  # noqa: E402
+    SimConfig,
+    Simulator,
+    match_faults,
+    to_batches,
+)
 
 START = datetime(2026, 1, 1)
 GRACE = timedelta(seconds=30)  # a raise up to this long after a fault ends still belongs to it

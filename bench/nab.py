@@ -34,12 +34,13 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from agent import config  # noqa: E402
-from agent.anomaly import Detector  # noqa: E402
-from agent.records import SensorReading  # noqa: E402
-from agent.score import read_series, score_series  # noqa: E402
-from agent.simulator import SimConfig, Simulator  # noqa: E402
-from agent.timeutil import parse_timestamp  # noqa: E402
+from edgewatch.agent import config  # noqa: E402
+from edgewatch.agent.analytics.anomaly import Detector  # noqa: E402
+from edgewatch.agent.commands.score import read_series, score_series  # noqa: E402
+from edgewatch.agent.records import SensorReading  # noqa: E402
+from edgewatch.agent.testing.simulator import SimConfig, Simulator  # noqa: E402
+from edgewatch.agent.timeutil import parse_timestamp  # noqa: E402
+
 from bench.zscore import zscore_series  # noqa: E402
 
 SHARED = Path(os.environ.get("SHARED_DIR", REPO.parent / "shared"))

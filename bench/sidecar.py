@@ -37,11 +37,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import httpx  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-
-from model import shipped_model_dir  # noqa: E402
-from model.export import export, load_exported, torch_greedy  # noqa: E402
-from sidecar.engine import Engine  # noqa: E402
-from sidecar.testing import SidecarProcess, without_decode_graph  # noqa: E402
+from edgewatch.model.export import export, load_exported, torch_greedy  # noqa: E402
+from edgewatch.model.format import shipped_model_dir  # noqa: E402
+from edgewatch.sidecar.engine import Engine  # noqa: E402
+from edgewatch.sidecar.testing import SidecarProcess, without_decode_graph  # noqa: E402
 
 TEXTS = ["$ACME upgraded to Buy at Citi, target raised", "Initech shares fall after weak guidance",
          "Hooli to present at Nomura conference", "Globex beats earnings estimates on strong demand"]
@@ -213,10 +212,9 @@ def headline_to_event(url: str, n: int) -> list[float]:
     """Seconds from a headline entering the realtime news graph to its `news` event leaving it."""
     import csp
     from csp.impl.genericpushadapter import GenericPushAdapter
-
-    from agent.config import Config
-    from agent.news import news_graph
-    from agent.records import Headline
+    from edgewatch.agent.analytics.news import news_graph
+    from edgewatch.agent.config import Config
+    from edgewatch.agent.records import Headline
 
     cfg = Config()
     cfg.sidecar.url = url

@@ -18,10 +18,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from agent.capture import CaptureWriter  # noqa: E402
-from agent.config import Config, RecordConfig  # noqa: E402
-from agent.timeutil import utcnow  # noqa: E402
-from agent.validate import Validator  # noqa: E402
+from edgewatch.agent.config import Config, RecordConfig  # noqa: E402
+from edgewatch.agent.ingest.capture import CaptureWriter  # noqa: E402
+from edgewatch.agent.ingest.validate import Validator  # noqa: E402
+from edgewatch.agent.timeutil import utcnow  # noqa: E402
 
 MESSAGES = {
     "sensor": ("sensors/site1/dev-17", b'{"ts": 1767323045.5, "temperature": 21.5, "humidity": 40.2, "battery": 3.1}'),

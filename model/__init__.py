@@ -1,12 +1,4 @@
-"""The nanoGPT text model: tokenizer, prompt format, training, export, evaluation.
+"""The nanoGPT text model: training, export and evaluation (torch), over the torch-free `format`.
 
-Importing this package (and its torch-free modules tokenizer, prompt, data,
-evaluate) never imports torch: the sidecar uses them with onnxruntime alone.
+Importing this package never imports torch; `edgewatch.model.format` is what the sidecar uses.
 """
-
-from pathlib import Path
-
-
-def shipped_model_dir() -> Path:
-    """The exported model that ships inside the package (model.onnx, model.json, tokenizer.json)."""
-    return Path(__file__).resolve().parent / "shipped"

@@ -29,10 +29,9 @@ import itertools
 
 import numpy as np
 import onnx
+from edgewatch.model.gpt import GPT
+from edgewatch.model.ngrams import NgramHead
 from onnx import TensorProto, helper, numpy_helper
-
-from model.gpt import GPT
-from model.ngrams import NgramHead
 
 OPSET = 23  # ONNX Attention with past/present: onnxruntime >= 1.23
 

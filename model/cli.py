@@ -11,15 +11,14 @@ import argparse
 import importlib
 import sys
 
-from agent import logs
-
-from model.data import DataError
+from edgewatch.common import __version__, logs
+from edgewatch.model.data import DataError
 
 HANDLERS = {
-    "train": "model.train:train_command",
-    "export": "model.export:export_command",
-    "eval": "model.evaluate:eval_command",
-    "generate": "model.evaluate:generate_command",
+    "train": "edgewatch.model.train:train_command",
+    "export": "edgewatch.model.export:export_command",
+    "eval": "edgewatch.model.evaluate:eval_command",
+    "generate": "edgewatch.model.evaluate:generate_command",
 }
 
 
@@ -60,6 +59,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="edge-model", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train the GPT on a labelled CSV")

@@ -9,7 +9,7 @@ import csv
 import random
 from pathlib import Path
 
-from model.prompt import LABELS
+from edgewatch.model.format.prompt import LABELS
 
 SPLIT_SEED = 1234  # fixed independently of the training seed: the validation rows never change
 VAL_FRACTION = 0.1

@@ -6,9 +6,8 @@ import json
 import sys
 
 import numpy as np
-
-from model.data import read_labelled
-from model.prompt import LABELS
+from edgewatch.model.data import read_labelled
+from edgewatch.model.format.prompt import LABELS
 
 
 def metrics(y_true: list[int], y_pred: list[int]) -> dict:
@@ -54,7 +53,7 @@ def format_table(m: dict) -> str:
 
 
 def eval_command(args) -> int:
-    from sidecar.engine import Engine
+    from edgewatch.sidecar.engine import Engine
 
     rows = read_labelled(args.data)
     engine = Engine(args.model, device=args.device, int8=args.int8)
@@ -89,7 +88,7 @@ def generate(engine, prompt: str, max_tokens: int, temperature: float = 0.0, see
 
 
 def generate_command(args) -> int:
-    from sidecar.engine import Engine
+    from edgewatch.sidecar.engine import Engine
 
     engine = Engine(args.model, device=args.device)
     sys.stdout.write(args.prompt + generate(engine, args.prompt, args.max_tokens, args.temperature, args.seed) + "\n")

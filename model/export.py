@@ -20,17 +20,22 @@ import numpy as np
 import onnx
 import structlog
 import torch
+from edgewatch.model import ngrams
+from edgewatch.model.builder import OPSET, build, build_decode
+from edgewatch.model.data import read_labelled, split
+from edgewatch.model.evaluate import evaluate_engine
+from edgewatch.model.format.prompt import (
+    FORMAT,
+    LABEL_TOKENS,
+    LABELS,
+    SENTIMENT,
+    label_ids,
+)
+from edgewatch.model.format.tokenizer import Tokenizer
+from edgewatch.model.gpt import GPT, GPTConfig
 from onnx import numpy_helper
 
-from model import ngrams
-from model.builder import OPSET, build, build_decode
-from model.data import read_labelled, split
-from model.evaluate import evaluate_engine
-from model.gpt import GPT, GPTConfig
-from model.prompt import FORMAT, LABEL_TOKENS, LABELS, SENTIMENT, label_ids
-from model.tokenizer import Tokenizer
-
-log = structlog.get_logger("model.export")
+log = structlog.get_logger("edgewatch.model.export")
 TOLERANCE = 1e-4
 GREEDY_TOKENS = 64
 # provenance of the default training file, from shared/data/financial-tweets/README.md
@@ -241,7 +246,7 @@ def write_meta(out: Path, model: GPT, tok: Tokenizer, ckpt: dict, head: ngrams.N
 def export(checkpoint: str | Path, out: str | Path, int8: bool = False, data: str | Path | None = None,
            name: str = "edgewatch-nanogpt") -> dict:
     """Export, self-check, measure; --out is replaced only when every check passed. Returns model.json."""
-    from sidecar.engine import Engine
+    from edgewatch.sidecar.engine import Engine
 
     model, tok, ckpt = load_checkpoint(checkpoint)
     out = Path(out)

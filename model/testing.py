@@ -10,7 +10,7 @@ import random
 from argparse import Namespace
 from pathlib import Path
 
-from model.prompt import LABELS
+from edgewatch.model.format.prompt import LABELS
 
 _SUBJECTS = ["$ACME", "$BOLT", "Globex", "Initech", "$UMBR", "Hooli", "Stark Industries", "$WAYN"]
 _PHRASES = {
@@ -49,8 +49,8 @@ def train_args(data: Path, out: Path, **overrides) -> Namespace:
 
 def tiny_model(workdir: str | Path, int8: bool = False) -> Path:
     """Train 20 steps on tiny_csv, export to <workdir>/model; returns that exported model directory."""
-    from model.export import export
-    from model.train import train
+    from edgewatch.model.export import export
+    from edgewatch.model.train import train
 
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)

@@ -20,17 +20,22 @@ from pathlib import Path
 
 import structlog
 import torch
+from edgewatch.model import ngrams
+from edgewatch.model.data import read_labelled, split
+from edgewatch.model.evaluate import metrics
+from edgewatch.model.format.prompt import (
+    SPECIAL_TOKENS,
+    classification_ids,
+    label_ids,
+    normalise,
+    training_ids,
+)
+from edgewatch.model.format.tokenizer import Tokenizer
+from edgewatch.model.gpt import GPT, GPTConfig
 from torch.nn import functional as F
 from tqdm import tqdm
 
-from model import ngrams
-from model.data import read_labelled, split
-from model.evaluate import metrics
-from model.gpt import GPT, GPTConfig
-from model.prompt import SPECIAL_TOKENS, classification_ids, label_ids, normalise, training_ids
-from model.tokenizer import Tokenizer
-
-log = structlog.get_logger("model.train")
+log = structlog.get_logger("edgewatch.model.train")
 
 
 def resolve_device(name: str) -> torch.device:

@@ -19,16 +19,15 @@ from collections.abc import Callable
 from typing import Literal
 
 import structlog
+from edgewatch.sidecar.batcher import Batcher, DeadlineExceeded, QueueFull, Stopped
+from edgewatch.sidecar.metrics import SidecarMetrics
+from edgewatch.sidecar.sampling import SamplingParams
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
-
-from sidecar.batcher import Batcher, DeadlineExceeded, QueueFull, Stopped
-from sidecar.metrics import SidecarMetrics
-from sidecar.sampling import SamplingParams
 
 log = structlog.get_logger("sidecar")
 MAX_CHARS_PER_TOKEN = 64  # far above any BPE token of a small tweet vocabulary: a bound, not an estimate
@@ -217,7 +216,7 @@ class RequestMetrics:
 
 
 def _default_engine_factory(settings: Settings):
-    from sidecar.engine import Engine
+    from edgewatch.sidecar.engine import Engine
 
     return Engine(settings.model_dir, device=settings.device, int8=settings.int8, threads=settings.threads)
 

@@ -23,10 +23,9 @@ from collections.abc import AsyncIterator, Callable
 
 import numpy as np
 import structlog
+from edgewatch.sidecar.sampling import SamplingParams, TextTracker, sample
 
-from sidecar.sampling import SamplingParams, TextTracker, sample
-
-log = structlog.get_logger("sidecar.batcher")
+log = structlog.get_logger("edgewatch.sidecar.batcher")
 
 
 class QueueFull(Exception):

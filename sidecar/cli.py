@@ -12,8 +12,7 @@ import sys
 from pathlib import Path
 
 import structlog
-
-from agent import logs
+from edgewatch.common import __version__, logs
 
 log = structlog.get_logger("sidecar")
 
@@ -43,6 +42,7 @@ def _positive(kind):
 
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="edge-sidecar", description="Edgewatch model sidecar (ONNX Runtime)")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
     s = sub.add_parser("serve", help="serve the model over HTTP")
     s.add_argument("--model", metavar="DIR", help="exported model directory (default: the shipped model)")
@@ -64,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _settings(args):
-    from sidecar.app import Settings
+    from edgewatch.sidecar.app import Settings
 
     if args.uds and (args.host or args.port):
         raise UsageError("--uds cannot be combined with --host/--port")
@@ -91,9 +91,8 @@ def _settings(args):
 
 def serve(args) -> int:
     import uvicorn
-
-    from agent.notify import Notifier
-    from sidecar.app import create_app
+    from edgewatch.common.notify import Notifier
+    from edgewatch.sidecar.app import create_app
 
     settings = _settings(args)
     logs.setup(args.log_level, "json", stream="stderr")

@@ -37,12 +37,11 @@ from typing import NamedTuple
 import numpy as np
 import onnxruntime as ort
 import structlog
+from edgewatch.model.format import shipped_model_dir
+from edgewatch.model.format.prompt import classification_ids, label_probs
+from edgewatch.model.format.tokenizer import Tokenizer
 
-from model import shipped_model_dir
-from model.prompt import classification_ids, label_probs
-from model.tokenizer import Tokenizer
-
-log = structlog.get_logger("sidecar.engine")
+log = structlog.get_logger("edgewatch.sidecar.engine")
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
 

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from edgewatch.sidecar.batcher import Stats
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
-
-from sidecar.batcher import Stats
 
 
 class SidecarMetrics:

@@ -11,7 +11,6 @@ import dataclasses
 
 import numpy as np
 
-
 GREEDY_BELOW = 1e-4  # temperatures this small are greedy (dividing by them overflows float64)
 
 

@@ -14,16 +14,15 @@ from pathlib import Path
 
 import httpx
 import uvicorn
-
-from agent.harness import free_port
+from edgewatch.common.ports import free_port
 
 MODEL_SOURCES = ("builder.py", "export.py", "gpt.py", "ngrams.py", "prompt.py", "tokenizer.py", "testing.py",
                  "train.py")
 
 
 def cached_tiny_model(cache_dir: str | Path) -> Path:
-    """model.testing.tiny_model, rebuilt only when the model code changed since (it costs ~20 s of CPU)."""
-    from model import testing
+    """edgewatch.model.testing.tiny_model, rebuilt only when the model code changed since (it costs ~20 s of CPU)."""
+    from edgewatch.model import testing
 
     cache_dir = Path(cache_dir)
     built = cache_dir / "model" / "model.json"
@@ -93,7 +92,7 @@ class SidecarProcess:
     def __init__(self, model_dir: str | Path | None, *args: str, port: int | None = None):
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.cmd = [sys.executable, "-m", "sidecar.cli", "serve", "--port", str(self.port), "--device", "cpu",
+        self.cmd = [sys.executable, "-m", "edgewatch.sidecar.cli", "serve", "--port", str(self.port), "--device", "cpu",
                     "--log-level", "warning", *args]
         if model_dir is not None:
             self.cmd += ["--model", str(model_dir)]

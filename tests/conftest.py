@@ -7,8 +7,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-
-from agent.pytest_plugin import require
+from edgewatch.agent.testing.plugin import require
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED = Path(os.environ.get("SHARED_DIR", REPO.parent / "shared"))
@@ -47,7 +46,7 @@ def tiny_model_dir(request, tmp_path_factory) -> Path:
     """A tiny exported model for the sidecar, built once and kept in pytest's cache until the model code changes
     (tests/model has its own, built fresh, since it tests the build)."""
     pytest.importorskip("torch")
-    from sidecar.testing import cached_tiny_model
+    from edgewatch.sidecar.testing import cached_tiny_model
 
     cache = getattr(request.config, "cache", None)  # absent under -p no:cacheprovider
     return cached_tiny_model(cache.mkdir("edgewatch-sidecar-tiny") if cache else tmp_path_factory.mktemp("tiny"))

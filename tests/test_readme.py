@@ -6,7 +6,7 @@ import dataclasses
 import re
 import subprocess
 
-from agent import config
+from edgewatch.agent import config
 
 from .conftest import REPO
 

@@ -7,8 +7,7 @@ import uuid
 
 import paho.mqtt.client as mqtt
 import pytest
-
-from agent import paho_receive
+from edgewatch.agent.ingest import paho_receive
 
 
 @pytest.fixture

@@ -10,11 +10,11 @@ from datetime import datetime, timedelta
 
 import csp
 import pytest
+from edgewatch.agent.analytics.anomaly import Detector, anomaly_events, anomaly_scores
+from edgewatch.agent.config import AnomalyConfig
+from edgewatch.agent.records import AnomalyScore, MetricScore, SensorReading
+from edgewatch.agent.testing.simulator import SimConfig, Simulator
 
-from agent.anomaly import Detector, anomaly_events, anomaly_scores
-from agent.config import AnomalyConfig
-from agent.records import AnomalyScore, MetricScore, SensorReading
-from agent.simulator import SimConfig, Simulator
 from bench.nab import simulated_alarms
 
 T0 = datetime(2024, 1, 1)

@@ -3,8 +3,8 @@
 import json
 from datetime import datetime, timedelta
 
-from agent.capture import CaptureWriter, read_captures
-from agent.config import RecordConfig
+from edgewatch.agent.config import RecordConfig
+from edgewatch.agent.ingest.capture import CaptureWriter, read_captures
 
 T0 = datetime(2026, 1, 2, 3, 4, 5, 123456)
 

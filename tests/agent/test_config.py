@@ -6,10 +6,9 @@ import dataclasses
 import os
 
 import pytest
-
-from agent import config
-from agent.cli import main
-from agent.config import ConfigError
+from edgewatch.agent import config
+from edgewatch.agent.cli import main
+from edgewatch.agent.config import ConfigError
 
 
 def defaults_as_toml() -> str:

@@ -4,13 +4,13 @@ import re
 import subprocess
 import sys
 
-from agent.cli import main
-from agent.store import Store
+from edgewatch.agent.cli import main
+from edgewatch.agent.eventlog.store import Store
 
 
 def test_demo_runs_end_to_end_and_exits_0(tmp_path):
     db = tmp_path / "demo.db"
-    done = subprocess.run([sys.executable, "-m", "agent.cli", "demo", "--duration", "8s", "--db", str(db)],
+    done = subprocess.run([sys.executable, "-m", "edgewatch.agent.cli", "demo", "--duration", "8s", "--db", str(db)],
                           capture_output=True, text=True, timeout=90)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     out = done.stdout
@@ -39,8 +39,7 @@ def test_demo_rejects_a_bad_duration(tmp_path, capsys):
 def test_demo_sidecar_serves_a_model_and_stops(tmp_path, tiny_model_dir):
     """The demo's sidecar: `edge-sidecar serve` on the CPU, ready, classifying, stopped (tiny model, cached)."""
     import httpx
-
-    from agent.demo import Sidecar
+    from edgewatch.agent.commands.demo import Sidecar
 
     assert "no model in" in Sidecar(tmp_path, tmp_path / "nothing").available()
     sidecar = Sidecar(tmp_path, tiny_model_dir)

@@ -16,11 +16,10 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
+from edgewatch.agent.commands import doctor
+from edgewatch.agent.testing.harness import Mosquitto, free_port, write_config
+from edgewatch.agent.testing.plugin import require
 from paho.mqtt.enums import CallbackAPIVersion
-
-from agent import doctor
-from agent.harness import Mosquitto, free_port, write_config
-from agent.pytest_plugin import require
 
 
 @pytest.fixture(autouse=True)
@@ -131,7 +130,7 @@ def test_read_only_log_directory(mosquitto, tmp_path):
     """As the service sees it under ProtectSystem=strict: the directory is on a read-only mount (root) or 0555."""
     path = settings(tmp_path, mosquitto)
     logdir = tmp_path / "log"
-    command = [sys.executable, "-m", "agent.cli", "doctor", "--config", str(path)]
+    command = [sys.executable, "-m", "edgewatch.agent.cli", "doctor", "--config", str(path)]
     if os.geteuid() == 0:  # root ignores permission bits: use a read-only bind mount in a private namespace
         require("unshare", shutil.which("unshare") is not None, "util-linux unshare not on PATH")
         command = ["unshare", "--mount", "sh", "-c", 'mount --bind -o ro "$0" "$0" && exec "$@"', str(logdir), *command]
@@ -164,8 +163,8 @@ def test_configuration_error_exits_2(tmp_path, capsys):
 
 
 def test_ready_sidecar_names_model_and_provider(mosquitto, tmp_path, capsys, tiny_model_dir):
-    from sidecar.app import Settings, create_app
-    from sidecar.testing import ServerThread, wait_ready
+    from edgewatch.sidecar.app import Settings, create_app
+    from edgewatch.sidecar.testing import ServerThread, wait_ready
 
     sock_path = str(tmp_path / "sidecar.sock")
     with ServerThread(create_app(Settings(model_dir=str(tiny_model_dir), device="cpu")), uds=sock_path):

@@ -14,8 +14,8 @@ import uuid
 
 import paho.mqtt.client as mqtt
 import pytest
+from edgewatch.agent.testing.plugin import AgentProcess, Mosquitto, require, wait_for
 
-from agent.pytest_plugin import AgentProcess, Mosquitto, require, wait_for
 from .test_service import FAST, T0, captured, event_rows, stop_within
 
 pytestmark = pytest.mark.mosquitto

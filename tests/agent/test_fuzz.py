@@ -8,12 +8,17 @@ import json
 import random
 from collections import Counter
 
-from agent.capture import read_captures
-from agent.config import Config
-from agent.pytest_plugin import AgentProcess, publish_many, wait_for, wait_for_dead_letters
-from agent.records import DeadLetter
-from agent.timeutil import utcnow
-from agent.validate import parse
+from edgewatch.agent.config import Config
+from edgewatch.agent.ingest.capture import read_captures
+from edgewatch.agent.ingest.validate import parse
+from edgewatch.agent.records import DeadLetter
+from edgewatch.agent.testing.plugin import (
+    AgentProcess,
+    publish_many,
+    wait_for,
+    wait_for_dead_letters,
+)
+from edgewatch.agent.timeutil import utcnow
 
 BAD = 10_000
 GOOD = 2_000

@@ -8,10 +8,9 @@ from datetime import datetime, timedelta
 
 import csp
 import pytest
-
-from agent.config import ConfigError, HealthConfig, MaintenanceConfig
-from agent.health import parse_bands, parse_ranges, sensor_health
-from agent.records import MetricScore, SensorReading, event_id
+from edgewatch.agent.analytics.health import parse_bands, parse_ranges, sensor_health
+from edgewatch.agent.config import ConfigError, HealthConfig, MaintenanceConfig
+from edgewatch.agent.records import MetricScore, SensorReading, event_id
 
 T0 = datetime(2026, 3, 2, 8, 0)
 
@@ -177,10 +176,9 @@ def test_periodic_health_follows_data_time_whatever_the_batching_and_the_engine_
 
 
 def test_bad_health_and_market_keys_fail_when_the_graphs_are_wired():
-    from agent.config import Config
-    from agent.market_graph import market_graph
-    from agent.records import Pnl, Position, Quote, Sentiment, Trade
-    from agent.sensor_graph import sensor_graph
+    from edgewatch.agent.analytics.topology import market_graph, sensor_graph
+    from edgewatch.agent.config import Config
+    from edgewatch.agent.records import Pnl, Position, Quote, Sentiment, Trade
 
     cfg = Config()
     cfg.maintenance.drift_clear_z = 9.0

@@ -6,12 +6,11 @@ import time
 
 import httpx
 import pytest
+from edgewatch.agent.config import ConfigError
+from edgewatch.agent.ops.heartbeat import Heartbeat
+from edgewatch.agent.ops.http import parse_listen, serve
 from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.parser import text_string_to_metric_families
-
-from agent.config import ConfigError
-from agent.heartbeat import Heartbeat
-from agent.http import parse_listen, serve
 
 
 @pytest.fixture

@@ -9,8 +9,11 @@ import socket
 import struct
 
 import structlog
-
-from agent.journal import JournalLoggerFactory, entry_fields, stdout_is_journal
+from edgewatch.common.journal import (
+    JournalLoggerFactory,
+    entry_fields,
+    stdout_is_journal,
+)
 
 
 def decode(data: bytes) -> dict[str, str]:
@@ -83,7 +86,7 @@ def test_stdout_is_journal_only_for_the_stream_systemd_connected(tmp_path):
 
 def test_logs_setup_uses_the_journal_under_systemd(tmp_path, monkeypatch):
     """agent.logs (both services' setup): with stdout connected to the journal, entries arrive as fields."""
-    from agent import journal, logs
+    from edgewatch.common import journal, logs
 
     path = str(tmp_path / "journal.socket")
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -97,7 +100,7 @@ def test_logs_setup_uses_the_journal_under_systemd(tmp_path, monkeypatch):
         monkeypatch.setattr("sys.argv", ["/opt/edgewatch/bin/edge-agent", "run"])
         try:
             logs.setup("info", "json")
-            logs.get("agent.service").info("agent_ready", broker="127.0.0.1:1883")
+            logs.get("edgewatch.agent.commands.run").info("agent_ready", broker="127.0.0.1:1883")
             fields = decode(sock.recv(65536))
         finally:
             structlog.reset_defaults()

@@ -6,13 +6,18 @@ from datetime import datetime, timedelta
 
 import csp
 import pytest
-
-from agent.config import Config, HealthConfig, MaintenanceConfig
-from agent.maintenance import DRIFT, REASONS, Flags, Rules
-from agent.records import SensorReading, event_id
-from agent.sensor_graph import sensor_graph
-from agent.simulator import SENSOR_FAULTS, SimConfig, Simulator, match_faults, to_batches
-from agent.timeutil import parse_timestamp
+from edgewatch.agent.analytics.maintenance import DRIFT, REASONS, Flags, Rules
+from edgewatch.agent.analytics.topology import sensor_graph
+from edgewatch.agent.config import Config, HealthConfig, MaintenanceConfig
+from edgewatch.agent.records import SensorReading, event_id
+from edgewatch.agent.testing.simulator import (
+    SENSOR_FAULTS,
+    SimConfig,
+    Simulator,
+    match_faults,
+    to_batches,
+)
+from edgewatch.agent.timeutil import parse_timestamp
 
 T0 = datetime(2026, 3, 2, 8, 0)
 

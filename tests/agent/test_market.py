@@ -8,12 +8,11 @@ from datetime import datetime, timedelta
 
 import csp
 import pytest
-
-from agent.config import Config, MarketConfig
-from agent.market import bucket_of, market_analytics, price_alerts
-from agent.market_graph import market_graph
-from agent.records import Pnl, Position, Quote, Sentiment, Trade
-from agent.simulator import SimConfig, Simulator, to_batches
+from edgewatch.agent.analytics.market import bucket_of, market_analytics, price_alerts
+from edgewatch.agent.analytics.topology import market_graph
+from edgewatch.agent.config import Config, MarketConfig
+from edgewatch.agent.records import Pnl, Position, Quote, Sentiment, Trade
+from edgewatch.agent.testing.simulator import SimConfig, Simulator, to_batches
 
 T0 = datetime(2026, 3, 2, 14, 30)
 

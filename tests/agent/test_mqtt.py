@@ -6,13 +6,12 @@ from datetime import timedelta
 
 import csp
 from csp import ts
-
-from agent.config import Config
-from agent.mqtt import BatchMark, Link, MqttAdapterManager
-from agent.paho_receive import EmptyFastMatcher
-from agent.pytest_plugin import publish_many, wait_for
-from agent.records import DeadLetter, SensorReading
-from agent.validate import Validator
+from edgewatch.agent.config import Config
+from edgewatch.agent.ingest.mqtt import Link, MqttAdapterManager
+from edgewatch.agent.ingest.paho_receive import EmptyFastMatcher
+from edgewatch.agent.ingest.validate import Validator
+from edgewatch.agent.records import BatchMark, DeadLetter, SensorReading
+from edgewatch.agent.testing.plugin import publish_many, wait_for
 
 
 class Seen:

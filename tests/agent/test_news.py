@@ -12,12 +12,11 @@ import csp
 import httpx
 import pytest
 from csp.impl.genericpushadapter import GenericPushAdapter
-
-from agent.config import Config
-from agent.graph import analytics
-from agent.news import news_graph
-from agent.records import Headline, Pnl, Position, Quote, SensorReading, Trade
-from sidecar.testing import SidecarProcess, wait_ready
+from edgewatch.agent.analytics.news import news_graph
+from edgewatch.agent.analytics.topology import analytics
+from edgewatch.agent.config import Config
+from edgewatch.agent.records import Headline, Pnl, Position, Quote, SensorReading, Trade
+from edgewatch.sidecar.testing import SidecarProcess, wait_ready
 
 
 def config(url: str) -> Config:

@@ -10,9 +10,8 @@ from datetime import timedelta
 
 import csp
 import pytest
-
-from agent.heartbeat import Heartbeat, heartbeat
-from agent.notify import Notifier
+from edgewatch.agent.ops.heartbeat import Heartbeat, heartbeat
+from edgewatch.common.notify import Notifier
 
 
 @csp.node

@@ -11,10 +11,9 @@ import time
 
 import httpx
 import pytest
+from edgewatch.agent.testing.harness import Mosquitto, free_port, write_config
+from edgewatch.agent.testing.plugin import require
 from prometheus_client.parser import text_string_to_metric_families
-
-from agent.harness import Mosquitto, free_port, write_config
-from agent.pytest_plugin import require
 
 
 class FakeManager:
@@ -67,7 +66,7 @@ def test_ready_after_broker_watchdog_reload_stop(broker, tmp_path):
     })
     env = {**os.environ, "NOTIFY_SOCKET": manager.path, "WATCHDOG_USEC": "4000000", "WATCHDOG_PID": ""}
     log = open(tmp_path / "agent.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "agent.cli", "run", "--config", str(config)], env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "edgewatch.agent.cli", "run", "--config", str(config)], env=env,
                             stdout=log, stderr=subprocess.STDOUT)
     try:
         # the broker is down: the engine runs (watchdog pings) but the agent is not ready

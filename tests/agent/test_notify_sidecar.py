@@ -19,7 +19,7 @@ def test_sidecar_ready_watchdog_stopping(tiny_model_dir, tmp_path):
     notify.settimeout(0.1)
     sock = tmp_path / "sidecar.sock"
     env = {**os.environ, "NOTIFY_SOCKET": str(tmp_path / "notify"), "WATCHDOG_USEC": "3000000", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "sidecar.cli", "serve", "--uds", str(sock), "--device", "cpu",
+    proc = subprocess.Popen([sys.executable, "-m", "edgewatch.sidecar.cli", "serve", "--uds", str(sock), "--device", "cpu",
                              "--model", str(tiny_model_dir), "--log-level", "warning"],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     messages: list[tuple[float, dict[str, str]]] = []

@@ -8,14 +8,18 @@ import time
 
 import paho.mqtt.client as mqtt
 import pytest
+from edgewatch.agent.ingest import paho_receive
+from edgewatch.agent.ingest.mqtt import open_socket
+from edgewatch.agent.ingest.paho_receive import (
+    READ_AHEAD,
+    EmptyFastMatcher,
+    ReadAheadSocket,
+    SharedTablesProperties,
+)
 from paho.mqtt import _packet
 from paho.mqtt.matcher import MQTTMatcher
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
-
-from agent import paho_receive
-from agent.mqtt import open_socket
-from agent.paho_receive import READ_AHEAD, EmptyFastMatcher, ReadAheadSocket, SharedTablesProperties
 
 
 def _publish_packet(props: bytes, payload: bytes = b'{"value": 1}') -> bytes:

@@ -6,10 +6,9 @@ import threading
 
 import paho.mqtt.client as mqtt
 import pytest
+from edgewatch.agent.ingest import paho_send
+from edgewatch.agent.testing.harness import publish, subscribe_collect
 from paho.mqtt.client import _ConnectionState
-
-from agent import paho_send
-from agent.harness import publish, subscribe_collect
 
 
 def _blocked_loop(broker, client: mqtt.Client) -> threading.Event:

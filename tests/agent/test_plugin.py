@@ -4,8 +4,14 @@ import json
 from pathlib import Path
 
 import pytest
-
-from agent.pytest_plugin import EmbeddedBroker, Mosquitto, publish, publish_many, subscribe_collect, wait_for
+from edgewatch.agent.testing.plugin import (
+    EmbeddedBroker,
+    Mosquitto,
+    publish,
+    publish_many,
+    subscribe_collect,
+    wait_for,
+)
 
 
 def test_mqtt_broker_round_trip(mqtt_broker):

@@ -17,11 +17,10 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-
-from agent.cli import main
-from agent.records import DeadLetter, make_event
-from agent.store import Store, StoreWriter
-from agent.timeutil import utcnow
+from edgewatch.agent.cli import main
+from edgewatch.agent.eventlog.store import Store, StoreWriter
+from edgewatch.agent.records import DeadLetter, make_event
+from edgewatch.agent.timeutil import utcnow
 
 NOW = utcnow()
 INJECTION = "'; DROP TABLE events; --"
@@ -210,7 +209,7 @@ def test_queries_while_the_agent_writes(capsys, tmp_path):
 
 
 def _cli(*argv) -> list[str]:
-    return [sys.executable, "-m", "agent.cli", *argv]
+    return [sys.executable, "-m", "edgewatch.agent.cli", *argv]
 
 
 def test_follow_prints_new_events_until_sigterm(tmp_path):
@@ -291,7 +290,7 @@ def test_operators_in_the_services_group_read_the_live_and_the_stopped_log():
 
 
 def test_a_whole_log_streams_in_pages(capsys, db, monkeypatch):
-    monkeypatch.setattr("agent.query.PAGE", 2)  # 5 events, 2 dead letters: several pages, one exactly full
+    monkeypatch.setattr("edgewatch.agent.commands.events.PAGE", 2)  # 5 events, 2 dead letters: several pages, one exactly full
     assert keys(jsonl(capsys, "events", "--db", db)) == ["s1", "portfolio", "s2", "AAPL", "s1"]
     assert keys(jsonl(capsys, "events", "--db", db, "--kind", "anomaly")) == ["s1", "s2", "s1"]
     rc, out, _ = run(capsys, "events", "--db", db, "--format", "csv")

@@ -4,14 +4,18 @@ import json
 import random
 from datetime import datetime, timedelta
 
-
-from agent.capture import CaptureWriter, read_captures
-from agent.cli import main
-from agent.config import Config, RecordConfig
-from agent.pytest_plugin import AgentProcess, publish_many, wait_for, wait_for_events
-from agent.replay import replay
-from agent.store import Store
-from agent.timeutil import utcnow
+from edgewatch.agent.cli import main
+from edgewatch.agent.commands.replay import replay
+from edgewatch.agent.config import Config, RecordConfig
+from edgewatch.agent.eventlog.store import Store
+from edgewatch.agent.ingest.capture import CaptureWriter, read_captures
+from edgewatch.agent.testing.plugin import (
+    AgentProcess,
+    publish_many,
+    wait_for,
+    wait_for_events,
+)
+from edgewatch.agent.timeutil import utcnow
 
 EPOCH = datetime(1970, 1, 1)
 

@@ -6,10 +6,9 @@ from datetime import datetime, timedelta
 
 import csp
 import pytest
-
-from agent.config import RiskConfig
-from agent.records import Pnl, Position, Quote, Trade
-from agent.risk import risk_checks
+from edgewatch.agent.analytics.risk import risk_checks
+from edgewatch.agent.config import RiskConfig
+from edgewatch.agent.records import Pnl, Position, Quote, Trade
 
 T0 = datetime(2026, 3, 2, 14, 30)
 

@@ -11,12 +11,11 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
-
-from agent.anomaly import Detector
-from agent.cli import main
-from agent.config import AnomalyConfig
-from agent.records import SensorReading
-from agent.score import read_series, score_series
+from edgewatch.agent.analytics.anomaly import Detector
+from edgewatch.agent.cli import main
+from edgewatch.agent.commands.score import read_series, score_series
+from edgewatch.agent.config import AnomalyConfig
+from edgewatch.agent.records import SensorReading
 
 REPO = Path(__file__).resolve().parents[2]
 T0 = datetime(2014, 7, 1)
@@ -57,7 +56,7 @@ def test_one_row_per_input_row_equal_to_the_node(tmp_path):
 def test_batching_does_not_change_scores(monkeypatch):
     data = [(T0 + timedelta(minutes=5 * i), float((i * 31) % 17)) for i in range(700)]
     whole = score_series(data, AnomalyConfig())
-    monkeypatch.setattr("agent.score.BATCH", 7)
+    monkeypatch.setattr("edgewatch.agent.commands.score.BATCH", 7)
     assert score_series(data, AnomalyConfig()) == whole
 
 
@@ -66,7 +65,7 @@ def test_stdout_and_config(tmp_path):
     cfg.write_text("[anomaly]\nwarmup = 5\n")
     inp = write(tmp_path / "in.csv", series(50))
     p = subprocess.run(
-        [sys.executable, "-m", "agent.cli", "score", str(inp), "--config", str(cfg)],
+        [sys.executable, "-m", "edgewatch.agent.cli", "score", str(inp), "--config", str(cfg)],
         capture_output=True, text=True, cwd=REPO,
     )
     assert p.returncode == 0, p.stderr

@@ -7,11 +7,10 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 import csp
-
-from agent.config import Config
-from agent.records import SensorReading
-from agent.sensor_graph import sensor_graph
-from agent.simulator import SimConfig, Simulator, to_batches
+from edgewatch.agent.analytics.topology import sensor_graph
+from edgewatch.agent.config import Config
+from edgewatch.agent.records import SensorReading
+from edgewatch.agent.testing.simulator import SimConfig, Simulator, to_batches
 
 T0 = datetime(2026, 3, 2, 8, 0)
 

@@ -14,12 +14,11 @@ import subprocess
 import time
 from pathlib import Path
 
-
-from agent.pytest_plugin import (
+from edgewatch.agent.testing.plugin import (
     AgentProcess,
     Mosquitto,
-    require,
     publish_many,
+    require,
     subscribe_collect,
     wait_for,
     wait_for_dead_letters,

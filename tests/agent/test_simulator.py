@@ -7,12 +7,16 @@ import json
 from datetime import datetime, timedelta
 
 import pytest
-
-from agent.cli import main
-from agent.config import Config
-from agent.pytest_plugin import subscribe_collect
-from agent.simulator import HEADLINES, SENSOR_FAULTS, SimConfig, Simulator
-from agent.validate import Parsed, parse
+from edgewatch.agent.cli import main
+from edgewatch.agent.config import Config
+from edgewatch.agent.ingest.validate import Parsed, parse
+from edgewatch.agent.testing.plugin import subscribe_collect
+from edgewatch.agent.testing.simulator import (
+    HEADLINES,
+    SENSOR_FAULTS,
+    SimConfig,
+    Simulator,
+)
 
 T0 = datetime(2026, 3, 2, 8, 0)
 
@@ -87,7 +91,7 @@ def test_simulate_usage_errors_exit_2(argv, capsys):
 
 
 def test_simulate_unreachable_broker_exits_1(capsys):
-    from agent.harness import free_port
+    from edgewatch.common.ports import free_port
 
     assert main(["simulate", "--broker", f"127.0.0.1:{free_port()}", "--duration", "1s"]) == 1
     assert "cannot reach broker" in capsys.readouterr().err

@@ -5,12 +5,19 @@ import json
 from datetime import datetime
 
 import pytest
+from edgewatch.agent.config import Config
+from edgewatch.agent.ingest.validate import Parsed, parse
+from edgewatch.agent.records import (
+    DeadLetter,
+    Headline,
+    Pnl,
+    Position,
+    Quote,
+    SensorReading,
+    Trade,
+)
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from agent.config import Config
-from agent.records import DeadLetter, Headline, Pnl, Position, Quote, SensorReading, Trade
-from agent.validate import Parsed, parse
 
 NOW = datetime(2026, 1, 2, 3, 4, 5)
 CFG = Config()

@@ -10,8 +10,7 @@ import sysconfig
 from pathlib import Path
 
 import pytest
-
-from agent.pytest_plugin import require
+from edgewatch.agent.testing.plugin import require
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"

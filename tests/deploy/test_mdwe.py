@@ -17,10 +17,17 @@ from pathlib import Path
 
 import httpx
 import pytest
+from edgewatch.agent.testing.harness import (
+    Mosquitto,
+    free_port,
+    publish_many,
+    subscribe_collect,
+    wait_for,
+    wait_for_dead_letters,
+    write_config,
+)
+from edgewatch.agent.testing.plugin import require
 from prometheus_client.parser import text_string_to_metric_families
-
-from agent.harness import Mosquitto, free_port, publish_many, subscribe_collect, wait_for, wait_for_dead_letters, write_config
-from agent.pytest_plugin import require
 
 MDWE = [sys.executable, str(Path(__file__).with_name("mdwe.py"))]
 
@@ -42,7 +49,7 @@ def test_agent_runs_under_memory_deny_write_execute(tmp_path):
         "store": {"url": str(db)}, "metrics": {"listen": f"127.0.0.1:{port}"}, "news": {"enabled": False},
     })
     log = open(tmp_path / "agent.log", "wb")
-    proc = subprocess.Popen([*MDWE, "-m", "agent.cli", "run", "--config", str(config)], stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen([*MDWE, "-m", "edgewatch.agent.cli", "run", "--config", str(config)], stdout=log, stderr=subprocess.STDOUT)
     try:
         with subscribe_collect(broker, "edgewatch/status") as status:
             wait_for(lambda: any(json.loads(p)["state"] == "online" for _, p in list(status)) or proc.poll() is not None,

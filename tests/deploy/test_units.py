@@ -104,6 +104,6 @@ def test_sidecar_only_on_its_socket_and_the_gpu():
     # PrivateDevices=yes would hide /dev/nvidia*: a closed device policy that lets the NVIDIA nodes through
     assert "PrivateDevices" not in svc and svc["DevicePolicy"] == ["closed"]
     assert svc["DeviceAllow"] == ["char-nvidia* rw"]
-    from agent.config import load
+    from edgewatch.agent.config import load
 
     assert load(DEPLOY / "agent.toml", environ={}).sidecar.url == "unix:///run/edgewatch/sidecar.sock"

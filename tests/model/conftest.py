@@ -8,6 +8,6 @@ import pytest
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):
     pytest.importorskip("torch")
-    from model.testing import tiny_model
+    from edgewatch.model.testing import tiny_model
 
     return tiny_model(tmp_path_factory.mktemp("tiny"), int8=True)

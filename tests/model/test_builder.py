@@ -10,8 +10,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from model.builder import build  # noqa: E402
-from model.gpt import GPT, GPTConfig  # noqa: E402
+from edgewatch.model.builder import build  # noqa: E402
+from edgewatch.model.gpt import GPT, GPTConfig  # noqa: E402
 
 
 @pytest.fixture(scope="module")

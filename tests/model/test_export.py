@@ -6,15 +6,14 @@ import json
 
 import onnx
 import pytest
-
-from model.cli import main
-from sidecar.engine import Engine
+from edgewatch.model.cli import main
+from edgewatch.sidecar.engine import Engine
 
 torch = pytest.importorskip("torch")
 
 
 def test_graph_names_and_dynamic_axes(tiny_model_dir):
-    from model.export import ExportError, check_dynamic_axes, io_names
+    from edgewatch.model.export import ExportError, check_dynamic_axes, io_names
 
     check_dynamic_axes(tiny_model_dir / "model.onnx", 2, sentiment=True)
     graph = onnx.load(str(tiny_model_dir / "model.onnx")).graph
@@ -37,7 +36,7 @@ def test_graph_names_and_dynamic_axes(tiny_model_dir):
 def test_decode_graph_names_and_files(tiny_model_dir):
     """The decode-step graph ships next to model.onnx: its own inputs (lengths, not a mask), the same outputs
     but the sentiment scores, fixed-size past = present buffers, any batch."""
-    from model.export import decode_io_names
+    from edgewatch.model.export import decode_io_names
 
     meta = json.loads((tiny_model_dir / "model.json").read_text())
     assert meta["files"]["decode"] == "model.decode.onnx" and meta["files"]["decode_int8"] == "model.decode.int8.onnx"
@@ -57,7 +56,7 @@ def test_decode_graph_names_and_files(tiny_model_dir):
 
 
 def test_parity_recorded_and_rechecked(tiny_model_dir):
-    from model.export import TOLERANCE, load_checkpoint, parity
+    from edgewatch.model.export import TOLERANCE, load_checkpoint, parity
 
     meta = json.loads((tiny_model_dir / "model.json").read_text())
     assert meta["export_check"]["max_abs_logit_diff"] <= TOLERANCE
@@ -69,7 +68,7 @@ def test_parity_recorded_and_rechecked(tiny_model_dir):
 
 def test_exported_weights_load_back_into_pytorch(tiny_model_dir):
     """`load_exported` is the inverse of the export: every tensor equal to the checkpoint's, tokenizer too."""
-    from model.export import load_checkpoint, load_exported
+    from edgewatch.model.export import load_checkpoint, load_exported
 
     model, tok, _ = load_checkpoint(tiny_model_dir.parent / "run" / "ckpt.pt")
     back, back_tok = load_exported(tiny_model_dir)
@@ -84,8 +83,8 @@ def test_exported_weights_load_back_into_pytorch(tiny_model_dir):
 def test_shipped_model_matches_pytorch_on_its_own_weights():
     """The shipped ONNX model computes what PyTorch computes from the same weights: logits of padded
     batches and a cached step within tolerance, greedy continuations equal (no checkpoint needed)."""
-    from model import shipped_model_dir
-    from model.export import TOLERANCE, load_exported, parity
+    from edgewatch.model.export import TOLERANCE, load_exported, parity
+    from edgewatch.model.format import shipped_model_dir
 
     model, _ = load_exported(shipped_model_dir())
     check = parity(model, Engine(shipped_model_dir(), device="cpu"), seed=3)
@@ -107,9 +106,9 @@ def test_model_json(tiny_model_dir):
 
 def test_without_ngrams_the_lm_alone_classifies(tmp_path):
     """`edge-model train --no-ngrams`: no head, no `sentiment_logits`; the Engine reads the label tokens."""
-    from model.export import export
-    from model.testing import tiny_csv, train_args
-    from model.train import train
+    from edgewatch.model.export import export
+    from edgewatch.model.testing import tiny_csv, train_args
+    from edgewatch.model.train import train
 
     ckpt = train(train_args(tiny_csv(tmp_path / "tiny.csv"), tmp_path / "run", ngrams=False, max_steps=5))
     meta = export(ckpt, tmp_path / "model")
@@ -128,7 +127,7 @@ def test_int8_loads_and_classifies(tiny_model_dir):
 
 
 def test_eval_command(tiny_model_dir, tmp_path, capsys):
-    from model.testing import tiny_csv
+    from edgewatch.model.testing import tiny_csv
 
     data = tiny_csv(tmp_path / "eval.csv", rows=9, seed=3)
     assert main(["eval", "--model", str(tiny_model_dir), "--data", str(data), "--json"]) == 0

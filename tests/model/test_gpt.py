@@ -6,7 +6,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from model.gpt import GPT, GPTConfig  # noqa: E402
+from edgewatch.model.gpt import GPT, GPTConfig  # noqa: E402
 
 CONFIG = GPTConfig(block_size=32, vocab_size=50, n_layer=2, n_head=2, n_embd=16, dropout=0.0)
 
@@ -72,8 +72,8 @@ def test_left_padding_with_mask_equals_unpadded(model):
 
 
 def test_training_steps_lower_the_loss(tmp_path):
-    from model.testing import tiny_csv, train_args
-    from model.train import train
+    from edgewatch.model.testing import tiny_csv, train_args
+    from edgewatch.model.train import train
 
     data = tiny_csv(tmp_path / "t.csv")
     ckpt = torch.load(train(train_args(data, tmp_path / "a", max_steps=1, eval_every=1)), weights_only=False)
@@ -84,8 +84,8 @@ def test_training_steps_lower_the_loss(tmp_path):
 
 
 def test_training_is_deterministic_and_resumes(tmp_path):
-    from model.testing import tiny_csv, train_args
-    from model.train import train
+    from edgewatch.model.testing import tiny_csv, train_args
+    from edgewatch.model.train import train
 
     data = tiny_csv(tmp_path / "t.csv")
     straight = torch.load(train(train_args(data, tmp_path / "s", max_steps=12, eval_every=6)), weights_only=False)
@@ -101,10 +101,10 @@ def test_training_is_deterministic_and_resumes(tmp_path):
 @torch.no_grad()
 def test_pretraining_loss_ignores_the_labels():
     """--pretrain-epochs: the language-model loss alone, so the labels cannot change it."""
-    from model.prompt import SPECIAL_TOKENS, training_ids
-    from model.testing import train_args
-    from model.tokenizer import Tokenizer
-    from model.train import batch_loss
+    from edgewatch.model.format.prompt import SPECIAL_TOKENS, training_ids
+    from edgewatch.model.format.tokenizer import Tokenizer
+    from edgewatch.model.testing import train_args
+    from edgewatch.model.train import batch_loss
 
     texts = ["$ACME upgraded to Buy", "Initech shares fall after weak guidance", "Hooli to present"]
     tok = Tokenizer.train(texts, 300, SPECIAL_TOKENS)

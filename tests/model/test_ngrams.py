@@ -6,8 +6,7 @@ from __future__ import annotations
 import numpy as np
 import onnxruntime as ort
 import pytest
-
-from model import ngrams
+from edgewatch.model import ngrams
 
 pytest.importorskip("sklearn")
 torch = pytest.importorskip("torch")
@@ -55,8 +54,8 @@ def test_fit_learns_and_equals_scikit_learn(head):
 
 
 def test_the_graph_computes_the_head(head, tmp_path):
-    from model.builder import build
-    from model.gpt import GPT, GPTConfig
+    from edgewatch.model.builder import build
+    from edgewatch.model.gpt import GPT, GPTConfig
 
     torch.manual_seed(0)
     model = GPT(GPTConfig(block_size=16, vocab_size=N_TEXT + 5, n_layer=1, n_head=2, n_embd=8, dropout=0.0)).eval()

@@ -9,11 +9,10 @@ import sys
 
 import numpy as np
 import pytest
-
-from model import shipped_model_dir
-from model.data import read_labelled, split
-from model.evaluate import evaluate_engine
-from sidecar.engine import Engine
+from edgewatch.model.data import read_labelled, split
+from edgewatch.model.evaluate import evaluate_engine
+from edgewatch.model.format import shipped_model_dir
+from edgewatch.sidecar.engine import Engine
 
 SHIPPED = shipped_model_dir()
 META = json.loads((SHIPPED / "model.json").read_text())

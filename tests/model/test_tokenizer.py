@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from edgewatch.model.format.prompt import SPECIAL_TOKENS
+from edgewatch.model.format.tokenizer import EOT, Tokenizer
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from model.prompt import SPECIAL_TOKENS
-from model.tokenizer import EOT, Tokenizer
 
 CORPUS = ["$AAPL upgraded to Buy at Citi", "$TSLA shares fall after recall", "Fed holds rates steady",
           "Ölpreis steigt — €100?", "日経平均が上昇"] * 20

@@ -6,11 +6,10 @@ import threading
 import time
 
 import pytest
-
-from model import shipped_model_dir
-from sidecar.app import Settings, create_app
-from sidecar.engine import Engine
-from sidecar.testing import ServerThread
+from edgewatch.model.format import shipped_model_dir
+from edgewatch.sidecar.app import Settings, create_app
+from edgewatch.sidecar.engine import Engine
+from edgewatch.sidecar.testing import ServerThread
 
 
 @pytest.fixture(scope="session")

@@ -7,13 +7,18 @@ import sys
 import time
 
 import pytest
-
-from sidecar.client import AsyncSidecarClient, CircuitBreaker, SidecarClient, SidecarError, SidecarUnavailable
-from sidecar.testing import SidecarProcess, free_port, wait_ready
+from edgewatch.sidecar.client import (
+    AsyncSidecarClient,
+    CircuitBreaker,
+    SidecarClient,
+    SidecarError,
+    SidecarUnavailable,
+)
+from edgewatch.sidecar.testing import SidecarProcess, free_port, wait_ready
 
 
 def run_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "sidecar.cli", *args], capture_output=True, text=True, timeout=timeout)
+    return subprocess.run([sys.executable, "-m", "edgewatch.sidecar.cli", *args], capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.mark.parametrize(
@@ -47,7 +52,7 @@ def test_serve_on_unix_socket_and_stop_on_sigterm(tiny_model_dir, tmp_path):
     sock = tmp_path / "s.sock"
     key = tmp_path / "key"
     key.write_text("k3y\n")
-    proc = subprocess.Popen([sys.executable, "-m", "sidecar.cli", "serve", "--model", str(tiny_model_dir),
+    proc = subprocess.Popen([sys.executable, "-m", "edgewatch.sidecar.cli", "serve", "--model", str(tiny_model_dir),
                              "--uds", str(sock), "--device", "cpu", "--api-key-file", str(key)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
@@ -132,7 +137,7 @@ def test_systemd_ready_watchdog_stopping(tiny_model_dir, tmp_path):
     sock.bind(path)
     sock.settimeout(30)
     env = dict(os.environ, NOTIFY_SOCKET=path, WATCHDOG_USEC="200000")
-    proc = subprocess.Popen([sys.executable, "-m", "sidecar.cli", "serve", "--model", str(tiny_model_dir),
+    proc = subprocess.Popen([sys.executable, "-m", "edgewatch.sidecar.cli", "serve", "--model", str(tiny_model_dir),
                              "--port", str(free_port()), "--device", "cpu"], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:

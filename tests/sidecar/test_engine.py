@@ -1,17 +1,16 @@
-"""sidecar.engine.Engine on a tiny exported model: batching, padding and caches equal per-sequence runs."""
+"""edgewatch.sidecar.engine.Engine on a tiny exported model: batching, padding and caches equal per-sequence runs."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from sidecar.engine import Engine
-from sidecar.testing import without_decode_graph
+from edgewatch.sidecar.engine import Engine
+from edgewatch.sidecar.testing import without_decode_graph
 
 
 @pytest.fixture(scope="module")
 def model_dir(tiny_model_dir):
-    """model.testing.tiny_model, built once for the sidecar tests (tests/sidecar/conftest.py)."""
+    """edgewatch.model.testing.tiny_model, built once for the sidecar tests (tests/sidecar/conftest.py)."""
     return tiny_model_dir
 
 

@@ -6,11 +6,10 @@ import itertools
 
 import pytest
 import schemathesis
+from edgewatch.sidecar.testing import wait_ready
 from hypothesis import HealthCheck, given, settings
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import status_code_conformance
-
-from sidecar.testing import wait_ready
 
 
 @pytest.fixture(scope="module")

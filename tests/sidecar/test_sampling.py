@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import numpy as np
+from edgewatch.sidecar.sampling import (
+    SamplingParams,
+    TextTracker,
+    find_stop,
+    sample,
+    stable_length,
+    valid_unicode,
+)
 from hypothesis import given
 from hypothesis import strategies as st
-
-from sidecar.sampling import SamplingParams, TextTracker, find_stop, sample, stable_length, valid_unicode
 
 LOGITS = np.array([0.1, 3.0, 2.0, -1.0, 2.5], dtype=np.float32)
 

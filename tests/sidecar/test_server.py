@@ -9,9 +9,8 @@ import time
 
 import httpx
 import pytest
+from edgewatch.sidecar.testing import wait_ready
 from prometheus_client.parser import text_string_to_metric_families
-
-from sidecar.testing import wait_ready
 
 LABELS = {"bearish", "bullish", "neutral"}
 
@@ -149,7 +148,7 @@ def test_metrics_parse(http):
 
 
 def test_unix_socket(serve, tiny_model_dir, tmp_path):
-    from sidecar.client import SidecarClient
+    from edgewatch.sidecar.client import SidecarClient
 
     sock = str(tmp_path / "sidecar.sock")
     with serve(tiny_model_dir, uds=sock) as s:

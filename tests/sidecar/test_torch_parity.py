@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import httpx
 import pytest
-
-from sidecar.testing import wait_ready
+from edgewatch.sidecar.testing import wait_ready
 
 torch = pytest.importorskip("torch")
 
 
 def test_greedy_completions_match_pytorch(tiny_model_dir, serve):
-    from model.export import load_checkpoint, torch_greedy
+    from edgewatch.model.export import load_checkpoint, torch_greedy
 
     model, tok, _ = load_checkpoint(tiny_model_dir.parent / "run" / "ckpt.pt")
     prompts = ["$ACME upgraded", "Hooli shares", "€ Initech"]

@@ -1,0 +1,316 @@
+"""Streaming anomaly detection per (sensor, metric): the detector and its csp nodes.
+
+One keyed node holds a dict of small per-(sensor, metric) states (~1.4 KB
+each), each updated in O(1) with plain float arithmetic (no numpy, no per-key
+csp.dynamic), so the graph keeps up with 100k sensors. The score of a reading,
+in [0, 1], is built in four steps:
+
+1. two robust forecasts, each with its own robust scale (EWMA of clipped
+   absolute residuals): the recent level with a slow (Holt) trend, and a daily
+   profile learnt online in time-of-day buckets. The profile is used once its recent error is below the
+   level's, so daily cycles are expected, while trends and series without a
+   daily rhythm fall back on the level;
+2. a raw surprise in [0, 1) from the residual in scale units, z / (z + 3);
+3. an "anomaly likelihood" (Numenta's idea): how improbable the recent mean
+   surprise is under its own long-run distribution, mapped to [0, 1] on a log
+   scale (tail probability `tail_floor` or less -> 1.0) so the threshold has
+   resolution where it matters; noise changes move that distribution, not the score;
+4. a reading well beyond the whole range seen so far (by `spatial_tolerance`
+   of it) and at least `spatial_z` scales from its forecast scores 1.0, HTM's
+   "spatial anomaly". The second condition matters early: right after the
+   warm-up the range seen is narrow, and ordinary noise extremes leave it.
+
+After a detection the level re-baselines on the new reading (a level shift
+alarms once, then becomes the norm) and scores are halved for a refractory
+period: an operator, like the NAB benchmark, counts every repeat as a false alarm.
+Statistics start as plain means (1/n) until their EWMA weight takes over, so
+there is no start-up bias (a profile bucket's first reading sets its mean, and
+its scale starts from the residuals after it, not from |x|: otherwise the
+surprise learnt during the warm-up is near 0 and every later reading looks
+rare); nothing scores above 0 during the warm-up.
+
+Out-of-order readings (older than the last one of their key) are scored
+against the current model but teach it nothing: feeding the past into EWMAs
+would corrupt them. Readings that are not finite, or beyond +-1e30, get no score.
+"""
+
+from __future__ import annotations
+
+import math
+from array import array
+from datetime import datetime
+
+import csp
+from csp import ts
+from edgewatch.agent.config import AnomalyConfig
+from edgewatch.agent.records import (
+    AnomalyScore,
+    Event,
+    MetricScore,
+    SensorReading,
+    make_event,
+)
+
+SURPRISE_VAR_FLOOR = 0.02**2  # the surprise's long-run variance is never taken as below this
+MAX_MAGNITUDE = 1e30  # readings beyond this are not scored (the daily profile is stored as float32)
+_UNSEEN = float("inf")  # the daily profile's error before its first prediction
+SPATIAL_MIN_SCORE = 0.3  # a new extreme must also be mildly surprising: a young range is narrow
+
+
+def ewma_alpha(span: float) -> float:
+    """EWMA weight of a span in readings (a span below 1 means "no memory")."""
+    return 2.0 / (max(span, 1.0) + 1.0)
+
+
+class Params:
+    """The detector's constants, derived once from AnomalyConfig (attribute reads are cheap)."""
+
+    __slots__ = (
+        "a_level", "a_trend", "a_dev", "a_season", "a_short", "a_long", "clip", "warmup", "refractory",
+        "rel_floor", "buckets", "season_min", "log_floor", "threshold", "spatial", "spatial_z",
+    )
+
+    def __init__(self, cfg: AnomalyConfig):
+        self.a_level = ewma_alpha(cfg.level_span)
+        self.a_trend = ewma_alpha(cfg.trend_span) if cfg.trend_span > 0.0 else 0.0
+        self.a_dev = ewma_alpha(cfg.scale_span)
+        self.a_season = ewma_alpha(cfg.season_span)
+        self.a_short = ewma_alpha(cfg.short_span)
+        self.a_long = ewma_alpha(cfg.long_span)
+        self.clip = cfg.clip
+        self.warmup = cfg.warmup
+        self.refractory = cfg.refractory
+        self.rel_floor = cfg.rel_floor
+        self.buckets = max(cfg.season_buckets, 1)
+        self.season_min = min(max(cfg.season_min, 1), 255)
+        self.log_floor = math.log(min(max(cfg.tail_floor, 1e-300), 0.5))
+        self.threshold = cfg.threshold
+        self.spatial = cfg.spatial_tolerance
+        self.spatial_z = cfg.spatial_z
+
+
+class MetricState:
+    """Everything the detector remembers about one (sensor, metric): a fixed set of numbers."""
+
+    __slots__ = (
+        "n", "last_ts", "level", "dev", "mag", "season", "seen", "short", "lmean", "lvar",
+        "cool", "expected", "band", "serr", "lo", "hi", "trend",
+    )
+
+    def __init__(self, x: float, when: datetime, p: Params):
+        self.n = 1
+        self.last_ts = when
+        self.level = x
+        self.dev = 0.0
+        self.mag = abs(x)
+        self.season = array("f", bytes(8 * p.buckets))  # per bucket: mean, mean |residual|
+        self.seen = bytearray(p.buckets)  # per bucket: updates so far, saturating at 255
+        self.short = 0.0
+        self.lmean = 0.0
+        self.lvar = 0.0
+        self.cool = 0
+        self.expected = x
+        self.band = 0.0
+        self.serr = _UNSEEN
+        self.lo = x
+        self.hi = x
+        self.trend = 0.0
+
+    def score(self, x: float, when: datetime, p: Params) -> float:
+        """Score one reading in [0, 1]; learn from it when it is in time order."""
+        learn = when >= self.last_ts
+        if learn:
+            self.last_ts = when
+            self.n += 1
+        b = (when.hour * 60 + when.minute) * p.buckets // 1440
+        floor = p.rel_floor * self.mag + 1e-9
+        # expert 1: the recent level and its slow trend (Holt)
+        scale = self.dev if self.dev > floor else floor
+        fc = self.level + self.trend
+        r = x - fc
+        z = (r if r >= 0.0 else -r) / scale
+        expected, band = fc, scale
+        # expert 2: the same time of day on earlier days, trusted once it has been the better forecast
+        season = self.season
+        if self.seen[b] >= p.season_min:
+            rb = x - season[2 * b]
+            ab = rb if rb >= 0.0 else -rb
+            bs = season[2 * b + 1]
+            bs = bs if bs > floor else floor
+            if self.serr < scale:
+                z, expected, band = ab / bs, season[2 * b], bs
+            if learn:
+                lb = p.clip * bs
+                ab = ab if ab < lb else lb
+                self.serr = ab if self.serr == _UNSEEN else self.serr + p.a_dev * (ab - self.serr)
+        self.expected = expected
+        self.band = band
+        raw = z / (z + 3.0) if z < 1e12 else 1.0
+        short = self.short + p.a_short * (raw - self.short)
+        d = short - self.lmean
+        var = self.lvar
+        if not learn:
+            if self.n <= p.warmup:
+                return 0.0
+            s = _verdict(d, var, p)
+            return 0.5 * s if self.cool else s
+        # young statistics are plain means (1/n) until the EWMA weight takes over: no start-up bias
+        inv_n = 1.0 / self.n
+        a = p.a_long if p.a_long > inv_n else inv_n
+        self.short = short
+        self.lmean += a * d
+        self.lvar = (1.0 - a) * (var + a * d * d)
+        # robust learning: residuals are clipped so one spike barely moves the model
+        lim = p.clip * scale
+        c = lim if r > lim else (-lim if r < -lim else r)
+        nl = fc + p.a_level * c
+        if not self.cool:  # while it re-learns after a detection the level's moves are no trend
+            self.trend += p.a_trend * (nl - self.level - self.trend)
+        self.level = nl
+        a = p.a_dev if p.a_dev > inv_n else inv_n
+        self.dev += a * ((c if c >= 0.0 else -c) - self.dev)
+        self.mag += a * ((x if x >= 0.0 else -x) - self.mag)
+        k = self.seen[b]
+        if k < 255:
+            k += 1
+            self.seen[b] = k
+        if k == 1:  # a bucket's first reading is its mean; there is no residual yet (|x| is no scale)
+            season[2 * b] = x
+        else:
+            rb = x - season[2 * b]
+            if k > p.season_min:  # a trusted bucket learns robustly too
+                lb = season[2 * b + 1]
+                lb = p.clip * (lb if lb > floor else floor)
+                rb = lb if rb > lb else (-lb if rb < -lb else rb)
+            a = 1.0 / k if k * p.a_season < 1.0 else p.a_season  # plain means until the EWMA takes over
+            season[2 * b] += a * rb
+            a = 1.0 / (k - 1) if (k - 1) * p.a_season < 1.0 else p.a_season  # k - 1 residuals so far
+            season[2 * b + 1] += a * ((rb if rb >= 0.0 else -rb) - season[2 * b + 1])
+        hi, lo = self.hi, self.lo
+        if x > hi:
+            self.hi = x
+        if x < lo:
+            self.lo = x
+        if self.n <= p.warmup:
+            return 0.0
+        s = _verdict(d, var, p)
+        m = p.spatial * (hi - lo)
+        if m > 0.0 and s >= SPATIAL_MIN_SCORE and z >= p.spatial_z and (x > hi + m or x < lo - m):
+            s = 1.0  # well beyond anything seen before: HTM's "spatial anomaly"
+        if self.cool > 0:
+            self.cool -= 1
+            return 0.5 * s  # damped: cannot alarm at any threshold above 0.5
+        if s >= p.threshold:
+            self.cool = p.refractory
+            self.level, self.trend = x, 0.0  # re-baseline: a level shift alarms once, then becomes the norm
+        return s
+
+
+def _verdict(d: float, var: float, p: Params) -> float:
+    """How improbable the recent surprise is under its long-run distribution, on a log scale."""
+    if d <= 0.0:
+        return 0.0
+    if var < SURPRISE_VAR_FLOOR:  # a perfectly quiet history must still let a spike through
+        var = SURPRISE_VAR_FLOOR
+    tail = 0.5 * math.erfc(d / math.sqrt(2.0 * var))
+    if tail <= 0.0:
+        return 1.0
+    s = math.log(tail) / p.log_floor
+    return s if s < 1.0 else 1.0
+
+
+class Detector:
+    """The per-(sensor, metric) states of a whole fleet, and the scoring of reading batches."""
+
+    def __init__(self, cfg: AnomalyConfig):
+        self.params = Params(cfg)
+        self.states: dict[tuple[str, str], MetricState] = {}
+
+    def score_readings(self, readings: list[SensorReading]) -> list[MetricScore]:
+        """One MetricScore per finite metric of each reading, in order; the first reading of a key scores 0."""
+        p = self.params
+        states = self.states
+        out = []
+        for rd in readings:
+            sid = rd.sensor_id
+            when = rd.ts
+            for name, x in rd.metrics.items():
+                if not -MAX_MAGNITUDE < x < MAX_MAGNITUDE:  # also rejects NaN
+                    continue
+                st = states.get((sid, name))
+                if st is None:
+                    states[sid, name] = MetricState(x, when, p)
+                    out.append(MetricScore(sensor_id=sid, metric=name, ts=when, value=x, score=0.0))
+                    continue
+                s = st.score(x, when, p)
+                if s >= p.threshold:
+                    out.append(_evidence(sid, name, when, x, s, st))
+                else:
+                    out.append(MetricScore(sensor_id=sid, metric=name, ts=when, value=x, score=s))
+        return out
+
+
+def _evidence(sid: str, metric: str, when: datetime, x: float, s: float, st: MetricState) -> AnomalyScore:
+    return AnomalyScore(
+        sensor_id=sid, metric=metric, ts=when, value=x, score=s,
+        expected=st.expected, band=st.band, surprise=st.short,
+        surprise_mean=st.lmean, surprise_std=math.sqrt(st.lvar), readings=st.n,
+    )
+
+
+@csp.node(memoize=False)  # the config is a mutable dataclass, not hashable
+def anomaly_scores(readings: ts[list[SensorReading]], cfg: AnomalyConfig) -> ts[list[MetricScore]]:
+    """Score every metric of every reading; one node keyed by (sensor, metric) inside."""
+    with csp.state():
+        s_detector = Detector(cfg)
+    if csp.ticked(readings):
+        out = s_detector.score_readings(readings)
+        if out:
+            return out
+
+
+def _severity(score: float, cfg: AnomalyConfig) -> str:
+    return "critical" if score >= cfg.critical else "warning"
+
+
+def anomaly_event(sc: MetricScore, cfg: AnomalyConfig) -> Event:
+    """The `anomaly` event of one detection, with the evidence in `data`."""
+    if not isinstance(sc, AnomalyScore):  # a score from elsewhere carries no evidence
+        return make_event(
+            "anomaly", sc.sensor_id, sc.ts, _severity(sc.score, cfg),
+            f"{sc.sensor_id} {sc.metric}={sc.value:.6g} (score {sc.score:.3f})",
+            {"metric": sc.metric, "value": sc.value, "score": sc.score, "threshold": cfg.threshold},
+            sc.metric,
+        )
+    lo, hi = sc.expected - 3.0 * sc.band, sc.expected + 3.0 * sc.band
+    return make_event(
+        "anomaly",
+        sc.sensor_id,
+        sc.ts,
+        _severity(sc.score, cfg),
+        f"{sc.sensor_id} {sc.metric}={sc.value:.6g}, expected {lo:.6g}..{hi:.6g} (score {sc.score:.3f})",
+        {
+            "metric": sc.metric,
+            "value": sc.value,
+            "score": sc.score,
+            "threshold": cfg.threshold,
+            "expected": sc.expected,
+            "band_low": lo,
+            "band_high": hi,
+            "scale": sc.band,
+            "surprise": sc.surprise,
+            "surprise_mean": sc.surprise_mean,
+            "surprise_std": sc.surprise_std,
+            "readings": sc.readings,
+        },
+        sc.metric,
+    )
+
+
+@csp.node(memoize=False)
+def anomaly_events(scores: ts[list[MetricScore]], cfg: AnomalyConfig) -> ts[list[Event]]:
+    """`anomaly` events for the scores at or above cfg.threshold."""
+    if csp.ticked(scores):
+        out = [anomaly_event(sc, cfg) for sc in scores if sc.score >= cfg.threshold]
+        if out:
+            return out

@@ -1,0 +1,264 @@
+"""Market analytics per symbol: VWAP bars, regime, adaptive signals, fast price alerts.
+
+All per-symbol state sits in one keyed node (a dict of `__slots__` objects,
+O(1) per trade), because a csp.dynamic per symbol costs far more than the math.
+Bars are cut on data time (`floor(ts / interval)`), so a replay and a live run
+cut the same bars; an engine-time alarm closes bars of symbols that went quiet,
+`bar_grace` after their end so that trades delayed in transit still count.
+Regime and signals are computed once per closed bar, from the bar's VWAP, so
+they too depend only on the data.
+
+The price alert is its own tiny node: the cheap path sees every trade with one
+dict lookup and one division, never waiting behind bar or signal work.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime, timedelta
+
+import csp
+from csp import ts
+from edgewatch.agent.analytics.anomaly import ewma_alpha
+from edgewatch.agent.config import ConfigError, MarketConfig
+from edgewatch.agent.records import Bar, Event, Sentiment, Trade, make_event
+
+EPOCH = datetime(1970, 1, 1)
+SECONDS_PER_DAY = 86400.0
+
+
+def bucket_of(when: datetime, interval: float) -> int:
+    """Index of the bar that holds `when`: bars are aligned to the epoch, not to the first trade."""
+    return math.floor((when - EPOCH).total_seconds() / interval)
+
+
+def check(cfg: MarketConfig) -> None:
+    """Raise ConfigError naming the first bad [market] key (called when the graph is wired)."""
+    if cfg.bar_interval <= 0:
+        raise ConfigError("market.bar_interval: must be positive")
+    for key in ("fast_span", "slow_span", "vol_span", "vol_long_span"):
+        if getattr(cfg, key) < 1:
+            raise ConfigError(f"market.{key}: must be at least 1")
+
+
+@csp.node
+def price_alerts(trades: ts[list[Trade]], threshold: float) -> ts[list[Event]]:
+    """`price_alert` when two consecutive trades of a symbol (in arrival order) differ by more than `threshold`."""
+    with csp.state():
+        s_last = {}  # symbol -> (price, ts)
+    out = []
+    for t in trades:
+        prev = s_last.get(t.symbol)
+        s_last[t.symbol] = (t.price, t.ts)
+        if prev is None:
+            continue
+        move = t.price / prev[0] - 1.0
+        if abs(move) > threshold:
+            severity = "critical" if abs(move) > 2.0 * threshold else "warning"
+            data = {
+                "price": t.price, "prev_price": prev[0], "move": move, "threshold": threshold,
+                "prev_ts": prev[1].isoformat() + "Z", "size": t.size,
+            }
+            msg = f"{t.symbol} moved {move:+.2%} in one trade ({prev[0]:g} -> {t.price:g})"
+            out.append(make_event("price_alert", t.symbol, t.ts, severity, msg, data, prev[0], t.price))
+    if out:
+        return out
+
+
+class SymbolState:
+    """One symbol: the open bar plus the running statistics that define its regime."""
+
+    __slots__ = (
+        "bucket", "closed", "start", "open", "high", "low", "close", "volume", "pv", "trades",
+        "ref", "fast", "slow", "mean_r", "var", "var_long", "avg_volume", "bars", "last_signal", "news",
+    )
+
+    def __init__(self):
+        self.bucket = None  # index of the open bar; None when no bar is open
+        self.closed = None  # index of the last bar cut: bars never reopen
+        self.ref = None  # VWAP of the previous closed bar
+        self.fast = self.slow = None
+        self.mean_r = self.var = self.var_long = 0.0
+        self.avg_volume = 0.0
+        self.bars = 0
+        self.last_signal = None  # data time of the last signal (cooldown)
+        self.news = None  # (score, ts) of the latest sentiment
+
+    def add(self, t: Trade, bucket: int, interval: float) -> None:
+        if self.bucket is None:
+            self.bucket = bucket
+            self.start = EPOCH + timedelta(seconds=bucket * interval)
+            self.open = self.high = self.low = t.price
+            self.volume = self.pv = 0.0
+            self.trades = 0
+        # a late trade (older than the open bar) is counted in the open bar
+        self.high = max(self.high, t.price)
+        self.low = min(self.low, t.price)
+        self.close = t.price
+        self.volume += t.size
+        self.pv += t.price * t.size
+        self.trades += 1
+
+    def cut(self, symbol: str, interval: float) -> Bar:
+        vwap = self.pv / self.volume if self.volume > 0 else self.close
+        bar = Bar(
+            symbol=symbol, start=self.start, end=self.start + timedelta(seconds=interval),
+            open=self.open, high=self.high, low=self.low, close=self.close,
+            volume=self.volume, vwap=vwap, trades=self.trades,
+        )
+        self.closed = self.bucket
+        self.bucket = None
+        return bar
+
+
+class MarketParams:
+    """Constants derived once from MarketConfig."""
+
+    __slots__ = ("cfg", "a_fast", "a_slow", "a_vol", "a_long", "lag", "news_window", "cooldown", "mult", "per_day")
+
+    def __init__(self, cfg: MarketConfig):
+        self.cfg = cfg
+        self.a_fast = ewma_alpha(cfg.fast_span)
+        self.a_slow = ewma_alpha(cfg.slow_span)
+        self.a_vol = ewma_alpha(cfg.vol_span)
+        self.a_long = ewma_alpha(cfg.vol_long_span)
+        # a random walk strays from its EWMA by about sigma * sqrt(lag); z-scores divide by that
+        self.lag = math.sqrt((cfg.slow_span + 1.0) / 2.0)
+        self.news_window = timedelta(seconds=cfg.news_window)
+        self.cooldown = timedelta(seconds=cfg.signal_cooldown)
+        self.mult = {"volatile": cfg.volatile_mult, "calm": cfg.calm_mult, "trending": cfg.trending_mult, "normal": 1.0}
+        self.per_day = math.sqrt(SECONDS_PER_DAY / cfg.bar_interval)
+
+
+def classify(vol_ratio: float, trend: float, cfg: MarketConfig) -> str:
+    """The regime label that scales the signal threshold."""
+    if vol_ratio >= cfg.volatile_ratio:
+        return "volatile"
+    if abs(trend) >= cfg.trend_z:
+        return "trending"
+    if vol_ratio <= cfg.calm_ratio:
+        return "calm"
+    return "normal"
+
+
+def on_bar(s: SymbolState, bar: Bar, p: MarketParams) -> Event | None:
+    """Fold a closed bar into the symbol's statistics; return a `signal` event when one fires."""
+    price = bar.vwap
+    if s.ref is None:
+        s.ref = s.fast = s.slow = price
+        s.avg_volume = bar.volume
+        s.bars = 1
+        return None
+    r = math.log(price / s.ref)
+    s.ref = price
+    # the move is judged against the volatility known before it, so a jump cannot hide itself;
+    # variance is taken around the mean return, so a steady trend does not pass for volatility
+    sigma = math.sqrt(s.var)
+    d = r - s.mean_r
+    s.mean_r += p.a_vol * d
+    s.var = (1.0 - p.a_vol) * (s.var + p.a_vol * d * d)
+    s.var_long += p.a_long * (d * d - s.var_long)
+    slow_before = s.slow
+    s.fast += p.a_fast * (price - s.fast)
+    s.slow += p.a_slow * (price - s.slow)
+    volume_ratio = bar.volume / s.avg_volume if s.avg_volume > 0 else 1.0
+    s.avg_volume += p.a_slow * (bar.volume - s.avg_volume)
+    s.bars += 1
+    cfg = p.cfg
+    if s.bars < cfg.warmup_bars or sigma <= 0.0 or s.var_long <= 0.0:
+        return None
+    scale = sigma * p.lag
+    z = math.log(price / slow_before) / scale
+    trend = math.log(s.fast / s.slow) / scale
+    vol_ratio = sigma / math.sqrt(s.var_long)
+    regime = classify(vol_ratio, trend, cfg)
+    threshold = cfg.signal_z * p.mult[regime]
+    if abs(z) < threshold or (s.last_signal is not None and bar.end - s.last_signal < p.cooldown):
+        return None
+    side = "BUY" if z > 0 else "SELL"
+    news = None
+    if s.news is not None and bar.end - s.news[1] <= p.news_window:
+        news = s.news[0]
+    agrees = news is not None and abs(news) >= cfg.news_min_score and (news > 0) == (z > 0)
+    strong = (
+        abs(z) >= threshold * cfg.strong_mult
+        and volume_ratio >= cfg.strong_volume
+        and (agrees or not cfg.strong_requires_news)
+    )
+    signal = ("STRONG_" + side) if strong else side
+    s.last_signal = bar.end
+    data = {
+        "signal": signal, "regime": regime, "threshold": threshold, "z": z, "reference_price": price,
+        "volatility": sigma, "daily_volatility": sigma * p.per_day, "vol_ratio": vol_ratio, "trend": trend,
+        "volume_ratio": volume_ratio, "news_score": news, "news_agrees": agrees,
+        "bar_start": bar.start.isoformat() + "Z",
+    }
+    msg = f"{signal} {bar.symbol} at {price:g}: move {z:+.2f} vs threshold {threshold:.2f} ({regime})"
+    return make_event("signal", bar.symbol, bar.end, "warning" if strong else "info", msg, data, signal)
+
+
+def _next_boundary(now: datetime, interval: float) -> datetime:
+    """The first bar boundary strictly after `now`; float rounding never yields the past."""
+    boundary = EPOCH + timedelta(seconds=(bucket_of(now, interval) + 1) * interval)
+    return boundary if boundary > now else now + timedelta(microseconds=1)
+
+
+@csp.node(memoize=False)
+def market_analytics(
+    trades: ts[list[Trade]], sentiment: ts[list[Sentiment]], cfg: MarketConfig
+) -> csp.Outputs(bars=ts[list[Bar]], signals=ts[list[Event]], vols=ts[dict]):
+    """VWAP bars and regime-adaptive signals per symbol; `vols` = symbol -> daily realised volatility."""
+    with csp.alarms():
+        a_close = csp.alarm(bool)
+    with csp.state():
+        s_symbols = {}
+        s_params = MarketParams(cfg)
+        s_interval = timedelta(seconds=cfg.bar_interval)
+        s_grace = timedelta(seconds=cfg.bar_grace)
+    with csp.start():
+        now = csp.now()
+        csp.schedule_alarm(a_close, _next_boundary(now - s_grace, cfg.bar_interval) + s_grace - now, True)
+
+    bars = []
+    if csp.ticked(sentiment):
+        for n in sentiment:
+            s = s_symbols.get(n.symbol)
+            if s is None:
+                s = s_symbols[n.symbol] = SymbolState()
+            s.news = (n.score, n.ts)
+    if csp.ticked(trades):
+        interval = cfg.bar_interval
+        for t in trades:
+            s = s_symbols.get(t.symbol)
+            if s is None:
+                s = s_symbols[t.symbol] = SymbolState()
+            b = bucket_of(t.ts, interval)
+            if s.closed is not None and b <= s.closed:
+                b = s.closed + 1  # its bar was already cut (trade delayed past bar_grace): it joins the next
+            if s.bucket is not None and b > s.bucket:
+                bars.append(s.cut(t.symbol, interval))
+            s.add(t, b, interval)
+    if csp.ticked(a_close):
+        # bars of symbols that went quiet close `bar_grace` after their end: a trade delayed in transit
+        # still lands in its own bar, live as in a replay
+        now = csp.now()
+        for symbol, s in s_symbols.items():
+            if s.bucket is not None and s.start + s_interval + s_grace <= now:
+                bars.append(s.cut(symbol, cfg.bar_interval))
+        csp.schedule_alarm(a_close, _next_boundary(now - s_grace, cfg.bar_interval) + s_grace - now, True)
+    if bars:
+        signals = []
+        vols = {}
+        for bar in bars:
+            s = s_symbols[bar.symbol]
+            ev = on_bar(s, bar, s_params)
+            if ev is not None:
+                signals.append(ev)
+            if s.var > 0.0:
+                vols[bar.symbol] = math.sqrt(s.var) * s_params.per_day
+        csp.output(bars=bars)
+        if signals:
+            csp.output(signals=signals)
+        if vols:
+            csp.output(vols=vols)
+

@@ -1,0 +1,85 @@
+"""The analytics on one page: six input feeds in, every finding out as events (and VWAP bars).
+
+`analytics` is the one graph that both `edge-agent run` (realtime, fed by MQTT)
+and `edge-agent replay` (historical, fed by captures) run, so the same input
+yields the same events either way. The sensor side turns readings into anomaly,
+health and maintenance events; the market side turns trades, quotes, the
+portfolio and news sentiment into price alerts, bars, signals and risk events.
+"""
+
+from __future__ import annotations
+
+import csp
+from csp import ts
+from edgewatch.agent.analytics.anomaly import anomaly_events, anomaly_scores
+from edgewatch.agent.analytics.health import check as check_health
+from edgewatch.agent.analytics.health import sensor_health
+from edgewatch.agent.analytics.market import check as check_market
+from edgewatch.agent.analytics.market import market_analytics, price_alerts
+from edgewatch.agent.analytics.news import news_graph
+from edgewatch.agent.analytics.risk import risk_checks
+from edgewatch.agent.config import Config
+from edgewatch.agent.records import (
+    Bar,
+    Event,
+    Headline,
+    Pnl,
+    Position,
+    Quote,
+    SensorReading,
+    Sentiment,
+    Trade,
+)
+
+
+@csp.node
+def merge_events(parts: [ts[list[Event]]]) -> ts[list[Event]]:
+    """One list per engine cycle from several event streams (csp.merge would drop all but one)."""
+    out = []
+    for part in parts.tickedvalues():
+        out += part
+    return out
+
+
+@csp.graph(memoize=False)
+def sensor_graph(readings: ts[list[SensorReading]], cfg: Config) -> ts[list[Event]]:
+    """Anomaly scores feed both the `anomaly` events and the health/maintenance node; one list per cycle."""
+    check_health(cfg.health, cfg.maintenance)  # a bad key fails here, at wiring, not inside the running engine
+    scores = anomaly_scores(readings, cfg.anomaly)
+    anomalies = anomaly_events(scores, cfg.anomaly)
+    health = sensor_health(readings, scores, cfg.health, cfg.maintenance)
+    return merge_events([anomalies, health])
+
+
+@csp.graph(memoize=False)
+def market_graph(
+    trades: ts[list[Trade]],
+    quotes: ts[list[Quote]],
+    positions: ts[list[Position]],
+    pnl: ts[list[Pnl]],
+    sentiment: ts[list[Sentiment]],
+    cfg: Config,
+) -> csp.Outputs(events=ts[list[Event]], bars=ts[list[Bar]]):
+    """Price alerts, VWAP bars, regime signals and risk checks. `sentiment` may be csp.null_ts(list[Sentiment])."""
+    check_market(cfg.market)  # a bad key fails here, at wiring, not inside the running engine
+    alerts = price_alerts(trades, cfg.market.price_alert_threshold)
+    market = market_analytics(trades, sentiment, cfg.market)
+    risk = risk_checks(trades, quotes, positions, pnl, market.vols, cfg.risk)
+    return csp.output(events=merge_events([alerts, market.signals, risk]), bars=market.bars)
+
+
+@csp.graph(memoize=False)
+def analytics(
+    sensors: ts[list[SensorReading]],
+    trades: ts[list[Trade]],
+    quotes: ts[list[Quote]],
+    positions: ts[list[Position]],
+    pnl: ts[list[Pnl]],
+    news: ts[list[Headline]],
+    cfg: Config,
+) -> csp.Outputs(events=ts[list[Event]], bars=ts[list[Bar]]):
+    """Every analytic of the agent; news sentiment feeds the market signals."""
+    news_out = news_graph(news, cfg)
+    market = market_graph(trades, quotes, positions, pnl, news_out.sentiment, cfg)
+    events = merge_events([sensor_graph(sensors, cfg), news_out.events, market.events])
+    return csp.output(events=events, bars=market.bars)

@@ -1,0 +1,141 @@
+"""The capture record: every accepted input message as JSON Lines (SPEC §3), and reading it back.
+
+A capture is what `edge-agent replay` runs the graphs over, and the fault tests'
+proof that no accepted reading was lost, so lines are written in arrival order,
+flushed to the OS once per batch (a killed process loses nothing flushed), and
+files rotate by size with only the newest `max_files` kept.
+"""
+
+from __future__ import annotations
+
+import json
+import json.encoder
+import os
+import threading
+from collections.abc import Iterable, Iterator
+from datetime import datetime
+from pathlib import Path
+
+import structlog
+from edgewatch.agent.config import RecordConfig
+from edgewatch.agent.timeutil import parse_timestamp, utcnow
+
+log = structlog.get_logger(__name__)
+
+PATTERN = "capture-*.jsonl"
+_quote = json.encoder.encode_basestring  # C-speed JSON string literal, non-ASCII kept as is
+
+
+class CaptureWriter:
+    """Appends `{"received_at","topic","payload"}` lines to rotated files in `cfg.path`."""
+
+    def __init__(self, cfg: RecordConfig):
+        self.dir = Path(cfg.path)
+        self.max_bytes = cfg.max_bytes  # 0 = never rotate
+        self.max_files = cfg.max_files  # 0 = keep every file
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._pending: list[str] = []
+        self._pending_bytes = 0
+        self._file = None
+        self._size = 0
+        self.path: Path | None = None
+        self.lines = 0  # lines written since start
+        self._open()
+
+    def _open(self) -> None:
+        stamp = utcnow().strftime("%Y%m%dT%H%M%S%f")
+        n = 0
+        while True:  # names sort in write order, and never reuse a file from an earlier run
+            path = self.dir / f"capture-{stamp}-{n:03d}.jsonl"
+            try:
+                self._file = open(path, "xb")
+                break
+            except FileExistsError:
+                n += 1
+        self.path, self._size = path, 0
+        self._prune()
+
+    def _prune(self) -> None:
+        if not self.max_files:
+            return
+        for old in sorted(self.dir.glob(PATTERN))[: -self.max_files]:
+            try:
+                old.unlink()
+            except OSError as e:
+                log.warning("capture.prune_failed", path=str(old), error=str(e))
+
+    def write(self, received_at: datetime, topic: str, payload_text: str) -> None:
+        """Queue one message; it reaches the file at the next `flush()`."""
+        # received_at is naive UTC (the agent's convention), so isoformat() + "Z" is timeutil.isoformat
+        line = f'{{"received_at":"{received_at.isoformat()}Z","topic":{_quote(topic)},"payload":'
+        line += f"{_quote(payload_text)}}}\n"
+        with self._lock:
+            self._pending.append(line)
+            self._pending_bytes += len(line)
+            if self.max_bytes and self._size + self._pending_bytes >= self.max_bytes:
+                self._flush_locked()
+
+    def flush(self) -> None:
+        """Hand the queued lines to the OS (once per batch); rotates past `max_bytes`."""
+        with self._lock:
+            self._flush_locked()
+
+    def _flush_locked(self) -> None:
+        if self._pending:
+            data = "".join(self._pending).encode("utf-8", "backslashreplace")
+            self._pending.clear()
+            self._pending_bytes = 0
+            self._file.write(data)
+            self._file.flush()
+            self._size += len(data)
+            self.lines += data.count(b"\n")
+        if self.max_bytes and self._size >= self.max_bytes:
+            self._file.close()
+            self._open()
+
+    def close(self) -> None:
+        with self._lock:
+            if self._file is None:
+                return
+            self._flush_locked()
+            self._file.close()
+            self._file = None
+
+
+class CaptureReader:
+    """Iterates `(received_at, topic, payload_bytes)` over capture files in order.
+
+    Paths may be files or directories (their `capture-*.jsonl`, oldest first). A
+    torn last line (the writer was killed mid-write) or a damaged line is skipped
+    and counted in `skipped`, never fatal: a replay should use what is there.
+    """
+
+    def __init__(self, paths: Iterable[str | os.PathLike]):
+        self.files: list[Path] = []
+        for p in map(Path, paths):
+            self.files.extend(sorted(p.glob(PATTERN)) if p.is_dir() else [p])
+        self.skipped = 0
+        self.lines = 0
+
+    def __iter__(self) -> Iterator[tuple[datetime, str, bytes]]:
+        for path in self.files:
+            with open(path, "rb") as f:
+                for lineno, raw in enumerate(f, 1):
+                    try:
+                        row = json.loads(raw)
+                        item = (parse_timestamp(row["received_at"]), row["topic"], row["payload"].encode("utf-8"))
+                        if type(item[1]) is not str:
+                            raise TypeError("topic is not a string")
+                    except (ValueError, KeyError, TypeError, AttributeError, UnicodeError) as e:
+                        self.skipped += 1
+                        torn = not raw.endswith(b"\n")
+                        log.warning("capture.line_skipped", path=str(path), line=lineno, torn=torn, error=str(e)[:200])
+                        continue
+                    self.lines += 1
+                    yield item
+
+
+def read_captures(paths: Iterable[str | os.PathLike]) -> CaptureReader:
+    """The messages recorded in `paths`, in order: an iterable of (received_at, topic, payload_bytes)."""
+    return CaptureReader(paths)

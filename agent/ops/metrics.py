@@ -1,0 +1,81 @@
+"""The agent's Prometheus metrics, in their own registry.
+
+One module-level registry so that every part of the agent (MQTT thread, csp
+nodes, writer, outbox) updates the same objects; the HTTP endpoint serves
+`REGISTRY`, apart from prometheus_client's global default registry, with the
+same standard collectors that registry has (`process_cpu_seconds_total`, resident
+memory, open file descriptors, Python's GC and version), so CPU per message can be
+read off a running agent.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import (
+    GC_COLLECTOR,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+)
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+ProcessCollector(registry=REGISTRY)
+PlatformCollector(registry=REGISTRY)
+REGISTRY.register(GC_COLLECTOR)
+
+MESSAGES_IN = Counter(
+    "edgewatch_messages_in_total", "Accepted input messages, by topic kind", ["kind"], registry=REGISTRY
+)
+MESSAGES_DONE = Counter(
+    "edgewatch_messages_done_total",
+    "Input messages fully handled: their batch's events and dead letters committed, PUBACK sent",
+    registry=REGISTRY,
+)
+DEAD_LETTERS = Counter(
+    "edgewatch_dead_letters_total", "Rejected input messages, by reason class", ["reason"], registry=REGISTRY
+)
+EVENTS = Counter("edgewatch_events_total", "Events logged (newly inserted), by kind", ["kind"], registry=REGISTRY)
+EVENTS_PUBLISHED = Counter(
+    "edgewatch_events_published_total", "Events acknowledged by the broker (PUBACK)", registry=REGISTRY
+)
+ENGINE_LAG = Gauge(
+    "edgewatch_engine_lag_seconds", "Receive time to engine cycle, for the latest input batch", registry=REGISTRY
+)
+ENGINE_HEARTBEAT = Gauge(
+    "edgewatch_engine_heartbeat_timestamp_seconds", "Unix time of the engine's latest heartbeat", registry=REGISTRY
+)
+OUTBOX_BACKLOG = Gauge(
+    "edgewatch_outbox_backlog", "Logged events not yet acknowledged by the broker", registry=REGISTRY
+)
+LOG_WRITE_SECONDS = Histogram(
+    "edgewatch_log_write_seconds",
+    "Submit-to-durable time of one writer batch",
+    buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0),
+    registry=REGISTRY,
+)
+MQTT_CONNECTED = Gauge("edgewatch_mqtt_connected", "1 while connected to the broker", registry=REGISTRY)
+MQTT_RECONNECTS = Counter("edgewatch_mqtt_reconnects_total", "Connections after the first", registry=REGISTRY)
+
+
+def reason_class(reason: str) -> str:
+    """A low-cardinality label for a dead-letter reason ("sensors/x: field 't' ..." -> "field")."""
+    text = reason.partition(": ")[2] or reason
+    for needle, label in (
+        ("not UTF-8", "encoding"),
+        ("not JSON", "json"),
+        ("acceptable JSON", "json"),
+        ("nested too deeply", "json"),
+        ("must be a JSON object", "json"),
+        ("exceeds the", "size"),
+        ("topic", "topic"),
+        ("'ts'", "timestamp"),
+        ("finite", "non_finite"),
+        ("missing", "missing_field"),
+        ("internal", "internal"),
+    ):
+        if needle in text:
+            return label
+    return "field"
+

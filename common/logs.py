@@ -1,0 +1,66 @@
+"""structlog setup shared by the three commands: JSON lines when the stream is not a terminal
+(journald, files), console otherwise.
+
+The stream is looked up at every write (`sys.stdout` or `sys.stderr` by name), so a process
+that swaps its streams (pytest's capture, a daemon redirecting output) never writes to a
+closed file.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import structlog
+from edgewatch.common import journal
+
+_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
+
+
+class _StreamLogger:
+    """A structlog logger writing one line to `sys.<stream>` as it is at the moment of the call."""
+
+    def __init__(self, stream: str):
+        self._stream = stream
+
+    def msg(self, message: str) -> None:
+        print(message, file=getattr(sys, self._stream), flush=True)
+
+    log = debug = info = warning = warn = error = critical = exception = fatal = msg
+
+
+def setup(level: str = "info", fmt: str = "auto", stream: str = "stdout") -> None:
+    """(Re)configure logging; called at start and again on SIGHUP with the new level.
+
+    `stream` is "stdout" for the services and "stderr" for commands whose stdout carries results.
+    """
+    json_lines = fmt == "json" or (fmt == "auto" and not getattr(sys, stream).isatty())
+    renderer = structlog.processors.JSONRenderer() if json_lines else structlog.dev.ConsoleRenderer()
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.StackInfoRenderer(),
+            structlog.processors.dict_tracebacks if json_lines else structlog.processors.format_exc_info,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
+        logger_factory=_journal_or(stream, json_lines),
+        cache_logger_on_first_use=False,
+    )
+    # paho, SQLAlchemy and uvicorn log through the standard library: same level, same stream
+    logging.basicConfig(level=_LEVELS[level], stream=getattr(sys, stream),
+                        format="%(name)s %(levelname)s %(message)s", force=True)
+
+
+def _journal_or(stream: str, json_lines: bool):
+    """[deploy] Under systemd (the stream is the journal), JSON entries go over the journal's native socket,
+    so each key becomes a journal field; elsewhere the stream."""
+    if json_lines and journal.stdout_is_journal(stream=getattr(sys, stream)):
+        return journal.JournalLoggerFactory()
+    return lambda *_: _StreamLogger(stream)
+
+
+def get(name: str) -> structlog.stdlib.BoundLogger:
+    return structlog.get_logger(name)
