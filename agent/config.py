@@ -198,6 +198,17 @@ class NewsConfig:
 
 
 @dataclasses.dataclass
+class AdvisorConfig:
+    enabled: bool = True  # emit `advice` events (BUY / SELL / HOLD per symbol)
+    signal_weight: float = 0.5  # weight of the technical view (bar move / signal threshold, clipped to +-2, halved)
+    news_weight: float = 0.5  # weight of the latest headline's sentiment score, decayed by its age
+    news_horizon: float = 900.0  # seconds for a headline's weight to decay to 1/e
+    enter: float = 0.4  # |score| at which the advice becomes BUY or SELL
+    exit: float = 0.2  # |score| below which a BUY or SELL falls back to HOLD (hysteresis)
+    min_headroom: float = 0.1  # a BUY is vetoed when a risk limit has less than this fraction of headroom left
+
+
+@dataclasses.dataclass
 class Config:
     mqtt: MqttConfig = dataclasses.field(default_factory=MqttConfig)
     store: StoreConfig = dataclasses.field(default_factory=StoreConfig)
@@ -211,6 +222,7 @@ class Config:
     market: MarketConfig = dataclasses.field(default_factory=MarketConfig)
     risk: RiskConfig = dataclasses.field(default_factory=RiskConfig)
     news: NewsConfig = dataclasses.field(default_factory=NewsConfig)
+    advisor: AdvisorConfig = dataclasses.field(default_factory=AdvisorConfig)
 
 
 _CHOICES = {

@@ -12,7 +12,7 @@ from datetime import datetime
 import csp
 
 SEVERITIES = ("info", "warning", "critical")
-EVENT_KINDS = ("anomaly", "health", "maintenance", "risk", "signal", "price_alert", "news")
+EVENT_KINDS = ("anomaly", "health", "maintenance", "risk", "signal", "price_alert", "news", "advice")
 
 
 class SensorReading(csp.Struct):

@@ -70,7 +70,7 @@ class SymbolState:
 
     __slots__ = (
         "bucket", "closed", "start", "open", "high", "low", "close", "volume", "pv", "trades",
-        "ref", "fast", "slow", "mean_r", "var", "var_long", "avg_volume", "bars", "last_signal", "news",
+        "ref", "fast", "slow", "mean_r", "var", "var_long", "avg_volume", "bars", "last_signal", "news", "view",
     )
 
     def __init__(self):
@@ -83,6 +83,7 @@ class SymbolState:
         self.bars = 0
         self.last_signal = None  # data time of the last signal (cooldown)
         self.news = None  # (score, ts) of the latest sentiment
+        self.view = None  # the technical view of the last closed bar (after warm-up), for the advisor
 
     def add(self, t: Trade, bucket: int, interval: float) -> None:
         if self.bucket is None:
@@ -173,6 +174,7 @@ def on_bar(s: SymbolState, bar: Bar, p: MarketParams) -> Event | None:
     vol_ratio = sigma / math.sqrt(s.var_long)
     regime = classify(vol_ratio, trend, cfg)
     threshold = cfg.signal_z * p.mult[regime]
+    s.view = {"z": z, "threshold": threshold, "regime": regime, "trend": trend, "at": bar.end}
     if abs(z) < threshold or (s.last_signal is not None and bar.end - s.last_signal < p.cooldown):
         return None
     side = "BUY" if z > 0 else "SELL"
@@ -206,8 +208,9 @@ def _next_boundary(now: datetime, interval: float) -> datetime:
 @csp.node(memoize=False)
 def market_analytics(
     trades: ts[list[Trade]], sentiment: ts[list[Sentiment]], cfg: MarketConfig
-) -> csp.Outputs(bars=ts[list[Bar]], signals=ts[list[Event]], vols=ts[dict]):
-    """VWAP bars and regime-adaptive signals per symbol; `vols` = symbol -> daily realised volatility."""
+) -> csp.Outputs(bars=ts[list[Bar]], signals=ts[list[Event]], vols=ts[dict], views=ts[dict]):
+    """VWAP bars and regime-adaptive signals per symbol; `vols` = symbol -> daily realised volatility,
+    `views` = symbol -> the technical view (z, threshold, regime) of the bar that just closed."""
     with csp.alarms():
         a_close = csp.alarm(bool)
     with csp.state():
@@ -249,6 +252,7 @@ def market_analytics(
     if bars:
         signals = []
         vols = {}
+        views = {}
         for bar in bars:
             s = s_symbols[bar.symbol]
             ev = on_bar(s, bar, s_params)
@@ -256,9 +260,13 @@ def market_analytics(
                 signals.append(ev)
             if s.var > 0.0:
                 vols[bar.symbol] = math.sqrt(s.var) * s_params.per_day
+            if s.view is not None and s.view["at"] == bar.end:
+                views[bar.symbol] = s.view
         csp.output(bars=bars)
         if signals:
             csp.output(signals=signals)
         if vols:
             csp.output(vols=vols)
+        if views:
+            csp.output(views=views)
 

@@ -78,6 +78,18 @@ class Book:
         return values, evidence
 
 
+def limits_of(book: Book, cfg: RiskConfig) -> dict:
+    """Each enabled check's value, limit and whether it is breached (fired and not yet re-armed)."""
+    values, _ = book.figures(cfg)
+    out = {}
+    for name, (action, _, limit_key) in CHECKS.items():
+        limit = getattr(cfg, limit_key)
+        if limit > 0:
+            out[name] = {"action": action, "value": values.get(name, 0.0), "limit": limit,
+                         "breached": not book.armed[name]}
+    return out
+
+
 def evaluate(book: Book, cfg: RiskConfig, when) -> list[Event]:
     """Run every check once; return the breaches that are new crossings. A limit of 0 disables its check."""
     values, evidence = book.figures(cfg)
@@ -105,8 +117,10 @@ def risk_checks(
     pnl: ts[list[Pnl]],
     vols: ts[dict],
     cfg: RiskConfig,
-) -> ts[list[Event]]:
-    """Keep the book current from every input; check it on position/P&L updates and on the timer."""
+) -> csp.Outputs(events=ts[list[Event]], limits=ts[dict]):
+    """Keep the book current from every input; check it on position/P&L updates and on the timer.
+
+    `limits` ticks after every check with `limits_of` the book: the advisor's risk gate reads it."""
     with csp.alarms():
         a_check = csp.alarm(bool)
     with csp.state():
@@ -147,5 +161,6 @@ def risk_checks(
             when = csp.now()
     if when is not None:
         out += evaluate(book, cfg, when)
+        csp.output(limits=limits_of(book, cfg))
     if out:
-        return out
+        csp.output(events=out)

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import csp
 from csp import ts
+from edgewatch.agent.analytics.advisor import advisor
+from edgewatch.agent.analytics.advisor import check as check_advisor
 from edgewatch.agent.analytics.anomaly import anomaly_events, anomaly_scores
 from edgewatch.agent.analytics.health import check as check_health
 from edgewatch.agent.analytics.health import sensor_health
@@ -59,13 +61,16 @@ def market_graph(
     pnl: ts[list[Pnl]],
     sentiment: ts[list[Sentiment]],
     cfg: Config,
-) -> csp.Outputs(events=ts[list[Event]], bars=ts[list[Bar]]):
-    """Price alerts, VWAP bars, regime signals and risk checks. `sentiment` may be csp.null_ts(list[Sentiment])."""
+) -> csp.Outputs(events=ts[list[Event]], bars=ts[list[Bar]], views=ts[dict], limits=ts[dict]):
+    """Price alerts, VWAP bars, regime signals and risk checks. `sentiment` may be csp.null_ts(list[Sentiment]).
+
+    `views` (each bar's technical view) and `limits` (the risk state) are what the advisor fuses."""
     check_market(cfg.market)  # a bad key fails here, at wiring, not inside the running engine
     alerts = price_alerts(trades, cfg.market.price_alert_threshold)
     market = market_analytics(trades, sentiment, cfg.market)
     risk = risk_checks(trades, quotes, positions, pnl, market.vols, cfg.risk)
-    return csp.output(events=merge_events([alerts, market.signals, risk]), bars=market.bars)
+    return csp.output(events=merge_events([alerts, market.signals, risk.events]), bars=market.bars,
+                      views=market.views, limits=risk.limits)
 
 
 @csp.graph(memoize=False)
@@ -81,5 +86,9 @@ def analytics(
     """Every analytic of the agent; news sentiment feeds the market signals."""
     news_out = news_graph(news, cfg)
     market = market_graph(trades, quotes, positions, pnl, news_out.sentiment, cfg)
-    events = merge_events([sensor_graph(sensors, cfg), news_out.events, market.events])
+    parts = [sensor_graph(sensors, cfg), news_out.events, market.events]
+    if cfg.advisor.enabled:
+        check_advisor(cfg.advisor)  # a bad key fails here, at wiring, not inside the running engine
+        parts.append(advisor(news_out.events, news_out.sentiment, market.views, market.limits, cfg.advisor))
+    events = merge_events(parts)
     return csp.output(events=events, bars=market.bars)

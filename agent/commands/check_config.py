@@ -10,7 +10,7 @@ import os
 from urllib.parse import urlsplit
 
 from edgewatch.agent import config
-from edgewatch.agent.analytics import health, market
+from edgewatch.agent.analytics import advisor, health, market
 from edgewatch.agent.config import Config, ConfigError
 from edgewatch.agent.eventlog.store import resolve_url
 
@@ -54,6 +54,7 @@ def validate(cfg: Config) -> None:
     # the analytics' own consistency rules, the same ones the graphs apply when they are wired
     health.check(cfg.health, cfg.maintenance)
     market.check(cfg.market)
+    advisor.check(cfg.advisor)
 
 
 def check_config_command(args) -> int:

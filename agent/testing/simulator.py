@@ -12,6 +12,7 @@ Messages are SPEC §1 topics and JSON payloads (with `ts`), in time order.
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import heapq
 import json
@@ -102,6 +103,8 @@ class SimConfig:
     position_interval: float = 5.0  # seconds between position changes
     pnl_interval: float = 1.0  # seconds between P&L updates
     jump_rate: float = 0.002  # probability that a trade jumps (a price_alert fault) when faults are on
+    news_impact: float = 0.0  # log-price drift a bullish/bearish headline sets off in its direction (0: news is noise)
+    news_impact_horizon: float = 120.0  # seconds over which that drift plays out after the headline
 
 
 class Simulator:
@@ -117,6 +120,9 @@ class Simulator:
         self.symbols = [SYMBOLS[i] if i < len(SYMBOLS) else f"SYM{i}" for i in range(cfg.symbols)]
         self.faults: list[Fault] = self._schedule() if cfg.faults else []
         self._jumps: list[Fault] = []
+        self.headlines: list[tuple[datetime, str, str, int]] = self._headlines() if self.symbols else []
+        self._news_of = {sym: ([h[0] for h in self.headlines if h[1] == sym], [h[3] for h in self.headlines if h[1] == sym])
+                         for sym in self.symbols}  # symbol -> (headline times, their sentiments), for news_drift
 
     def _schedule(self) -> list[Fault]:
         cfg = self.cfg
@@ -206,6 +212,7 @@ class Simulator:
         regime, regime_end = "calm", t
         drift = 0.0
         sigma = 0.0003
+        last = t
         while True:
             t += timedelta(seconds=rng.expovariate(cfg.trade_rate))
             if t >= self.end:
@@ -215,7 +222,8 @@ class Simulator:
                 regime_end = t + timedelta(seconds=rng.uniform(60, 240))
                 sigma = {"calm": 0.0003, "volatile": 0.0012, "trending": 0.0005}[regime]
                 drift = rng.choice((-1, 1)) * 0.0003 if regime == "trending" else 0.0
-            move = drift + rng.gauss(0, sigma)
+            move = drift + rng.gauss(0, sigma) + self.news_drift(sym, t) * (t - last).total_seconds()
+            last = t
             if cfg.faults and rng.random() < cfg.jump_rate:
                 move += rng.choice((-1, 1)) * rng.uniform(0.03, 0.06)
                 self._jumps.append(Fault(sym, "price_jump", t, t))
@@ -248,22 +256,37 @@ class Simulator:
             yield Message(t, "portfolio/pnl", {"ts": isoformat(t), "pnl": round(pnl, 2)})
             t += timedelta(seconds=cfg.pnl_interval)
 
-    def _news(self) -> Iterator[Message]:
+    def _headlines(self) -> list[tuple[datetime, str, str, int]]:
+        """The news schedule, drawn up front so prices can react to it: (time, symbol, text, sentiment)."""
         cfg = self.cfg
         rng = random.Random(cfg.seed * 4_000_037)
         t = self.start
-        n = 0
+        out = []
         while True:
             t += timedelta(seconds=rng.expovariate(1.0 / cfg.news_interval))
             if t >= self.end:
-                return
+                return out
             sym = rng.choice(self.symbols)
-            template, _ = rng.choice(HEADLINES)
-            n += 1
+            template, sentiment = rng.choice(HEADLINES)
+            out.append((t, sym, template.format(sym=sym), sentiment))
+
+    def _news(self) -> Iterator[Message]:
+        rng = random.Random(self.cfg.seed * 5_000_011)
+        for n, (t, sym, text, _) in enumerate(self.headlines, 1):
             source = rng.choice(("wire", "newsdesk"))
             yield Message(t, f"news/{source}", {
-                "ts": isoformat(t), "headline": template.format(sym=sym), "symbols": [sym], "id": f"sim-{cfg.seed}-{n}",
+                "ts": isoformat(t), "headline": text, "symbols": [sym], "id": f"sim-{self.cfg.seed}-{n}",
             })
+
+    def news_drift(self, sym: str, t: datetime) -> float:
+        """Log-price drift per second at `t` from the symbol's headlines (ground truth of news impact)."""
+        cfg = self.cfg
+        if not cfg.news_impact:
+            return 0.0
+        times, sentiments = self._news_of[sym]
+        first = bisect.bisect_right(times, t - timedelta(seconds=cfg.news_impact_horizon))
+        last = bisect.bisect_right(times, t)
+        return sum(sentiments[first:last]) * cfg.news_impact / cfg.news_impact_horizon
 
 
 def to_batches(messages, cfg, window: float = 0.01) -> dict[str, list[tuple[datetime, list]]]:

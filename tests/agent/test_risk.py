@@ -27,7 +27,7 @@ def run_risk(cfg: RiskConfig, trades=(), quotes=(), positions=(), pnl=(), vols=(
         v = csp.curve(dict, list(vols)) if vols else csp.null_ts(dict)
         out = risk_checks(curve(Trade, trades), curve(Quote, quotes), curve(Position, positions), curve(Pnl, pnl),
                           v, cfg)
-        csp.add_graph_output("events", out)
+        csp.add_graph_output("events", out.events)
 
     out = csp.run(g, starttime=T0, endtime=timedelta(seconds=end))
     return [e for _, l in out.get("events", []) for e in l]
@@ -61,7 +61,7 @@ def test_a_dip_inside_one_batch_is_still_seen():
         batch = [Pnl(ts=at(1), pnl=0.0), Pnl(ts=at(1.1), pnl=-200.0), Pnl(ts=at(1.2), pnl=0.0)]
         out = risk_checks(csp.null_ts(list[Trade]), csp.null_ts(list[Quote]), csp.null_ts(list[Position]),
                           csp.curve(list[Pnl], [(at(1.2), batch)]), csp.null_ts(dict), cfg)
-        csp.add_graph_output("e", out)
+        csp.add_graph_output("e", out.events)
 
     out = csp.run(g, starttime=T0, endtime=timedelta(seconds=3))
     assert [e.ts for _, l in out["e"] for e in l] == [at(1.1)]
