@@ -285,7 +285,7 @@ class Batcher:
     def _accept(self, w: _Generate, logits: np.ndarray) -> None:
         """Sample the next token of `w`, stream its text, and finish it when it is done."""
         token = sample(logits, w.params, w.rng)
-        eos = token == self.engine.eos_id and not w.params.ignore_eos
+        eos = token in self.engine.end_ids and not w.params.ignore_eos
         if not eos:
             w.last = token
             delta = w.tracker.add(token)

@@ -136,6 +136,9 @@ class Engine:
         self.name: str = self.meta["name"] + ("-int8" if int8 else "")
         self.labels: list[str] = list(self.meta["labels"])
         self.eos_id: int = int(self.meta["eos_id"])
+        # the model was trained on `text <|sentiment|> <|label|> <|endoftext|>`: its text ends where it would
+        # start classifying, so a completion ends at either token
+        self.end_ids: frozenset[int] = frozenset({self.eos_id, int(self.meta["prompt"]["sentiment_token_id"])})
         self.block_size: int = int(arch["block_size"])
         self.vocab_size: int = int(arch["vocab_size"])
         self._n_layer, self._n_head = int(arch["n_layer"]), int(arch["n_head"])

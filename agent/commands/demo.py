@@ -112,7 +112,7 @@ class Feeder(threading.Thread):
                 client.loop_stop()
 
 
-class Sidecar:
+class SidecarChild:
     """`edge-sidecar serve` on the CPU with the shipped model, when there is one."""
 
     def __init__(self, workdir: Path, model_dir: Path | None = None):
@@ -294,7 +294,7 @@ def demo_command(args) -> int:
         broker = EmbeddedBroker().start()
         sidecar, agent, feeder, counts = None, None, None, LogCounts(db)
         try:
-            sidecar = Sidecar(work)
+            sidecar = SidecarChild(work)
             why_not = sidecar.available()
             if why_not:
                 notes.append(f"sidecar not started: {why_not}; news analysis runs degraded")

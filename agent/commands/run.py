@@ -9,11 +9,11 @@ nothing is pushed into a stopped engine), drain the writer (commits, then
 acknowledgements and outbox publishes), wait briefly for PUBACKs, publish
 status `offline`, disconnect.
 
-SIGHUP re-reads the configuration: `[log]` and the analytic sections
-(`[anomaly]`, `[health]`, `[maintenance]`, `[market]`, `[risk]`, `[news]`,
-`[sidecar]`) are updated in place, so nodes that read `cfg` at run time see the
-new values; `[mqtt]`, `[store]`, `[record]` and `[metrics]` need a restart
-(the service logs which changed keys were not applied).
+SIGHUP re-reads the configuration and applies, in place, only the keys that the
+running graph reads at run time (`LIVE_KEYS`: the log level and format, the
+anomaly event thresholds, the risk limits, the advisor's weights and gates);
+every other changed key is reported as `needs_restart` and left as it was, so
+the running graph never mixes old and new settings of one analytic.
 """
 
 from __future__ import annotations
@@ -44,7 +44,14 @@ from edgewatch.common.notify import Notifier
 log = logs.get("edgewatch.agent.commands.run")
 
 BEAT_EVERY = timedelta(seconds=1)
-RESTART_SECTIONS = ("mqtt", "store", "record", "metrics")
+# section -> keys whose nodes read `cfg` at run time ("*": the whole section); the rest are copied at start
+LIVE_KEYS = {
+    "log": "*",
+    "anomaly": {"threshold", "critical"},
+    "risk": {"max_drawdown", "max_gross_exposure", "max_net_exposure", "max_concentration",
+             "concentration_min_gross", "max_vol_exposure", "rearm_fraction"},
+    "advisor": {"signal_weight", "news_weight", "news_horizon", "enter", "exit", "min_headroom"},
+}
 GC_THRESHOLDS = (100_000, 50, 100)  # allocations per young collection, then per older ones
 STOP_TIMEOUT = 10.0  # seconds the whole stop may take (SPEC §3)
 
@@ -187,21 +194,18 @@ class Service:
             log.error("reload_rejected", error=str(e))
             self.notifier.ready()
             return
-        needs_restart = [
-            f"{s}.{f.name}"
-            for s in RESTART_SECTIONS
-            for f in dataclasses.fields(getattr(new, s))
-            if getattr(getattr(new, s), f.name) != getattr(getattr(self.cfg, s), f.name)
-        ]
-        applied = []
+        applied, needs_restart = [], []
         for s in (f.name for f in dataclasses.fields(new)):
-            if s in RESTART_SECTIONS:
-                continue
             live_section, new_section = getattr(self.cfg, s), getattr(new, s)
+            live_keys = LIVE_KEYS.get(s, ())
             for f in dataclasses.fields(new_section):
-                if getattr(live_section, f.name) != getattr(new_section, f.name):
+                if getattr(live_section, f.name) == getattr(new_section, f.name):
+                    continue
+                if live_keys == "*" or f.name in live_keys:
                     setattr(live_section, f.name, getattr(new_section, f.name))
                     applied.append(f"{s}.{f.name}")
+                else:
+                    needs_restart.append(f"{s}.{f.name}")
         logs.setup(self.cfg.log.level, self.cfg.log.format)
         log.info("config_reloaded", applied=applied, needs_restart=needs_restart)
         self.notifier.ready()

@@ -39,10 +39,10 @@ def test_demo_rejects_a_bad_duration(tmp_path, capsys):
 def test_demo_sidecar_serves_a_model_and_stops(tmp_path, tiny_model_dir):
     """The demo's sidecar: `edge-sidecar serve` on the CPU, ready, classifying, stopped (tiny model, cached)."""
     import httpx
-    from edgewatch.agent.commands.demo import Sidecar
+    from edgewatch.agent.commands.demo import SidecarChild
 
-    assert "no model in" in Sidecar(tmp_path, tmp_path / "nothing").available()
-    sidecar = Sidecar(tmp_path, tiny_model_dir)
+    assert "no model in" in SidecarChild(tmp_path, tmp_path / "nothing").available()
+    sidecar = SidecarChild(tmp_path, tiny_model_dir)
     assert sidecar.available() == ""
     sidecar.start()
     try:

@@ -134,13 +134,15 @@ def test_sighup_reloads_thresholds_without_dropping_messages(mosquitto, tmp_path
         publish_many(mosquitto, readings("s1") + readings("s2", spike=False))
         wait_for_events(agent.db, 1, predicate=lambda e: e["kind"] == "anomaly" and e["key"] == "s1", timeout=15)
         # a threshold no score reaches: the same spike on s2 must no longer be an event
-        text = agent.config.read_text().replace("warmup = 20", "warmup = 20\nthreshold = 1.01")
+        text = agent.config.read_text().replace("warmup = 20", "warmup = 20\nthreshold = 1.01\nclip = 7.0")
         agent.config.write_text(text.replace('format = "json"', 'format = "json"\nlevel = "debug"'))
         agent.proc.send_signal(signal.SIGHUP)
         wait_for(lambda: "config_reloaded" in agent.log_tail(100_000), timeout=10, what="reload logged")
         reload_line = next(json.loads(line) for line in agent.log_tail(100_000).splitlines()
                            if "config_reloaded" in line)
         assert {"anomaly.threshold", "log.level"} <= set(reload_line["applied"])
+        # a detector parameter is copied into each key's state at start: reported, not half-applied
+        assert "anomaly.clip" in reload_line["needs_restart"] and "anomaly.clip" not in reload_line["applied"]
         publish_many(mosquitto, readings("s2", n=0, start=60) + readings("s1", n=20, spike=False, start=61))
         wait_for(lambda: len(captured(agent)) >= 61 + 60 + 1 + 20, timeout=10,
                  what="every reading consumed across the reload")
