@@ -31,6 +31,7 @@ from edgewatch.model.format.prompt import (
     SENTIMENT,
     label_ids,
 )
+from edgewatch.model.format import meta as model_meta
 from edgewatch.model.format.tokenizer import Tokenizer
 from edgewatch.model.gpt import GPT, GPTConfig
 from onnx import numpy_helper
@@ -67,7 +68,7 @@ def load_exported(model_dir: str | Path) -> tuple[GPT, Tokenizer]:
     `*.weight_t` transposed, the head tied to `wte`.
     """
     model_dir = Path(model_dir)
-    meta = json.loads((model_dir / "model.json").read_text())
+    meta = model_meta.load(model_dir)
     arch = meta["architecture"]  # `write_meta` wrote GPTConfig.to_dict() into it
     model = GPT(GPTConfig(**{f.name: arch[f.name] for f in fields(GPTConfig)}))
     graph = onnx.load(str(model_dir / meta["files"]["model"])).graph
@@ -239,7 +240,7 @@ def write_meta(out: Path, model: GPT, tok: Tokenizer, ckpt: dict, head: ngrams.N
         },
         "metrics": {},
     }
-    (out / "model.json").write_text(json.dumps(meta, indent=2) + "\n")
+    model_meta.save(out, meta)
     return meta
 
 
@@ -279,7 +280,7 @@ def export(checkpoint: str | Path, out: str | Path, int8: bool = False, data: st
                                     "int8_accuracy_change": q["accuracy"] - m["accuracy"]}
         else:
             log.warning("no data to measure metrics", data=str(data_path))
-        (tmp / "model.json").write_text(json.dumps(meta, indent=2) + "\n")
+        model_meta.save(tmp, meta)
         out.mkdir(parents=True, exist_ok=True)
         for f in tmp.iterdir():
             shutil.copy2(f, out / f.name)

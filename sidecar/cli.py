@@ -13,6 +13,7 @@ from pathlib import Path
 
 import structlog
 from edgewatch.common import __version__, logs
+from edgewatch.model.format import meta as model_meta
 
 log = structlog.get_logger("sidecar")
 
@@ -70,7 +71,7 @@ def _settings(args):
         raise UsageError("--uds cannot be combined with --host/--port")
     if args.model is not None:
         model = Path(args.model)
-        if not (model / "model.json").is_file():
+        if not (model / model_meta.META_FILE).is_file():
             raise UsageError(f"--model {args.model}: not an exported model directory (no model.json)")
     if args.max_wait_ms < 0:
         raise UsageError(f"--max-wait-ms must not be negative, got {args.max_wait_ms}")

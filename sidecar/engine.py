@@ -29,7 +29,6 @@ a left-padded past with the matching mask.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import NamedTuple
@@ -37,6 +36,7 @@ from typing import NamedTuple
 import numpy as np
 import onnxruntime as ort
 import structlog
+from edgewatch.model.format import meta as model_meta
 from edgewatch.model.format import shipped_model_dir
 from edgewatch.model.format.prompt import classification_ids, label_probs
 from edgewatch.model.format.tokenizer import Tokenizer
@@ -108,10 +108,7 @@ class Engine:
     def __init__(self, model_dir: str | Path | None = None, device: str = "auto", int8: bool = False,
                  threads: int | None = None):
         self.model_dir = Path(model_dir) if model_dir is not None else shipped_model_dir()
-        meta_path = self.model_dir / "model.json"
-        if not meta_path.is_file():
-            raise FileNotFoundError(f"{meta_path}: no model.json (not an exported model directory)")
-        self.meta: dict = json.loads(meta_path.read_text())
+        self.meta: dict = model_meta.load(self.model_dir)
         onnx_name = self.meta["files"]["int8" if int8 else "model"]
         if not onnx_name or not (self.model_dir / onnx_name).is_file():
             raise FileNotFoundError(f"{self.model_dir}: no {'int8 ' if int8 else ''}ONNX model "

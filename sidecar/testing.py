@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
@@ -15,9 +14,10 @@ from pathlib import Path
 import httpx
 import uvicorn
 from edgewatch.common.ports import free_port
+from edgewatch.model.format import meta as model_meta
 
-MODEL_SOURCES = ("builder.py", "export.py", "gpt.py", "ngrams.py", "prompt.py", "tokenizer.py", "testing.py",
-                 "train.py")
+MODEL_SOURCES = ("builder.py", "export.py", "gpt.py", "ngrams.py", "format/prompt.py", "format/tokenizer.py",
+                 "testing.py", "train.py")
 
 
 def cached_tiny_model(cache_dir: str | Path) -> Path:
@@ -25,7 +25,7 @@ def cached_tiny_model(cache_dir: str | Path) -> Path:
     from edgewatch.model import testing
 
     cache_dir = Path(cache_dir)
-    built = cache_dir / "model" / "model.json"
+    built = cache_dir / "model" / model_meta.META_FILE
     sources = Path(testing.__file__).parent
     newest = max((sources / name).stat().st_mtime for name in MODEL_SOURCES)
     if not built.is_file() or built.stat().st_mtime < newest:
@@ -37,10 +37,10 @@ def without_decode_graph(model_dir: str | Path, out: str | Path) -> Path:
     """A copy of an exported model that names no decode graph, as models exported before it existed: its
     Engine steps on the general graph (the same numbers, the previous speed)."""
     out = Path(shutil.copytree(model_dir, out))
-    meta = json.loads((out / "model.json").read_text())
+    meta = model_meta.load(out)
     for key in ("decode", "decode_int8"):
         meta["files"].pop(key, None)
-    (out / "model.json").write_text(json.dumps(meta, indent=2) + "\n")
+    model_meta.save(out, meta)
     return out
 
 

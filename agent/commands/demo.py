@@ -34,6 +34,8 @@ from edgewatch.agent.testing.harness import (
 )
 from edgewatch.agent.testing.simulator import SimConfig, Simulator
 from edgewatch.agent.timeutil import parse_duration, utcnow
+from edgewatch.model.format import meta as model_meta
+from edgewatch.model.format import shipped_model_dir
 
 FEED_SHARE = 0.75  # of the duration spent publishing; the rest lets the agent drain
 DRAIN_SECONDS = 10.0  # after the duration, at most this long for the agent to catch up
@@ -125,14 +127,8 @@ class SidecarChild:
 
     def available(self) -> str:
         """Why the sidecar cannot run here, or '' when it can."""
-        model_dir = self.model_dir
-        if model_dir is None:
-            try:
-                from edgewatch.model.format import shipped_model_dir
-            except ImportError:
-                return "the model package is not installed"
-            model_dir = shipped_model_dir()
-        if not (model_dir / "model.json").is_file():
+        model_dir = self.model_dir if self.model_dir is not None else shipped_model_dir()
+        if not (model_dir / model_meta.META_FILE).is_file():
             return f"no model in {model_dir}" if self.model_dir else "no model is shipped in this package"
         if importlib.util.find_spec("onnxruntime") is None:
             return "onnxruntime is not installed (pip install 'edgewatch[cpu]')"
