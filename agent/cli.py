@@ -1,4 +1,4 @@
-"""`edge-agent`: the command line (SPEC §3).
+"""`edge-agent`: the command line (docs/reference/commands.md).
 
 Each subcommand lives in its own module and is imported only when used, so
 `edge-agent events` starts fast and never loads the csp graphs.

@@ -1,6 +1,6 @@
 """Configuration: one TOML file, one dataclass per section, environment overrides.
 
-Every key has a default here and a line in the README. Unknown keys are errors
+Every key has a default here and a line in docs/reference/configuration.md. Unknown keys are errors
 that name the key; `EDGEWATCH_<SECTION>_<KEY>` overrides any key; secrets are
 read from files (`*_file` keys) so they never sit in the TOML itself.
 """

@@ -93,7 +93,7 @@ class Bar(csp.Struct):
 
 
 class Event(csp.Struct):
-    """One finding: one row in the event log and one MQTT message (SPEC §2)."""
+    """One finding: one row in the event log and one MQTT message (docs/reference/events.md)."""
 
     event_id: str
     ts: datetime

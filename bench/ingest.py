@@ -9,7 +9,7 @@ consumer connects alone and drains its queue while nothing else runs. Rates
 count from the first message handled to the last:
 
 - bare: paho callback + `json.loads`, automatic PUBACK (the ceiling of any paho agent);
-- bare-patched: the same with paho's receive path as the agent runs it (`agent.paho_receive`:
+- bare-patched: the same with paho's receive path as the agent runs it (`agent/ingest/paho_receive.py`:
   socket reads served from one large `recv`, MQTT 5 property tables built once instead of per
   PUBLISH, no garbage cycle per message, a buffered burst parsed in one turn of paho's loop):
   the ceiling of a paho agent with those fixes, so `agent_vs_bare_patched` is the ratio they
@@ -155,7 +155,7 @@ def publish_all(broker, messages: list[tuple[str, bytes]]) -> float:
 
 def drain(port: int, client_id: str, n: int, handle, patched: bool = False) -> float:
     """Connect to the queued session, run `handle(msg)` per message; msgs/s from first to last.
-    `patched`: paho's receive path as the agent runs it (`agent.paho_receive`)."""
+    `patched`: paho's receive path as the agent runs it (`agent/ingest/paho_receive.py`)."""
     if patched:
         paho_receive.install()  # before the client exists: its callback matcher comes from install()
     c, kw = _client(client_id)

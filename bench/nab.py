@@ -2,14 +2,14 @@
 
 Scores every file of nab-dev with (a) the live detector through `edge-agent
 score`'s code path (the `anomaly_scores` csp node in historical mode) and (b)
-the causal rolling z-score baseline (bench/zscore.py), then runs the shared NAB
-scorer on both, for the three profiles, with the threshold optimised over the
+the causal rolling z-score baseline (bench/zscore.py), then runs NAB's own
+scoring script on both, for the three profiles, with the threshold optimised over the
 corpus (NAB's best case) and at a threshold fixed in advance (the honest
 figure: the detector's live `anomaly.threshold`; the baseline at z = 7).
 Prints ONE JSON line.
 
 `--healthy` instead measures what NAB's probation period hides: false alarms on
-healthy simulated sensors (agent/simulator.py, faults off) from the first
+healthy simulated sensors (agent/testing/simulator.py, faults off) from the first
 reading on, per 1000 scored reading-metrics after the warm-up, and the recall
 of injected spike faults with the false alarms outside them.
 

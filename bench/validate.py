@@ -2,7 +2,7 @@
 
     python bench/validate.py [--n 200000]
 
-Prints one JSON line: µs/message of `agent.validate.Validator.parse` per input kind and for
+Prints one JSON line: µs/message of `edgewatch.agent.ingest.validate.Validator.parse` per input kind and for
 rejected messages, the `json.loads` floor it is compared with (ratio = parse /
 json.loads), and `CaptureWriter.write` + per-batch `flush` per message.
 """

@@ -84,7 +84,7 @@ class JournalLogger:
     def __init__(self, identifier: str, path: str | None = None, fallback: typing.TextIO | None = None):
         self.identifier = identifier
         self.path = path or JOURNAL_SOCKET
-        self.fallback = fallback  # None: sys.stdout as it is at the time of the write (see agent.logs)
+        self.fallback = fallback  # None: sys.stdout as it is at the time of the write (see common.logs)
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
         self._lock = threading.Lock()
 

@@ -1,4 +1,4 @@
-"""`edge-model`: train, export, eval, generate (SPEC §5).
+"""`edge-model`: train, export, eval, generate (docs/reference/commands.md).
 
 torch is imported only by `train` and `export`; `eval` and `generate` run the
 exported model through the sidecar's Engine. Exit codes: 0 success, 2 usage or

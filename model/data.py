@@ -1,4 +1,4 @@
-"""Labelled text CSV (SPEC §5: columns text,label; 0 bearish, 1 bullish, 2 neutral) and the fixed validation split.
+"""Labelled text CSV (docs/reference/commands.md: columns text,label; 0 bearish, 1 bullish, 2 neutral) and the fixed validation split.
 
 Torch-free so evaluation and the tests can rebuild the exact split the shipped model never saw.
 """

@@ -39,7 +39,7 @@ from onnx import numpy_helper
 log = structlog.get_logger("edgewatch.model.export")
 TOLERANCE = 1e-4
 GREEDY_TOKENS = 64
-# provenance of the default training file, from shared/data/financial-tweets/README.md
+# provenance of the training data (docs/model-card.md)
 DATA_NAME = "Twitter Financial News sentiment (zeroshot/twitter-financial-news-sentiment), training split"
 DATA_LICENSE = "MIT"
 

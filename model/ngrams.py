@@ -2,7 +2,7 @@
 
 The LM (model/gpt.py, read off at `<|sentiment|>`) and a linear model over the
 text's token unigrams and bigrams are wrong on different tweets, so the
-classifier is the sum of their label log-probabilities (README, Model). The bag
+classifier is the sum of their label log-probabilities (docs/model-card.md). The bag
 is TF-IDF as scikit-learn computes it (count x smoothed idf, L2-normalised)
 under a logistic regression; bigrams of the token ids are hashed into a fixed
 number of buckets so the exported graph (model/builder.py) needs nothing but a

@@ -22,7 +22,7 @@ _BANKS = ["Jefferies", "Citi", "Nomura", "Barclays"]
 
 
 def tiny_csv(path: str | Path, rows: int = 240, seed: int = 0) -> Path:
-    """A labelled CSV (SPEC §5 layout) of templated headlines, with a little non-ASCII text."""
+    """A labelled CSV (text,label) of templated headlines, with a little non-ASCII text."""
     rng = random.Random(seed)
     path = Path(path)
     with path.open("w", newline="", encoding="utf-8") as f:

@@ -1,9 +1,9 @@
-"""The sidecar's HTTP API (SPEC §4): FastAPI on top of the batcher.
+"""The sidecar's HTTP API (docs/reference/http-api.md): FastAPI on top of the batcher.
 
 The model loads in a background thread at startup so `/health` answers at once
 and `/ready` tells orchestration (systemd, the agent's doctor) when inference
-can start. Every error is `{"error": {"message", "type"}}` with the status the
-SPEC names; the OpenAPI description at /openapi.json documents them all.
+can start. Every error is `{"error": {"message", "type"}}` with the status
+docs/reference/http-api.md names; the OpenAPI description at /openapi.json documents them all.
 """
 
 from __future__ import annotations

@@ -5,8 +5,7 @@ Classification: under concurrent load, requests arriving within `max_wait` (up t
 more: on a CPU a text costs the engine about the same in a batch of 8 as of 32, and
 a batch that takes every waiting request leaves the event loop idle while it runs
 and the inference thread idle while the loop answers them all; two half-size
-batches overlap those (32 clients: 1,900-2,070 texts/s against 1,200-1,340 with
-32, `bench/README.md`). Generation is continuously
+batches overlap those (measured in bench/README.md, Sidecar). Generation is continuously
 batched: new sequences are prefilled and join the running decode batch, finished
 or abandoned ones leave it, and every step is one batched `decode_step`.
 The event loop never runs inference; it only hands work over and awaits results.

@@ -1,4 +1,4 @@
-"""`edge-sidecar serve`: the model server on TCP or a Unix socket (SPEC §4).
+"""`edge-sidecar serve`: the model server on TCP or a Unix socket (docs/reference/commands.md).
 
 Exit codes: 0 clean stop, 2 bad flag or file (one line on stderr naming it),
 1 runtime failure, e.g. `--device cuda` without a usable GPU.

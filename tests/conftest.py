@@ -1,4 +1,4 @@
-"""Project-wide fixtures: the PostgreSQL server of this machine, the shared data folder, a tiny exported model."""
+"""Project-wide fixtures: the PostgreSQL server of this machine, the reference data sets (`SHARED_DIR`), a tiny exported model."""
 
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ def postgres_url() -> str:
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
-    """`../shared/data`, read in place, never copied into the project."""
+    """The reference data sets (`$SHARED_DIR/data`), read in place, never copied into the project."""
     path = SHARED / "data"
     require("shared data", path.is_dir(), f"{path} not found (set SHARED_DIR)")
     return path

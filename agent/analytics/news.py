@@ -1,4 +1,4 @@
-"""News headlines → `news` events (SPEC §2) and per-symbol sentiment, by asking the sidecar.
+"""News headlines → `news` events (docs/reference/events.md) and per-symbol sentiment, by asking the sidecar.
 
 Realtime: the engine thread only hands headlines to a worker thread; the worker
 asks the sidecar (short timeout, circuit breaker) and its results come back into

@@ -39,7 +39,7 @@ LISTEN_SECONDS = 3.0  # how long to sample incoming messages for clock skew
 LISTEN_ENOUGH = 50  # ... or until this many timestamped ones arrived
 MIN_FREE_BYTES = 256 * 1024 * 1024  # below this the event log is about to stop
 MAX_SKEW = 60.0  # seconds between a message's `ts` and our clock before event times mislead
-MAX_FUTURE = 300.0  # SPEC §1: messages further in the future are dead-lettered
+MAX_FUTURE = 300.0  # messages further in the future are dead-lettered (docs/reference/topics.md)
 SERVICE_USER = "edgewatch"  # the systemd units' User=; root's doctor checks access on its behalf
 
 

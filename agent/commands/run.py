@@ -53,7 +53,7 @@ LIVE_KEYS = {
     "advisor": {"signal_weight", "news_weight", "news_horizon", "enter", "exit", "min_headroom"},
 }
 GC_THRESHOLDS = (100_000, 50, 100)  # allocations per young collection, then per older ones
-STOP_TIMEOUT = 10.0  # seconds the whole stop may take (SPEC §3)
+STOP_TIMEOUT = 10.0  # seconds the whole stop may take (docs/reference/commands.md)
 
 
 @csp.graph(memoize=False)
@@ -136,7 +136,7 @@ class Service:
     def run(self) -> int:
         """Start everything, serve until SIGTERM/SIGINT, stop cleanly. Returns the exit code."""
         # per-sensor state is long-lived and large: with the default young-generation threshold (700)
-        # the collector keeps re-scanning it (measured: half the throughput with 100k sensors)
+        # the collector keeps re-scanning it, which cost much of the throughput at 100k sensors (docs/experiments.md)
         gc.set_threshold(*GC_THRESHOLDS)
         for sig, handler in ((signal.SIGTERM, self.request_stop), (signal.SIGINT, self.request_stop),
                              (signal.SIGHUP, self.request_reload)):

@@ -3,7 +3,7 @@
 The rows go through the very `anomaly_scores` csp node the agent runs, each row
 one reading of one sensor, so the scores are exactly what the live detector
 would have said. Rows are scored in file order; a timestamp that repeats or
-steps back is scored like a live out-of-order reading (see agent.anomaly).
+steps back is scored like a live out-of-order reading (see edgewatch.agent.analytics.anomaly).
 """
 
 from __future__ import annotations

@@ -28,7 +28,7 @@ MAX_INFLIGHT = 20_000  # unacknowledged publishes at most: paho's message ids wr
 
 
 def event_payload(row: dict) -> bytes:
-    """One event as its MQTT payload: the SPEC §2 object."""
+    """One event as its MQTT payload: the object of docs/reference/events.md."""
     return json.dumps(row, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "backslashreplace")
 
 

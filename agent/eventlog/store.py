@@ -1,4 +1,4 @@
-"""The event log (SPEC §2): SQLAlchemy Core tables, the `Store`, and the background `StoreWriter`.
+"""The event log (docs/reference/events.md): SQLAlchemy Core tables, the `Store`, and the background `StoreWriter`.
 
 The log is also the outbox: events are published from it, so `published_at`
 stays NULL until the broker has acknowledged an event. SQLite (one file, WAL,
@@ -208,7 +208,7 @@ def _first_id_not_older(conn: sa.Connection, table: sa.Table, col: sa.Column, cu
 
 
 def _event_dict(row) -> dict:
-    """A row of `events` -> the SPEC §2 object."""
+    """A row of `events` -> the event object of docs/reference/events.md."""
     return {
         "id": row.id,
         "event_id": row.event_id,
@@ -348,7 +348,7 @@ class Store:
     def write(self, events: Iterable = (), dead_letters: Iterable = (), bars: Iterable = ()) -> list[dict]:
         """Everything in ONE transaction; an event_id already in the log is skipped.
 
-        Returns the newly inserted events as SPEC §2 dicts, oldest id first.
+        Returns the newly inserted events as event dicts (docs/reference/events.md), oldest id first.
         """
         now = utcnow()
         ev_rows = [_event_values(e) for e in events]

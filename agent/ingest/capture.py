@@ -1,4 +1,4 @@
-"""The capture record: every accepted input message as JSON Lines (SPEC §3), and reading it back.
+"""The capture record: every accepted input message as JSON Lines (docs/reference/capture.md), and reading it back.
 
 A capture is what `edge-agent replay` runs the graphs over, and the fault tests'
 proof that no accepted reading was lost, so lines are written in arrival order,

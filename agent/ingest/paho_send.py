@@ -4,8 +4,8 @@ In paho's threaded mode (`loop_start`), `publish()` only queues the packet and
 writes a byte to a socket pair; paho's own thread leaves select, waits for the
 GIL and writes it. The agent's log writer publishes every event and
 acknowledges every input batch right after its commit, so that hop sat on the
-way out of everything: on two busy cores, 0.3 ms at the median and
-milliseconds in the tail of publish-to-event latency.
+way out of everything and showed in the median and the tail of publish-to-event
+latency (bench/README.md, Ingest).
 
 `install(client)` lets a thread other than paho's write a QoS 1/2 PUBLISH or a
 PUBACK straight to the socket when the client is connected and nothing is

@@ -1,4 +1,4 @@
-"""Input validation: one MQTT message in, a typed record or a dead letter out (SPEC §1).
+"""Input validation: one MQTT message in, a typed record or a dead letter out (docs/reference/topics.md).
 
 This is the hot path of ingest, so the valid path is one `json.loads` and a few
 type checks per field (`type(v) is float`, set and dict lookups, no regex per
@@ -302,7 +302,7 @@ def _printable_topic(topic: object) -> str:
 
 
 def dead_letter(topic: str, payload: bytes, reason: str, received_at: datetime) -> DeadLetter:
-    """A DeadLetter per SPEC §1: payload as text (base64 when not UTF-8 text), at most 4 KiB."""
+    """A DeadLetter (docs/reference/events.md): payload as text (base64 when not UTF-8 text), at most 4 KiB."""
     topic = _printable_topic(topic)
     if not isinstance(payload, (bytes, bytearray)):
         payload = repr(payload).encode("utf-8", "backslashreplace")

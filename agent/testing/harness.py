@@ -386,7 +386,7 @@ def _reader(db):
 def wait_for_events(db, count: int = 1, *, predicate: Callable[[dict], bool] | None = None,
                     timeout: float = 10.0, **filters) -> list[dict]:
     """Wait until the event log `db` (URL, path or Store) holds `count` events matching `filters`
-    (Store.events keywords: kinds, key, severity, ...) and `predicate`; returns them (SPEC §2 dicts)."""
+    (Store.events keywords: kinds, key, severity, ...) and `predicate`; returns them (event dicts, docs/reference/events.md)."""
     state = {"store": None, "last": []}
 
     def ready():

@@ -2,8 +2,8 @@
 
 Fixtures for testing an Edgewatch setup against a real broker: `mqtt_broker` (an
 in-process amqtt broker, the mock broker) and `mosquitto` (a private Mosquitto);
-the helpers to publish, collect and wait for events live in `agent.harness` and
-are re-exported here. See the README, "Testing your setup".
+the helpers to publish, collect and wait for events live in `testing.harness` and
+are re-exported here. See docs/reference/testing.md.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ volatile and trending regimes (with occasional jumps), with quotes, positions,
 cumulative P&L and headlines from a small built-in list. The same seed gives the
 same messages and the same faults, so tests can check each fault is found.
 
-Messages are SPEC §1 topics and JSON payloads (with `ts`), in time order.
+Messages are the topics and JSON payloads of docs/reference/topics.md (with `ts`), in time order.
 """
 
 from __future__ import annotations

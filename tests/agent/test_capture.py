@@ -1,4 +1,4 @@
-"""Capture files: the JSON Lines format of SPEC §3, rotation, pruning, torn lines."""
+"""Capture files: the JSON Lines format of docs/reference/capture.md, rotation, pruning, torn lines."""
 
 import json
 from datetime import datetime, timedelta

@@ -32,7 +32,7 @@ VALID = [
     ("news/wire", {"headline": "ABC beats estimates", "symbols": ["ABC"]}),
 ]
 
-HOSTILE = [  # (topic, payload bytes): one of each class of trouble the SPEC names
+HOSTILE = [  # (topic, payload bytes): one of each class of trouble docs/reference/topics.md names
     ("sensors/a", b"not json"),
     ("sensors/a", b""),
     ("sensors/a", b"[1, 2, 3]"),

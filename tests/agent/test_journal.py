@@ -85,7 +85,7 @@ def test_stdout_is_journal_only_for_the_stream_systemd_connected(tmp_path):
 
 
 def test_logs_setup_uses_the_journal_under_systemd(tmp_path, monkeypatch):
-    """agent.logs (both services' setup): with stdout connected to the journal, entries arrive as fields."""
+    """common.logs (both services' setup): with stdout connected to the journal, entries arrive as fields."""
     from edgewatch.common import journal, logs
 
     path = str(tmp_path / "journal.socket")

@@ -73,7 +73,7 @@ def test_replay_of_an_empty_capture(tmp_path):
 
 def data_driven(events: list[dict]) -> list[str]:
     """Event ids of all but the stale timer's events: silence is found on the engine clock, which a replay
-    runs on a different phase and stops at the last message (see agent/health.py)."""
+    runs on a different phase and stops at the last message (see agent/analytics/health.py)."""
     return sorted(e["event_id"] for e in events
                   if e["data"].get("why") != "stale" and "stale" not in e["data"].get("reasons", ()))
 

@@ -1,4 +1,4 @@
-"""The fault simulator: deterministic, valid SPEC messages, faults where the ground truth says;
+"""The fault simulator: deterministic, valid messages (docs/reference/topics.md), faults where the ground truth says;
 and `edge-agent simulate` against a real broker."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Validation rules of SPEC §1, one table row per rule, plus properties over arbitrary input."""
+"""Validation rules of docs/reference/topics.md, one table row per rule, plus properties over arbitrary input."""
 
 import base64
 import json

@@ -1,4 +1,4 @@
-"""`deploy/install.sh --root`: the staged tree is the layout the README promises, and its commands run."""
+"""`deploy/install.sh --root`: the staged tree is the layout docs/deploy.md promises, and its commands run."""
 
 from __future__ import annotations
 
@@ -80,11 +80,10 @@ def test_bad_options_exit_2(tmp_path):
         assert r.returncode == 2 and r.stderr.startswith("install.sh: "), r.stderr
 
 
-def test_readme_layout_matches_the_staged_tree(staged: Path):
-    """Every installed path the README's layout table names exists after install (the run-time ones aside)."""
-    text = (REPO / "README.md").read_text()
-    assert "## Deploy as a service" in text
-    for section in ("### Install", "### Start", "### Status", "### Logs", "### Reload", "### Upgrade", "### Uninstall"):
+def test_deploy_guide_layout_matches_the_staged_tree(staged: Path):
+    """Every installed path docs/deploy.md's layout table names exists after install (the run-time ones aside)."""
+    text = (REPO / "docs" / "deploy.md").read_text()
+    for section in ("## Install", "## Start", "## Status", "## Logs", "## Reload", "## Upgrade", "## Uninstall"):
         assert section in text
     table = text[text.index("| path | what |"):].split("\n\n")[0]
     paths = [p for row in table.splitlines()[2:] for p in row.split("|")[1].replace(",", " ").split() if p.strip("`")]
@@ -104,7 +103,7 @@ def test_readme_layout_matches_the_staged_tree(staged: Path):
 
 
 def test_installed_doctor_passes_with_the_installed_config(staged: Path, mosquitto):
-    """The operator's first check, README "Start": the installed doctor on the installed agent.toml.
+    """The operator's first check, docs/deploy.md "Start": the installed doctor on the installed agent.toml.
 
     Only what differs between this test and a real box is overridden, through the
     environment as an operator would in a drop-in: the broker's port, the staged

@@ -82,7 +82,7 @@ def test_notify_watchdog_restart_and_sandbox(unit):
     assert svc["User"] == ["edgewatch"] and svc["Group"] == ["edgewatch"] and svc["UMask"] == ["0027"]
     assert svc["StateDirectory"] == ["edgewatch"] and svc["StateDirectoryMode"] == ["0750"]
     assert svc["ConfigurationDirectory"] == ["edgewatch"] and svc["ProtectSystem"] == ["strict"]
-    # the program's name: what agent/journal.py puts in the entries it sends itself
+    # the program's name: what common/journal.py puts in the entries it sends itself
     assert svc["SyslogIdentifier"] == [unit.removesuffix(".service").replace("edgewatch-", "edge-")]
     assert svc["NoNewPrivileges"] == ["yes"] and svc["CapabilityBoundingSet"] == [""]
 
