@@ -44,11 +44,19 @@ def test_staged_layout(staged: Path):
 
 
 def test_installed_commands_run(staged: Path):
-    r = run_installed(staged, "python", "-c", "import agent; print(agent.__file__)")
-    assert r.stdout.startswith(str(staged / "opt/edgewatch/lib")), r.stdout + r.stderr  # the installed copy
+    code = ("import importlib.util, edgewatch.agent, edgewatch.sidecar, edgewatch.model; "
+            "print(edgewatch.agent.__file__); "
+            "print([n for n in ('agent', 'model', 'sidecar') if importlib.util.find_spec(n)])")
+    r = run_installed(staged, "python", "-c", code)
+    where, top_level = r.stdout.splitlines()
+    assert where.startswith(str(staged / "opt/edgewatch/lib")), r.stdout + r.stderr  # the installed copy
+    assert top_level == "[]"  # one namespace: nothing installed as a bare `agent`, `model` or `sidecar`
+    version = run_installed(staged, "python", "-c", "import importlib.metadata as m; print(m.version('edgewatch'))")
     for command in ("edge-agent", "edge-sidecar", "edge-model"):
         r = run_installed(staged, command, "--help")
         assert r.returncode == 0 and "usage:" in r.stdout, r.stderr
+        r = run_installed(staged, command, "--version")
+        assert r.stdout.split() == [command, version.stdout.strip()], r.stdout + r.stderr
     r = run_installed(staged, "edge-agent", "check-config", str(staged / "etc/edgewatch/agent.toml"))
     assert r.returncode == 0, r.stdout + r.stderr
 
