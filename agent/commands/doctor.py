@@ -119,6 +119,30 @@ def _connect(cfg: Config, protocol: str, password: str | None) -> tuple[mqtt.Cli
     return None, outcome[0]
 
 
+def check_subscribe(cfg: Config, client: mqtt.Client) -> Result:
+    """Subscribe to the agent's input filters as its user: an ACL that refuses one starves the agent silently."""
+    m = cfg.mqtt
+    topics = [f"{p}/#" for p in (m.sensors_prefix, m.market_prefix, m.portfolio_prefix, m.news_prefix)]
+    answered = threading.Event()
+    codes: list = []
+
+    def on_subscribe(c, userdata, mid, reason_codes, properties):
+        codes.extend(reason_codes)
+        answered.set()
+
+    client.on_subscribe = on_subscribe
+    _, mid = client.subscribe([(t, 1) for t in topics])
+    if not answered.wait(CONNECT_TIMEOUT):
+        return Result("subscribe", False, f"no SUBACK in {CONNECT_TIMEOUT:g} s", "check the broker's log")
+    client.unsubscribe(topics)
+    refused = [f"{t} ({code})" for t, code in zip(topics, codes) if code.is_failure]
+    if refused:
+        who = m.username or "the anonymous user"
+        return Result("subscribe", False, "refused: " + ", ".join(refused),
+                      f"grant {who} read access to these topics in the broker's ACL")
+    return Result("subscribe", True, f"{len(topics)} input filters granted")
+
+
 def check_skew(cfg: Config, client: mqtt.Client) -> Result:
     """Sample live input messages and compare their `ts` with this machine's clock."""
     m = cfg.mqtt
@@ -277,8 +301,10 @@ def run_checks(cfg: Config) -> list[Result]:
         results.append(check_log(cfg))
         results.append(check_sidecar(cfg))
         if client is not None:
+            results.append(check_subscribe(cfg, client))
             results.append(check_skew(cfg, client))
         else:
+            results.append(Result("subscribe", None, "needs the broker; not checked"))
             results.append(Result("clock skew", None, "needs the broker; not checked"))
     finally:
         if client is not None:

@@ -120,8 +120,10 @@ class Service:
 
     def health(self) -> dict:
         """For the /health endpoint: the engine beats, the broker is there, the writer runs."""
-        return {"ok": self.hb.fresh() and self.writer_alive(), "engine_heartbeat_age": round(self.hb.age(), 3),
+        return {"ok": self.hb.fresh() and self.writer_alive() and not self.link.refused,
+                "engine_heartbeat_age": round(self.hb.age(), 3),
                 "mqtt_connected": self.link.connected.is_set(), "ready": self.ready.is_set(),
+                "subscriptions_refused": dict(self.link.refused),
                 "outbox_inflight": self.outbox.backlog(), "writer_pending_rows": self.writer.pending_rows}
 
     # -- life cycle ---------------------------------------------------------------------------

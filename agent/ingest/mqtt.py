@@ -92,6 +92,9 @@ class Link:
         self._connects = 0
         self._outcome: collections.deque = collections.deque()  # first-connection outcome, for protocol "auto"
         self._accepting = True
+        self._subscribing: dict[int, list[str]] = {}  # SUBSCRIBE mid -> its topic filters, until the SUBACK
+        self.refused: dict[str, str] = {}  # topic filter -> the reason the broker refused it (an ACL, a quota)
+        self.on_publish_refused: list = []  # hooks(mid, reason): a PUBACK said the broker did not take it
         paho_receive.install()  # paho's property tables built once, not per PUBLISH; no garbage cycle per message
 
     # -- connection -------------------------------------------------------------------------
@@ -142,6 +145,7 @@ class Link:
         c.on_disconnect = self._on_disconnect
         c.on_message = self._on_message
         c.on_publish = self._on_publish
+        c.on_subscribe = self._on_subscribe
         c.on_socket_open = open_socket
         paho_receive.read_bursts(c, self._burst_read)
         if not self.cfg.tls:  # events and PUBACKs leave from the thread that makes them (plain TCP only)
@@ -169,7 +173,8 @@ class Link:
         if self._connects > 1:
             metrics.MQTT_RECONNECTS.inc()
         self._since = utcnow()
-        client.subscribe([(t, 1) for t in self.topics])
+        _, mid = client.subscribe([(t, 1) for t in self.topics])
+        self._subscribing[mid] = list(self.topics)
         client.publish(self.status_topic, self._status("online"), qos=1, retain=True)
         self.connected.set()
         metrics.MQTT_CONNECTED.set(1)
@@ -197,7 +202,23 @@ class Link:
         if self.inbox and not self.wake.is_set():
             self.wake.set()
 
+    def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
+        """A SUBACK: a refused filter (code >= 0x80, e.g. an ACL) means readings that will never come."""
+        for topic, code in zip(self._subscribing.pop(mid, ()), reason_codes):
+            if code.is_failure:
+                self.refused[topic] = str(code)
+                log.error("mqtt_subscribe_refused", topic=topic, reason=str(code))
+            else:
+                self.refused.pop(topic, None)
+        metrics.MQTT_SUBSCRIPTIONS_REFUSED.set(len(self.refused))
+
     def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
+        if reason_code.is_failure:  # MQTT 5: the broker answered but did not take the message
+            metrics.MQTT_PUBLISHES_REFUSED.inc()
+            log.warning("mqtt_publish_refused", mid=mid, reason=str(reason_code))
+            for hook in self.on_publish_refused:
+                hook(mid, str(reason_code))
+            return
         for hook in self.on_published:
             hook(mid)
 

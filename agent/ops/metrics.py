@@ -57,6 +57,11 @@ LOG_WRITE_SECONDS = Histogram(
 )
 MQTT_CONNECTED = Gauge("edgewatch_mqtt_connected", "1 while connected to the broker", registry=REGISTRY)
 MQTT_RECONNECTS = Counter("edgewatch_mqtt_reconnects_total", "Connections after the first", registry=REGISTRY)
+MQTT_SUBSCRIPTIONS_REFUSED = Gauge("edgewatch_mqtt_subscriptions_refused",
+                                   "Topic filters the broker refused at the last SUBACK (readiness fails while > 0)",
+                                   registry=REGISTRY)
+MQTT_PUBLISHES_REFUSED = Counter("edgewatch_mqtt_publishes_refused_total",
+                                 "PUBACKs with a failure reason code (the message was not accepted)", registry=REGISTRY)
 
 
 def reason_class(reason: str) -> str:
