@@ -6,9 +6,8 @@ from __future__ import annotations
 import asyncio
 import hmac
 import math
-import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import TypeVar
 
 from edgewatch.sidecar.batcher import DeadlineExceeded
@@ -17,6 +16,7 @@ from edgewatch.sidecar.state import Sidecar
 from fastapi import Request
 
 T = TypeVar("T")
+CHARS_PER_JOB = 16_384  # text tokenized per worker-thread job: tens of milliseconds at most
 
 
 class ClientGone(Exception):
@@ -54,24 +54,32 @@ async def deadline(request: Request) -> float:
 
 
 async def tokenize(encode: Callable[[str], list[int]], texts: list[str], until: float) -> list[list[int]]:
-    """`encode` each text in a worker thread, off the event loop and the inference thread; the thread gives
-    up at the deadline or as soon as the request is cancelled (client gone), between two texts."""
-    stop = threading.Event()
+    """`encode` each text in worker threads, off the event loop and the inference thread, a few texts
+    (`CHARS_PER_JOB`) per job: a request that is cancelled (client gone) or passes its deadline stops at the
+    next job, and a big request takes one worker at a time, so small ones are never queued behind it."""
+    out: list[list[int]] = []
+    for job in _jobs(texts):
+        left = until - time.monotonic()
+        try:
+            if left <= 0:
+                raise TimeoutError
+            out.extend(await asyncio.wait_for(asyncio.to_thread(list, map(encode, job)), left))  # map runs there
+        except TimeoutError:
+            raise DeadlineExceeded("deadline exceeded while tokenizing") from None
+    return out
 
-    def run() -> list[list[int]]:
-        out = []
-        for text in texts:
-            if stop.is_set() or time.monotonic() > until:
-                raise DeadlineExceeded("deadline exceeded while tokenizing")
-            out.append(encode(text))
-        return out
 
-    try:
-        return await asyncio.wait_for(asyncio.to_thread(run), max(until - time.monotonic(), 0.0))
-    except TimeoutError:
-        raise DeadlineExceeded("deadline exceeded while tokenizing") from None
-    finally:
-        stop.set()
+def _jobs(texts: list[str]) -> Iterator[list[str]]:
+    """Consecutive texts, in groups of about `CHARS_PER_JOB` characters (a longer text alone)."""
+    job, size = [], 0
+    for text in texts:
+        if job and size + len(text) > CHARS_PER_JOB:
+            yield job
+            job, size = [], 0
+        job.append(text)
+        size += len(text)
+    if job:
+        yield job
 
 
 async def until_disconnected(request: Request, work: Awaitable[T]) -> T:
