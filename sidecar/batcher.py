@@ -1,7 +1,7 @@
 """Coalescing concurrent requests into few ONNX Runtime runs, on one inference thread.
 
 Classification: under concurrent load, requests arriving within `max_wait` (up to
-`max_batch` texts) share one `Engine.classify` run. `max_batch` defaults to 16, not
+`max_batch` texts) share one `Engine.classify_prompts` run. `max_batch` defaults to 16, not
 more: on a CPU a text costs the engine about the same in a batch of 8 as of 32, and
 a batch that takes every waiting request leaves the event loop idle while it runs
 and the inference thread idle while the loop answers them all; two half-size
@@ -62,8 +62,14 @@ class _Work:
 
 @dataclasses.dataclass(eq=False)
 class _Classify(_Work):
-    texts: list[str] = dataclasses.field(default_factory=list)
+    prompts: list[list[int]] = dataclasses.field(default_factory=list)  # token ids (Engine.classification_prompt)
     future: asyncio.Future | None = None
+    taken: int = 0  # prompts handed to runs so far: a request bigger than a batch runs over several
+    results: list[dict] = dataclasses.field(default_factory=list)
+
+    @property
+    def left(self) -> int:
+        return len(self.prompts) - self.taken
 
     def finish(self, result=None, error: BaseException | None = None) -> None:
         def settle():
@@ -144,9 +150,11 @@ class Batcher:
             queue.append(work)
             self._cv.notify_all()
 
-    async def classify(self, texts: list[str], deadline: float) -> list[dict]:
+    async def classify(self, prompts: list[list[int]], deadline: float) -> list[dict]:
+        """Label probabilities per classification prompt. Cancelling the call (client gone) or passing the
+        deadline stops the request's work at its next batch of `max_batch` prompts."""
         loop = asyncio.get_running_loop()
-        work = _Classify(loop=loop, deadline=deadline, texts=texts, future=loop.create_future())
+        work = _Classify(loop=loop, deadline=deadline, prompts=prompts, future=loop.create_future())
         self._enqueue(self._classify, work)
         try:
             return await asyncio.wait_for(work.future, max(deadline - time.monotonic(), 0.0))
@@ -185,7 +193,7 @@ class Batcher:
                 if self._classify and not self._active and self._concurrent:
                     # requests arrive concurrently: let the burst gather (a lone client never waits)
                     end = time.monotonic() + self.max_wait
-                    while sum(len(w.texts) for w in self._classify) < self.max_batch and not self._stopping:
+                    while sum(w.left for w in self._classify) < self.max_batch and not self._stopping:
                         left = end - time.monotonic()
                         if left <= 0:
                             break
@@ -202,7 +210,8 @@ class Batcher:
                     self._step()
             except Exception as e:  # noqa: BLE001 - an engine failure fails its requests, not the server
                 log.exception("inference failed")
-                for w in classify:
+                for w, _, _ in classify:
+                    w.cancelled = True  # its remaining prompts are dropped
                     w.finish(error=e)
                 for w in joining + self._active:
                     w.emit(("error", e))
@@ -210,35 +219,43 @@ class Batcher:
             self._progress = time.monotonic()
         self._fail_all(Stopped("server is shutting down"))
 
-    def _take_classify(self) -> list[_Classify]:
-        batch, n = [], 0
-        while self._classify and (not batch or n + len(self._classify[0].texts) <= self.max_batch):
-            w = self._classify.popleft()
-            batch.append(w)
-            n += len(w.texts)
-        return batch
+    def _take_classify(self) -> list[tuple[_Classify, int, int]]:
+        """Up to `max_batch` prompts from the head of the queue as (request, start, end): whole requests, and
+        the first part of one that does not fit (its rest goes to the next rounds, between which it can stop
+        and generation steps)."""
+        parts, n = [], 0
+        while self._classify and n < self.max_batch:
+            w = self._classify[0]
+            if not w.cancelled:
+                start, w.taken = w.taken, min(len(w.prompts), w.taken + self.max_batch - n)
+                parts.append((w, start, w.taken))
+                n += w.taken - start
+            if w.cancelled or not w.left:
+                self._classify.popleft()
+        return parts
 
-    def _run_classify(self, batch: list[_Classify]) -> None:
-        self._concurrent = len(batch) > 1
+    def _run_classify(self, parts: list[tuple[_Classify, int, int]]) -> None:
+        self._concurrent = len(parts) > 1
         now = time.monotonic()
         live = []
-        for w in batch:
+        for w, start, end in parts:
             if w.cancelled:
                 continue
             if w.deadline <= now:
-                w.finish(error=DeadlineExceeded("classification deadline exceeded in the queue"))
+                w.cancelled = True  # its remaining prompts are dropped
+                w.finish(error=DeadlineExceeded("classification deadline exceeded"))
             else:
-                live.append(w)
-        texts = [t for w in live for t in w.texts]
-        results: list[dict] = []
-        for i in range(0, len(texts), self.max_batch):  # one oversized request runs in max_batch chunks
-            chunk = texts[i : i + self.max_batch]
-            results.extend(self.engine.classify(chunk))
-            self.stats.batch("classify", len(chunk))
+                live.append((w, start, end))
+        prompts = [p for w, start, end in live for p in w.prompts[start:end]]
+        results = self.engine.classify_prompts(prompts)
+        if prompts:
+            self.stats.batch("classify", len(prompts))
         at = 0
-        for w in live:
-            w.finish(results[at : at + len(w.texts)])
-            at += len(w.texts)
+        for w, start, end in live:
+            w.results.extend(results[at : at + end - start])
+            at += end - start
+            if len(w.results) == len(w.prompts):
+                w.finish(w.results)
 
     def _prefill(self, joining: list[_Generate]) -> None:
         now = time.monotonic()

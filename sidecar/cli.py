@@ -60,12 +60,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-queue", type=_positive(int), default=256, help="queued requests before 429")
     s.add_argument("--timeout", type=_positive(float), default=30.0, help="per-request deadline, seconds (504)")
     s.add_argument("--max-body-bytes", type=_positive(int), default=1 << 20, help="larger bodies get 413")
+    s.add_argument("--read-timeout", type=_positive(float), default=10.0,
+                   help="seconds for a request's head, then for its body, to arrive (else 408 and closed)")
+    s.add_argument("--keep-alive", type=_positive(float), default=5.0, help="seconds an idle connection stays open")
+    s.add_argument("--max-connections", type=_positive(int), default=512,
+                   help="open connections (lowered to fit the descriptor limit); beyond it the idlest is closed")
     s.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info")
     return p
 
 
 def _settings(args):
-    from edgewatch.sidecar.app import Settings
+    from edgewatch.sidecar.state import Settings
 
     if args.uds and (args.host or args.port):
         raise UsageError("--uds cannot be combined with --host/--port")
@@ -87,13 +92,15 @@ def _settings(args):
         raise UsageError(f"--uds {args.uds}: directory does not exist")
     return Settings(model_dir=args.model, device=args.device, int8=args.int8, threads=args.threads, api_key=api_key,
                     max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_gen_batch=args.max_gen_batch,
-                    max_queue=args.max_queue, timeout=args.timeout, max_body_bytes=args.max_body_bytes)
+                    max_queue=args.max_queue, timeout=args.timeout, max_body_bytes=args.max_body_bytes,
+                    read_timeout=args.read_timeout, keep_alive=args.keep_alive, max_connections=args.max_connections)
 
 
 def serve(args) -> int:
     import uvicorn
     from edgewatch.common.notify import Notifier
     from edgewatch.sidecar.app import create_app
+    from edgewatch.sidecar.server import uvicorn_config
 
     settings = _settings(args)
     logs.setup(args.log_level, "json", stream="stderr")
@@ -112,9 +119,7 @@ def serve(args) -> int:
         if notifier.watchdog_interval else {}  # systemd WatchdogSec: WATCHDOG=1 while serving is healthy
     app = create_app(settings, on_ready=ready, on_load_failed=load_failed, **watchdog)
     where = {"uds": args.uds} if args.uds else {"host": args.host or "127.0.0.1", "port": args.port or 8765}
-    config = uvicorn.Config(app, **where, log_level=args.log_level, access_log=False, lifespan="on",
-                            timeout_graceful_shutdown=5)
-    server = uvicorn.Server(config)
+    server = uvicorn.Server(uvicorn_config(app, log_level=args.log_level, **where))
     log.info("starting", **where, model=args.model or "shipped", device=args.device)
     for sig in (signal.SIGTERM, signal.SIGINT):  # uvicorn re-raises the stop signal after a clean shutdown:
         signal.signal(sig, lambda *_: None)  # let it land here, so a requested stop exits 0

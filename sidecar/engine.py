@@ -211,10 +211,17 @@ class Engine:
 
     def classify(self, texts: list[str]) -> list[dict]:
         """Label probabilities for a batch of texts, in ONE run."""
-        if not texts:
+        return self.classify_prompts([self.classification_prompt(t) for t in texts])
+
+    def classification_prompt(self, text: str) -> list[int]:
+        """The ids `classify_prompts` takes for `text` (its end, cut to the context)."""
+        return classification_ids(self.tokenizer, text, self.block_size, self._lowercase)
+
+    def classify_prompts(self, prompts: list[list[int]]) -> list[dict]:
+        """Label probabilities for a batch of classification prompts, in ONE run."""
+        if not prompts:
             return []
-        scores = self.label_scores([classification_ids(self.tokenizer, t, self.block_size, self._lowercase)
-                                    for t in texts])
+        scores = self.label_scores(prompts)
         probs = label_probs(scores, list(range(len(self.labels))), self._temperature)
         return [{"label": self.labels[int(p.argmax())], "confidence": float(p.max()),
                  "scores": {label: float(x) for label, x in zip(self.labels, p)}} for p in probs]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import resource
 import shutil
 import signal
 import subprocess
@@ -15,6 +16,7 @@ import httpx
 import uvicorn
 from edgewatch.common.ports import free_port
 from edgewatch.model.format import meta as model_meta
+from edgewatch.sidecar.server import uvicorn_config
 
 MODEL_SOURCES = ("builder.py", "export.py", "gpt.py", "ngrams.py", "format/prompt.py", "format/tokenizer.py",
                  "testing.py", "train.py")
@@ -50,7 +52,7 @@ class ServerThread:
     def __init__(self, app, *, uds: str | None = None):
         where = {"uds": uds} if uds else {"host": "127.0.0.1", "port": free_port()}
         self.url = f"unix://{uds}" if uds else f"http://127.0.0.1:{where['port']}"
-        self.server = uvicorn.Server(uvicorn.Config(app, **where, log_level="warning", lifespan="on"))
+        self.server = uvicorn.Server(uvicorn_config(app, log_level="warning", **where))
         self._thread = threading.Thread(target=self.server.run, name="uvicorn", daemon=True)
 
     def __enter__(self) -> ServerThread:
@@ -87,20 +89,34 @@ def wait_ready(url: str, timeout: float = 60.0, process: subprocess.Popen | None
 
 
 class SidecarProcess:
-    """`edge-sidecar serve` as a child process that can be killed and started again on the same address."""
+    """`edge-sidecar serve` as a child process that can be killed and started again on the same address.
 
-    def __init__(self, model_dir: str | Path | None, *args: str, port: int | None = None):
+    `output`: a file that receives its stdout and stderr (default: stdout dropped, stderr piped);
+    `max_files`: its descriptor limit (RLIMIT_NOFILE), as a unit's LimitNOFILE sets it."""
+
+    def __init__(self, model_dir: str | Path | None, *args: str, port: int | None = None,
+                 output: str | Path | None = None, max_files: int | None = None):
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.cmd = [sys.executable, "-m", "edgewatch.sidecar.cli", "serve", "--port", str(self.port), "--device", "cpu",
                     "--log-level", "warning", *args]
         if model_dir is not None:
             self.cmd += ["--model", str(model_dir)]
+        self.output, self.max_files = output, max_files
         self.proc: subprocess.Popen | None = None
+
+    def _limit_files(self) -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (self.max_files, self.max_files))
 
     def start(self, wait: bool = True) -> SidecarProcess:
         env = dict(os.environ, OMP_NUM_THREADS="1")
-        self.proc = subprocess.Popen(self.cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        limit = self._limit_files if self.max_files else None
+        if self.output:
+            with open(self.output, "ab") as out:
+                self.proc = subprocess.Popen(self.cmd, env=env, stdout=out, stderr=out, preexec_fn=limit)
+        else:
+            self.proc = subprocess.Popen(self.cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                         preexec_fn=limit)
         if wait:
             wait_ready(self.url, process=self.proc)
         return self

@@ -21,6 +21,7 @@ SPECIAL_TOKENS = [EOT, SENTIMENT, *LABEL_TOKENS]
 FORMAT = ("normalise(text) <|sentiment|> <|label|> <|endoftext|>; normalise = t.co links -> 'URL', whitespace "
           "collapsed, lower-cased when the model was trained so (prompt.lowercase)")
 
+MAX_CHARS_PER_TOKEN = 64  # far above any BPE token of a small tweet vocabulary: a bound, not an estimate
 _URL = re.compile(r"https?://\S+")
 _SPACE = re.compile(r"\s+")
 
@@ -40,9 +41,14 @@ def label_ids(tok: Tokenizer) -> list[int]:
 
 
 def classification_ids(tok: Tokenizer, text: str, block_size: int, lowercase: bool = False) -> list[int]:
-    """Prompt ids ending in `<|sentiment|>`; text longer than the context is cut from the LEFT."""
-    ids = tok.encode(normalise(text, lowercase))[-(block_size - 1):] if block_size > 1 else []
-    return ids + [tok.special[SENTIMENT]]
+    """Prompt ids ending in `<|sentiment|>`; text longer than the context is cut from the LEFT.
+
+    Only the text's last `block_size * MAX_CHARS_PER_TOKEN` characters are tokenized: the tokens
+    before them would be cut anyway, and the cost stays bounded by the context, not by the input."""
+    if block_size < 2:
+        return [tok.special[SENTIMENT]]
+    tail = text[-block_size * MAX_CHARS_PER_TOKEN:]
+    return tok.encode(normalise(tail, lowercase))[-(block_size - 1):] + [tok.special[SENTIMENT]]
 
 
 def training_ids(tok: Tokenizer, text: str, label: int, block_size: int, lowercase: bool = False) -> list[int]:

@@ -11,6 +11,7 @@ Torch-free: the sidecar imports this module.
 
 from __future__ import annotations
 
+import heapq
 import json
 import re
 from collections import Counter, defaultdict
@@ -21,6 +22,7 @@ from pathlib import Path
 PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?[^\W\d_]+| ?\d{1,3}| ?[^\s\w]+|\s+(?!\S)|\s+|[\d_]"""
 EOT = "<|endoftext|>"
 CACHE_SIZE = 100_000
+CACHED_PIECE_CHARS = 64  # longer pieces are rare and would let a few requests fill the cache with megabytes
 
 
 def _to_bytes(text: str) -> bytes:
@@ -50,25 +52,32 @@ class Tokenizer:
         return self.special[EOT]
 
     def _bpe(self, piece: str) -> list[int]:
-        """Merge the bytes of one pre-token, lowest merge rank first (as GPT-2 does)."""
+        """Merge the bytes of one pre-token, lowest merge rank first (as GPT-2 does), in O(n log n).
+
+        A heap of (rank, position) over a linked list of tokens: the same result as merging every
+        occurrence of the lowest-ranked pair in one left-to-right pass and repeating (a merge only makes
+        pairs of a higher rank, and equal ranks pop leftmost first), without rescanning the whole piece
+        per merge, which is quadratic on long runs without spaces."""
         ids = list(_to_bytes(piece))
-        while len(ids) > 1:
-            pairs = {(ids[i], ids[i + 1]) for i in range(len(ids) - 1)}
-            best = min(pairs, key=lambda p: self.ranks.get(p, 1 << 30))
-            rank = self.ranks.get(best)
-            if rank is None:
-                break
-            new = 256 + rank
-            out, i = [], 0
-            while i < len(ids):
-                if i < len(ids) - 1 and (ids[i], ids[i + 1]) == best:
-                    out.append(new)
-                    i += 2
-                else:
-                    out.append(ids[i])
-                    i += 1
-            ids = out
-        return ids
+        n, ranks = len(ids), self.ranks
+        following = list(range(1, n + 1))  # index of the next live token; n = none
+        preceding = list(range(-1, n - 1))
+        heap = [(rank, i) for i, pair in enumerate(zip(ids, ids[1:])) if (rank := ranks.get(pair)) is not None]
+        heapq.heapify(heap)
+        while heap:
+            rank, i = heapq.heappop(heap)
+            j = following[i]
+            if ids[i] < 0 or j >= n or ranks.get((ids[i], ids[j])) != rank:
+                continue  # stale: a token of this pair was merged since
+            ids[i], ids[j] = 256 + rank, -1
+            following[i] = following[j]
+            if following[i] < n:
+                preceding[following[i]] = i
+            for left in (preceding[i], i):
+                right = following[left] if left >= 0 else n
+                if right < n and (new := ranks.get((ids[left], ids[right]))) is not None:
+                    heapq.heappush(heap, (new, left))
+        return [t for t in ids if t >= 0]
 
     def encode(self, text: str) -> list[int]:
         """Text to ids. Special-token names inside `text` are plain text, never specials."""
@@ -78,7 +87,7 @@ class Tokenizer:
             ids = cache.get(piece)
             if ids is None:
                 ids = self._bpe(piece)
-                if len(cache) < CACHE_SIZE:
+                if len(cache) < CACHE_SIZE and len(piece) <= CACHED_PIECE_CHARS:
                     cache[piece] = ids
             out.extend(ids)
         return out

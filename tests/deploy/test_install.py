@@ -44,7 +44,7 @@ def test_staged_layout(staged: Path):
 
 
 def test_installed_commands_run(staged: Path):
-    code = ("import importlib.util, edgewatch.agent, edgewatch.sidecar, edgewatch.model; "
+    code = ("import importlib.util, edgewatch.agent, edgewatch.sidecar.app, edgewatch.model; "
             "print(edgewatch.agent.__file__); "
             "print([n for n in ('agent', 'model', 'sidecar') if importlib.util.find_spec(n)])")
     r = run_installed(staged, "python", "-c", code)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import string
+
 import pytest
 from edgewatch.model.format.prompt import SPECIAL_TOKENS
 from edgewatch.model.format.tokenizer import EOT, Tokenizer
@@ -59,3 +61,42 @@ def test_decode_broken_utf8_and_bad_ids(tok):
 def test_vocab_too_small():
     with pytest.raises(ValueError):
         Tokenizer.train(CORPUS, vocab_size=200, special=SPECIAL_TOKENS)
+
+
+def _bpe_by_passes(tok: Tokenizer, piece: str) -> list[int]:
+    """The textbook merge loop (every occurrence of the lowest-ranked pair per pass): the oracle for `_bpe`."""
+    ids = list(piece.encode("utf-8", errors="surrogatepass"))
+    while len(ids) > 1:
+        best = min(zip(ids, ids[1:]), key=lambda p: tok.ranks.get(p, 1 << 30))
+        if best not in tok.ranks:
+            return ids
+        out, i = [], 0
+        while i < len(ids):
+            if ids[i:i + 2] == list(best):
+                out.append(256 + tok.ranks[best])
+                i += 2
+            else:
+                out.append(ids[i])
+                i += 1
+        ids = out
+    return ids
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(st.sampled_from("aAPLTS$ upgrdeatoBuyCi€日経Ö"), max_size=400))
+def test_heap_merges_equal_the_textbook_loop(tok, text):
+    assert tok._bpe(text) == _bpe_by_passes(tok, text)
+
+
+def test_long_text_without_spaces_costs_near_linear_time():
+    import random
+    import time
+
+    rng = random.Random(7)
+    words = ["".join(rng.choice(string.ascii_lowercase) for _ in range(rng.randint(2, 9))) for _ in range(3000)]
+    tok = Tokenizer.train([" ".join(words)], vocab_size=1000, special=SPECIAL_TOKENS)  # merges of letters
+    letters = "".join(rng.choice(string.ascii_lowercase) for _ in range(32_000))
+    start = time.process_time()
+    ids = tok.encode(letters)  # one pre-token of 32,000 letters: merging pass by pass took ~16 s
+    assert time.process_time() - start < 1.5
+    assert tok.decode(ids) == letters

@@ -170,3 +170,22 @@ def test_serves_the_shipped_model_without_torch(shipped_dir):
     finally:
         proc.kill()
         proc.stderr.close()
+
+
+def test_every_line_the_process_writes_is_one_json_object(tiny_model_dir, tmp_path):
+    """structlog renders uvicorn's and the standard library's records too: a log shipper parses every line."""
+    import json
+
+    import httpx
+
+    out = tmp_path / "sidecar.log"
+    with SidecarProcess(tiny_model_dir, "--log-level", "debug", output=out) as proc, \
+            httpx.Client(base_url=proc.url, timeout=10) as http:
+        assert http.post("/v1/classify", json={"texts": ["logged"]}).status_code == 200
+        assert http.get("/nothing").status_code == 404
+        assert http.post("/v1/classify", content=b"{nope", headers={"content-type": "application/json"}).status_code == 400
+    lines = out.read_text().splitlines()
+    records = [json.loads(line) for line in lines]  # raises on the first line that is not JSON
+    assert all(isinstance(r, dict) and r.get("event") and r.get("level") for r in records), lines
+    assert any(r.get("logger", "").startswith("uvicorn") for r in records), lines  # uvicorn's own lines
+    assert any(r["event"] == "model ready" for r in records)

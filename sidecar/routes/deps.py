@@ -1,0 +1,101 @@
+"""What every route may depend on: the shared state, the API key check, the request's deadline, and the
+request's work bounded by that deadline and by the client's presence."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import math
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from typing import TypeVar
+
+from edgewatch.sidecar.batcher import DeadlineExceeded
+from edgewatch.sidecar.errors import ApiError
+from edgewatch.sidecar.state import Sidecar
+from fastapi import Request
+
+T = TypeVar("T")
+CHARS_PER_JOB = 16_384  # text tokenized per worker-thread job: tens of milliseconds at most
+
+
+class ClientGone(Exception):
+    """The client disconnected before its answer was ready: its work was cancelled, nobody needs a reply."""
+
+
+def sidecar(request: Request) -> Sidecar:
+    return request.app.state.sidecar
+
+
+async def authorize(request: Request) -> None:  # async: a sync dependency would hop to a thread pool
+    key = sidecar(request).settings.api_key
+    if key is None:
+        return
+    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), key.encode()):
+        raise ApiError(401, "missing or wrong API key (Authorization: Bearer <key>)", "authentication_error",
+                       {"WWW-Authenticate": "Bearer"})
+
+
+async def deadline(request: Request) -> float:
+    """time.monotonic() by which the request's work must be done: `--timeout`, shortened by X-Request-Timeout."""
+    timeout = sidecar(request).settings.timeout
+    asked = request.headers.get("x-request-timeout")
+    if asked is not None:
+        try:
+            seconds = float(asked)
+        except ValueError:
+            seconds = math.nan
+        if not (math.isfinite(seconds) and seconds > 0):
+            raise ApiError(400, "X-Request-Timeout must be a positive, finite number of seconds",
+                           "invalid_request_error")
+        timeout = min(timeout, seconds)
+    return time.monotonic() + timeout
+
+
+async def tokenize(encode: Callable[[str], list[int]], texts: list[str], until: float) -> list[list[int]]:
+    """`encode` each text in worker threads, off the event loop and the inference thread, a few texts
+    (`CHARS_PER_JOB`) per job: a request that is cancelled (client gone) or passes its deadline stops at the
+    next job, and a big request takes one worker at a time, so small ones are never queued behind it."""
+    out: list[list[int]] = []
+    for job in _jobs(texts):
+        left = until - time.monotonic()
+        try:
+            if left <= 0:
+                raise TimeoutError
+            out.extend(await asyncio.wait_for(asyncio.to_thread(list, map(encode, job)), left))  # map runs there
+        except TimeoutError:
+            raise DeadlineExceeded("deadline exceeded while tokenizing") from None
+    return out
+
+
+def _jobs(texts: list[str]) -> Iterator[list[str]]:
+    """Consecutive texts, in groups of about `CHARS_PER_JOB` characters (a longer text alone)."""
+    job, size = [], 0
+    for text in texts:
+        if job and size + len(text) > CHARS_PER_JOB:
+            yield job
+            job, size = [], 0
+        job.append(text)
+        size += len(text)
+    if job:
+        yield job
+
+
+async def until_disconnected(request: Request, work: Awaitable[T]) -> T:
+    """Await `work` unless the client hangs up first: then cancel it, which stops its tokenizing and takes its
+    sequences out of the inference thread, and raise ClientGone."""
+    task, watcher = asyncio.ensure_future(work), asyncio.ensure_future(_disconnect(request))
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+        task.cancel()  # a no-op once done
+    if not task.done():
+        raise ClientGone
+    return task.result()
+
+
+async def _disconnect(request: Request) -> None:
+    while not await request.is_disconnected():
+        await asyncio.sleep(0.05)
