@@ -134,7 +134,7 @@ class HealthConfig:
     steady_metrics: str = "battery"  # metrics that may legitimately hold still: not judged stuck, drifting or noisy
     low_battery: float = 15.0  # battery level (percent) at or below which it is low
     bad_status: str = "error,fault,failed,offline,low_battery"  # `status` attribute values that mean unhealthy
-    ranges: str = "temperature=-40:85,humidity=0:100,pressure=300:1100,battery=0:100"  # physical range per metric, name=low:high
+    ranges: str = ""  # physical range per metric in your units, name=low:high,...; empty = none (no range is guessed from a name)
     bands: str = "0.5,0.8"  # score boundaries of the poor / degraded / good bands (a crossing emits `health`)
     band_margin: float = 0.05  # how far past a band boundary the score must move to count as a crossing
 
