@@ -154,7 +154,10 @@ class MaintenanceConfig:
 class MarketConfig:
     bar_interval: float = 1.0  # seconds per VWAP bar
     bar_grace: float = 0.25  # seconds after a bar's end before a quiet symbol's bar is closed (late trades still count)
-    price_alert_threshold: float = 0.02  # fractional move between consecutive trades
+    price_alert_threshold: float = 0.02  # fractional move between consecutive trades that always alerts
+    price_alert_multiple: float = 20.0  # ... and a move this many times the symbol's typical tick move alerts too
+    price_alert_min_move: float = 0.002  # ... when it is at least this fraction (a flat symbol cannot alert on a cent)
+    price_alert_span: int = 100  # trades: EWMA span of the typical tick move (mean |move|); no multiple-based alert before
     fast_span: int = 5  # bars in the fast price average (EWMA span) of the trend
     slow_span: int = 30  # bars in the slow price average and the volume profile (EWMA span)
     vol_span: int = 30  # bars in the realised volatility estimate (EWMA span of squared returns)

@@ -66,7 +66,7 @@ def market_graph(
 
     `views` (each bar's technical view) and `limits` (the risk state) are what the advisor fuses."""
     check_market(cfg.market)  # a bad key fails here, at wiring, not inside the running engine
-    alerts = price_alerts(trades, cfg.market.price_alert_threshold)
+    alerts = price_alerts(trades, cfg.market)
     market = market_analytics(trades, sentiment, cfg.market)
     risk = risk_checks(trades, quotes, positions, pnl, market.vols, cfg.risk)
     return csp.output(events=merge_events([alerts, market.signals, risk.events]), bars=market.bars,
