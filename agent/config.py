@@ -140,6 +140,16 @@ class HealthConfig:
 
 
 @dataclasses.dataclass
+class DriftConfig:
+    block: float = 600.0  # seconds of data time averaged into one level; slow drift compares consecutive levels (0 = off)
+    allowance: float = 1.0  # CUSUM allowance: a level may move this many scales per block without counting toward drift
+    threshold: float = 6.0  # CUSUM threshold: the sum at which the `drift` maintenance reason is raised
+    clip: float = 3.0  # one block's change counts at most this many scales, so a step adds at most 2 x (clip - allowance)
+    warmup: int = 12  # blocks whose changes form the scale before slow drift is judged
+    scale_span: int = 144  # blocks: the scale of block-to-block changes is their mean over this many, then an EWMA of this span
+
+
+@dataclasses.dataclass
 class MaintenanceConfig:
     clear_readings: int = 10  # consecutive readings inside the clear level before a reason clears
     drift_clear_z: float = 3.0  # drift clears below this many baseline deviations
@@ -221,6 +231,7 @@ class Config:
     log: LogConfig = dataclasses.field(default_factory=LogConfig)
     anomaly: AnomalyConfig = dataclasses.field(default_factory=AnomalyConfig)
     health: HealthConfig = dataclasses.field(default_factory=HealthConfig)
+    drift: DriftConfig = dataclasses.field(default_factory=DriftConfig)
     maintenance: MaintenanceConfig = dataclasses.field(default_factory=MaintenanceConfig)
     market: MarketConfig = dataclasses.field(default_factory=MarketConfig)
     risk: RiskConfig = dataclasses.field(default_factory=RiskConfig)
