@@ -12,6 +12,9 @@ life. Drift and noise are
 judged against the sensor's own baseline (learnt over `warmup` readings, then
 adapting slowly with clipped residuals so a fault cannot teach itself in);
 noise uses changes between readings, which trends and daily cycles barely touch.
+A drift slower than the baseline's learning is found by `drift.py` (block means
+against a reference that does not follow it); the drift measure is the larger of
+the two verdicts, so both raise and clear the one `drift` reason.
 
 Events are driven by the data wherever the data can drive them, so that a replay
 and the live run over the same readings log the same events: the periodic
@@ -34,7 +37,12 @@ from datetime import datetime, timedelta
 import csp
 from csp import ts
 from edgewatch.agent.analytics.anomaly import ewma_alpha
-from edgewatch.agent.analytics.drift import DriftParams, LevelDrift, close_blocks, next_block
+from edgewatch.agent.analytics.drift import (
+    DriftParams,
+    LevelDrift,
+    close_blocks,
+    next_block,
+)
 from edgewatch.agent.analytics.maintenance import (
     REASONS,
     STALE,
@@ -42,7 +50,12 @@ from edgewatch.agent.analytics.maintenance import (
     Rules,
     maintenance_events,
 )
-from edgewatch.agent.config import ConfigError, DriftConfig, HealthConfig, MaintenanceConfig
+from edgewatch.agent.config import (
+    ConfigError,
+    DriftConfig,
+    HealthConfig,
+    MaintenanceConfig,
+)
 from edgewatch.agent.records import Event, MetricScore, SensorReading, event_id
 
 BAND_NAMES = ("poor", "degraded", "good")
@@ -260,14 +273,14 @@ class SensorHealth:
 
         The hot path of the sensor side: drift, noise and the score are inlined on purpose."""
         self.readings += 1
+        if when >= self.block_end:  # a new block of data time: every metric's slow-drift level steps
+            self.level_drift, self.drift_metric = close_blocks(self.metrics, p.drift)
+            self.block_end = next_block(when, p.drift)
         if when > self.last_ts:
             dt = (when - self.last_ts).total_seconds()
             self.gap = dt if self.gap is None else self.gap + p.a_gap * (dt - self.gap)
             self.last_ts = when
         # a reading older than the last one still counts as a value, but not as a sign of life
-        if when >= self.block_end:  # a new block of data time: every metric's slow-drift level steps
-            self.level_drift, self.drift_metric = close_blocks(self.metrics, p.drift)
-            self.block_end = next_block(when, p.drift)
         out_of_range = False
         stuck = 0
         drift = noise = -1.0  # -1: no metric past its warm-up yet

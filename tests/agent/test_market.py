@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
 from datetime import datetime, timedelta
@@ -127,7 +128,7 @@ def test_a_volatile_symbol_raises_at_most_one_alert_per_hundred_normal_ticks():
     wild = ticks("WILD", 5000, t3)
     evs = run_alerts(wild)
     assert len(evs) <= len(wild) / 100
-    moves = [abs(b.price / a.price - 1) for a, b in zip(wild, wild[1:])]
+    moves = [abs(b.price / a.price - 1) for a, b in itertools.pairwise(wild)]
     assert sum(moves) / len(moves) > 10 * 0.0002  # it is volatile
     assert sum(m > 0.006 for m in moves) > len(wild) / 50  # a fixed 0.6 % (the calm symbol's 30x) would be chatty
 
