@@ -133,6 +133,9 @@ class LevelDrift:
         if before is None:
             return 0.0
         e = change - before
+        if not math.isfinite(e * e):  # levels near the float limit overflow the squares: such a series starts over
+            self.__init__()
+            return 0.0
         learnt = self.learnt = self.learnt + 1
         if learnt <= p.warmup:  # the scale's first estimate
             self.var += (e * e - self.var) / learnt

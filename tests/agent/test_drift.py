@@ -117,3 +117,12 @@ def test_a_step_adds_a_bounded_amount_and_a_steady_move_a_fixed_one_per_block():
     assert max(scores) <= before + 2 * (d.clip - d.allowance) / d.threshold < 1.0 and scores[-1] == 0.0
     ramp = blocks(level, [100.0 + 10.0 * k for k in range(1, 5)])  # far more than clip scales a block
     assert ramp == [(d.clip - d.allowance) * k / d.threshold for k in range(1, 5)]
+
+
+def test_levels_near_the_float_limit_start_the_series_over_instead_of_poisoning_it():
+    p = DriftParams(DriftConfig(), 6.0)
+    level = LevelDrift()
+    for mean in (0.0, 1e300, -1e300, 1e300):
+        level.total, level.n = mean, 1
+        assert level.close(p) == 0.0
+    assert level.var == 0.0 and math.isfinite(level.up)
