@@ -90,7 +90,7 @@ class DriftParams:
         self.allowance = d.allowance
         self.threshold = d.threshold
         self.clip = d.clip
-        self.cap = 2.0 * d.threshold  # a long ramp clears within h blocks of stopping, not as long as it lasted
+        self.cap = 2.0 * d.threshold  # a long ramp clears about as soon after it stops as a short one
         self.warmup = d.warmup
         self.span = d.scale_span
         self.a_var = ewma_alpha(d.scale_span)
@@ -168,11 +168,12 @@ class LevelDrift:
         return {"level": self.mean, "reference": ref, "change": self.mean - ref, "cusum": self.score}
 
 
-def close_blocks(tracks: dict, p: DriftParams) -> tuple[float, str | None]:
-    """Close every metric's block; return the largest CUSUM in health's drift units, and its metric."""
+def close_blocks(tracks: dict, p: DriftParams) -> tuple[float, dict | None]:
+    """Close every metric's block; return the largest CUSUM in health's drift units and its evidence
+    (None when every CUSUM is at zero)."""
     worst, name = 0.0, None
     for metric, m in tracks.items():
         level = m.level.close(p)
         if level > worst:
             worst, name = level, metric
-    return worst * p.drift_z, name
+    return worst * p.drift_z, None if name is None else {"metric": name, **tracks[name].level.evidence()}

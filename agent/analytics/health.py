@@ -243,7 +243,7 @@ class SensorHealth:
     __slots__ = (
         "sensor_id", "metrics", "last_ts", "gap", "readings", "anomaly", "oor", "battery", "status",
         "band", "next_periodic", "next_silent", "flags", "stale", "stuck", "drift", "noise",
-        "block_end", "level_drift", "drift_metric",
+        "block_end", "level_drift", "slow_drift",
     )
 
     def __init__(self, sensor_id: str, when: datetime, p: Params):
@@ -265,7 +265,7 @@ class SensorHealth:
         self.drift = self.noise = None  # worst drift z / noise ratio; None until a metric is past its warm-up
         self.block_end = next_block(when, p.drift)  # when the metrics' block means for slow drift close
         self.level_drift = 0.0  # the slow-drift CUSUM of the worst metric, in drift_z units, as of the last block
-        self.drift_metric = None  # ... and that metric
+        self.slow_drift = None  # ... and its evidence
 
     def observe(self, r: SensorReading, when: datetime, anomalous: bool, p: Params) -> float:
         """Fold one reading (`when` = r.ts, read once by the caller) in, refresh the data-driven measures;
@@ -274,7 +274,7 @@ class SensorHealth:
         The hot path of the sensor side: drift, noise and the score are inlined on purpose."""
         self.readings += 1
         if when >= self.block_end:  # a new block of data time: every metric's slow-drift level steps
-            self.level_drift, self.drift_metric = close_blocks(self.metrics, p.drift)
+            self.level_drift, self.slow_drift = close_blocks(self.metrics, p.drift)
             self.block_end = next_block(when, p.drift)
         if when > self.last_ts:
             dt = (when - self.last_ts).total_seconds()
@@ -387,8 +387,7 @@ class SensorHealth:
             "readings": self.readings, "interval_s": self.gap, "last_reading": self.last_ts.isoformat() + "Z",
             "stuck_run": self.stuck, "drift_z": self.drift, "noise_ratio": self.noise, "anomaly_rate": self.anomaly,
             "out_of_range_rate": self.oor, "battery": self.battery, "status": self.status,
-            "slow_drift": None if self.drift_metric is None else
-            {"metric": self.drift_metric, **self.metrics[self.drift_metric].level.evidence()},
+            "slow_drift": self.slow_drift,
         }
 
 
