@@ -134,9 +134,19 @@ class HealthConfig:
     steady_metrics: str = "battery"  # metrics that may legitimately hold still: not judged stuck, drifting or noisy
     low_battery: float = 15.0  # battery level (percent) at or below which it is low
     bad_status: str = "error,fault,failed,offline,low_battery"  # `status` attribute values that mean unhealthy
-    ranges: str = "temperature=-40:85,humidity=0:100,pressure=300:1100,battery=0:100"  # physical range per metric, name=low:high
+    ranges: str = ""  # physical range per metric in your units, name=low:high,...; empty = none (no range is guessed from a name)
     bands: str = "0.5,0.8"  # score boundaries of the poor / degraded / good bands (a crossing emits `health`)
     band_margin: float = 0.05  # how far past a band boundary the score must move to count as a crossing
+
+
+@dataclasses.dataclass
+class DriftConfig:
+    block: float = 600.0  # seconds of data time averaged into one level; slow drift compares consecutive levels (0 = off)
+    allowance: float = 1.0  # CUSUM allowance: a level may move this many scales per block without counting toward drift
+    threshold: float = 6.0  # CUSUM threshold: the sum at which the `drift` maintenance reason is raised
+    clip: float = 3.0  # one block's change counts at most this many scales, so a step adds at most 2 x (clip - allowance)
+    warmup: int = 12  # blocks whose changes form the scale before slow drift is judged
+    scale_span: int = 144  # blocks: the scale of block-to-block changes is their mean over this many, then an EWMA of this span
 
 
 @dataclasses.dataclass
@@ -154,7 +164,10 @@ class MaintenanceConfig:
 class MarketConfig:
     bar_interval: float = 1.0  # seconds per VWAP bar
     bar_grace: float = 0.25  # seconds after a bar's end before a quiet symbol's bar is closed (late trades still count)
-    price_alert_threshold: float = 0.02  # fractional move between consecutive trades
+    price_alert_threshold: float = 0.02  # fractional move between consecutive trades that always alerts
+    price_alert_multiple: float = 20.0  # ... and a move this many times the symbol's typical tick move alerts too
+    price_alert_min_move: float = 0.002  # ... when it is at least this fraction (a flat symbol cannot alert on a cent)
+    price_alert_span: int = 100  # trades: EWMA span of the typical tick move (mean |move|); no multiple-based alert before
     fast_span: int = 5  # bars in the fast price average (EWMA span) of the trend
     slow_span: int = 30  # bars in the slow price average and the volume profile (EWMA span)
     vol_span: int = 30  # bars in the realised volatility estimate (EWMA span of squared returns)
@@ -218,6 +231,7 @@ class Config:
     log: LogConfig = dataclasses.field(default_factory=LogConfig)
     anomaly: AnomalyConfig = dataclasses.field(default_factory=AnomalyConfig)
     health: HealthConfig = dataclasses.field(default_factory=HealthConfig)
+    drift: DriftConfig = dataclasses.field(default_factory=DriftConfig)
     maintenance: MaintenanceConfig = dataclasses.field(default_factory=MaintenanceConfig)
     market: MarketConfig = dataclasses.field(default_factory=MarketConfig)
     risk: RiskConfig = dataclasses.field(default_factory=RiskConfig)

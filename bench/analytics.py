@@ -190,7 +190,7 @@ def bench_market(n_trades: int, symbols: int, repeat: int) -> dict:
     @csp.graph
     def alerts_only():
         with csp.memoize(False):
-            alerts = price_alerts(csp.curve(list[Trade], trades), cfg.market.price_alert_threshold)
+            alerts = price_alerts(csp.curve(list[Trade], trades), cfg.market)
             csp.add_graph_output("events", count_events(alerts), tick_count=1)
 
     @csp.graph

@@ -23,6 +23,7 @@ from edgewatch.agent.analytics.topology import sensor_graph  # noqa: E402
 from edgewatch.agent.config import Config  # noqa: E402
 from edgewatch.agent.records import SensorReading  # noqa: E402
 from edgewatch.agent.testing.simulator import (  # noqa: E402
+    RANGES,
     SimConfig,
     Simulator,
     match_faults,
@@ -35,6 +36,7 @@ GRACE = timedelta(seconds=30)  # a raise up to this long after a fault ends stil
 
 def run(sensors: int, duration: float, seed: int) -> tuple[list, list, int, int]:
     cfg = Config()
+    cfg.health.ranges = RANGES  # the simulated fleet's units: its impossible readings are out_of_range
     sim = Simulator(SimConfig(sensors=sensors, symbols=0, duration=duration, seed=seed, fault_fraction=0.5), START)
     feed = to_batches(sim.messages(), cfg)["sensor"]
 

@@ -12,6 +12,9 @@ life. Drift and noise are
 judged against the sensor's own baseline (learnt over `warmup` readings, then
 adapting slowly with clipped residuals so a fault cannot teach itself in);
 noise uses changes between readings, which trends and daily cycles barely touch.
+A drift slower than the baseline's learning is found by `drift.py` (block means
+against a reference that does not follow it); the drift measure is the larger of
+the two verdicts, so both raise and clear the one `drift` reason.
 
 Events are driven by the data wherever the data can drive them, so that a replay
 and the live run over the same readings log the same events: the periodic
@@ -34,6 +37,12 @@ from datetime import datetime, timedelta
 import csp
 from csp import ts
 from edgewatch.agent.analytics.anomaly import ewma_alpha
+from edgewatch.agent.analytics.drift import (
+    DriftParams,
+    LevelDrift,
+    close_blocks,
+    next_block,
+)
 from edgewatch.agent.analytics.maintenance import (
     REASONS,
     STALE,
@@ -41,7 +50,12 @@ from edgewatch.agent.analytics.maintenance import (
     Rules,
     maintenance_events,
 )
-from edgewatch.agent.config import ConfigError, HealthConfig, MaintenanceConfig
+from edgewatch.agent.config import (
+    ConfigError,
+    DriftConfig,
+    HealthConfig,
+    MaintenanceConfig,
+)
 from edgewatch.agent.records import Event, MetricScore, SensorReading, event_id
 
 BAND_NAMES = ("poor", "degraded", "good")
@@ -107,11 +121,12 @@ class Params:
         "bands", "margin", "clip", "outlier_z", "anomaly_score", "interval", "interval_us", "stale_min", "stale_min_td",
         "stale_factor", "first_stale",
         "inv_stuck", "drift_ok", "inv_drift", "noise_ok", "inv_noise", "anomaly_ok", "inv_anomaly", "oor_ok", "inv_oor",
-        "low_battery", "inv_battery",
+        "low_battery", "inv_battery", "drift",
     )
 
-    def __init__(self, h: HealthConfig, m: MaintenanceConfig):
+    def __init__(self, h: HealthConfig, m: MaintenanceConfig, d: DriftConfig | None = None):
         self.rules = Rules(h, m)
+        self.drift = DriftParams(d or DriftConfig(), h.drift_z)  # slow drift (agent/analytics/drift.py)
         self.warmup = max(2, h.warmup)
         self.a_fast = ewma_alpha(h.fast_span)
         self.a_noise = ewma_alpha(h.noise_span)
@@ -158,7 +173,7 @@ class MetricTrack:
     and the two verdicts they give: drift (`dz`) and noise (`nz`), -1 while the baseline is being learnt."""
 
     __slots__ = ("lo", "hi", "steady", "last", "clean", "run", "n", "base", "base_var", "base_dvar", "fast",
-                 "fast_dvar", "dz", "nz")
+                 "fast_dvar", "dz", "nz", "level")
 
     def __init__(self, x: float, lo: float, hi: float, steady: bool):
         self.lo, self.hi = lo, hi  # physical range
@@ -169,6 +184,7 @@ class MetricTrack:
         self.base = self.fast = x
         self.base_var = self.base_dvar = self.fast_dvar = 0.0
         self.dz = self.nz = -1.0
+        self.level = LevelDrift()  # block means for slow drift
 
     def update(self, x: float, p: Params) -> bool:
         """Fold in one value; True when it is an outlier against the short window. (Hot path: locals on purpose.)"""
@@ -227,6 +243,7 @@ class SensorHealth:
     __slots__ = (
         "sensor_id", "metrics", "last_ts", "gap", "readings", "anomaly", "oor", "battery", "status",
         "band", "next_periodic", "next_silent", "flags", "stale", "stuck", "drift", "noise",
+        "block_end", "level_drift", "slow_drift",
     )
 
     def __init__(self, sensor_id: str, when: datetime, p: Params):
@@ -246,6 +263,9 @@ class SensorHealth:
         self.stale = 0.0  # age / stale_after, as of the last sweep
         self.stuck = 0  # longest identical run among the judged metrics
         self.drift = self.noise = None  # worst drift z / noise ratio; None until a metric is past its warm-up
+        self.block_end = next_block(when, p.drift)  # when the metrics' block means for slow drift close
+        self.level_drift = 0.0  # the slow-drift CUSUM of the worst metric, in drift_z units, as of the last block
+        self.slow_drift = None  # ... and its evidence
 
     def observe(self, r: SensorReading, when: datetime, anomalous: bool, p: Params) -> float:
         """Fold one reading (`when` = r.ts, read once by the caller) in, refresh the data-driven measures;
@@ -253,6 +273,9 @@ class SensorHealth:
 
         The hot path of the sensor side: drift, noise and the score are inlined on purpose."""
         self.readings += 1
+        if when >= self.block_end:  # a new block of data time: every metric's slow-drift level steps
+            self.level_drift, self.slow_drift = close_blocks(self.metrics, p.drift)
+            self.block_end = next_block(when, p.drift)
         if when > self.last_ts:
             dt = (when - self.last_ts).total_seconds()
             self.gap = dt if self.gap is None else self.gap + p.a_gap * (dt - self.gap)
@@ -284,6 +307,9 @@ class SensorHealth:
                 continue
             if m.update(x, p):
                 anomalous = True
+            level = m.level  # an outlier counts as the last clean value: a spike is not a level
+            level.total += m.clean
+            level.n += 1
             if m.run > stuck:
                 stuck = m.run
             if m.dz > drift:
@@ -296,6 +322,8 @@ class SensorHealth:
                 self.status = str(status)
         if drift < 0.0:
             drift = noise = None
+        elif self.level_drift > drift:
+            drift = self.level_drift  # slow drift, scaled so that it reaches drift_z where its CUSUM raises
         self.anomaly += p.a_anom * ((1.0 if anomalous else 0.0) - self.anomaly)
         self.oor += p.a_anom * ((1.0 if out_of_range else 0.0) - self.oor)
         self.stale = 0.0
@@ -359,6 +387,7 @@ class SensorHealth:
             "readings": self.readings, "interval_s": self.gap, "last_reading": self.last_ts.isoformat() + "Z",
             "stuck_run": self.stuck, "drift_z": self.drift, "noise_ratio": self.noise, "anomaly_rate": self.anomaly,
             "out_of_range_rate": self.oor, "battery": self.battery, "status": self.status,
+            "slow_drift": self.slow_drift,
         }
 
 
@@ -394,14 +423,15 @@ def health_event(s: SensorHealth, when: datetime, p: Params, why: str, keyed: da
 
 @csp.node(memoize=False)
 def sensor_health(
-    readings: ts[list[SensorReading]], scores: ts[list[MetricScore]], h: HealthConfig, m: MaintenanceConfig
+    readings: ts[list[SensorReading]], scores: ts[list[MetricScore]], h: HealthConfig, m: MaintenanceConfig,
+    d: DriftConfig = None,
 ) -> ts[list[Event]]:
     """`health` events (periodic, on band crossings, while stale) and `maintenance` flags, for every sensor."""
     with csp.alarms():
         a_sweep = csp.alarm(bool)
     with csp.state():
         s_sensors = {}
-        s_params = Params(h, m)
+        s_params = Params(h, m, d)
         s_sweep = timedelta(seconds=h.sweep_interval if h.sweep_interval > 0 else 1.0)
     with csp.start():
         csp.make_passive(scores)

@@ -9,7 +9,9 @@ Regime and signals are computed once per closed bar, from the bar's VWAP, so
 they too depend only on the data.
 
 The price alert is its own tiny node: the cheap path sees every trade with one
-dict lookup and one division, never waiting behind bar or signal work.
+dict lookup and a few float operations, never waiting behind bar or signal work.
+It judges each move against the symbol's own tick-move scale, so a calm
+large-cap alerts on a move a volatile small-cap makes every minute.
 """
 
 from __future__ import annotations
@@ -36,31 +38,94 @@ def check(cfg: MarketConfig) -> None:
     """Raise ConfigError naming the first bad [market] key (called when the graph is wired)."""
     if cfg.bar_interval <= 0:
         raise ConfigError("market.bar_interval: must be positive")
-    for key in ("fast_span", "slow_span", "vol_span", "vol_long_span"):
+    for key in ("fast_span", "slow_span", "vol_span", "vol_long_span", "price_alert_span"):
         if getattr(cfg, key) < 1:
             raise ConfigError(f"market.{key}: must be at least 1")
+    if cfg.price_alert_threshold <= 0:
+        raise ConfigError("market.price_alert_threshold: must be positive")
+    if cfg.price_alert_multiple <= 0:
+        raise ConfigError("market.price_alert_multiple: must be positive")
+    if not cfg.price_alert_min_move < cfg.price_alert_threshold:
+        raise ConfigError(f"market.price_alert_min_move: must be below market.price_alert_threshold "
+                          f"({cfg.price_alert_threshold}), got {cfg.price_alert_min_move}")
 
 
-@csp.node
-def price_alerts(trades: ts[list[Trade]], threshold: float) -> ts[list[Event]]:
-    """`price_alert` when two consecutive trades of a symbol (in arrival order) differ by more than `threshold`."""
+TICK_CLIP = 4.0  # a tick teaches the scale at most this many scales: a jump barely deafens the alert, a new regime still shows
+
+
+class TickScale:
+    """One symbol's last trade and its typical tick move: an EWMA of |move| between consecutive trades.
+
+    The mean absolute move rather than a standard deviation: tick returns are heavy-tailed, and a mean of
+    absolute values is the robust scale that costs one multiply-add per trade."""
+
+    __slots__ = ("last", "scale", "n")
+
+    def __init__(self, trade: Trade):
+        self.last = trade  # the previous trade (its time is read only when an alert needs it)
+        self.scale = 0.0
+        self.n = 0  # moves learnt
+
+
+class AlertParams:
+    """Constants of the price alert, derived once from MarketConfig."""
+
+    __slots__ = ("floor", "multiple", "min_move", "warmup", "alpha")
+
+    def __init__(self, cfg: MarketConfig):
+        self.floor = cfg.price_alert_threshold
+        self.multiple = cfg.price_alert_multiple
+        self.min_move = cfg.price_alert_min_move
+        self.warmup = cfg.price_alert_span
+        self.alpha = ewma_alpha(cfg.price_alert_span)
+
+
+def _price_alert(t: Trade, prev: Trade, move: float, scale: float | None, p: AlertParams) -> Event:
+    """The event for one large move; `scale` None while the symbol's tick scale is still being learnt."""
+    size = abs(move)
+    multiple = size / scale if scale else None
+    big = size > 2.0 * p.floor or (multiple is not None and multiple >= 2.0 * p.multiple)
+    data = {
+        "price": t.price, "prev_price": prev.price, "move": move, "scale": scale, "multiple": multiple,
+        "threshold": p.floor, "alert_multiple": p.multiple, "prev_ts": prev.ts.isoformat() + "Z", "size": t.size,
+    }
+    times = f", {multiple:.0f}x its tick scale {scale:.3%}" if multiple is not None else ""
+    msg = f"{t.symbol} moved {move:+.2%} in one trade ({prev.price:g} -> {t.price:g}{times})"
+    return make_event("price_alert", t.symbol, t.ts, "critical" if big else "warning", msg, data, prev.price, t.price)
+
+
+@csp.node(memoize=False)
+def price_alerts(trades: ts[list[Trade]], cfg: MarketConfig) -> ts[list[Event]]:
+    """`price_alert` when a symbol's move between consecutive trades (in arrival order) is large: beyond
+    `price_alert_multiple` times its own tick-move scale (and at least `price_alert_min_move`), or beyond the
+    fixed `price_alert_threshold`, which always alerts. (Hot path: one dict lookup and a few float operations.)"""
     with csp.state():
-        s_last = {}  # symbol -> (price, ts)
+        s_symbols = {}  # symbol -> TickScale
+        s_params = AlertParams(cfg)
+    p = s_params
+    symbols = s_symbols
     out = []
     for t in trades:
-        prev = s_last.get(t.symbol)
-        s_last[t.symbol] = (t.price, t.ts)
-        if prev is None:
+        s = symbols.get(t.symbol)
+        if s is None:
+            symbols[t.symbol] = TickScale(t)
             continue
-        move = t.price / prev[0] - 1.0
-        if abs(move) > threshold:
-            severity = "critical" if abs(move) > 2.0 * threshold else "warning"
-            data = {
-                "price": t.price, "prev_price": prev[0], "move": move, "threshold": threshold,
-                "prev_ts": prev[1].isoformat() + "Z", "size": t.size,
-            }
-            msg = f"{t.symbol} moved {move:+.2%} in one trade ({prev[0]:g} -> {t.price:g})"
-            out.append(make_event("price_alert", t.symbol, t.ts, severity, msg, data, prev[0], t.price))
+        prev = s.last
+        price = t.price
+        move = price / prev.price - 1.0
+        size = move if move >= 0.0 else -move
+        scale, n = s.scale, s.n
+        if size > p.floor or (size >= p.min_move and n >= p.warmup and size >= p.multiple * scale):
+            out.append(_price_alert(t, prev, move, scale if n >= p.warmup else None, p))
+        if n < p.warmup:
+            s.scale = scale + (size - scale) / (n + 1)  # the plain mean until the EWMA has a span of moves
+        else:
+            lim = TICK_CLIP * scale
+            if lim < p.min_move:
+                lim = p.min_move  # a flat symbol's scale of 0 must still be able to grow
+            s.scale = scale + p.alpha * ((size if size < lim else lim) - scale)
+        s.n = n + 1
+        s.last = t
     if out:
         return out
 

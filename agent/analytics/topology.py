@@ -14,6 +14,7 @@ from csp import ts
 from edgewatch.agent.analytics.advisor import advisor
 from edgewatch.agent.analytics.advisor import check as check_advisor
 from edgewatch.agent.analytics.anomaly import anomaly_events, anomaly_scores
+from edgewatch.agent.analytics.drift import check as check_drift
 from edgewatch.agent.analytics.health import check as check_health
 from edgewatch.agent.analytics.health import sensor_health
 from edgewatch.agent.analytics.market import check as check_market
@@ -47,9 +48,10 @@ def merge_events(parts: [ts[list[Event]]]) -> ts[list[Event]]:
 def sensor_graph(readings: ts[list[SensorReading]], cfg: Config) -> ts[list[Event]]:
     """Anomaly scores feed both the `anomaly` events and the health/maintenance node; one list per cycle."""
     check_health(cfg.health, cfg.maintenance)  # a bad key fails here, at wiring, not inside the running engine
+    check_drift(cfg.drift)
     scores = anomaly_scores(readings, cfg.anomaly)
     anomalies = anomaly_events(scores, cfg.anomaly)
-    health = sensor_health(readings, scores, cfg.health, cfg.maintenance)
+    health = sensor_health(readings, scores, cfg.health, cfg.maintenance, cfg.drift)
     return merge_events([anomalies, health])
 
 
@@ -66,7 +68,7 @@ def market_graph(
 
     `views` (each bar's technical view) and `limits` (the risk state) are what the advisor fuses."""
     check_market(cfg.market)  # a bad key fails here, at wiring, not inside the running engine
-    alerts = price_alerts(trades, cfg.market.price_alert_threshold)
+    alerts = price_alerts(trades, cfg.market)
     market = market_analytics(trades, sentiment, cfg.market)
     risk = risk_checks(trades, quotes, positions, pnl, market.vols, cfg.risk)
     return csp.output(events=merge_events([alerts, market.signals, risk.events]), bars=market.bars,

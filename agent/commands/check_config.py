@@ -10,7 +10,7 @@ import os
 from urllib.parse import urlsplit
 
 from edgewatch.agent import config
-from edgewatch.agent.analytics import advisor, health, market
+from edgewatch.agent.analytics import advisor, drift, health, market
 from edgewatch.agent.config import Config, ConfigError
 from edgewatch.agent.eventlog.store import resolve_url
 
@@ -53,6 +53,7 @@ def validate(cfg: Config) -> None:
         _host_port("metrics.listen", cfg.metrics.listen)
     # the analytics' own consistency rules, the same ones the graphs apply when they are wired
     health.check(cfg.health, cfg.maintenance)
+    drift.check(cfg.drift)
     market.check(cfg.market)
     advisor.check(cfg.advisor)
 

@@ -32,7 +32,7 @@ from edgewatch.agent.testing.harness import (
     free_port,
     wait_for,
 )
-from edgewatch.agent.testing.simulator import SimConfig, Simulator
+from edgewatch.agent.testing.simulator import RANGES, SimConfig, Simulator
 from edgewatch.agent.timeutil import parse_duration, utcnow
 from edgewatch.model.format import meta as model_meta
 from edgewatch.model.format import shipped_model_dir
@@ -304,6 +304,7 @@ def demo_command(args) -> int:
                 "metrics": {"listen": f"127.0.0.1:{metrics_port}"},
                 "sidecar": {"url": sidecar.url, "timeout": 1.0},
                 "log": {"level": "warning"},
+                "health": {"ranges": RANGES},  # the simulated fleet's units, as its operator would set them
             }).start()
             agent.wait_ready(broker, timeout=30)
             if sidecar.proc is not None and not sidecar.wait_ready(timeout=30):

@@ -44,6 +44,10 @@ METRICS = {
     "pressure": ((1005.0, 1020.0), 0.3, 0.0),
 }
 
+# the simulated fleet's physical ranges, as its operator would configure them (`health.ranges`): the agent assumes
+# none from a metric's name, so whatever expects `out_of_range` from the simulator sets these
+RANGES = "temperature=-40:85,humidity=0:100,pressure=300:1100,battery=0:100"
+
 SYMBOLS = ("AAPL", "MSFT", "NVDA", "AMZN", "GOOG", "TSLA", "JPM", "XOM", "META", "NFLX")
 
 # (template, sentiment): realistic finance headlines, {sym} is the symbol

@@ -188,6 +188,14 @@ def test_check_config_of_the_defaults(capsys, tmp_path):
         ('[sidecar]\nurl = "ftp://x"\n', "sidecar.url: expected http://host:port or unix:///path.sock"),
         ('[sidecar]\napi_key_file = "/nonexistent/key"\n', "sidecar.api_key_file: cannot read"),
         ('[metrics]\nlisten = "9108"\n', "metrics.listen: expected host:port"),
+        ("[market]\nprice_alert_min_move = 0.05\n", "market.price_alert_min_move: must be below"),
+        ("[market]\nprice_alert_multiple = 0\n", "market.price_alert_multiple: must be positive"),
+        ("[market]\nprice_alert_span = 0\n", "market.price_alert_span: must be at least 1"),
+        ("[drift]\nclip = 0.5\n", "drift.clip: must be above drift.allowance"),
+        ("[drift]\nclip = 5.0\n", "drift.clip: 2 x (clip - allowance) must stay below drift.threshold"),
+        ("[drift]\nthreshold = 0\n", "drift.threshold: must be positive"),
+        ("[drift]\nwarmup = 1\n", "drift.warmup: must be at least 2"),
+        ("[drift]\nscale_span = 0\n", "drift.scale_span: must be at least 1"),
     ],
 )
 def test_check_config_errors_exit_2_naming_the_key(capsys, tmp_path, text, named):

@@ -3,14 +3,17 @@ data-driven events the same however the input is batched and however long the en
 
 from __future__ import annotations
 
+import csv
 import random
 from datetime import datetime, timedelta
+from pathlib import Path
 
 import csp
 import pytest
 from edgewatch.agent.analytics.health import parse_bands, parse_ranges, sensor_health
 from edgewatch.agent.config import ConfigError, HealthConfig, MaintenanceConfig
 from edgewatch.agent.records import MetricScore, SensorReading, event_id
+from edgewatch.agent.testing.plugin import require
 
 T0 = datetime(2026, 3, 2, 8, 0)
 
@@ -73,13 +76,34 @@ def test_healthy_sensor_gets_periodic_health_events_with_every_component():
 def test_out_of_range_readings_drop_the_score_and_raise_a_flag():
     rs = healthy("a/1", 60) + [reading("a/1", 60 + i, temperature=-127.0, humidity=45.0, battery=90.0)
                                for i in range(10)]
-    evs = run_health(rs, h=HealthConfig(interval=3600.0))
+    evs = run_health(rs, h=HealthConfig(interval=3600.0, ranges="temperature=-40:85"))
     flags = [e for e in evs if e.kind == "maintenance"]
     assert flags and flags[0].data["reasons"] == ["out_of_range"] and flags[0].data["state"] == "raised"
     bands = [e for e in evs if e.kind == "health"]
     assert bands and bands[-1].data["why"] == "band" and bands[-1].data["band"] == "poor"
     assert bands[-1].data["components"]["range"] < 0.45 and bands[-1].severity == "critical"
     assert all(e.ts >= at(60) for e in evs)  # data-driven: stamped with the readings' time
+
+
+def skab_readings(shared_data: Path, name: str) -> list[SensorReading]:
+    """One SKAB recording as readings of one sensor (1 Hz, eight metrics in the testbed's own units)."""
+    path = shared_data / "skab-dev" / name
+    require("SKAB dev data", path.is_file(), f"{path} not found")
+    with path.open(newline="") as f:
+        rows = list(csv.DictReader(f, delimiter=";"))
+    return [SensorReading(sensor_id="skab/pump", ts=datetime.fromisoformat(row.pop("datetime")),
+                          metrics={k: float(v) for k, v in row.items()}, attrs={}) for row in rows]
+
+
+def test_no_range_is_assumed_from_a_metric_name(shared_data):
+    """SKAB's normal recording: pressure in bar (around 0, below the 300 hPa a name-keyed range would want),
+    motor temperature around 90 °C. Without configured ranges nothing of it is out of range."""
+    assert HealthConfig().ranges == "" and parse_ranges("") == {}
+    rs = skab_readings(shared_data, "anomaly-free/anomaly-free.csv")
+    assert min(r.metrics["Pressure"] for r in rs) < 1.0 and max(r.metrics["Temperature"] for r in rs) > 85.0
+    evs = run_health(rs, h=HealthConfig(interval=3600.0))
+    assert not [e for e in evs if e.kind == "maintenance" and "out_of_range" in e.data["reasons"]]
+    assert all(e.data["out_of_range_rate"] == 0.0 for e in evs if e.kind == "health")
 
 
 def test_bad_status_attribute_and_low_battery():

@@ -11,6 +11,7 @@ from edgewatch.agent.analytics.topology import sensor_graph
 from edgewatch.agent.config import Config, HealthConfig, MaintenanceConfig
 from edgewatch.agent.records import SensorReading, event_id
 from edgewatch.agent.testing.simulator import (
+    RANGES,
     SENSOR_FAULTS,
     SimConfig,
     Simulator,
@@ -75,6 +76,7 @@ MAX_DELAY = {"anomaly_burst": 30, "drift": 60, "stuck": 30, "stale": 15, "noisy"
 
 def test_every_injected_fault_raises_its_reason_within_a_bounded_delay():
     cfg = Config()
+    cfg.health.ranges = RANGES  # the simulated fleet's units: its impossible readings are out_of_range
     sim = Simulator(SimConfig(sensors=21, symbols=0, duration=600, seed=11, fault_fraction=1.0), T0)
     assert sorted({f.kind for f in sim.faults}) == sorted(SENSOR_FAULTS)
     events = run_sim(sim, cfg, 600)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
 from datetime import datetime, timedelta
@@ -34,10 +35,20 @@ def batches(records: list) -> list:
     return out
 
 
-def run_alerts(trades: list[Trade], threshold: float = 0.02) -> list:
-    out = csp.run(price_alerts, csp.curve(list[Trade], batches(trades)), threshold, starttime=T0,
-                  endtime=timedelta(seconds=100))
-    return [e for _, evs in out[0] for e in evs]
+def run_alerts(trades: list[Trade], cfg: MarketConfig | None = None) -> list:
+    end = max(t.ts for t in trades) - T0 + timedelta(seconds=1)
+    out = csp.run(price_alerts, csp.curve(list[Trade], batches(trades)), cfg or MarketConfig(), starttime=T0,
+                  endtime=end)
+    return [e for _, evs in out.get(0, []) for e in evs]
+
+
+def ticks(sym: str, n: int, move, start: float = 0.0, price: float = 100.0, every: float = 0.05) -> list[Trade]:
+    """`n` trades of `sym`, `every` seconds apart, each moving by the fraction `move()` from the last."""
+    out = []
+    for i in range(n):
+        price *= 1.0 + move()
+        out.append(trade(sym, start + i * every, price))
+    return out
 
 
 def run_market(trades: list[Trade], sentiment: list[Sentiment] = (), cfg: MarketConfig | None = None,
@@ -80,6 +91,53 @@ def test_price_alert_out_of_order_trades_compare_in_arrival_order():
     evs = run_alerts([trade("AAA", 5, 100.0), Trade(symbol="AAA", ts=at(4), price=100.5, size=1.0),
                       trade("AAA", 6, 100.6)])
     assert evs == []
+
+
+def test_a_calm_symbol_alerts_on_a_jump_thirty_times_its_tick_scale():
+    """Normal tick moves of about 0.02 % (mean |move|); a 0.6 % jump is far below the 2 % floor, yet 30x the
+    symbol's own scale: it alerts, with the move, the scale and the multiple as evidence."""
+    rng = random.Random(3)
+    sigma = 0.0002 / math.sqrt(2 / math.pi)  # a normal move with mean |move| = 0.02 %
+    calm = ticks("CALM", 400, lambda: rng.gauss(0, sigma))
+    jump = trade("CALM", 20.0, calm[-1].price * 1.006)
+    evs = run_alerts(calm + [jump] + ticks("CALM", 50, lambda: rng.gauss(0, sigma), 20.05, jump.price))
+    assert [(e.key, e.ts) for e in evs] == [("CALM", at(20.0))]
+    d = evs[0].data
+    assert d["move"] == pytest.approx(0.006) and d["scale"] == pytest.approx(0.0002, rel=0.25)
+    assert d["multiple"] == pytest.approx(d["move"] / d["scale"]) and d["multiple"] > 20
+    assert d["threshold"] == 0.02 and d["alert_multiple"] == 20.0
+    assert evs[0].severity == "warning" and "x its tick scale" in evs[0].message
+    # six 1.2 % jumps (60x) in a row of calm ticks: every one alerts, and is critical (twice the multiple)
+    trades, t = list(calm), 20.0
+    for k in range(6):
+        trades.append(trade("CALM", t, trades[-1].price * (1.012 if k % 2 else 0.988)))
+        trades += ticks("CALM", 100, lambda: rng.gauss(0, sigma), t + 0.05, trades[-1].price)
+        t += 6.0
+    evs = run_alerts(trades)
+    assert len(evs) == 6 and all(e.severity == "critical" for e in evs)
+
+
+def test_a_volatile_symbol_raises_at_most_one_alert_per_hundred_normal_ticks():
+    """Heavy-tailed tick moves (Student t, 3 degrees of freedom) about ten times the calm symbol's: its own scale
+    keeps the multiple-based alert quiet, while a fixed fraction low enough for the calm symbol would not be."""
+    rng = random.Random(5)
+
+    def t3() -> float:  # Student t with 3 degrees of freedom, scaled to a typical move of about 0.2 %
+        return 0.002 * rng.gauss(0, 1) / math.sqrt(sum(rng.gauss(0, 1) ** 2 for _ in range(3)) / 3)
+
+    wild = ticks("WILD", 5000, t3)
+    evs = run_alerts(wild)
+    assert len(evs) <= len(wild) / 100
+    moves = [abs(b.price / a.price - 1) for a, b in itertools.pairwise(wild)]
+    assert sum(moves) / len(moves) > 10 * 0.0002  # it is volatile
+    assert sum(m > 0.006 for m in moves) > len(wild) / 50  # a fixed 0.6 % (the calm symbol's 30x) would be chatty
+
+
+def test_a_flat_symbol_cannot_alert_on_a_cent():
+    flat = [trade("FLAT", i * 0.1, 100.0) for i in range(200)]
+    cent = trade("FLAT", 20.0, 100.01)  # 0.01 %: infinitely many scales of a symbol that never moved
+    assert run_alerts(flat + [cent]) == []
+    assert [e.data["multiple"] for e in run_alerts(flat + [trade("FLAT", 20.0, 101.0)])] == [None]  # 1 %: alerts
 
 
 # --- VWAP bars ---------------------------------------------------------------------------------------------

@@ -1,0 +1,179 @@
+"""Slow drift of a sensor's level, found against a reference that does not follow it.
+
+Health's short-window `drift_z` compares recent readings with a baseline that keeps
+learning, so that a new normal is accepted; a drift slower than that learning is
+followed, never found. This detector watches how the level moves instead, per
+(sensor, metric):
+
+- readings are averaged over blocks of data time (`drift.block`, aligned to the
+  epoch, so a replay cuts the same blocks as the live run);
+- the change between consecutive block means, in units of its scale s and
+  clipped to +-c (`drift.clip`), feeds a two-sided CUSUM (Page's test):
+  up = max(0, up + z - k), down = max(0, down - z - k), k = `drift.allowance`;
+- the maintenance reason `drift` is raised when either sum reaches h
+  (`drift.threshold`); it clears as health's drift does, once the sum stays below
+  `maintenance.drift_clear_z / health.drift_z` of h (half, by default).
+
+The reference is the block mean at which the sum last stood at zero: a ramp moves
+away from it block after block, while noise keeps pulling the sum back to zero.
+A step to a new stable level (an anomaly, then a new normal) changes at most two
+block means, each adding at most c - k: with 2(c - k) < h (checked) a step alone
+cannot raise `drift`. A daily cycle of amplitude A changes the level by at most
+2 pi A / (blocks per day) per block, so it never accumulates while
+A < 23 k s at 10-minute blocks (with k = 1 and s = 0.055 for noise sigma = 0.3
+read every 10 s: cycles up to an amplitude of about 1.25).
+
+The scale s of a block change comes from second differences of block means:
+their mean square is 3 s^2 when block means scatter independently about the
+level (white noise), and a steady drift cancels from them (a slow cycle nearly),
+so the drift being measured cannot inflate its own yardstick. A level that also
+wanders slowly gets a scale up to sqrt(1.5) too small, which makes the detector
+readier to call its wander drift.
+
+k and h come from the false-alarm rate (Siegmund's approximation of a CUSUM's
+in-control average run length over independent standardised changes,
+ARL0 = (exp(2 k b) - 2 k b - 1) / (2 k^2), b = h + 1.166): k = 1, h = 6 give
+8.4e5 blocks per side, 4.2e5 for both, one false `drift` per metric in about
+eight years of 10-minute blocks (the changes of white-noise block means are
+negatively correlated, which only lengthens it); for a level that wanders as a
+random walk, whose scale is underestimated as above, about 50 days. c = 3 keeps
+a step's share to 2(c - k) = 4 < h. k = 1 is half the change per block that is
+found fastest (the usual rule, k = half the design shift): a level moving 2 s a
+block or more raises `drift` within about h / (z - k) blocks, at most
+h / (c - k) = 3 blocks when it moves by c scales or more. For white noise of
+standard deviation sigma read n times a block, s = 1.41 sigma / sqrt(n), so 2 s
+a block is 2.2 sigma an hour at one reading per 10 s and 10-minute blocks (0.7
+sigma an hour at 1 Hz); the smallest drift found at all is half that.
+
+O(1) per reading (a sum and a count) and per block (a few float operations).
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime, timedelta
+
+from edgewatch.agent.analytics.anomaly import ewma_alpha
+from edgewatch.agent.config import ConfigError, DriftConfig
+
+LEARN_CLIP = 3.0  # second differences beyond this many of their standard deviations are clipped before learning
+REL_FLOOR = 1e-4  # scale floor as a fraction of the level: a flat (quantised) level is not infinitely sensitive
+SECOND_DIFF_RATIO = 3.0  # E[second difference^2] / E[change^2] of independent block means
+_EPOCH = datetime(1970, 1, 1)
+
+
+def check(d: DriftConfig) -> None:
+    """Raise ConfigError naming the first bad [drift] key (called when the graph is wired)."""
+    for key in ("allowance", "threshold"):
+        if getattr(d, key) <= 0:
+            raise ConfigError(f"drift.{key}: must be positive")
+    if not d.clip > d.allowance:
+        raise ConfigError(f"drift.clip: must be above drift.allowance ({d.allowance}), got {d.clip}")
+    if not 2.0 * (d.clip - d.allowance) < d.threshold:
+        raise ConfigError(f"drift.clip: 2 x (clip - allowance) must stay below drift.threshold ({d.threshold}), "
+                          f"or a step to a new level raises drift; got clip {d.clip}")
+    if d.warmup < 2:
+        raise ConfigError(f"drift.warmup: must be at least 2, got {d.warmup}")
+    if d.scale_span < 1:
+        raise ConfigError(f"drift.scale_span: must be at least 1, got {d.scale_span}")
+
+
+class DriftParams:
+    """Constants derived once from DriftConfig; `drift_z` maps the CUSUM onto health's drift measure, so that
+    it reaches `health.drift_z` (the raise level of the `drift` reason) exactly when the sum reaches h."""
+
+    __slots__ = ("block", "on", "allowance", "threshold", "clip", "cap", "warmup", "span", "a_var", "drift_z")
+
+    def __init__(self, d: DriftConfig, drift_z: float):
+        self.block = timedelta(seconds=d.block)
+        self.on = d.block > 0
+        self.allowance = d.allowance
+        self.threshold = d.threshold
+        self.clip = d.clip
+        self.cap = 2.0 * d.threshold  # a long ramp clears about as soon after it stops as a short one
+        self.warmup = d.warmup
+        self.span = d.scale_span
+        self.a_var = ewma_alpha(d.scale_span)
+        self.drift_z = drift_z
+
+
+def next_block(when: datetime, p: DriftParams) -> datetime:
+    """The end of the block of data time holding `when` (never, when drift is off)."""
+    if not p.on:
+        return datetime.max
+    return when - (when - _EPOCH) % p.block + p.block
+
+
+class LevelDrift:
+    """One metric's block sum, its last block mean and change, the scale and the two CUSUMs with their references."""
+
+    __slots__ = ("total", "n", "mean", "change", "learnt", "var", "up", "down", "ref_up", "ref_down", "score")
+
+    def __init__(self):
+        self.total = 0.0
+        self.n = 0  # readings in the open block
+        self.mean = self.change = None  # the last block mean and the change that led to it
+        self.learnt = 0  # second differences learnt
+        self.var = 0.0  # mean squared second difference of block means
+        self.up = self.down = 0.0
+        self.ref_up = self.ref_down = 0.0
+        self.score = 0.0  # the larger CUSUM as a fraction of the threshold, as of the last block
+
+    def close(self, p: DriftParams) -> float:
+        """Close the open block; return the larger CUSUM as a fraction of the threshold (0 while learning)."""
+        if self.n == 0:  # a silent block: the next change spans it
+            return self.score
+        mean = self.total / self.n
+        self.total, self.n = 0.0, 0
+        last, self.mean = self.mean, mean
+        if last is None:
+            return 0.0
+        change, before = mean - last, self.change
+        self.change = change
+        if before is None:
+            return 0.0
+        e = change - before
+        if not math.isfinite(e * e):  # levels near the float limit overflow the squares: such a series starts over
+            self.__init__()
+            return 0.0
+        learnt = self.learnt = self.learnt + 1
+        if learnt <= p.warmup:  # the scale's first estimate
+            self.var += (e * e - self.var) / learnt
+            self.ref_up = self.ref_down = mean
+            return 0.0
+        scale = math.sqrt(self.var / SECOND_DIFF_RATIO)
+        floor = REL_FLOOR * abs(mean) + 1e-12
+        scale = scale if scale > floor else floor
+        lim = LEARN_CLIP * math.sqrt(self.var)
+        e = lim if e > lim else (-lim if e < -lim else e)
+        # a plain mean until there are scale_span of them, then an EWMA: the estimate firms up as fast as it can
+        self.var += (e * e - self.var) * (1.0 / learnt if learnt < p.span else p.a_var)
+        z = change / scale
+        z = p.clip if z > p.clip else (-p.clip if z < -p.clip else z)
+        up = self.up + z - p.allowance
+        down = self.down - z - p.allowance
+        if up <= 0.0:
+            up, self.ref_up = 0.0, mean
+        if down <= 0.0:
+            down, self.ref_down = 0.0, mean
+        self.up = up if up < p.cap else p.cap
+        self.down = down if down < p.cap else p.cap
+        self.score = max(self.up, self.down) / p.threshold
+        return self.score
+
+    def evidence(self) -> dict:
+        """The level's move since the reference, in the metric's units, and the CUSUM as a fraction of h."""
+        up = self.up >= self.down
+        ref = self.ref_up if up else self.ref_down
+        return {"level": self.mean, "reference": ref, "change": self.mean - ref, "cusum": self.score}
+
+
+def close_blocks(tracks: dict, p: DriftParams) -> tuple[float, dict | None]:
+    """Close every metric's block; return the largest CUSUM in health's drift units and its evidence
+    (None when every CUSUM is at zero)."""
+    worst, name = 0.0, None
+    for metric, m in tracks.items():
+        level = m.level.close(p)
+        if level > worst:
+            worst, name = level, metric
+    return worst * p.drift_z, None if name is None else {"metric": name, **tracks[name].level.evidence()}

@@ -1,0 +1,128 @@
+"""Slow drift in historical mode: a ramp of 3 noise-sigma an hour is found within two hours; a daily cycle, a
+step to a new level and healthy sensors over two days are not; the CUSUM's bounds hold block by block."""
+
+from __future__ import annotations
+
+import math
+import random
+from datetime import datetime, timedelta
+
+import csp
+from edgewatch.agent.analytics.drift import DriftParams, LevelDrift
+from edgewatch.agent.analytics.topology import sensor_graph
+from edgewatch.agent.config import Config, DriftConfig
+from edgewatch.agent.records import SensorReading
+
+T0 = datetime(2026, 3, 2)
+PERIOD = 10.0  # seconds between readings
+SIGMA = 0.3  # noise of the simulated temperature, degrees C
+
+
+def temperature(sid: str, hours: float, seed: int, cycle: float = 0.5, ramp_at: float | None = None,
+                step_at: float | None = None, step: float = 2.0) -> list[SensorReading]:
+    """A sensor at about 21 C: noise SIGMA, a mild daily cycle of amplitude `cycle`, optionally a ramp of 3 SIGMA an
+    hour from `ramp_at` hours on, or a step of `step` to a new stable level at `step_at` hours."""
+    rng = random.Random(seed)
+    out = []
+    for i in range(int(hours * 3600 / PERIOD)):
+        h = i * PERIOD / 3600
+        x = 21.0 + cycle * math.sin(2 * math.pi * h / 24) + rng.gauss(0, SIGMA)
+        if ramp_at is not None and h >= ramp_at:
+            x += 3 * SIGMA * (h - ramp_at)
+        if step_at is not None and h >= step_at:
+            x += step
+        out.append(SensorReading(sensor_id=sid, ts=T0 + timedelta(hours=h), metrics={"temperature": round(x, 2)},
+                                 attrs={}))
+    return out
+
+
+def run(readings: list[SensorReading], cfg: Config, batch: timedelta | None = None) -> list:
+    """The sensor graph's events over `readings`, one batch per reading (or per `batch` of data time)."""
+    readings = sorted(readings, key=lambda r: r.ts)
+    if batch is None:
+        batches = [(r.ts, [r]) for r in readings]
+    else:
+        grouped: dict = {}
+        for r in readings:
+            grouped.setdefault(T0 + (r.ts - T0) // batch * batch + batch, []).append(r)
+        batches = sorted(grouped.items())
+
+    @csp.graph
+    def g():
+        csp.add_graph_output("events", sensor_graph(csp.curve(list[SensorReading], batches), cfg))
+
+    out = csp.run(g, starttime=T0, endtime=batches[-1][0] - T0 + timedelta(seconds=1))
+    return [e for _, evs in out.get("events", []) for e in evs]
+
+
+def drift_flags(events: list) -> list:
+    return [e for e in events if e.kind == "maintenance" and "drift" in e.data["reasons"]]
+
+
+def test_a_ramp_of_three_noise_sigma_an_hour_raises_drift_within_two_hours():
+    start = 8.0  # hours: the detector has learnt its scale by then (12 blocks of 10 minutes)
+    readings = temperature("lab/t1", start + 4, seed=1, ramp_at=start)
+    events = run(readings, Config())
+    raised = [e for e in drift_flags(events) if e.data["state"] == "raised"]
+    assert raised, "no drift raised"
+    at = raised[0].ts
+    assert T0 + timedelta(hours=start) < at <= T0 + timedelta(hours=start + 2)
+    slow = raised[0].data["slow_drift"]
+    assert slow["metric"] == "temperature" and slow["cusum"] >= 1.0
+    # the evidence: the level's move since the reference, which stayed where the ramp began
+    assert abs(slow["reference"] - 21.0) < 0.5
+    gone = 3 * SIGMA * (at - T0 - timedelta(hours=start)).total_seconds() / 3600
+    assert 0.5 * gone < slow["change"] < 1.5 * gone + 0.5
+    # health's short window alone follows the ramp: with slow drift off nothing is raised in the same hours
+    off = Config()
+    off.drift.block = 0.0
+    assert drift_flags(run(readings, off)) == []
+
+
+def test_a_daily_cycle_a_step_and_healthy_sensors_raise_no_drift_over_two_days():
+    readings = (temperature("lab/healthy", 48, seed=2, cycle=0.0)
+                + temperature("lab/cycle", 48, seed=3)
+                + temperature("lab/step", 48, seed=4, step_at=10.25))
+    events = run(readings, Config())
+    assert drift_flags(events) == []
+    # the step is an anomaly, then a new normal
+    assert any(e.kind == "anomaly" and e.key == "lab/step" and e.ts == T0 + timedelta(hours=10.25) for e in events)
+
+
+def test_slow_drift_is_cut_in_data_time_whatever_the_batching():
+    readings = temperature("lab/t1", 11, seed=5, ramp_at=8.0)
+    one = [(e.event_id, e.ts) for e in drift_flags(run(readings, Config()))]
+    assert one and one == [(e.event_id, e.ts) for e in drift_flags(run(readings, Config(), timedelta(minutes=7)))]
+
+
+def test_a_step_adds_a_bounded_amount_and_a_steady_move_a_fixed_one_per_block():
+    """Block by block: after the scale is learnt, a step of any size moves the CUSUM by at most 2 (clip -
+    allowance), then the sum decays; a level moving by clip scales or more adds clip - allowance every block."""
+    d = DriftConfig()
+    p = DriftParams(d, 6.0)
+    rng = random.Random(6)
+
+    def blocks(level: LevelDrift, means) -> list[float]:
+        out = []
+        for m in means:
+            level.total, level.n = m, 1
+            out.append(level.close(p))
+        return out
+
+    noise = [rng.gauss(0, 0.05) for _ in range(60)]
+    level = LevelDrift()
+    assert blocks(level, noise[:d.warmup + 2]) == [0.0] * (d.warmup + 2)  # learning the scale
+    before = blocks(level, noise[d.warmup + 2:30])[-1]
+    scores = blocks(level, [x + 100.0 for x in noise[30:]])  # a huge step, then the new normal
+    assert max(scores) <= before + 2 * (d.clip - d.allowance) / d.threshold < 1.0 and scores[-1] == 0.0
+    ramp = blocks(level, [100.0 + 10.0 * k for k in range(1, 5)])  # far more than clip scales a block
+    assert ramp == [(d.clip - d.allowance) * k / d.threshold for k in range(1, 5)]
+
+
+def test_levels_near_the_float_limit_start_the_series_over_instead_of_poisoning_it():
+    p = DriftParams(DriftConfig(), 6.0)
+    level = LevelDrift()
+    for mean in (0.0, 1e300, -1e300, 1e300):
+        level.total, level.n = mean, 1
+        assert level.close(p) == 0.0
+    assert level.var == 0.0 and math.isfinite(level.up)
