@@ -72,6 +72,7 @@ class RecordConfig:
     path: str = ""  # directory for capture files; empty = no recording
     max_bytes: int = 64 * 1024 * 1024  # rotate a capture file past this size
     max_files: int = 20  # rotated files kept
+    warm_start: float = 3600.0  # seconds of the newest captures the graph re-runs at start to rebuild its state (0 = start cold)
 
 
 @dataclasses.dataclass

@@ -43,9 +43,9 @@ RUN_LIMIT = timedelta(days=365 * 100)  # the engine stops at the last message; t
 class CaptureSource:
     """Captured messages, validated, grouped into one batch per distinct `received_at`."""
 
-    def __init__(self, paths: list[str], cfg: Config):
+    def __init__(self, paths: list, cfg: Config, since: datetime | None = None):
         self.reader = read_captures(paths)
-        self._items = iter(self.reader)
+        self._items = iter(self.reader) if since is None else (i for i in self.reader if i[0] >= since)
         self.validator = Validator(cfg)
         self.accepted: Counter[str] = Counter()
         self.rejected: list[DeadLetter] = []

@@ -23,14 +23,19 @@ import gc
 import signal
 import threading
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import TypeVar
 
 import csp
+from csp import ts
 from edgewatch.agent import config
 from edgewatch.agent.analytics.topology import analytics
+from edgewatch.agent.commands.replay import CaptureSource, capture_feed, split
 from edgewatch.agent.eventlog.outbox import Outbox
 from edgewatch.agent.eventlog.sink import sink
 from edgewatch.agent.eventlog.store import Store, StoreWriter
+from edgewatch.agent.ingest.capture import PATTERN as CAPTURE_PATTERN
 from edgewatch.agent.ingest.capture import CaptureWriter
 from edgewatch.agent.ingest.mqtt import Link, MqttAdapterManager
 from edgewatch.agent.ingest.validate import Validator
@@ -38,6 +43,7 @@ from edgewatch.agent.ops import metrics
 from edgewatch.agent.ops.heartbeat import Heartbeat, heartbeat
 from edgewatch.agent.ops.http import serve
 from edgewatch.agent.records import RECORD_TYPES
+from edgewatch.agent.timeutil import utcnow
 from edgewatch.common import logs
 from edgewatch.common.notify import Notifier
 
@@ -53,17 +59,55 @@ LIVE_KEYS = {
     "advisor": {"signal_weight", "news_weight", "news_horizon", "enter", "exit", "min_headroom"},
 }
 GC_THRESHOLDS = (100_000, 50, 100)  # allocations per young collection, then per older ones
+T = TypeVar("T")
 STOP_TIMEOUT = 10.0  # seconds the whole stop may take (docs/reference/commands.md)
 
 
+@csp.node
+def join(a: ts[T], b: ts[T]) -> ts[T]:
+    """Either feed's batch; both in one cycle (a warm-up batch meeting a live one) become one list."""
+    if csp.ticked(a) and csp.ticked(b):
+        return a + b
+    return a if csp.ticked(a) else b
+
+
+@csp.node
+def from_time(x: ts[T], start: datetime) -> ts[T]:
+    """Pass ticks from engine time `start` on: what the warm-up re-derives was logged by the run that saw it."""
+    if csp.now() >= start:
+        return x
+
+
 @csp.graph(memoize=False)
-def live(mgr: MqttAdapterManager, writer: object, cfg: config.Config, hb: Heartbeat, beat_every: timedelta):
-    """MQTT in -> analytics -> sink (log, acknowledgements); the outbox takes it from the log."""
+def live(mgr: MqttAdapterManager, writer: object, cfg: config.Config, hb: Heartbeat, beat_every: timedelta,
+         warm: object = None, live_from: datetime | None = None):
+    """MQTT in -> analytics -> sink (log, acknowledgements); the outbox takes it from the log.
+
+    With `warm` (a CaptureSource of the newest captures) the engine starts at the first captured
+    message's time and runs the captures through the same analytics first, in event time and as fast
+    as it can (csp catches up before it takes live pushes), so detectors, health baselines and
+    market regimes resume where the last run left them; nothing before `live_from` reaches the log.
+    """
     feeds = {kind: mgr.subscribe(kind) for kind in RECORD_TYPES}
+    if warm is not None:
+        past = split(capture_feed(warm))
+        feeds = {kind: join(getattr(past, kind), feed) for kind, feed in feeds.items()}
     out = analytics(feeds["sensor"], feeds["trade"], feeds["quote"], feeds["position"], feeds["pnl"],
                     feeds["news"], cfg)
-    sink(out.events, out.bars, mgr.dead_letters(), mgr.marks(), writer, mgr.durable)
+    events, bars = out.events, out.bars
+    if warm is not None:
+        events, bars = from_time(events, live_from), from_time(bars, live_from)
+    sink(events, bars, mgr.dead_letters(), mgr.marks(), writer, mgr.durable)
     heartbeat(hb, beat_every)
+
+
+def warm_source(cfg: config.Config, exclude: Path | None) -> CaptureSource | None:
+    """The captures of the last `record.warm_start` seconds (not the file this run writes), or None."""
+    if not cfg.record.path or cfg.record.warm_start <= 0 or not Path(cfg.record.path).is_dir():
+        return None
+    files = [p for p in sorted(Path(cfg.record.path).glob(CAPTURE_PATTERN)) if p != exclude]
+    source = CaptureSource(files, cfg, since=utcnow() - timedelta(seconds=cfg.record.warm_start))
+    return source if source.first is not None else None
 
 
 class _ServiceHeartbeat(Heartbeat):
@@ -147,8 +191,12 @@ class Service:
         self.outbox.start()
         self.http = serve(self.cfg.metrics.listen, metrics.REGISTRY, self.health)
         self.link.start()
-        runner = csp.run_on_thread(live, self.manager, self.writer, self.cfg, self.hb, BEAT_EVERY,
-                                   realtime=True, daemon=True)
+        warm = warm_source(self.cfg, self.capture.path if self.capture else None)
+        now = utcnow()
+        runner = csp.run_on_thread(live, self.manager, self.writer, self.cfg, self.hb, BEAT_EVERY, warm, now,
+                                   starttime=warm.first if warm else now, realtime=True, daemon=True)
+        if warm is not None:
+            log.info("warm_start", captured_from=warm.first.isoformat() + "Z", seconds=self.cfg.record.warm_start)
         log.info("agent_started", config=self.config_path, store=self.store.display_url,
                  record=self.cfg.record.path or None)
         failed = False
