@@ -165,7 +165,7 @@ def test_db_defaults_to_the_configured_store(capsys, db, tmp_path, monkeypatch):
         (["events", "--since", "9999-12-31T23:00:00-05:00"], 2, "--since: '9999-12-31T23:00:00-05:00' is outside"),
         (["events", "--kind", "bogus"], 2,
          "argument --kind: invalid choice: 'bogus' (choose from 'anomaly', 'health', 'maintenance', 'risk', 'signal', "
-         "'price_alert', 'news')"),
+         "'price_alert', 'news', 'advice')"),
         (["events", "--severity", "loud"], 2, "argument --severity: invalid choice: 'loud'"),
         (["events", "--limit", "many"], 2, "argument --limit: invalid int value: 'many'"),
     ],
