@@ -101,7 +101,7 @@ class _Printer:
                 for i, c in enumerate(self.columns)
             }
             last = self.columns[-1]
-            if last not in self.caps:  # runs to the end of each line: its rule need not
+            if last not in self.caps:  # uncapped, it runs to the end of each line: its header rule stays short
                 self.widths[last] = min(self.widths[last], 48)
             self._line(list(self.columns))
             self._line(["-" * self.widths[c] for c in self.columns])
