@@ -10,8 +10,10 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import typing
 
 from edgewatch.agent.config import ConfigError
+from edgewatch.agent.kinds import EVENT_KINDS, SEVERITIES
 from edgewatch.common import __version__
 
 FORMATS = ("table", "json", "csv")
@@ -30,56 +32,108 @@ HANDLERS = {
 }
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line naming the flag, exit 2, like every other usage error of the command."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
+class _Help(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Shows each option's default; options whose default is not a value say theirs in their help."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default in (None, False, []) or "default:" in (action.help or ""):
+            return action.help or ""
+        return super()._get_help_string(action)
+
+
+CONFIG_HELP = "configuration file (default: built-in defaults, then EDGEWATCH_* variables)"
+DB_HELP = "event log: a SQLite path or an SQLAlchemy URL (default: store.url of the configuration)"
+
+
+def _command(sub, name: str, summary: str, description: str) -> argparse.ArgumentParser:
+    return sub.add_parser(name, help=summary, description=f"{summary[0].upper()}{summary[1:]}.\n\n{description}",
+                          formatter_class=_Help)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="edge-agent", description="Edgewatch edge agent")
+    p = _Parser(prog="edge-agent", description="Edgewatch edge agent",
+                epilog="exit codes: 0 success, 1 runtime failure, 2 usage or configuration error")
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    run = sub.add_parser("run", help="run the agent service")
-    run.add_argument("--config", metavar="PATH")
+    run = _command(sub, "run", "run the agent service",
+                   "MQTT feeds in, csp analytics, events into the log and out on MQTT. SIGTERM/SIGINT stop it\n"
+                   "cleanly, SIGHUP re-reads the configuration. The configuration is checked first\n"
+                   "(as check-config does).")
+    run.add_argument("--config", metavar="PATH", help=CONFIG_HELP)
 
-    for name, helptext in (("events", "query the event log"), ("deadletters", "query the dead letters")):
-        q = sub.add_parser(name, help=helptext)
-        q.add_argument("--db", metavar="URL|PATH", help="event log (default: store.url of the configuration)")
-        q.add_argument("--config", metavar="PATH")
+    for name, summary, description in (
+        ("events", "query the event log",
+         "Read-only, safe while the agent writes. Times (T) are ISO-8601 or relative: 90s, 15m, 2h, 7d."),
+        ("deadletters", "query the dead letters",
+         "The rejected input messages with their reasons, read-only. A payload that was not UTF-8\n"
+         "text is kept base64-encoded, and its reason says so."),
+    ):
+        q = _command(sub, name, summary, description)
+        q.add_argument("--db", metavar="URL|PATH", help=DB_HELP)
+        q.add_argument("--config", metavar="PATH", help=CONFIG_HELP)
         if name == "events":
-            q.add_argument("--kind", action="append", default=[], metavar="K")
-            q.add_argument("--key", metavar="KEY")
-            q.add_argument("--severity", choices=("info", "warning", "critical"))
-            q.add_argument("--until", metavar="T")
-            q.add_argument("--follow", action="store_true", help="keep printing new events")
-        q.add_argument("--since", metavar="T", help="ISO-8601 or relative: 90s, 15m, 2h, 7d")
-        q.add_argument("--limit", type=int, metavar="N")
-        q.add_argument("--format", choices=FORMATS, default="table")
+            q.add_argument("--kind", action="append", default=[], choices=EVENT_KINDS, metavar="K",
+                           help=f"only this kind ({', '.join(EVENT_KINDS)}); repeatable (default: every kind)")
+            q.add_argument("--key", metavar="KEY", help="only this sensor id, symbol or other key (default: every key)")
+            q.add_argument("--severity", choices=SEVERITIES, help="only this severity (default: every severity)")
+            q.add_argument("--until", metavar="T", help="only events before T (default: no upper bound)")
+            q.add_argument("--follow", action="store_true", help="keep printing new events (default: off)")
+        q.add_argument("--since", metavar="T", help="only rows at or after T (default: no lower bound)")
+        q.add_argument("--limit", type=int, metavar="N", help="the N most recent rows (default: all)")
+        q.add_argument("--format", choices=FORMATS, default="table", help="output format; json is JSON Lines")
+        q.add_argument("--wide", action="store_true", help="table cells in full, never shortened (default: off)")
 
-    rp = sub.add_parser("replay", help="run the graphs over capture files in event time")
-    rp.add_argument("captures", nargs="+", metavar="CAPTURE")
-    rp.add_argument("--config", metavar="PATH")
-    rp.add_argument("--db", metavar="URL|PATH")
+    rp = _command(sub, "replay", "run the graphs over capture files in event time",
+                  "The live analytics over recorded input (files or folders of capture-*.jsonl), as fast as\n"
+                  "the graphs allow; events already in the log are not written twice.")
+    rp.add_argument("captures", nargs="+", metavar="CAPTURE", help="capture files or folders")
+    rp.add_argument("--config", metavar="PATH", help=CONFIG_HELP)
+    rp.add_argument("--db", metavar="URL|PATH", help=DB_HELP)
 
-    sc = sub.add_parser("score", help="score one series with the live anomaly detector")
-    sc.add_argument("input", metavar="INPUT.csv")
-    sc.add_argument("--metric", default="value", metavar="NAME")
-    sc.add_argument("--out", metavar="OUT.csv", help="default: standard output")
-    sc.add_argument("--config", metavar="PATH")
+    sc = _command(sub, "score", "score one series with the live anomaly detector",
+                  "Reads a CSV with a timestamp column and a value column; writes\n"
+                  "timestamp,value,anomaly_score, one row per input row.")
+    sc.add_argument("input", metavar="INPUT.csv", help="the series to score")
+    sc.add_argument("--metric", default="value", metavar="NAME", help="the value column")
+    sc.add_argument("--out", metavar="OUT.csv", help="where to write the scores (default: standard output)")
+    sc.add_argument("--config", metavar="PATH", help=CONFIG_HELP)
 
-    dm = sub.add_parser("demo", help="the whole system on this machine, nothing else needed")
-    dm.add_argument("--duration", default="30s", metavar="D")
-    dm.add_argument("--db", metavar="PATH", default="./edgewatch-demo.db")
+    dm = _command(sub, "demo", "the whole system on this machine, nothing else needed",
+                  "An embedded broker, the sidecar (when a model is shipped), the agent and a simulated\n"
+                  "fleet with faults; ends with a summary of this run's events.")
+    dm.add_argument("--duration", default="30s", metavar="D", help="how long to run (90s, 2m, ...)")
+    dm.add_argument("--db", metavar="PATH", default="./edgewatch-demo.db",
+                    help="the demo's event log, started afresh each run")
+    dm.add_argument("--keep-log", action="store_true",
+                    help="add to the log of earlier demos instead of starting afresh (default: off)")
 
-    sm = sub.add_parser("simulate", help="publish simulated feeds to a broker")
-    sm.add_argument("--broker", default="127.0.0.1:1883", metavar="HOST:PORT")
-    sm.add_argument("--sensors", type=int, default=20, metavar="N")
-    sm.add_argument("--symbols", type=int, default=3, metavar="N")
+    sm = _command(sub, "simulate", "publish simulated feeds to a broker",
+                  "Sensor, market, portfolio and news feeds in real time (QoS 1). With --faults the injected\n"
+                  "fault schedule is printed first as JSON lines: the ground truth to compare events with.")
+    sm.add_argument("--broker", default="127.0.0.1:1883", metavar="HOST:PORT", help="the MQTT broker")
+    sm.add_argument("--sensors", type=int, default=20, metavar="N", help="simulated sensors")
+    sm.add_argument("--symbols", type=int, default=3, metavar="N", help="simulated market symbols")
     sm.add_argument("--rate", type=float, default=1.0, metavar="R", help="readings per sensor per second")
-    sm.add_argument("--faults", action="store_true", help="inject labelled faults")
-    sm.add_argument("--duration", default="60s", metavar="D")
+    sm.add_argument("--faults", action="store_true", help="inject labelled faults (default: off)")
+    sm.add_argument("--duration", default="60s", metavar="D", help="how long to publish (90s, 2m, ...)")
 
-    cc = sub.add_parser("check-config", help="validate a configuration file")
-    cc.add_argument("path", metavar="PATH")
+    cc = _command(sub, "check-config", "validate a configuration file",
+                  "Keys, types, ranges, the rules between keys, readable secret and certificate files, the\n"
+                  "database driver; one line naming the bad key and exit 2, else a summary. Secret files\n"
+                  "that others can read get a warning.")
+    cc.add_argument("path", metavar="PATH", help="the configuration file")
 
-    dr = sub.add_parser("doctor", help="check configuration, broker, log, sidecar")
-    dr.add_argument("--config", metavar="PATH")
+    dr = _command(sub, "doctor", "check configuration, broker, log, sidecar",
+                  "Probes what the service needs the way it uses it and says how to fix what fails.")
+    dr.add_argument("--config", metavar="PATH", help=CONFIG_HELP)
     return p
 
 

@@ -8,9 +8,11 @@ read from files (`*_file` keys) so they never sit in the TOML itself.
 from __future__ import annotations
 
 import dataclasses
+import grp
 import math
 import os
 import socket
+import stat
 import sys
 import typing
 from pathlib import Path
@@ -23,6 +25,11 @@ else:  # pragma: no cover
 
 class ConfigError(ValueError):
     """A configuration problem; the message names the bad key or file."""
+
+
+MAX_FILE_BYTES = 1024 * 1024  # a configuration file is a few KiB: anything larger is the wrong file
+SERVICE_GROUP = "edgewatch"  # the systemd units' Group=: it may read the secret files
+SECRET_KEYS = (("mqtt", "password_file"), ("mqtt", "key_file"), ("sidecar", "api_key_file"))
 
 
 def _under_systemd() -> bool:
@@ -247,6 +254,106 @@ _CHOICES = {
 }
 
 
+@dataclasses.dataclass(frozen=True)
+class Range:
+    """The values a number key can take and still mean something: low..high, either end open."""
+
+    low: float
+    high: float = math.inf
+    low_open: bool = False
+    high_open: bool = False
+
+    def __contains__(self, x: float) -> bool:
+        above = x > self.low if self.low_open else x >= self.low
+        below = x < self.high if self.high_open else x <= self.high
+        return above and below
+
+    def __str__(self) -> str:
+        if self.high == math.inf:
+            return "positive" if self.low == 0 and self.low_open else f"at least {_number(self.low)}"
+        return (f"in {'(' if self.low_open else '['}{_number(self.low)}, {_number(self.high)}"
+                f"{')' if self.high_open else ']'}")
+
+
+def _number(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else f"{x:g}"
+
+
+POSITIVE = Range(0, low_open=True)
+AT_LEAST_1 = Range(1)
+SHARE = Range(0, 1, low_open=True)  # a fraction or rate that must let something through; also an anomaly score
+BELOW_1 = Range(0, 1, high_open=True)  # a fraction that may be 0
+
+# number keys with a tighter range than "not negative" (the rule for every other number key): limits,
+# intervals and timeouts of 0 stop the thing they bound; anomaly scores run from 0 to 1, so a threshold
+# above 1 silently turns detection off
+RANGES = {
+    ("mqtt", "keepalive"): AT_LEAST_1,
+    ("mqtt", "session_expiry"): AT_LEAST_1,
+    ("mqtt", "receive_maximum"): Range(1, 65535),  # the MQTT 5 range
+    ("mqtt", "reconnect_min_delay"): POSITIVE,
+    ("mqtt", "reconnect_max_delay"): POSITIVE,
+    ("mqtt", "max_payload"): Range(1, 268_435_455),  # the largest MQTT packet
+    ("store", "batch_size"): AT_LEAST_1,
+    ("store", "retention_interval"): POSITIVE,
+    ("sidecar", "timeout"): POSITIVE,
+    ("anomaly", "threshold"): SHARE,
+    ("anomaly", "critical"): SHARE,
+    ("anomaly", "tail_floor"): Range(0, 1, low_open=True, high_open=True),
+    ("health", "interval"): POSITIVE,
+    ("health", "sweep_interval"): POSITIVE,
+    ("health", "stale_factor"): POSITIVE,
+    ("health", "stale_min"): POSITIVE,
+    ("health", "anomaly_rate"): SHARE,
+    ("health", "anomaly_score"): SHARE,
+    ("health", "low_battery"): Range(0, 100),  # percent
+    ("health", "band_margin"): BELOW_1,
+    ("maintenance", "clear_readings"): AT_LEAST_1,
+    ("maintenance", "anomaly_clear_rate"): BELOW_1,
+    ("maintenance", "out_of_range_rate"): SHARE,
+    ("maintenance", "out_of_range_clear_rate"): BELOW_1,
+    ("market", "bar_interval"): POSITIVE,
+    ("market", "price_alert_threshold"): POSITIVE,
+    ("market", "volatile_ratio"): POSITIVE,
+    ("market", "calm_ratio"): POSITIVE,
+    ("market", "trend_z"): POSITIVE,
+    ("market", "signal_z"): POSITIVE,
+    ("market", "volatile_mult"): POSITIVE,
+    ("market", "calm_mult"): POSITIVE,
+    ("market", "trending_mult"): POSITIVE,
+    ("market", "strong_mult"): POSITIVE,
+    ("market", "strong_volume"): POSITIVE,
+    ("market", "news_window"): POSITIVE,
+    ("market", "news_min_score"): Range(0, 1),
+    ("risk", "max_drawdown"): POSITIVE,
+    ("risk", "max_gross_exposure"): POSITIVE,
+    ("risk", "check_interval"): POSITIVE,
+    ("risk", "max_net_exposure"): POSITIVE,
+    ("risk", "max_concentration"): SHARE,
+    ("risk", "max_vol_exposure"): POSITIVE,
+    ("risk", "rearm_fraction"): BELOW_1,
+    ("news", "timeout"): POSITIVE,
+    ("news", "batch_size"): AT_LEAST_1,
+    ("news", "breaker_failures"): AT_LEAST_1,
+    ("news", "breaker_reset"): POSITIVE,
+}
+
+# (section, smaller, larger, strictly): pairs whose order gives them their meaning, e.g. a fast average
+# that is slower than the slow one inverts every trend
+ORDERED = (
+    ("mqtt", "reconnect_min_delay", "reconnect_max_delay", False),
+    ("anomaly", "threshold", "critical", False),
+    ("anomaly", "short_span", "long_span", True),
+    ("health", "fast_span", "baseline_span", True),
+    ("health", "noise_span", "baseline_span", True),
+    ("market", "fast_span", "slow_span", True),
+    ("market", "vol_span", "vol_long_span", True),
+    ("market", "calm_ratio", "volatile_ratio", True),
+)
+
+PREFIX_KEYS = ("sensors_prefix", "market_prefix", "portfolio_prefix", "news_prefix", "output_prefix")
+
+
 def _coerce(where: str, value: object, typ: type) -> object:
     """Convert a TOML or environment value to the field's type, or name the key."""
     if isinstance(value, str) and typ is not str:
@@ -294,9 +401,47 @@ def _apply(cfg: Config, data: dict, source: str) -> None:
                 raise ConfigError(f"{where}: must be one of {', '.join(choices)}, got {value!r}")
             if isinstance(value, float) and not math.isfinite(value):
                 raise ConfigError(f"{where}: must be a finite number, got {value!r}")
-            if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:
-                raise ConfigError(f"{where}: must not be negative, got {value!r}")
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                allowed = RANGES.get((section, key))
+                if allowed is not None and value not in allowed:
+                    raise ConfigError(f"{where}: must be {allowed}, got {value!r}")
+                if value < 0:
+                    raise ConfigError(f"{where}: must not be negative, got {value!r}")
             setattr(target, key, value)
+
+
+def _check_prefix(key: str, prefix: str) -> None:
+    """A topic prefix the agent can subscribe under (`{prefix}/#`) and publish under."""
+    if not prefix:
+        raise ConfigError(f"mqtt.{key}: empty (topics are {{prefix}}/...)")
+    if "+" in prefix or "#" in prefix or "\x00" in prefix:
+        raise ConfigError(f"mqtt.{key}: {prefix!r} contains an MQTT wildcard (+ or #) or NUL: a prefix is a topic")
+    if prefix.startswith("/") or prefix.endswith("/"):
+        raise ConfigError(f"mqtt.{key}: {prefix!r} starts or ends with '/' (write levels as a/b)")
+    if prefix.startswith("$"):
+        raise ConfigError(f"mqtt.{key}: {prefix!r} starts with '$', which the broker reserves for itself")
+
+
+def _overlap(a: str, b: str) -> bool:
+    """One prefix's topics include the other's (equal, or one is a topic level above the other)."""
+    return a == b or a.startswith(b + "/") or b.startswith(a + "/")
+
+
+def check(cfg: Config) -> None:
+    """Rules between keys (each key's own range is checked as it is read); ConfigError names the key."""
+    prefixes = {key: getattr(cfg.mqtt, key) for key in PREFIX_KEYS}
+    for key, prefix in prefixes.items():
+        _check_prefix(key, prefix)
+    for i, (key, prefix) in enumerate(prefixes.items()):
+        for other, other_prefix in list(prefixes.items())[:i]:
+            if _overlap(prefix, other_prefix):
+                raise ConfigError(f"mqtt.{key}: {prefix!r} overlaps mqtt.{other} ({other_prefix!r}): "
+                                  "each feed and the output need topics of their own")
+    for section, smaller, larger, strictly in ORDERED:
+        low, high = getattr(getattr(cfg, section), smaller), getattr(getattr(cfg, section), larger)
+        if low > high or (strictly and low == high):
+            raise ConfigError(f"{section}.{smaller}: must be {'below' if strictly else 'at most'} "
+                              f"{section}.{larger} ({_number(high)}), got {_number(low)}")
 
 
 def _env_overrides(environ: typing.Mapping[str, str]) -> dict:
@@ -319,18 +464,31 @@ def load(path: str | os.PathLike | None = None, environ: typing.Mapping[str, str
     """Read the TOML file (if any), then environment overrides; validate everything."""
     cfg = Config()
     if path is not None:
-        try:
-            with open(path, "rb") as f:
-                data = tomllib.load(f)
-        except FileNotFoundError:
-            raise ConfigError(f"{path}: no such configuration file") from None
-        except PermissionError:
-            raise ConfigError(f"{path}: permission denied") from None
-        except tomllib.TOMLDecodeError as e:
-            raise ConfigError(f"{path}: invalid TOML: {e}") from None
-        _apply(cfg, data, str(path))
+        _apply(cfg, _read_toml(path), str(path))
     _apply(cfg, _env_overrides(os.environ if environ is None else environ), "environment")
+    check(cfg)
     return cfg
+
+
+def _read_toml(path: str | os.PathLike) -> dict:
+    """The file's TOML table, or ConfigError naming the file and what is wrong with it."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(MAX_FILE_BYTES + 1)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such configuration file") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a directory, not a configuration file") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: {(e.strerror or str(e)).lower()}") from None
+    if len(raw) > MAX_FILE_BYTES:
+        raise ConfigError(f"{path}: larger than {MAX_FILE_BYTES // 1024} KiB, not a configuration file")
+    try:
+        return tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text (invalid byte at offset {e.start})") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: invalid TOML: {e}") from None
 
 
 def read_secret(cfg_key: str, path: str) -> str | None:
@@ -342,3 +500,49 @@ def read_secret(cfg_key: str, path: str) -> str | None:
     except OSError as e:
         raise ConfigError(f"{cfg_key}: cannot read {path}: {e.strerror}") from None
 
+
+
+def secret_exposure(path: str) -> str | None:
+    """Who besides the service can read a secret file, or None: readable by others, or by a group other
+    than the service's (or this process's own), it is a password anyone on the machine may copy."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None  # unreadable or absent: reading it reports that
+    mode = stat.S_IMODE(st.st_mode)
+    if mode & stat.S_IROTH:
+        return f"readable by everyone (mode {mode:04o})"
+    if mode & stat.S_IRGRP and st.st_gid not in _trusted_gids():
+        return f"readable by group {_group_name(st.st_gid)} (mode {mode:04o})"
+    return None
+
+
+def _trusted_gids() -> set[int]:
+    gids = {os.getegid()}
+    try:
+        gids.add(grp.getgrnam(SERVICE_GROUP).gr_gid)
+    except KeyError:
+        pass
+    return gids
+
+
+def _group_name(gid: int) -> str:
+    try:
+        return grp.getgrgid(gid).gr_name
+    except KeyError:
+        return str(gid)
+
+
+def exposed_secrets(cfg: Config) -> list[tuple[str, str, str]]:
+    """(key, path, who else can read it) for each configured secret file that others can read."""
+    out = []
+    for section, key in SECRET_KEYS:
+        path = getattr(getattr(cfg, section), key)
+        exposure = secret_exposure(path) if path else None
+        if exposure:
+            out.append((f"{section}.{key}", path, exposure))
+    return out
+
+
+def secret_fix(path: str) -> str:
+    return f"chmod 0600 {path} (or 0640 with group {SERVICE_GROUP})"

@@ -10,9 +10,7 @@ import hashlib
 from datetime import datetime
 
 import csp
-
-SEVERITIES = ("info", "warning", "critical")
-EVENT_KINDS = ("anomaly", "health", "maintenance", "risk", "signal", "price_alert", "news", "advice")
+from edgewatch.agent.kinds import EVENT_KINDS, SEVERITIES  # noqa: F401 - the vocabulary of the records
 
 
 class SensorReading(csp.Struct):

@@ -19,7 +19,10 @@ def parse_duration(text: str) -> timedelta:
     m = _DURATION.match(text)
     if not m:
         raise ValueError(f"not a duration: {text!r} (use e.g. 90s, 15m, 2h, 7d)")
-    return timedelta(seconds=float(m.group(1)) * _UNITS[m.group(2)])
+    try:
+        return timedelta(seconds=float(m.group(1)) * _UNITS[m.group(2)])
+    except OverflowError:
+        raise ValueError(f"duration too long: {text!r}") from None
 
 
 def utcnow() -> datetime:
@@ -50,18 +53,21 @@ def parse_timestamp(value: object) -> datetime:
 
 def parse_when(text: str, now: datetime | None = None) -> datetime:
     """A query bound: relative (`15m` ago) or absolute ISO-8601 (naive means UTC)."""
-    try:
-        return (now or utcnow()) - parse_duration(text)
-    except ValueError:
-        pass
+    if _DURATION.match(text):
+        try:
+            return (now or utcnow()) - parse_duration(text)
+        except (ValueError, OverflowError):
+            raise ValueError(f"{text.strip()} ago is before the year 1") from None
     t = text.strip()
     if t.endswith(("Z", "z")):
         t = t[:-1] + "+00:00"
     try:
         dt = datetime.fromisoformat(t)
+        return dt.astimezone(timezone.utc).replace(tzinfo=None) if dt.tzinfo else dt
+    except OverflowError:
+        raise ValueError(f"{text!r} is outside the years 1 to 9999 in UTC") from None
     except ValueError:
         raise ValueError(f"not a time: {text!r} (ISO-8601 or relative like 90s, 15m, 2h, 7d)") from None
-    return dt.astimezone(timezone.utc).replace(tzinfo=None) if dt.tzinfo else dt
 
 
 def isoformat(dt: datetime) -> str:

@@ -1,12 +1,14 @@
 """`edge-agent check-config PATH`: validate a configuration file before a service is started with it.
 
-`agent.config.load` checks keys, types and choices; this adds what only makes sense with the whole file
-in hand: URLs that parse, secret and certificate files that can be read, addresses that are addresses.
+`agent.config.load` checks keys, types, ranges and the rules between keys; this adds what needs the
+machine: URLs that parse (and the database driver they name), secret and certificate files that can be
+read, addresses that are addresses. `edge-agent run` applies the same checks before it starts.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 from urllib.parse import urlsplit
 
 from edgewatch.agent import config
@@ -38,11 +40,7 @@ def validate(cfg: Config) -> None:
         raise ConfigError("mqtt.password_file: set, but mqtt.username is empty")
     for key in ("ca_file", "cert_file", "key_file"):
         _readable(f"mqtt.{key}", getattr(cfg.mqtt, key))
-    if cfg.mqtt.reconnect_min_delay > cfg.mqtt.reconnect_max_delay:
-        raise ConfigError("mqtt.reconnect_min_delay: larger than mqtt.reconnect_max_delay")
     resolve_url(cfg.store.url)
-    if cfg.store.batch_size < 1:
-        raise ConfigError(f"store.batch_size: must be at least 1, got {cfg.store.batch_size}")
     if cfg.record.path and os.path.exists(cfg.record.path) and not os.path.isdir(cfg.record.path):
         raise ConfigError(f"record.path: {cfg.record.path}: not a directory")
     sidecar = urlsplit(cfg.sidecar.url)
@@ -59,9 +57,15 @@ def validate(cfg: Config) -> None:
 
 
 def check_config_command(args) -> int:
-    """Print `ok: PATH` and the settings that matter most, or one error line (exit 2, via the CLI)."""
+    """Print `ok: PATH` and the settings that matter most, or one error line (exit 2, via the CLI).
+
+    Secret files that others can read are warned about on stderr (exit 0: the file works, but leaks).
+    """
     cfg = config.load(args.path)
     validate(cfg)
+    for key, path, exposure in config.exposed_secrets(cfg):
+        print(f"edge-agent check-config: warning: {key}: {path} is {exposure}: {config.secret_fix(path)}",
+              file=sys.stderr)
     m = cfg.mqtt
     print(f"ok: {args.path}")
     print(f"  mqtt     {m.host}:{m.port} protocol={m.protocol} client_id={m.client_id} tls={'on' if m.tls else 'off'}"

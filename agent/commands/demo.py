@@ -171,23 +171,44 @@ class SidecarChild:
 
 
 class LogCounts:
-    """Events by (kind, severity) and dead letters in the agent's log, read-only while it writes."""
+    """Events by (kind, severity) and dead letters that this run added to the agent's log, read-only while
+    it writes: rows already there when it was made (a kept log) are not counted."""
 
     def __init__(self, db: str):
         self.db = db
         self._store = None
+        self.after = self._newest()  # the newest event and dead letter ids before this run
+
+    def _newest(self) -> tuple[int, int]:
+        import sqlalchemy as sa
+        from edgewatch.agent.eventlog.store import deadletters, events
+
+        if not Path(self.db).exists():
+            return 0, 0
+        try:
+            with self._connect() as conn:
+                return tuple(conn.execute(sa.select(sa.func.coalesce(sa.func.max(t.c.id), 0))).scalar_one()
+                             for t in (events, deadletters))
+        except Exception:  # noqa: BLE001 - not a log: the agent's start says why
+            return 0, 0
+
+    def _connect(self):
+        from edgewatch.agent.eventlog.store import Store
+
+        self._store = self._store or Store(self.db, readonly=True)
+        return self._store.engine.connect()
 
     def read(self) -> tuple[Counter, int]:
         import sqlalchemy as sa
-        from edgewatch.agent.eventlog.store import Store, deadletters, events
+        from edgewatch.agent.eventlog.store import deadletters, events
 
         try:
-            self._store = self._store or Store(self.db, readonly=True)
-            with self._store.engine.connect() as conn:
+            with self._connect() as conn:
                 by = Counter({(k, s): n for k, s, n in conn.execute(
-                    sa.select(events.c.kind, events.c.severity, sa.func.count()).group_by(events.c.kind,
-                                                                                          events.c.severity))})
-                dead = conn.execute(sa.select(sa.func.count()).select_from(deadletters)).scalar_one()
+                    sa.select(events.c.kind, events.c.severity, sa.func.count()).where(events.c.id > self.after[0])
+                    .group_by(events.c.kind, events.c.severity))})
+                dead = conn.execute(sa.select(sa.func.count()).select_from(deadletters)
+                                    .where(deadletters.c.id > self.after[1])).scalar_one()
             return by, dead
         except Exception:  # noqa: BLE001 - not created yet
             return Counter(), 0
@@ -274,8 +295,23 @@ def summary(by: Counter, dead: int, feeder: Feeder, sim: Simulator, db: str, not
     p(f"  edge-agent deadletters --db {db}")
 
 
+def start_afresh(db: Path) -> None:
+    """Remove an earlier demo's log (with SQLite's -wal and -shm beside it); anything else is refused, not removed."""
+    if not db.exists():
+        return
+    from edgewatch.agent.commands.logfile import open_log
+    from edgewatch.agent.eventlog.store import StoreError
+
+    try:
+        open_log(str(db), readonly=True).close()
+    except (ConfigError, StoreError) as e:
+        raise ConfigError(f"--db: {db} is not an event log, not replacing it ({e})") from None
+    for path in (db, Path(f"{db}-wal"), Path(f"{db}-shm")):
+        path.unlink(missing_ok=True)
+
+
 def demo_command(args) -> int:
-    """`edge-agent demo [--duration D] [--db PATH]`."""
+    """`edge-agent demo [--duration D] [--db PATH] [--keep-log]`."""
     try:
         duration = parse_duration(args.duration).total_seconds()
     except ValueError as e:
@@ -284,6 +320,8 @@ def demo_command(args) -> int:
         raise ConfigError(f"--duration: at least 2s, got {args.duration!r}")
     db = str(Path(args.db).expanduser().resolve())
     Path(db).parent.mkdir(parents=True, exist_ok=True)
+    if not args.keep_log:
+        start_afresh(Path(db))
     notes: list[str] = []
     with tempfile.TemporaryDirectory(prefix="edgewatch-demo-") as tmp:
         work = Path(tmp)

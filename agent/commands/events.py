@@ -2,6 +2,7 @@
 
 The log is opened read-only (SQLite `mode=ro`, PostgreSQL read-only transactions), so a query can
 never create, lock out or change the agent's database. Filter values are bound parameters, never SQL.
+A query that matches nothing says so on stderr (exit 0), so an empty table is never mistaken for a hang.
 """
 
 from __future__ import annotations
@@ -17,15 +18,19 @@ from collections.abc import Callable, Iterator
 
 import sqlalchemy as sa
 from edgewatch.agent import config
+from edgewatch.agent.commands.logfile import detail, is_file_problem, open_log
 from edgewatch.agent.config import ConfigError
 from edgewatch.agent.eventlog.store import Store, StoreError
 from edgewatch.agent.timeutil import parse_when
 
 FOLLOW_POLL_SECONDS = 0.5
 PAGE = 1000  # rows per query when streaming a whole log
+MAX_LIMIT = 2**63 - 1  # the largest row count SQL can bind
 EVENT_COLUMNS = ("id", "ts", "kind", "key", "severity", "message", "data")
 DEADLETTER_COLUMNS = ("id", "received_at", "topic", "reason", "payload")
-WIDTH_CAPS = {"message": 60, "data": 48, "payload": 48, "reason": 48, "key": 32, "topic": 40}
+# in a table the reason comes last and whole: it is what a reader of dead letters is after
+DEADLETTER_TABLE = ("id", "received_at", "topic", "payload", "reason")
+WIDTH_CAPS = {"message": 60, "data": 48, "payload": 48, "key": 32, "topic": 40}
 
 
 def _summary(data: object) -> str:
@@ -56,15 +61,23 @@ def _fit(text: str, width: int) -> str:
 
 
 class _Printer:
-    """Writes rows in one format; a table keeps the column widths of its first batch (for --follow)."""
+    """Writes rows in one format; a table keeps the column widths of its first batch (for --follow).
 
-    def __init__(self, fmt: str, columns: tuple[str, ...], out=None):
-        self.fmt, self.columns, self.out = fmt, columns, out or sys.stdout
+    `table_columns` orders a table's columns (default: `columns`); `wide` shows every cell whole.
+    """
+
+    def __init__(self, fmt: str, columns: tuple[str, ...], out=None, table_columns: tuple[str, ...] | None = None,
+                 wide: bool = False):
+        self.fmt, self.out = fmt, out or sys.stdout
+        self.columns = (table_columns or columns) if fmt == "table" else columns
+        self.caps = {} if wide else WIDTH_CAPS
         self.widths: dict[str, int] | None = None
         self.csv = csv.writer(self.out, lineterminator="\n") if fmt == "csv" else None
         self.started = False
+        self.count = 0  # rows written
 
     def rows(self, rows: list[dict]) -> None:
+        self.count += len(rows)
         if self.fmt == "json":
             for r in rows:
                 self.out.write(json.dumps(r, ensure_ascii=False, separators=(",", ":")) + "\n")
@@ -84,22 +97,29 @@ class _Printer:
             if not rows:
                 return
             self.widths = {
-                c: min(max([len(c)] + [len(row[i]) for row in cells]), WIDTH_CAPS.get(c, 1000))
+                c: min(max([len(c)] + [len(row[i]) for row in cells]), self.caps.get(c, 1000))
                 for i, c in enumerate(self.columns)
             }
+            last = self.columns[-1]
+            if last not in self.caps:  # uncapped, it runs to the end of each line: its header rule stays short
+                self.widths[last] = min(self.widths[last], 48)
             self._line(list(self.columns))
             self._line(["-" * self.widths[c] for c in self.columns])
         for row in cells:
             self._line(row)
 
     def _line(self, cells: list[str]) -> None:
-        text = "  ".join(_fit(v, self.widths[c]).ljust(self.widths[c]) for c, v in zip(self.columns, cells))
+        last = len(cells) - 1  # the last column runs to the end of the line unless capped
+        text = "  ".join(
+            (v if i == last and c not in self.caps else _fit(v, self.widths[c])).ljust(self.widths[c])
+            for i, (c, v) in enumerate(zip(self.columns, cells))
+        )
         self.out.write(text.rstrip() + "\n")
 
-
-def _open(args) -> Store:
-    url = args.db or config.load(args.config).store.url
-    return Store(url, readonly=True)
+    def nothing_matched(self, message: str) -> None:
+        """Say so on stderr when no row was written (stdout stays clean for pipes)."""
+        if not self.count:
+            print(message, file=sys.stderr)
 
 
 def _when(flag: str, text: str | None):
@@ -112,17 +132,19 @@ def _when(flag: str, text: str | None):
 
 
 def _limit(n: int | None) -> int | None:
-    if n is not None and n < 0:
-        raise ConfigError(f"--limit: must not be negative, got {n}")
+    if n is not None and not 0 <= n <= MAX_LIMIT:
+        raise ConfigError(f"--limit: must be 0 to {MAX_LIMIT}, got {n}")
     return n
 
 
 def _run(name: str, args, body: Callable[[Store], None]) -> int:
-    """Open the log read-only and run `body`. Usage errors raise ConfigError (exit 2, by the CLI); runtime 1."""
+    """Open the log read-only and run `body`. Usage and log-file errors raise ConfigError (exit 2, by the CLI);
+    a database server's failure is a runtime one (1). Either way, one line."""
+    url = args.db or config.load(args.config).store.url
     try:
-        store = Store(args.db or config.load(args.config).store.url, readonly=True)
-    except (StoreError, sa.exc.SQLAlchemyError) as e:
-        return _runtime_error(name, e)
+        store = open_log(url, readonly=True)
+    except StoreError as e:
+        return _failed(name, str(e), 1)
     try:
         body(store)
     except BrokenPipeError:
@@ -131,16 +153,17 @@ def _run(name: str, args, body: Callable[[Store], None]) -> int:
     except KeyboardInterrupt:
         pass
     except (StoreError, sa.exc.SQLAlchemyError) as e:
-        return _runtime_error(name, e)
+        if is_file_problem(e):
+            return _failed(name, f"{store.display_url}: not a usable event log ({detail(e)})", 2)
+        return _failed(name, detail(e), 1)
     finally:
         store.close()
     return 0
 
 
-def _runtime_error(name: str, e: Exception) -> int:
-    detail = str(getattr(e, "orig", None) or e).splitlines()[0]
-    print(f"edge-agent {name}: {detail}", file=sys.stderr)
-    return 1
+def _failed(name: str, message: str, code: int) -> int:
+    print(f"edge-agent {name}: {message}", file=sys.stderr)
+    return code
 
 
 def events_command(args) -> int:
@@ -155,7 +178,7 @@ def events_command(args) -> int:
     limit = _limit(args.limit)
 
     def body(store: Store) -> None:
-        printer = _Printer(args.format, EVENT_COLUMNS)
+        printer = _Printer(args.format, EVENT_COLUMNS, wide=args.wide)
         fetch = functools.partial(store.events, **filters)
         if limit is not None:  # the N most recent
             rows = fetch(limit=limit)
@@ -169,6 +192,7 @@ def events_command(args) -> int:
                 printer.rows(page)
                 last_seen = page[-1]["id"]
             last = max(last, last_seen)
+        printer.nothing_matched("no events match" + ("; following new ones" if args.follow else ""))
         if args.follow:
             for page in _follow(fetch, last):
                 printer.rows(page)
@@ -210,11 +234,12 @@ def deadletters_command(args) -> int:
     since, limit = _when("--since", args.since), _limit(args.limit)
 
     def body(store: Store) -> None:
-        printer = _Printer(args.format, DEADLETTER_COLUMNS)
+        printer = _Printer(args.format, DEADLETTER_COLUMNS, table_columns=DEADLETTER_TABLE, wide=args.wide)
         fetch = functools.partial(store.dead_letters, since=since)
         printer.rows(fetch(limit=limit) if limit is not None else [])
         if limit is None:
             for page in _pages(fetch, 0):
                 printer.rows(page)
+        printer.nothing_matched("no dead letters match")
 
     return _run("deadletters", args, body)

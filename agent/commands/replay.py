@@ -20,9 +20,10 @@ from csp.impl.pulladapter import PullInputAdapter
 from csp.impl.wiring import py_pull_adapter_def
 from edgewatch.agent import config
 from edgewatch.agent.analytics.topology import analytics
+from edgewatch.agent.commands.logfile import open_log
 from edgewatch.agent.config import Config, ConfigError
 from edgewatch.agent.eventlog.sink import sink
-from edgewatch.agent.eventlog.store import Store, StoreWriter
+from edgewatch.agent.eventlog.store import StoreError, StoreWriter
 from edgewatch.agent.ingest.capture import read_captures
 from edgewatch.agent.ingest.validate import Parsed, Validator
 from edgewatch.agent.records import (
@@ -141,7 +142,7 @@ def replay(paths: list[str], cfg: Config, db: str) -> dict:
     """Run the analytics over `paths` into the log at `db`; returns the summary."""
     source = CaptureSource(paths, cfg)
     new_events = [0]
-    writer = StoreWriter(Store(db), batch_size=cfg.store.batch_size,
+    writer = StoreWriter(open_log(db), batch_size=cfg.store.batch_size,
                          on_commit=lambda rows: new_events.__setitem__(0, new_events[0] + len(rows)))
     counting = _CountingWriter(writer)
     started = time.perf_counter()
@@ -194,5 +195,10 @@ def replay_command(args) -> int:
     missing = [p for p in args.captures if not Path(p).exists()]
     if missing:
         raise ConfigError(f"{missing[0]}: no such capture file or directory")
-    _print_summary(replay(args.captures, cfg, args.db or cfg.store.url))
+    try:
+        summary = replay(args.captures, cfg, args.db or cfg.store.url)
+    except StoreError as e:  # a database server that cannot be used (a SQLite file's problem is a ConfigError)
+        print(f"edge-agent replay: {e}", file=sys.stderr)
+        return 1
+    _print_summary(summary)
     return 0

@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import gc
 import signal
+import sys
 import threading
 import time
 from datetime import datetime, timedelta
@@ -31,10 +32,12 @@ import csp
 from csp import ts
 from edgewatch.agent import config
 from edgewatch.agent.analytics.topology import analytics
+from edgewatch.agent.commands.check_config import validate
+from edgewatch.agent.commands.logfile import open_log
 from edgewatch.agent.commands.replay import CaptureSource, capture_feed, split
 from edgewatch.agent.eventlog.outbox import Outbox
 from edgewatch.agent.eventlog.sink import sink
-from edgewatch.agent.eventlog.store import Store, StoreWriter
+from edgewatch.agent.eventlog.store import StoreError, StoreWriter
 from edgewatch.agent.ingest.capture import PATTERN as CAPTURE_PATTERN
 from edgewatch.agent.ingest.capture import CaptureWriter
 from edgewatch.agent.ingest.mqtt import Link, MqttAdapterManager
@@ -134,13 +137,13 @@ class Service:
         self._wake = threading.Event()  # a signal arrived
         self._stopping = False
         self._reload = False
-        self.store = Store(cfg.store.url, checkpoint_in_background=True)
+        self.store = open_log(cfg.store.url, checkpoint_in_background=True)
         self.link = Link(cfg)
         self.outbox = Outbox(self.store, self.link)
         self.writer = StoreWriter(self.store, batch_size=cfg.store.batch_size, on_commit=self.outbox.on_commit,
                                   retention=(cfg.store.retention_days, cfg.store.retention_rows))
         self.outbox.writer = self.writer
-        self.capture = CaptureWriter(cfg.record) if cfg.record.path else None
+        self.capture = _capture(cfg.record)
         self.manager = MqttAdapterManager(self.link, Validator(cfg), self.capture)
         self.http = None
 
@@ -262,7 +265,25 @@ class Service:
 
 
 def run_command(args) -> int:
-    """`edge-agent run [--config PATH]`."""
+    """`edge-agent run [--config PATH]`: the checks of `check-config` first, so a bad setting is one line, exit 2."""
     cfg = config.load(args.config)
+    validate(cfg)
     logs.setup(cfg.log.level, cfg.log.format)
-    return Service(cfg, args.config).run()
+    for key, path, exposure in config.exposed_secrets(cfg):
+        log.warning("secret_file_exposed", key=key, path=path, exposure=exposure, fix=config.secret_fix(path))
+    try:
+        service = Service(cfg, args.config)
+    except StoreError as e:  # a database server that may come back: a runtime failure, restarted by systemd
+        print(f"edge-agent run: {e}", file=sys.stderr)
+        return 1
+    return service.run()
+
+
+def _capture(cfg: config.RecordConfig) -> CaptureWriter | None:
+    """The capture writer, or ConfigError naming record.path when its directory cannot be written."""
+    if not cfg.path:
+        return None
+    try:
+        return CaptureWriter(cfg)
+    except OSError as e:
+        raise config.ConfigError(f"record.path: {e.filename or cfg.path}: {(e.strerror or str(e)).lower()}") from None

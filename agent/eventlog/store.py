@@ -139,7 +139,20 @@ def resolve_url(url: str) -> URL:
         raise ConfigError(f"store.url: unsupported database {parsed.get_backend_name()!r} (sqlite or postgresql)")
     if parsed.get_backend_name() == "sqlite" and parsed.database in (None, "", ":memory:"):
         raise ConfigError(f"store.url: {text!r} is an in-memory database: every event would be lost at exit")
+    _require_driver(parsed)
     return parsed
+
+
+def _require_driver(url: URL) -> None:
+    """ConfigError naming what to install when the URL's database driver is missing (else an ImportError later)."""
+    dialect = url.get_dialect()
+    try:
+        dialect.import_dbapi()
+    except ImportError:
+        extra = "pip install 'edgewatch[postgres]'"
+        if dialect.driver != "psycopg":  # the postgres extra brings psycopg 3: say how to name it
+            extra += f" and name its driver in the URL (postgresql+psycopg://...), or install {dialect.driver}"
+        raise ConfigError(f"store.url: the {dialect.driver} database driver is not installed: {extra}") from None
 
 
 def _sqlite_file(url: URL) -> Path | None:

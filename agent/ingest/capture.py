@@ -23,6 +23,8 @@ from edgewatch.agent.timeutil import parse_timestamp, utcnow
 log = structlog.get_logger(__name__)
 
 PATTERN = "capture-*.jsonl"
+FILE_MODE = 0o640  # as the event log: owner writes, the service's group (operators) reads, nobody else
+DIR_MODE = 0o750
 _quote = json.encoder.encode_basestring  # C-speed JSON string literal, non-ASCII kept as is
 
 
@@ -33,7 +35,7 @@ class CaptureWriter:
         self.dir = Path(cfg.path)
         self.max_bytes = cfg.max_bytes  # 0 = never rotate
         self.max_files = cfg.max_files  # 0 = keep every file
-        self.dir.mkdir(parents=True, exist_ok=True)
+        self.dir.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
         self._lock = threading.Lock()
         self._pending: list[str] = []
         self._pending_bytes = 0
@@ -49,7 +51,7 @@ class CaptureWriter:
         while True:  # names sort in write order, and never reuse a file from an earlier run
             path = self.dir / f"capture-{stamp}-{n:03d}.jsonl"
             try:
-                self._file = open(path, "xb")
+                self._file = _create(path)
                 break
             except FileExistsError:
                 n += 1
@@ -101,6 +103,17 @@ class CaptureWriter:
             self._flush_locked()
             self._file.close()
             self._file = None
+
+
+def _create(path: Path):
+    """A new file opened for writing, FILE_MODE whatever the process umask (captures hold every input)."""
+    fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, FILE_MODE)
+    try:
+        os.fchmod(fd, FILE_MODE)
+        return os.fdopen(fd, "wb")
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 class CaptureReader:

@@ -34,6 +34,7 @@ REQUIRED_NUMERIC = frozenset(("temperature", "humidity", "pressure", "battery"))
 _METRIC_NAME = re.compile(r"[a-z][a-z0-9_]*")
 _TYPE_NAMES = {str: "string", bool: "boolean", int: "number", float: "number", list: "array", dict: "object"}
 _TOPIC_TEXT = 200
+BASE64_NOTE = " (payload shown base64)"  # binary or NUL-bearing payloads are kept encoded
 _EPOCH = datetime(1970, 1, 1)
 _MAX_EPOCH = 253402300800.0  # year 10000  # topic characters quoted in a reason
 
@@ -302,10 +303,12 @@ def _printable_topic(topic: object) -> str:
 
 
 def dead_letter(topic: str, payload: bytes, reason: str, received_at: datetime) -> DeadLetter:
-    """A DeadLetter (docs/reference/events.md): payload as text (base64 when not UTF-8 text), at most 4 KiB."""
+    """A DeadLetter (docs/reference/events.md): payload as text, at most 4 KiB; base64 when not UTF-8 text,
+    and then the reason ends with BASE64_NOTE, the one mark a reader of the log or MQTT has of the encoding."""
     topic = _printable_topic(topic)
     if not isinstance(payload, (bytes, bytearray)):
         payload = repr(payload).encode("utf-8", "backslashreplace")
+    note = ""
     try:
         head = payload[:DEAD_LETTER_BYTES]
         text = payload.decode("utf-8")
@@ -315,7 +318,8 @@ def dead_letter(topic: str, payload: bytes, reason: str, received_at: datetime) 
             text = head.decode("utf-8", "ignore")  # drops only a character split by the cut
     except UnicodeError:
         text = base64.b64encode(payload[: DEAD_LETTER_BYTES // 4 * 3]).decode("ascii")
-    reason = _printable_topic(f"{topic[:_TOPIC_TEXT]}: {reason}")
+        note = BASE64_NOTE
+    reason = _printable_topic(f"{topic[:_TOPIC_TEXT]}: {reason}{note}")
     return DeadLetter(topic=topic, payload=text, reason=reason, received_at=received_at)
 
 

@@ -1,7 +1,11 @@
 """Capture files: the JSON Lines format of docs/reference/capture.md, rotation, pruning, torn lines."""
 
 import json
+import os
+import stat
 from datetime import datetime, timedelta
+
+import pytest
 
 from edgewatch.agent.config import RecordConfig
 from edgewatch.agent.ingest.capture import CaptureWriter, read_captures
@@ -65,3 +69,21 @@ def test_torn_and_damaged_lines_are_skipped_and_counted(tmp_path):
     reader = read_captures([w.path])
     assert [json.loads(p)["i"] for _, _, p in reader] == [0, 1, 2]
     assert (reader.lines, reader.skipped) == (3, 2)
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o000])
+def test_capture_files_are_0640_like_the_log_whatever_the_umask(tmp_path, umask):
+    """Captures hold every input message: owner writes, the service's group reads, nobody else."""
+    old = os.umask(umask)
+    try:
+        w = CaptureWriter(RecordConfig(path=str(tmp_path / "capture"), max_bytes=200, max_files=0))
+        for i in range(20):  # rotates: every new file gets the same mode
+            w.write(T0 + timedelta(seconds=i), "sensors/a", json.dumps({"i": i, "pad": "x" * 50}))
+            w.flush()
+        w.close()
+    finally:
+        os.umask(old)
+    files = sorted((tmp_path / "capture").glob("capture-*.jsonl"))
+    assert len(files) > 3
+    assert {stat.S_IMODE(f.stat().st_mode) for f in files} == {0o640}
+    assert stat.S_IMODE((tmp_path / "capture").stat().st_mode) == 0o750 & ~umask

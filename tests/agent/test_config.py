@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 
 import pytest
 from edgewatch.agent import config
 from edgewatch.agent.cli import main
 from edgewatch.agent.config import ConfigError
+
+from ..conftest import REPO
 
 
 def defaults_as_toml() -> str:
@@ -157,6 +160,7 @@ def check(capsys, path: str) -> tuple[int, str, str]:
 def test_check_config_ok_prints_a_summary(capsys, tmp_path):
     secret = tmp_path / "pw"
     secret.write_text("pw")
+    secret.chmod(0o600)
     path = write(tmp_path, f'[mqtt]\nhost = "broker.lan"\nusername = "agent"\npassword_file = "{secret}"\n'
                            '[store]\nurl = "postgresql+psycopg://agent:hunter2@db/edgewatch"\n')
     rc, out, err = check(capsys, path)
@@ -227,3 +231,197 @@ def test_check_config_applies_the_analytics_rules(tmp_path, capsys):
     path.write_text("[health]\nfast_span = 0\n")
     assert main(["check-config", str(path)]) == 2
     assert "health.fast_span" in capsys.readouterr().err
+
+
+# -- settings that load but cannot work: check-config (and run, which applies the same checks) names them -----
+
+
+@pytest.mark.parametrize(
+    "text, named",
+    [
+        ('[mqtt]\nsensors_prefix = ""\n', "mqtt.sensors_prefix: empty"),
+        ('[mqtt]\nsensors_prefix = "sensors/#"\n', "mqtt.sensors_prefix: 'sensors/#' contains an MQTT wildcard"),
+        ('[mqtt]\nmarket_prefix = "market/+/x"\n', "mqtt.market_prefix: 'market/+/x' contains an MQTT wildcard"),
+        ('[mqtt]\nnews_prefix = "/news"\n', "mqtt.news_prefix: '/news' starts or ends with '/'"),
+        ('[mqtt]\noutput_prefix = "edgewatch/"\n', "mqtt.output_prefix: 'edgewatch/' starts or ends with '/'"),
+        ('[mqtt]\nportfolio_prefix = "$SYS"\n', "mqtt.portfolio_prefix: '$SYS' starts with '$'"),
+        ('[mqtt]\noutput_prefix = "sensors"\n', "mqtt.output_prefix: 'sensors' overlaps mqtt.sensors_prefix"),
+        ('[mqtt]\nnews_prefix = "sensors/news"\n', "mqtt.news_prefix: 'sensors/news' overlaps mqtt.sensors_prefix"),
+        ('[mqtt]\nsensors_prefix = "plant"\nmarket_prefix = "plant/market"\n',
+         "mqtt.market_prefix: 'plant/market' overlaps mqtt.sensors_prefix"),
+    ],
+)
+def test_topic_prefixes_that_cannot_work_are_refused(capsys, tmp_path, text, named):
+    rc, out, err = check(capsys, write(tmp_path, text))
+    assert (rc, out) == (2, "") and named in err and len(err.strip().splitlines()) == 1
+
+
+def test_prefixes_that_only_share_a_beginning_are_fine(capsys, tmp_path):
+    rc, _, err = check(capsys, write(tmp_path, '[mqtt]\nsensors_prefix = "plant/sensors"\n'
+                                               'market_prefix = "plant/sensors2"\noutput_prefix = "a/b/c"\n'))
+    assert rc == 0, err
+
+
+@pytest.mark.parametrize(
+    "text, named",
+    [
+        ("[mqtt]\nmax_payload = 0\n", "mqtt.max_payload: must be in [1, 268435455], got 0"),
+        ("[mqtt]\nreceive_maximum = 0\n", "mqtt.receive_maximum: must be in [1, 65535], got 0"),
+        ("[mqtt]\nreceive_maximum = 70000\n", "mqtt.receive_maximum: must be in [1, 65535]"),
+        ("[mqtt]\nkeepalive = 0\n", "mqtt.keepalive: must be at least 1"),
+        ("[mqtt]\nsession_expiry = 0\n", "mqtt.session_expiry: must be at least 1"),
+        ("[mqtt]\nreconnect_min_delay = 0\n", "mqtt.reconnect_min_delay: must be positive"),
+        ("[store]\nbatch_size = -5\n", "store.batch_size: must be at least 1"),
+        ("[store]\nretention_interval = 0\n", "store.retention_interval: must be positive"),
+        ("[sidecar]\ntimeout = 0\n", "sidecar.timeout: must be positive"),
+        ("[health]\nsweep_interval = 0\n", "health.sweep_interval: must be positive"),
+        ("[maintenance]\nclear_readings = 0\n", "maintenance.clear_readings: must be at least 1"),
+        ("[market]\nbar_interval = 0\n", "market.bar_interval: must be positive"),
+        ("[risk]\ncheck_interval = 0\n", "risk.check_interval: must be positive"),
+        ("[risk]\nmax_drawdown = 0\n", "risk.max_drawdown: must be positive"),
+        ("[news]\nbatch_size = 0\n", "news.batch_size: must be at least 1"),
+        ("[news]\ntimeout = 0\n", "news.timeout: must be positive"),
+    ],
+)
+def test_zero_or_negative_limits_are_refused(capsys, tmp_path, text, named):
+    rc, out, err = check(capsys, write(tmp_path, text))
+    assert (rc, out) == (2, "") and named in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    "text, named",
+    [
+        # anomaly scores run from 0 to 1: a threshold of 5 would turn detection off without a word
+        ("[anomaly]\nthreshold = 5.0\n", "anomaly.threshold: must be in (0, 1], got 5.0"),
+        ("[anomaly]\nthreshold = 0\n", "anomaly.threshold: must be in (0, 1]"),
+        ("[anomaly]\ncritical = 1.5\n", "anomaly.critical: must be in (0, 1]"),
+        ("[anomaly]\nthreshold = 0.9\ncritical = 0.5\n", "anomaly.threshold: must be at most anomaly.critical (0.5)"),
+        ("[anomaly]\ntail_floor = 1.0\n", "anomaly.tail_floor: must be in (0, 1)"),
+        ("[anomaly]\nshort_span = 3000\n", "anomaly.short_span: must be below anomaly.long_span (2000)"),
+        ("[health]\nanomaly_score = 2\n", "health.anomaly_score: must be in (0, 1]"),
+        ("[health]\nlow_battery = 150\n", "health.low_battery: must be in [0, 100]"),
+        ("[health]\nfast_span = 3000\n", "health.fast_span: must be below health.baseline_span (2000)"),
+        ("[maintenance]\nout_of_range_rate = 3\n", "maintenance.out_of_range_rate: must be in (0, 1]"),
+        ("[risk]\nmax_concentration = 7\n", "risk.max_concentration: must be in (0, 1], got 7.0"),
+        ("[risk]\nmax_concentration = 0\n", "risk.max_concentration: must be in (0, 1]"),
+        ("[risk]\nrearm_fraction = 1\n", "risk.rearm_fraction: must be in [0, 1)"),
+        ("[market]\nfast_span = 40\n", "market.fast_span: must be below market.slow_span (30), got 40"),
+        ("[market]\nfast_span = 30\n", "market.fast_span: must be below market.slow_span (30), got 30"),
+        ("[market]\nvol_span = 500\n", "market.vol_span: must be below market.vol_long_span (300)"),
+        ("[market]\ncalm_ratio = 2\n", "market.calm_ratio: must be below market.volatile_ratio (1.5)"),
+        ("[market]\nnews_min_score = 1.5\n", "market.news_min_score: must be in [0, 1]"),
+        ("[mqtt]\nreconnect_min_delay = 60\n", "mqtt.reconnect_min_delay: must be at most mqtt.reconnect_max_delay"),
+    ],
+)
+def test_senseless_analytics_settings_are_refused(capsys, tmp_path, text, named):
+    rc, out, err = check(capsys, write(tmp_path, text))
+    assert (rc, out) == (2, "") and named in err and len(err.strip().splitlines()) == 1
+
+
+def test_ranges_apply_to_environment_overrides_too():
+    with pytest.raises(ConfigError, match="environment: anomaly.threshold: must be in"):
+        config.load(environ={"EDGEWATCH_ANOMALY_THRESHOLD": "5"})
+    with pytest.raises(ConfigError, match="mqtt.output_prefix: 'sensors' overlaps"):
+        config.load(environ={"EDGEWATCH_MQTT_OUTPUT_PREFIX": "sensors"})
+
+
+def test_the_shipped_example_configuration_passes(capsys):
+    rc, _, err = check(capsys, str(REPO / "deploy" / "agent.toml"))
+    assert rc == 0, err
+
+
+@pytest.mark.parametrize(
+    "content, named",
+    [
+        (b"\xff\xfe[mqtt]\n", "not UTF-8 text (invalid byte at offset 0)"),
+        (b"[mqtt]\nhost = \"caf\xe9\"\n", "not UTF-8 text (invalid byte at offset 18)"),
+        (b"#" * (2 * 1024 * 1024), "larger than 1024 KiB"),
+    ],
+)
+def test_check_config_of_a_file_that_is_not_toml_text(capsys, tmp_path, content, named):
+    path = tmp_path / "agent.toml"
+    path.write_bytes(content)
+    rc, out, err = check(capsys, str(path))
+    assert (rc, out) == (2, "") and f"{path}: {named}" in err and len(err.strip().splitlines()) == 1
+
+
+def test_check_config_of_a_directory(capsys, tmp_path):
+    rc, out, err = check(capsys, str(tmp_path))
+    assert (rc, out) == (2, "") and f"{tmp_path}: is a directory" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    "url, advice",
+    [
+        ("postgresql+psycopg2://agent@db/edgewatch",
+         "the psycopg2 database driver is not installed: pip install 'edgewatch[postgres]' and name its driver"),
+        ("postgresql+pg8000://agent@db/edgewatch", "the pg8000 database driver is not installed"),
+    ],
+)
+def test_a_postgresql_url_without_its_driver_names_the_extra(capsys, tmp_path, url, advice):
+    rc, out, err = check(capsys, write(tmp_path, f'[store]\nurl = "{url}"\n'))
+    assert (rc, out) == (2, "") and f"store.url: {advice}" in err and len(err.strip().splitlines()) == 1
+
+
+def test_without_the_postgres_extra_every_command_says_what_to_install(capsys, tmp_path, monkeypatch):
+    """psycopg (what the postgres extra installs) absent: exit 2 and the pip line, from every command."""
+    monkeypatch.setitem(sys.modules, "psycopg", None)  # `import psycopg` now fails as if it were not installed
+    url = "postgresql+psycopg://agent@127.0.0.1/edgewatch"
+    path = write(tmp_path, f'[store]\nurl = "{url}"\n')
+    expected = "store.url: the psycopg database driver is not installed: pip install 'edgewatch[postgres]'"
+    for argv in (["check-config", path], ["events", "--db", url], ["deadletters", "--config", path],
+                 ["replay", str(tmp_path), "--db", url], ["run", "--config", path]):
+        rc = main(argv)
+        out, err = capsys.readouterr()
+        assert rc == 2 and err.strip().endswith(expected) and len(err.strip().splitlines()) == 1, (argv, err)
+    assert main(["doctor", "--config", path]) == 2
+    assert expected in capsys.readouterr().out
+
+
+# -- secret files that others can read -------------------------------------------------------------------------
+
+
+def _secret_config(tmp_path, mode: int, gid: int | None = None) -> tuple[str, str]:
+    secret = tmp_path / "mqtt-password"
+    secret.write_text("s3cret\n")
+    if gid is not None:
+        os.chown(secret, -1, gid)
+    secret.chmod(mode)
+    return write(tmp_path, f'[mqtt]\nusername = "agent"\npassword_file = "{secret}"\n'), str(secret)
+
+
+@pytest.mark.parametrize("mode", [0o644, 0o604])
+def test_a_world_readable_password_file_gets_a_warning(capsys, tmp_path, mode):
+    path, secret = _secret_config(tmp_path, mode)
+    rc, out, err = check(capsys, path)
+    assert rc == 0 and out.startswith("ok: ")
+    assert err.strip() == (f"edge-agent check-config: warning: mqtt.password_file: {secret} is readable by everyone "
+                           f"(mode {mode:04o}): chmod 0600 {secret} (or 0640 with group edgewatch)")
+
+
+def test_a_private_password_file_gets_no_warning(capsys, tmp_path):
+    for mode, gid in ((0o600, None), (0o640, os.getegid())):  # the service's own group may read it
+        rc, _, err = check(capsys, _secret_config(tmp_path, mode, gid)[0])
+        assert (rc, err) == (0, "")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give the file to another group")
+def test_a_password_file_readable_by_another_group_gets_a_warning(capsys, tmp_path):
+    other = next(g for g in (65534, 1, 2, 3) if g != os.getegid())
+    path, secret = _secret_config(tmp_path, 0o640, other)
+    rc, _, err = check(capsys, path)
+    assert rc == 0 and f"mqtt.password_file: {secret} is readable by group " in err and "(mode 0640)" in err
+
+
+def test_key_files_are_checked_too(capsys, tmp_path):
+    key = tmp_path / "client.key"
+    key.write_text("key")
+    key.chmod(0o644)
+    api = tmp_path / "api-key"
+    api.write_text("k")
+    api.chmod(0o666)
+    rc, _, err = check(capsys, write(tmp_path, f'[mqtt]\nkey_file = "{key}"\n[sidecar]\napi_key_file = "{api}"\n'))
+    lines = err.strip().splitlines()
+    assert rc == 0 and len(lines) == 2
+    assert f"mqtt.key_file: {key} is readable by everyone" in lines[0]
+    assert f"sidecar.api_key_file: {api} is readable by everyone" in lines[1]

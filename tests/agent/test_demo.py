@@ -5,11 +5,23 @@ import subprocess
 import sys
 
 from edgewatch.agent.cli import main
+from edgewatch.agent.commands.demo import LogCounts
 from edgewatch.agent.eventlog.store import Store
+from edgewatch.agent.records import DeadLetter, make_event
+from edgewatch.agent.timeutil import utcnow
+
+
+def _previous_demo(db) -> None:
+    """A log as an earlier demo left it: rows this run must neither keep nor count."""
+    store = Store(str(db))
+    store.write([make_event("risk", "previous-demo", utcnow(), "critical", "from the last run", {}, i) for i in range(50)],
+                [DeadLetter("sensors/old", "{", "invalid JSON", utcnow())] * 3)
+    store.close()
 
 
 def test_demo_runs_end_to_end_and_exits_0(tmp_path):
     db = tmp_path / "demo.db"
+    _previous_demo(db)  # a fresh log each run: the summary is of this run only
     done = subprocess.run([sys.executable, "-m", "edgewatch.agent.cli", "demo", "--duration", "8s", "--db", str(db)],
                           capture_output=True, text=True, timeout=90)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
@@ -20,6 +32,7 @@ def test_demo_runs_end_to_end_and_exits_0(tmp_path):
     store = Store(str(db), readonly=True)
     kinds = {e["kind"] for e in store.events()}
     assert len(kinds) >= 3 and "anomaly" in kinds, kinds
+    assert not store.events(key="previous-demo")
     dead = store.dead_letters()
     assert dead and all(d["reason"] for d in dead)
     assert f"dead letters: {len(dead)}" in out
@@ -52,3 +65,30 @@ def test_demo_sidecar_serves_a_model_and_stops(tmp_path, tiny_model_dir):
     finally:
         sidecar.stop()
     assert sidecar.proc is None
+
+
+def test_a_kept_log_is_counted_from_this_run_on(tmp_path):
+    """`--keep-log`: the earlier rows stay in the log, and the summary counts only what this run added."""
+    db = tmp_path / "demo.db"
+    _previous_demo(db)
+    counts = LogCounts(str(db))
+    assert counts.read() == ({}, 0)
+    store = Store(str(db))
+    store.write([make_event("anomaly", "s1", utcnow(), "warning", "new", {}, 1)],
+                [DeadLetter("sensors/new", "{", "invalid JSON", utcnow())])
+    store.close()
+    by, dead = counts.read()
+    counts.close()
+    assert (dict(by), dead) == ({("anomaly", "warning"): 1}, 1)
+    reader = Store(str(db), readonly=True)
+    assert len(reader.events()) == 51  # nothing removed
+    reader.close()
+
+
+def test_demo_replaces_only_an_event_log(tmp_path, capsys):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my notes, not a demo log\n")
+    assert main(["demo", "--duration", "5s", "--db", str(notes)]) == 2
+    err = capsys.readouterr().err
+    assert f"--db: {notes} is not an event log, not replacing it" in err and len(err.strip().splitlines()) == 1
+    assert notes.read_text() == "my notes, not a demo log\n"

@@ -94,9 +94,12 @@ def test_every_filter(capsys, db):
 
 
 def test_sql_in_filter_values_is_data(capsys, db):
-    for flag in ("--key", "--kind", "--since"):
+    for flag in ("--key", "--since"):
         rc, out, err = run(capsys, "events", "--db", db, flag, INJECTION, "--format", "json")
         assert (rc, out) == ((2, "") if flag == "--since" else (0, ""))
+    with pytest.raises(SystemExit) as e:  # --kind takes the known kinds only
+        main(["events", "--db", db, "--kind", INJECTION])
+    assert e.value.code == 2
     assert keys(jsonl(capsys, "events", "--db", db, "--key", "s1' OR '1'='1")) == []
     assert len(jsonl(capsys, "events", "--db", db)) == 5  # the table is still there, untouched
 
@@ -132,7 +135,7 @@ def test_deadletters_formats_and_filters(capsys, db):
     assert [r["topic"] for r in jsonl(capsys, "deadletters", "--db", db, "--since", "1h")] == ["market/X/trade"]
     assert [r["topic"] for r in jsonl(capsys, "deadletters", "--db", db, "--limit", "1")] == ["market/X/trade"]
     rc, out, _ = run(capsys, "deadletters", "--db", db)
-    assert rc == 0 and out.splitlines()[0].split() == ["id", "received_at", "topic", "reason", "payload"]
+    assert rc == 0 and out.splitlines()[0].split() == ["id", "received_at", "topic", "payload", "reason"]
     rc, out, _ = run(capsys, "deadletters", "--db", db, "--format", "csv")
     assert [r["reason"] for r in csv.DictReader(io.StringIO(out))] == ["invalid JSON", "price: must be > 0"]
 
@@ -152,13 +155,67 @@ def test_db_defaults_to_the_configured_store(capsys, db, tmp_path, monkeypatch):
     [
         (["events", "--since", "yesterday"], 2, "--since: not a time"),
         (["events", "--until", "soon"], 2, "--until: not a time"),
-        (["events", "--limit", "-1"], 2, "--limit: must not be negative"),
+        (["events", "--limit", "-1"], 2, "--limit: must be 0 to 9223372036854775807, got -1"),
         (["deadletters", "--since", "1x"], 2, "--since: not a time"),
+        (["events", "--limit", str(10**20)], 2, "--limit: must be 0 to 9223372036854775807"),
+        (["deadletters", "--limit", str(10**20)], 2, "--limit: must be 0 to 9223372036854775807"),
+        (["events", "--since", "999999999d"], 2, "--since: 999999999d ago is before the year 1"),
+        (["events", "--until", "99999999999d"], 2, "--until: 99999999999d ago is before the year 1"),
+        (["deadletters", "--since", "999999999d"], 2, "--since: 999999999d ago is before the year 1"),
+        (["events", "--since", "9999-12-31T23:00:00-05:00"], 2, "--since: '9999-12-31T23:00:00-05:00' is outside"),
+        (["events", "--kind", "bogus"], 2,
+         "argument --kind: invalid choice: 'bogus' (choose from 'anomaly', 'health', 'maintenance', 'risk', 'signal', "
+         "'price_alert', 'news', 'advice')"),
+        (["events", "--severity", "loud"], 2, "argument --severity: invalid choice: 'loud'"),
+        (["events", "--limit", "many"], 2, "argument --limit: invalid int value: 'many'"),
     ],
 )
 def test_usage_errors_exit_2_with_one_line(capsys, db, argv, code, message):
-    rc, out, err = run(capsys, *argv, "--db", db)
+    try:
+        rc = main([*argv, "--db", db])
+    except SystemExit as e:  # argparse's own checks (choices, types) exit from the parser
+        rc = e.code
+    out, err = capsys.readouterr()
     assert (rc, out) == (code, "") and message in err and len(err.strip().splitlines()) == 1
+
+
+def test_an_empty_result_says_so_on_stderr(capsys, db):
+    for argv in (["events", "--key", "nobody"], ["events", "--kind", "news", "--format", "json"],
+                 ["events", "--since", "1s", "--limit", "3"]):
+        rc, out, err = run(capsys, *argv, "--db", db)
+        assert (rc, out, err) == (0, "", "no events match\n"), argv
+    rc, out, err = run(capsys, "deadletters", "--db", db, "--since", "1s", "--format", "csv")
+    assert (rc, out, err) == (0, "id,received_at,topic,reason,payload\n", "no dead letters match\n")
+    rc, out, err = run(capsys, "events", "--db", db, "--kind", "risk")
+    assert rc == 0 and "portfolio" in out and err == ""  # rows: nothing said
+
+
+def test_deadletters_table_shows_the_reason_whole_and_marks_base64(capsys, tmp_path):
+    from edgewatch.agent.ingest.validate import dead_letter
+
+    path = str(tmp_path / "dl.db")
+    long_reason = "field 'temperature' must be a number, got string " + "(and the whole explanation) " * 4
+    store = Store(path)
+    store.write([], [dead_letter("sensors/a", b'{"temperature": "' + b"w" * 80 + b'"}', long_reason, NOW),
+                     dead_letter("sensors/b", b"\xff\xfe\x00binary", "payload is not UTF-8", NOW)])
+    store.close()
+    rc, out, _ = run(capsys, "deadletters", "--db", path)
+    lines = out.splitlines()
+    assert rc == 0 and lines[0].split() == ["id", "received_at", "topic", "payload", "reason"]
+    assert lines[2].endswith(f"sensors/a: {long_reason.strip()}")  # the reason is never cut
+    assert "…" in lines[2]  # the long payload is
+    assert lines[3].endswith("sensors/b: payload is not UTF-8 (payload shown base64)")
+    rc, out, _ = run(capsys, "deadletters", "--db", path, "--wide")
+    assert rc == 0 and "…" not in out and '{"temperature": "' + "w" * 80 + '"}' in out
+
+
+def test_events_table_wide_shows_whole_messages(capsys, tmp_path):
+    path = str(tmp_path / "t.db")
+    store = Store(path)
+    store.write([make_event("anomaly", "s1", NOW, "warning", "x" * 200, {"metric": "humidity", "value": 1 / 3})])
+    store.close()
+    rc, out, _ = run(capsys, "events", "--db", path, "--wide")
+    assert rc == 0 and "x" * 200 in out and "…" not in out
 
 
 def test_database_errors(capsys, tmp_path):
@@ -170,8 +227,17 @@ def test_database_errors(capsys, tmp_path):
         assert rc == 2 and "store.url" in err
     garbage = tmp_path / "garbage.db"
     garbage.write_bytes(b"this is not a database" * 100)
-    rc, _, err = run(capsys, "events", "--db", str(garbage))
-    assert rc == 1 and "not a database" in err and len(err.strip().splitlines()) == 1
+    rc, _, err = run(capsys, "events", "--db", str(garbage))  # a log-file problem: usage, not runtime
+    assert rc == 2 and f"{garbage}: file is not a database" in err and len(err.strip().splitlines()) == 1
+    good = tmp_path / "good.db"
+    store = Store(str(good))
+    store.write([make_event("anomaly", f"s{i}", NOW, "info", "m" * 500, {"i": i}, i) for i in range(2000)])
+    store.close()
+    truncated = tmp_path / "truncated.db"
+    truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 3])
+    for name in ("events", "deadletters"):
+        rc, out, err = run(capsys, name, "--db", str(truncated))
+        assert rc == 2 and str(truncated) in err and "malformed" in err and len(err.strip().splitlines()) == 1, err
     rc, _, err = run(capsys, "deadletters", "--db", "postgresql+psycopg://postgres@127.0.0.1:1/none")
     assert rc == 1 and "Connection refused" in err
 
@@ -275,7 +341,7 @@ def test_operators_in_the_services_group_read_the_live_and_the_stopped_log():
                    *(argv or _cli("events", "--db", str(path), "--format", "json"))]
             return subprocess.run(cmd, capture_output=True, text=True, cwd=Path(__file__).parents[2], timeout=60)
 
-        if as_user(group, sys.executable, "-c", "import agent.query").returncode != 0:
+        if as_user(group, sys.executable, "-c", "import edgewatch.agent.commands.events").returncode != 0:
             pytest.skip("user nobody cannot read this checkout or its Python environment")
         live = as_user(group)
         store.close()  # the agent stops: -wal and -shm are gone, the operator cannot create them

@@ -152,10 +152,12 @@ def test_size_limit_is_checked_before_decoding():
 def test_dead_letter_payload_text_base64_and_truncation():
     r = check("sensors/x", b"\xff\x00binary")
     assert base64.b64decode(r.payload) == b"\xff\x00binary"
+    assert r.reason.endswith("(payload shown base64)")  # the reader's only way to know
     r = check("sensors/x", b'{"a": "\x00"}')  # NUL is kept losslessly as base64
-    assert base64.b64decode(r.payload) == b'{"a": "\x00"}'
+    assert base64.b64decode(r.payload) == b'{"a": "\x00"}' and r.reason.endswith("(payload shown base64)")
     r = check("sensors/x", ("é" * 40000).encode())
     assert r.payload == "é" * 2048  # cut at 4 KiB without splitting a character
+    assert "base64" not in r.reason and "base64" not in check("sensors/x", b"{bad").reason
     r = check("sensors/x", b"\xff" * 10000)
     assert len(r.payload) == 4096 and base64.b64decode(r.payload) == b"\xff" * 3072
 

@@ -76,6 +76,8 @@ def test_notify_watchdog_restart_and_sandbox(unit):
     svc, u = d["Service"], d["Unit"]
     assert svc["Type"] == ["notify"] and svc["NotifyAccess"] == ["main"]
     assert svc["WatchdogSec"] and svc["Restart"] == ["on-failure"]
+    # exit 2 is a configuration, usage or log-file error (one line naming the key or file): no restart fixes it
+    assert svc["RestartPreventExitStatus"] == ["2"]
     assert u["StartLimitIntervalSec"] and u["StartLimitBurst"]  # in [Unit], where systemd reads them
     # paho-mqtt's select() loop breaks above fd 1023: the soft limit stays 1024
     assert svc["LimitNOFILE"][0].split(":")[0] == "1024"

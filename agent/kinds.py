@@ -1,0 +1,4 @@
+"""The event vocabulary, kept free of csp so that the command line can offer it without loading the graphs."""
+
+SEVERITIES = ("info", "warning", "critical")
+EVENT_KINDS = ("anomaly", "health", "maintenance", "risk", "signal", "price_alert", "news", "advice")
