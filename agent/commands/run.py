@@ -39,12 +39,15 @@ from edgewatch.agent.eventlog.outbox import Outbox
 from edgewatch.agent.eventlog.sink import sink
 from edgewatch.agent.eventlog.store import StoreError, StoreWriter
 from edgewatch.agent.ingest.capture import PATTERN as CAPTURE_PATTERN
+from edgewatch.agent.eventlog.views import StatusViews
 from edgewatch.agent.ingest.capture import CaptureWriter
 from edgewatch.agent.ingest.mqtt import Link, MqttAdapterManager
+from edgewatch.agent.ingest.ring import ReadingRing
 from edgewatch.agent.ingest.validate import Validator
 from edgewatch.agent.ops import metrics
 from edgewatch.agent.ops.heartbeat import Heartbeat, heartbeat
-from edgewatch.agent.ops.http import serve
+from edgewatch.agent.ops.http import parse_listen, serve
+from edgewatch.agent.ops.status_page import StatusPage
 from edgewatch.agent.records import RECORD_TYPES
 from edgewatch.agent.timeutil import utcnow
 from edgewatch.common import logs
@@ -144,8 +147,12 @@ class Service:
                                   retention=(cfg.store.retention_days, cfg.store.retention_rows))
         self.outbox.writer = self.writer
         self.capture = _capture(cfg.record)
-        self.manager = MqttAdapterManager(self.link, Validator(cfg), self.capture)
+        # the status page exists only where /metrics does; it reads the log and this ring, never the engine
+        self.ring = ReadingRing(cfg.metrics.status_readings, cfg.metrics.status_sensors) \
+            if parse_listen(cfg.metrics.listen) else None
+        self.manager = MqttAdapterManager(self.link, Validator(cfg), self.capture, self.ring)
         self.http = None
+        self.status: StatusPage | None = None
 
     # -- hook points ------------------------------------------------------------------------
     def heartbeat(self) -> None:
@@ -192,7 +199,9 @@ class Service:
             signal.signal(sig, handler)
         self.writer.start()
         self.outbox.start()
-        self.http = serve(self.cfg.metrics.listen, metrics.REGISTRY, self.health)
+        if self.ring is not None:
+            self.status = StatusPage(StatusViews(self.cfg, self.ring))
+        self.http = serve(self.cfg.metrics.listen, metrics.REGISTRY, self.health, self.status)
         self.link.start()
         warm = warm_source(self.cfg, self.capture.path if self.capture else None)
         now = utcnow()
@@ -232,6 +241,8 @@ class Service:
         self.link.close(timeout=1.0)
         if self.capture is not None:
             self.capture.close()
+        if self.status is not None:
+            self.status.close()
         if self.http is not None:
             self.http.close()
         self.store.close()

@@ -259,10 +259,11 @@ class Link:
 class MqttAdapterManager:
     """Graph-time side: `subscribe(kind)` -> ts[list[Record]]; `dead_letters()`; `marks()`."""
 
-    def __init__(self, link: Link, validator, capture=None):
+    def __init__(self, link: Link, validator, capture=None, ring=None):
         self.link = link
         self.validator = validator  # ingest.validate.Validator
         self.capture = capture  # ingest.capture.CaptureWriter or None
+        self.ring = ring  # ingest.ring.ReadingRing for the status page, or None
         self._group = PushGroup()
         self._pending: collections.OrderedDict[int, tuple] = collections.OrderedDict()  # seq -> (count, mids)
         self._lock = threading.Lock()
@@ -376,6 +377,10 @@ class _MqttAdapterManagerImpl(AdapterManagerImpl):
                 mids.append(msg.mid)
         if capture is not None:
             capture.flush()
+        if lists["sensor"]:
+            metrics.count_sensor_groups([r.sensor_id for r in lists["sensor"]])
+            if rep.ring is not None:
+                rep.ring.extend(lists["sensor"])
         self._seq += 1
         rep._register(self._seq, n, mids)
         with PushBatch(self._engine) as batch:

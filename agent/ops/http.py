@@ -65,12 +65,16 @@ class MetricsServer:
         self._thread.join(timeout=5)
 
 
-def app(registry: CollectorRegistry, health_fn: HealthFn) -> typing.Callable:
-    """WSGI app: /health from `health_fn` (bool, or a dict whose "ok" decides), everything else /metrics."""
+def app(registry: CollectorRegistry, health_fn: HealthFn, status_page: typing.Callable | None = None) -> typing.Callable:
+    """WSGI app: /health from `health_fn` (bool, or a dict whose "ok" decides), /status/... from the
+    `status_page` app when there is one, everything else /metrics."""
     metrics = make_wsgi_app(registry)
 
     def wsgi(environ, start_response):
-        if environ.get("PATH_INFO", "/") != "/health":
+        path = environ.get("PATH_INFO", "/")
+        if status_page is not None and (path == "/status" or path.startswith("/status/")):
+            return status_page(environ, start_response)
+        if path != "/health":
             return metrics(environ, start_response)
         try:
             result = health_fn()
@@ -86,15 +90,16 @@ def app(registry: CollectorRegistry, health_fn: HealthFn) -> typing.Callable:
     return wsgi
 
 
-def serve(listen: str, registry: CollectorRegistry, health_fn: HealthFn) -> MetricsServer | None:
-    """Start the endpoint on `listen` (see `parse_listen`); None when it is configured off."""
+def serve(listen: str, registry: CollectorRegistry, health_fn: HealthFn,
+          status_page: typing.Callable | None = None) -> MetricsServer | None:
+    """Start the endpoint on `listen` (see `parse_listen`), with the status page when given; None when off."""
     address = parse_listen(listen)
     if address is None:
         return None
     host, port = address
     server_cls = _Server6 if ":" in host else _Server
     try:
-        server = make_server(host, port, app(registry, health_fn), server_class=server_cls, handler_class=_QuietHandler)
+        server = make_server(host, port, app(registry, health_fn, status_page), server_class=server_cls, handler_class=_QuietHandler)
     except OSError as e:
         raise ConfigError(f"metrics.listen: cannot listen on {listen}: {e.strerror}") from None
     return MetricsServer(server)

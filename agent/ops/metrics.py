@@ -10,6 +10,8 @@ read off a running agent.
 
 from __future__ import annotations
 
+import typing
+
 from prometheus_client import (
     GC_COLLECTOR,
     CollectorRegistry,
@@ -20,6 +22,7 @@ from prometheus_client import (
     ProcessCollector,
 )
 
+MAX_SENSOR_GROUPS = 100  # `group` labels at most: sensor ids come from outside, and every label is a series kept
 REGISTRY = CollectorRegistry(auto_describe=True)
 ProcessCollector(registry=REGISTRY)
 PlatformCollector(registry=REGISTRY)
@@ -27,6 +30,11 @@ REGISTRY.register(GC_COLLECTOR)
 
 MESSAGES_IN = Counter(
     "edgewatch_messages_in_total", "Accepted input messages, by topic kind", ["kind"], registry=REGISTRY
+)
+SENSOR_READINGS = Counter(
+    "edgewatch_sensor_readings_total",
+    f"Accepted sensor readings, by group: the sensor id up to its first '/' (at most {MAX_SENSOR_GROUPS}, then 'other')",
+    ["group"], registry=REGISTRY,
 )
 MESSAGES_DONE = Counter(
     "edgewatch_messages_done_total",
@@ -62,6 +70,23 @@ MQTT_SUBSCRIPTIONS_REFUSED = Gauge("edgewatch_mqtt_subscriptions_refused",
                                    registry=REGISTRY)
 MQTT_PUBLISHES_REFUSED = Counter("edgewatch_mqtt_publishes_refused_total",
                                  "PUBACKs with a failure reason code (the message was not accepted)", registry=REGISTRY)
+
+
+def count_sensor_groups(sensor_ids: typing.Iterable[str]) -> None:
+    """One batch's readings into `SENSOR_READINGS`, so an alert can see a group of sensors fall silent."""
+    counts: dict[str, int] = {}
+    for sensor_id in sensor_ids:
+        group = sensor_id.partition("/")[0]
+        counts[group] = counts.get(group, 0) + 1
+    for group, n in counts.items():
+        child = _groups.get(group)
+        if child is None:
+            label = group if len(_groups) < MAX_SENSOR_GROUPS else "other"
+            child = _groups[label] = SENSOR_READINGS.labels(label)
+        child.inc(n)
+
+
+_groups: dict = {}  # group -> its counter child, the first MAX_SENSOR_GROUPS groups seen
 
 
 def reason_class(reason: str) -> str:
