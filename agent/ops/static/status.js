@@ -5,7 +5,7 @@
 const REFRESH_MS = 5000;
 const MAX_STREAM_ROWS = 200;
 const MARK_COLORS = { anomaly: "#c5221f", maintenance: "#e37400", health: "#7b61ff", signal: "#137333",
-                      price_alert: "#c5221f", risk: "#b06000", news: "#1a73e8", advice: "#9334e6" };
+                      price_alert: "#e37400", risk: "#b06000", news: "#1a73e8", advice: "#9334e6" };
 const SERIES_COLORS = ["#1a73e8", "#e37400", "#137333", "#9334e6", "#c5221f", "#007b83"];
 const state = { sensor: null, symbol: null, charts: {} };
 
@@ -69,8 +69,9 @@ function markers(marks) {
 }
 
 function eventMarks(events, kinds) {
+  const color = (e) => (/SELL/.test(e.data.signal || e.data.action || "") ? "#c5221f" : MARK_COLORS[e.kind] || "#555");
   return events.filter((e) => kinds.includes(e.kind)).map((e) => ({
-    t: Date.parse(e.ts) / 1000, color: MARK_COLORS[e.kind] || "#555", kind: e.kind,
+    t: Date.parse(e.ts) / 1000, color: color(e), kind: e.kind,
     label: `${e.ts.slice(11, 19)} ${e.kind}: ${e.message}`,
   }));
 }
@@ -79,12 +80,19 @@ function drawChart(name, view, kinds) {
   const box = document.getElementById(`${name}-chart`);
   const names = Object.keys(view.series);
   const marks = eventMarks(view.events, kinds);
+  // each metric on its own scale (pressure ~1000 and battery ~50 share no useful axis), an axis per metric
+  const scaleOf = (n) => (name === "symbol" && n !== "volume" ? "price" : n);
+  const axes = [{}];
+  for (const [i, n] of names.entries()) {
+    if (n === "volume" || axes.some((a) => a.scale === scaleOf(n))) continue;
+    axes.push({ scale: scaleOf(n), side: axes.length % 2 ? 3 : 1, stroke: SERIES_COLORS[i % SERIES_COLORS.length],
+                grid: { show: axes.length === 1 }, size: 60 });
+  }
   const opts = {
     width: Math.max(300, box.clientWidth - 4), height: 260, plugins: [markers(marks)],
-    scales: { x: { time: true } },
+    scales: { x: { time: true } }, axes,
     series: [{}, ...names.map((n, i) => ({ label: n, stroke: SERIES_COLORS[i % SERIES_COLORS.length], spanGaps: true,
-                                          scale: n === "volume" ? "volume" : "y", show: n !== "volume" }))],
-    axes: [{}, { scale: "y" }],
+                                          scale: scaleOf(n), show: n !== "volume", points: { show: false } }))],
   };
   if (state.charts[name]) state.charts[name].destroy();
   state.charts[name] = new uPlot(opts, [view.t, ...names.map((n) => view.series[n])], box);
@@ -137,12 +145,20 @@ function follow() {
   source.onmessage = (msg) => {
     const e = JSON.parse(msg.data);
     const li = el("li", null, `sev-${e.severity}`);
+    li.dataset.id = String(e.id);
     li.dataset.kind = e.kind;
     li.dataset.key = e.key;
     li.append(el("span", e.ts.slice(11, 19) + " "), el("span", e.kind, "kind"), el("span", e.message));
     list.prepend(li);
     while (list.children.length > MAX_STREAM_ROWS) list.lastElementChild.remove();
+    if (e.kind === "health" || e.kind === "maintenance") fleetSoon();
   };
+}
+
+let fleetTimer = null;
+function fleetSoon() {
+  // a burst of health events refreshes the table once, half a second after the first
+  if (fleetTimer === null) fleetTimer = setTimeout(() => { fleetTimer = null; loadFleet(); }, 500);
 }
 
 function refresh() {
