@@ -93,7 +93,7 @@ class SidecarConfig:
 class MetricsConfig:
     listen: str = "127.0.0.1:9108"  # host:port of the Prometheus /metrics and /health endpoint and the /status page; "" = off
     status_readings: int = 300  # latest readings per sensor kept in memory for the status page's chart (older ones are read from the capture files); 0 = none
-    status_sensors: int = 200  # sensors whose latest readings are kept in memory (the least recently heard is dropped first)
+    status_sensors: int = 100  # sensors whose latest readings are kept in memory (the least recently heard is dropped first; about 650 bytes per reading held)
 
 
 @dataclasses.dataclass

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict, deque
-from collections.abc import Iterable
 from datetime import datetime
 
 from edgewatch.agent.records import SensorReading
@@ -19,37 +18,39 @@ Point = tuple[datetime, dict]  # (reading time, metric name -> value)
 
 
 class ReadingRing:
-    """Per sensor, its last `length` readings as (ts, metrics); at most `sensors` sensors."""
+    """Per sensor, its last `length` readings; at most `sensors` sensors."""
 
     def __init__(self, length: int, sensors: int):
         self.length = length
         self.sensors = sensors
-        self._rings: OrderedDict[str, deque[Point]] = OrderedDict()
+        self._rings: OrderedDict[str, deque[SensorReading]] = OrderedDict()
         self._lock = threading.Lock()
 
-    def extend(self, readings: Iterable[SensorReading]) -> None:
-        """Pump thread, once per batch: one lock for the whole batch."""
+    def extend(self, sensor_ids: list[str], readings: list[SensorReading]) -> None:
+        """Pump thread, once per batch (`sensor_ids[i]` is `readings[i].sensor_id`, read once by the caller):
+        one lock per batch, and the readings kept as they are, so adding one costs no copy."""
         if not self.length or not self.sensors:
             return
-        rings = self._rings
+        rings, get, touch = self._rings, self._rings.get, self._rings.move_to_end
         with self._lock:
-            for r in readings:
-                ring = rings.get(r.sensor_id)
+            for sensor_id, r in zip(sensor_ids, readings):
+                ring = get(sensor_id)
                 if ring is None:
-                    ring = rings[r.sensor_id] = deque(maxlen=self.length)
+                    ring = rings[sensor_id] = deque(maxlen=self.length)
                     if len(rings) > self.sensors:
                         rings.popitem(last=False)
                 else:
-                    rings.move_to_end(r.sensor_id)
-                ring.append((r.ts, r.metrics))
+                    touch(sensor_id)
+                ring.append(r)
 
     def readings(self, sensor_id: str) -> list[Point]:
-        """A copy of the sensor's ring, oldest first (empty when unknown or dropped)."""
+        """The sensor's ring as (ts, metrics), oldest first (empty when unknown or dropped)."""
         with self._lock:
             ring = self._rings.get(sensor_id)
-            return list(ring) if ring is not None else []
+            held = list(ring) if ring is not None else []
+        return [(r.ts, r.metrics) for r in held]
 
     def last_seen(self) -> dict[str, datetime]:
         """Sensor -> time of its latest reading, for every sensor held."""
         with self._lock:
-            return {sid: ring[-1][0] for sid, ring in self._rings.items()}
+            return {sid: ring[-1].ts for sid, ring in self._rings.items()}

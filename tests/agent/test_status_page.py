@@ -26,16 +26,20 @@ def reading(sensor_id: str, ts, value: float) -> SensorReading:
     return SensorReading(sensor_id=sensor_id, ts=ts, metrics={"temperature": value}, attrs={})
 
 
+def extend(ring: ReadingRing, readings: list[SensorReading]) -> None:
+    ring.extend([r.sensor_id for r in readings], readings)
+
+
 def test_ring_keeps_the_latest_readings_of_the_latest_sensors():
     ring = ReadingRing(length=3, sensors=2)
     t0 = utcnow()
-    ring.extend(reading("a", t0 + timedelta(seconds=i), float(i)) for i in range(5))
-    ring.extend([reading("b", t0, 1.0), reading("a", t0 + timedelta(seconds=9), 9.0), reading("c", t0, 2.0)])
+    extend(ring, [reading("a", t0 + timedelta(seconds=i), float(i)) for i in range(5)])
+    extend(ring, [reading("b", t0, 1.0), reading("a", t0 + timedelta(seconds=9), 9.0), reading("c", t0, 2.0)])
     assert [m["temperature"] for _, m in ring.readings("a")] == [3.0, 4.0, 9.0]
     assert ring.readings("b") == []  # least recently heard of three sensors: dropped
     assert set(ring.last_seen()) == {"a", "c"}
     off = ReadingRing(length=0, sensors=10)
-    off.extend([reading("a", t0, 1.0)])
+    extend(off, [reading("a", t0, 1.0)])
     assert off.last_seen() == {}
 
 
@@ -72,7 +76,7 @@ def test_fleet_follows_the_log_and_readings_go_past_the_ring_into_the_capture_fi
         ts = now - timedelta(seconds=20 - i)
         capture.write(ts, f"sensors/{SENSOR}", f'{{"ts": {epoch(ts)}, "temperature": {i}}}')
         if i >= 15:
-            ring.extend([reading(SENSOR, ts, float(i))])
+            extend(ring, [reading(SENSOR, ts, float(i))])
     capture.write(now, "sensors/site0/other", '{"temperature": 99}')
     capture.close()
     log.write(events=[health(SENSOR, now - timedelta(seconds=5), 0.4, "poor"),
@@ -179,3 +183,21 @@ def test_no_page_and_no_ring_when_metrics_are_off(agent_cfg):
         assert service.ring is None and service.manager.ring is None
     finally:
         service.store.close()
+
+
+def test_sensor_groups_are_counted_and_capped(monkeypatch):
+    from edgewatch.agent.ops import metrics
+
+    monkeypatch.setattr(metrics, "MAX_SENSOR_GROUPS", 2)
+    monkeypatch.setattr(metrics, "_groups", {})
+    registry = metrics.REGISTRY
+
+    def count(group: str) -> float:
+        return registry.get_sample_value("edgewatch_sensor_readings_total", {"group": group}) or 0.0
+
+    before = {g: count(g) for g in ("plantA", "plantB", "other")}
+    metrics.count_sensor_groups(["plantA/s1", "plantA/s2", "plantB/s1"])
+    metrics.count_sensor_groups(["plantA/s1", "plantC/s1", "loose-sensor", "plantD/x"])
+    assert count("plantA") - before["plantA"] == 3 and count("plantB") - before["plantB"] == 1
+    assert count("other") - before["other"] == 3  # past two groups every new one counts as "other"
+    assert registry.get_sample_value("edgewatch_sensor_readings_total", {"group": "plantC"}) is None
