@@ -25,6 +25,8 @@ TAIL_STEPS = 20  # ... and steps per request: a huge backlog is caught up over s
 MAX_POINTS = 5000  # chart points per sensor at most (the latest kept)
 MAX_EVENTS = 2000  # events per chart at most (the latest kept)
 MAX_BARS = 5000  # bars per symbol chart at most
+RECENT_BARS = 50_000  # the symbol list is read off this many latest bars
+MAX_SYMBOLS = 200  # symbols listed at most
 MAX_WINDOW = timedelta(days=1)  # longest chart window a request may ask for
 SENSOR_KINDS = ("anomaly", "maintenance", "health")
 
@@ -149,8 +151,12 @@ class StatusViews:
         return out
 
     def symbols(self) -> list[str]:
+        """Symbols among the latest RECENT_BARS bars (a range of the primary key: no scan of a month of bars)."""
+        newest = sa.select(sa.func.max(bars.c.id)).scalar_subquery()
+        q = (sa.select(bars.c.symbol).where(bars.c.id > newest - RECENT_BARS).distinct()
+             .order_by(bars.c.symbol).limit(MAX_SYMBOLS))
         with self.store.engine.connect() as conn:
-            return list(conn.execute(sa.select(bars.c.symbol).distinct().order_by(bars.c.symbol)).scalars())
+            return list(conn.execute(q).scalars())
 
     def symbol(self, symbol: str, window: timedelta) -> dict:
         """The symbol's VWAP bars in the window and its events (signals, price alerts, news, advice)."""

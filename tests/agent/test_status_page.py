@@ -53,10 +53,11 @@ def maintenance(sensor: str, ts, state: str, active: list[str]):
                       {"state": state, "reasons": active or ["drift"], "active": active}, state)
 
 
-@pytest.fixture
-def agent_cfg(tmp_path) -> config.Config:
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def agent_cfg(request, tmp_path) -> config.Config:
+    """An agent configuration whose log is SQLite or PostgreSQL, with a capture folder."""
     cfg = config.Config()
-    cfg.store.url = str(tmp_path / "events.db")
+    cfg.store.url = str(tmp_path / "events.db") if request.param == "sqlite" else request.getfixturevalue("postgres_url")
     cfg.record.path = str(tmp_path / "capture")
     return cfg
 
