@@ -29,6 +29,7 @@ KEEPALIVE_SECONDS = 15.0  # a comment line this often, so a gone client is notic
 BACKLOG = 50  # events a new stream starts with
 BATCH = 500  # events per poll at most
 DEFAULT_WINDOW = timedelta(hours=1)
+CSP = "default-src 'self'; frame-ancestors 'none'"  # the page's own files only: no inline script, no framing
 
 
 class Source(typing.Protocol):
@@ -136,7 +137,7 @@ class StatusPage:
 
 def _reply(start_response: Callable, status: str, ctype: str, body: bytes) -> list[bytes]:
     start_response(status, [("Content-Type", ctype), ("Content-Length", str(len(body))), ("Cache-Control", "no-store"),
-                            ("X-Content-Type-Options", "nosniff")])
+                            ("X-Content-Type-Options", "nosniff"), ("Content-Security-Policy", CSP)])
     return [body]
 
 

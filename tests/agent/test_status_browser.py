@@ -48,6 +48,9 @@ def test_status_page_shows_the_fleet_and_live_events(tmp_path, chromium):
             with sync_playwright() as pw:
                 browser = pw.chromium.launch(executable_path=chromium, args=["--no-sandbox", "--disable-gpu"])
                 page = browser.new_page(viewport={"width": 1400, "height": 1100})
+                problems: list[str] = []  # script errors and refused resources (the page's CSP) fail the test
+                page.on("pageerror", lambda e: problems.append(str(e)))
+                page.on("console", lambda m: m.type == "error" and problems.append(m.text))
                 page.goto(f"http://127.0.0.1:{port}/status")
                 expect(page.locator("#live")).to_have_text("live")
                 rows = page.locator("#fleet tbody tr")
@@ -94,7 +97,17 @@ def test_status_page_shows_the_fleet_and_live_events(tmp_path, chromium):
                 expect(page.locator("#symbols button")).to_have_count(len(sim.symbols))
                 expect(page.locator("#symbol-chart canvas")).to_have_count(1)
                 assert int(page.locator("#symbol-chart").get_attribute("data-points")) > 10
+                symbol = page.locator("#symbols button.selected").text_content()
 
+                def symbol_marks_shown() -> bool:
+                    logged = [e["id"] for e in agent_events(agent.db, after=0)
+                              if e["key"] == symbol and e["kind"] in ("signal", "price_alert", "advice")]
+                    shown = page.locator("#symbol-marks li").evaluate_all("ls => ls.map(l => +l.dataset.id)")
+                    return logged and shown == logged[::-1][:40]
+
+                wait_for(symbol_marks_shown, timeout=15, what="the symbol's signals, alerts and advice marked")
+
+                assert problems == []
                 shot = tmp_path / "status-page.png"
                 page.screenshot(path=str(shot), full_page=True)
                 browser.close()

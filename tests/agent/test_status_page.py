@@ -126,6 +126,7 @@ def page(agent_cfg, log, monkeypatch):
 def test_page_static_files_and_json_routes(page):
     html = httpx.get(page + "/status")
     assert html.status_code == 200 and "uPlot.iife.min.js" in html.text and html.headers["content-type"] == "text/html"
+    assert html.headers["content-security-policy"].startswith("default-src 'self'")
     js = httpx.get(page + "/status/static/uplot/uPlot.iife.min.js")
     assert js.status_code == 200 and "javascript" in js.headers["content-type"] and "uPlot" in js.text
     assert httpx.get(page + "/status/static/..%2F..%2Fconfig.py").status_code == 404

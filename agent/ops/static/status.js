@@ -69,9 +69,12 @@ function markers(marks) {
 }
 
 function eventMarks(events, kinds) {
-  const color = (e) => (/SELL/.test(e.data.signal || e.data.action || "") ? "#c5221f" : MARK_COLORS[e.kind] || "#555");
+  // signals and advice by side: SELL red, BUY green, HOLD grey; everything else by kind
+  const side = (e) => String((e.kind === "signal" ? e.data.signal : e.kind === "advice" ? e.data.action : "") || "");
+  const color = (e) => (/SELL/.test(side(e)) ? "#c5221f" : /BUY/.test(side(e)) ? "#137333"
+                        : side(e) === "HOLD" ? "#80868b" : MARK_COLORS[e.kind] || "#555");
   return events.filter((e) => kinds.includes(e.kind)).map((e) => ({
-    t: Date.parse(e.ts) / 1000, color: color(e), kind: e.kind,
+    t: Date.parse(e.ts) / 1000, color: color(e), kind: e.kind, id: e.id,
     label: `${e.ts.slice(11, 19)} ${e.kind}: ${e.message}`,
   }));
 }
@@ -102,6 +105,7 @@ function drawChart(name, view, kinds) {
     const li = el("li", m.label);
     li.style.setProperty("--mark", m.color);
     li.dataset.kind = m.kind;
+    li.dataset.id = String(m.id);
     return li;
   }));
 }
