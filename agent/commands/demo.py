@@ -353,6 +353,7 @@ def demo_command(args) -> int:
             t0 = time.monotonic()
             feeder.start()
             metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
+            print(f"status page (open while the demo runs): http://127.0.0.1:{metrics_port}/status", flush=True)
             while (elapsed := time.monotonic() - t0) < duration:
                 if agent.proc.poll() is not None:
                     raise RuntimeError(f"the agent exited with {agent.proc.returncode}:\n{agent.log_tail()}")

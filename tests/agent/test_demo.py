@@ -28,6 +28,7 @@ def test_demo_runs_end_to_end_and_exits_0(tmp_path):
     out = done.stdout
     assert "edgewatch demo" in out  # the progress view (plain lines: stdout is not a terminal)
     assert "\x1b[" not in out
+    assert re.search(r"status page \(open while the demo runs\): http://127\.0\.0\.1:\d+/status", out)
     assert f"edge-agent events --db {db}" in out
     store = Store(str(db), readonly=True)
     kinds = {e["kind"] for e in store.events()}
