@@ -133,14 +133,17 @@ class StatusViews:
         }
 
     def _captured(self, sensor_id: str, since: datetime, before: datetime | None) -> list[Point]:
-        """Readings of one sensor from the capture files, received at or after `since` and before `before`."""
+        """Readings of one sensor from the capture files, received from `since` until `before` (the ring's
+        oldest reading): the files are in arrival order, so reading stops where the ring takes over."""
         topic = self.sensor_topic + sensor_id
         files = sorted(self.capture_dir.glob(PATTERN))
         # a file holds what arrived from its name's time until the next file's: skip those ending before `since`
-        starts = [_file_start(f) for f in files]
-        keep = [f for i, f in enumerate(files) if i + 1 == len(files) or starts[i + 1] is None or starts[i + 1] >= since]
+        starts = [_file_start(f) for f in files[1:]] + [None]
+        keep = [f for f, end in zip(files, starts) if end is None or end >= since]
         out: list[Point] = []
-        for received_at, msg_topic, payload in CaptureReader(keep):
+        for received_at, msg_topic, payload in CaptureReader(keep, topic):
+            if before is not None and received_at >= before:
+                break
             if msg_topic != topic or received_at < since:
                 continue
             parsed = self.validator.parse(msg_topic, payload, received_at)

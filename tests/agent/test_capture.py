@@ -87,3 +87,27 @@ def test_capture_files_are_0640_like_the_log_whatever_the_umask(tmp_path, umask)
     assert len(files) > 3
     assert {stat.S_IMODE(f.stat().st_mode) for f in files} == {0o640}
     assert stat.S_IMODE((tmp_path / "capture").stat().st_mode) == 0o750 & ~umask
+
+
+def test_one_topic_is_read_without_parsing_the_others(tmp_path):
+    from edgewatch.agent.ingest import capture
+
+    w = CaptureWriter(RecordConfig(path=str(tmp_path)))
+    topics = ["sensors/s1", "sensors/s10", "sensors/é\"x", "sensors/s1/"]
+    msgs = [(T0 + timedelta(seconds=i), topics[i % 4], json.dumps({"temperature": i, "topic": "sensors/s1"}))  # the needle, escaped in payloads
+            for i in range(400)]
+    for m in msgs:
+        w.write(*m)
+    w.close()
+    with open(w.path, "ab") as f:
+        f.write(b'{"received_at":"2026-01-02T03:04:05Z","topic":"sensors/s1","payl')  # torn by a kill
+    everything = list(read_captures([tmp_path]))
+    for topic in topics:
+        reader = capture.CaptureReader([tmp_path], topic)
+        assert list(reader) == [m for m in everything if m[1] == topic]
+    assert reader.skipped == 0  # another topic's torn line is never even parsed
+    one = capture.CaptureReader([tmp_path], "sensors/s1")
+    assert len(list(one)) == 100 and one.skipped == 1  # the torn line is its topic's, and skipped
+    with open(w.path, "rb") as f:  # blocks far smaller than a line: lines found across block boundaries
+        small = list(capture._lines_with(f, b'"topic":"sensors/s10",', chunk=7))
+    assert len(small) == 100 and all(b'"sensors/s10"' in line and line.endswith(b"\n") for line in small)

@@ -78,7 +78,7 @@ def test_fleet_follows_the_log_and_readings_go_past_the_ring_into_the_capture_fi
         capture.write(ts, f"sensors/{SENSOR}", f'{{"ts": {epoch(ts)}, "temperature": {i}}}')
         if i >= 15:
             extend(ring, [reading(SENSOR, ts, float(i))])
-    capture.write(now, "sensors/site0/other", '{"temperature": 99}')
+    capture.write(now - timedelta(seconds=10), "sensors/site0/s10", '{"temperature": 99}')  # a longer id, same prefix
     capture.close()
     log.write(events=[health(SENSOR, now - timedelta(seconds=5), 0.4, "poor"),
                       health("site1/s2", now - timedelta(seconds=5), 0.9, "good"),
