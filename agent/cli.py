@@ -29,6 +29,7 @@ HANDLERS = {
     "simulate": "edgewatch.agent.commands.simulate:simulate_command",
     "check-config": "edgewatch.agent.commands.check_config:check_config_command",
     "doctor": "edgewatch.agent.commands.doctor:doctor_command",
+    "migrate": "edgewatch.agent.commands.migrate:migrate_command",
 }
 
 
@@ -134,6 +135,12 @@ def build_parser() -> argparse.ArgumentParser:
     dr = _command(sub, "doctor", "check configuration, broker, log, sidecar",
                   "Probes what the service needs the way it uses it and says how to fix what fails.")
     dr.add_argument("--config", metavar="PATH", help=CONFIG_HELP)
+
+    mg = _command(sub, "migrate", "bring the event log's schema to this version",
+                  "What run does at start, and nothing else: every row is kept, agents starting together take\n"
+                  "turns, and a log written by a newer release is refused (exit 2) and left as it is.")
+    mg.add_argument("--db", metavar="URL|PATH", help=DB_HELP)
+    mg.add_argument("--config", metavar="PATH", help=CONFIG_HELP)
     return p
 
 

@@ -25,6 +25,7 @@ from urllib.parse import quote
 import sqlalchemy as sa
 import structlog
 from edgewatch.agent.config import ConfigError
+from edgewatch.agent.eventlog import migrations
 from edgewatch.agent.timeutil import isoformat, utcnow
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, make_url
@@ -312,8 +313,10 @@ class Store:
             missing = {"events", "deadletters"} - set(self._table_names())
             if missing:
                 raise StoreError(f"{self.display_url}: not an event log (no table {', '.join(sorted(missing))})")
-        else:
-            metadata.create_all(self.engine)
+            with self.engine.connect() as conn:
+                migrations.check_readable(conn, self.display_url)
+        # (revision before, after) of the migration this open ran; None when read-only
+        self.migrated = None if readonly else migrations.upgrade(self.engine, self.display_url)
         insert = sqlite.insert if self.dialect == "sqlite" else postgresql.insert
         self._insert_bars = insert(bars).on_conflict_do_nothing(index_elements=["symbol", "start"])
         self._write_lock = threading.Lock()
