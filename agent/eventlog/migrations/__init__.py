@@ -9,6 +9,7 @@ with a revision this code does not know was written by a newer release: it is re
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 
@@ -25,6 +26,7 @@ log = structlog.get_logger("edgewatch.agent.eventlog.migrations")
 BASELINE = "0001"  # the schema of 0.2.0, whose logs carry no version
 SQLITE_LOCK_WAIT = 120.0  # seconds to wait for another process's migration of the same file
 _LOCK_KEY = "edgewatch.eventlog.migrate"
+_IN_PROCESS = threading.Lock()  # Alembic's `context` is one global per process: one migration at a time
 
 
 class SchemaVersionError(ConfigError):
@@ -78,7 +80,7 @@ def check_readable(conn: sa.Connection, where: str) -> None:
 
 def upgrade(engine: sa.Engine, where: str) -> tuple[str | None, str]:
     """Bring the log to the newest revision, under the lock; returns (revision before, revision after)."""
-    with engine.connect() as conn, conn.begin():
+    with _IN_PROCESS, engine.connect() as conn, conn.begin():
         _lock(conn)
         before = check(conn, where)
         stamped = bool(MigrationContext.configure(conn).get_current_heads())
