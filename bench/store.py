@@ -22,7 +22,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from edgewatch.agent.eventlog.store import Store, StoreWriter  # noqa: E402
+from edgewatch.agent.eventlog.store import Store  # noqa: E402
+from edgewatch.agent.eventlog.writer import StoreWriter  # noqa: E402
 from edgewatch.agent.records import make_event  # noqa: E402
 
 

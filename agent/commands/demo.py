@@ -181,7 +181,7 @@ class LogCounts:
 
     def _newest(self) -> tuple[int, int]:
         import sqlalchemy as sa
-        from edgewatch.agent.eventlog.store import deadletters, events
+        from edgewatch.agent.eventlog.schema import deadletters, events
 
         if not Path(self.db).exists():
             return 0, 0
@@ -200,7 +200,7 @@ class LogCounts:
 
     def read(self) -> tuple[Counter, int]:
         import sqlalchemy as sa
-        from edgewatch.agent.eventlog.store import deadletters, events
+        from edgewatch.agent.eventlog.schema import deadletters, events
 
         try:
             with self._connect() as conn:

@@ -23,7 +23,8 @@ from edgewatch.agent.analytics.topology import analytics
 from edgewatch.agent.commands.logfile import open_log
 from edgewatch.agent.config import Config, ConfigError
 from edgewatch.agent.eventlog.sink import sink
-from edgewatch.agent.eventlog.store import StoreError, StoreWriter
+from edgewatch.agent.eventlog.store import StoreError
+from edgewatch.agent.eventlog.writer import StoreWriter
 from edgewatch.agent.ingest.capture import read_captures
 from edgewatch.agent.ingest.validate import Parsed, Validator
 from edgewatch.agent.records import (

@@ -37,9 +37,10 @@ from edgewatch.agent.commands.logfile import open_log
 from edgewatch.agent.commands.replay import CaptureSource, capture_feed, split
 from edgewatch.agent.eventlog.outbox import Outbox
 from edgewatch.agent.eventlog.sink import sink
-from edgewatch.agent.eventlog.store import StoreError, StoreWriter
+from edgewatch.agent.eventlog.store import StoreError
 from edgewatch.agent.ingest.capture import PATTERN as CAPTURE_PATTERN
 from edgewatch.agent.eventlog.views import StatusViews
+from edgewatch.agent.eventlog.writer import StoreWriter
 from edgewatch.agent.ingest.capture import CaptureWriter
 from edgewatch.agent.ingest.mqtt import Link, MqttAdapterManager
 from edgewatch.agent.ingest.ring import ReadingRing

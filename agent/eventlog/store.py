@@ -1,23 +1,18 @@
-"""The event log (docs/reference/events.md): SQLAlchemy Core tables, the `Store`, and the background `StoreWriter`.
+"""The `Store`: one event log opened (URL, file mode, migrations), written, queried and trimmed.
 
 The log is also the outbox: events are published from it, so `published_at`
 stays NULL until the broker has acknowledged an event. SQLite (one file, WAL,
 synchronous=NORMAL) is the default; any SQLAlchemy URL works, and PostgreSQL is
-tested. Every datetime is naive UTC, stored as the backend's timestamp type
-(SQLite: fixed-width ISO text), so it sorts and filters correctly in both.
+tested. The tables are in `schema`; the thread that writes to a `Store` is `writer.StoreWriter`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
-import math
 import operator
 import os
-import queue
 import threading
-import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from urllib.parse import quote
@@ -26,6 +21,16 @@ import sqlalchemy as sa
 import structlog
 from edgewatch.agent.config import ConfigError
 from edgewatch.agent.eventlog import migrations
+from edgewatch.agent.eventlog.schema import (
+    BAR_FIELDS,
+    DEADLETTER_FIELDS,
+    EVENT_FIELDS,
+    bars,
+    deadletters,
+    event_dict,
+    events,
+    json_dumps,
+)
 from edgewatch.agent.timeutil import isoformat, utcnow
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, make_url
@@ -35,64 +40,6 @@ log = structlog.get_logger("edgewatch.agent.eventlog.store")
 FILE_MODE = 0o640  # owner writes, the service's group (operators) reads, nobody else
 SQLITE_BUSY_TIMEOUT_MS = 5000
 SQLITE_CACHE_KIB = 32768  # page cache of the writer's connection (SQLite's default is 2 MiB)
-CHECKPOINT_EVERY = 1.0  # seconds between background WAL checkpoints (`Store(checkpoint_in_background=True)`)
-
-metadata = sa.MetaData()
-
-_Id = sa.BigInteger().with_variant(sa.Integer(), "sqlite")  # SQLite: INTEGER PRIMARY KEY = the rowid
-
-events = sa.Table(
-    "events",
-    metadata,
-    sa.Column("id", _Id, primary_key=True, autoincrement=True),  # the log sequence; never reused
-    sa.Column("event_id", sa.String(64), nullable=False, unique=True),
-    sa.Column("ts", sa.DateTime, nullable=False, index=True),
-    sa.Column("logged_at", sa.DateTime, nullable=False),  # no index: retention searches it by id
-    sa.Column("kind", sa.String(32), nullable=False, index=True),
-    sa.Column("key", sa.Text, nullable=False, index=True),
-    sa.Column("severity", sa.String(16), nullable=False),
-    sa.Column("message", sa.Text, nullable=False),
-    sa.Column("data", sa.JSON, nullable=False),
-    sa.Column("published_at", sa.DateTime, nullable=True),
-    # the outbox: a small partial index, so finding unpublished events never scans the log
-    sa.Index(
-        "ix_events_unpublished",
-        "id",
-        sqlite_where=sa.text("published_at IS NULL"),
-        postgresql_where=sa.text("published_at IS NULL"),
-    ),
-    sqlite_autoincrement=True,
-)
-
-deadletters = sa.Table(
-    "deadletters",
-    metadata,
-    sa.Column("id", _Id, primary_key=True, autoincrement=True),
-    sa.Column("topic", sa.Text, nullable=False),
-    sa.Column("payload", sa.Text, nullable=False),
-    sa.Column("reason", sa.Text, nullable=False),
-    sa.Column("received_at", sa.DateTime, nullable=False, index=True),
-    sqlite_autoincrement=True,
-)
-
-bars = sa.Table(
-    "bars",
-    metadata,
-    sa.Column("id", _Id, primary_key=True, autoincrement=True),
-    sa.Column("symbol", sa.Text, nullable=False),
-    sa.Column("start", sa.DateTime, nullable=False),
-    sa.Column("end", sa.DateTime, nullable=False),
-    sa.Column("open", sa.Float, nullable=False),
-    sa.Column("high", sa.Float, nullable=False),
-    sa.Column("low", sa.Float, nullable=False),
-    sa.Column("close", sa.Float, nullable=False),
-    sa.Column("volume", sa.Float, nullable=False),
-    sa.Column("vwap", sa.Float, nullable=False),
-    sa.Column("trades", sa.Integer, nullable=False),
-    sa.UniqueConstraint("symbol", "start", name="uq_bars_symbol_start"),
-)
-
-_BAR_FIELDS = ("symbol", "start", "end", "open", "high", "low", "close", "volume", "vwap", "trades")
 
 
 class StoreError(RuntimeError):
@@ -101,28 +48,6 @@ class StoreError(RuntimeError):
 
 class StoreNotFound(ConfigError):
     """A read-only open of a log that does not exist: a usage error, nothing is created."""
-
-
-def _finite(value: object) -> object:
-    """JSON-safe copy: NaN/Inf become strings, other non-JSON values their text (PostgreSQL rejects NaN)."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    if isinstance(value, dict):
-        return {str(k): _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    return value
-
-
-_encode = json.JSONEncoder(separators=(",", ":"), allow_nan=False, default=str).encode
-
-
-def json_dumps(value: object) -> str:
-    """The one JSON encoding of event data, in the log and on MQTT: strict JSON, never raises."""
-    try:
-        return _encode(value)
-    except (ValueError, TypeError):  # NaN/Inf, or keys that are not text
-        return _encode(_finite(value))
 
 
 def resolve_url(url: str) -> URL:
@@ -222,31 +147,22 @@ def _first_id_not_older(conn: sa.Connection, table: sa.Table, col: sa.Column, cu
 
 
 def _event_dict(row) -> dict:
-    """A row of `events` -> the event object of docs/reference/events.md."""
-    return {
-        "id": row.id,
-        "event_id": row.event_id,
-        "ts": isoformat(row.ts),
-        "logged_at": isoformat(row.logged_at),
-        "kind": row.kind,
-        "key": row.key,
-        "severity": row.severity,
-        "message": row.message,
-        "data": row.data,
-    }
+    """A row of `events` -> the object users see."""
+    return event_dict(row.id, row.event_id, row.ts, row.logged_at, row.kind, row.key, row.severity, row.message,
+                      row.data)
 
 
 def _naive_utc(dt: datetime) -> datetime:
     return dt.astimezone(timezone.utc).replace(tzinfo=None) if dt.tzinfo else dt
 
 
-def _get(obj, name: str, default=None):
+def get_field(obj, name: str, default=None):
+    """A field of a record: a csp.Struct's attribute or a dict's item."""
     return obj.get(name, default) if isinstance(obj, dict) else getattr(obj, name, default)
 
 
-_EVENT_FIELDS = ("event_id", "ts", "kind", "key", "severity", "message", "data")
-_event_attrs = operator.attrgetter(*_EVENT_FIELDS)
-_event_items = operator.itemgetter(*_EVENT_FIELDS)
+_event_attrs = operator.attrgetter(*EVENT_FIELDS)
+_event_items = operator.itemgetter(*EVENT_FIELDS)
 _SQLITE_INSERT = (
     "INSERT OR IGNORE INTO events (event_id, ts, logged_at, kind, \"key\", severity, message, data)"
     " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
@@ -259,11 +175,11 @@ _PG_INSERT = (
 
 
 def _event_values(e) -> tuple:
-    """An Event struct (or a dict with its fields) -> a tuple in `_EVENT_FIELDS` order, ts naive UTC."""
+    """An Event struct (or a dict with its fields) -> a tuple in `EVENT_FIELDS` order, ts naive UTC."""
     try:
         v = _event_items(e) if isinstance(e, dict) else _event_attrs(e)
     except (AttributeError, KeyError):  # data left unset: an event with no evidence
-        v = tuple(_get(e, f, {} if f == "data" else None) for f in _EVENT_FIELDS)
+        v = tuple(get_field(e, f, {} if f == "data" else None) for f in EVENT_FIELDS)
     ts = v[1]
     if not isinstance(ts, datetime):
         raise TypeError(f"event {v[0]!r}: ts must be a datetime, got {type(ts).__name__}")
@@ -364,21 +280,17 @@ class Store:
     def write(self, events: Iterable = (), dead_letters: Iterable = (), bars: Iterable = ()) -> list[dict]:
         """Everything in ONE transaction; an event_id already in the log is skipped.
 
-        Returns the newly inserted events as event dicts (docs/reference/events.md), oldest id first.
+        Returns the newly inserted events as the objects users see (`schema.event_dict`), oldest id first.
         """
         now = utcnow()
         ev_rows = [_event_values(e) for e in events]
         dl_rows = [
-            {
-                "topic": _get(d, "topic"),
-                "payload": _get(d, "payload"),
-                "reason": _get(d, "reason"),
-                "received_at": _naive_utc(_get(d, "received_at")),
-            }
+            {**{f: get_field(d, f) for f in DEADLETTER_FIELDS}, "received_at": _naive_utc(get_field(d, "received_at"))}
             for d in dead_letters
         ]
         bar_rows = [
-            {c: (_naive_utc(_get(b, c)) if c in ("start", "end") else _get(b, c)) for c in _BAR_FIELDS} for b in bars
+            {c: (_naive_utc(get_field(b, c)) if c in ("start", "end") else get_field(b, c)) for c in BAR_FIELDS}
+            for b in bars
         ]
         new: list[dict] = []
         with self._write_transaction() as conn:
@@ -390,21 +302,7 @@ class Store:
                     if len(inserted) < len(ev_rows) or any(i[1] != r[0] for i, r in zip(inserted, ev_rows)):
                         by_id = {r[0]: r for r in ev_rows}
                         ev_rows = [by_id[eid] for _, eid in inserted]
-                    logged_at = isoformat(now)
-                    for (id_, _), (eid, ts, kind, key, severity, message, data) in zip(inserted, ev_rows):
-                        new.append(
-                            {
-                                "id": id_,
-                                "event_id": eid,
-                                "ts": isoformat(ts),
-                                "logged_at": logged_at,
-                                "kind": kind,
-                                "key": key,
-                                "severity": severity,
-                                "message": message,
-                                "data": data,
-                            }
-                        )
+                    new = [event_dict(id_, *row[:2], now, *row[2:]) for (id_, _), row in zip(inserted, ev_rows)]
             if dl_rows:
                 conn.execute(deadletters.insert(), dl_rows)
             if bar_rows:
@@ -593,252 +491,3 @@ class Store:
                 for r in conn.execute(q)
             ]
         return rows if after_id is not None else rows[::-1]
-
-
-def _clean_text(value: object, dialect: str) -> object:
-    """Last resort for a row the database refused: lone surrogates escaped, NUL spelled out on PostgreSQL."""
-    if isinstance(value, str):
-        value = value.encode("utf-8", "backslashreplace").decode("utf-8")
-        return value.replace("\x00", "\\x00") if dialect == "postgresql" else value
-    if isinstance(value, dict):
-        return {_clean_text(k, dialect): _clean_text(v, dialect) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_clean_text(v, dialect) for v in value]
-    return value
-
-
-_FIELDS = {
-    "events": _EVENT_FIELDS,
-    "dead_letters": ("topic", "payload", "reason", "received_at"),
-    "bars": _BAR_FIELDS,
-}
-
-
-def _clean_row(table: str, row: object, dialect: str) -> dict:
-    return {f: _clean_text(_get(row, f), dialect) for f in _FIELDS[table]}
-
-
-def _transient(exc: BaseException) -> bool:
-    """A database that is down, locked, full or missing a table: retry. A row it refuses: not transient."""
-    return isinstance(exc, sa.exc.DBAPIError) and not isinstance(exc, (sa.exc.IntegrityError, sa.exc.DataError))
-
-
-class _Item:
-    __slots__ = ("events", "dead_letters", "bars", "on_durable")
-
-    def __init__(self, events: list, dead_letters: list, bars: list, on_durable: Callable[[], None] | None):
-        self.events, self.dead_letters, self.bars, self.on_durable = events, dead_letters, bars, on_durable
-
-    def __len__(self) -> int:
-        return len(self.events) + len(self.dead_letters) + len(self.bars)
-
-
-_STOP = object()
-
-
-class StoreWriter:
-    """Writes submitted rows off the caller's thread: the csp engine and the MQTT thread never wait on disk.
-
-    The loop blocks for the first item, then drains whatever else is queued (up to `batch_size` rows) into
-    ONE transaction, so a burst costs one commit and a lone event is written at once, with no fixed wait.
-    A database error never kills it and never drops rows: it logs, backs off and retries the same batch.
-    """
-
-    def __init__(
-        self,
-        store: Store,
-        *,
-        batch_size: int = 5000,
-        on_commit: Callable[[list[dict]], None] | None = None,
-        retention: tuple[float, int] = (0.0, 0),
-        retention_every: float = 60.0,
-    ):
-        self.store = store
-        self.batch_size = max(1, batch_size)
-        self.on_commit = on_commit
-        self.retention = retention
-        self.retention_every = retention_every
-        self._queue: queue.SimpleQueue = queue.SimpleQueue()
-        self._lock = threading.Lock()
-        self._committed = threading.Condition(self._lock)
-        self._submitted_n = 0  # items submitted
-        self._done_n = 0  # items committed (or, for a row the database refuses forever, logged and given up)
-        self._closed = False
-        self._thread = threading.Thread(target=self._run, name="store-writer", daemon=True)
-        self._checkpointer = (threading.Thread(target=self._checkpoints, name="store-checkpoint", daemon=True)
-                              if store.checkpoint_in_background else None)
-        self._stopped = threading.Event()
-        # observable state, for metrics and health
-        self.pending_rows = 0  # submitted, not yet committed
-        self.commits = 0
-        self.rows_written = 0
-        self.errors = 0
-        self.dropped = 0  # rows the database refused even after cleaning; each is logged in full
-        self.last_commit_seconds = 0.0
-
-    def start(self) -> None:
-        self._thread.start()
-        if self._checkpointer is not None:
-            self._checkpointer.start()
-
-    @property
-    def alive(self) -> bool:
-        """The writer thread runs (for health and readiness)."""
-        return self._thread.is_alive()
-
-    def submit(self, events=(), dead_letters=(), bars=(), on_durable: Callable[[], None] | None = None) -> None:
-        """Queue rows for the next transaction; `on_durable` runs once they are committed. Never blocks."""
-        item = _Item(list(events), list(dead_letters), list(bars), on_durable)
-        with self._lock:
-            if not self._closed:
-                self._submitted_n += 1
-                self.pending_rows += len(item)
-                self._queue.put(item)
-                return
-        log.error("store_submit_after_close", rows=len(item))  # the service is stopping: write it here
-        with self._lock:
-            self._submitted_n += 1
-            self.pending_rows += len(item)
-        self._write_batch([item])
-
-    def flush(self, timeout: float | None = None) -> bool:
-        """Wait until everything submitted so far is committed; False on timeout."""
-        with self._lock:
-            target = self._submitted_n
-            return self._committed.wait_for(lambda: self._done_n >= target, timeout)
-
-    def close(self, timeout: float = 5.0) -> None:
-        """Drain everything, commit, stop the thread."""
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-        self._queue.put(_STOP)
-        if self._thread.is_alive():
-            self._thread.join(timeout)
-            if self._thread.is_alive():
-                log.error("store_writer_close_timeout", pending_rows=self.pending_rows, timeout=timeout)
-        self._stopped.set()
-        if self._checkpointer is not None and self._checkpointer.is_alive():
-            self._checkpointer.join(timeout)
-            self._checkpoint()  # what the last commits left in the WAL
-
-    def _checkpoints(self) -> None:
-        """The checkpointer thread: the writer's commits only append to the WAL."""
-        while not self._stopped.wait(CHECKPOINT_EVERY):
-            self._checkpoint()
-
-    def _checkpoint(self) -> None:
-        try:
-            self.store.checkpoint()
-        except Exception as e:  # noqa: BLE001 - a busy or briefly locked log: the next round catches up
-            log.warning("store_checkpoint_failed", error=str(e).splitlines()[0])
-
-    # -- the writer thread ---------------------------------------------------------------------------------
-
-    def _run(self) -> None:
-        next_retention = time.monotonic() + self.retention_every
-        stopping = False
-        while not stopping:
-            wait = next_retention - time.monotonic() if any(self.retention) else None
-            try:
-                first = self._queue.get(timeout=max(0.0, wait)) if wait is not None else self._queue.get()
-            except queue.Empty:
-                first = None
-            batch: list[_Item] = []
-            rows = 0
-            item = first
-            while item is not None:
-                if item is _STOP:
-                    stopping = True
-                    break
-                batch.append(item)
-                rows += len(item)
-                if rows >= self.batch_size:
-                    break
-                try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
-                    item = None
-            if batch:
-                self._write_batch(batch)
-            if any(self.retention) and time.monotonic() >= next_retention:
-                self._retain()
-                next_retention = time.monotonic() + self.retention_every
-
-    def _write_batch(self, batch: list[_Item]) -> None:
-        t0 = time.perf_counter()
-        if not any(map(len, batch)):  # only acknowledgements waiting for what came before: nothing to write
-            self._done(batch, [])
-            return
-        try:
-            new = self._retrying(
-                events=[e for it in batch for e in it.events],
-                dead_letters=[d for it in batch for d in it.dead_letters],
-                bars=[b for it in batch for b in it.bars],
-            )
-        except Exception as e:  # noqa: BLE001 - nothing may kill the writer
-            new = self._write_apart(batch, e)
-        self.last_commit_seconds = time.perf_counter() - t0
-        self._done(batch, new)
-
-    def _retrying(self, **rows: list) -> list[dict]:
-        """`Store.write`, retried with backoff for as long as the database itself is the problem."""
-        delay = 0.05
-        while True:
-            try:
-                return self.store.write(**rows)
-            except Exception as e:
-                if not _transient(e):
-                    raise
-                self.errors += 1
-                log.warning("store_write_failed", error=str(e).splitlines()[0], retry_in=delay)
-                time.sleep(delay)
-                delay = min(delay * 2, 2.0)
-
-    def _write_apart(self, batch: list[_Item], first_error: Exception) -> list[dict]:
-        """The database refused a row: write each row alone, so only that one is affected; clean it, else log it."""
-        self.errors += 1
-        log.warning("store_batch_refused", error=str(first_error).splitlines()[0], rows=sum(map(len, batch)))
-        new: list[dict] = []
-        for it in batch:
-            for table, rows in (("events", it.events), ("dead_letters", it.dead_letters), ("bars", it.bars)):
-                for row in rows:
-                    try:
-                        new += self._retrying(**{table: [row]})
-                    except Exception:  # noqa: BLE001
-                        try:
-                            new += self._retrying(**{table: [_clean_row(table, row, self.store.dialect)]})
-                        except Exception as e:  # noqa: BLE001
-                            self.dropped += 1
-                            log.error("store_row_refused", table=table, row=repr(row)[:4096], error=str(e).splitlines()[0])
-        return new
-
-    def _done(self, batch: list[_Item], new: list[dict]) -> None:
-        rows = sum(map(len, batch))
-        self.commits += rows > 0
-        self.rows_written += rows
-        if new and self.on_commit is not None:  # events out first: acknowledgements are nobody's latency
-            try:
-                self.on_commit(new)
-            except Exception:  # noqa: BLE001
-                log.exception("store_on_commit_failed")
-        for it in batch:
-            if it.on_durable is not None:
-                try:
-                    it.on_durable()
-                except Exception:  # noqa: BLE001
-                    log.exception("store_on_durable_failed")
-        with self._lock:
-            self.pending_rows -= rows
-            self._done_n += len(batch)
-            self._committed.notify_all()
-
-    def _retain(self) -> None:
-        try:
-            t0 = time.perf_counter()
-            deleted = self.store.apply_retention(*self.retention)
-            if deleted:
-                log.info("store_retention", deleted=deleted, seconds=round(time.perf_counter() - t0, 3))
-        except Exception as e:  # noqa: BLE001 - retention failing must not stop writing
-            log.warning("store_retention_failed", error=str(e).splitlines()[0])

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import sqlalchemy as sa
 from edgewatch.agent.config import Config
-from edgewatch.agent.eventlog.store import Store, bars, events
+from edgewatch.agent.eventlog.schema import bars, events
+from edgewatch.agent.eventlog.store import Store
 from edgewatch.agent.ingest.capture import PATTERN, CaptureReader
 from edgewatch.agent.ingest.ring import Point, ReadingRing
 from edgewatch.agent.ingest.validate import Parsed, Validator

@@ -410,7 +410,7 @@ def wait_for_events(db, count: int = 1, *, predicate: Callable[[dict], bool] | N
 def wait_for_dead_letters(db, count: int = 1, *, timeout: float = 10.0) -> list[dict]:
     """Wait until the log `db` holds at least `count` dead letters; returns them."""
     import sqlalchemy as sa
-    from edgewatch.agent.eventlog.store import deadletters
+    from edgewatch.agent.eventlog.schema import deadletters
 
     state = {"store": None}
 

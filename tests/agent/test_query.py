@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 from edgewatch.agent.cli import main
-from edgewatch.agent.eventlog.store import Store, StoreWriter
+from edgewatch.agent.eventlog.store import Store
+from edgewatch.agent.eventlog.writer import StoreWriter
 from edgewatch.agent.records import DeadLetter, make_event
 from edgewatch.agent.timeutil import utcnow
 

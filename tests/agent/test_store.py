@@ -9,7 +9,8 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 import sqlalchemy as sa
-from edgewatch.agent.eventlog.store import Store, StoreNotFound, StoreWriter
+from edgewatch.agent.eventlog.store import Store, StoreNotFound
+from edgewatch.agent.eventlog.writer import StoreWriter
 from edgewatch.agent.records import Bar, DeadLetter, make_event
 from edgewatch.agent.timeutil import utcnow
 
@@ -251,7 +252,7 @@ def test_sqlite_commits_leave_checkpoints_to_the_writers_own_thread(tmp_path, mo
     writer.close()
     auto.close()
 
-    monkeypatch.setattr("edgewatch.agent.eventlog.store.CHECKPOINT_EVERY", 3600.0)
+    monkeypatch.setattr("edgewatch.agent.eventlog.writer.CHECKPOINT_EVERY", 3600.0)
     store = Store(str(db), checkpoint_in_background=True)
     writer = StoreWriter(store)
     writer.start()
@@ -262,7 +263,7 @@ def test_sqlite_commits_leave_checkpoints_to_the_writers_own_thread(tmp_path, mo
     assert db.stat().st_size > before + 4_000_000  # the checkpoint at close
     assert count(store) == 10_000
 
-    monkeypatch.setattr("edgewatch.agent.eventlog.store.CHECKPOINT_EVERY", 0.05)
+    monkeypatch.setattr("edgewatch.agent.eventlog.writer.CHECKPOINT_EVERY", 0.05)
     writer = StoreWriter(store)
     writer.start()
     before = db.stat().st_size

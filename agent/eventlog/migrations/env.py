@@ -5,9 +5,10 @@ already inside a locked transaction (`config.attributes["connection"]`). A devel
 `alembic` command from the repository (`alembic -x url=events.db check`): then the URL comes from `-x url=`.
 """
 
-from alembic import context
-from edgewatch.agent.eventlog.store import metadata, resolve_url
 import sqlalchemy as sa
+from alembic import context
+from edgewatch.agent.eventlog.schema import metadata
+from edgewatch.agent.eventlog.store import resolve_url
 
 
 def _configure_and_run(connection: sa.Connection) -> None:

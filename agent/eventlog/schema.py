@@ -1,0 +1,111 @@
+"""The event log's tables and the one JSON encoding of event data (in the log and on MQTT).
+
+Every datetime is naive UTC, stored as the backend's timestamp type (SQLite: fixed-width ISO text), so it
+sorts and filters correctly in both. The tables here are the newest revision of the schema; the
+migrations (`migrations/versions`) build them, and a test checks that the two agree.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import sqlalchemy as sa
+from edgewatch.agent.timeutil import isoformat
+
+metadata = sa.MetaData()
+
+_Id = sa.BigInteger().with_variant(sa.Integer(), "sqlite")  # SQLite: INTEGER PRIMARY KEY = the rowid
+
+events = sa.Table(
+    "events",
+    metadata,
+    sa.Column("id", _Id, primary_key=True, autoincrement=True),  # the log sequence; never reused
+    sa.Column("event_id", sa.String(64), nullable=False, unique=True),
+    sa.Column("ts", sa.DateTime, nullable=False, index=True),
+    sa.Column("logged_at", sa.DateTime, nullable=False),  # no index: retention searches it by id
+    sa.Column("kind", sa.String(32), nullable=False, index=True),
+    sa.Column("key", sa.Text, nullable=False, index=True),
+    sa.Column("severity", sa.String(16), nullable=False),
+    sa.Column("message", sa.Text, nullable=False),
+    sa.Column("data", sa.JSON, nullable=False),
+    sa.Column("published_at", sa.DateTime, nullable=True),
+    # the outbox: a small partial index, so finding unpublished events never scans the log
+    sa.Index(
+        "ix_events_unpublished",
+        "id",
+        sqlite_where=sa.text("published_at IS NULL"),
+        postgresql_where=sa.text("published_at IS NULL"),
+    ),
+    sqlite_autoincrement=True,
+)
+
+deadletters = sa.Table(
+    "deadletters",
+    metadata,
+    sa.Column("id", _Id, primary_key=True, autoincrement=True),
+    sa.Column("topic", sa.Text, nullable=False),
+    sa.Column("payload", sa.Text, nullable=False),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("received_at", sa.DateTime, nullable=False, index=True),
+    sqlite_autoincrement=True,
+)
+
+bars = sa.Table(
+    "bars",
+    metadata,
+    sa.Column("id", _Id, primary_key=True, autoincrement=True),
+    sa.Column("symbol", sa.Text, nullable=False),
+    sa.Column("start", sa.DateTime, nullable=False),
+    sa.Column("end", sa.DateTime, nullable=False),
+    sa.Column("open", sa.Float, nullable=False),
+    sa.Column("high", sa.Float, nullable=False),
+    sa.Column("low", sa.Float, nullable=False),
+    sa.Column("close", sa.Float, nullable=False),
+    sa.Column("volume", sa.Float, nullable=False),
+    sa.Column("vwap", sa.Float, nullable=False),
+    sa.Column("trades", sa.Integer, nullable=False),
+    sa.UniqueConstraint("symbol", "start", name="uq_bars_symbol_start"),
+)
+
+BAR_FIELDS = ("symbol", "start", "end", "open", "high", "low", "close", "volume", "vwap", "trades")
+EVENT_FIELDS = ("event_id", "ts", "kind", "key", "severity", "message", "data")  # what a producer sets
+DEADLETTER_FIELDS = ("topic", "payload", "reason", "received_at")
+
+
+def _finite(value: object) -> object:
+    """JSON-safe copy: NaN/Inf become strings, other non-JSON values their text (PostgreSQL rejects NaN)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {str(k): _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+_encode = json.JSONEncoder(separators=(",", ":"), allow_nan=False, default=str).encode
+
+
+def json_dumps(value: object) -> str:
+    """The one JSON encoding of event data, in the log and on MQTT: strict JSON, never raises."""
+    try:
+        return _encode(value)
+    except (ValueError, TypeError):  # NaN/Inf, or keys that are not text
+        return _encode(_finite(value))
+
+
+def event_dict(id_: int, event_id: str, ts, logged_at, kind: str, key: str, severity: str, message: str,
+               data: object) -> dict:
+    """One logged event as users see it (queries, MQTT; docs/reference/events.md): times as ISO-8601 UTC text."""
+    return {
+        "id": id_,
+        "event_id": event_id,
+        "ts": isoformat(ts),
+        "logged_at": isoformat(logged_at),
+        "kind": kind,
+        "key": key,
+        "severity": severity,
+        "message": message,
+        "data": data,
+    }
