@@ -23,6 +23,7 @@ HANDLERS = {
     "run": "edgewatch.agent.commands.run:run_command",
     "events": "edgewatch.agent.commands.events:events_command",
     "deadletters": "edgewatch.agent.commands.events:deadletters_command",
+    "bars": "edgewatch.agent.commands.events:bars_command",
     "replay": "edgewatch.agent.commands.replay:replay_command",
     "score": "edgewatch.agent.commands.score:score_command",
     "demo": "edgewatch.agent.commands.demo:demo_command",
@@ -73,6 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     for name, summary, description in (
         ("events", "query the event log",
          "Read-only, safe while the agent writes. Times (T) are ISO-8601 or relative: 90s, 15m, 2h, 7d."),
+        ("bars", "query the VWAP bars",
+         "Read-only, as published on {output_prefix}/bars/{symbol}; --since/--until bound the bar's start."),
         ("deadletters", "query the dead letters",
          "The rejected input messages with their reasons, read-only. A payload that was not UTF-8\n"
          "text is kept base64-encoded, and its reason says so."),
@@ -85,8 +88,14 @@ def build_parser() -> argparse.ArgumentParser:
                            help=f"only this kind ({', '.join(EVENT_KINDS)}); repeatable (default: every kind)")
             q.add_argument("--key", metavar="KEY", help="only this sensor id, symbol or other key (default: every key)")
             q.add_argument("--severity", choices=SEVERITIES, help="only this severity (default: every severity)")
-            q.add_argument("--until", metavar="T", help="only events before T (default: no upper bound)")
-            q.add_argument("--follow", action="store_true", help="keep printing new events (default: off)")
+        if name == "bars":
+            q.add_argument("--symbol", metavar="SYMBOL", help="only this symbol (default: every symbol)")
+        if name == "deadletters":
+            q.add_argument("--code", metavar="CODE",
+                           help="only this reason code, e.g. bad_json or too_large (default: every code)")
+        else:
+            q.add_argument("--until", metavar="T", help=f"only {name} before T (default: no upper bound)")
+            q.add_argument("--follow", action="store_true", help=f"keep printing new {name} (default: off)")
         q.add_argument("--since", metavar="T", help="only rows at or after T (default: no lower bound)")
         q.add_argument("--limit", type=int, metavar="N", help="the N most recent rows (default: all)")
         q.add_argument("--format", choices=FORMATS, default="table", help="output format; json is JSON Lines")

@@ -1,4 +1,4 @@
-"""`edge-agent events` and `edge-agent deadletters`: read the log while the agent writes it.
+"""`edge-agent events`, `bars` and `deadletters`: read the log while the agent writes it.
 
 The log is opened read-only (SQLite `mode=ro`, PostgreSQL read-only transactions), so a query can
 never create, lock out or change the agent's database. Filter values are bound parameters, never SQL.
@@ -27,9 +27,10 @@ FOLLOW_POLL_SECONDS = 0.5
 PAGE = 1000  # rows per query when streaming a whole log
 MAX_LIMIT = 2**63 - 1  # the largest row count SQL can bind
 EVENT_COLUMNS = ("id", "ts", "kind", "key", "severity", "message", "data")
-DEADLETTER_COLUMNS = ("id", "received_at", "topic", "reason", "payload")
+DEADLETTER_COLUMNS = ("id", "received_at", "topic", "code", "reason", "payload")
 # in a table the reason comes last and whole: it is what a reader of dead letters is after
-DEADLETTER_TABLE = ("id", "received_at", "topic", "payload", "reason")
+DEADLETTER_TABLE = ("id", "received_at", "topic", "code", "payload", "reason")
+BAR_COLUMNS = ("id", "symbol", "start", "end", "open", "high", "low", "close", "volume", "vwap", "trades")
 WIDTH_CAPS = {"message": 60, "data": 48, "payload": 48, "key": 32, "topic": 40}
 
 
@@ -51,7 +52,7 @@ def _cell(column: str, value: object) -> str:
     if column == "data":
         return _summary(value)
     text = str(value)
-    if column in ("ts", "received_at") and len(text) > 24:  # milliseconds are enough on screen
+    if column in ("ts", "received_at", "start", "end") and len(text) > 24:  # milliseconds are enough on screen
         text = text[:23] + "Z"
     return " ".join(text.split()) if column in ("message", "payload", "reason") else text
 
@@ -175,29 +176,44 @@ def events_command(args) -> int:
         since=_when("--since", args.since),
         until=_when("--until", args.until),
     )
+    return _query("events", args, EVENT_COLUMNS, None, lambda store: functools.partial(store.events, **filters))
+
+
+def bars_command(args) -> int:
+    """`edge-agent bars`: the VWAP bars, with the options and formats of `events`."""
+    filters = dict(symbol=args.symbol, since=_when("--since", args.since), until=_when("--until", args.until))
+    return _query("bars", args, BAR_COLUMNS, None, lambda store: functools.partial(store.bars, **filters))
+
+
+def deadletters_command(args) -> int:
+    """`edge-agent deadletters`."""
+    filters = dict(code=args.code, since=_when("--since", args.since))
+    return _query("deadletters", args, DEADLETTER_COLUMNS, DEADLETTER_TABLE,
+                  lambda store: functools.partial(store.dead_letters, **filters))
+
+
+def _query(name: str, args, columns: tuple[str, ...], table_columns: tuple[str, ...] | None,
+           bind: Callable[[Store], Callable[..., list[dict]]]) -> int:
+    """Print the rows `bind(store)` fetches: the `--limit` most recent or all of them, then new ones with --follow."""
     limit = _limit(args.limit)
+    follow = getattr(args, "follow", False)
+    what = "dead letters" if name == "deadletters" else name
 
     def body(store: Store) -> None:
-        printer = _Printer(args.format, EVENT_COLUMNS, wide=args.wide)
-        fetch = functools.partial(store.events, **filters)
-        if limit is not None:  # the N most recent
-            rows = fetch(limit=limit)
-            printer.rows(rows)
-            last = rows[-1]["id"] if rows else _newest_id(store)
-        else:  # everything, streamed in pages so a large log never sits in memory
-            printer.rows([])  # the CSV header, even when nothing matches
-            last = _newest_id(store) if args.follow else 0
-            last_seen = 0
-            for page in _pages(fetch, 0):
+        printer = _Printer(args.format, columns, table_columns=table_columns, wide=args.wide)
+        fetch = bind(store)
+        printer.rows([])  # the CSV header, even when nothing matches
+        last = _newest_id(fetch) if follow else 0
+        for page in _pages(fetch, 0) if limit is None else [fetch(limit=limit)]:
+            if page:
                 printer.rows(page)
-                last_seen = page[-1]["id"]
-            last = max(last, last_seen)
-        printer.nothing_matched("no events match" + ("; following new ones" if args.follow else ""))
-        if args.follow:
+                last = max(last, page[-1]["id"])
+        printer.nothing_matched(f"no {what} match" + ("; following new ones" if follow else ""))
+        if follow:
             for page in _follow(fetch, last):
                 printer.rows(page)
 
-    return _run("events", args, body)
+    return _run(name, args, body)
 
 
 def _pages(fetch: Callable[..., list[dict]], after: int) -> Iterator[list[dict]]:
@@ -211,8 +227,8 @@ def _pages(fetch: Callable[..., list[dict]], after: int) -> Iterator[list[dict]]
             return
 
 
-def _newest_id(store: Store) -> int:
-    newest = store.events(limit=1)
+def _newest_id(fetch: Callable[..., list[dict]]) -> int:
+    newest = fetch(limit=1)
     return newest[0]["id"] if newest else 0
 
 
@@ -227,19 +243,3 @@ def _follow(fetch: Callable[..., list[dict]], last: int) -> Iterator[list[dict]]
                 yield page
     finally:
         signal.signal(signal.SIGTERM, previous)
-
-
-def deadletters_command(args) -> int:
-    """`edge-agent deadletters`."""
-    since, limit = _when("--since", args.since), _limit(args.limit)
-
-    def body(store: Store) -> None:
-        printer = _Printer(args.format, DEADLETTER_COLUMNS, table_columns=DEADLETTER_TABLE, wide=args.wide)
-        fetch = functools.partial(store.dead_letters, since=since)
-        printer.rows(fetch(limit=limit) if limit is not None else [])
-        if limit is None:
-            for page in _pages(fetch, 0):
-                printer.rows(page)
-        printer.nothing_matched("no dead letters match")
-
-    return _run("deadletters", args, body)

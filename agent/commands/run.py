@@ -145,8 +145,10 @@ class Service:
         self.link = Link(cfg)
         self.outbox = Outbox(self.store, self.link)
         self.writer = StoreWriter(self.store, batch_size=cfg.store.batch_size, on_commit=self.outbox.on_commit,
+                                  on_bars=self.outbox.on_bars,
                                   retention=(cfg.store.retention_days, cfg.store.retention_rows))
         self.outbox.writer = self.writer
+        metrics.watch_event_log(self.writer, self.outbox)
         self.capture = _capture(cfg.record)
         # the status page exists only where /metrics does; it reads the log and this ring, never the engine
         self.ring = ReadingRing(cfg.metrics.status_readings, cfg.metrics.status_sensors) \

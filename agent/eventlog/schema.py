@@ -1,4 +1,4 @@
-"""The event log's tables and the one JSON encoding of event data (in the log and on MQTT).
+"""The event log's tables, and the objects its rows become for users (queries, MQTT payloads).
 
 Every datetime is naive UTC, stored as the backend's timestamp type (SQLite: fixed-width ISO text), so it
 sorts and filters correctly in both. The tables here are the newest revision of the schema; the
@@ -6,9 +6,6 @@ migrations (`migrations/versions`) build them, and a test checks that the two ag
 """
 
 from __future__ import annotations
-
-import json
-import math
 
 import sqlalchemy as sa
 from edgewatch.agent.timeutil import isoformat
@@ -48,6 +45,7 @@ deadletters = sa.Table(
     sa.Column("payload", sa.Text, nullable=False),
     sa.Column("reason", sa.Text, nullable=False),
     sa.Column("received_at", sa.DateTime, nullable=False, index=True),
+    sa.Column("code", sa.String(32), nullable=False, server_default="unknown"),  # the reason's class: validate.REASON_CODES
     sqlite_autoincrement=True,
 )
 
@@ -65,34 +63,19 @@ bars = sa.Table(
     sa.Column("volume", sa.Float, nullable=False),
     sa.Column("vwap", sa.Float, nullable=False),
     sa.Column("trades", sa.Integer, nullable=False),
+    sa.Column("published_at", sa.DateTime, nullable=True),  # as for events: NULL until the broker has it
     sa.UniqueConstraint("symbol", "start", name="uq_bars_symbol_start"),
+    sa.Index(
+        "ix_bars_unpublished",
+        "id",
+        sqlite_where=sa.text("published_at IS NULL"),
+        postgresql_where=sa.text("published_at IS NULL"),
+    ),
 )
 
 BAR_FIELDS = ("symbol", "start", "end", "open", "high", "low", "close", "volume", "vwap", "trades")
 EVENT_FIELDS = ("event_id", "ts", "kind", "key", "severity", "message", "data")  # what a producer sets
-DEADLETTER_FIELDS = ("topic", "payload", "reason", "received_at")
-
-
-def _finite(value: object) -> object:
-    """JSON-safe copy: NaN/Inf become strings, other non-JSON values their text (PostgreSQL rejects NaN)."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    if isinstance(value, dict):
-        return {str(k): _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    return value
-
-
-_encode = json.JSONEncoder(separators=(",", ":"), allow_nan=False, default=str).encode
-
-
-def json_dumps(value: object) -> str:
-    """The one JSON encoding of event data, in the log and on MQTT: strict JSON, never raises."""
-    try:
-        return _encode(value)
-    except (ValueError, TypeError):  # NaN/Inf, or keys that are not text
-        return _encode(_finite(value))
+DEADLETTER_FIELDS = ("topic", "payload", "reason", "received_at", "code")
 
 
 def event_dict(id_: int, event_id: str, ts, logged_at, kind: str, key: str, severity: str, message: str,
@@ -108,4 +91,15 @@ def event_dict(id_: int, event_id: str, ts, logged_at, kind: str, key: str, seve
         "severity": severity,
         "message": message,
         "data": data,
+    }
+
+
+def bar_dict(row) -> dict:
+    """A row of `bars` -> the object users see (`edge-agent bars`, the retained `bars/{symbol}` message)."""
+    return {
+        "id": row.id,
+        "symbol": row.symbol,
+        "start": isoformat(row.start),
+        "end": isoformat(row.end),
+        **{f: getattr(row, f) for f in ("open", "high", "low", "close", "volume", "vwap", "trades")},
     }

@@ -25,12 +25,13 @@ from edgewatch.agent.eventlog.schema import (
     BAR_FIELDS,
     DEADLETTER_FIELDS,
     EVENT_FIELDS,
+    bar_dict,
     bars,
     deadletters,
     event_dict,
     events,
-    json_dumps,
 )
+from edgewatch.agent.records import json_dumps
 from edgewatch.agent.timeutil import isoformat, utcnow
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, make_url
@@ -389,13 +390,29 @@ class Store:
         with self.engine.connect() as conn:
             return [_event_dict(r) for r in conn.execute(q)]
 
-    def mark_published(self, ids: list[int]) -> None:
+    def unpublished_bars(self, limit: int = 1000) -> list[dict]:
+        """Bars not yet acknowledged by the broker, oldest first (the outbox)."""
+        q = sa.select(bars).where(bars.c.published_at.is_(None)).order_by(bars.c.id).limit(limit)
+        with self.engine.connect() as conn:
+            return [bar_dict(r) for r in conn.execute(q)]
+
+    def unpublished_count(self) -> int:
+        """Events and bars the broker has not acknowledged yet (each table's partial index holds just these)."""
+        with self.engine.connect() as conn:
+            return sum(
+                conn.execute(sa.select(sa.func.count()).select_from(t).where(t.c.published_at.is_(None))).scalar()
+                for t in _PUBLISHED.values()
+            )
+
+    def mark_published(self, ids: list[int], table: str = "events") -> None:
+        """Stamp rows of `events` (or `bars`) as acknowledged by the broker."""
         if not ids:
             return
+        t = _PUBLISHED[table]
         now = utcnow()
         stmt = (
-            events.update()
-            .where(events.c.id.in_(sa.bindparam("ids", expanding=True)), events.c.published_at.is_(None))
+            t.update()
+            .where(t.c.id.in_(sa.bindparam("ids", expanding=True)), t.c.published_at.is_(None))
             .values(published_at=now)
         )
         with self.engine.begin() as conn:
@@ -442,52 +459,74 @@ class Store:
         until: datetime | None = None,
         after_id: int | None = None,
         limit: int | None = None,
+        offset: int = 0,
     ) -> list[dict]:
-        """Matching events, newest last. `limit` keeps the most recent; `after_id` returns the oldest new ones."""
-        q = sa.select(events)
+        """Matching events, newest last. `limit` keeps the most recent (skipping `offset` newer ones);
+        `after_id` returns the oldest newer ones."""
         kinds = list(kinds)
-        if kinds:
-            q = q.where(events.c.kind.in_(kinds))
-        if key is not None:
-            q = q.where(events.c.key == key)
-        if severity is not None:
-            q = q.where(events.c.severity == severity)
-        if since is not None:
-            q = q.where(events.c.ts >= _naive_utc(since))
-        if until is not None:
-            q = q.where(events.c.ts < _naive_utc(until))
-        if after_id is not None:
-            q = q.where(events.c.id > after_id).order_by(events.c.id)
-            newest_first = False
-        else:
-            q = q.order_by(events.c.id.desc())
-            newest_first = True
-        if limit is not None:
-            q = q.limit(limit)
-        with self.engine.connect() as conn:
-            rows = [_event_dict(r) for r in conn.execute(q)]
-        return rows[::-1] if newest_first else rows
+        where = [
+            events.c.kind.in_(kinds) if kinds else None,
+            events.c.key == key if key is not None else None,
+            events.c.severity == severity if severity is not None else None,
+            events.c.ts >= _naive_utc(since) if since is not None else None,
+            events.c.ts < _naive_utc(until) if until is not None else None,
+        ]
+        return self._select(events, _event_dict, where, after_id, limit, offset)
 
-    def dead_letters(self, *, since: datetime | None = None, after_id: int | None = None, limit: int | None = None) -> list[dict]:
-        """Dead letters, newest last. `limit` keeps the most recent; `after_id` returns the oldest newer ones."""
-        q = sa.select(deadletters)
-        if since is not None:
-            q = q.where(deadletters.c.received_at >= _naive_utc(since))
+    def dead_letters(
+        self,
+        *,
+        code: str | None = None,
+        since: datetime | None = None,
+        after_id: int | None = None,
+        limit: int | None = None,
+        offset: int = 0,
+    ) -> list[dict]:
+        """Dead letters, newest last; `limit`, `offset` and `after_id` as for `events`."""
+        where = [
+            deadletters.c.code == code if code is not None else None,
+            deadletters.c.received_at >= _naive_utc(since) if since is not None else None,
+        ]
+        return self._select(deadletters, _dead_letter_dict, where, after_id, limit, offset)
+
+    def bars(
+        self,
+        *,
+        symbol: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        after_id: int | None = None,
+        limit: int | None = None,
+        offset: int = 0,
+    ) -> list[dict]:
+        """VWAP bars in the order they were logged, newest last; `since`/`until` bound their start;
+        `limit`, `offset` and `after_id` as for `events`."""
+        where = [
+            bars.c.symbol == symbol if symbol is not None else None,
+            bars.c.start >= _naive_utc(since) if since is not None else None,
+            bars.c.start < _naive_utc(until) if until is not None else None,
+        ]
+        return self._select(bars, bar_dict, where, after_id, limit, offset)
+
+    def _select(self, table: sa.Table, to_dict, where: list, after_id: int | None, limit: int | None,
+                offset: int) -> list[dict]:
+        """Rows matching every condition in `where` (None: no condition), by id: the oldest after `after_id`,
+        or else the newest `limit` (after skipping `offset`), returned oldest first either way."""
+        q = sa.select(table).where(*(w for w in where if w is not None))
         if after_id is not None:
-            q = q.where(deadletters.c.id > after_id).order_by(deadletters.c.id)
+            q = q.where(table.c.id > after_id).order_by(table.c.id)
         else:
-            q = q.order_by(deadletters.c.id.desc())
+            q = q.order_by(table.c.id.desc()).offset(offset or None)
         if limit is not None:
             q = q.limit(limit)
         with self.engine.connect() as conn:
-            rows = [
-                {
-                    "id": r.id,
-                    "topic": r.topic,
-                    "payload": r.payload,
-                    "reason": r.reason,
-                    "received_at": isoformat(r.received_at),
-                }
-                for r in conn.execute(q)
-            ]
+            rows = [to_dict(r) for r in conn.execute(q)]
         return rows if after_id is not None else rows[::-1]
+
+
+def _dead_letter_dict(row) -> dict:
+    return {f: getattr(row, f) for f in ("id", "topic", "payload", "reason", "code")} | {
+        "received_at": isoformat(row.received_at)}
+
+
+_PUBLISHED = {"events": events, "bars": bars}  # the tables the outbox publishes from

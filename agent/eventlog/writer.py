@@ -72,12 +72,14 @@ class StoreWriter:
         *,
         batch_size: int = 5000,
         on_commit: Callable[[list[dict]], None] | None = None,
+        on_bars: Callable[[], None] | None = None,
         retention: tuple[float, int] = (0.0, 0),
         retention_every: float = 60.0,
     ):
         self.store = store
         self.batch_size = max(1, batch_size)
-        self.on_commit = on_commit
+        self.on_commit = on_commit  # the newly logged events, right after their commit
+        self.on_bars = on_bars  # after a commit that logged bars
         self.retention = retention
         self.retention_every = retention_every
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
@@ -93,8 +95,8 @@ class StoreWriter:
         # observable state, for metrics and health
         self.pending_rows = 0  # submitted, not yet committed
         self.commits = 0
-        self.rows_written = 0
-        self.errors = 0
+        self.rows_written = 0  # committed
+        self.errors = 0  # failed transactions (each retried, or its rows written one by one)
         self.dropped = 0  # rows the database refused even after cleaning; each is logged in full
         self.last_commit_seconds = 0.0
 
@@ -200,7 +202,9 @@ class StoreWriter:
                 bars=[b for it in batch for b in it.bars],
             )
         except Exception as e:  # noqa: BLE001 - nothing may kill the writer
+            dropped = self.dropped
             new = self._write_apart(batch, e)
+            self.rows_written -= self.dropped - dropped  # _done counts the batch
         self.last_commit_seconds = time.perf_counter() - t0
         self._done(batch, new)
 
@@ -245,6 +249,11 @@ class StoreWriter:
                 self.on_commit(new)
             except Exception:  # noqa: BLE001
                 log.exception("store_on_commit_failed")
+        if self.on_bars is not None and any(it.bars for it in batch):
+            try:
+                self.on_bars()
+            except Exception:  # noqa: BLE001
+                log.exception("store_on_bars_failed")
         for it in batch:
             if it.on_durable is not None:
                 try:

@@ -17,7 +17,6 @@ the broker redelivers, and deterministic event ids make the redelivery harmless.
 
 
 import collections
-import json
 import socket
 import struct
 import threading
@@ -32,7 +31,7 @@ from csp.impl.wiring import py_push_adapter_def
 from edgewatch.agent.config import Config, read_secret
 from edgewatch.agent.ingest import paho_receive, paho_send
 from edgewatch.agent.ops import metrics
-from edgewatch.agent.records import RECORD_TYPES, BatchMark, DeadLetter
+from edgewatch.agent.records import RECORD_TYPES, BatchMark, DeadLetter, json_dumps
 from edgewatch.agent.timeutil import isoformat, utcnow
 from edgewatch.common import __version__
 from edgewatch.common.logs import get
@@ -161,7 +160,7 @@ class Link:
         c.loop_start()
 
     def _status(self, state: str) -> bytes:
-        return json.dumps({"state": state, "version": __version__, "since": isoformat(self._since)}).encode()
+        return json_dumps({"state": state, "version": __version__, "since": isoformat(self._since)}).encode()
 
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
         if reason_code.is_failure:
@@ -295,9 +294,9 @@ class MqttAdapterManager:
         self.link.ack(ready)
         metrics.MESSAGES_DONE.inc(done)
         for d in dead_letters:
-            self.link.publish(self.link.deadletter_topic, json.dumps({
-                "topic": d.topic, "payload": d.payload, "reason": d.reason,
-                "received_at": isoformat(d.received_at)}, ensure_ascii=False).encode("utf-8", "backslashreplace"))
+            self.link.publish(self.link.deadletter_topic, json_dumps({
+                "topic": d.topic, "payload": d.payload, "reason": d.reason, "code": d.code,
+                "received_at": isoformat(d.received_at)}).encode("ascii"))
 
     def wait_for_durable(self, seq: int, cancelled) -> None:
         """Back-pressure for the pump: while the log is behind, messages gather into a bigger next batch."""
@@ -368,7 +367,7 @@ class _MqttAdapterManagerImpl(AdapterManagerImpl):
             r = parse(topic, msg.payload, received_at)
             if type(r) is DeadLetter:
                 dead.append(r)
-                metrics.DEAD_LETTERS.labels(metrics.reason_class(r.reason)).inc()
+                metrics.DEAD_LETTERS.labels(r.code).inc()
             else:
                 lists[r.kind].append(r.record)
                 if capture is not None:

@@ -47,8 +47,18 @@ class Parsed(NamedTuple):
     text: str  # the decoded payload, for the capture record
 
 
+REASON_CODES = (  # the stable classes of dead-letter reasons: a metric label and a query filter
+    "not_utf8", "bad_json", "not_object", "non_finite", "bad_text", "too_large", "bad_topic", "missing_field",
+    "bad_field", "bad_timestamp", "unknown_metric", "no_metric", "internal",
+)
+
+
 class Invalid(ValueError):
-    """Why a message was rejected (the reason, without the topic)."""
+    """Why a message was rejected: `code` (one of REASON_CODES) and the reason's text, without the topic."""
+
+    def __init__(self, code: str, reason: str):
+        super().__init__(reason)
+        self.code = code
 
 
 def _looks_like_ms(value: object) -> bool:
@@ -60,7 +70,7 @@ def _type_name(value: object) -> str:
 
 
 def _reject_constant(name: str) -> float:
-    raise Invalid(f"payload contains {name}, which is not a finite number")
+    raise Invalid("non_finite", f"payload contains {name}, which is not a finite number")
 
 
 _json = json.JSONDecoder(parse_constant=_reject_constant).decode  # built once: json.loads(**kw) builds one per call
@@ -70,19 +80,19 @@ def _decode(payload: bytes) -> tuple[str, dict]:
     try:
         text = payload.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise Invalid(f"payload is not UTF-8 (invalid byte at offset {e.start})") from None
+        raise Invalid("not_utf8", f"payload is not UTF-8 (invalid byte at offset {e.start})") from None
     try:
         obj = _json(text)
     except Invalid:
         raise
     except RecursionError:
-        raise Invalid("payload is nested too deeply") from None
+        raise Invalid("bad_json", "payload is nested too deeply") from None
     except json.JSONDecodeError as e:
-        raise Invalid(f"payload is not JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
+        raise Invalid("bad_json", f"payload is not JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
     except ValueError as e:  # e.g. an integer with more than 4300 digits
-        raise Invalid(f"payload is not acceptable JSON: {str(e)[:120]}") from None
+        raise Invalid("bad_json", f"payload is not acceptable JSON: {str(e)[:120]}") from None
     if type(obj) is not dict:
-        raise Invalid(f"payload must be a JSON object, got {_type_name(obj)}")
+        raise Invalid("not_object", f"payload must be a JSON object, got {_type_name(obj)}")
     return text, obj
 
 
@@ -90,14 +100,14 @@ def _clean_text(where: str, s: str) -> str:
     """Strings we keep must be storable anywhere: no NUL, no lone surrogates."""
     if s.isascii():
         if "\x00" in s:
-            raise Invalid(f"{where} contains a NUL character")
+            raise Invalid("bad_text", f"{where} contains a NUL character")
         return s
     try:
         s.encode("utf-8")
     except UnicodeEncodeError:
-        raise Invalid(f"{where} contains a lone surrogate (not valid Unicode text)") from None
+        raise Invalid("bad_text", f"{where} contains a lone surrogate (not valid Unicode text)") from None
     if "\x00" in s:
-        raise Invalid(f"{where} contains a NUL character")
+        raise Invalid("bad_text", f"{where} contains a NUL character")
     return s
 
 
@@ -106,41 +116,41 @@ def _number(obj: dict, field: str, *, required: bool = True, default: float = 0.
     t = type(v)
     if t is float:
         if v - v != 0.0:
-            raise Invalid(f"field {field!r} must be a finite number, got {v!r}")
+            raise Invalid("non_finite", f"field {field!r} must be a finite number, got {v!r}")
         return v
     if t is int:
         try:
             return float(v)
         except OverflowError:
-            raise Invalid(f"field {field!r} is out of range") from None
+            raise Invalid("bad_field", f"field {field!r} is out of range") from None
     if v is None and field not in obj:
         if required:
-            raise Invalid(f"missing required field {field!r}")
+            raise Invalid("missing_field", f"missing required field {field!r}")
         return default
-    raise Invalid(f"field {field!r} must be a number, got {_type_name(v)}")
+    raise Invalid("bad_field", f"field {field!r} must be a number, got {_type_name(v)}")
 
 
 def _string(obj: dict, field: str, *, required: bool = True) -> str | None:
     v = obj.get(field)
     if type(v) is str:
         if not v.strip():
-            raise Invalid(f"field {field!r} must not be empty")
+            raise Invalid("bad_field", f"field {field!r} must not be empty")
         return _clean_text(f"field {field!r}", v)
     if v is None and field not in obj and not required:
         return None
     if field not in obj:
-        raise Invalid(f"missing required field {field!r}")
-    raise Invalid(f"field {field!r} must be a string, got {_type_name(v)}")
+        raise Invalid("missing_field", f"missing required field {field!r}")
+    raise Invalid("bad_field", f"field {field!r} must be a string, got {_type_name(v)}")
 
 
 def _path(rest: str, what: str) -> str:
     """The id part of a topic (`sensors/{id}`): non-empty, no empty segments, no wildcards."""
     if not rest:
-        raise Invalid(f"topic has no {what}")
+        raise Invalid("bad_topic", f"topic has no {what}")
     if "//" in rest or rest[0] == "/" or rest[-1] == "/":
-        raise Invalid(f"{what} {rest[:_TOPIC_TEXT]!r} has an empty topic segment")
+        raise Invalid("bad_topic", f"{what} {rest[:_TOPIC_TEXT]!r} has an empty topic segment")
     if "+" in rest or "#" in rest or "\x00" in rest:
-        raise Invalid(f"{what} {rest[:_TOPIC_TEXT]!r} contains a wildcard or NUL character")
+        raise Invalid("bad_topic", f"{what} {rest[:_TOPIC_TEXT]!r} contains a wildcard or NUL character")
     return _clean_text(what, rest)
 
 
@@ -162,12 +172,13 @@ class Validator:
             if type(payload) is not bytes:
                 payload = payload.encode("utf-8", "surrogatepass") if isinstance(payload, str) else bytes(payload)
             if len(payload) > self.max_payload:
-                raise Invalid(f"payload of {len(payload)} bytes exceeds the {self.max_payload}-byte limit")
+                raise Invalid("too_large", f"payload of {len(payload)} bytes exceeds the {self.max_payload}-byte limit")
             return self._route(topic, payload, received_at)
         except Invalid as e:
-            return dead_letter(topic, payload, str(e), received_at)
+            return dead_letter(topic, payload, str(e), received_at, e.code)
         except Exception as e:  # noqa: BLE001 - a bug here must cost one message, never the agent
-            return dead_letter(topic, payload, f"internal validation error: {type(e).__name__}: {e}", received_at)
+            return dead_letter(topic, payload, f"internal validation error: {type(e).__name__}: {e}", received_at,
+                               "internal")
 
     def _route(self, topic: str, payload: bytes, received_at: datetime) -> Parsed:
         if topic.startswith(self.sensors):
@@ -179,7 +190,7 @@ class Validator:
             if feed == "trade" or feed == "quote":
                 symbol = _path(symbol, "symbol")
                 if "/" in symbol:
-                    raise Invalid(f"symbol {symbol[:_TOPIC_TEXT]!r} must be one topic segment")
+                    raise Invalid("bad_topic", f"symbol {symbol[:_TOPIC_TEXT]!r} must be one topic segment")
                 text, obj = _decode(payload)
                 ts = self._ts(obj, received_at)
                 if feed == "trade":
@@ -197,7 +208,7 @@ class Validator:
             source = _path(topic[len(self.news) :], "news source")
             text, obj = _decode(payload)
             return Parsed("news", self._headline(source, obj, received_at), text)
-        raise Invalid("unknown topic shape (expected sensors/{id}, market/{symbol}/trade|quote, "
+        raise Invalid("bad_topic", "unknown topic shape (expected sensors/{id}, market/{symbol}/trade|quote, "
                       "portfolio/positions|pnl or news/{source})")
 
     def _ts(self, obj: dict, received_at: datetime) -> datetime:
@@ -211,11 +222,11 @@ class Validator:
                 ts = parse_timestamp(raw)
         except ValueError as e:
             hint = " (epoch seconds expected; this looks like milliseconds)" if _looks_like_ms(raw) else ""
-            raise Invalid(f"field 'ts': {e}{hint}") from None
+            raise Invalid("bad_timestamp", f"field 'ts': {e}{hint}") from None
         if ts < _EPOCH:
-            raise Invalid(f"field 'ts' is before 1970: {raw!r}")
+            raise Invalid("bad_timestamp", f"field 'ts' is before 1970: {raw!r}")
         if ts - received_at > MAX_FUTURE:
-            raise Invalid(f"field 'ts' is {(ts - received_at).total_seconds():.0f} s in the future (limit 300 s)")
+            raise Invalid("bad_timestamp", f"field 'ts' is {(ts - received_at).total_seconds():.0f} s in the future (limit 300 s)")
         return ts
 
     def _is_metric_name(self, name: str) -> bool:
@@ -235,59 +246,59 @@ class Validator:
             t = type(v)
             if t is float:
                 if v - v != 0.0:
-                    raise Invalid(f"field {name!r} must be a finite number, got {v!r}")
+                    raise Invalid("non_finite", f"field {name!r} must be a finite number, got {v!r}")
             elif t is int:
                 try:
                     v = float(v)
                 except OverflowError:
-                    raise Invalid(f"field {name!r} is out of range") from None
+                    raise Invalid("bad_field", f"field {name!r} is out of range") from None
             elif name in REQUIRED_NUMERIC:
-                raise Invalid(f"field {name!r} must be a number, got {_type_name(v)}")
+                raise Invalid("bad_field", f"field {name!r} must be a number, got {_type_name(v)}")
             elif t is str or t is bool:
                 attrs[_clean_text("field name", name)] = _clean_text(f"field {name!r}", v) if t is str else v
                 continue
             else:
-                raise Invalid(f"field {_clean_text('field name', name)!r} must be a number, string or boolean "
-                              f"(a flat object), got {_type_name(v)}")
+                raise Invalid("bad_field", f"field {_clean_text('field name', name)!r} must be a number, string or "
+                              f"boolean (a flat object), got {_type_name(v)}")
             if not self._is_metric_name(name):
-                raise Invalid(f"numeric field {name[:64]!r} is not a metric name ([a-z][a-z0-9_]*)")
+                raise Invalid("unknown_metric", f"numeric field {name[:64]!r} is not a metric name ([a-z][a-z0-9_]*)")
             metrics[name] = v
         if not metrics:
-            raise Invalid("no metric: a reading needs at least one numeric field")
+            raise Invalid("no_metric", "no metric: a reading needs at least one numeric field")
         return SensorReading(sensor_id=sensor_id, ts=self._ts(obj, received_at), metrics=metrics, attrs=attrs)
 
     @staticmethod
     def _trade(symbol: str, ts: datetime, obj: dict) -> Trade:
         price, size = _number(obj, "price"), _number(obj, "size")
         if price <= 0:
-            raise Invalid(f"field 'price' must be > 0, got {price!r}")
+            raise Invalid("bad_field", f"field 'price' must be > 0, got {price!r}")
         if size <= 0:
-            raise Invalid(f"field 'size' must be > 0, got {size!r}")
+            raise Invalid("bad_field", f"field 'size' must be > 0, got {size!r}")
         return Trade(symbol=symbol, ts=ts, price=price, size=size)
 
     @staticmethod
     def _quote(symbol: str, ts: datetime, obj: dict) -> Quote:
         bid, ask = _number(obj, "bid"), _number(obj, "ask")
         if bid <= 0:
-            raise Invalid(f"field 'bid' must be > 0, got {bid!r}")
+            raise Invalid("bad_field", f"field 'bid' must be > 0, got {bid!r}")
         if ask < bid:
-            raise Invalid(f"field 'ask' ({ask!r}) must be >= bid ({bid!r})")
+            raise Invalid("bad_field", f"field 'ask' ({ask!r}) must be >= bid ({bid!r})")
         bid_size = _number(obj, "bid_size", required=False)
         ask_size = _number(obj, "ask_size", required=False)
         if bid_size < 0 or ask_size < 0:
-            raise Invalid("fields 'bid_size' and 'ask_size' must be >= 0")
+            raise Invalid("bad_field", "fields 'bid_size' and 'ask_size' must be >= 0")
         return Quote(symbol=symbol, ts=ts, bid=bid, ask=ask, bid_size=bid_size, ask_size=ask_size)
 
     def _headline(self, source: str, obj: dict, received_at: datetime) -> Headline:
         headline = _string(obj, "headline")
         if len(headline) > MAX_HEADLINE:
-            raise Invalid(f"field 'headline' is {len(headline)} characters (limit {MAX_HEADLINE})")
+            raise Invalid("too_large", f"field 'headline' is {len(headline)} characters (limit {MAX_HEADLINE})")
         symbols = obj.get("symbols", [])
         if type(symbols) is not list:
-            raise Invalid(f"field 'symbols' must be an array of strings, got {_type_name(symbols)}")
+            raise Invalid("bad_field", f"field 'symbols' must be an array of strings, got {_type_name(symbols)}")
         for i, s in enumerate(symbols):
             if type(s) is not str or not s.strip():
-                raise Invalid(f"field 'symbols'[{i}] must be a non-empty string, got {_type_name(s)}")
+                raise Invalid("bad_field", f"field 'symbols'[{i}] must be a non-empty string, got {_type_name(s)}")
             _clean_text(f"field 'symbols'[{i}]", s)
         ts = self._ts(obj, received_at)
         hid = _string(obj, "id", required=False)
@@ -302,7 +313,7 @@ def _printable_topic(topic: object) -> str:
     return text.encode("utf-8", "backslashreplace").decode("utf-8").replace("\x00", "\\x00")
 
 
-def dead_letter(topic: str, payload: bytes, reason: str, received_at: datetime) -> DeadLetter:
+def dead_letter(topic: str, payload: bytes, reason: str, received_at: datetime, code: str) -> DeadLetter:
     """A DeadLetter (docs/reference/events.md): payload as text, at most 4 KiB; base64 when not UTF-8 text,
     and then the reason ends with BASE64_NOTE, the one mark a reader of the log or MQTT has of the encoding."""
     topic = _printable_topic(topic)
@@ -320,7 +331,7 @@ def dead_letter(topic: str, payload: bytes, reason: str, received_at: datetime) 
         text = base64.b64encode(payload[: DEAD_LETTER_BYTES // 4 * 3]).decode("ascii")
         note = BASE64_NOTE
     reason = _printable_topic(f"{topic[:_TOPIC_TEXT]}: {reason}{note}")
-    return DeadLetter(topic=topic, payload=text, reason=reason, received_at=received_at)
+    return DeadLetter(topic=topic, payload=text, reason=reason, received_at=received_at, code=code)
 
 
 _validators: dict[tuple, Validator] = {}

@@ -77,11 +77,16 @@ def test_a_log_of_0_2_0_is_upgraded_with_every_row_kept(log_0_2_0):
     store = Store(log_0_2_0)
     try:
         assert store.migrated == (migrations.BASELINE, migrations.head())
-        assert {t: rows for t, rows in _rows(log_0_2_0).items()} == before
+        assert _rows(log_0_2_0) == before  # every row, every value
         events = store.events()
         assert [e["id"] for e in events] == [r[0] for r in before["events"]]
         assert events[5]["message"] == "health 0.00 ✓ ünïcode" and events[5]["data"]["nan"] == "nan"
         assert [e["id"] for e in store.unpublished()] == [3, 4, 5, 6, 7]  # the two published stay published
+        # 0002: each dead letter gets the code its 0.2.0 reason text stands for; logged bars count as published
+        assert [d["code"] for d in store.dead_letters()] == [
+            "bad_json", "not_utf8", "bad_field", "unknown_metric", "too_large", "bad_field", "bad_topic",
+            "bad_timestamp", "not_object", "non_finite", "no_metric"]
+        assert store.unpublished_bars() == [] and len(store.bars()) == 6
         new = store.write([make_event("anomaly", "s9", utcnow(), "info", "after the upgrade", {}, 1)])
         assert new[0]["id"] == 8  # the sequence goes on; no id is reused
     finally:
@@ -176,8 +181,19 @@ def test_a_log_from_a_newer_release_is_refused_untouched(capsys, url):
     with pytest.raises(migrations.SchemaVersionError):
         Store(url)  # what `run` opens: the CLI turns it into the same line and exit 2
     assert _rows(url) == before
-    assert _rows(url)  # and the version stamp is still the newer one
     engine = sa.create_engine(url if "://" in url else f"sqlite:///{url}")
     with engine.connect() as conn:
         assert conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar() == "9999_future"
     engine.dispose()
+
+
+def test_queries_ask_for_a_migration_that_they_cannot_run(capsys, log_0_2_0):
+    """A read-only query never migrates: it names the command that does, then works once it has run."""
+    rc = main(["events", "--db", log_0_2_0])
+    _, err = capsys.readouterr()
+    assert rc == 2 and "run `edge-agent migrate`" in err and len(err.strip().splitlines()) == 1
+    assert main(["migrate", "--db", log_0_2_0]) == 0
+    out, _ = capsys.readouterr()
+    assert f"schema revision {migrations.head()}" in out
+    assert main(["events", "--db", log_0_2_0, "--format", "json"]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 7

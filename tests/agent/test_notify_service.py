@@ -89,7 +89,8 @@ def test_ready_after_broker_watchdog_reload_stop(broker, tmp_path):
         families = {f.name: f for f in text_string_to_metric_families(text)}
         for name in ("edgewatch_messages_in", "edgewatch_dead_letters", "edgewatch_events", "edgewatch_engine_lag_seconds",
                      "edgewatch_outbox_backlog", "edgewatch_log_write_seconds", "edgewatch_mqtt_connected",
-                     "edgewatch_mqtt_reconnects"):
+                     "edgewatch_mqtt_reconnects", "edgewatch_outbox_inflight", "edgewatch_log_rows_written",
+                     "edgewatch_log_write_errors", "edgewatch_log_rows_dropped", "edgewatch_log_pending_rows"):
             assert name in families, sorted(families)
         assert families["edgewatch_mqtt_connected"].samples[0].value == 1
         # and the standard process collectors: CPU per message can be read off a running agent

@@ -48,8 +48,9 @@ def db(tmp_path) -> str:
     store = Store(path)
     store.write(
         _events(),
-        [DeadLetter("sensors/a", "{bad", "invalid JSON", NOW - timedelta(hours=2)),
-         DeadLetter("market/X/trade", '{"price": -1}', "price: must be > 0", NOW - timedelta(minutes=5))],
+        [DeadLetter("sensors/a", "{bad", "invalid JSON", NOW - timedelta(hours=2), "bad_json"),
+         DeadLetter("market/X/trade", '{"price": -1}', "price: must be > 0", NOW - timedelta(minutes=5),
+                    "bad_field")],
     )
     store.close()
     return path
@@ -132,11 +133,12 @@ def test_csv_has_a_header_and_json_data(capsys, db):
 def test_deadletters_formats_and_filters(capsys, db):
     rows = jsonl(capsys, "deadletters", "--db", db)
     assert [r["topic"] for r in rows] == ["sensors/a", "market/X/trade"]
-    assert set(rows[0]) == {"id", "topic", "payload", "reason", "received_at"}
+    assert set(rows[0]) == {"id", "topic", "payload", "reason", "code", "received_at"}
+    assert [r["topic"] for r in jsonl(capsys, "deadletters", "--db", db, "--code", "bad_field")] == ["market/X/trade"]
     assert [r["topic"] for r in jsonl(capsys, "deadletters", "--db", db, "--since", "1h")] == ["market/X/trade"]
     assert [r["topic"] for r in jsonl(capsys, "deadletters", "--db", db, "--limit", "1")] == ["market/X/trade"]
     rc, out, _ = run(capsys, "deadletters", "--db", db)
-    assert rc == 0 and out.splitlines()[0].split() == ["id", "received_at", "topic", "payload", "reason"]
+    assert rc == 0 and out.splitlines()[0].split() == ["id", "received_at", "topic", "code", "payload", "reason"]
     rc, out, _ = run(capsys, "deadletters", "--db", db, "--format", "csv")
     assert [r["reason"] for r in csv.DictReader(io.StringIO(out))] == ["invalid JSON", "price: must be > 0"]
 
@@ -255,7 +257,7 @@ def test_queries_while_the_agent_writes(capsys, tmp_path):
         while not stop.is_set() and i < 20000:
             writer.submit(events=[make_event("anomaly", f"s{j % 7}", NOW, "warning", "m", {"i": i + j}, i + j)
                                   for j in range(50)],
-                          dead_letters=[DeadLetter("sensors/x", "{", "invalid JSON", NOW)])
+                          dead_letters=[DeadLetter("sensors/x", "{", "invalid JSON", NOW, "bad_json")])
             i += 50
             time.sleep(0.002)
 

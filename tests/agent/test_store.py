@@ -70,14 +70,15 @@ def test_timestamps_are_utc_and_sort_and_filter_across_microseconds(store):
 
 
 def test_dead_letters_and_bars_in_the_same_transaction(store):
-    dl = DeadLetter(topic="sensors/x", payload="not json", reason="invalid JSON: Expecting value", received_at=T0)
+    dl = DeadLetter(topic="sensors/x", payload="not json", reason="invalid JSON: Expecting value", received_at=T0,
+                    code="bad_json")
     bar = Bar(symbol="AAPL", start=T0, end=T0 + timedelta(seconds=1), open=1.0, high=2.0, low=0.5, close=1.5,
               volume=10.0, vwap=1.2, trades=3)
     store.write([ev(1)], [dl], [bar])
     store.write(bars=[bar])  # a bar is unique per (symbol, start)
     assert store.dead_letters() == [
         {"id": store.dead_letters()[0]["id"], "topic": "sensors/x", "payload": "not json",
-         "reason": "invalid JSON: Expecting value", "received_at": "2026-03-01T12:00:00Z"}
+         "reason": "invalid JSON: Expecting value", "code": "bad_json", "received_at": "2026-03-01T12:00:00Z"}
     ]
     assert count(store, "bars") == 1 and count(store) == 1
 
@@ -105,7 +106,7 @@ def test_event_filters_are_bound_parameters(store):
 
 
 def test_retention_by_age_and_by_rows(store):
-    store.write([ev(i) for i in range(15)], [DeadLetter("t", "p", "r", utcnow() - timedelta(days=3))])
+    store.write([ev(i) for i in range(15)], [DeadLetter("t", "p", "r", utcnow() - timedelta(days=3), "bad_json")])
     store.write([ev(i) for i in range(5)])  # redelivered: may leave gaps in the ids
     store.write([ev(i) for i in range(15, 30)])
     with store.engine.begin() as conn:  # the first ten were logged four days ago
@@ -124,10 +125,10 @@ def test_text_the_database_refuses_is_cleaned_not_lost(store):
     """NUL (PostgreSQL refuses it) and a lone surrogate (not encodable) still reach the log."""
     writer = StoreWriter(store, batch_size=100)
     writer.start()
-    bad = DeadLetter("sensors/\ud800", "a\x00b", "invalid JSON", T0)
+    bad = DeadLetter("sensors/\ud800", "a\x00b", "invalid JSON", T0, "bad_json")
     odd = {"event_id": "e-odd", "ts": T0, "kind": "anomaly", "key": "k\ud800", "severity": "info",
            "message": "m", "data": {"text": "\x00"}}  # a dict: csp Structs cannot even hold a surrogate
-    writer.submit(events=[odd], dead_letters=[bad, DeadLetter("sensors/ok", "x", "r", T0)])
+    writer.submit(events=[odd], dead_letters=[bad, DeadLetter("sensors/ok", "x", "r", T0, "bad_field")])
     writer.close()
     assert writer.dropped == 0
     assert [d["topic"] for d in store.dead_letters()] == ["sensors/\\ud800", "sensors/ok"]
@@ -185,7 +186,7 @@ def test_writer_survives_a_transient_db_error_and_keeps_the_rows(store):
         conn.execute(sa.text("alter table events rename to events_away"))
     t = time.perf_counter()
     for i in range(1, 200):
-        writer.submit(events=[ev(i)], dead_letters=[DeadLetter("t", "p", "r", T0)])
+        writer.submit(events=[ev(i)], dead_letters=[DeadLetter("t", "p", "r", T0, "bad_field")])
     submit_seconds = time.perf_counter() - t
     assert not writer.flush(0.3)  # stuck while the table is gone ...
     assert writer.errors > 0
@@ -401,3 +402,53 @@ def test_writer_reconnects_after_the_server_drops_its_connection(postgres_url):
     writer.close()
     assert killed and count(store) == 50
     store.close()
+
+
+def test_the_writers_counters_and_the_outbox_backlog_are_prometheus_metrics(store):
+    from edgewatch.agent.config import Config
+    from edgewatch.agent.eventlog.outbox import Outbox
+    from edgewatch.agent.ingest.mqtt import Link
+    from edgewatch.agent.ops import metrics
+
+    def value(name: str) -> float | None:
+        return metrics.REGISTRY.get_sample_value(name)
+
+    writer = StoreWriter(store, batch_size=100)
+    outbox = Outbox(store, Link(Config()))  # never connected: what is logged waits in the log
+    metrics.watch_event_log(writer, outbox)
+    try:
+        writer.start()
+        bar = Bar(symbol="AAPL", start=T0, end=T0 + timedelta(seconds=1), open=1.0, high=2.0, low=0.5, close=1.5,
+                  volume=10.0, vwap=1.2, trades=3)
+        broken = {"event_id": "e-broken", "ts": "yesterday", "kind": "anomaly", "key": "s1", "severity": "info",
+                  "message": "m", "data": {}}  # refused by the database, cleaned or not
+        writer.submit(events=[ev(1), ev(2), ev(3)], bars=[bar])
+        writer.submit(events=[broken])
+        assert writer.flush(5)
+        assert value("edgewatch_log_rows_written_total") == 4
+        assert value("edgewatch_log_rows_dropped_total") == 1
+        assert value("edgewatch_log_write_errors_total") >= 1
+        assert value("edgewatch_log_commits_total") >= 1 and value("edgewatch_log_pending_rows") == 0
+        assert value("edgewatch_outbox_backlog") == 4 and value("edgewatch_outbox_inflight") == 0
+        store.mark_published([e["id"] for e in store.events()])
+        store.mark_published([b["id"] for b in store.bars()], "bars")
+        assert value("edgewatch_outbox_backlog") == 0
+    finally:
+        writer.close()
+        metrics.watch_event_log(None, None)
+    assert value("edgewatch_log_rows_written_total") is None  # no agent, no samples
+
+
+def test_mqtt_payloads_are_the_logs_strict_json(store):
+    """The outbox encodes what it publishes as the log stores it: no NaN/Infinity literals (invalid JSON)."""
+    import json
+
+    from edgewatch.agent.eventlog.outbox import payload
+
+    def refuse(name: str):
+        raise ValueError(f"{name} is not JSON")
+
+    new = store.write([ev(1, x=float("nan"), big=float("-inf"))])[0]
+    sent = json.loads(payload(new), parse_constant=refuse)
+    assert sent == store.events()[0]
+    assert sent["data"] == {"i": 1, "x": "nan", "big": "-inf"}

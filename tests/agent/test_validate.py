@@ -6,7 +6,7 @@ from datetime import datetime
 
 import pytest
 from edgewatch.agent.config import Config
-from edgewatch.agent.ingest.validate import Parsed, parse
+from edgewatch.agent.ingest.validate import REASON_CODES, Parsed, parse
 from edgewatch.agent.records import (
     DeadLetter,
     Headline,
@@ -130,8 +130,40 @@ def test_rejected_with_reason(topic, payload, words):
     assert words in r.reason
     assert r.reason.startswith(r.topic[:50])
     assert r.received_at == NOW
+    assert r.code in REASON_CODES
     r.reason.encode("utf-8")  # storable text, whatever the input
     r.topic.encode("utf-8")
+
+
+CODES = [  # one message per reason code: the code is the stable label (metric, `deadletters --code`)
+    ("sensors/x", b"\xff\xfe{}", "not_utf8"),
+    ("sensors/x", b"not json", "bad_json"),
+    ("sensors/x", b"[" * 30000 + b"]" * 30000, "bad_json"),
+    ("sensors/x", b"[1, 2]", "not_object"),
+    ("sensors/x", b'{"temperature": NaN}', "non_finite"),
+    ("sensors/x", b'{"temperature": 1e999}', "non_finite"),
+    ("sensors/x", b'{"a": 1, "s": "a\\u0000b"}', "bad_text"),
+    ("sensors/x", b"{" + b" " * 70000 + b"}", "too_large"),
+    ("news/wire", {"headline": "x" * 2001}, "too_large"),
+    ("weather/x", {"temperature": 1}, "bad_topic"),
+    ("sensors//x", {"temperature": 1}, "bad_topic"),
+    ("market/AAPL/trade", {"size": 1}, "missing_field"),
+    ("market/AAPL/trade", {"price": 0, "size": 1}, "bad_field"),
+    ("sensors/x", {"temperature": 1, "ts": "yesterday"}, "bad_timestamp"),
+    ("sensors/x", {"Temp": 1}, "unknown_metric"),
+    ("sensors/x", {"status": "ok"}, "no_metric"),
+]
+
+
+@pytest.mark.parametrize("topic,payload,code", CODES)
+def test_every_dead_letter_carries_a_stable_reason_code(topic, payload, code):
+    assert check(topic, payload).code == code
+
+
+def test_a_bug_in_validation_is_an_internal_dead_letter(monkeypatch):
+    monkeypatch.setattr("edgewatch.agent.ingest.validate.Validator._route", lambda *a: 1 / 0)
+    r = check("sensors/x", {"temperature": 1})
+    assert r.code == "internal" and "ZeroDivisionError" in r.reason
 
 
 def test_reason_reads_like_the_spec_example():
