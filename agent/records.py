@@ -7,8 +7,6 @@ instead of being woken once per message.
 
 import dataclasses
 import hashlib
-import json
-import math
 from datetime import datetime
 
 import csp
@@ -113,28 +111,6 @@ class DeadLetter:
     reason: str
     received_at: datetime
     code: str  # the stable class of `reason` (validate.REASON_CODES): metric label, query filter
-
-
-def _finite(value: object) -> object:
-    """JSON-safe copy: NaN/Inf become strings, other non-JSON values their text (PostgreSQL rejects NaN)."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    if isinstance(value, dict):
-        return {str(k): _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    return value
-
-
-_encode = json.JSONEncoder(separators=(",", ":"), allow_nan=False, default=str).encode
-
-
-def json_dumps(value: object) -> str:
-    """The one JSON encoding of what the agent writes, in the log and on MQTT: strict ASCII JSON, never raises."""
-    try:
-        return _encode(value)
-    except (ValueError, TypeError):  # NaN/Inf, or keys that are not text
-        return _encode(_finite(value))
 
 
 def event_id(kind: str, key: str, ts: datetime, *discriminators: object) -> str:

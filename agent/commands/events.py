@@ -204,10 +204,10 @@ def _query(name: str, args, columns: tuple[str, ...], table_columns: tuple[str, 
         fetch = bind(store)
         printer.rows([])  # the CSV header, even when nothing matches
         last = _newest_id(fetch) if follow else 0
-        for page in _pages(fetch, 0) if limit is None else [fetch(limit=limit)]:
-            if page:
-                printer.rows(page)
-                last = max(last, page[-1]["id"])
+        # streamed in pages, so that a large log never sits in memory: everything, or the N most recent
+        for page in _pages(fetch, 0) if limit is None else _newest(fetch, limit):
+            printer.rows(page)
+            last = max(last, page[-1]["id"])
         printer.nothing_matched(f"no {what} match" + ("; following new ones" if follow else ""))
         if follow:
             for page in _follow(fetch, last):
@@ -224,6 +224,19 @@ def _pages(fetch: Callable[..., list[dict]], after: int) -> Iterator[list[dict]]
             yield page
             after = page[-1]["id"]
         if len(page) < PAGE:
+            return
+
+
+def _newest(fetch: Callable[..., list[dict]], n: int) -> Iterator[list[dict]]:
+    """The `n` most recent rows, oldest first, in pages: from the n-th newest on (found by one indexed
+    `OFFSET`), at most `n` of them, so rows logged meanwhile do not lengthen the answer."""
+    if n == 0:
+        return
+    nth = fetch(limit=1, offset=n - 1)
+    for page in _pages(fetch, nth[0]["id"] - 1 if nth else 0):  # fewer than n match: all of them
+        yield page[:n]
+        n -= len(page)
+        if n <= 0:
             return
 
 

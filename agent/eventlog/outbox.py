@@ -22,7 +22,7 @@ import threading
 
 from edgewatch.agent.ingest.mqtt import Link
 from edgewatch.agent.ops import metrics
-from edgewatch.agent.records import json_dumps
+from edgewatch.agent.encoding import json_dumps
 from edgewatch.common.logs import get
 
 log = get("edgewatch.agent.eventlog.outbox")
@@ -49,6 +49,7 @@ class Outbox:
         self._by_mid: dict[int, int] = {}  # mid -> row id
         self._bars_inflight: dict[int, int] = {}  # the same for bars
         self._bar_by_mid: dict[int, int] = {}
+        self._bars_marking: set[int] = set()  # acknowledged, their mark not yet committed: not to be sent again
         self._bars_backlog = True
         self._acked: collections.deque[int] = collections.deque()  # mids, appended by paho's thread
         self._unresolved: list[int] = []
@@ -104,7 +105,7 @@ class Outbox:
         rows = self.store.unpublished_bars(limit=PAGE)
         with self._lock:
             for row in rows:
-                if row["id"] not in self._bars_inflight:
+                if row["id"] not in self._bars_inflight and row["id"] not in self._bars_marking:
                     mid = self.link.publish(f"{self.bars_prefix}/{row['symbol']}", payload(row), retain=True)
                     self._bars_inflight[row["id"]] = mid
                     self._bar_by_mid[mid] = row["id"]
@@ -126,16 +127,23 @@ class Outbox:
                     self._unresolved.append(mid)  # PUBACK won the race with publish() returning
         if len(self._unresolved) > 65535:  # acks for messages we never sent (status, dead letters)
             self._unresolved.clear()
+        self._bars_marking.update(bar_ids)
         for table, done in (("events", ids), ("bars", bar_ids)):
             if not done:
                 continue
-            mark = functools.partial(self.store.mark_published, done, table)
+            mark = functools.partial(self._mark_published, done, table)
             if self.writer is not None:  # in the writer's thread: SQLite lock waits would stall the writer
                 self.writer.submit(on_durable=mark)
             else:
                 mark()
         metrics.EVENTS_PUBLISHED.inc(len(ids))
         return len(ids) + len(bar_ids)
+
+    def _mark_published(self, ids: list[int], table: str) -> None:
+        try:
+            self.store.mark_published(ids, table)
+        finally:  # marked, or else unmarked in the log: the next drain may send it again (at least once)
+            self._bars_marking.difference_update(ids)
 
     def _drain_backlog(self) -> None:
         """Republish unpublished rows that are not already in flight, one page per call."""

@@ -31,7 +31,7 @@ from edgewatch.agent.eventlog.schema import (
     event_dict,
     events,
 )
-from edgewatch.agent.records import json_dumps
+from edgewatch.agent.encoding import json_dumps
 from edgewatch.agent.timeutil import isoformat, utcnow
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, make_url

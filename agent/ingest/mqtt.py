@@ -31,7 +31,8 @@ from csp.impl.wiring import py_push_adapter_def
 from edgewatch.agent.config import Config, read_secret
 from edgewatch.agent.ingest import paho_receive, paho_send
 from edgewatch.agent.ops import metrics
-from edgewatch.agent.records import RECORD_TYPES, BatchMark, DeadLetter, json_dumps
+from edgewatch.agent.encoding import json_dumps
+from edgewatch.agent.records import RECORD_TYPES, BatchMark, DeadLetter
 from edgewatch.agent.timeutil import isoformat, utcnow
 from edgewatch.common import __version__
 from edgewatch.common.logs import get

@@ -369,3 +369,39 @@ def test_a_whole_log_streams_in_pages(capsys, db, monkeypatch):
     assert [r["topic"] for r in jsonl(capsys, "deadletters", "--db", db)] == ["sensors/a", "market/X/trade"]
     rc, out, _ = run(capsys, "events", "--db", db, "--format", "csv", "--key", "none")
     assert out == "id,ts,kind,key,severity,message,data\n"
+
+
+def test_limit_keeps_the_most_recent_in_pages(capsys, db, monkeypatch):
+    monkeypatch.setattr("edgewatch.agent.commands.events.PAGE", 2)
+    assert keys(jsonl(capsys, "events", "--db", db, "--limit", "3")) == ["s2", "AAPL", "s1"]
+    assert keys(jsonl(capsys, "events", "--db", db, "--limit", "4")) == ["portfolio", "s2", "AAPL", "s1"]
+    assert keys(jsonl(capsys, "events", "--db", db, "--limit", "2", "--kind", "anomaly")) == ["s2", "s1"]
+    assert keys(jsonl(capsys, "events", "--db", db, "--limit", "99")) == ["s1", "portfolio", "s2", "AAPL", "s1"]
+    assert jsonl(capsys, "events", "--db", db, "--limit", "0") == []
+    assert [r["topic"] for r in jsonl(capsys, "deadletters", "--db", db, "--limit", "1")] == ["market/X/trade"]
+
+
+def _peak_rss_mib(*argv: str) -> float:
+    """Peak RSS of `edge-agent ARGV` in a process of its own, its output thrown away."""
+    # VmHWM, not ru_maxrss: the latter keeps the forking pytest's own peak across exec
+    code = ("import sys\nfrom edgewatch.agent.cli import main\nrc = main(sys.argv[1:])\n"
+            "hwm = [line for line in open('/proc/self/status') if line.startswith('VmHWM:')][0]\n"
+            "print(int(hwm.split()[1]) / 1024, file=sys.stderr)\nsys.exit(rc)")
+    out = subprocess.run([sys.executable, "-c", code, *argv], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    return float(out.stderr.strip().splitlines()[-1])
+
+
+def test_a_large_limit_streams_like_the_unlimited_query(tmp_path):
+    """`--limit N` used to hold all N rows (3-4 GB for a million); now it pages like the query without a limit."""
+    path = str(tmp_path / "big.db")
+    store = Store(path)
+    n = 20_000
+    for start in range(0, n, 5000):
+        store.write([make_event("anomaly", f"s{i % 50}", NOW - timedelta(seconds=n - i), "warning", "m" * 1000,
+                                {"value": i, "note": "x" * 500}, i) for i in range(start, start + 5000)])
+    store.close()
+    everything = _peak_rss_mib("events", "--db", path, "--format", "json")
+    limited = _peak_rss_mib("events", "--db", path, "--format", "json", "--limit", str(n))
+    assert limited < everything + 15, (limited, everything)  # holding 20,000 such rows costs ~50 MiB
