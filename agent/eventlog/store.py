@@ -12,6 +12,7 @@ import contextlib
 import operator
 import os
 import threading
+import time
 from collections.abc import Iterable, Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -189,6 +190,20 @@ def _event_values(e) -> tuple:
     return v
 
 
+def _sqlite_wal(cur) -> None:
+    """Switch to WAL. On a new file, agents starting together race to switch it, and SQLite may answer
+    "database is locked" at once rather than through the busy timeout: try again for a while."""
+    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            cur.execute("PRAGMA journal_mode=WAL")
+            return
+        except Exception as e:  # noqa: BLE001 - the driver's OperationalError; anything else is raised below
+            if "locked" not in str(e) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
 def _sqlite_time(dt: datetime) -> str:
     """SQLAlchemy's SQLite DATETIME text (always with microseconds: fixed width, so it sorts as time)."""
     return dt.isoformat(" ", "microseconds")
@@ -249,7 +264,7 @@ class Store:
         if self.readonly:
             cur.execute("PRAGMA query_only=1")
         else:
-            cur.execute("PRAGMA journal_mode=WAL")  # readers never block the writer, nor it them
+            _sqlite_wal(cur)  # readers never block the writer, nor it them
             cur.execute("PRAGMA synchronous=NORMAL")  # durable at each checkpoint, fast commits in WAL
             if self.checkpoint_in_background:
                 cur.execute("PRAGMA wal_autocheckpoint=0")

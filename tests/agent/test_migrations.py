@@ -6,6 +6,7 @@ from __future__ import annotations
 import multiprocessing
 import shutil
 import threading
+import traceback
 from pathlib import Path
 
 import pytest
@@ -135,8 +136,8 @@ def _agent_process(url: str, barrier, results) -> None:
         store = Store(url)
         results.put(store.migrated)
         store.close()
-    except BaseException as e:  # noqa: BLE001 - the test shows it
-        results.put(repr(e))
+    except BaseException:  # noqa: BLE001 - the test shows it
+        results.put(traceback.format_exc())
 
 
 def test_agents_starting_together_as_processes(url):
