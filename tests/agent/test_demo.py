@@ -15,7 +15,7 @@ def _previous_demo(db) -> None:
     """A log as an earlier demo left it: rows this run must neither keep nor count."""
     store = Store(str(db))
     store.write([make_event("risk", "previous-demo", utcnow(), "critical", "from the last run", {}, i) for i in range(50)],
-                [DeadLetter("sensors/old", "{", "invalid JSON", utcnow())] * 3)
+                [DeadLetter("sensors/old", "{", "invalid JSON", utcnow(), "bad_json")] * 3)
     store.close()
 
 
@@ -76,7 +76,7 @@ def test_a_kept_log_is_counted_from_this_run_on(tmp_path):
     assert counts.read() == ({}, 0)
     store = Store(str(db))
     store.write([make_event("anomaly", "s1", utcnow(), "warning", "new", {}, 1)],
-                [DeadLetter("sensors/new", "{", "invalid JSON", utcnow())])
+                [DeadLetter("sensors/new", "{", "invalid JSON", utcnow(), "bad_json")])
     store.close()
     by, dead = counts.read()
     counts.close()

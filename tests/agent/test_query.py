@@ -188,7 +188,7 @@ def test_an_empty_result_says_so_on_stderr(capsys, db):
         rc, out, err = run(capsys, *argv, "--db", db)
         assert (rc, out, err) == (0, "", "no events match\n"), argv
     rc, out, err = run(capsys, "deadletters", "--db", db, "--since", "1s", "--format", "csv")
-    assert (rc, out, err) == (0, "id,received_at,topic,reason,payload\n", "no dead letters match\n")
+    assert (rc, out, err) == (0, "id,received_at,topic,code,reason,payload\n", "no dead letters match\n")
     rc, out, err = run(capsys, "events", "--db", db, "--kind", "risk")
     assert rc == 0 and "portfolio" in out and err == ""  # rows: nothing said
 
@@ -199,12 +199,12 @@ def test_deadletters_table_shows_the_reason_whole_and_marks_base64(capsys, tmp_p
     path = str(tmp_path / "dl.db")
     long_reason = "field 'temperature' must be a number, got string " + "(and the whole explanation) " * 4
     store = Store(path)
-    store.write([], [dead_letter("sensors/a", b'{"temperature": "' + b"w" * 80 + b'"}', long_reason, NOW),
-                     dead_letter("sensors/b", b"\xff\xfe\x00binary", "payload is not UTF-8", NOW)])
+    store.write([], [dead_letter("sensors/a", b'{"temperature": "' + b"w" * 80 + b'"}', long_reason, NOW, "bad_field"),
+                     dead_letter("sensors/b", b"\xff\xfe\x00binary", "payload is not UTF-8", NOW, "not_utf8")])
     store.close()
     rc, out, _ = run(capsys, "deadletters", "--db", path)
     lines = out.splitlines()
-    assert rc == 0 and lines[0].split() == ["id", "received_at", "topic", "payload", "reason"]
+    assert rc == 0 and lines[0].split() == ["id", "received_at", "topic", "code", "payload", "reason"]
     assert lines[2].endswith(f"sensors/a: {long_reason.strip()}")  # the reason is never cut
     assert "…" in lines[2]  # the long payload is
     assert lines[3].endswith("sensors/b: payload is not UTF-8 (payload shown base64)")
