@@ -24,7 +24,10 @@ from edgewatch.common.logs import get
 log = get("edgewatch.agent.eventlog.outbox")
 
 PAGE = 1000  # unpublished rows read per query while draining the backlog
-MAX_INFLIGHT = 20_000  # unacknowledged publishes at most: paho's message ids wrap at 65535
+# unacknowledged event publishes at most; the rest waits in the log. Small on purpose: the broker reads our
+# packets in order, so every event in flight can sit ahead of an input PUBACK on the wire (a restarted agent
+# once queued its whole unpublished backlog there, and the broker's receive window for us stayed full)
+MAX_INFLIGHT = 256
 
 
 def event_payload(row: dict) -> bytes:
@@ -44,7 +47,9 @@ class Outbox:
         self._by_mid: dict[int, int] = {}  # mid -> row id
         self._acked: collections.deque[int] = collections.deque()  # mids, appended by paho's thread
         self._unresolved: list[int] = []
+        self._marking: set[int] = set()  # acknowledged rows whose published mark is not committed yet
         self._backlog = True  # something may be unpublished in the log: check on (re)connect
+        self._draining = False  # a backlog drain is under way (logged once)
         self._wake = threading.Event()
         self._closed = False
         self._thread = threading.Thread(target=self._run, name="outbox", daemon=True)
@@ -72,7 +77,8 @@ class Outbox:
     def backlog(self) -> int:
         return len(self._inflight)
 
-    def _publish(self, rows: list[dict]) -> None:
+    def _publish(self, rows: list[dict]) -> bool:
+        """Publish the rows not in flight yet; False when the window filled first (the rest waits in the log)."""
         with self._lock:
             for row in rows:
                 rid = row["id"]
@@ -80,11 +86,12 @@ class Outbox:
                     continue
                 if len(self._inflight) >= MAX_INFLIGHT:  # the rest waits in the log for the backlog drain
                     self._backlog = True
-                    break
+                    return False
                 mid = self.link.publish(f"{self.prefix}/{row['kind']}/{row['key']}", event_payload(row))
                 self._inflight[rid] = mid
                 self._by_mid[mid] = rid
             metrics.OUTBOX_BACKLOG.set(len(self._inflight))
+        return True
 
     def _mark_acked(self) -> int:
         """Resolve PUBACKed mids to row ids and mark them published in one statement."""
@@ -106,23 +113,32 @@ class Outbox:
         if len(self._unresolved) > 65535:  # acks for messages we never sent (status, dead letters)
             self._unresolved.clear()
         if ids:
+            with self._lock:
+                self._marking.update(ids)
             if self.writer is not None:  # in the writer's thread: SQLite lock waits would stall the writer
-                self.writer.submit(on_durable=functools.partial(self.store.mark_published, ids))
+                self.writer.submit(on_durable=functools.partial(self._mark_published, ids))
             else:
-                self.store.mark_published(ids)
+                self._mark_published(ids)
             metrics.EVENTS_PUBLISHED.inc(len(ids))
         return len(ids)
+
+    def _mark_published(self, ids: list[int]) -> None:
+        try:
+            self.store.mark_published(ids)
+        finally:
+            with self._lock:
+                self._marking.difference_update(ids)
 
     def _drain_backlog(self) -> None:
         """Republish unpublished rows that are not already in flight, one page per call."""
         rows = self.store.unpublished(limit=PAGE)
         with self._lock:
-            fresh = [r for r in rows if r["id"] not in self._inflight]
-        if fresh:
-            log.info("outbox_republish", rows=len(fresh))
-            self._publish(fresh)
-        if len(rows) < PAGE:
-            self._backlog = False
+            fresh = [r for r in rows if r["id"] not in self._inflight and r["id"] not in self._marking]
+        if fresh and not self._draining:  # once per backlog: the drain runs a page per round until it is done
+            self._draining = True
+            log.info("outbox_republish", rows=len(rows), more=len(rows) == PAGE)
+        if self._publish(fresh) and len(rows) < PAGE:
+            self._backlog = self._draining = False
 
     def _run(self) -> None:
         while not self._closed:
