@@ -202,7 +202,7 @@ class MarketConfig:
     news_window: float = 600.0  # seconds a sentiment stays recent enough to agree
     news_min_score: float = 0.2  # |sentiment score| that counts as agreeing
     signal_cooldown: float = 30.0  # seconds of data time after a signal before the next for that symbol
-    max_symbols: int = 10_000  # symbols tracked at most by bars, signals, price alerts and risk; the longest-silent is forgotten beyond it
+    max_symbols: int = 10_000  # symbols tracked at most by bars, signals, price alerts, risk and advice; the longest-silent is forgotten beyond it
 
 
 @dataclasses.dataclass

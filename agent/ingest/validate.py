@@ -30,6 +30,10 @@ from edgewatch.agent.timeutil import parse_timestamp
 MAX_FUTURE = timedelta(minutes=5)  # a timestamp further ahead than this is a clock or encoding bug
 DEAD_LETTER_BYTES = 4096  # dead-letter payloads are truncated to this many bytes
 MAX_HEADLINE = 2000
+# every number a message carries is within ±MAX_VALUE: the analytics multiply two of them (price x size,
+# position x price, a value's square) and sum millions of those, and 1e15 keeps any such product or sum
+# below 1e40, far from float overflow (1.8e308), so no inf or NaN can reach an event, a bar or the log
+MAX_VALUE = 1e15
 REQUIRED_NUMERIC = frozenset(("temperature", "humidity", "pressure", "battery"))
 _METRIC_NAME = re.compile(r"[a-z][a-z0-9_]*")
 _TYPE_NAMES = {str: "string", bool: "boolean", int: "number", float: "number", list: "array", dict: "object"}
@@ -104,20 +108,28 @@ def _clean_text(where: str, s: str) -> str:
 def _number(obj: dict, field: str, *, required: bool = True, default: float = 0.0) -> float:
     v = obj.get(field)
     t = type(v)
-    if t is float:
-        if v - v != 0.0:
-            raise Invalid(f"field {field!r} must be a finite number, got {v!r}")
-        return v
-    if t is int:
-        try:
-            return float(v)
-        except OverflowError:
-            raise Invalid(f"field {field!r} is out of range") from None
+    if t is float or t is int:
+        return _bounded(field, v)
     if v is None and field not in obj:
         if required:
             raise Invalid(f"missing required field {field!r}")
         return default
     raise Invalid(f"field {field!r} must be a number, got {_type_name(v)}")
+
+
+def _bounded(field: str, v: float | int) -> float:
+    """`v` as a float within ±MAX_VALUE (NaN and infinities included in what is refused)."""
+    if type(v) is float:
+        if v - v != 0.0:
+            raise Invalid(f"field {field!r} must be a finite number, got {v!r}")
+    else:
+        try:
+            v = float(v)
+        except OverflowError:
+            raise Invalid(f"field {field!r} is out of range") from None
+    if not -MAX_VALUE <= v <= MAX_VALUE:
+        raise Invalid(f"field {field!r} is {v!r}, beyond the bound on numbers (±{MAX_VALUE:g})")
+    return v
 
 
 def _string(obj: dict, field: str, *, required: bool = True) -> str | None:
@@ -233,14 +245,8 @@ class Validator:
             if name == "ts":
                 continue
             t = type(v)
-            if t is float:
-                if v - v != 0.0:
-                    raise Invalid(f"field {name!r} must be a finite number, got {v!r}")
-            elif t is int:
-                try:
-                    v = float(v)
-                except OverflowError:
-                    raise Invalid(f"field {name!r} is out of range") from None
+            if t is float or t is int:
+                v = _bounded(name, v)
             elif name in REQUIRED_NUMERIC:
                 raise Invalid(f"field {name!r} must be a number, got {_type_name(v)}")
             elif t is str or t is bool:
