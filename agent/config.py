@@ -303,6 +303,13 @@ RANGES = {
     ("mqtt", "reconnect_min_delay"): POSITIVE,
     ("mqtt", "reconnect_max_delay"): POSITIVE,
     ("mqtt", "max_payload"): Range(1, 268_435_455),  # the largest MQTT packet
+    ("mqtt", "ack_deadline"): POSITIVE,
+    ("store", "max_backlog_rows"): AT_LEAST_1,
+    ("store", "max_backlog_age"): POSITIVE,
+    ("anomaly", "max_series"): AT_LEAST_1,
+    ("health", "max_sensors"): AT_LEAST_1,
+    ("health", "forget_after"): POSITIVE,
+    ("market", "max_symbols"): AT_LEAST_1,
     ("store", "batch_size"): AT_LEAST_1,
     ("store", "retention_interval"): POSITIVE,
     ("sidecar", "timeout"): POSITIVE,

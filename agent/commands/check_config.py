@@ -49,11 +49,6 @@ def validate(cfg: Config) -> None:
     config.read_secret("sidecar.api_key_file", cfg.sidecar.api_key_file)
     if cfg.metrics.listen:
         _host_port("metrics.listen", cfg.metrics.listen)
-    for key in ("mqtt.ack_deadline", "store.max_backlog_rows", "store.max_backlog_age", "anomaly.max_series",
-                "health.max_sensors", "health.forget_after", "market.max_symbols"):
-        section, name = key.split(".")
-        if getattr(getattr(cfg, section), name) <= 0:
-            raise ConfigError(f"{key}: must be positive")
     # the analytics' own consistency rules, the same ones the graphs apply when they are wired
     health.check(cfg.health, cfg.maintenance)
     drift.check(cfg.drift)
