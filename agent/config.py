@@ -60,6 +60,7 @@ class MqttConfig:
     portfolio_prefix: str = "portfolio"  # input topic prefix: {prefix}/positions, {prefix}/pnl
     news_prefix: str = "news"  # input topic prefix: {prefix}/{source}
     output_prefix: str = "edgewatch"  # output prefix: events/, deadletter, status, bars/
+    ack_deadline: float = 30.0  # seconds a received message may wait for its acknowledgement before /health fails
 
 
 @dataclasses.dataclass
@@ -72,6 +73,8 @@ class StoreConfig:
     retention_days: float = 30.0  # delete events/dead letters/bars older than this; 0 = keep forever
     retention_rows: int = 10_000_000  # keep at most this many rows per table; 0 = no row limit
     retention_interval: float = 60.0  # seconds between retention passes of the writer
+    max_backlog_rows: int = 200_000  # /health fails while more rows than this wait for the writer
+    max_backlog_age: float = 30.0  # ... or while the oldest of them has waited longer than this, seconds
 
 
 @dataclasses.dataclass
@@ -121,6 +124,7 @@ class AnomalyConfig:
     refractory: int = 100  # readings after a detection during which the metric cannot alarm again
     spatial_tolerance: float = 0.05  # a reading beyond the range seen so far by this fraction of it scores 1 (0 = off)
     spatial_z: float = 5.0  # ... and only when the reading is also this many robust scales from its forecast (a young range is narrow)
+    max_series: int = 200_000  # (sensor, metric) series tracked at most (about 1.4 KB each); the longest-silent is forgotten beyond it
 
 
 @dataclasses.dataclass
@@ -147,6 +151,8 @@ class HealthConfig:
     ranges: str = ""  # physical range per metric in your units, name=low:high,...; empty = none (no range is guessed from a name)
     bands: str = "0.5,0.8"  # score boundaries of the poor / degraded / good bands (a crossing emits `health`)
     band_margin: float = 0.05  # how far past a band boundary the score must move to count as a crossing
+    max_sensors: int = 100_000  # sensors tracked at most by health and maintenance; the longest-silent is forgotten beyond it
+    forget_after: float = 86400.0  # seconds of silence after which a sensor is forgotten (its next reading starts afresh)
 
 
 @dataclasses.dataclass
@@ -196,6 +202,7 @@ class MarketConfig:
     news_window: float = 600.0  # seconds a sentiment stays recent enough to agree
     news_min_score: float = 0.2  # |sentiment score| that counts as agreeing
     signal_cooldown: float = 30.0  # seconds of data time after a signal before the next for that symbol
+    max_symbols: int = 10_000  # symbols tracked at most by bars, signals, price alerts, risk and advice; the longest-silent is forgotten beyond it
 
 
 @dataclasses.dataclass
@@ -296,6 +303,13 @@ RANGES = {
     ("mqtt", "reconnect_min_delay"): POSITIVE,
     ("mqtt", "reconnect_max_delay"): POSITIVE,
     ("mqtt", "max_payload"): Range(1, 268_435_455),  # the largest MQTT packet
+    ("mqtt", "ack_deadline"): POSITIVE,
+    ("store", "max_backlog_rows"): AT_LEAST_1,
+    ("store", "max_backlog_age"): POSITIVE,
+    ("anomaly", "max_series"): AT_LEAST_1,
+    ("health", "max_sensors"): AT_LEAST_1,
+    ("health", "forget_after"): POSITIVE,
+    ("market", "max_symbols"): AT_LEAST_1,
     ("store", "batch_size"): AT_LEAST_1,
     ("store", "retention_interval"): POSITIVE,
     ("sidecar", "timeout"): POSITIVE,

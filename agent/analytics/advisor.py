@@ -30,6 +30,7 @@ from datetime import datetime
 import csp
 from csp import ts
 
+from edgewatch.agent.analytics.states import RecentStates
 from edgewatch.agent.config import AdvisorConfig, ConfigError
 from edgewatch.agent.records import Event, Sentiment, make_event
 
@@ -146,10 +147,11 @@ def advisor(
     views: ts[dict],
     limits: ts[dict],
     cfg: AdvisorConfig,
+    max_symbols: int = 10_000,
 ) -> ts[list[Event]]:
     """`advice` per symbol on every new bar view, headline sentiment or risk state that changes it."""
     with csp.state():
-        s_symbols = {}
+        s_symbols = RecentStates(max_symbols, "advisor")  # headlines name symbols: bounded like market's
         s_limits = {}
         s_status = "ok"  # "degraded" while the sidecar's last answer was a degraded news event
         s_latest = None  # the latest data time seen: the time of advice that a risk update changes

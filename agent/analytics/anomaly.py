@@ -42,6 +42,7 @@ from datetime import datetime
 
 import csp
 from csp import ts
+from edgewatch.agent.analytics.states import RecentStates
 from edgewatch.agent.config import AnomalyConfig
 from edgewatch.agent.records import (
     AnomalyScore,
@@ -224,7 +225,7 @@ class Detector:
 
     def __init__(self, cfg: AnomalyConfig):
         self.params = Params(cfg)
-        self.states: dict[tuple[str, str], MetricState] = {}
+        self.states: dict[tuple[str, str], MetricState] = RecentStates(cfg.max_series, "anomaly")
 
     def score_readings(self, readings: list[SensorReading]) -> list[MetricScore]:
         """One MetricScore per finite metric of each reading, in order; the first reading of a key scores 0."""

@@ -21,12 +21,13 @@ and the live run over the same readings log the same events: the periodic
 `health` event comes with a sensor's first reading in each `interval`-long bucket
 of data time (its id keyed on the bucket), band crossings and maintenance flags
 with the reading that caused them. Only silence needs a clock: an engine-time
-sweep raises `stale` and reports a silent sensor's health. Those events are
-stamped and keyed in data time (the moment the sensor became stale, last reading
-+ its stale threshold, then every `interval`), but whether and when they fire
-depends on the engine clock: a replay ends at its last message and sweeps on a
-different phase, so stale-driven events (and the `stale` clear that follows) are
-not replay-identical. They never feed back into the data-driven ones.
+sweep raises `stale` and reports a silent sensor's health, once per silence (a
+fleet of dead sensors must not fill the log), and forgets a sensor silent for
+`forget_after`. Those events are stamped and keyed in data time (the moment the
+sensor became stale: last reading + its stale threshold), but whether and when
+they fire depends on the engine clock: a replay ends at its last message and
+sweeps on a different phase, so stale-driven events (and the `stale` clear that
+follows) are not replay-identical. They never feed back into the data-driven ones.
 """
 
 from __future__ import annotations
@@ -50,12 +51,14 @@ from edgewatch.agent.analytics.maintenance import (
     Rules,
     maintenance_events,
 )
+from edgewatch.agent.analytics.states import RecentStates
 from edgewatch.agent.config import (
     ConfigError,
     DriftConfig,
     HealthConfig,
     MaintenanceConfig,
 )
+from edgewatch.agent.ops import metrics
 from edgewatch.agent.records import Event, MetricScore, SensorReading, event_id
 
 BAND_NAMES = ("poor", "degraded", "good")
@@ -119,7 +122,7 @@ class Params:
     __slots__ = (
         "rules", "warmup", "a_fast", "a_noise", "a_base", "a_anom", "a_gap", "ranges", "steady", "bad_status",
         "bands", "margin", "clip", "outlier_z", "anomaly_score", "interval", "interval_us", "stale_min", "stale_min_td",
-        "stale_factor", "first_stale",
+        "stale_factor", "first_stale", "forget_after",
         "inv_stuck", "drift_ok", "inv_drift", "noise_ok", "inv_noise", "anomaly_ok", "inv_anomaly", "oor_ok", "inv_oor",
         "low_battery", "inv_battery", "drift",
     )
@@ -148,6 +151,7 @@ class Params:
         self.stale_factor = h.stale_factor
         # before a second reading shows the reporting interval, wait stale_factor x stale_min
         self.first_stale = h.stale_min * h.stale_factor
+        self.forget_after = h.forget_after
         # a component is 1 up to its reason's clear level and falls linearly to 0 at the raise level: healthy
         # jitter costs nothing, and the score reaches 0 exactly where a maintenance reason raises
         self.inv_stuck = _inverse(h.stuck_readings)
@@ -242,7 +246,7 @@ class SensorHealth:
 
     __slots__ = (
         "sensor_id", "metrics", "last_ts", "gap", "readings", "anomaly", "oor", "battery", "status",
-        "band", "next_periodic", "next_silent", "flags", "stale", "stuck", "drift", "noise",
+        "band", "next_periodic", "flags", "stale", "stuck", "drift", "noise",
         "block_end", "level_drift", "slow_drift",
     )
 
@@ -258,7 +262,6 @@ class SensorHealth:
         self.status = None
         self.band = len(BAND_NAMES) - 1
         self.next_periodic = bucket_start(when, p) + p.interval  # the data time of the next periodic event
-        self.next_silent = None  # the data time of the next report while stale
         self.flags = Flags()
         self.stale = 0.0  # age / stale_after, as of the last sweep
         self.stuck = 0  # longest identical run among the judged metrics
@@ -430,7 +433,7 @@ def sensor_health(
     with csp.alarms():
         a_sweep = csp.alarm(bool)
     with csp.state():
-        s_sensors = {}
+        s_sensors = RecentStates(h.max_sensors, "health")
         s_params = Params(h, m, d)
         s_sweep = timedelta(seconds=h.sweep_interval if h.sweep_interval > 0 else 1.0)
     with csp.start():
@@ -473,26 +476,27 @@ def sensor_health(
                 out.append(health_event(s, when, p, "periodic", start))
     if csp.ticked(a_sweep):
         # silence is the one thing no reading can report: the engine clock finds it, the events are stamped
-        # in data time (last reading + stale threshold, then every interval) so their ids are deterministic
+        # in data time (last reading + stale threshold) so their ids are deterministic
         now = csp.now()
         csp.schedule_alarm(a_sweep, s_sweep, True)
         recent = now - p.stale_min_td  # no sensor that reported since then can be stale
+        forgotten = []
         for s in sensors.values():
             if s.last_ts >= recent:
                 continue
-            after = s.stale_after(p)
             age = (now - s.last_ts).total_seconds()
-            if age < after:
-                continue
-            since = s.last_ts + timedelta(seconds=after)
-            if STALE not in s.flags.calm:
-                s.stale = age / after
-                raised, cleared = s.flags.update(s.measures(), rules, _STALE_ONLY)
-                out += maintenance_events(s.sensor_id, since, s.flags, raised, cleared, s.evidence())
-                s.next_silent = since
-            if now >= s.next_silent:  # the latest report due: a long-silent sensor is not reported in a burst
-                at = since + (now - since) // p.interval * p.interval
-                s.next_silent = at + p.interval
-                out.append(health_event(s, at, p, "stale"))
+            if age >= p.forget_after:
+                forgotten.append(s.sensor_id)
+            elif STALE not in s.flags.calm:  # once per silence: nothing more is said until the sensor reports
+                after = s.stale_after(p)
+                if age >= after:
+                    since = s.last_ts + timedelta(seconds=after)
+                    s.stale = age / after
+                    raised, cleared = s.flags.update(s.measures(), rules, _STALE_ONLY)
+                    out += maintenance_events(s.sensor_id, since, s.flags, raised, cleared, s.evidence())
+                    out.append(health_event(s, since, p, "stale"))
+        for sid in forgotten:
+            del sensors[sid]
+        metrics.STATE_FORGOTTEN.inc(len(forgotten))
     if out:
         return out

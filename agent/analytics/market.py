@@ -22,6 +22,7 @@ from datetime import datetime, timedelta
 import csp
 from csp import ts
 from edgewatch.agent.analytics.anomaly import ewma_alpha
+from edgewatch.agent.analytics.states import RecentStates
 from edgewatch.agent.config import ConfigError, MarketConfig
 from edgewatch.agent.records import Bar, Event, Sentiment, Trade, make_event
 
@@ -100,7 +101,7 @@ def price_alerts(trades: ts[list[Trade]], cfg: MarketConfig) -> ts[list[Event]]:
     `price_alert_multiple` times its own tick-move scale (and at least `price_alert_min_move`), or beyond the
     fixed `price_alert_threshold`, which always alerts. (Hot path: one dict lookup and a few float operations.)"""
     with csp.state():
-        s_symbols = {}  # symbol -> TickScale
+        s_symbols = RecentStates(cfg.max_symbols, "price_alerts")  # symbol -> TickScale
         s_params = AlertParams(cfg)
     p = s_params
     symbols = s_symbols
@@ -279,7 +280,7 @@ def market_analytics(
     with csp.alarms():
         a_close = csp.alarm(bool)
     with csp.state():
-        s_symbols = {}
+        s_symbols = RecentStates(cfg.max_symbols, "market")
         s_params = MarketParams(cfg)
         s_interval = timedelta(seconds=cfg.bar_interval)
         s_grace = timedelta(seconds=cfg.bar_grace)
@@ -319,7 +320,9 @@ def market_analytics(
         vols = {}
         views = {}
         for bar in bars:
-            s = s_symbols[bar.symbol]
+            s = s_symbols.get(bar.symbol)
+            if s is None:  # forgotten (state cap) since its bar was cut in this cycle: the bar stands alone
+                continue
             ev = on_bar(s, bar, s_params)
             if ev is not None:
                 signals.append(ev)

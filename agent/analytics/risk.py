@@ -19,6 +19,7 @@ from datetime import timedelta
 
 import csp
 from csp import ts
+from edgewatch.agent.analytics.states import RecentStates
 from edgewatch.agent.config import RiskConfig
 from edgewatch.agent.records import Event, Pnl, Position, Quote, Trade, make_event
 
@@ -37,11 +38,12 @@ class Book:
 
     __slots__ = ("positions", "prices", "traded", "vols", "pnl", "hwm", "armed")
 
-    def __init__(self):
-        self.positions = {}
-        self.prices = {}
-        self.traded = set()  # symbols whose price comes from a trade (quotes no longer override it)
-        self.vols = {}
+    def __init__(self, max_symbols: int = 10_000):
+        # per symbol, each bounded: positions and prices arrive from anyone who can publish
+        self.positions = RecentStates(max_symbols, "risk_positions")
+        self.prices = RecentStates(max_symbols, "risk_prices")
+        self.traded = RecentStates(max_symbols, "risk_traded")  # symbols priced by trades (quotes no longer override)
+        self.vols = RecentStates(max_symbols, "risk_vols")
         self.pnl = None
         self.hwm = None
         self.armed = dict.fromkeys(CHECKS, True)
@@ -117,6 +119,7 @@ def risk_checks(
     pnl: ts[list[Pnl]],
     vols: ts[dict],
     cfg: RiskConfig,
+    max_symbols: int = 10_000,
 ) -> csp.Outputs(events=ts[list[Event]], limits=ts[dict]):
     """Keep the book current from every input; check it on position/P&L updates and on the timer.
 
@@ -124,7 +127,7 @@ def risk_checks(
     with csp.alarms():
         a_check = csp.alarm(bool)
     with csp.state():
-        s_book = Book()
+        s_book = Book(max_symbols)
         s_interval = timedelta(seconds=cfg.check_interval) if cfg.check_interval > 0 else None
     with csp.start():
         if s_interval is not None:
@@ -140,7 +143,7 @@ def risk_checks(
     if csp.ticked(trades):
         for t in trades:
             book.prices[t.symbol] = t.price
-            book.traded.add(t.symbol)
+            book.traded[t.symbol] = True
             if book.positions.get(t.symbol):  # a held symbol's price moved: exposure changed at data time
                 when = t.ts if when is None or t.ts > when else when
     if csp.ticked(vols):

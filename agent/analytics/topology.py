@@ -70,7 +70,7 @@ def market_graph(
     check_market(cfg.market)  # a bad key fails here, at wiring, not inside the running engine
     alerts = price_alerts(trades, cfg.market)
     market = market_analytics(trades, sentiment, cfg.market)
-    risk = risk_checks(trades, quotes, positions, pnl, market.vols, cfg.risk)
+    risk = risk_checks(trades, quotes, positions, pnl, market.vols, cfg.risk, cfg.market.max_symbols)
     return csp.output(events=merge_events([alerts, market.signals, risk.events]), bars=market.bars,
                       views=market.views, limits=risk.limits)
 
@@ -91,6 +91,7 @@ def analytics(
     parts = [sensor_graph(sensors, cfg), news_out.events, market.events]
     if cfg.advisor.enabled:
         check_advisor(cfg.advisor)  # a bad key fails here, at wiring, not inside the running engine
-        parts.append(advisor(news_out.events, news_out.sentiment, market.views, market.limits, cfg.advisor))
+        parts.append(advisor(news_out.events, news_out.sentiment, market.views, market.limits, cfg.advisor,
+                             cfg.market.max_symbols))
     events = merge_events(parts)
     return csp.output(events=events, bars=market.bars)

@@ -161,6 +161,10 @@ class Service:
     def heartbeat(self) -> None:
         """Engine thread, every BEAT_EVERY (after `hb` itself beat): readiness is checked here."""
         metrics.ENGINE_HEARTBEAT.set(time.time())
+        unacked, age = self.manager.unacked(utcnow())
+        metrics.UNACKED.set(unacked)
+        metrics.UNACKED_AGE.set(age)
+        metrics.WRITER_BACKLOG_AGE.set(self.writer.backlog_age())
         if not self.ready.is_set() and self.link.connected.is_set() and self.writer_alive():
             self.on_ready()
 
@@ -176,12 +180,25 @@ class Service:
         return self.writer._thread.is_alive()
 
     def health(self) -> dict:
-        """For the /health endpoint: the engine beats, the broker is there, the writer runs."""
-        return {"ok": self.hb.fresh() and self.writer_alive() and not self.link.refused,
-                "engine_heartbeat_age": round(self.hb.age(), 3),
-                "mqtt_connected": self.link.connected.is_set(), "ready": self.ready.is_set(),
-                "subscriptions_refused": dict(self.link.refused),
-                "outbox_inflight": self.outbox.backlog(), "writer_pending_rows": self.writer.pending_rows}
+        """For the /health endpoint: the engine beats, the writer runs and keeps up, the broker granted every
+        input subscription, and every message it delivered is acknowledged within `mqtt.ack_deadline`;
+        `failing` names what does not hold."""
+        unacked, unacked_age = self.manager.unacked(utcnow())
+        backlog, backlog_age = self.writer.pending_rows, self.writer.backlog_age()
+        store = self.cfg.store
+        checks = {
+            "engine_heartbeat": self.hb.fresh(),
+            "writer_alive": self.writer_alive(),
+            "writer_backlog": backlog <= store.max_backlog_rows and backlog_age <= store.max_backlog_age,
+            "subscriptions": not self.link.refused,
+            "acknowledgements": unacked_age <= self.cfg.mqtt.ack_deadline,
+        }
+        return {"ok": all(checks.values()), "failing": [name for name, ok in checks.items() if not ok],
+                "engine_heartbeat_age": round(self.hb.age(), 3), "mqtt_connected": self.link.connected.is_set(),
+                "ready": self.ready.is_set(), "subscriptions_refused": dict(self.link.refused),
+                "outbox_inflight": self.outbox.backlog(),
+                "writer_pending_rows": backlog, "writer_backlog_age": round(backlog_age, 3),
+                "unacked_messages": unacked, "oldest_unacked_age": round(unacked_age, 3)}
 
     # -- life cycle ---------------------------------------------------------------------------
     def request_stop(self, *_sig) -> None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import collections
 import functools
 import threading
+import time
 
 from edgewatch.agent.ingest.mqtt import Link
 from edgewatch.agent.ops import metrics
@@ -28,7 +29,11 @@ from edgewatch.common.logs import get
 log = get("edgewatch.agent.eventlog.outbox")
 
 PAGE = 1000  # unpublished rows read per query while draining the backlog
-MAX_INFLIGHT = 20_000  # unacknowledged publishes at most: paho's message ids wrap at 65535
+# unacknowledged event publishes at most; the rest waits in the log. Small on purpose: the broker reads our
+# packets in order, so every event in flight can sit ahead of an input PUBACK on the wire (a restarted agent
+# once queued its whole unpublished backlog there, and the broker's receive window for us stayed full)
+MAX_INFLIGHT = 256
+RETRY_MIN, RETRY_MAX = 1.0, 60.0  # seconds before republishing after the broker refused a message (doubling)
 
 
 def payload(row: dict) -> bytes:
@@ -53,12 +58,18 @@ class Outbox:
         self._bars_backlog = True
         self._acked: collections.deque[int] = collections.deque()  # mids, appended by paho's thread
         self._unresolved: list[int] = []
+        self._marking: set[int] = set()  # acknowledged events whose published mark is not committed yet
+        self._refused: collections.deque[int] = collections.deque()  # mids the broker refused (PUBACK >= 0x80)
+        self._retry_delay = 0.0  # back-off after a refusal: 0 until one happens, doubling, reset by a success
+        self._retry_at = 0.0  # monotonic time before which nothing is republished
         self._backlog = True  # something may be unpublished in the log: check on (re)connect
+        self._draining = False  # a backlog drain is under way (logged once)
         self._wake = threading.Event()
         self._closed = False
         self._thread = threading.Thread(target=self._run, name="outbox", daemon=True)
         link.on_connect.append(self.on_connect)
         link.on_published.append(self._acked.append)
+        link.on_publish_refused.append(lambda mid, reason: self._refused.append(mid))
 
     def start(self) -> None:
         self._thread.start()
@@ -87,18 +98,20 @@ class Outbox:
         """Rows published and not yet acknowledged."""
         return len(self._inflight) + len(self._bars_inflight)
 
-    def _publish(self, rows: list[dict]) -> None:
+    def _publish(self, rows: list[dict]) -> bool:
+        """Publish the rows not in flight yet; False when the window filled first (the rest waits in the log)."""
         with self._lock:
             for row in rows:
                 rid = row["id"]
                 if rid in self._inflight:
                     continue
-                if len(self._inflight) >= MAX_INFLIGHT:  # the rest waits in the log for the backlog drain
-                    self._backlog = True
-                    break
+                if len(self._inflight) >= MAX_INFLIGHT or time.monotonic() < self._retry_at:
+                    self._backlog = True  # the rest waits in the log for the backlog drain
+                    return False
                 mid = self.link.publish(f"{self.prefix}/{row['kind']}/{row['key']}", payload(row))
                 self._inflight[rid] = mid
                 self._by_mid[mid] = rid
+        return True
 
     def _publish_bars(self) -> None:
         """Outbox thread: the log's unpublished bars not already in flight, oldest first, one page per call."""
@@ -120,6 +133,7 @@ class Outbox:
         if not mids:
             return 0
         ids, bar_ids, self._unresolved = [], [], []
+        self._take_refusals()
         with self._lock:
             for mid in mids:
                 if not (_resolve(mid, self._by_mid, self._inflight, ids)
@@ -128,6 +142,10 @@ class Outbox:
         if len(self._unresolved) > 65535:  # acks for messages we never sent (status, dead letters)
             self._unresolved.clear()
         self._bars_marking.update(bar_ids)
+        with self._lock:
+            self._marking.update(ids)
+        if ids or bar_ids:
+            self._retry_delay = 0.0  # the broker takes messages again
         for table, done in (("events", ids), ("bars", bar_ids)):
             if not done:
                 continue
@@ -143,18 +161,35 @@ class Outbox:
         try:
             self.store.mark_published(ids, table)
         finally:  # marked, or else unmarked in the log: the next drain may send it again (at least once)
-            self._bars_marking.difference_update(ids)
+            with self._lock:
+                (self._marking if table == "events" else self._bars_marking).difference_update(ids)
+
+    def _take_refusals(self) -> None:
+        """Refused publishes leave flight unmarked; the drain sends them again after a doubling back-off."""
+        if not self._refused:
+            return
+        with self._lock:
+            while self._refused:
+                mid = self._refused.popleft()
+                for by_mid, inflight in ((self._by_mid, self._inflight), (self._bar_by_mid, self._bars_inflight)):
+                    rid = by_mid.pop(mid, None)
+                    if rid is not None and inflight.get(rid) == mid:
+                        del inflight[rid]
+        self._retry_delay = min(RETRY_MAX, max(RETRY_MIN, 2 * self._retry_delay))
+        self._retry_at = time.monotonic() + self._retry_delay
+        self._backlog = self._bars_backlog = True
+        log.warning("outbox_publish_refused_retry", seconds=self._retry_delay)
 
     def _drain_backlog(self) -> None:
         """Republish unpublished rows that are not already in flight, one page per call."""
         rows = self.store.unpublished(limit=PAGE)
         with self._lock:
-            fresh = [r for r in rows if r["id"] not in self._inflight]
-        if fresh:
-            log.info("outbox_republish", rows=len(fresh))
-            self._publish(fresh)
-        if len(rows) < PAGE:
-            self._backlog = False
+            fresh = [r for r in rows if r["id"] not in self._inflight and r["id"] not in self._marking]
+        if fresh and not self._draining:  # once per backlog: the drain runs a page per round until it is done
+            self._draining = True
+            log.info("outbox_republish", rows=len(rows), more=len(rows) == PAGE)
+        if self._publish(fresh) and len(rows) < PAGE:
+            self._backlog = self._draining = False
 
     def _run(self) -> None:
         while not self._closed:
@@ -162,9 +197,10 @@ class Outbox:
             self._wake.clear()
             try:
                 self._mark_acked()
-                if self._backlog and self.link.connected.is_set():
+                ready = self.link.connected.is_set() and time.monotonic() >= self._retry_at
+                if self._backlog and ready:
                     self._drain_backlog()
-                if self._bars_backlog and self.link.connected.is_set():
+                if self._bars_backlog and ready:
                     self._publish_bars()
             except Exception:  # noqa: BLE001 - the log may be briefly locked; retry next round
                 log.exception("outbox_error")

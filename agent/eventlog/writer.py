@@ -6,6 +6,7 @@ database refuses is written alone, cleaned if it can be, and logged in full if n
 
 from __future__ import annotations
 
+import collections
 import queue
 import threading
 import time
@@ -92,6 +93,8 @@ class StoreWriter:
         self._checkpointer = (threading.Thread(target=self._checkpoints, name="store-checkpoint", daemon=True)
                               if store.checkpoint_in_background else None)
         self._stopped = threading.Event()
+        self._submitted_at: collections.deque[float] = collections.deque()  # monotonic, per uncommitted item
+        self._deadline: float | None = None  # set by close(): past it, what is left is shed, not written
         # observable state, for metrics and health
         self.pending_rows = 0  # submitted, not yet committed
         self.commits = 0
@@ -114,16 +117,21 @@ class StoreWriter:
         """Queue rows for the next transaction; `on_durable` runs once they are committed. Never blocks."""
         item = _Item(list(events), list(dead_letters), list(bars), on_durable)
         with self._lock:
+            self._submitted_n += 1
+            self.pending_rows += len(item)
+            self._submitted_at.append(time.monotonic())
             if not self._closed:
-                self._submitted_n += 1
-                self.pending_rows += len(item)
                 self._queue.put(item)
                 return
         log.error("store_submit_after_close", rows=len(item))  # the service is stopping: write it here
-        with self._lock:
-            self._submitted_n += 1
-            self.pending_rows += len(item)
         self._write_batch([item])
+
+    def backlog_age(self) -> float:
+        """Seconds the oldest uncommitted submission has waited; 0 when everything is committed."""
+        try:
+            return max(0.0, time.monotonic() - self._submitted_at[0])
+        except IndexError:
+            return 0.0
 
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until everything submitted so far is committed; False on timeout."""
@@ -132,14 +140,19 @@ class StoreWriter:
             return self._committed.wait_for(lambda: self._done_n >= target, timeout)
 
     def close(self, timeout: float = 5.0) -> None:
-        """Drain everything, commit, stop the thread."""
+        """Commit what was submitted, for at most `timeout` seconds; then shed the rest (logged) and stop.
+
+        Shed rows are never acknowledged to the broker (their `on_durable` does not run), so the input
+        messages behind them are redelivered next session and their events logged then.
+        """
         with self._lock:
             if self._closed:
                 return
             self._closed = True
+            self._deadline = time.monotonic() + timeout
         self._queue.put(_STOP)
         if self._thread.is_alive():
-            self._thread.join(timeout)
+            self._thread.join(timeout + 1.0)  # the deadline is checked between transactions: one may be running
             if self._thread.is_alive():
                 log.error("store_writer_close_timeout", pending_rows=self.pending_rows, timeout=timeout)
         self._stopped.set()
@@ -184,11 +197,32 @@ class StoreWriter:
                     item = self._queue.get_nowait()
                 except queue.Empty:
                     item = None
+            if batch and self._deadline is not None and time.monotonic() >= self._deadline:
+                self._shed(batch, stopping)
+                return
             if batch:
                 self._write_batch(batch)
             if any(self.retention) and time.monotonic() >= next_retention:
                 self._retain()
                 next_retention = time.monotonic() + self.retention_every
+
+    def _shed(self, batch: list[_Item], stopped: bool) -> None:
+        """Past the stop deadline: drop `batch` and everything queued behind it, saying how much."""
+        while not stopped:
+            item = self._queue.get()
+            stopped = item is _STOP
+            if not stopped:
+                batch.append(item)
+        rows = sum(map(len, batch))
+        unacked = sum(it.on_durable is not None for it in batch)
+        log.error("store_writer_shed", rows=rows, submissions=len(batch), input_batches_unacknowledged=unacked,
+                  hint="not committed before the stop deadline; their input messages are redelivered next start")
+        with self._lock:
+            self.pending_rows -= rows
+            self._done_n += len(batch)
+            for _ in batch:
+                self._submitted_at.popleft()
+            self._committed.notify_all()
 
     def _write_batch(self, batch: list[_Item]) -> None:
         t0 = time.perf_counter()
@@ -244,7 +278,16 @@ class StoreWriter:
         rows = sum(map(len, batch))
         self.commits += rows > 0
         self.rows_written += rows
-        if new and self.on_commit is not None:  # events out first: acknowledgements are nobody's latency
+        # acknowledgements before events: a broker reads each client's packets in order (Mosquitto one per
+        # turn of its loop, a full save between turns when it persists every change), so PUBACKs queued
+        # behind event publishes keep the receive window shut and the broker stops delivering to us
+        for it in batch:
+            if it.on_durable is not None:
+                try:
+                    it.on_durable()
+                except Exception:  # noqa: BLE001
+                    log.exception("store_on_durable_failed")
+        if new and self.on_commit is not None:
             try:
                 self.on_commit(new)
             except Exception:  # noqa: BLE001
@@ -254,15 +297,11 @@ class StoreWriter:
                 self.on_bars()
             except Exception:  # noqa: BLE001
                 log.exception("store_on_bars_failed")
-        for it in batch:
-            if it.on_durable is not None:
-                try:
-                    it.on_durable()
-                except Exception:  # noqa: BLE001
-                    log.exception("store_on_durable_failed")
         with self._lock:
             self.pending_rows -= rows
             self._done_n += len(batch)
+            for _ in batch:
+                self._submitted_at.popleft()
             self._committed.notify_all()
 
     def _retain(self) -> None:

@@ -21,6 +21,7 @@ import socket
 import struct
 import threading
 import time
+from datetime import datetime
 
 import csp
 import paho.mqtt.client as mqtt
@@ -265,7 +266,8 @@ class MqttAdapterManager:
         self.capture = capture  # ingest.capture.CaptureWriter or None
         self.ring = ring  # ingest.ring.ReadingRing for the status page, or None
         self._group = PushGroup()
-        self._pending: collections.OrderedDict[int, tuple] = collections.OrderedDict()  # seq -> (count, mids)
+        self._pending: collections.OrderedDict[int, tuple] = collections.OrderedDict()  # seq -> (count, mids, first)
+        self._pending_count = 0  # messages in `_pending`
         self._lock = threading.Lock()
         self._durable = threading.Condition(self._lock)
         self.durable_seq = 0
@@ -287,9 +289,10 @@ class MqttAdapterManager:
         with self._lock:
             ready, done = [], 0
             while self._pending and next(iter(self._pending)) <= mark.seq:
-                count, mids = self._pending.popitem(last=False)[1]
+                count, mids, _ = self._pending.popitem(last=False)[1]
                 ready += mids
                 done += count
+            self._pending_count -= done
             self.durable_seq = max(self.durable_seq, mark.seq)
             self._durable.notify_all()
         self.link.ack(ready)
@@ -305,9 +308,28 @@ class MqttAdapterManager:
             while self.durable_seq < seq and not cancelled():
                 self._durable.wait(0.1)
 
-    def _register(self, seq: int, count: int, mids: list[int]) -> None:
+    def _register(self, seq: int, count: int, mids: list[int], first: datetime) -> None:
         with self._lock:
-            self._pending[seq] = (count, mids)
+            self._pending[seq] = (count, mids, first)
+            self._pending_count += count
+
+    def unacked(self, now: datetime) -> tuple[int, float]:
+        """(messages received but not yet acknowledged, seconds the oldest of them has waited; 0 when none).
+
+        A message waits in paho's inbox, then in a pushed batch until its events are committed. One that
+        waits past `mqtt.ack_deadline` means the pipeline is stuck or far behind: /health says so.
+        """
+        inbox = self.link.inbox
+        with self._lock:
+            count = self._pending_count
+            oldest = next(iter(self._pending.values()))[2] if self._pending else None
+        if oldest is None and inbox:
+            try:
+                oldest = inbox[0][0]
+            except IndexError:  # the pump took it meanwhile
+                pass
+        count += len(inbox)
+        return count, (max(0.0, (now - oldest).total_seconds()) if oldest is not None else 0.0)
 
     def _create(self, engine, memo):
         return _MqttAdapterManagerImpl(engine, self)
@@ -384,7 +406,7 @@ class _MqttAdapterManagerImpl(AdapterManagerImpl):
             if rep.ring is not None:
                 rep.ring.extend(sensor_ids, sensors)
         self._seq += 1
-        rep._register(self._seq, n, mids)
+        rep._register(self._seq, n, mids, first)
         with PushBatch(self._engine) as batch:
             for kind, records in lists.items():
                 if records:

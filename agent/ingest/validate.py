@@ -30,6 +30,10 @@ from edgewatch.agent.timeutil import parse_timestamp
 MAX_FUTURE = timedelta(minutes=5)  # a timestamp further ahead than this is a clock or encoding bug
 DEAD_LETTER_BYTES = 4096  # dead-letter payloads are truncated to this many bytes
 MAX_HEADLINE = 2000
+# every number a message carries is within ±MAX_VALUE: the analytics multiply two of them (price x size,
+# position x price, a value's square) and sum millions of those, and 1e15 keeps any such product or sum
+# below 1e40, far from float overflow (1.8e308), so no inf or NaN can reach an event, a bar or the log
+MAX_VALUE = 1e15
 REQUIRED_NUMERIC = frozenset(("temperature", "humidity", "pressure", "battery"))
 _METRIC_NAME = re.compile(r"[a-z][a-z0-9_]*")
 _TYPE_NAMES = {str: "string", bool: "boolean", int: "number", float: "number", list: "array", dict: "object"}
@@ -49,7 +53,7 @@ class Parsed(NamedTuple):
 
 REASON_CODES = (  # the stable classes of dead-letter reasons: a metric label and a query filter
     "not_utf8", "bad_json", "not_object", "non_finite", "bad_text", "too_large", "bad_topic", "missing_field",
-    "bad_field", "bad_timestamp", "unknown_metric", "no_metric", "internal",
+    "bad_field", "out_of_range", "bad_timestamp", "unknown_metric", "no_metric", "internal",
 )
 
 
@@ -114,20 +118,28 @@ def _clean_text(where: str, s: str) -> str:
 def _number(obj: dict, field: str, *, required: bool = True, default: float = 0.0) -> float:
     v = obj.get(field)
     t = type(v)
-    if t is float:
-        if v - v != 0.0:
-            raise Invalid("non_finite", f"field {field!r} must be a finite number, got {v!r}")
-        return v
-    if t is int:
-        try:
-            return float(v)
-        except OverflowError:
-            raise Invalid("bad_field", f"field {field!r} is out of range") from None
+    if t is float or t is int:
+        return _bounded(field, v)
     if v is None and field not in obj:
         if required:
             raise Invalid("missing_field", f"missing required field {field!r}")
         return default
     raise Invalid("bad_field", f"field {field!r} must be a number, got {_type_name(v)}")
+
+
+def _bounded(field: str, v: float | int) -> float:
+    """`v` as a float within ±MAX_VALUE (NaN and infinities included in what is refused)."""
+    if type(v) is float:
+        if v - v != 0.0:
+            raise Invalid("non_finite", f"field {field!r} must be a finite number, got {v!r}")
+    else:
+        try:
+            v = float(v)
+        except OverflowError:
+            raise Invalid("out_of_range", f"field {field!r} is out of range") from None
+    if not -MAX_VALUE <= v <= MAX_VALUE:
+        raise Invalid("out_of_range", f"field {field!r} is {v!r}, beyond the bound on numbers (±{MAX_VALUE:g})")
+    return v
 
 
 def _string(obj: dict, field: str, *, required: bool = True) -> str | None:
@@ -244,14 +256,8 @@ class Validator:
             if name == "ts":
                 continue
             t = type(v)
-            if t is float:
-                if v - v != 0.0:
-                    raise Invalid("non_finite", f"field {name!r} must be a finite number, got {v!r}")
-            elif t is int:
-                try:
-                    v = float(v)
-                except OverflowError:
-                    raise Invalid("bad_field", f"field {name!r} is out of range") from None
+            if t is float or t is int:
+                v = _bounded(name, v)
             elif name in REQUIRED_NUMERIC:
                 raise Invalid("bad_field", f"field {name!r} must be a number, got {_type_name(v)}")
             elif t is str or t is bool:

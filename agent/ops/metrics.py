@@ -61,6 +61,31 @@ LOG_WRITE_SECONDS = Histogram(
     buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0),
     registry=REGISTRY,
 )
+STATE_KEYS = Gauge(
+    "edgewatch_state_keys", "Keys (sensors, series, symbols) an analytic tracks, by state", ["state"], registry=REGISTRY
+)
+STATE_EVICTIONS = Counter(
+    "edgewatch_state_evictions_total",
+    "Longest-silent keys forgotten because a state reached its cap, by state",
+    ["state"],
+    registry=REGISTRY,
+)
+STATE_FORGOTTEN = Counter(
+    "edgewatch_sensors_forgotten_total", "Sensors forgotten after health.forget_after seconds of silence",
+    registry=REGISTRY,
+)
+UNACKED = Gauge(
+    "edgewatch_unacked_messages", "Received QoS 1 messages not yet acknowledged to the broker", registry=REGISTRY
+)
+UNACKED_AGE = Gauge(
+    "edgewatch_oldest_unacked_seconds",
+    "Age of the oldest received message not yet acknowledged (0 when none): above mqtt.ack_deadline, /health fails",
+    registry=REGISTRY,
+)
+WRITER_BACKLOG_AGE = Gauge(
+    "edgewatch_writer_backlog_age_seconds", "How long the oldest uncommitted submission has waited (0 when none)",
+    registry=REGISTRY,
+)
 MQTT_CONNECTED = Gauge("edgewatch_mqtt_connected", "1 while connected to the broker", registry=REGISTRY)
 MQTT_RECONNECTS = Counter("edgewatch_mqtt_reconnects_total", "Connections after the first", registry=REGISTRY)
 MQTT_SUBSCRIPTIONS_REFUSED = Gauge("edgewatch_mqtt_subscriptions_refused",

@@ -1,20 +1,25 @@
 """Fault tests against a real Mosquitto, QoS 1, persistent sessions, the agent as a subprocess.
 
 (a) broker SIGKILLed and restarted mid-stream, (b) agent SIGKILLed and restarted
-mid-stream, (c) broker down while events are being logged. In each: every
-reading the broker accepted is in the agent's capture record (0 lost), no
+mid-stream, (c) broker down while events are being logged, (d) the broker killed
+and then the agent, with the publisher never pausing and both cores busy. In each:
+every reading the broker accepted is in the agent's capture record (0 lost), no
 event_id twice in the log (0 duplicates), and every logged event is eventually
 acknowledged by the broker and seen by a subscriber (the outbox).
 """
 
 import json
+import subprocess
+import sys
 import threading
+import urllib.error
+import urllib.request
 import time
 import uuid
 
 import paho.mqtt.client as mqtt
 import pytest
-from edgewatch.agent.testing.plugin import AgentProcess, Mosquitto, require, wait_for
+from edgewatch.agent.testing.plugin import AgentProcess, Mosquitto, free_port, require, wait_for
 
 from .test_service import FAST, T0, captured, event_rows, stop_within
 
@@ -45,11 +50,11 @@ def _persistent_client(broker, name: str) -> mqtt.Client:
 class Stream:
     """Readings for SENSORS at `rate` msgs/s, QoS 1; paho keeps every unacknowledged one and resends it."""
 
-    def __init__(self, broker, n: int, rate: float = 200.0, spike_every: int = 45):
+    def __init__(self, broker, n: int, rate: float = 200.0, spike_every: int = 45, sensors: tuple = SENSORS):
         self.messages = []
         for i in range(n):
-            sensor = SENSORS[i % len(SENSORS)]
-            k = i // len(SENSORS)
+            sensor = sensors[i % len(sensors)]
+            k = i // len(sensors)
             value = 95.0 if k % spike_every == spike_every - 1 else 20.0 + 0.01 * (k % 7)
             self.messages.append((f"sensors/{sensor}", json.dumps({"ts": T0 + k, "temperature": value})))
         self.rate = rate
@@ -181,5 +186,92 @@ def test_broker_down_while_events_are_logged(broker, tmp_path):
         broker.restart()
         check_delivery(agent, stream, collector)
     finally:
+        collector.close()
+        assert stop_within(agent) == 0, agent.log_tail()
+
+
+@pytest.fixture
+def busy_cores():
+    """Two busy-loop processes: the agent, the broker and the publisher compete for both cores."""
+    procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2)]
+    yield
+    for p in procs:
+        p.kill()
+        p.wait()
+
+
+class Witness:
+    """A persistent QoS 1 subscriber to the readings: what the broker really delivered (a SIGKILLed broker
+    can lose a reading it acknowledged just before dying; nobody receives those)."""
+
+    def __init__(self, broker):
+        self.readings = set()
+        self.client = _persistent_client(broker, "witness")
+        self.client.on_connect = lambda c, u, f, rc, p: c.subscribe("sensors/#", qos=1)
+        self.client.on_message = lambda c, u, m: self.readings.add((m.topic, m.payload.decode()))
+        self.client.connect_async(broker.host, broker.port)
+        self.client.loop_start()
+        wait_for(self.client.is_connected, 10, what="witness connected")
+
+    def settled(self, quiet: float = 2.0) -> bool:
+        """No new reading for `quiet` seconds."""
+        n = len(self.readings)
+        time.sleep(quiet)
+        return len(self.readings) == n
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def _health(port: int) -> dict:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
+            return json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return json.loads(e.read())
+
+
+@pytest.mark.parametrize("run", range(5))
+def test_broker_then_agent_killed_without_pause_loses_nothing(broker, tmp_path, busy_cores, run):
+    """The broker is SIGKILLed mid-stream and restarted 1.5 s later, then the agent is SIGKILLed and restarted
+    2 s after that; the publisher (4 sensors, 800/s) never pauses. The restarted agent gets a burst of
+    redeliveries and republishes its unpublished events: its acknowledgements must still reach the broker,
+    or the receive window (small here, so a stall shows within the stream) stays full and the rest of the
+    stream never arrives. Every reading the broker delivered is captured, and /health ends healthy with
+    nothing left unacknowledged."""
+    port = free_port()
+    settings = {**FAST, "health": {"interval": 3600.0},  # events: anomalies, not a health report per reading
+                "mqtt": {"receive_maximum": 400, "ack_deadline": 60.0}, "metrics": {"listen": f"127.0.0.1:{port}"}}
+    agent = AgentProcess(broker, tmp_path / "agent", settings, protocol="5").start()
+    agent.wait_ready(broker, timeout=60)
+    witness = Witness(broker)
+    collector = Collector(broker)
+    stream = Stream(broker, 2000, rate=800, sensors=("f1", "f2", "f3", "f4")).start()
+    try:
+        wait_for(lambda: len(stream.mids) >= 600, 30, what="a third of the stream published")
+        broker.kill()
+        time.sleep(1.5)
+        broker.restart()
+        wait_for(lambda: agent.log_tail(100_000).count("mqtt_connected") >= 2, 30, what="agent reconnected")
+        agent.kill()
+        time.sleep(2.0)
+        agent.start()
+        stream.wait_acked(timeout=120)
+        wait_for(witness.settled, 90, what="the witness's deliveries settled")
+        delivered = set(witness.readings)
+        missing = lambda: delivered - {(c["topic"], c["payload"]) for c in captured(agent)}  # noqa: E731
+        try:
+            wait_for(lambda: not missing(), 60, what="every delivered reading captured")
+        except TimeoutError as e:
+            order = {m: i for i, m in enumerate(stream.messages)}
+            lost = sorted(order[m] for m in missing())
+            raise AssertionError(f"{len(lost)} delivered readings never captured (indexes {lost[:3]}..{lost[-3:]})\n"
+                                 + agent.log_tail()) from e
+        wait_for(lambda: (h := _health(port))["ok"] and h["unacked_messages"] == 0, 30,
+                 what="/health ok with every delivery acknowledged")
+        wait_for(lambda: all(r["published_at"] for r in event_rows(agent)), 60, what="every logged event published")
+    finally:
+        witness.close()
         collector.close()
         assert stop_within(agent) == 0, agent.log_tail()

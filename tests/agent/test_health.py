@@ -12,6 +12,7 @@ import csp
 import pytest
 from edgewatch.agent.analytics.health import parse_bands, parse_ranges, sensor_health
 from edgewatch.agent.config import ConfigError, HealthConfig, MaintenanceConfig
+from edgewatch.agent.ops import metrics
 from edgewatch.agent.records import MetricScore, SensorReading, event_id
 from edgewatch.agent.testing.plugin import require
 
@@ -126,9 +127,9 @@ def test_stale_sensor_is_flagged_by_the_timer_and_cleared_when_it_returns():
     # found by the engine-time sweep, stamped when the data went stale: stale_factor x interval after the last
     # reading; cleared by the reading
     assert flags[0].ts == at(49 + 10) and flags[1].ts == at(200)
-    # while silent, its health is reported from that moment on, every interval, with freshness 0
+    # its health is reported once, at that moment, with freshness 0; then nothing while it stays silent
     silent = [e for e in evs if e.kind == "health" and e.data["why"] == "stale"]
-    assert [e.ts for e in silent] == [at(59), at(119), at(179)]
+    assert [e.ts for e in silent] == [at(59)]
     assert all(e.data["components"]["freshness"] == 0.0 and e.data["band"] == "poor" for e in silent)
     assert silent[0].event_id == event_id("health", "a/1", at(59), "stale")
     # ... without moving the band the readings drive: no crossing back when it returns, only the flag clears
@@ -213,3 +214,32 @@ def test_bad_health_and_market_keys_fail_when_the_graphs_are_wired():
     with pytest.raises(ConfigError, match="market.bar_interval"):
         csp.build_graph(market_graph, csp.null_ts(list[Trade]), csp.null_ts(list[Quote]), csp.null_ts(list[Position]),
                         csp.null_ts(list[Pnl]), csp.null_ts(list[Sentiment]), cfg)
+
+
+def test_a_silent_fleet_is_reported_once_then_forgotten():
+    """Every dead sensor: one stale flag and one health report, then silence; forgotten after forget_after."""
+    h = HealthConfig(interval=60.0, stale_factor=10.0, stale_min=5.0, forget_after=3600.0)
+    fleet = [r for i in range(20) for r in healthy(f"dead/{i}", 10)]
+    evs = run_health(fleet, h=h, end=4000)
+    per_sensor = {}
+    for e in evs:
+        if e.key.startswith("dead/"):
+            per_sensor.setdefault(e.key, []).append((e.kind, e.data.get("why") or e.data.get("state")))
+    assert len(per_sensor) == 20
+    assert all(v == [("maintenance", "raised"), ("health", "stale")] for v in per_sensor.values()), per_sensor
+    # forgotten after an hour of silence: a sensor that comes back later starts afresh (no "cleared" flag)
+    back = run_health(fleet + healthy("dead/0", 5, start=4000), h=h, end=4010)
+    assert not [e for e in back if e.key == "dead/0" and e.kind == "maintenance" and e.data["state"] == "cleared"]
+    kept = run_health(fleet + healthy("dead/0", 5, start=3000), h=h, end=3010)  # back before the horizon
+    assert [e for e in kept if e.key == "dead/0" and e.kind == "maintenance" and e.data["state"] == "cleared"]
+
+
+def test_sensor_cap_forgets_the_longest_silent_and_counts_it():
+    h = HealthConfig(interval=3600.0, max_sensors=5)
+    before = metrics.REGISTRY.get_sample_value("edgewatch_state_evictions_total", {"state": "health"}) or 0.0
+    rs = [reading(f"s/{i}", float(i), temperature=21.0) for i in range(12)]
+    rs += [reading("s/11", 12.0 + i, temperature=21.0 + 0.01 * i) for i in range(40)]
+    run_health(rs, h=h, end=60)
+    after = metrics.REGISTRY.get_sample_value("edgewatch_state_evictions_total", {"state": "health"})
+    assert after - before == 7  # 12 sensors through a cap of 5
+    assert metrics.REGISTRY.get_sample_value("edgewatch_state_keys", {"state": "health"}) == 5

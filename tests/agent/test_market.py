@@ -285,3 +285,29 @@ def test_a_trade_arriving_within_the_grace_still_counts_in_its_own_bar():
 def test_a_trade_later_than_the_grace_joins_the_next_bar_and_never_reopens_a_cut_one():
     bars = [b for _, b in bars_when_delivered(1.6)]
     assert [(b.start, b.trades, b.close) for b in bars] == [(at(0), 1, 10.0), (at(1), 1, 11.0)]
+
+
+# --- bounds ---------------------------------------------------------------------------------------------------
+
+def test_numbers_at_the_input_bound_keep_bars_and_signals_finite():
+    """The largest values validation lets through (±1e15): price x size and the volume sums stay finite."""
+    trades = [trade("BIG", i * 0.3, 1e15, 1e15) for i in range(40)] + [trade("BIG", 13.0, 1e-6, 1e15)]
+    out = run_market(trades, end=20.0)
+    assert out["bars"]
+    for bar in out["bars"]:
+        assert all(math.isfinite(v) for v in (bar.open, bar.high, bar.low, bar.close, bar.volume, bar.vwap))
+    for e in out.get("signals", []):
+        assert all(math.isfinite(v) for v in e.data.values() if isinstance(v, float))
+
+
+def test_symbol_cap_forgets_the_longest_silent_symbol():
+    from edgewatch.agent.ops import metrics
+
+    def evictions(state: str) -> float:
+        return metrics.REGISTRY.get_sample_value("edgewatch_state_evictions_total", {"state": state}) or 0.0
+
+    before = evictions("market"), evictions("price_alerts")
+    trades = [trade(f"S{i}", i * 0.01, 10.0) for i in range(50)]
+    run_market(trades, cfg=MarketConfig(max_symbols=8), end=5.0)
+    run_alerts(trades, MarketConfig(max_symbols=8))
+    assert (evictions("market") - before[0], evictions("price_alerts") - before[1]) == (42, 42)

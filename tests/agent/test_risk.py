@@ -123,3 +123,20 @@ def test_breach_held_on_the_timer_is_not_repeated():
 
 def test_no_input_no_events():
     assert run_risk(RiskConfig()) == []
+
+
+def test_pnl_at_the_input_bound_gives_a_finite_drawdown():
+    """P&L +1e15 then -1e15 (the largest validation accepts): a finite drawdown, not inf."""
+    evs = run_risk(only({"max_drawdown": 1000.0}), pnl=pnl_series([1e15, -1e15]))
+    assert [e.data["value"] for e in evs] == [2e15]
+
+
+def test_symbol_cap_bounds_the_book():
+    from edgewatch.agent.analytics.risk import Book
+
+    book = Book(max_symbols=4)
+    for i in range(20):
+        book.positions[f"S{i}"] = 1.0
+        book.prices[f"S{i}"] = 10.0
+    assert list(book.positions) == ["S16", "S17", "S18", "S19"] and len(book.prices) == 4
+    assert book.figures(RiskConfig())[0]["gross_exposure"] == 40.0

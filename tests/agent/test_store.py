@@ -452,3 +452,38 @@ def test_mqtt_payloads_are_the_logs_strict_json(store):
     sent = json.loads(payload(new), parse_constant=refuse)
     assert sent == store.events()[0]
     assert sent["data"] == {"i": 1, "x": "nan", "big": "-inf"}
+
+
+def test_close_sheds_what_it_cannot_commit_before_its_deadline_and_says_so(store):
+    """A stop must end within the unit's stop timeout: past the deadline the rest is dropped, logged, and never
+    acknowledged (its input is redelivered next start)."""
+    from structlog.testing import capture_logs
+
+    release = threading.Event()
+    durable = []
+    writer = StoreWriter(store, batch_size=10)
+    writer.submit(events=[ev(0)], on_durable=lambda: (durable.append(0), release.wait(5)))  # a slow commit
+    for i in range(1, 50):
+        writer.submit(events=[ev(i * 10 + j) for j in range(10)], on_durable=lambda i=i: durable.append(i))
+    writer.start()
+    threading.Timer(1.0, release.set).start()
+    t0 = time.monotonic()
+    with capture_logs() as logs:
+        writer.close(timeout=0.5)
+    assert time.monotonic() - t0 < 3.0
+    [shed] = [e for e in logs if e["event"] == "store_writer_shed"]
+    assert shed["rows"] + count(store) == 491 and shed["input_batches_unacknowledged"] == 49 - (len(durable) - 1)
+    assert durable == list(range(len(durable))) and writer.pending_rows == 0 and writer.backlog_age() == 0.0
+
+
+def test_backlog_age_is_the_wait_of_the_oldest_uncommitted_submission(store):
+    writer = StoreWriter(store)
+    assert writer.backlog_age() == 0.0
+    writer.submit(events=[ev(1)])
+    time.sleep(0.2)
+    writer.submit(events=[ev(2)])
+    assert writer.backlog_age() >= 0.2 and writer.pending_rows == 2
+    writer.start()
+    assert writer.flush(5)
+    assert writer.backlog_age() == 0.0
+    writer.close()

@@ -6,7 +6,7 @@ from datetime import datetime
 
 import pytest
 from edgewatch.agent.config import Config
-from edgewatch.agent.ingest.validate import REASON_CODES, Parsed, parse
+from edgewatch.agent.ingest.validate import MAX_VALUE, REASON_CODES, Parsed, parse
 from edgewatch.agent.records import (
     DeadLetter,
     Headline,
@@ -256,7 +256,7 @@ def test_never_raises_on_any_json(prefix, obj):
 
 
 _metric = st.from_regex(r"[a-z][a-z0-9_]{0,12}", fullmatch=True).filter(lambda n: n != "ts")
-_finite = st.floats(allow_nan=False, allow_infinity=False) | st.integers(-(10**15), 10**15)
+_finite = st.floats(-MAX_VALUE, MAX_VALUE) | st.integers(-(10**15), 10**15)  # within the bound on numbers
 
 
 @settings(max_examples=300, deadline=None)
@@ -295,3 +295,21 @@ def test_valid_generated_market_and_news_are_accepted(symbol, price, size, sprea
     ]:
         r = parse(topic, json.dumps(obj).encode(), NOW, CFG)
         assert isinstance(r, Parsed), (topic, r)
+
+
+@pytest.mark.parametrize(("topic", "obj", "field"), [
+    ("market/X/trade", {"price": 1e308, "size": 1e308}, "price"),
+    ("market/X/trade", {"price": 10.0, "size": 2e15}, "size"),
+    ("market/X/quote", {"bid": 1.0, "ask": 1e300}, "ask"),
+    ("portfolio/positions", {"symbol": "X", "quantity": -(10**16)}, "quantity"),
+    ("portfolio/pnl", {"pnl": 1e308}, "pnl"),
+    ("sensors/s1", {"temperature": 20.0, "counter": 1e200}, "counter"),
+])
+def test_numbers_beyond_the_bound_are_dead_letters_with_the_reason(topic, obj, field):
+    """Finite but huge numbers would overflow downstream (price x size, P&L sums): refused at the door."""
+    r = parse(topic, json.dumps(obj).encode(), NOW, CFG)
+    assert isinstance(r, DeadLetter), r
+    assert f"field {field!r}" in r.reason and "beyond the bound on numbers" in r.reason
+    assert r.code == "out_of_range"
+    edge = {k: (MAX_VALUE if v == obj[field] else v) for k, v in obj.items()}
+    assert isinstance(parse(topic, json.dumps(edge).encode(), NOW, CFG), Parsed)  # the bound itself is fine
