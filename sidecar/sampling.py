@@ -23,6 +23,7 @@ class SamplingParams:
     stop: tuple[str, ...] = ()
     seed: int | None = None
     ignore_eos: bool = False  # end-of-text is then an ordinary token (vLLM's meaning)
+    logprobs: int | None = None  # report each token's log-probability and this many alternatives' (None: off)
 
 
 def sample(logits: np.ndarray, params: SamplingParams, rng: np.random.Generator) -> int:
@@ -44,6 +45,16 @@ def sample(logits: np.ndarray, params: SamplingParams, rng: np.random.Generator)
         kept[keep] = probs[keep]
         probs = kept / kept.sum()
     return int(rng.choice(probs.shape[0], p=probs))
+
+
+def token_logprobs(logits: np.ndarray, token: int, top: int) -> tuple[int, float, list[tuple[int, float]]]:
+    """(token, its log-probability, the `top` most likely tokens with theirs), under the model's own
+    distribution (before temperature and cuts, as OpenAI reports them)."""
+    z = logits.astype(np.float64)
+    logp = z - (z.max() + np.log(np.exp(z - z.max()).sum()))
+    best = np.argpartition(-logp, top)[:top] if 0 < top < logp.shape[0] else np.arange(logp.shape[0])[:top]
+    best = best[np.argsort(-logp[best])]
+    return token, float(logp[token]), [(int(i), float(logp[i])) for i in best]
 
 
 def find_stop(text: str, stops: tuple[str, ...]) -> int | None:

@@ -37,6 +37,13 @@ async def authorize(request: Request) -> None:  # async: a sync dependency would
                        {"WWW-Authenticate": "Bearer"})
 
 
+def require_model(asked: str | None, engine) -> None:
+    """A request naming a model names the one served (404 `model_not_found` otherwise, as OpenAI answers)."""
+    if asked is not None and asked != engine.name:
+        raise ApiError(404, f"the model '{asked}' does not exist; this server serves '{engine.name}'",
+                       "invalid_request_error", param="model", code="model_not_found")
+
+
 async def deadline(request: Request) -> float:
     """time.monotonic() by which the request's work must be done: `--timeout`, shortened by X-Request-Timeout."""
     timeout = sidecar(request).settings.timeout
