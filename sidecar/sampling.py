@@ -84,12 +84,17 @@ def valid_unicode(text: str) -> str:
 
 
 class TextTracker:
-    """Generated ids of one sequence → the text it has produced, its stop, and the unsent delta."""
+    """Generated ids of one sequence → the text it has produced, its stop, and the unsent delta.
+
+    Only the ids since the text last ended on a whole character are decoded again for each token (a token
+    can end mid-character), so a sequence's text costs linear time, not quadratic."""
 
     def __init__(self, decode, params: SamplingParams):
         self._decode = lambda ids: valid_unicode(decode(ids))
         self._stops = tuple(s for s in params.stop if s)
         self.ids: list[int] = []
+        self._whole = ""  # the text of the ids before `_tail`, ending on a whole character
+        self._tail: list[int] = []
         self.text = ""
         self.sent = 0
         self.stopped = False
@@ -97,7 +102,11 @@ class TextTracker:
     def add(self, token: int) -> str:
         """Append a token; return the newly streamable text (empty while held back)."""
         self.ids.append(token)
-        text = self._decode(self.ids)
+        self._tail.append(token)
+        tail = self._decode(self._tail)
+        text = self._whole + tail
+        if not tail.endswith("\ufffd"):
+            self._whole, self._tail = text, []
         cut = find_stop(text, self._stops)
         if cut is not None:
             self.stopped = True
