@@ -271,30 +271,36 @@ def classify_batches(engine: Engine, texts: list[str], sizes: tuple[int, ...] = 
     return out
 
 
-def http_generation(url: str, engine: Engine, rounds: int = 9) -> dict:
+def http_generation(url: str, pid: int, engine: Engine, rounds: int = 15) -> dict:
     """One client's non-streamed greedy completion over HTTP against the same tokens generated in process,
-    alternated each round: tokens/s of each and their ratio per round."""
+    alternated each round: tokens/s of each and their ratio per round; and, steadier on a busy machine, tokens
+    per CPU-second: the server process's (every thread, from /proc) against the in-process generation's."""
     prompt = "apple shares"
     ids = engine.encode(prompt)
     n = min(124, engine.block_size - len(ids) - 1)
     body = {"prompt": prompt, "max_tokens": n, "temperature": 0, "ignore_eos": True}
-    engine_rates, http_rates = [], []
+    rates: dict[str, list[float]] = {"engine_tok_s": [], "http_tok_s": []}
+    cpu = {"engine": 0.0, "http": 0.0}  # CPU seconds over all rounds (/proc counts in 10 ms ticks)
     with httpx.Client(base_url=url, timeout=60) as http:
         for _ in range(2):  # warm both paths
             http.post("/v1/completions", json=body).raise_for_status()
             onnx_generate(engine, ids, n)
         for _ in range(rounds):
-            t0 = time.perf_counter()
+            t0, cpu0 = time.perf_counter(), time.thread_time()
             onnx_generate(engine, ids, n)
-            engine_rates.append(n / (time.perf_counter() - t0))
-            t0 = time.perf_counter()
+            rates["engine_tok_s"].append(n / (time.perf_counter() - t0))
+            cpu["engine"] += time.thread_time() - cpu0
+            cpu0, t0 = sum(thread_cpu(pid).values()), time.perf_counter()
             r = http.post("/v1/completions", json=body)
-            http_rates.append(n / (time.perf_counter() - t0))
+            rates["http_tok_s"].append(n / (time.perf_counter() - t0))
+            cpu["http"] += sum(thread_cpu(pid).values()) - cpu0
             r.raise_for_status()
             assert r.json()["usage"]["completion_tokens"] == n
-    return {"tokens": n, "rounds": rounds, "engine_tok_s": spread(engine_rates), "http_tok_s": spread(http_rates),
-            "http_vs_engine": spread([h / e for h, e in zip(http_rates, engine_rates)]),
-            "http_vs_engine_best": round(max(http_rates) / max(engine_rates), 3)}
+    return {"tokens": n, "rounds": rounds, **{name: spread(r) for name, r in rates.items()},
+            "http_vs_engine": spread([h / e for h, e in zip(rates["http_tok_s"], rates["engine_tok_s"])]),
+            "http_vs_engine_best": round(max(rates["http_tok_s"]) / max(rates["engine_tok_s"]), 3),
+            "engine_tok_cpu_s": round(n * rounds / cpu["engine"]), "http_server_tok_cpu_s": round(n * rounds / cpu["http"]),
+            "http_vs_engine_cpu": round(cpu["engine"] / cpu["http"], 3)}
 
 
 def pct(xs: list[float], q: float) -> float:
@@ -328,7 +334,7 @@ def main() -> int:
             result["batches"] = classify_batches(engine, tweets) if tweets else {"skipped": f"{args.data} not found"}
         if "http_generation" in parts:
             with SidecarProcess(model_dir, "--threads", str(args.threads)) as sidecar:
-                result["http_generation"] = http_generation(sidecar.url, engine)
+                result["http_generation"] = http_generation(sidecar.url, sidecar.proc.pid, engine)
         if "generation" in parts:
             result["generation"] = generation(model_dir, args.tokens, args.threads, tmp)
         if "classify" in parts:
