@@ -12,7 +12,8 @@ Cached step (`cached_step`): µs a decode step costs through each engine from 64
 Classification over HTTP against `edge-sidecar serve` in its own process (so the
 load generator does not share its interpreter): one client vs 32 concurrent
 clients (texts/s), CPU per request (the server's event loop and inference thread, the load
-generator) and from it the ceiling of that ratio on this machine's cores, and p50/p99 latency of one classification from one client.
+generator) and from it the ceiling of that ratio on this machine's cores, and p50/p99 latency of one
+classification from one client.
 Headline → `news` event: the agent's realtime news graph against that sidecar.
 Batches (`batches`): in-process `Engine.classify` on 256 real tweets (the validation split of the
 financial-tweets data: `--data`, by default $SHARED_DIR/data/financial-tweets/train.csv as the tests read it;
@@ -299,7 +300,8 @@ def http_generation(url: str, pid: int, engine: Engine, rounds: int = 15) -> dic
     return {"tokens": n, "rounds": rounds, **{name: spread(r) for name, r in rates.items()},
             "http_vs_engine": spread([h / e for h, e in zip(rates["http_tok_s"], rates["engine_tok_s"])]),
             "http_vs_engine_best": round(max(rates["http_tok_s"]) / max(rates["engine_tok_s"]), 3),
-            "engine_tok_cpu_s": round(n * rounds / cpu["engine"]), "http_server_tok_cpu_s": round(n * rounds / cpu["http"]),
+            "engine_tok_cpu_s": round(n * rounds / cpu["engine"]),
+            "http_server_tok_cpu_s": round(n * rounds / cpu["http"]),
             "http_vs_engine_cpu": round(cpu["engine"] / cpu["http"], 3)}
 
 
@@ -362,7 +364,6 @@ def classify_http(model_dir: Path, args: argparse.Namespace) -> dict:
         "32_clients_p99_ms": pct(many["latencies"], 99),
         "cpu_us_per_request": {f"{k}_clients_{t}": r[f"{t}_us"] for k, r in (("1", one), ("32", many))
                                for t in ("server_main", "server_other", "client")},
-        "engine": batch_costs(Engine(model_dir, device="cpu", threads=args.threads)),
     }
     result["headline_to_news_event"] = {"n": len(news), "p50_ms": pct(news, 50), "p99_ms": pct(news, 99),
                                         "max_ms": max(news) * 1000}

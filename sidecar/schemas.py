@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 _strict = ConfigDict(strict=True, allow_inf_nan=False)
 _openai = ConfigDict(strict=True, allow_inf_nan=False, extra="forbid")
@@ -55,6 +55,13 @@ class _Generation(BaseModel):
 
     model_config = _openai
     model: str | None = Field(None, description="the served model's id (GET /v1/models); another gives 404")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _null_is_unset(cls, data):
+        """`"field": null` means the field's default, as OpenAI reads it (some clients send every field)."""
+        return {k: v for k, v in data.items() if v is not None} if isinstance(data, dict) else data
+
     max_tokens: int | None = Field(None, ge=1, le=100_000, description="default 16")
     temperature: float = Field(1.0, ge=0.0, le=2.0)
     top_k: int = Field(0, ge=0, description="0 = no top-k cut")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+import httpx
 import openai
 import pytest
 from edgewatch.sidecar.testing import wait_ready
@@ -149,3 +150,11 @@ def test_chat_without_a_user_message_is_refused(client, model):
     with pytest.raises(openai.BadRequestError) as e:
         client.chat.completions.create(model=model, messages=[{"role": "system", "content": "hi"}])
     assert e.value.param == "messages"
+
+
+def test_null_fields_mean_their_defaults(server, model):
+    body = {"model": model, "messages": [{"role": "user", "content": "tesla"}], "temperature": None, "top_p": None,
+            "n": None, "stop": None, "seed": None, "logprobs": None, "tools": None, "max_tokens": 4, "stream": None}
+    r = httpx.post(f"{server.url}/v1/chat/completions", json=body, timeout=30)
+    assert r.status_code == 200, r.text
+    assert len(r.json()["choices"]) == 1 and r.json()["usage"]["completion_tokens"] <= 4
