@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 _strict = ConfigDict(strict=True, allow_inf_nan=False)
 _openai = ConfigDict(strict=True, allow_inf_nan=False, extra="forbid")
-MAX_N = 16  # choices per request (n x prompts), as many sequences as one request may add to the decode batch
+MAX_N = 16  # choices per prompt (n); a request's n x prompts is bounded by the server's max_prompts
 
 
 class ErrorBody(BaseModel):

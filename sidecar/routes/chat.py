@@ -43,7 +43,8 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, sc: Si
     params = generation.sampling(body, body.max_completion_tokens or body.max_tokens or engine.block_size,
                                  top if body.logprobs else None)
     encoded = await generation.encode(engine, [prompt], until)
-    streams = generation.start(batcher, engine, encoded, body.n, params, until, body.stream)
+    streams = generation.start(batcher, engine, encoded, body.n, params, until, body.stream,
+                               sc.settings.max_prompts)
     frame = _Frame(engine, f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), body.logprobs)
     if body.stream:
         firsts = await generation.first_items(streams)

@@ -33,7 +33,8 @@ async def completions(body: CompletionRequest, request: Request, sc: Sidecar = D
     prompts = _prompts(body, sc.settings.max_prompts, engine.block_size)
     params = generation.sampling(body, body.max_tokens or DEFAULT_MAX_TOKENS, body.logprobs)
     encoded = await generation.encode(engine, prompts, until)
-    streams = generation.start(batcher, engine, encoded, body.n, params, until, body.stream)
+    streams = generation.start(batcher, engine, encoded, body.n, params, until, body.stream,
+                               sc.settings.max_prompts)
     echoes = [p if body.echo else "" for p in prompts for _ in range(body.n)]
     frame = _Frame(engine, f"cmpl-{uuid.uuid4().hex}", int(time.time()), echoes, body.logprobs is not None)
     if body.stream:

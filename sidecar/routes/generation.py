@@ -12,7 +12,7 @@ from typing import Protocol
 from edgewatch.sidecar.errors import BATCHER_ERRORS, ApiError, translate, unsupported
 from edgewatch.sidecar.routes.deps import require_model, tokenize
 from edgewatch.sidecar.sampling import SamplingParams
-from edgewatch.sidecar.schemas import MAX_N, Usage, _Generation
+from edgewatch.sidecar.schemas import Usage, _Generation
 
 Logprob = tuple[int, float, list[tuple[int, float]]]  # token, its log-probability, the most likely alternatives
 
@@ -47,11 +47,12 @@ async def encode(engine, texts: list[str], until: float) -> list[list[int]]:
 
 
 def start(batcher, engine, encoded: list[list[int]], n: int, params: SamplingParams, until: float,
-          stream: bool) -> list[AsyncIterator[tuple]]:
+          stream: bool, max_choices: int) -> list[AsyncIterator[tuple]]:
     """`n` sequences per prompt, in OpenAI's choice order (prompt by prompt); choice j of a seeded request is
-    seeded `seed + j`, so its choices differ and the same request gives the same choices."""
-    if n * len(encoded) > MAX_N:
-        raise ApiError(400, f"n x prompts = {n * len(encoded)}; at most {MAX_N} choices per request",
+    seeded `seed + j`, so its choices differ and the same request gives the same choices. At most
+    `max_choices` sequences per request (as many as its prompts may be)."""
+    if n * len(encoded) > max_choices:
+        raise ApiError(400, f"n x prompts = {n * len(encoded)}; at most {max_choices} choices per request",
                        "invalid_request_error", param="n")
     return [batcher.generate(ids, params if params.seed is None else dataclasses.replace(params, seed=params.seed + j),
                              min(params.max_tokens, engine.block_size - len(ids)), until, stream)

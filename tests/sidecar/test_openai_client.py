@@ -158,3 +158,9 @@ def test_null_fields_mean_their_defaults(server, model):
     r = httpx.post(f"{server.url}/v1/chat/completions", json=body, timeout=30)
     assert r.status_code == 200, r.text
     assert len(r.json()["choices"]) == 1 and r.json()["usage"]["completion_tokens"] <= 4
+
+
+def test_choices_per_request_are_bounded(client, model):
+    with pytest.raises(openai.BadRequestError) as e:
+        client.completions.create(model=model, prompt=["a", "b", "c", "d"], n=5, max_tokens=1)
+    assert e.value.param == "n" and "16" in e.value.body["message"]
