@@ -1,6 +1,7 @@
 """Sidecar speed on the same weights, in one run: generation tokens/s and classification over HTTP.
 
-    python bench/sidecar.py [--checkpoint CKPT] [--tokens 120] [--seconds 3] [--threads 1]
+    python bench/sidecar.py [--checkpoint CKPT] [--tokens 120] [--seconds 3] [--threads 1] [--data CSV]
+                            [--parts generation,classify,batches,http_generation]
 
 Generation, greedy, batch 1, one prompt, `--tokens` new tokens:
   (1) PyTorch, the nanoGPT way: the whole sequence re-run for every token;
@@ -11,9 +12,15 @@ Cached step (`cached_step`): µs a decode step costs through each engine from 64
 Classification over HTTP against `edge-sidecar serve` in its own process (so the
 load generator does not share its interpreter): one client vs 32 concurrent
 clients (texts/s), CPU per request (the server's event loop and inference thread, the load
-generator) and from it the ceiling of that ratio on this machine's cores, the engine's cost per
-text by batch size, and p50/p99 latency of one classification from one client.
+generator) and from it the ceiling of that ratio on this machine's cores, and p50/p99 latency of one
+classification from one client.
 Headline → `news` event: the agent's realtime news graph against that sidecar.
+Batches (`batches`): in-process `Engine.classify` on 256 real tweets (the validation split of the
+financial-tweets data: `--data`, by default $SHARED_DIR/data/financial-tweets/train.csv as the tests read it;
+skipped with a message when absent) by batch size, rounds interleaved, the batch-1 baseline in the same run,
+and a batch of 32 run as one padded run (how it ran before length groups) for comparison.
+HTTP generation (`http_generation`): one client's non-streamed greedy completion of ~124 tokens over HTTP
+against the same generation in process (prefill + decode steps), rounds interleaved.
 
 Without --checkpoint it measures the shipped model (model/shipped/): PyTorch runs its
 weights read back from the ONNX file (`model.export.load_exported`). With --checkpoint
@@ -37,11 +44,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import httpx  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from edgewatch.model.data import read_labelled, split  # noqa: E402
 from edgewatch.model.export import export, load_exported, torch_greedy  # noqa: E402
 from edgewatch.model.format import shipped_model_dir  # noqa: E402
 from edgewatch.sidecar.engine import Engine  # noqa: E402
 from edgewatch.sidecar.testing import SidecarProcess, without_decode_graph  # noqa: E402
 
+SHARED = Path(os.environ.get("SHARED_DIR", Path(__file__).resolve().parent.parent.parent / "shared"))
+DATA = SHARED / "data" / "financial-tweets" / "train.csv"  # the reference data, read in place (tests/conftest.py)
 TEXTS = ["$ACME upgraded to Buy at Citi, target raised", "Initech shares fall after weak guidance",
          "Hooli to present at Nomura conference", "Globex beats earnings estimates on strong demand"]
 
@@ -184,19 +194,6 @@ def ceiling(one: dict, many: dict) -> float:
     return len(os.sched_getaffinity(0)) * (1e6 / one["rate"]) / cpu
 
 
-def batch_costs(engine: Engine, sizes: tuple[int, ...] = (1, 8, 32)) -> dict:
-    """µs per text of `Engine.classify` by batch size, in process (`rates`' best round): how much a batch
-    saves per text on this CPU, the most 32 clients can gain over one beside the HTTP path."""
-    out = {}
-    for size in sizes:
-        texts = [f"{TEXTS[i % len(TEXTS)]} #{i}" for i in range(size)]
-        runs = max(10, 200 // size)
-        engine.classify(texts)
-        per_s = rates({"classify": lambda: [engine.classify(texts) for _ in range(runs)]}, runs * size)["classify"]
-        out[f"batch_{size}_us_per_text"] = 1e6 / per_s
-    return out
-
-
 def one_client_latency(url: str, n: int) -> list[float]:
     """Sequential single-text classifications with a keep-alive client (the agent's pattern)."""
     out = []
@@ -238,6 +235,76 @@ def headline_to_event(url: str, n: int) -> list[float]:
     return [(tick - e.ts).total_seconds() for tick, e in events]
 
 
+def spread(xs: list[float]) -> dict:
+    """Range and median of interleaved repeats: on a shared machine the range is the honest figure."""
+    return {"min": round(min(xs), 3), "median": round(float(np.median(xs)), 3), "max": round(max(xs), 3)}
+
+
+def real_tweets(path: Path, n: int = 256) -> list[str] | None:
+    """The first `n` tweets of the data's validation split (model.data.split), None when the file is absent."""
+    if not path.is_file():
+        print(f"bench/sidecar.py: {path} not found: skipping the batches on real tweets (give --data)",
+              file=sys.stderr)
+        return None
+    return [text for text, _ in split(read_labelled(path))[1][:n]]
+
+
+def classify_batches(engine: Engine, texts: list[str], sizes: tuple[int, ...] = (1, 8, 32), rounds: int = 7) -> dict:
+    """Texts/s of `Engine.classify_prompts` on real tweets by batch size (tokenized beforehand: the engine's
+    cost alone), every size in turn each round; `padded_32`: a batch of 32 as one padded run that also
+    copies out its keys and values, as classification ran before length groups."""
+    prompts = [engine.classification_prompt(t) for t in texts]
+    runs = {f"batch_{size}": (lambda size=size: [engine.classify_prompts(prompts[i:i + size])
+                                                 for i in range(0, len(prompts), size)]) for size in sizes}
+    runs["padded_32"] = lambda: [engine._prompts(prompts[i:i + 32], sentiment=engine._sentiment)
+                                 for i in range(0, len(prompts), 32)]
+    rates: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(rounds):
+        for name, fn in runs.items():
+            t0 = time.perf_counter()
+            fn()
+            rates[name].append(len(prompts) / (time.perf_counter() - t0))
+    lengths = [len(p) for p in prompts]
+    out = {"texts": len(prompts), "mean_tokens": round(float(np.mean(lengths)), 1), "max_tokens": max(lengths),
+           "rounds": rounds, **{f"{name}_texts_s": spread(r) for name, r in rates.items()}}
+    for name in [*(f"batch_{s}" for s in sizes if s != 1), "padded_32"]:
+        out[f"{name}_vs_batch_1"] = spread([a / b for a, b in zip(rates[name], rates["batch_1"])])
+    return out
+
+
+def http_generation(url: str, pid: int, engine: Engine, rounds: int = 15) -> dict:
+    """One client's non-streamed greedy completion over HTTP against the same tokens generated in process,
+    alternated each round: tokens/s of each and their ratio per round; and, steadier on a busy machine, tokens
+    per CPU-second: the server process's (every thread, from /proc) against the in-process generation's."""
+    prompt = "apple shares"
+    ids = engine.encode(prompt)
+    n = min(124, engine.block_size - len(ids) - 1)
+    body = {"prompt": prompt, "max_tokens": n, "temperature": 0, "ignore_eos": True}
+    rates: dict[str, list[float]] = {"engine_tok_s": [], "http_tok_s": []}
+    cpu = {"engine": 0.0, "http": 0.0}  # CPU seconds over all rounds (/proc counts in 10 ms ticks)
+    with httpx.Client(base_url=url, timeout=60) as http:
+        for _ in range(2):  # warm both paths
+            http.post("/v1/completions", json=body).raise_for_status()
+            onnx_generate(engine, ids, n)
+        for _ in range(rounds):
+            t0, cpu0 = time.perf_counter(), time.thread_time()
+            onnx_generate(engine, ids, n)
+            rates["engine_tok_s"].append(n / (time.perf_counter() - t0))
+            cpu["engine"] += time.thread_time() - cpu0
+            cpu0, t0 = sum(thread_cpu(pid).values()), time.perf_counter()
+            r = http.post("/v1/completions", json=body)
+            rates["http_tok_s"].append(n / (time.perf_counter() - t0))
+            cpu["http"] += sum(thread_cpu(pid).values()) - cpu0
+            r.raise_for_status()
+            assert r.json()["usage"]["completion_tokens"] == n
+    return {"tokens": n, "rounds": rounds, **{name: spread(r) for name, r in rates.items()},
+            "http_vs_engine": spread([h / e for h, e in zip(rates["http_tok_s"], rates["engine_tok_s"])]),
+            "http_vs_engine_best": round(max(rates["http_tok_s"]) / max(rates["engine_tok_s"]), 3),
+            "engine_tok_cpu_s": round(n * rounds / cpu["engine"]),
+            "http_server_tok_cpu_s": round(n * rounds / cpu["http"]),
+            "http_vs_engine_cpu": round(cpu["engine"] / cpu["http"], 3)}
+
+
 def pct(xs: list[float], q: float) -> float:
     return float(np.percentile(xs, q) * 1000)
 
@@ -250,37 +317,57 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=1,
                     help="intra-op threads for PyTorch, ONNX Runtime and the sidecar (1 leaves the second core "
                          "of a 2-core box to the HTTP event loop)")
+    ap.add_argument("--data", type=Path, default=DATA, help="the financial-tweets train.csv (real tweets for the "
+                                                             "batches; default: $SHARED_DIR/data/financial-tweets)")
+    ap.add_argument("--parts", default="generation,classify,batches,http_generation",
+                    help="comma-separated parts to run (default: all)")
     args = ap.parse_args()
+    parts = set(args.parts.split(","))
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         model_dir = shipped_model_dir()
         if args.checkpoint:
             model_dir = tmp / "model"
             export(args.checkpoint, model_dir, int8=True, data=tmp / "none.csv", name="bench-nanogpt")
-        result = {"bench": "sidecar", "model": str(args.checkpoint or model_dir), "threads": args.threads,
-                  "generation": generation(model_dir, args.tokens, args.threads, tmp)}
-        with SidecarProcess(model_dir, "--threads", str(args.threads)) as sidecar:
-            one_client_latency(sidecar.url, 50)  # warm the connection path
-            single = one_client_latency(sidecar.url, 400)
-            one = many = {"rate": 0.0}
-            for _ in range(3):  # alternate, keep the best of each: the machine is shared
-                one = max(one, loaded(sidecar.url, sidecar.proc.pid, 1, args.seconds), key=lambda r: r["rate"])
-                many = max(many, loaded(sidecar.url, sidecar.proc.pid, 32, args.seconds), key=lambda r: r["rate"])
-            news = headline_to_event(sidecar.url, 200)
-        result["classify"] = {
-            "p50_ms": pct(single, 50), "p99_ms": pct(single, 99),
-            "one_client_texts_s": one["rate"], "32_clients_texts_s": many["rate"],
-            "ratio_32_vs_1": many["rate"] / one["rate"], "ceiling_32_vs_1": ceiling(one, many),
-            "32_clients_p50_ms": pct(many["latencies"], 50),
-            "32_clients_p99_ms": pct(many["latencies"], 99),
-            "cpu_us_per_request": {f"{k}_clients_{t}": r[f"{t}_us"] for k, r in (("1", one), ("32", many))
-                                   for t in ("server_main", "server_other", "client")},
-            "engine": batch_costs(Engine(model_dir, device="cpu", threads=args.threads)),
-        }
-        result["headline_to_news_event"] = {"n": len(news), "p50_ms": pct(news, 50), "p99_ms": pct(news, 99),
-                                            "max_ms": max(news) * 1000}
+        result = {"bench": "sidecar", "model": str(args.checkpoint or model_dir), "threads": args.threads}
+        engine = Engine(model_dir, device="cpu", threads=args.threads)
+        if "batches" in parts:
+            tweets = real_tweets(args.data)
+            result["batches"] = classify_batches(engine, tweets) if tweets else {"skipped": f"{args.data} not found"}
+        if "http_generation" in parts:
+            with SidecarProcess(model_dir, "--threads", str(args.threads)) as sidecar:
+                result["http_generation"] = http_generation(sidecar.url, sidecar.proc.pid, engine)
+        if "generation" in parts:
+            result["generation"] = generation(model_dir, args.tokens, args.threads, tmp)
+        if "classify" in parts:
+            result.update(classify_http(model_dir, args))
     print(json.dumps(result))
     return 0
+
+
+def classify_http(model_dir: Path, args: argparse.Namespace) -> dict:
+    """Classification over HTTP (1 vs 32 clients, latency) and headline → `news` event, against one sidecar."""
+    result = {}
+    with SidecarProcess(model_dir, "--threads", str(args.threads)) as sidecar:
+        one_client_latency(sidecar.url, 50)  # warm the connection path
+        single = one_client_latency(sidecar.url, 400)
+        one = many = {"rate": 0.0}
+        for _ in range(3):  # alternate, keep the best of each: the machine is shared
+            one = max(one, loaded(sidecar.url, sidecar.proc.pid, 1, args.seconds), key=lambda r: r["rate"])
+            many = max(many, loaded(sidecar.url, sidecar.proc.pid, 32, args.seconds), key=lambda r: r["rate"])
+        news = headline_to_event(sidecar.url, 200)
+    result["classify"] = {
+        "p50_ms": pct(single, 50), "p99_ms": pct(single, 99),
+        "one_client_texts_s": one["rate"], "32_clients_texts_s": many["rate"],
+        "ratio_32_vs_1": many["rate"] / one["rate"], "ceiling_32_vs_1": ceiling(one, many),
+        "32_clients_p50_ms": pct(many["latencies"], 50),
+        "32_clients_p99_ms": pct(many["latencies"], 99),
+        "cpu_us_per_request": {f"{k}_clients_{t}": r[f"{t}_us"] for k, r in (("1", one), ("32", many))
+                               for t in ("server_main", "server_other", "client")},
+    }
+    result["headline_to_news_event"] = {"n": len(news), "p50_ms": pct(news, 50), "p99_ms": pct(news, 99),
+                                        "max_ms": max(news) * 1000}
+    return result
 
 
 if __name__ == "__main__":

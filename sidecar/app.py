@@ -2,7 +2,7 @@
 
 The model loads in a background thread at startup so `/health` answers at once
 and `/ready` tells orchestration (systemd, the agent's doctor) when inference
-can start. Every error is `{"error": {"message", "type"}}` (`errors`); the OpenAPI
+can start. Every error is `{"error": {"message", "type", "param", "code"}}` (`errors`); the OpenAPI
 description at /openapi.json documents them all. No /docs or /redoc: Swagger UI
 and ReDoc load their scripts from a CDN, which an offline edge box cannot reach.
 The routes live in `routes/`, one router per concern, and share `app.state.sidecar`.
@@ -17,7 +17,7 @@ from collections.abc import Callable
 from edgewatch.common import __version__
 from edgewatch.sidecar import errors
 from edgewatch.sidecar.middleware import BodyLimit, RequestMetrics
-from edgewatch.sidecar.routes import classify, completions, probes
+from edgewatch.sidecar.routes import chat, classify, completions, probes
 from edgewatch.sidecar.state import Settings, Sidecar
 from fastapi import FastAPI
 
@@ -49,7 +49,7 @@ def create_app(
     )
     app.state.sidecar = sc
     errors.install(app)
-    routers = [module.router for module in (probes, classify, completions)]
+    routers = [module.router for module in (probes, classify, completions, chat)]
     for router in routers:
         app.include_router(router)
     endpoints = {app.openapi_url, *(route.path for router in routers for route in router.routes)}

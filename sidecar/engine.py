@@ -6,6 +6,12 @@ The graph (model/export.py) takes `input_ids`, `attention_mask` [B, past+seq],
 last position is its next-token position) with the mask zeroing the padding
 and position_ids counting only real tokens.
 
+Classification runs a batch as few runs of similar-length prompts (`length_groups`): padding every row to
+the longest cost a batch of real tweets more per text than one tweet alone; a run's fixed cost (its ~150
+kernels) is worth about `RUN_COST_TOKENS` tokens, and a run past `RUN_MAX_TOKENS` (padding included) has
+activations that no longer fit a core's L2 cache. It fetches only the scores, not the presents it has no
+use for (a padded batch of 32 tweets copied out 9 MB of them a run).
+
 Context limits: classification cuts text from the LEFT to fit block_size;
 generation stops at block_size (prefill raises ValueError for longer prompts,
 decode_step raises ValueError once a cache is full; check `cache.length`).
@@ -42,6 +48,8 @@ from edgewatch.model.format.prompt import classification_ids, label_probs
 from edgewatch.model.format.tokenizer import Tokenizer
 
 log = structlog.get_logger("edgewatch.sidecar.engine")
+RUN_COST_TOKENS = 8  # a graph run's fixed cost in tokens' worth of compute (bench/README.md, Sidecar: Batches)
+RUN_MAX_TOKENS = 512  # rows x longest prompt per classification run
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
 
@@ -147,7 +155,9 @@ class Engine:
         self._present = [f"present.{i}.{kv}" for i in range(self._n_layer) for kv in ("key", "value")]
         # a graph with the n-gram head (model/ngrams.py) scores sentiment itself; generation never asks for it
         self._sentiment = any(o.name == "sentiment_logits" for o in self.session.get_outputs())
-        self._fetch = {False: ["logits", *self._present], True: ["logits", *self._present, "sentiment_logits"]}
+        self._fetch = {(sentiment, kv): ["logits", *(self._present if kv else ()),
+                                         *(["sentiment_logits"] if sentiment else ())]
+                       for sentiment in (False, True) for kv in (False, True)}  # by (sentiment, presents)
         log.info("engine", model=self.name, provider=self.provider, threads=opts.intra_op_num_threads,
                  decode_graph=self._decode is not None)
 
@@ -159,6 +169,11 @@ class Engine:
         """Generated text: control tokens (<|sentiment|>, labels, <|endoftext|>) are not text and are dropped."""
         return self.tokenizer.decode(ids, skip_special=True)
 
+    def token_bytes(self, token: int) -> bytes:
+        """The bytes one token adds to the text (none for a control token): what a log-probability names."""
+        vocab = self.tokenizer.vocab
+        return vocab[token] if 0 <= token < len(vocab) else b""
+
     def warmup(self) -> None:
         """One classification and one decode step, so the first request does not pay for allocation."""
         self.classify(["warm up the engine"])
@@ -167,12 +182,13 @@ class Engine:
 
     # --- runs ---
     def _run(self, ids: np.ndarray, mask: np.ndarray, positions: np.ndarray, past: list,
-             sentiment: bool = False) -> tuple[np.ndarray, list, np.ndarray | None]:
-        """One graph run -> (logits at the last position [B, vocab], presents, `sentiment_logits` if asked)."""
+             sentiment: bool = False, presents: bool = True) -> tuple[np.ndarray, list, np.ndarray | None]:
+        """One graph run -> (logits at the last position [B, vocab], presents (empty unless asked),
+        `sentiment_logits` if asked)."""
         feeds = {"input_ids": ids, "attention_mask": mask, "position_ids": positions}
         if self.provider != CUDA:  # plain run: on the CPU IO binding's per-tensor calls cost more than they save
-            out = self.session.run(self._fetch[sentiment], {**feeds, **dict(zip(self._past, past))})
-            return out[0][:, -1, :], out[1:1 + len(self._present)], out[-1] if sentiment else None
+            out = self.session.run(self._fetch[sentiment, presents], {**feeds, **dict(zip(self._past, past))})
+            return out[0][:, -1, :], out[1:-1 if sentiment else None], out[-1] if sentiment else None
         binding = self.session.io_binding()
         for name, value in feeds.items():
             binding.bind_cpu_input(name, value)
@@ -182,21 +198,22 @@ class Engine:
             else:
                 binding.bind_ortvalue_input(name, t)
         binding.bind_output("logits", "cpu")
-        for name in self._present:
+        for name in self._present if presents else ():
             binding.bind_output(name, "cuda", 0)
         if sentiment:
             binding.bind_output("sentiment_logits", "cpu")
         self.session.run_with_iobinding(binding)
         out = binding.get_outputs()
-        return (out[0].numpy()[:, -1, :], out[1:1 + len(self._present)],
+        return (out[0].numpy()[:, -1, :], out[1:-1 if sentiment else None],
                 out[-1].numpy() if sentiment else None)
 
     def _check_ids(self, seq: list[int]) -> None:
         if any(not 0 <= t < self.vocab_size for t in seq):
             raise ValueError(f"token ids must be in [0, {self.vocab_size})")
 
-    def _prompts(self, prompts: list[list[int]], sentiment: bool = False) -> tuple[np.ndarray, _Run, np.ndarray | None]:
-        """Left-padded prompts with an empty past -> last-position logits, the run's presents and
+    def _prompts(self, prompts: list[list[int]], sentiment: bool = False,
+                 presents: bool = True) -> tuple[np.ndarray, _Run, np.ndarray | None]:
+        """Left-padded prompts with an empty past -> last-position logits, the run's presents (`presents`) and
         (`sentiment`) the graph's sentiment scores."""
         B, L = len(prompts), max(len(p) for p in prompts)
         ids = np.full((B, L), self.eos_id, dtype=np.int64)
@@ -206,8 +223,8 @@ class Engine:
             mask[i, L - len(p):] = 1
         empty = np.zeros((B, self._n_head, 0, self._head_dim), dtype=np.float32)
         positions = np.maximum(np.cumsum(mask, axis=1) - 1, 0)  # padding does not shift a prompt's positions
-        logits, presents, scores = self._run(ids, mask, positions, [empty] * len(self._past), sentiment)
-        return logits, _Run(presents, mask), scores
+        logits, kv, scores = self._run(ids, mask, positions, [empty] * len(self._past), sentiment, presents)
+        return logits, _Run(kv, mask), scores
 
     def classify(self, texts: list[str]) -> list[dict]:
         """Label probabilities for a batch of texts, in ONE run."""
@@ -227,10 +244,14 @@ class Engine:
                  "scores": {label: float(x) for label, x in zip(self.labels, p)}} for p in probs]
 
     def label_scores(self, prompts: list[list[int]]) -> np.ndarray:
-        """Uncalibrated label scores [B, 3] of classification prompts (ending in `<|sentiment|>`), one run:
-        the graph's `sentiment_logits` when it has the n-gram head, else the LM's label-token logits."""
-        logits, _, scores = self._prompts(prompts, sentiment=self._sentiment)
-        return scores if self._sentiment else logits[:, self._label_ids]
+        """Uncalibrated label scores [B, 3] of classification prompts (ending in `<|sentiment|>`), one run per
+        group of similar lengths: the graph's `sentiment_logits` when it has the n-gram head, else the LM's
+        label-token logits."""
+        out = np.empty((len(prompts), len(self._label_ids)), dtype=np.float32)
+        for rows in length_groups([len(p) for p in prompts]):
+            logits, _, scores = self._prompts([prompts[i] for i in rows], sentiment=self._sentiment, presents=False)
+            out[rows] = scores if self._sentiment else logits[:, self._label_ids]
+        return out
 
     def prefill(self, prompts: list[list[int]]) -> tuple[np.ndarray, list[KVCache]]:
         """Run whole prompts (1..block_size tokens each) -> next-token logits [B, vocab], one cache each."""
@@ -293,6 +314,28 @@ class Engine:
             for dst, src in zip(past, c.arrays()):
                 dst[i, :, L - c.length:, :] = src
         return past, mask
+
+
+def length_groups(lengths: list[int], run_cost: int = RUN_COST_TOKENS,
+                  max_tokens: int = RUN_MAX_TOKENS) -> list[list[int]]:
+    """Indices of `lengths` split into runs of similar lengths at the least cost: each run costs `run_cost`
+    plus its rows x its longest length (the padded tokens it computes), and stays within `max_tokens` unless
+    it is one row. Exact (dynamic programming over the lengths sorted), O(n^2) for n prompts."""
+    order = sorted(range(len(lengths)), key=lengths.__getitem__)
+    best, cut = [0.0] + [float("inf")] * len(order), [0] * (len(order) + 1)
+    for end in range(1, len(order) + 1):
+        longest = lengths[order[end - 1]]
+        for start in range(end - 1, -1, -1):
+            if end - start > 1 and (end - start) * longest > max_tokens:
+                break
+            cost = best[start] + run_cost + (end - start) * longest
+            if cost < best[end]:
+                best[end], cut[end] = cost, start
+    groups, end = [], len(order)
+    while end:
+        groups.append(order[cut[end]:end])
+        end = cut[end]
+    return groups[::-1]
 
 
 def _providers(device: str) -> list[str]:

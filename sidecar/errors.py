@@ -1,4 +1,5 @@
-"""Every error is `{"error": {"message", "type"}}` with the status the API documents."""
+"""Every error is OpenAI-shaped, `{"error": {"message", "type", "param", "code"}}`, with the status the API
+documents: OpenAI's clients read `param` and `code` (e.g. `openai.BadRequestError.param`)."""
 
 from __future__ import annotations
 
@@ -14,13 +15,25 @@ BATCHER_ERRORS = (QueueFull, DeadlineExceeded, Stopped)
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, message: str, type_: str, headers: dict | None = None):
+    def __init__(self, status: int, message: str, type_: str, headers: dict | None = None, *,
+                 param: str | None = None, code: str | None = None):
         super().__init__(message)
         self.status, self.message, self.type, self.headers = status, message, type_, headers
+        self.param, self.code = param, code
+
+    def body(self) -> dict:
+        return {"message": self.message, "type": self.type, "param": self.param, "code": self.code}
 
 
-def error_response(status: int, message: str, type_: str, headers: dict | None = None) -> JSONResponse:
-    return JSONResponse({"error": {"message": message, "type": type_}}, status_code=status, headers=headers)
+def unsupported(param: str, why: str = "not supported by this server") -> ApiError:
+    """A field the server does not implement: refused, so a client never gets less than it asked for."""
+    return ApiError(400, f"{param}: {why}", "invalid_request_error", param=param, code="unsupported_parameter")
+
+
+def error_response(status: int, message: str, type_: str, headers: dict | None = None, *,
+                   param: str | None = None, code: str | None = None) -> JSONResponse:
+    return JSONResponse({"error": {"message": message, "type": type_, "param": param, "code": code}},
+                        status_code=status, headers=headers)
 
 
 def translate(exc: Exception) -> ApiError:
@@ -35,13 +48,17 @@ def translate(exc: Exception) -> ApiError:
 
 
 async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
-    return error_response(exc.status, exc.message, exc.type, exc.headers)
+    return JSONResponse({"error": exc.body()}, status_code=exc.status, headers=exc.headers)
 
 
 async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
     first = exc.errors()[0] if exc.errors() else {}
     where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
-    return error_response(400, f"{where or 'body'}: {first.get('msg', 'invalid request')}", "invalid_request_error")
+    if first.get("type") == "extra_forbidden":
+        err = unsupported(where)
+        return error_response(400, err.message, err.type, param=err.param, code=err.code)
+    return error_response(400, f"{where or 'body'}: {first.get('msg', 'invalid request')}", "invalid_request_error",
+                          param=where or None, code="invalid_value")
 
 
 async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:

@@ -32,4 +32,6 @@ class SidecarMetrics:
         self.ready.set(1)
 
     def batcher_stats(self) -> Stats:
-        return Stats(batch=lambda kind, n: self.batch_size.labels(kind).observe(n), tokens=self.tokens.inc)
+        """Called for every decode step: the labelled histograms are looked up once, not per step."""
+        sizes = {kind: self.batch_size.labels(kind) for kind in ("classify", "prefill", "decode")}
+        return Stats(batch=lambda kind, n: sizes[kind].observe(n), tokens=self.tokens.inc)

@@ -23,6 +23,7 @@ class SamplingParams:
     stop: tuple[str, ...] = ()
     seed: int | None = None
     ignore_eos: bool = False  # end-of-text is then an ordinary token (vLLM's meaning)
+    logprobs: int | None = None  # report each token's log-probability and this many alternatives' (None: off)
 
 
 def sample(logits: np.ndarray, params: SamplingParams, rng: np.random.Generator) -> int:
@@ -44,6 +45,16 @@ def sample(logits: np.ndarray, params: SamplingParams, rng: np.random.Generator)
         kept[keep] = probs[keep]
         probs = kept / kept.sum()
     return int(rng.choice(probs.shape[0], p=probs))
+
+
+def token_logprobs(logits: np.ndarray, token: int, top: int) -> tuple[int, float, list[tuple[int, float]]]:
+    """(token, its log-probability, the `top` most likely tokens with theirs), under the model's own
+    distribution (before temperature and cuts, as OpenAI reports them)."""
+    z = logits.astype(np.float64)
+    logp = z - (z.max() + np.log(np.exp(z - z.max()).sum()))
+    best = np.argpartition(-logp, top)[:top] if 0 < top < logp.shape[0] else np.arange(logp.shape[0])[:top]
+    best = best[np.argsort(-logp[best])]
+    return token, float(logp[token]), [(int(i), float(logp[i])) for i in best]
 
 
 def find_stop(text: str, stops: tuple[str, ...]) -> int | None:
@@ -73,12 +84,17 @@ def valid_unicode(text: str) -> str:
 
 
 class TextTracker:
-    """Generated ids of one sequence → the text it has produced, its stop, and the unsent delta."""
+    """Generated ids of one sequence → the text it has produced, its stop, and the unsent delta.
+
+    Only the ids since the text last ended on a whole character are decoded again for each token (a token
+    can end mid-character), so a sequence's text costs linear time, not quadratic."""
 
     def __init__(self, decode, params: SamplingParams):
         self._decode = lambda ids: valid_unicode(decode(ids))
         self._stops = tuple(s for s in params.stop if s)
         self.ids: list[int] = []
+        self._whole = ""  # the text of the ids before `_tail`, ending on a whole character
+        self._tail: list[int] = []
         self.text = ""
         self.sent = 0
         self.stopped = False
@@ -86,7 +102,11 @@ class TextTracker:
     def add(self, token: int) -> str:
         """Append a token; return the newly streamable text (empty while held back)."""
         self.ids.append(token)
-        text = self._decode(self.ids)
+        self._tail.append(token)
+        tail = self._decode(self._tail)
+        text = self._whole + tail
+        if not tail.endswith("\ufffd"):
+            self._whole, self._tail = text, []
         cut = find_stop(text, self._stops)
         if cut is not None:
             self.stopped = True

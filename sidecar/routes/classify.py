@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from edgewatch.sidecar.errors import BATCHER_ERRORS, ApiError, translate
-from edgewatch.sidecar.routes.deps import ClientGone, authorize, deadline, sidecar, tokenize, until_disconnected
+from edgewatch.sidecar.routes.deps import (ClientGone, authorize, deadline, require_model, sidecar, tokenize,
+                                           until_disconnected)
 from edgewatch.sidecar.schemas import ERRORS, ClassifyRequest, ClassifyResponse, ModelCard, ModelList
 from edgewatch.sidecar.state import Sidecar
 from fastapi import APIRouter, Depends, Request
@@ -22,6 +23,7 @@ async def models(sc: Sidecar = Depends(sidecar)) -> ModelList:
 async def classify(body: ClassifyRequest, request: Request, sc: Sidecar = Depends(sidecar),
                    until: float = Depends(deadline)) -> Response:
     engine, batcher = sc.require_ready()
+    require_model(body.model, engine)
     if len(body.texts) > sc.settings.max_texts:
         raise ApiError(413, f"at most {sc.settings.max_texts} texts per request", "request_too_large")
 

@@ -1,159 +1,108 @@
-"""/v1/completions: OpenAI's completions subset, whole or streamed as server-sent events."""
+"""/v1/completions: OpenAI's completions, whole or streamed as server-sent events."""
 
 from __future__ import annotations
 
-import asyncio
-import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Iterable
 
 from edgewatch.model.format.prompt import MAX_CHARS_PER_TOKEN
-from edgewatch.sidecar.errors import BATCHER_ERRORS, ApiError, translate
-from edgewatch.sidecar.routes.deps import ClientGone, authorize, deadline, sidecar, tokenize, until_disconnected
-from edgewatch.sidecar.sampling import SamplingParams
-from edgewatch.sidecar.schemas import ERRORS, CompletionChoice, CompletionRequest, CompletionResponse, Usage
+from edgewatch.sidecar.errors import ApiError, unsupported
+from edgewatch.sidecar.routes import generation
+from edgewatch.sidecar.routes.deps import ClientGone, authorize, deadline, sidecar, until_disconnected
+from edgewatch.sidecar.routes.generation import Logprob
+from edgewatch.sidecar.schemas import (ERRORS, CompletionChoice, CompletionLogprobs, CompletionRequest,
+                                       CompletionResponse, Usage)
 from edgewatch.sidecar.state import Sidecar
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response, StreamingResponse
 
 router = APIRouter(dependencies=[Depends(authorize)])
-_RESPONSES = ERRORS | {200: {
+RESPONSES = ERRORS | {200: {
     "description": "a completion; with `stream`, server-sent events of partial completions ending in `data: [DONE]`",
     "content": {"text/event-stream": {}}}}
+DEFAULT_MAX_TOKENS = 16  # OpenAI's default for completions
 
 
-@router.post("/v1/completions", responses=_RESPONSES)
+@router.post("/v1/completions", responses=RESPONSES)
 async def completions(body: CompletionRequest, request: Request, sc: Sidecar = Depends(sidecar),
                       until: float = Depends(deadline)) -> CompletionResponse:
     engine, batcher = sc.require_ready()
+    generation.check(body, engine)
+    if body.echo and body.logprobs is not None:
+        raise unsupported("echo", "not supported together with logprobs (the prompt's log-probabilities)")
     prompts = _prompts(body, sc.settings.max_prompts, engine.block_size)
-    params = _params(body)
-    try:
-        encoded = [ids or [engine.eos_id] for ids in await tokenize(engine.encode, prompts, until)]
-    except BATCHER_ERRORS as e:
-        raise translate(e) from None
-    for ids in encoded:  # an empty prompt starts a fresh document
-        if len(ids) >= engine.block_size:
-            raise ApiError(400, f"prompt is {len(ids)} tokens; the model's context is {engine.block_size}",
-                           "invalid_request_error")
-    streams = [batcher.generate(ids, params, min(body.max_tokens, engine.block_size - len(ids)), until)
-               for ids in encoded]
-    cid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
+    params = generation.sampling(body, body.max_tokens or DEFAULT_MAX_TOKENS, body.logprobs)
+    encoded = await generation.encode(engine, prompts, until)
+    streams = generation.start(batcher, engine, encoded, body.n, params, until, body.stream,
+                               sc.settings.max_prompts)
+    echoes = [p if body.echo else "" for p in prompts for _ in range(body.n)]
+    frame = _Frame(engine, f"cmpl-{uuid.uuid4().hex}", int(time.time()), echoes, body.logprobs is not None)
     if body.stream:
-        return await _stream(engine.name, cid, created, streams)
-    return await _collect(engine.name, cid, created, encoded, streams, request)
+        firsts = await generation.first_items(streams)
+        with_usage = body.stream_options is not None and body.stream_options.include_usage
+        usage = (lambda n: generation.usage(encoded, n)) if with_usage else None
+        return StreamingResponse(generation.events(streams, firsts, frame, usage), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache"})
+    try:
+        outs = await until_disconnected(request, generation.outcomes(streams))
+    except ClientGone:
+        return Response(status_code=499)  # nobody is listening any more
+    choices = [CompletionChoice(index=i, text=echoes[i] + o.text, finish_reason=o.finish_reason,
+                                logprobs=frame.logprobs(i, o.logprobs)) for i, o in enumerate(outs)]
+    return CompletionResponse(id=frame.id, created=frame.created, model=engine.name, choices=choices,
+                              usage=generation.usage(encoded, sum(o.tokens for o in outs)))
 
 
 def _prompts(body: CompletionRequest, max_prompts: int, block_size: int) -> list[str]:
     prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
     if not prompts:
-        raise ApiError(400, "prompt: must not be an empty list", "invalid_request_error")
+        raise ApiError(400, "prompt: must not be an empty list", "invalid_request_error", param="prompt")
     if len(prompts) > max_prompts:
-        raise ApiError(413, f"at most {max_prompts} prompts per request", "request_too_large")
+        raise ApiError(413, f"at most {max_prompts} prompts per request", "request_too_large", param="prompt")
     for p in prompts:
         if len(p) > block_size * MAX_CHARS_PER_TOKEN:  # too long for sure: spare the encoding
             raise ApiError(400, f"prompt of {len(p)} characters exceeds the model's context of "
-                                f"{block_size} tokens", "invalid_request_error")
+                                f"{block_size} tokens", "invalid_request_error", param="prompt",
+                           code="context_length_exceeded")
     return prompts
 
 
-def _params(body: CompletionRequest) -> SamplingParams:
-    stops = (body.stop,) if isinstance(body.stop, str) else tuple(body.stop or ())
-    if len(stops) > 4 or not all(stops):
-        raise ApiError(400, "stop: at most 4 non-empty strings", "invalid_request_error")
-    return SamplingParams(max_tokens=body.max_tokens, temperature=body.temperature, top_k=body.top_k,
-                          top_p=body.top_p, stop=stops, seed=body.seed, ignore_eos=body.ignore_eos)
+class _Frame:
+    """A completion's choices as OpenAI frames them: text, `logprobs` (tokens, their log-probabilities, the
+    alternatives, offsets in the choice's text) and, streamed, `text_completion` chunks."""
 
+    def __init__(self, engine, cid: str, created: int, echoes: list[str], logprobs: bool):
+        self.engine, self.id, self.created, self.echoes, self.with_logprobs = engine, cid, created, echoes, logprobs
+        self.offsets = [len(e) for e in echoes]  # where the next token's text starts, per choice
 
-async def _first(stream: AsyncIterator[tuple]) -> tuple:
-    try:
-        return await anext(stream)
-    except BATCHER_ERRORS as e:
-        raise translate(e) from None
+    def logprobs(self, index: int, entries: list[Logprob]) -> CompletionLogprobs | None:
+        if not self.with_logprobs:
+            return None
+        tokens = [generation.token_text(self.engine, t) for t, _, _ in entries]
+        offsets = []
+        for token in tokens:
+            offsets.append(self.offsets[index])
+            self.offsets[index] += len(token)
+        return CompletionLogprobs(
+            tokens=tokens, token_logprobs=[lp for _, lp, _ in entries], text_offset=offsets,
+            top_logprobs=[{generation.token_text(self.engine, t): lp for t, lp in top} for _, _, top in entries])
 
+    def _chunk(self, index: int, text: str, reason: str | None, entries: list[Logprob]) -> dict:
+        lp = self.logprobs(index, entries)
+        return {"id": self.id, "object": "text_completion", "created": self.created, "model": self.engine.name,
+                "choices": [{"index": index, "text": text, "finish_reason": reason,
+                             "logprobs": lp.model_dump() if lp else None}]}
 
-async def _text(stream: AsyncIterator[tuple]) -> tuple[str, str, int]:
-    """One sequence to its end: (text, finish_reason, completion tokens)."""
-    text, item = [], await anext(stream)
-    while item[0] != "done":
-        text.append(item[1])
-        item = await anext(stream)
-    return "".join(text), item[1], item[2]
+    def opening(self, index: int) -> dict | None:
+        return self._chunk(index, self.echoes[index], None, []) if self.echoes[index] else None
 
+    def delta(self, index: int, text: str, logprobs: list[Logprob]) -> dict:
+        return self._chunk(index, text, None, logprobs)
 
-async def _all(work: Iterable[Awaitable]) -> list:
-    """Every result, or the first failure with the others cancelled (a cancelled sequence leaves the batch)."""
-    tasks = [asyncio.ensure_future(w) for w in work]
-    try:
-        return await asyncio.gather(*tasks)
-    finally:
-        for t in tasks:
-            t.cancel()
+    def end(self, index: int, reason: str, logprobs: list[Logprob]) -> dict:
+        return self._chunk(index, "", reason, logprobs)
 
+    def usage(self, usage: Usage) -> dict:
+        return {"id": self.id, "object": "text_completion", "created": self.created, "model": self.engine.name,
+                "choices": [], "usage": usage.model_dump()}
 
-async def _collect(model: str, cid: str, created: int, encoded: list[list[int]], streams: list,
-                   request: Request) -> Response | CompletionResponse:
-    try:
-        outs = await until_disconnected(request, _all(_text(s) for s in streams))
-    except ClientGone:
-        return Response(status_code=499)  # nobody is listening any more
-    except BATCHER_ERRORS as e:
-        raise translate(e) from None
-    choices = [CompletionChoice(index=i, text=t, finish_reason=r) for i, (t, r, _) in enumerate(outs)]
-    n_prompt = sum(map(len, encoded))
-    n_out = sum(n for _, _, n in outs)
-    return CompletionResponse(id=cid, created=created, model=model, choices=choices,
-                              usage=Usage(prompt_tokens=n_prompt, completion_tokens=n_out,
-                                          total_tokens=n_prompt + n_out))
-
-
-def _chunk(payload: dict) -> str:
-    return "data: " + json.dumps(payload) + "\n\n"
-
-
-async def _stream(model: str, cid: str, created: int, streams: list) -> StreamingResponse:
-    firsts = []
-    try:
-        for s in streams:  # errors before the first token keep their HTTP status
-            firsts.append(await _first(s))
-    except ApiError:
-        for s in streams:
-            await s.aclose()
-        raise
-
-    def choice(index: int, text: str, reason: str | None) -> str:
-        return _chunk({"id": cid, "object": "text_completion", "created": created, "model": model,
-                       "choices": [{"index": index, "text": text, "finish_reason": reason, "logprobs": None}]})
-
-    async def events():
-        queue: asyncio.Queue = asyncio.Queue()
-        tasks = [asyncio.ensure_future(_pump(i, s, f, queue)) for i, (s, f) in enumerate(zip(streams, firsts))]
-        try:
-            remaining = len(tasks)
-            while remaining:
-                index, item = await queue.get()
-                if item[0] == "text":
-                    yield choice(index, item[1], None)
-                    continue
-                remaining -= 1
-                yield choice(index, "", item[1]) if item[0] == "done" else _chunk({"error": item[1]})
-            yield "data: [DONE]\n\n"
-        finally:  # finished, or the client left and Starlette cancelled us: stop every sequence
-            for t in tasks:
-                t.cancel()
-
-    return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
-
-
-async def _pump(index: int, stream: AsyncIterator[tuple], item: tuple, queue: asyncio.Queue) -> None:
-    """Move one sequence's items onto the shared queue; a failure mid-stream becomes an error item."""
-    try:
-        while True:
-            queue.put_nowait((index, item))
-            if item[0] == "done":
-                return
-            item = await anext(stream)
-    except BATCHER_ERRORS as e:
-        err = translate(e)
-        queue.put_nowait((index, ("error", {"message": err.message, "type": err.type})))

@@ -17,6 +17,8 @@ from fastapi import Request
 
 T = TypeVar("T")
 CHARS_PER_JOB = 16_384  # text tokenized per worker-thread job: tens of milliseconds at most
+INLINE_CHARS = 256  # texts this short are tokenized on the event loop (tens of µs): a worker thread's two
+# hand-offs cost more, and on a busy box each waits for a time slice
 
 
 class ClientGone(Exception):
@@ -35,6 +37,13 @@ async def authorize(request: Request) -> None:  # async: a sync dependency would
     if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), key.encode()):
         raise ApiError(401, "missing or wrong API key (Authorization: Bearer <key>)", "authentication_error",
                        {"WWW-Authenticate": "Bearer"})
+
+
+def require_model(asked: str | None, engine) -> None:
+    """A request naming a model names the one served (404 `model_not_found` otherwise, as OpenAI answers)."""
+    if asked is not None and asked != engine.name:
+        raise ApiError(404, f"the model '{asked}' does not exist; this server serves '{engine.name}'",
+                       "invalid_request_error", param="model", code="model_not_found")
 
 
 async def deadline(request: Request) -> float:
@@ -56,7 +65,10 @@ async def deadline(request: Request) -> float:
 async def tokenize(encode: Callable[[str], list[int]], texts: list[str], until: float) -> list[list[int]]:
     """`encode` each text in worker threads, off the event loop and the inference thread, a few texts
     (`CHARS_PER_JOB`) per job: a request that is cancelled (client gone) or passes its deadline stops at the
-    next job, and a big request takes one worker at a time, so small ones are never queued behind it."""
+    next job, and a big request takes one worker at a time, so small ones are never queued behind it. A request
+    of at most `INLINE_CHARS` characters is tokenized in place."""
+    if sum(map(len, texts)) <= INLINE_CHARS:
+        return [encode(text) for text in texts]
     out: list[list[int]] = []
     for job in _jobs(texts):
         left = until - time.monotonic()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from edgewatch.sidecar.engine import Engine
+from edgewatch.sidecar.engine import RUN_MAX_TOKENS, Engine, length_groups
 from edgewatch.sidecar.testing import without_decode_graph
 
 
@@ -39,6 +39,28 @@ def test_classify_batch_equals_single(engine):
         assert got["confidence"] == pytest.approx(max(got["scores"].values()))
         for label in engine.labels:
             assert got["scores"][label] == pytest.approx(alone["scores"][label], abs=1e-5)
+
+
+def test_length_groups_cover_every_prompt_with_little_padding():
+    lengths = [27, 10, 71, 30, 12, 25, 26, 9] * 4  # tweet-like: mostly short, one long per eight
+    groups = length_groups(lengths)
+    assert sorted(i for g in groups for i in g) == list(range(len(lengths)))
+    for g in groups:
+        assert len(g) == 1 or len(g) * max(lengths[i] for i in g) <= RUN_MAX_TOKENS
+    padded = sum(len(g) * max(lengths[i] for i in g) for g in groups)
+    assert padded < 1.2 * sum(lengths) < 0.5 * len(lengths) * max(lengths)  # one padded run: 32 x 71
+    assert length_groups([5] * 6) == [list(range(6))]  # equal lengths: one run
+    assert length_groups([300, 300]) == [[0], [1]]  # over the run budget: alone
+    assert length_groups([]) == []
+
+
+def test_classify_in_length_groups_equals_alone(engine):
+    texts = [("ACME " * k).strip() for k in (1, 30, 2, 12, 1, 3, 25, 4)]
+    prompts = [engine.classification_prompt(t) for t in texts]
+    assert len(length_groups([len(p) for p in prompts])) > 1
+    batch = engine.label_scores(prompts)
+    for prompt, row in zip(prompts, batch):
+        assert row == pytest.approx(engine.label_scores([prompt])[0], abs=1e-5)
 
 
 def test_prefill_batch_equals_single(engine):
