@@ -15,13 +15,13 @@ from edgewatch.model.format.prompt import MAX_CHARS_PER_TOKEN
 from edgewatch.sidecar.errors import ApiError
 from edgewatch.sidecar.routes import generation
 from edgewatch.sidecar.routes.completions import RESPONSES
-from edgewatch.sidecar.routes.deps import ClientGone, authorize, deadline, sidecar, until_disconnected
+from edgewatch.sidecar.routes.deps import authorize, deadline, sidecar
 from edgewatch.sidecar.routes.generation import Logprob
 from edgewatch.sidecar.schemas import (AssistantMessage, ChatChoice, ChatCompletionRequest, ChatCompletionResponse,
                                        ChatLogprobs, ChatMessage, TokenLogprob, TopLogprob, Usage)
 from edgewatch.sidecar.state import Sidecar
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import Response, StreamingResponse
+from fastapi.responses import Response
 
 router = APIRouter(dependencies=[Depends(authorize)])
 
@@ -46,16 +46,9 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, sc: Si
     streams = generation.start(batcher, engine, encoded, body.n, params, until, body.stream,
                                sc.settings.max_prompts)
     frame = _Frame(engine, f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), body.logprobs)
-    if body.stream:
-        firsts = await generation.first_items(streams)
-        with_usage = body.stream_options is not None and body.stream_options.include_usage
-        usage = (lambda n: generation.usage(encoded, n)) if with_usage else None
-        return StreamingResponse(generation.events(streams, firsts, frame, usage), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache"})
-    try:
-        outs = await until_disconnected(request, generation.outcomes(streams))
-    except ClientGone:
-        return Response(status_code=499)  # nobody is listening any more
+    outs = await generation.respond(request, body, streams, frame, encoded)
+    if isinstance(outs, Response):
+        return outs
     choices = [ChatChoice(index=i, message=AssistantMessage(content=o.text), finish_reason=o.finish_reason,
                           logprobs=frame.logprobs(o.logprobs)) for i, o in enumerate(outs)]
     return ChatCompletionResponse(id=frame.id, created=frame.created, model=engine.name, choices=choices,

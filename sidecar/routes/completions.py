@@ -8,13 +8,13 @@ import uuid
 from edgewatch.model.format.prompt import MAX_CHARS_PER_TOKEN
 from edgewatch.sidecar.errors import ApiError, unsupported
 from edgewatch.sidecar.routes import generation
-from edgewatch.sidecar.routes.deps import ClientGone, authorize, deadline, sidecar, until_disconnected
+from edgewatch.sidecar.routes.deps import authorize, deadline, sidecar
 from edgewatch.sidecar.routes.generation import Logprob
 from edgewatch.sidecar.schemas import (ERRORS, CompletionChoice, CompletionLogprobs, CompletionRequest,
                                        CompletionResponse, Usage)
 from edgewatch.sidecar.state import Sidecar
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import Response, StreamingResponse
+from fastapi.responses import Response
 
 router = APIRouter(dependencies=[Depends(authorize)])
 RESPONSES = ERRORS | {200: {
@@ -37,16 +37,9 @@ async def completions(body: CompletionRequest, request: Request, sc: Sidecar = D
                                sc.settings.max_prompts)
     echoes = [p if body.echo else "" for p in prompts for _ in range(body.n)]
     frame = _Frame(engine, f"cmpl-{uuid.uuid4().hex}", int(time.time()), echoes, body.logprobs is not None)
-    if body.stream:
-        firsts = await generation.first_items(streams)
-        with_usage = body.stream_options is not None and body.stream_options.include_usage
-        usage = (lambda n: generation.usage(encoded, n)) if with_usage else None
-        return StreamingResponse(generation.events(streams, firsts, frame, usage), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache"})
-    try:
-        outs = await until_disconnected(request, generation.outcomes(streams))
-    except ClientGone:
-        return Response(status_code=499)  # nobody is listening any more
+    outs = await generation.respond(request, body, streams, frame, encoded)
+    if isinstance(outs, Response):
+        return outs
     choices = [CompletionChoice(index=i, text=echoes[i] + o.text, finish_reason=o.finish_reason,
                                 logprobs=frame.logprobs(i, o.logprobs)) for i, o in enumerate(outs)]
     return CompletionResponse(id=frame.id, created=frame.created, model=engine.name, choices=choices,

@@ -10,9 +10,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Protocol
 
 from edgewatch.sidecar.errors import BATCHER_ERRORS, ApiError, translate, unsupported
-from edgewatch.sidecar.routes.deps import require_model, tokenize
+from edgewatch.sidecar.routes.deps import ClientGone, require_model, tokenize, until_disconnected
 from edgewatch.sidecar.sampling import SamplingParams
 from edgewatch.sidecar.schemas import Usage, _Generation
+from fastapi.responses import Response, StreamingResponse
 
 Logprob = tuple[int, float, list[tuple[int, float]]]  # token, its log-probability, the most likely alternatives
 
@@ -57,6 +58,21 @@ def start(batcher, engine, encoded: list[list[int]], n: int, params: SamplingPar
     return [batcher.generate(ids, params if params.seed is None else dataclasses.replace(params, seed=params.seed + j),
                              min(params.max_tokens, engine.block_size - len(ids)), until, stream)
             for ids in encoded for j in range(n)]
+
+
+async def respond(request, body: _Generation, streams: list[AsyncIterator[tuple]], frame: Chunks,
+                  encoded: list[list[int]]) -> Response | list[Outcome]:
+    """The server-sent events of a streamed request, else every choice's outcome (499 when the client left)."""
+    if body.stream:
+        firsts = await first_items(streams)
+        with_usage = body.stream_options is not None and body.stream_options.include_usage
+        count = (lambda n: usage(encoded, n)) if with_usage else None
+        return StreamingResponse(events(streams, firsts, frame, count), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache"})
+    try:
+        return await until_disconnected(request, outcomes(streams))
+    except ClientGone:
+        return Response(status_code=499)  # nobody is listening any more
 
 
 def usage(encoded: list[list[int]], completion_tokens: int) -> Usage:
