@@ -57,9 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--config", metavar="PATH")
     rp.add_argument("--db", metavar="URL|PATH")
 
-    sc = sub.add_parser("score", help="score one series with the live anomaly detector")
+    sc = sub.add_parser("score", help="score a CSV (one or more metric columns) with the live anomaly detector")
     sc.add_argument("input", metavar="INPUT.csv")
-    sc.add_argument("--metric", default="value", metavar="NAME")
+    sc.add_argument("--metric", metavar="NAME", help="score this column alone (default: every column but timestamp)")
     sc.add_argument("--out", metavar="OUT.csv", help="default: standard output")
     sc.add_argument("--config", metavar="PATH")
 
