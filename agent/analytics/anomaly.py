@@ -75,6 +75,8 @@ _UNSEEN = float("inf")  # the daily profile's error before its first prediction
 SPATIAL_MIN_SCORE = 0.3  # a new extreme must also be mildly surprising: a young range is narrow
 SPATIAL = 1000.0  # the unclipped verdict of a "spatial anomaly" (and of a tail below float range): beyond any floor
 PAIR_CLIP = 10.0  # residuals (in scale units) beyond this are clipped before they enter a correlation channel
+PAIR_SCALE_FLOOR = 0.1  # a pair's error scale, in the metrics' own scale units, is never taken as below this: a
+# relation tighter than a tenth of the metrics' noise (or a metric that barely moves, like a battery) is no signal
 FUSED = "*"  # the metric name of a multi-metric sensor's sensor-level score
 _LN2 = math.log(2.0)
 
@@ -122,7 +124,7 @@ class MetricState:
 
     __slots__ = (
         "n", "last_ts", "level", "dev", "mag", "season", "seen", "short", "lmean", "lvar",
-        "cool", "expected", "band", "serr", "lo", "hi", "trend", "sgn", "learned",
+        "cool", "expected", "band", "serr", "lo", "hi", "trend", "sgn", "learned", "moving",
     )
 
     def __init__(self, x: float, when: datetime, p: Params):
@@ -145,6 +147,7 @@ class MetricState:
         self.trend = 0.0
         self.sgn = 0.0
         self.learned = True
+        self.moving = False
 
     def verdict(self, x: float, when: datetime, p: Params) -> float:
         """The metric's own verdict on one reading, before any refractory period: -log(tail) / -log(tail_floor),
@@ -180,6 +183,7 @@ class MetricState:
         self.band = band
         u = r / scale  # the level expert's residual for the pairs: both metrics of a pair judged the same way
         self.sgn = u if -PAIR_CLIP < u < PAIR_CLIP else (PAIR_CLIP if u > 0.0 else -PAIR_CLIP)
+        self.moving = self.dev > floor  # a metric held at its scale floor (a battery) carries no relation
         raw = z / (z + 3.0) if z < 1e12 else 1.0
         short = self.short + p.a_short * (raw - self.short)
         d = short - self.lmean
@@ -265,7 +269,7 @@ class PairState:
         a = p.a_pair if p.a_pair > inv_n else inv_n
         e = v - (self.sxy / self.sxx if self.sxx > 1e-12 else 0.0) * u
         e = e if e >= 0.0 else -e
-        scale = self.dev if self.dev > 1e-9 else 1e-9
+        scale = self.dev if self.dev > PAIR_SCALE_FLOOR else PAIR_SCALE_FLOOR
         z = e / scale
         raw = z / (z + 3.0) if z < 1e12 else 1.0
         lim = p.clip * scale
@@ -385,8 +389,9 @@ class Detector:
                              for i in range(m if m > 2 else 1)]
             q, qlabel = 0.0, ""
             for i, j, label, ps in sen.pairs:
-                v = ps.surprise(parts[i][2].sgn, parts[j][2].sgn, p)
-                if v > q:
+                a, b = parts[i][2], parts[j][2]
+                v = ps.surprise(a.sgn, b.sgn, p)
+                if v > q and a.moving and b.moving:
                     q, qlabel = v, label
             if q > 0.0:
                 v = _verdict(q, 1.0, p)

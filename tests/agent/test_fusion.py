@@ -146,3 +146,14 @@ def test_fisher_over_counts_correlated_metrics_bonferroni_does_not():
         return sum(sc.metric == FUSED and sc.score >= cfg.threshold for sc in Detector(cfg).score_readings(rds))
 
     assert alarms(cfg_b) < alarms(cfg_f)
+
+
+def test_a_steady_metric_beside_a_noisy_one_raises_no_pair_alarm():
+    """A battery that holds still and now and then steps down by a hundredth: no relation to break."""
+    rnd = random.Random(3)
+    cfg = AnomalyConfig()
+    rds = [SensorReading(sensor_id="s", ts=T0 + i * STEP,
+                         metrics={"temperature": 20.0 + rnd.gauss(0, 0.5), "battery": 90.0 - 0.01 * (i // 150)}, attrs={})
+           for i in range(3000)]
+    fused = [sc for sc in Detector(cfg).score_readings(rds) if sc.metric == FUSED and sc.score >= cfg.threshold]
+    assert not [sc for sc in fused if "~" in sc.channel], [(sc.ts, sc.channel) for sc in fused]
