@@ -108,11 +108,12 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--config", metavar="PATH", help=CONFIG_HELP)
     rp.add_argument("--db", metavar="URL|PATH", help=DB_HELP)
 
-    sc = _command(sub, "score", "score one series with the live anomaly detector",
-                  "Reads a CSV with a timestamp column and a value column; writes\n"
-                  "timestamp,value,anomaly_score, one row per input row.")
+    sc = _command(sub, "score", "score a CSV (one or more metric columns) with the live anomaly detector",
+                  "Reads a CSV with a timestamp column and one or more metric columns; writes\n"
+                  "timestamp,value,anomaly_score, one row per input row (with several metrics\n"
+                  "the score is the sensor-level one that decides the live anomaly events).")
     sc.add_argument("input", metavar="INPUT.csv", help="the series to score")
-    sc.add_argument("--metric", default="value", metavar="NAME", help="the value column")
+    sc.add_argument("--metric", metavar="NAME", help="score this column alone (default: every column but timestamp)")
     sc.add_argument("--out", metavar="OUT.csv", help="where to write the scores (default: standard output)")
     sc.add_argument("--config", metavar="PATH", help=CONFIG_HELP)
 

@@ -125,6 +125,9 @@ class AnomalyConfig:
     spatial_tolerance: float = 0.05  # a reading beyond the range seen so far by this fraction of it scores 1 (0 = off)
     spatial_z: float = 5.0  # ... and only when the reading is also this many robust scales from its forecast (a young range is narrow)
     max_series: int = 200_000  # (sensor, metric) series tracked at most (about 1.4 KB each); the longest-silent is forgotten beyond it
+    fuse: str = "bonferroni"  # a reading of several metrics: one sensor-level score (metric "*") raises the events: "bonferroni" (most surprising channel, corrected for their number; valid however the metrics correlate), "fisher" (also Fisher's combination of the metrics: more sensitive to a joint shift, but it assumes independent metrics and over-counts correlated ones), "off" (each metric alone)
+    pairs: bool = True  # the sensor-level score also watches the correlation of each metric with the next (ring in name order): a broken relation counts
+    pair_span: float = 200.0  # readings: EWMA span of the pair regressions
 
 
 @dataclasses.dataclass
@@ -260,6 +263,7 @@ _CHOICES = {
     ("mqtt", "protocol"): ("5", "3.1.1", "auto"),
     ("log", "level"): ("debug", "info", "warning", "error"),
     ("log", "format"): ("auto", "json", "console"),
+    ("anomaly", "fuse"): ("bonferroni", "fisher", "off"),
 }
 
 

@@ -1,4 +1,4 @@
-"""Streaming anomaly detection per (sensor, metric): the detector and its csp nodes.
+"""Streaming anomaly detection per (sensor, metric) and per sensor: the detector and its csp nodes.
 
 One keyed node holds a dict of small per-(sensor, metric) states (~1.4 KB
 each), each updated in O(1) with plain float arithmetic (no numpy, no per-key
@@ -29,6 +29,24 @@ its scale starts from the residuals after it, not from |x|: otherwise the
 surprise learnt during the warm-up is near 0 and every later reading looks
 rare); nothing scores above 0 during the warm-up.
 
+A sensor that publishes several metrics in one reading also gets a
+sensor-level score (`fuse`, on by default), metric FUSED ("*"), and with it
+only that score raises `anomaly` events (its metrics' own scores, PartScore,
+still inform health). Its channels are the metrics' own verdicts and, with
+`pairs`, one correlation channel per metric and the next one in name order (a
+ring: M channels for M > 2 metrics, one for two): an EWMA regression of one
+metric's signed level residual (in scale units) on the other's, whose error
+goes through the same surprise and likelihood steps, so a broken relation
+(flow drops while current stays) counts even when each metric alone looks
+normal. The fused verdict is the most surprising channel, Bonferroni-corrected
+for the number of channels (-log(tail * K)): valid however the metrics
+correlate, so an eight-metric sensor alarms about as often as a one-metric
+one (`fuse = "fisher"` adds Fisher's combination of the metrics' tails: more
+sensitive to a joint shift, but it assumes independent metrics). The
+refractory period and the re-baselining then apply per sensor (the metrics
+that alarmed re-baseline). A single metric per reading is scored exactly as
+before. Per sensor: one refractory count and eight numbers per pair.
+
 Out-of-order readings (older than the last one of their key) are scored
 against the current model but teach it nothing: feeding the past into EWMAs
 would corrupt them. Readings that are not finite, or beyond +-1e30, get no score.
@@ -56,6 +74,12 @@ SURPRISE_VAR_FLOOR = 0.02**2  # the surprise's long-run variance is never taken 
 MAX_MAGNITUDE = 1e30  # readings beyond this are not scored (the daily profile is stored as float32)
 _UNSEEN = float("inf")  # the daily profile's error before its first prediction
 SPATIAL_MIN_SCORE = 0.3  # a new extreme must also be mildly surprising: a young range is narrow
+SPATIAL = 1000.0  # the unclipped verdict of a "spatial anomaly" (and of a tail below float range): beyond any floor
+PAIR_CLIP = 10.0  # residuals (in scale units) beyond this are clipped before they enter a correlation channel
+PAIR_SCALE_FLOOR = 0.1  # a pair's error scale, in the metrics' own scale units, is never taken as below this: a
+# relation tighter than a tenth of the metrics' noise (or a metric that barely moves, like a battery) is no signal
+FUSED = "*"  # the metric name of a multi-metric sensor's sensor-level score
+_LN2 = math.log(2.0)
 
 
 def ewma_alpha(span: float) -> float:
@@ -69,6 +93,7 @@ class Params:
     __slots__ = (
         "a_level", "a_trend", "a_dev", "a_season", "a_short", "a_long", "clip", "warmup", "refractory",
         "rel_floor", "buckets", "season_min", "log_floor", "threshold", "spatial", "spatial_z",
+        "inv_log_floor", "fuse", "fisher", "pairs", "a_pair",
     )
 
     def __init__(self, cfg: AnomalyConfig):
@@ -88,6 +113,11 @@ class Params:
         self.threshold = cfg.threshold
         self.spatial = cfg.spatial_tolerance
         self.spatial_z = cfg.spatial_z
+        self.inv_log_floor = -1.0 / self.log_floor
+        self.fuse = cfg.fuse != "off"
+        self.fisher = cfg.fuse == "fisher"
+        self.pairs = cfg.pairs
+        self.a_pair = ewma_alpha(cfg.pair_span)
 
 
 class MetricState:
@@ -95,7 +125,7 @@ class MetricState:
 
     __slots__ = (
         "n", "last_ts", "level", "dev", "mag", "season", "seen", "short", "lmean", "lvar",
-        "cool", "expected", "band", "serr", "lo", "hi", "trend",
+        "cool", "expected", "band", "serr", "lo", "hi", "trend", "sgn", "learned", "moving",
     )
 
     def __init__(self, x: float, when: datetime, p: Params):
@@ -116,10 +146,16 @@ class MetricState:
         self.lo = x
         self.hi = x
         self.trend = 0.0
+        self.sgn = 0.0
+        self.learned = True
+        self.moving = False
 
-    def score(self, x: float, when: datetime, p: Params) -> float:
-        """Score one reading in [0, 1]; learn from it when it is in time order."""
+    def verdict(self, x: float, when: datetime, p: Params) -> float:
+        """The metric's own verdict on one reading, before any refractory period: -log(tail) / -log(tail_floor),
+        NOT clipped to 1 (the sensor-level fusion needs the tail beyond the floor). Learns from the reading
+        when it is in time order (self.learned); sets self.sgn, the signed residual in scale units."""
         learn = when >= self.last_ts
+        self.learned = learn
         if learn:
             self.last_ts = when
             self.n += 1
@@ -146,15 +182,15 @@ class MetricState:
                 self.serr = ab if self.serr == _UNSEEN else self.serr + p.a_dev * (ab - self.serr)
         self.expected = expected
         self.band = band
+        u = r / scale  # the level expert's residual for the pairs: both metrics of a pair judged the same way
+        self.sgn = u if -PAIR_CLIP < u < PAIR_CLIP else (PAIR_CLIP if u > 0.0 else -PAIR_CLIP)
+        self.moving = self.dev > floor  # a metric held at its scale floor (a battery) carries no relation
         raw = z / (z + 3.0) if z < 1e12 else 1.0
         short = self.short + p.a_short * (raw - self.short)
         d = short - self.lmean
         var = self.lvar
         if not learn:
-            if self.n <= p.warmup:
-                return 0.0
-            s = _verdict(d, var, p)
-            return 0.5 * s if self.cool else s
+            return 0.0 if self.n <= p.warmup else _verdict(d, var, p)
         # young statistics are plain means (1/n) until the EWMA weight takes over: no start-up bias
         inv_n = 1.0 / self.n
         a = p.a_long if p.a_long > inv_n else inv_n
@@ -197,13 +233,7 @@ class MetricState:
         s = _verdict(d, var, p)
         m = p.spatial * (hi - lo)
         if m > 0.0 and s >= SPATIAL_MIN_SCORE and z >= p.spatial_z and (x > hi + m or x < lo - m):
-            s = 1.0  # well beyond anything seen before: HTM's "spatial anomaly"
-        if self.cool > 0:
-            self.cool -= 1
-            return 0.5 * s  # damped: cannot alarm at any threshold above 0.5
-        if s >= p.threshold:
-            self.cool = p.refractory
-            self.level, self.trend = x, 0.0  # re-baseline: a level shift alarms once, then becomes the norm
+            return SPATIAL  # well beyond anything seen before: HTM's "spatial anomaly"
         return s
 
 
@@ -215,26 +245,94 @@ def _verdict(d: float, var: float, p: Params) -> float:
         var = SURPRISE_VAR_FLOOR
     tail = 0.5 * math.erfc(d / math.sqrt(2.0 * var))
     if tail <= 0.0:
-        return 1.0
-    s = math.log(tail) / p.log_floor
-    return s if s < 1.0 else 1.0
+        return SPATIAL
+    return math.log(tail) / p.log_floor  # unclipped: > 1 beyond the floor
+
+
+class PairState:
+    """A correlation channel of a multi-metric sensor: metric j's signed residual regressed on metric i's
+    (EWMA moments), and the anomaly likelihood of the regression error's surprise. Eight numbers."""
+
+    __slots__ = ("n", "sxx", "sxy", "dev", "short", "lmean", "lvar")
+
+    def __init__(self):
+        self.n = 0
+        self.sxx = self.sxy = self.dev = 0.0
+        self.short = self.lmean = self.lvar = 0.0
+
+    def surprise(self, u: float, v: float, p: Params) -> float:
+        """Learn from one pair of residuals (in scale units); how many standard deviations the error's recent
+        surprise lies above its long-run mean (0 in the warm-up): `_verdict` is monotone in it, so the fusion
+        turns only the largest into a score."""
+        n = self.n + 1
+        self.n = n
+        inv_n = 1.0 / n
+        a = p.a_pair if p.a_pair > inv_n else inv_n
+        e = v - (self.sxy / self.sxx if self.sxx > 1e-12 else 0.0) * u
+        e = e if e >= 0.0 else -e
+        scale = self.dev if self.dev > PAIR_SCALE_FLOOR else PAIR_SCALE_FLOOR
+        z = e / scale
+        raw = z / (z + 3.0) if z < 1e12 else 1.0
+        lim = p.clip * scale
+        self.dev += a * ((e if e < lim or n < 10 else lim) - self.dev)
+        self.sxx += a * (u * u - self.sxx)
+        self.sxy += a * (u * v - self.sxy)
+        short = self.short + p.a_short * (raw - self.short)
+        d = short - self.lmean
+        var = self.lvar
+        a = p.a_long if p.a_long > inv_n else inv_n
+        self.short = short
+        self.lmean += a * d
+        self.lvar = (1.0 - a) * (var + a * d * d)
+        if n <= p.warmup or d <= 0.0:
+            return 0.0
+        return d / math.sqrt(var if var > SURPRISE_VAR_FLOOR else SURPRISE_VAR_FLOOR)
+
+
+class SensorState:
+    """What the fusion remembers about one multi-metric sensor: its refractory count and its pair channels."""
+
+    __slots__ = ("cool", "key", "pairs")
+
+    def __init__(self):
+        self.cool = 0
+        self.key: tuple = ()
+        self.pairs: list = []  # (index i, index j, "a~b", PairState) over a ring of the metrics in name order
+
+
+class PartScore(MetricScore):
+    """A metric's own score inside a fused multi-metric reading: it informs health but raises no event
+    (the sensor-level score, metric FUSED, decides)."""
+
+
+class SensorScore(AnomalyScore):
+    """A sensor-level (fused) score at or above the threshold: the evidence of its most surprising channel."""
+
+    # real types, not the strings `from __future__ import annotations` would make of them (csp needs types):
+    # channel: the metric, or "a~b" for the correlation between metrics a and b, that surprised most;
+    # top: the most surprising single metric (value, expected, band... are its evidence);
+    # metric_scores: metric -> its own score on this reading
+    __annotations__ = {"channel": str, "top": str, "metric_scores": dict}
 
 
 class Detector:
-    """The per-(sensor, metric) states of a whole fleet, and the scoring of reading batches."""
+    """The per-(sensor, metric) states of a whole fleet, the per-sensor fusion, and the scoring of reading batches."""
 
     def __init__(self, cfg: AnomalyConfig):
         self.params = Params(cfg)
         self.states: dict[tuple[str, str], MetricState] = RecentStates(cfg.max_series, "anomaly")
+        self.sensors: dict[str, SensorState] = RecentStates(cfg.max_series, "anomaly_sensors")
 
     def score_readings(self, readings: list[SensorReading]) -> list[MetricScore]:
-        """One MetricScore per finite metric of each reading, in order; the first reading of a key scores 0."""
+        """One MetricScore per finite metric of each reading, in order (the first reading of a key scores 0);
+        a reading of several metrics (with fusion on) adds one sensor-level score, metric FUSED, after them."""
         p = self.params
         states = self.states
         out = []
         for rd in readings:
             sid = rd.sensor_id
             when = rd.ts
+            parts = []
             for name, x in rd.metrics.items():
                 if not -MAX_MAGNITUDE < x < MAX_MAGNITUDE:  # also rejects NaN
                     continue
@@ -243,12 +341,102 @@ class Detector:
                     states[sid, name] = MetricState(x, when, p)
                     out.append(MetricScore(sensor_id=sid, metric=name, ts=when, value=x, score=0.0))
                     continue
-                s = st.score(x, when, p)
+                parts.append((name, x, st, st.verdict(x, when, p)))
+            if len(parts) > 1 and p.fuse:
+                self._fuse(sid, when, parts, out)
+                continue
+            for name, x, st, u in parts:  # each metric alone, with its own refractory period
+                s = u if u < 1.0 else 1.0
+                if st.cool > 0:
+                    if st.learned:
+                        st.cool -= 1
+                    s *= 0.5  # damped: cannot alarm at any threshold above 0.5
+                elif s >= p.threshold and st.learned:
+                    st.cool = p.refractory
+                    st.level, st.trend = x, 0.0  # re-baseline: a level shift alarms once, then becomes the norm
                 if s >= p.threshold:
                     out.append(_evidence(sid, name, when, x, s, st))
                 else:
                     out.append(MetricScore(sensor_id=sid, metric=name, ts=when, value=x, score=s))
         return out
+
+    def _fuse(self, sid: str, when: datetime, parts: list, out: list) -> None:
+        """The sensor-level score of one multi-metric reading: the most surprising of its metrics and of the
+        correlations between them, Bonferroni-corrected for the number of channels (and, with fuse = fisher,
+        Fisher's combination of the metrics' tails), so a sensor with many metrics alarms no more often than
+        one with a single metric; one refractory period per sensor."""
+        p = self.params
+        sen = self.sensors.get(sid)
+        if sen is None:
+            sen = self.sensors[sid] = SensorState()
+        learned = True
+        top_u, top = -1.0, parts[0]
+        for part in parts:
+            st = part[2]
+            if not st.learned:
+                learned = False
+            elif st.cool > 0:  # the metric re-learns its level after a re-baseline: no trend meanwhile
+                st.cool -= 1
+            if part[3] > top_u:
+                top_u, top = part[3], part
+        best, channel, k = top_u, top[0], len(parts)
+        if p.pairs and learned:
+            key = tuple([part[0] for part in parts])
+            if key != sen.key:  # a new set of metrics: a new ring of pairs
+                sen.key = key
+                order = sorted(range(len(key)), key=key.__getitem__)
+                m = len(order)
+                sen.pairs = [(order[i], order[(i + 1) % m], f"{key[order[i]]}~{key[order[(i + 1) % m]]}", PairState())
+                             for i in range(m if m > 2 else 1)]
+            q, qlabel = 0.0, ""
+            for i, j, label, ps in sen.pairs:
+                a, b = parts[i][2], parts[j][2]
+                v = ps.surprise(a.sgn, b.sgn, p)
+                if v > q and a.moving and b.moving:
+                    q, qlabel = v, label
+            if q > 0.0:
+                v = _verdict(q, 1.0, p)
+                if v > best:
+                    best, channel = v, qlabel
+            k += len(sen.pairs)
+        fused = best - math.log(k) * p.inv_log_floor
+        if p.fisher:
+            h = 0.0
+            for part in parts:
+                h += part[3] if part[3] < SPATIAL else SPATIAL
+            h *= -p.log_floor  # -sum(log tail)
+            acc, term = 1.0, 1.0
+            for i in range(1, len(parts)):
+                term *= h / i
+                acc += term
+            f = (h - math.log(acc)) * p.inv_log_floor
+            fused = (fused if fused > f else f) - _LN2 * p.inv_log_floor
+        s = 1.0 if fused >= 1.0 or top_u >= SPATIAL else (fused if fused > 0.0 else 0.0)
+        damp = sen.cool > 0
+        if learned:
+            if damp:
+                sen.cool -= 1
+            elif s >= p.threshold:
+                sen.cool = p.refractory
+                for name, x, st, u in parts:
+                    if u >= p.threshold:  # re-baseline the metrics that alarmed: a level shift alarms once
+                        st.level, st.trend = x, 0.0
+                        st.cool = p.refractory
+        if damp:
+            s *= 0.5
+        scale = 0.5 if damp else 1.0
+        for name, x, st, u in parts:
+            out.append(PartScore(sensor_id=sid, metric=name, ts=when, value=x, score=(u if u < 1.0 else 1.0) * scale))
+        name, x, st, _ = top
+        if s >= p.threshold:
+            out.append(SensorScore(
+                sensor_id=sid, metric=FUSED, ts=when, value=x, score=s,
+                expected=st.expected, band=st.band, surprise=st.short,
+                surprise_mean=st.lmean, surprise_std=math.sqrt(st.lvar), readings=st.n,
+                channel=channel, top=name, metric_scores={n_: (u_ if u_ < 1.0 else 1.0) for n_, _, _, u_ in parts},
+            ))
+        else:
+            out.append(MetricScore(sensor_id=sid, metric=FUSED, ts=when, value=x, score=s))
 
 
 def _evidence(sid: str, metric: str, when: datetime, x: float, s: float, st: MetricState) -> AnomalyScore:
@@ -284,6 +472,21 @@ def anomaly_event(sc: MetricScore, cfg: AnomalyConfig) -> Event:
             sc.metric,
         )
     lo, hi = sc.expected - 3.0 * sc.band, sc.expected + 3.0 * sc.band
+    if isinstance(sc, SensorScore):
+        return make_event(
+            "anomaly", sc.sensor_id, sc.ts, _severity(sc.score, cfg),
+            f"{sc.sensor_id}: sensor-level anomaly (score {sc.score:.3f}), most surprising {sc.channel}; "
+            f"{sc.top}={sc.value:.6g}, expected {lo:.6g}..{hi:.6g}",
+            {
+                "metric": sc.metric, "channel": sc.channel, "top_metric": sc.top, "score": sc.score,
+                "threshold": cfg.threshold,
+                "metric_scores": dict(sc.metric_scores),
+                # the most surprising single metric's evidence
+                "value": sc.value, "expected": sc.expected, "band_low": lo, "band_high": hi, "scale": sc.band,
+                "readings": sc.readings,
+            },
+            sc.metric,
+        )
     return make_event(
         "anomaly",
         sc.sensor_id,
@@ -310,8 +513,8 @@ def anomaly_event(sc: MetricScore, cfg: AnomalyConfig) -> Event:
 
 @csp.node(memoize=False)
 def anomaly_events(scores: ts[list[MetricScore]], cfg: AnomalyConfig) -> ts[list[Event]]:
-    """`anomaly` events for the scores at or above cfg.threshold."""
+    """`anomaly` events for the scores at or above cfg.threshold (a fused sensor's own metric scores raise none)."""
     if csp.ticked(scores):
-        out = [anomaly_event(sc, cfg) for sc in scores if sc.score >= cfg.threshold]
+        out = [anomaly_event(sc, cfg) for sc in scores if sc.score >= cfg.threshold and not isinstance(sc, PartScore)]
         if out:
             return out

@@ -1,9 +1,12 @@
-"""`edge-agent score`: one series through the live anomaly detector, in historical mode.
+"""`edge-agent score`: a CSV through the live anomaly detector, in historical mode.
 
 The rows go through the very `anomaly_scores` csp node the agent runs, each row
 one reading of one sensor, so the scores are exactly what the live detector
-would have said. Rows are scored in file order; a timestamp that repeats or
-steps back is scored like a live out-of-order reading (see edgewatch.agent.analytics.anomaly).
+would have said. Every column but `timestamp` is a metric of that sensor (or
+only `--metric NAME`); with several, `anomaly_score` is the sensor-level
+(fused) score that decides the live `anomaly` events. Rows are scored in file
+order; a timestamp that repeats or steps back is scored like a live
+out-of-order reading (see edgewatch.agent.analytics.anomaly).
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from datetime import datetime, timedelta, timezone
 
 import csp
 from edgewatch.agent import config
-from edgewatch.agent.analytics.anomaly import MAX_MAGNITUDE, anomaly_scores
+from edgewatch.agent.analytics.anomaly import FUSED, MAX_MAGNITUDE, anomaly_scores
 from edgewatch.agent.config import AnomalyConfig
 from edgewatch.agent.records import SensorReading
 
@@ -40,50 +43,72 @@ def parse_time(text: str) -> datetime:
     return dt.astimezone(timezone.utc).replace(tzinfo=None) if dt.tzinfo else dt
 
 
-def read_series(stream: io.TextIOBase, column: str = "value") -> list[tuple[str, str, datetime, float]]:
-    """Rows of a `timestamp,<column>` CSV as (timestamp text, value text, time, value); blank lines skipped."""
+def read_table(stream: io.TextIOBase, columns: list[str] | None = None) -> tuple[list[str], list[tuple]]:
+    """A `timestamp,<col>,...` CSV: (the scored column names, rows as (timestamp text, value texts, time,
+    values)); `columns` None = every column but the timestamp. Blank lines are skipped."""
     reader = csv.reader(stream)
     header = next(reader, None)
     if header is None:
         raise InputError("line 1: empty file, expected a header with timestamp and value columns")
     header = [h.strip() for h in header]
-    for name in ("timestamp", column):
+    if "timestamp" not in header:
+        raise InputError(f"line 1: no 'timestamp' column in header {','.join(header)!r}")
+    if columns is None:
+        columns = [h for h in header if h != "timestamp"]
+        if not columns:
+            raise InputError(f"line 1: no value column besides 'timestamp' in header {','.join(header)!r}")
+    for name in columns:
         if name not in header:
             raise InputError(f"line 1: no {name!r} column in header {','.join(header)!r}")
-    ti, vi = header.index("timestamp"), header.index(column)
+    if len(set(columns)) != len(columns):
+        raise InputError(f"line 1: a column name repeats in header {','.join(header)!r}")
+    ti = header.index("timestamp")
+    vis = [header.index(c) for c in columns]
+    last = max([ti, *vis])
     rows = []
     for row in reader:
         if not row or all(not c.strip() for c in row):
             continue
         line = reader.line_num
-        if len(row) <= max(ti, vi):
+        if len(row) <= last:
             raise InputError(f"line {line}: expected {len(header)} columns, got {len(row)}")
         try:
             when = parse_time(row[ti])
         except ValueError:
             raise InputError(f"line {line}: unparsable timestamp {row[ti][:64]!r}") from None
-        try:
-            x = float(row[vi])
-        except ValueError:
-            raise InputError(f"line {line}: {column} is not a number: {row[vi][:64]!r}") from None
-        if not -MAX_MAGNITUDE < x < MAX_MAGNITUDE:
-            raise InputError(f"line {line}: {column} is not a finite number of magnitude below {MAX_MAGNITUDE:g}: {row[vi]!r}")
-        rows.append((row[ti], row[vi], when, x))
-    return rows
+        values = []
+        for name, vi in zip(columns, vis):
+            try:
+                x = float(row[vi])
+            except ValueError:
+                raise InputError(f"line {line}: {name} is not a number: {row[vi][:64]!r}") from None
+            if not -MAX_MAGNITUDE < x < MAX_MAGNITUDE:
+                raise InputError(
+                    f"line {line}: {name} is not a finite number of magnitude below {MAX_MAGNITUDE:g}: {row[vi]!r}")
+            values.append(x)
+        rows.append((row[ti], [row[vi] for vi in vis], when, values))
+    return columns, rows
 
 
-def score_series(series: list[tuple[datetime, float]], cfg: AnomalyConfig, metric: str = "value") -> list[float]:
-    """One score per (time, value), in order, from the live `anomaly_scores` node in historical mode."""
-    if not series:
+def read_series(stream: io.TextIOBase, column: str = "value") -> list[tuple[str, str, datetime, float]]:
+    """Rows of a `timestamp,<column>` CSV as (timestamp text, value text, time, value); blank lines skipped."""
+    _, rows = read_table(stream, [column])
+    return [(t, texts[0], when, values[0]) for t, texts, when, values in rows]
+
+
+def score_table(rows: list[tuple[datetime, list[float]]], cfg: AnomalyConfig, columns: list[str]) -> list[float]:
+    """One score per (time, values) row, in order, from the live `anomaly_scores` node in historical mode: each
+    row is one reading of one sensor with these metrics; with several, the score is the sensor-level one."""
+    if not rows:
         return []
     ticks = []
-    for i in range(0, len(series), BATCH):
-        chunk = series[i : i + BATCH]
+    for i in range(0, len(rows), BATCH):
+        chunk = rows[i : i + BATCH]
         # engine time never goes back: a chunk ticks at its latest row time, strictly after the previous tick
         clock = max(t for t, _ in chunk)
         if ticks and clock <= ticks[-1][0]:
             clock = ticks[-1][0] + timedelta(microseconds=1)
-        readings = [SensorReading(sensor_id=SENSOR_ID, ts=t, metrics={metric: x}, attrs={}) for t, x in chunk]
+        readings = [SensorReading(sensor_id=SENSOR_ID, ts=t, metrics=dict(zip(columns, xs)), attrs={}) for t, xs in chunk]
         ticks.append((clock, readings))
 
     @csp.graph
@@ -92,17 +117,32 @@ def score_series(series: list[tuple[datetime, float]], cfg: AnomalyConfig, metri
             csp.add_graph_output("scores", anomaly_scores(csp.curve(list[SensorReading], ticks), cfg))
 
     out = csp.run(g, starttime=ticks[0][0], endtime=ticks[-1][0])
-    scores = [sc.score for _, batch in out.get("scores", []) for sc in batch]
-    if len(scores) != len(series):  # cannot happen: every finite reading yields one score
-        raise RuntimeError(f"detector returned {len(scores)} scores for {len(series)} rows")
+    flat = [sc for _, batch in out.get("scores", []) for sc in batch]
+    # each reading yields one score per metric, then (a fused reading) one sensor-level score, metric FUSED
+    scores, i, m = [], 0, len(columns)
+    for _ in rows:
+        block = flat[i : i + m]
+        i += m
+        if i < len(flat) and flat[i].metric == FUSED:
+            scores.append(flat[i].score)
+            i += 1
+        else:
+            scores.append(max(sc.score for sc in block) if m > 1 else block[0].score)
+    if i != len(flat) or len(scores) != len(rows):  # cannot happen: every finite reading yields its scores
+        raise RuntimeError(f"detector returned {len(flat)} scores for {len(rows)} rows of {m} columns")
     return scores
+
+
+def score_series(series: list[tuple[datetime, float]], cfg: AnomalyConfig, metric: str = "value") -> list[float]:
+    """One score per (time, value), in order, from the live `anomaly_scores` node in historical mode."""
+    return score_table([(t, [x]) for t, x in series], cfg, [metric])
 
 
 def score_command(args) -> int:
     cfg = config.load(args.config).anomaly
     try:
         with open(args.input, newline="", encoding="utf-8") as f:
-            rows = read_series(f, args.metric)
+            columns, rows = read_table(f, [args.metric] if args.metric else None)
     except OSError as e:
         print(f"edge-agent score: {args.input}: {e.strerror}", file=sys.stderr)
         return 2
@@ -117,11 +157,11 @@ def score_command(args) -> int:
     except OSError as e:
         print(f"edge-agent score: {args.out}: {e.strerror}", file=sys.stderr)
         return 2
-    scores = score_series([(when, x) for _, _, when, x in rows], cfg, args.metric)
+    scores = score_table([(when, xs) for _, _, when, xs in rows], cfg, columns)
     try:
         w = csv.writer(out, lineterminator="\n")
-        w.writerow(("timestamp", "value", "anomaly_score"))
-        w.writerows((t, v, repr(s)) for (t, v, _, _), s in zip(rows, scores))
+        w.writerow(("timestamp", *(("value",) if args.metric else columns), "anomaly_score"))
+        w.writerows((t, *texts, repr(s)) for (t, texts, _, _), s in zip(rows, scores))
     finally:
         if out is not sys.stdout:
             out.close()

@@ -136,8 +136,11 @@ def test_metric_names_the_value_column(tmp_path, capsys):
     out = tmp_path / "out.csv"
     assert main(["score", str(path), "--metric", "temp", "--out", str(out)]) == 0
     assert len(out.read_text().splitlines()) == 61
-    assert main(["score", str(path)]) == 2
+    assert main(["score", str(path), "--metric", "value"]) == 2
     assert "no 'value' column" in capsys.readouterr().err
+    # without --metric every column but the timestamp is scored: here the one column, under its own name
+    assert main(["score", str(path), "--out", str(out)]) == 0
+    assert out.read_text().splitlines()[0] == "timestamp,temp,anomaly_score"
 
 
 def test_unwritable_out_exits_2_with_one_line(tmp_path, capsys):

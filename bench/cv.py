@@ -1,0 +1,66 @@
+"""Cross-validation for the anomaly benchmarks (bench/nab.py, bench/skab.py): the candidate configurations and
+the rule that picks one of them on training data only.
+
+Every figure a benchmark prints as its headline comes from outputs that were produced with a configuration chosen
+WITHOUT the data being scored: NAB leave-one-category-out over nab-dev, SKAB leave-one-file-out over skab-dev.
+The held-out outputs of all folds are pooled and scored together (NAB: one threshold for the pooled corpus,
+optimised the NAB way, and at each fold's own live threshold; SKAB: the detector's own `anomaly` events).
+In-sample figures (the shipped defaults scored on the data they were chosen on) are printed beside, labelled.
+
+The candidates differ in the choices the cross-validation is trusted with: the refractory period, the live
+threshold, and the forecast's and the likelihood's time scales (two constants earlier sessions fitted on all of
+nab-dev); everything else is the `[anomaly]` default. The fusion rule is not a candidate: `fuse = "bonferroni"`
+is valid however a sensor's metrics correlate, while "fisher" assumes independent metrics and over-counts
+correlated evidence (tests/agent/test_fusion.py), whatever it scores on a benchmark. The first value of each
+key is the shipped default, so a tie keeps it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import itertools
+import os
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from edgewatch.agent.config import AnomalyConfig  # noqa: E402
+
+SHARED = Path(os.environ.get("SHARED_DIR", REPO.parent / "shared"))
+DATA = SHARED / "data"
+
+# the grid the cross-validation chooses from (one configuration for every series; nothing keyed to a file)
+GRID = {
+    "refractory": (100, 60),
+    "threshold": (0.8, 0.9),
+    "level_span": (20.0, 50.0),
+    "short_span": (2.0, 5.0),
+}
+# the keys that change a single-metric series' scores (NAB): the others only matter for several metrics
+FUSION_KEYS = ("fuse", "pairs", "pair_span")
+
+
+def candidates(base: AnomalyConfig | None = None) -> list[AnomalyConfig]:
+    base = base or AnomalyConfig()
+    keys = list(GRID)
+    return [dataclasses.replace(base, **dict(zip(keys, vals))) for vals in itertools.product(*GRID.values())]
+
+
+def label(cfg: AnomalyConfig) -> str:
+    return ",".join(f"{k}={getattr(cfg, k)}" for k in GRID)
+
+
+def load_nab_scorer(path: Path):
+    spec = importlib.util.spec_from_file_location("nab_score", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def pick(scores: list[float]) -> int:
+    """The index of the best training score (the first of equals: the grid lists the defaults first)."""
+    return max(range(len(scores)), key=lambda i: (scores[i], -i))

@@ -1,0 +1,159 @@
+"""The sensor-level (fused) score of a sensor that publishes several metrics, and the benchmarks' scorers."""
+
+from __future__ import annotations
+
+import csv
+import random
+from datetime import datetime, timedelta
+
+import pytest
+from edgewatch.agent.analytics.anomaly import FUSED, Detector, PartScore, SensorScore
+from edgewatch.agent.cli import main
+from edgewatch.agent.config import AnomalyConfig
+from edgewatch.agent.records import SensorReading
+
+T0 = datetime(2024, 1, 1)
+STEP = timedelta(seconds=1)
+
+
+def pump(n: int, seed: int = 5, broken: range = range(0)) -> list[SensorReading]:
+    """Current and flow follow one process that swings widely (sigma 5); in `broken` the flow drops by 4 (less
+    than one sigma of its own normal swings) while the current stays: only their relation is abnormal."""
+    rnd = random.Random(seed)
+    out = []
+    for i in range(n):
+        f = 20.0 + rnd.gauss(0.0, 5.0)
+        if i in broken:
+            f = 20.0  # an ordinary moment for either metric alone
+        current = f + rnd.gauss(0.0, 0.1)
+        flow = f + rnd.gauss(0.0, 0.1) - (4.0 if i in broken else 0.0)
+        out.append(SensorReading(sensor_id="pump", ts=T0 + i * STEP, metrics={"current": current, "flow": flow}, attrs={}))
+    return out
+
+
+def scores_by_metric(out) -> dict[str, list]:
+    by: dict[str, list] = {}
+    for sc in out:
+        by.setdefault(sc.metric, []).append(sc)
+    return by
+
+
+def test_a_broken_correlation_scores_higher_than_either_metric_alone():
+    at = 3000
+    cfg = AnomalyConfig()
+    by = scores_by_metric(Detector(cfg).score_readings(pump(at + 10, broken=range(at, at + 5))))
+    fused, current, flow = by[FUSED], by["current"], by["flow"]
+    assert len(current) == len(flow) == at + 10 and len(fused) == at + 9  # the first reading has no fused score
+    k = at - 1  # the fused list starts at the second reading
+    assert current[at].score < cfg.threshold and flow[at].score < cfg.threshold  # each alone looks normal
+    assert fused[k].score >= cfg.threshold > max(current[at].score, flow[at].score)
+    assert isinstance(fused[k], SensorScore) and fused[k].channel == "current~flow"
+    assert all(isinstance(sc, PartScore) for sc in current[1:] + flow[1:])
+    # before the break the relation held: (almost) no sensor-level alarm
+    assert sum(sc.score >= cfg.threshold for sc in fused[:k]) <= 2
+
+
+def test_without_pairs_the_broken_correlation_goes_unseen():
+    at = 3000
+    cfg = AnomalyConfig(pairs=False)
+    by = scores_by_metric(Detector(cfg).score_readings(pump(at + 10, broken=range(at, at + 5))))
+    assert by[FUSED][at - 1].score < cfg.threshold
+
+
+def test_fused_sensor_with_many_metrics_alarms_no_more_than_one_metric():
+    """Bonferroni over the channels: eight independent noisy metrics do not raise eight times the alarms."""
+    rnd = random.Random(11)
+    n = 20_000
+    cfg = AnomalyConfig()
+    rds = [SensorReading(sensor_id="s", ts=T0 + i * STEP, metrics={f"m{j}": 20.0 + rnd.gauss(0, 1) for j in range(8)},
+                         attrs={}) for i in range(n)]
+    out = Detector(cfg).score_readings(rds)
+    fused = [sc for sc in out if sc.metric == FUSED and sc.score >= cfg.threshold]
+    assert len(fused) <= 6, len(fused)
+
+
+def test_fuse_off_scores_each_metric_alone_as_before():
+    rds = pump(1200, broken=range(1100, 1105))
+    off = Detector(AnomalyConfig(fuse="off")).score_readings(rds)
+    assert not any(sc.metric == FUSED or isinstance(sc, PartScore) for sc in off)
+    alone = Detector(AnomalyConfig()).score_readings(
+        [SensorReading(sensor_id=r.sensor_id, ts=r.ts, metrics={"flow": r.metrics["flow"]}, attrs={}) for r in rds])
+    assert [sc.score for sc in off if sc.metric == "flow"] == [sc.score for sc in alone]
+
+
+def test_score_command_multi_column_is_the_sensor_level_score(tmp_path):
+    rds = pump(1500, broken=range(1400, 1405))
+    path = tmp_path / "pump.csv"
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["timestamp", "current", "flow"])
+        w.writerows([r.ts.isoformat(sep=" "), repr(r.metrics["current"]), repr(r.metrics["flow"])] for r in rds)
+    out = tmp_path / "out.csv"
+    assert main(["score", str(path), "--out", str(out)]) == 0
+    got = list(csv.reader(out.open()))
+    assert got[0] == ["timestamp", "current", "flow", "anomaly_score"] and len(got) == len(rds) + 1
+    want = [0.0] + [sc.score for sc in Detector(AnomalyConfig()).score_readings(rds) if sc.metric == FUSED]
+    assert [float(r[3]) for r in got[1:]] == want
+    assert max(want[1400:1405]) >= AnomalyConfig().threshold
+    # --metric still scores one column alone
+    assert main(["score", str(path), "--metric", "flow", "--out", str(out)]) == 0
+    got = list(csv.reader(out.open()))
+    assert got[0] == ["timestamp", "value", "anomaly_score"]
+    alone = [SensorReading(sensor_id="score", ts=r.ts, metrics={"flow": r.metrics["flow"]}, attrs={}) for r in rds]
+    assert [float(r[2]) for r in got[1:]] == [sc.score for sc in Detector(AnomalyConfig()).score_readings(alone)]
+
+
+def test_config_rejects_an_unknown_fusion(tmp_path):
+    from edgewatch.agent import config
+
+    p = tmp_path / "agent.toml"
+    p.write_text('[anomaly]\nfuse = "average"\n')
+    with pytest.raises(config.ConfigError, match="anomaly.fuse"):
+        config.load(p)
+
+
+def test_skab_scorer_reproduces_the_zscore_baseline(shared_data):
+    """bench/skab.py's scorer against the figure the issue measured for the rolling z-score on skab-dev (35.1)."""
+    from bench import skab
+
+    root = shared_data / "skab-dev" / "valve1"
+    files = {}
+    for p in sorted(root.glob("*.csv")):
+        times, rows, cps = skab.read_skab(p)
+        files[p.name] = {"times": times, "rows": rows, "windows": skab.windows_of(times, cps)}
+    res = skab.score(files, {k: skab.zscore_detections(f["rows"], f["times"]) for k, f in files.items()})
+    assert res["windows"] == 63 and abs(res["standard"] - 35.1) < 0.1, res
+
+
+def test_skab_scorer_credit_curve():
+    from bench import skab
+
+    times = [T0 + i * STEP for i in range(1000)]
+    files = {"f": {"times": times, "windows": skab.windows_of(times, [500])}}
+    assert skab.score(files, {"f": {500}})["standard"] == 100.0  # at the changepoint: A_tp
+    assert skab.score(files, {"f": set()})["standard"] == 0.0  # nothing: the null detector
+    assert skab.score(files, {"f": {560}})["standard"] == pytest.approx(100 * (1 - 0.11) / 2, abs=0.01)  # window end: A_fp
+    assert skab.score(files, {"f": {100}})["standard"] == 0.0  # inside the 400 training rows: not scored
+    assert skab.score(files, {"f": {700}})["false_positive_rows"] == 1
+
+
+def test_fisher_over_counts_correlated_metrics_bonferroni_does_not():
+    """Two metrics that are one process: Fisher's combination takes them for independent evidence."""
+    cfg_b, cfg_f = AnomalyConfig(fuse="bonferroni"), AnomalyConfig(fuse="fisher")
+    rds = pump(3000)
+
+    def alarms(cfg):
+        return sum(sc.metric == FUSED and sc.score >= cfg.threshold for sc in Detector(cfg).score_readings(rds))
+
+    assert alarms(cfg_b) < alarms(cfg_f)
+
+
+def test_a_steady_metric_beside_a_noisy_one_raises_no_pair_alarm():
+    """A battery that holds still and now and then steps down by a hundredth: no relation to break."""
+    rnd = random.Random(3)
+    cfg = AnomalyConfig()
+    rds = [SensorReading(sensor_id="s", ts=T0 + i * STEP,
+                         metrics={"temperature": 20.0 + rnd.gauss(0, 0.5), "battery": 90.0 - 0.01 * (i // 150)}, attrs={})
+           for i in range(3000)]
+    fused = [sc for sc in Detector(cfg).score_readings(rds) if sc.metric == FUSED and sc.score >= cfg.threshold]
+    assert not [sc for sc in fused if "~" in sc.channel], [(sc.ts, sc.channel) for sc in fused]
