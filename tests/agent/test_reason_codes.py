@@ -33,11 +33,11 @@ DYNSEC = {
 }
 
 
-def acl_broker(tmp_path) -> Mosquitto:
+def acl_broker(tmp_path, dynsec: dict = DYNSEC) -> Mosquitto:
     plugins = glob.glob("/usr/lib/*/mosquitto_dynamic_security.so") + glob.glob("/usr/lib/mosquitto_dynamic_security.so")
     require("mosquitto", Mosquitto.binary() is not None and bool(plugins), "mosquitto's dynamic-security plugin")
     config = tmp_path / "dynsec.json"
-    config.write_text(json.dumps(DYNSEC))
+    config.write_text(json.dumps(dynsec))
     return Mosquitto(tmp_path / "broker",
                      extra_conf=f"plugin {plugins[0]}\nplugin_opt_config_file {config}\n").start()
 
@@ -84,4 +84,36 @@ def test_doctor_reports_refused_subscriptions(tmp_path, capsys, monkeypatch):
         assert line.startswith("✗") and "market/#" in line and "news/#" in line and "sensors/#" not in line, out
         assert "ACL" in out
     finally:
+        broker.stop()
+
+
+def test_a_refused_publish_stays_unpublished_and_is_retried_with_back_off(tmp_path):
+    """A PUBACK with a failure code (here 0x87: the ACL denies the events topic) never marks the event published."""
+    from tests.agent.test_service import FAST, event_rows, readings
+
+    from edgewatch.agent.testing.harness import publish_many
+
+    deny_events = json.loads(json.dumps(DYNSEC))
+    deny_events["roles"][0]["acls"] = [
+        {"acltype": "subscribePattern", "topic": "#", "priority": 0, "allow": True},
+        {"acltype": "publishClientSend", "topic": "edgewatch/events/#", "priority": 1, "allow": False},
+        {"acltype": "publishClientSend", "topic": "#", "priority": 0, "allow": True},
+    ]
+    broker = acl_broker(tmp_path, deny_events)
+    port = free_port()
+    agent = AgentProcess(broker, tmp_path / "agent", {**FAST, "metrics": {"listen": f"127.0.0.1:{port}"}}, protocol="5")
+    try:
+        agent.start().wait_ready(broker)
+        publish_many(broker, readings("s1"))
+        wait_for(lambda: any(e["kind"] == "anomaly" for e in event_rows(agent)), timeout=15, what="an anomaly logged")
+        wait_for(lambda: "outbox_publish_refused_retry" in agent.log_tail(100_000), timeout=10, what="a retry planned")
+        wait_for(lambda: agent.log_tail(100_000).count("outbox_publish_refused_retry") >= 2, timeout=15,
+                 what="a second, later retry")
+        assert all(e["published_at"] is None for e in event_rows(agent))
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+            refused = [line for line in r.read().decode().splitlines()
+                       if line.startswith("edgewatch_mqtt_publishes_refused_total ")]
+        assert refused and float(refused[0].split()[1]) >= 2
+    finally:
+        agent.stop()
         broker.stop()
