@@ -202,7 +202,7 @@ def healthy(cfg, sensors: int, readings: int, seed: int = 0) -> dict:
 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--data", type=Path, help="folder holding nab-dev/ (default: ../shared/data from the repo)")
+    ap.add_argument("--data", type=Path, help="folder holding nab-dev/ (default: $SHARED_DIR/data)")
     ap.add_argument("--corpus", type=Path, help="the nab-dev folder itself (default: DATA/nab-dev)")
     ap.add_argument("--scorer", type=Path, help="NAB scorer (default: DATA/../tools/nab_score.py)")
     ap.add_argument("--config", help="agent configuration whose [anomaly] section is used")

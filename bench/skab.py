@@ -1,6 +1,6 @@
 """SKAB benchmark: the agent's `anomaly` events on real multivariate pump data, cross-validated (the headline).
 
-Each file of ../shared/data/skab-dev is replayed through the agent's detector as
+Each file of skab-dev (under $SHARED_DIR/data) is replayed through the agent's detector as
 the readings of ONE sensor with eight metrics (1 Hz); the rows where the agent
 raises an `anomaly` event are its detections (with the sensor-level fusion on,
 that is the fused score; each metric's own score raises none). They are scored
@@ -181,7 +181,7 @@ def zscore_detections(rows, times, window: int = 300, z: float = 4.0, quiet: flo
 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--data", type=Path, default=cv.DATA, help="folder holding skab-dev/ (default: ../shared/data)")
+    ap.add_argument("--data", type=Path, default=cv.DATA, help="folder holding skab-dev/ (default: $SHARED_DIR/data)")
     ap.add_argument("--config", help="agent configuration whose [anomaly] section is used")
     args = ap.parse_args(argv)
     cfg = config.load(args.config).anomaly

@@ -44,6 +44,8 @@ def _events():
 
 @pytest.fixture
 def db(tmp_path) -> str:
+    global NOW
+    NOW = utcnow()  # relative filters ("--until 5m") count back from when the test runs, not from the import
     path = str(tmp_path / "events.db")
     store = Store(path)
     store.write(

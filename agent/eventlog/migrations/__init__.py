@@ -9,6 +9,7 @@ with a revision this code does not know was written by a newer release: it is re
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from pathlib import Path
@@ -22,6 +23,9 @@ from alembic.script import ScriptDirectory
 from edgewatch.agent.config import ConfigError
 
 log = structlog.get_logger("edgewatch.agent.eventlog.migrations")
+# Alembic narrates every connection at INFO ("Context impl SQLiteImpl." ...); the upgrades it runs are logged
+# below, once, in the agent's own words
+logging.getLogger("alembic").setLevel(logging.WARNING)
 
 BASELINE = "0001"  # the schema of 0.2.0, whose logs carry no version
 SQLITE_LOCK_WAIT = 120.0  # seconds to wait for another process's migration of the same file
