@@ -28,6 +28,7 @@ from edgewatch.agent.eventlog.writer import StoreWriter
 from edgewatch.agent.ingest.capture import read_captures
 from edgewatch.agent.ingest.validate import Parsed, Validator
 from edgewatch.agent.records import (
+    RECORD_TYPES,
     BatchMark,
     DeadLetter,
     Headline,
@@ -38,7 +39,6 @@ from edgewatch.agent.records import (
     Trade,
 )
 
-KINDS = ("sensor", "trade", "quote", "position", "pnl", "news")
 RUN_LIMIT = timedelta(days=365 * 100)  # the engine stops at the last message; this only bounds the run
 
 
@@ -177,7 +177,7 @@ def replay(paths: list[str], cfg: Config, db: str) -> dict:
 def _print_summary(s: dict, out=None) -> None:
     out = out or sys.stdout
     span = f"{s['first']:%Y-%m-%d %H:%M:%S} .. {s['last']:%Y-%m-%d %H:%M:%S} UTC" if s["first"] else "empty"
-    accepted = ", ".join(f"{k} {s['accepted'][k]}" for k in KINDS if k in s["accepted"]) or "none"
+    accepted = ", ".join(f"{k} {s['accepted'][k]}" for k in RECORD_TYPES if k in s["accepted"]) or "none"
     print(f"replayed {s['messages']} messages from {s['files']} file(s), {span}", file=out)
     print(f"  accepted: {accepted}; rejected {s['rejected']}; damaged lines skipped {s['skipped_lines']}", file=out)
     for reason in s["rejected_examples"]:
