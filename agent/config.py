@@ -126,8 +126,14 @@ class AnomalyConfig:
     spatial_z: float = 5.0  # ... and only when the reading is also this many robust scales from its forecast (a young range is narrow)
     max_series: int = 200_000  # (sensor, metric) series tracked at most (about 1.4 KB each); the longest-silent is forgotten beyond it
     fuse: str = "bonferroni"  # a reading of several metrics: one sensor-level score (metric "*") raises the events: "bonferroni" (most surprising channel, corrected for their number; valid however the metrics correlate), "fisher" (also Fisher's combination of the metrics: more sensitive to a joint shift, but it assumes independent metrics and over-counts correlated ones), "off" (each metric alone)
-    pairs: bool = True  # the sensor-level score also watches the correlation of each metric with the next (ring in name order): a broken relation counts
+    sensor_refractory: int = 45  # readings after a sensor-level detection during which that sensor cannot alarm again
+    fuse_metrics: bool = False  # the sensor-level score takes each metric's own verdict; off: a metric counts there only when it breaks the range seen so far (the pairs and change channels still count)
+    pairs: bool = False  # the sensor-level score also watches the correlation of each metric with the next (ring in name order): a broken relation counts
     pair_span: float = 200.0  # readings: EWMA span of the pair regressions
+    change_window: int = 300  # readings: the sensor-level score's slow reference per metric (mean and spread of the last this many, in blocks of 30; 0 = no change channels)
+    change_span: float = 12.0  # readings: EWMA span of a metric's deviation from its slow reference (in reference spreads)
+    change_z: float = 3.2  # that deviation, in units of its own long-run RMS, at which a change channel reaches the live threshold, for one metric (Bonferroni: a sensor of more metrics needs a larger one)
+    change_norm_span: float = 3000.0  # readings: EWMA span of the deviation's long-run RMS
 
 
 @dataclasses.dataclass
@@ -320,6 +326,9 @@ RANGES = {
     ("anomaly", "threshold"): SHARE,
     ("anomaly", "critical"): SHARE,
     ("anomaly", "tail_floor"): Range(0, 1, low_open=True, high_open=True),
+    ("anomaly", "change_span"): AT_LEAST_1,
+    ("anomaly", "change_z"): POSITIVE,
+    ("anomaly", "change_norm_span"): AT_LEAST_1,
     ("health", "interval"): POSITIVE,
     ("health", "sweep_interval"): POSITIVE,
     ("health", "stale_factor"): POSITIVE,
@@ -364,6 +373,7 @@ ORDERED = (
     ("mqtt", "reconnect_min_delay", "reconnect_max_delay", False),
     ("anomaly", "threshold", "critical", False),
     ("anomaly", "short_span", "long_span", True),
+    ("anomaly", "change_span", "change_norm_span", True),
     ("health", "fast_span", "baseline_span", True),
     ("health", "noise_span", "baseline_span", True),
     ("market", "fast_span", "slow_span", True),
@@ -457,6 +467,10 @@ def check(cfg: Config) -> None:
             if _overlap(prefix, other_prefix):
                 raise ConfigError(f"mqtt.{key}: {prefix!r} overlaps mqtt.{other} ({other_prefix!r}): "
                                   "each feed and the output need topics of their own")
+    window = cfg.anomaly.change_window
+    if window and (window < 60 or window % 30):
+        raise ConfigError(f"anomaly.change_window: must be 0 (off) or a multiple of 30 from 60 on (whole blocks "
+                          f"of 30 readings, at least two), got {window}")
     for section, smaller, larger, strictly in ORDERED:
         low, high = getattr(getattr(cfg, section), smaller), getattr(getattr(cfg, section), larger)
         if low > high or (strictly and low == high):

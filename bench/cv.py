@@ -8,8 +8,9 @@ optimised the NAB way, and at each fold's own live threshold; SKAB: the detector
 In-sample figures (the shipped defaults scored on the data they were chosen on) are printed beside, labelled.
 
 The candidates differ in the choices the cross-validation is trusted with: the refractory period, the live
-threshold, and the forecast's and the likelihood's time scales (two constants earlier sessions fitted on all of
-nab-dev); everything else is the `[anomaly]` default. The fusion rule is not a candidate: `fuse = "bonferroni"`
+threshold, and the forecast's and the likelihood's time scales (two constants first fitted on all of nab-dev);
+for a sensor of several metrics (SKAB) also which channels the sensor-level score takes (the metrics' own
+verdicts, the pairs) and the change channels' threshold; everything else is the `[anomaly]` default. The fusion rule is not a candidate: `fuse = "bonferroni"`
 is valid however a sensor's metrics correlate, while "fisher" assumes independent metrics and over-counts
 correlated evidence (tests/agent/test_fusion.py), whatever it scores on a benchmark. The first value of each
 key is the shipped default, so a tie keeps it.
@@ -40,18 +41,28 @@ GRID = {
     "level_span": (20.0, 50.0),
     "short_span": (2.0, 5.0),
 }
-# the keys that change a single-metric series' scores (NAB): the others only matter for several metrics
-FUSION_KEYS = ("fuse", "pairs", "pair_span")
+# the choices that only matter for a sensor of several metrics (SKAB), chosen with the threshold (the
+# forecast's time scales stay at their defaults: they barely touch the sensor-level score)
+SENSOR_GRID = {
+    "sensor_refractory": (45, 60, 100),
+    "threshold": GRID["threshold"],
+    "fuse_metrics": (False, True),
+    "pairs": (False, True),
+    "change_z": (3.2, 3.0, 3.4),
+}
+# the keys that change only a multi-metric sensor's scores: a single-metric series (NAB) ignores them
+FUSION_KEYS = ("fuse", "sensor_refractory", "pairs", "pair_span", "fuse_metrics", "change_window", "change_span",
+               "change_z", "change_norm_span")
 
 
-def candidates(base: AnomalyConfig | None = None) -> list[AnomalyConfig]:
+def candidates(base: AnomalyConfig | None = None, grid: dict = GRID) -> list[AnomalyConfig]:
     base = base or AnomalyConfig()
-    keys = list(GRID)
-    return [dataclasses.replace(base, **dict(zip(keys, vals))) for vals in itertools.product(*GRID.values())]
+    keys = list(grid)
+    return [dataclasses.replace(base, **dict(zip(keys, vals))) for vals in itertools.product(*grid.values())]
 
 
-def label(cfg: AnomalyConfig) -> str:
-    return ",".join(f"{k}={getattr(cfg, k)}" for k in GRID)
+def label(cfg: AnomalyConfig, grid: dict = GRID) -> str:
+    return ",".join(f"{k}={getattr(cfg, k)}" for k in grid)
 
 
 def load_nab_scorer(path: Path):

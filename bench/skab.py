@@ -195,7 +195,7 @@ def main(argv: list[str] | None = None) -> dict:
     free_times, free_rows, _ = read_skab(root / "anomaly-free" / "anomaly-free.csv")
 
     t0 = time.perf_counter()
-    configs = cv.candidates(cfg)
+    configs = cv.candidates(cfg, cv.SENSOR_GRID)
     outputs, free_fa = [], []
     for c in configs:
         outputs.append({k: detector_detections(f["times"], f["rows"], c) for k, f in files.items()})
@@ -208,7 +208,7 @@ def main(argv: list[str] | None = None) -> dict:
         fit = [score(train, outputs[i])["standard"] if i in allowed else -math.inf for i in range(len(configs))]
         i = cv.pick(fit)
         held[k] = outputs[i][k]
-        chosen[cv.label(configs[i])] = chosen.get(cv.label(configs[i]), 0) + 1
+        chosen[cv.label(configs[i], cv.SENSOR_GRID)] = chosen.get(cv.label(configs[i], cv.SENSOR_GRID), 0) + 1
     t_cv = time.perf_counter() - t0
 
     # in-sample: the shipped configuration through the live csp nodes; it must agree with the Detector path
@@ -232,7 +232,7 @@ def main(argv: list[str] | None = None) -> dict:
         },
         "in_sample": {
             "note": "the shipped [anomaly] defaults on the data they were chosen on: optimistic",
-            "config": cv.label(cfg),
+            "config": cv.label(cfg, cv.SENSOR_GRID),
             **score(files, live),
             "anomaly_free_alarms_per_hour": alarms_per_hour(free_times, live_free),
         },
@@ -241,7 +241,7 @@ def main(argv: list[str] | None = None) -> dict:
             **score(files, base),
             "anomaly_free_alarms_per_hour": alarms_per_hour(free_times, base_free),
         },
-        "candidates_in_sample": {cv.label(c): {"standard": score(files, o)["standard"], "anomaly_free_alarms_per_hour": fa}
+        "candidates_in_sample": {cv.label(c, cv.SENSOR_GRID): {"standard": score(files, o)["standard"], "anomaly_free_alarms_per_hour": fa}
                                  for c, o, fa in zip(configs, outputs, free_fa)},
         "seconds": round(t_cv, 1),
     }

@@ -32,20 +32,33 @@ rare); nothing scores above 0 during the warm-up.
 A sensor that publishes several metrics in one reading also gets a
 sensor-level score (`fuse`, on by default), metric FUSED ("*"), and with it
 only that score raises `anomaly` events (its metrics' own scores, PartScore,
-still inform health). Its channels are the metrics' own verdicts and, with
-`pairs`, one correlation channel per metric and the next one in name order (a
-ring: M channels for M > 2 metrics, one for two): an EWMA regression of one
-metric's signed level residual (in scale units) on the other's, whose error
-goes through the same surprise and likelihood steps, so a broken relation
-(flow drops while current stays) counts even when each metric alone looks
-normal. The fused verdict is the most surprising channel, Bonferroni-corrected
-for the number of channels (-log(tail * K)): valid however the metrics
-correlate, so an eight-metric sensor alarms about as often as a one-metric
-one (`fuse = "fisher"` adds Fisher's combination of the metrics' tails: more
-sensitive to a joint shift, but it assumes independent metrics). The
-refractory period and the re-baselining then apply per sensor (the metrics
-that alarmed re-baseline). A single metric per reading is scored exactly as
-before. Per sensor: one refractory count and eight numbers per pair.
+still inform health). Its channels:
+
+- per metric, a change channel (`change_window`): the metric's deviation
+  from a slow reference (mean and spread of its last 300 readings), smoothed
+  (EWMA, `change_span`) and judged against that deviation's own long-run RMS.
+  The fast level forecast above follows a fault that moves a metric a few
+  noise widths over a minute (a closing valve); the slow reference does not;
+- a metric's own verdict, as a range break ("spatial") only, unless
+  `fuse_metrics` (then every verdict: more sensitive to short excursions, at
+  twice the false alarms on SKAB's healthy pump);
+- with `pairs`, one correlation channel per metric and the next one in name
+  order (a ring): an EWMA regression of one metric's signed level residual
+  (in scale units) on the other's, whose error goes through the surprise and
+  likelihood steps, so a broken relation (flow drops while current stays)
+  counts even when each metric alone looks normal.
+
+The fused verdict is the most surprising channel, Bonferroni-corrected for
+the number of channels (-log(tail * K)): valid however the metrics
+correlate, so an eight-metric sensor alarms about as often as a two-metric
+one (`fuse = "fisher"` adds Fisher's combination of the metrics' tails). A
+change channel's tail is the two-sided normal tail of its deviation, times
+the number of metrics, and `change_z` (for one metric) maps to the live
+threshold. The sensor has its own refractory period (`sensor_refractory`);
+the metrics that alarmed re-baseline. These choices (which channels, the
+change threshold, the refractory period) were made by leave-one-file-out
+cross-validation on SKAB (bench/skab.py). A single metric per reading is
+scored as above, without any of this.
 
 Out-of-order readings (older than the last one of their key) are scored
 against the current model but teach it nothing: feeding the past into EWMAs
@@ -79,6 +92,9 @@ PAIR_CLIP = 10.0  # residuals (in scale units) beyond this are clipped before th
 PAIR_SCALE_FLOOR = 0.1  # a pair's error scale, in the metrics' own scale units, is never taken as below this: a
 # relation tighter than a tenth of the metrics' noise (or a metric that barely moves, like a battery) is no signal
 FUSED = "*"  # the metric name of a multi-metric sensor's sensor-level score
+CHANGE_BLOCK = 30  # readings per block of a change channel's slow reference
+CHANGE_CLIP = 10.0  # a deviation from the slow reference counts at most this many reference spreads
+CHANGE_WARMUP = 30  # deviations learnt before a change channel judges one
 _LN2 = math.log(2.0)
 
 
@@ -93,7 +109,8 @@ class Params:
     __slots__ = (
         "a_level", "a_trend", "a_dev", "a_season", "a_short", "a_long", "clip", "warmup", "refractory",
         "rel_floor", "buckets", "season_min", "log_floor", "threshold", "spatial", "spatial_z",
-        "inv_log_floor", "fuse", "fisher", "pairs", "a_pair",
+        "inv_log_floor", "fuse", "fisher", "pairs", "a_pair", "blocks", "a_change", "a_cnorm", "change_log",
+        "fuse_metrics", "sensor_refractory",
     )
 
     def __init__(self, cfg: AnomalyConfig):
@@ -117,7 +134,13 @@ class Params:
         self.fuse = cfg.fuse != "off"
         self.fisher = cfg.fuse == "fisher"
         self.pairs = cfg.pairs
+        self.fuse_metrics = cfg.fuse_metrics
+        self.sensor_refractory = cfg.sensor_refractory
         self.a_pair = ewma_alpha(cfg.pair_span)
+        self.blocks = cfg.change_window // CHANGE_BLOCK  # config.check: 0 or at least two whole blocks
+        self.a_change = ewma_alpha(cfg.change_span)
+        self.a_cnorm = ewma_alpha(cfg.change_norm_span)
+        self.change_log = math.log(math.erfc(cfg.change_z / math.sqrt(2.0)))  # log of change_z's two-sided tail
 
 
 class MetricState:
@@ -125,7 +148,7 @@ class MetricState:
 
     __slots__ = (
         "n", "last_ts", "level", "dev", "mag", "season", "seen", "short", "lmean", "lvar",
-        "cool", "expected", "band", "serr", "lo", "hi", "trend", "sgn", "learned", "moving",
+        "cool", "expected", "band", "serr", "lo", "hi", "trend", "sgn", "learned", "moving", "change",
     )
 
     def __init__(self, x: float, when: datetime, p: Params):
@@ -149,6 +172,7 @@ class MetricState:
         self.sgn = 0.0
         self.learned = True
         self.moving = False
+        self.change: ChangeState | None = None  # the sensor-level score's change channel (several metrics only)
 
     def verdict(self, x: float, when: datetime, p: Params) -> float:
         """The metric's own verdict on one reading, before any refractory period: -log(tail) / -log(tail_floor),
@@ -247,6 +271,65 @@ def _verdict(d: float, var: float, p: Params) -> float:
     if tail <= 0.0:
         return SPATIAL
     return math.log(tail) / p.log_floor  # unclipped: > 1 beyond the floor
+
+
+class ChangeState:
+    """A metric's change channel in the sensor-level score: how far the metric has moved from a slow
+    reference (the mean and spread of its last `change_window` readings, kept as a ring of block sums), as an
+    EWMA of that deviation in reference spreads, judged against the deviation's own long-run RMS, so that a
+    metric that always wanders (a fluid temperature) needs a larger move than one that holds still. The
+    reference follows a new level only after a window, so a sustained shift of a few noise widths, which the
+    fast level forecast absorbs in seconds, stays visible here. About 2 x blocks + 8 numbers."""
+
+    __slots__ = ("sums", "full", "bn", "bs", "bs2", "s", "s2", "pivot", "dev", "ms", "n")
+
+    def __init__(self, x: float, p: Params):
+        self.sums = array("d", bytes(16 * p.blocks))  # per block of the ring: sum, sum of squares (x - pivot)
+        self.full = 0  # blocks completed so far
+        self.bn, self.bs, self.bs2 = 0, 0.0, 0.0  # the block being filled
+        self.s = self.s2 = 0.0  # totals over the ring's completed blocks
+        self.pivot = x  # sums are of x - pivot: no cancellation for a large mean with a small spread
+        self.dev = self.ms = 0.0
+        self.n = 0
+
+    def deviation(self, x: float, floor: float, p: Params) -> float:
+        """Learn from one in-order reading; its EWMA deviation in units of the long-run RMS (0 while young)."""
+        x -= self.pivot
+        r = 0.0
+        k = self.full if self.full < p.blocks else p.blocks
+        if k >= 2:
+            cnt = k * CHANGE_BLOCK
+            mu = self.s / cnt
+            var = self.s2 / cnt - mu * mu
+            sd = math.sqrt(var) if var > 0.0 else 0.0
+            z = (x - mu) / (sd if sd > floor else floor)
+            z = z if -CHANGE_CLIP < z < CHANGE_CLIP else (CHANGE_CLIP if z > 0.0 else -CHANGE_CLIP)
+            dev = self.dev + p.a_change * (z - self.dev)
+            self.dev = dev
+            n = self.n = self.n + 1
+            e2 = dev * dev
+            if n > CHANGE_WARMUP:
+                ms = self.ms
+                r = (dev if dev >= 0.0 else -dev) / math.sqrt(ms) if ms > 1e-12 else 0.0
+                if e2 > 25.0 * ms:  # a change learns its own norm slowly: clipped like every other residual
+                    e2 = 25.0 * ms
+            a = p.a_cnorm if p.a_cnorm * n > 1.0 else 1.0 / n
+            self.ms += a * (e2 - self.ms)
+        self.bn += 1
+        self.bs += x
+        self.bs2 += x * x
+        if self.bn == CHANGE_BLOCK:
+            i = 2 * (self.full % p.blocks)
+            sums = self.sums
+            if self.full >= p.blocks:
+                self.s -= sums[i]
+                self.s2 -= sums[i + 1]
+            sums[i], sums[i + 1] = self.bs, self.bs2
+            self.s += self.bs
+            self.s2 += self.bs2
+            self.full += 1
+            self.bn, self.bs, self.bs2 = 0, 0.0, 0.0
+        return r
 
 
 class PairState:
@@ -380,6 +463,8 @@ class Detector:
             if part[3] > top_u:
                 top_u, top = part[3], part
         best, channel, k = top_u, top[0], len(parts)
+        if not p.fuse_metrics and top_u < SPATIAL:  # the metrics' own verdicts count only as range breaks
+            best, k = 0.0, 1
         if p.pairs and learned:
             key = tuple([part[0] for part in parts])
             if key != sen.key:  # a new set of metrics: a new ring of pairs
@@ -411,13 +496,28 @@ class Detector:
                 acc += term
             f = (h - math.log(acc)) * p.inv_log_floor
             fused = (fused if fused > f else f) - _LN2 * p.inv_log_floor
+        if p.blocks and learned:
+            top_r, top_c = 0.0, top
+            for part in parts:
+                name, x, st, _ = part
+                ch = st.change
+                if ch is None:
+                    ch = st.change = ChangeState(x, p)
+                r = ch.deviation(x, p.rel_floor * st.mag + 1e-9, p)
+                if r > top_r:
+                    top_r, top_c = r, part
+            if top_r > 0.0:
+                tail = math.erfc(top_r / math.sqrt(2.0)) * len(parts)  # two-sided, Bonferroni over the metrics
+                v = p.threshold * math.log(tail) / p.change_log if 0.0 < tail < 1.0 else (SPATIAL if tail <= 0.0 else 0.0)
+                if v > fused:
+                    fused, channel, top = v, f"{top_c[0]}:change", top_c
         s = 1.0 if fused >= 1.0 or top_u >= SPATIAL else (fused if fused > 0.0 else 0.0)
         damp = sen.cool > 0
         if learned:
             if damp:
                 sen.cool -= 1
             elif s >= p.threshold:
-                sen.cool = p.refractory
+                sen.cool = p.sensor_refractory
                 for name, x, st, u in parts:
                     if u >= p.threshold:  # re-baseline the metrics that alarmed: a level shift alarms once
                         st.level, st.trend = x, 0.0
