@@ -406,9 +406,11 @@ class Detector:
         self.states: dict[tuple[str, str], MetricState] = RecentStates(cfg.max_series, "anomaly")
         self.sensors: dict[str, SensorState] = RecentStates(cfg.max_series, "anomaly_sensors")
 
-    def score_readings(self, readings: list[SensorReading]) -> list[MetricScore]:
+    def score_readings(self, readings: list[SensorReading], floor: float = 0.0) -> list[MetricScore]:
         """One MetricScore per finite metric of each reading, in order (the first reading of a key scores 0);
-        a reading of several metrics (with fusion on) adds one sensor-level score, metric FUSED, after them."""
+        a reading of several metrics (with fusion on) adds one sensor-level score, metric FUSED, after them.
+        Scores below `floor` are left out (the live graph needs only those that raise events or count for
+        health: building a score object costs as much as a metric's arithmetic)."""
         p = self.params
         states = self.states
         out = []
@@ -422,11 +424,12 @@ class Detector:
                 st = states.get((sid, name))
                 if st is None:
                     states[sid, name] = MetricState(x, when, p)
-                    out.append(MetricScore(sensor_id=sid, metric=name, ts=when, value=x, score=0.0))
+                    if floor <= 0.0:
+                        out.append(MetricScore(sensor_id=sid, metric=name, ts=when, value=x, score=0.0))
                     continue
                 parts.append((name, x, st, st.verdict(x, when, p)))
             if len(parts) > 1 and p.fuse:
-                self._fuse(sid, when, parts, out)
+                self._fuse(sid, when, parts, out, floor)
                 continue
             for name, x, st, u in parts:  # each metric alone, with its own refractory period
                 s = u if u < 1.0 else 1.0
@@ -439,11 +442,11 @@ class Detector:
                     st.level, st.trend = x, 0.0  # re-baseline: a level shift alarms once, then becomes the norm
                 if s >= p.threshold:
                     out.append(_evidence(sid, name, when, x, s, st))
-                else:
+                elif s >= floor:
                     out.append(MetricScore(sensor_id=sid, metric=name, ts=when, value=x, score=s))
         return out
 
-    def _fuse(self, sid: str, when: datetime, parts: list, out: list) -> None:
+    def _fuse(self, sid: str, when: datetime, parts: list, out: list, floor: float) -> None:
         """The sensor-level score of one multi-metric reading: the most surprising of its metrics and of the
         correlations between them, Bonferroni-corrected for the number of channels (and, with fuse = fisher,
         Fisher's combination of the metrics' tails), so a sensor with many metrics alarms no more often than
@@ -526,7 +529,9 @@ class Detector:
             s *= 0.5
         scale = 0.5 if damp else 1.0
         for name, x, st, u in parts:
-            out.append(PartScore(sensor_id=sid, metric=name, ts=when, value=x, score=(u if u < 1.0 else 1.0) * scale))
+            u = (u if u < 1.0 else 1.0) * scale
+            if u >= floor:
+                out.append(PartScore(sensor_id=sid, metric=name, ts=when, value=x, score=u))
         name, x, st, _ = top
         if s >= p.threshold:
             out.append(SensorScore(
@@ -535,7 +540,7 @@ class Detector:
                 surprise_mean=st.lmean, surprise_std=math.sqrt(st.lvar), readings=st.n,
                 channel=channel, top=name, metric_scores={n_: (u_ if u_ < 1.0 else 1.0) for n_, _, _, u_ in parts},
             ))
-        else:
+        elif s >= floor:
             out.append(MetricScore(sensor_id=sid, metric=FUSED, ts=when, value=x, score=s))
 
 
@@ -548,12 +553,13 @@ def _evidence(sid: str, metric: str, when: datetime, x: float, s: float, st: Met
 
 
 @csp.node(memoize=False)  # the config is a mutable dataclass, not hashable
-def anomaly_scores(readings: ts[list[SensorReading]], cfg: AnomalyConfig) -> ts[list[MetricScore]]:
-    """Score every metric of every reading; one node keyed by (sensor, metric) inside."""
+def anomaly_scores(readings: ts[list[SensorReading]], cfg: AnomalyConfig, keep: float = 0.0) -> ts[list[MetricScore]]:
+    """Score every metric of every reading; one node keyed by (sensor, metric) inside. With `keep` > 0 only
+    the scores at or above it or the (live) event threshold, whichever is lower, go out (0: every score)."""
     with csp.state():
         s_detector = Detector(cfg)
     if csp.ticked(readings):
-        out = s_detector.score_readings(readings)
+        out = s_detector.score_readings(readings, min(keep, cfg.threshold))
         if out:
             return out
 

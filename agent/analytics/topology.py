@@ -49,7 +49,7 @@ def sensor_graph(readings: ts[list[SensorReading]], cfg: Config) -> ts[list[Even
     """Anomaly scores feed both the `anomaly` events and the health/maintenance node; one list per cycle."""
     check_health(cfg.health, cfg.maintenance)  # a bad key fails here, at wiring, not inside the running engine
     check_drift(cfg.drift)
-    scores = anomaly_scores(readings, cfg.anomaly)
+    scores = anomaly_scores(readings, cfg.anomaly, cfg.health.anomaly_score)  # what events and health use
     anomalies = anomaly_events(scores, cfg.anomaly)
     health = sensor_health(readings, scores, cfg.health, cfg.maintenance, cfg.drift)
     return merge_events([anomalies, health])
