@@ -232,6 +232,9 @@ class Batcher:
                     self._prefill(joining)
                 if self._active:
                     self._step()
+                # then steps back to back while nothing else waits: no lock and no queue scan per token
+                while self._active and not (self._classify or self._pending or self._stopping):
+                    self._step()
             except Exception as e:  # noqa: BLE001 - an engine failure fails its requests, not the server
                 log.exception("inference failed")
                 for w, _, _ in classify:
@@ -297,7 +300,8 @@ class Batcher:
         self.stats.batch("prefill", len(live))
         for w, row, cache in zip(live, logits, caches):
             w.cache = cache
-            w.tracker = TextTracker(self.engine.decode, w.params)
+            # read as it comes only when streamed or with per-token logprobs (their text is each token's)
+            w.tracker = TextTracker(self.engine.decode, w.params, w.stream or w.params.logprobs is not None)
             w.rng = np.random.default_rng(w.params.seed)
             self._accept(w, row)
         self._active.extend(w for w in live if not self._finished(w))

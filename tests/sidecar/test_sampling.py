@@ -97,3 +97,16 @@ def test_valid_unicode_always_encodes(text):
 def test_valid_unicode_replaces_lone_surrogates():
     assert valid_unicode("ok ✓") == "ok ✓"
     assert valid_unicode("a\udce9b").startswith("a\ufffd") and valid_unicode("a\udce9b").endswith("b")
+
+
+def test_a_tracker_read_only_at_the_end_gives_the_same_text():
+    """Non-streamed completions decode once at the end: the same text as token by token, split characters
+    included (byte-level tokens that end mid-character)."""
+    vocab = {1: b"caf", 2: b"\xc3", 3: b"\xa9 ", 4: b"ok"}
+    decode = lambda ids: b"".join(vocab[i] for i in ids).decode("utf-8", errors="replace")  # noqa: E731
+    ids = [1, 2, 3, 4, 2]
+    streamed, once = TextTracker(decode, SamplingParams()), TextTracker(decode, SamplingParams(), incremental=False)
+    parts = [streamed.add(t) for t in ids] + [streamed.flush()]
+    assert [once.add(t) for t in ids] == [""] * len(ids)
+    assert once.flush() == "".join(parts) == streamed.text == once.text
+    assert TextTracker(decode, SamplingParams(stop=("é",)), incremental=False).incremental  # a stop needs the text
