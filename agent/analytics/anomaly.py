@@ -60,6 +60,7 @@ from datetime import datetime
 
 import csp
 from csp import ts
+from edgewatch.agent.analytics.snapshot import keep, persisted
 from edgewatch.agent.analytics.states import RecentStates
 from edgewatch.agent.config import AnomalyConfig
 from edgewatch.agent.records import (
@@ -120,6 +121,7 @@ class Params:
         self.a_pair = ewma_alpha(cfg.pair_span)
 
 
+@persisted
 class MetricState:
     """Everything the detector remembers about one (sensor, metric): a fixed set of numbers."""
 
@@ -249,6 +251,7 @@ def _verdict(d: float, var: float, p: Params) -> float:
     return math.log(tail) / p.log_floor  # unclipped: > 1 beyond the floor
 
 
+@persisted
 class PairState:
     """A correlation channel of a multi-metric sensor: metric j's signed residual regressed on metric i's
     (EWMA moments), and the anomaly likelihood of the regression error's surprise. Eight numbers."""
@@ -289,6 +292,7 @@ class PairState:
         return d / math.sqrt(var if var > SURPRISE_VAR_FLOOR else SURPRISE_VAR_FLOOR)
 
 
+@persisted
 class SensorState:
     """What the fusion remembers about one multi-metric sensor: its refractory count and its pair channels."""
 
@@ -448,10 +452,14 @@ def _evidence(sid: str, metric: str, when: datetime, x: float, s: float, st: Met
 
 
 @csp.node(memoize=False)  # the config is a mutable dataclass, not hashable
-def anomaly_scores(readings: ts[list[SensorReading]], cfg: AnomalyConfig) -> ts[list[MetricScore]]:
-    """Score every metric of every reading; one node keyed by (sensor, metric) inside."""
+def anomaly_scores(readings: ts[list[SensorReading]], cfg: AnomalyConfig, states: object = None
+                   ) -> ts[list[MetricScore]]:
+    """Score every metric of every reading; one node keyed by (sensor, metric) inside. Its states are kept
+    in `states` (a snapshot.StateBook, or None): the constants come from `cfg` on every start."""
     with csp.state():
         s_detector = Detector(cfg)
+        s_detector.states = keep(states, "anomaly", s_detector.states)
+        s_detector.sensors = keep(states, "anomaly_sensors", s_detector.sensors)
     if csp.ticked(readings):
         out = s_detector.score_readings(readings)
         if out:
