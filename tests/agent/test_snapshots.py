@@ -7,13 +7,11 @@ from __future__ import annotations
 import json
 import math
 import sqlite3
-import time
 import zlib
 from datetime import datetime, timedelta
 
 import csp
 import pytest
-from csp import ts
 from edgewatch.agent.analytics import snapshot
 from edgewatch.agent.analytics.snapshot import StateBook
 from edgewatch.agent.analytics.topology import analytics
@@ -23,9 +21,9 @@ from edgewatch.agent.config import Config
 from edgewatch.agent.eventlog.snapshots import Identity, SnapshotWriter, restore
 from edgewatch.agent.eventlog.store import Store
 from edgewatch.agent.records import Headline, Pnl, Position, Quote, SensorReading, Trade
-from edgewatch.agent.testing.harness import AgentProcess, publish_many, wait_for
+from edgewatch.agent.testing.harness import AgentProcess, wait_for
 
-from tests.agent.test_service import captured, readings, stop_within
+from tests.agent.test_service import stop_within
 from tests.agent.test_warm_start import anomalies, run_split, uninterrupted
 
 T0 = datetime(2026, 12, 6, 8, 0, 0)
@@ -112,8 +110,15 @@ def _book() -> StateBook:
     return book
 
 
-def test_a_snapshot_is_refused_when_the_settings_or_the_code_changed(tmp_path):
-    store = Store(str(tmp_path / "events.db"))
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def url(request, tmp_path) -> str:
+    if request.param == "sqlite":
+        return str(tmp_path / "events.db")
+    return request.getfixturevalue("postgres_url")
+
+
+def test_a_snapshot_is_refused_when_the_settings_or_the_code_changed(url):
+    store = Store(url)
     writer = SnapshotWriter(store, _ident(Config()), keep=3)
     writer.save(_book())
 
@@ -139,8 +144,8 @@ def test_a_snapshot_is_refused_when_the_settings_or_the_code_changed(tmp_path):
     store.close()
 
 
-def test_snapshots_are_bounded_per_agent_and_written_off_the_engine(tmp_path):
-    store = Store(str(tmp_path / "events.db"))
+def test_snapshots_are_bounded_per_agent_and_written_off_the_engine(url):
+    store = Store(url)
     book = _book()
     blob = book.dumps()
     writer = SnapshotWriter(store, _ident(Config()), keep=2)
