@@ -8,7 +8,7 @@ import json
 import math
 import sqlite3
 import zlib
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 
 import csp
 import pytest
@@ -16,13 +16,16 @@ from edgewatch.agent.analytics import snapshot
 from edgewatch.agent.analytics.snapshot import StateBook
 from edgewatch.agent.analytics.topology import analytics
 from edgewatch.agent.cli import main
+from edgewatch.agent.commands.demo import scrape
 from edgewatch.agent.commands.run import LIVE_KEYS
 from edgewatch.agent.config import Config
 from edgewatch.agent.eventlog.snapshots import Identity, SnapshotWriter, restore
 from edgewatch.agent.eventlog.store import Store
 from edgewatch.agent.records import Headline, Pnl, Position, Quote, SensorReading, Trade
 from edgewatch.agent.testing.harness import AgentProcess, wait_for
+from edgewatch.common.ports import free_port
 
+from tests.agent.test_service import T0 as READINGS_T0
 from tests.agent.test_service import stop_within
 from tests.agent.test_warm_start import anomalies, run_split, uninterrupted
 
@@ -187,6 +190,18 @@ def test_state_command_shows_the_snapshots_and_the_last_restore(tmp_path, capsys
 # -- the agent, restarted ---------------------------------------------------------------------------------
 
 
+def judged_after_restart(db) -> list[tuple[str, str]]:
+    """Id and message of the data-driven events (anomalies; health reports, but not the clock-driven `stale`
+    ones) of the readings after the restart (40 on). A health message carries the sensor's score, so equal
+    messages mean the health state behind them was resumed exactly, not only the anomaly detector's."""
+    cut = datetime.fromtimestamp(READINGS_T0 + 40, timezone.utc).replace(tzinfo=None)
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+        rows = conn.execute("select event_id, ts, kind, message, data from events order by ts, event_id").fetchall()
+    return [(eid, msg) for eid, ts, kind, msg, data in rows
+            if kind in ("anomaly", "health") and json.loads(data).get("why") != "stale"
+            and datetime.fromisoformat(ts) >= cut]
+
+
 def _snapshot_rows(agent: AgentProcess) -> list[dict]:
     with sqlite3.connect(f"file:{agent.db}?mode=ro", uri=True) as db:
         db.row_factory = sqlite3.Row
@@ -199,6 +214,8 @@ def test_a_clean_stop_saves_the_state_and_the_restart_resumes_from_it(mosquitto,
     agent = run_split(mosquitto, tmp_path / "split", "term", warm_start=0.0, snapshot_interval=60.0)
     try:
         assert wait_for(lambda: anomalies(agent), timeout=15, what="anomaly after the restart") == expected
+        judged = judged_after_restart(agent.db)
+        assert len(judged) == 12 and judged == judged_after_restart(tmp_path / "whole" / "events.db")
         log = agent.log_tail(1_000_000)
         assert '"state_restored"' in log and '"warm_start"' not in log
         assert len(_snapshot_rows(agent)) == 1 and _snapshot_rows(agent)[0]["restored_at"]
@@ -209,11 +226,22 @@ def test_a_clean_stop_saves_the_state_and_the_restart_resumes_from_it(mosquitto,
 
 def test_a_killed_agent_resumes_from_its_last_snapshot_and_the_captures_after_it(mosquitto, tmp_path):
     expected = uninterrupted(mosquitto, tmp_path / "whole")
-    # a periodic snapshot (every 5 s) after the first 20 readings; the kill comes right after 20 more
+    # a periodic snapshot (every 5 s) after the first 20 readings; the kill comes right after 20 more, once they
+    # are acknowledged: a message consumed but not acknowledged is redelivered after a kill, and a detector
+    # learns its reading twice (at-least-once delivery), which would make this run differ for another reason
+    metrics = f"127.0.0.1:{free_port()}"
+
+    def acknowledged(agent: AgentProcess) -> None:
+        wait_for(lambda: scrape(f"http://{metrics}/metrics").get("edgewatch_messages_done_total", 0) >= 40,
+                 timeout=15, what="40 readings acknowledged")
+
     agent = run_split(mosquitto, tmp_path / "split", "kill", warm_start=0.0, snapshot_interval=5.0, pause_after=20,
-                      pause=lambda agent: wait_for(lambda: _snapshot_rows(agent), timeout=15, what="a snapshot"))
+                      pause=lambda agent: wait_for(lambda: _snapshot_rows(agent), timeout=15, what="a snapshot"),
+                      before_stop=acknowledged, settings={"metrics": {"listen": metrics}})
     try:
         assert wait_for(lambda: anomalies(agent), timeout=15, what="anomaly after the restart") == expected
+        judged = judged_after_restart(agent.db)
+        assert len(judged) == 12 and judged == judged_after_restart(tmp_path / "whole" / "events.db")
         log = [json.loads(line) for line in agent.log_tail(1_000_000).splitlines() if line.startswith("{")]
         restored = next(e for e in log if e["event"] == "state_restored")
         warm = next(e for e in log if e["event"] == "warm_start")  # the 20 readings after the snapshot, re-run

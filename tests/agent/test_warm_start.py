@@ -18,10 +18,11 @@ def anomalies(agent: AgentProcess) -> list[str]:
 
 
 def run_split(mosquitto, workdir, stop: str, warm_start: float, snapshot_interval: float = 0.0, pause_after: int = 40,
-              pause=lambda agent: None) -> AgentProcess:
-    """40 calm readings (`pause(agent)` after the first `pause_after`), a stop (`term` or `kill`), a start,
-    10 more and a spike; state snapshots every `snapshot_interval` seconds (0: none)."""
-    settings = {**FAST, "record": {"warm_start": warm_start}, "state": {"snapshot_interval": snapshot_interval}}
+              pause=lambda agent: None, before_stop=lambda agent: None, settings: dict | None = None) -> AgentProcess:
+    """40 calm readings (`pause(agent)` after the first `pause_after`), `before_stop(agent)`, a stop (`term` or
+    `kill`), a start, 10 more and a spike; state snapshots every `snapshot_interval` seconds (0: none)."""
+    settings = {**FAST, "record": {"warm_start": warm_start}, "state": {"snapshot_interval": snapshot_interval},
+                **(settings or {})}
     agent = AgentProcess(mosquitto, workdir, settings, protocol="5").start()
     agent.wait_ready(mosquitto)
     calm = readings("s1", n=40, spike=False)
@@ -31,6 +32,7 @@ def run_split(mosquitto, workdir, stop: str, warm_start: float, snapshot_interva
     if pause_after < 40:
         publish_many(mosquitto, calm[pause_after:])
         wait_for(lambda: len(captured(agent)) >= 40, timeout=15, what="40 readings captured")
+    before_stop(agent)
     if stop == "term":
         assert stop_within(agent) == 0
     else:
