@@ -1,8 +1,9 @@
-"""`edge-agent state`: the analytics' state snapshots in the log, and what the last start resumed from.
+"""`edge-agent state`: the analytics' state snapshots in the log, and what the last start that resumed from one used.
 
 Read-only, like the other query verbs. A snapshot is usable when it is this agent's (`mqtt.client_id`) and
 the code and the configuration given here are those it was taken with (the same rule `run` applies at
-start); for one that is not, it says why.
+start); for one that is not, it says why. A start that resumed from none leaves no trace here: its log says
+why (`state_not_restored`).
 """
 
 from __future__ import annotations
@@ -63,8 +64,8 @@ def _text(rep: dict) -> str:
         lines.append(f"  keys: {keys}")
     r = rep["last_restore"]
     if r is not None:
-        lines.append(f"the last start ({r['restored_at']}) resumed from snapshot {r['snapshot']}, taken "
-                     f"{r['age_at_restore_seconds']:.0f} s before it, and re-ran the captures received after it")
+        lines.append(f"the last start that resumed from a snapshot ({r['restored_at']}) used snapshot {r['snapshot']}, "
+                     f"taken {r['age_at_restore_seconds']:.0f} s before it, and re-ran the captures received after it")
     elif mine:
         lines.append("no start has resumed from these snapshots yet")
     return "\n".join(lines)
