@@ -79,6 +79,9 @@ class AdvisorState:
         self.status = "ok"  # "degraded" while the sidecar's last answer was a degraded news event
         self.latest = None  # the latest data time seen: the time of advice that a risk update changes
 
+    def __len__(self) -> int:
+        return len(self.symbols)
+
 
 def technical_view(view: dict | None) -> float:
     """The bar's move in units of its signal threshold, clipped to +-2 and halved into [-1, 1]."""

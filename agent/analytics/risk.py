@@ -50,6 +50,10 @@ class Book:
         self.hwm = None
         self.armed = dict.fromkeys(CHECKS, True)
 
+    def __len__(self) -> int:
+        """Symbols the book knows (held or priced)."""
+        return max(len(self.positions), len(self.prices))
+
     def figures(self, cfg: RiskConfig) -> tuple[dict, dict]:
         """Current value of every check that can be computed, plus the evidence shared by all."""
         values = {}

@@ -112,17 +112,8 @@ class StateBook:
         return pickle.dumps(self._kept, protocol=pickle.HIGHEST_PROTOCOL)
 
     def keys(self) -> dict[str, int]:
-        """Name -> keys (sensors, series, symbols) it holds; 1 for a container that is not keyed."""
-        return {name: _count(obj) for name, obj in self._kept.items()}
-
-
-def _count(obj: object) -> int:
-    try:
-        return len(obj)
-    except TypeError:  # an object holding several keyed containers (the risk book): its largest
-        sizes = [len(v) for v in (getattr(obj, a, None) for a in getattr(type(obj), "__slots__", ()))
-                 if isinstance(v, dict)]
-        return max(sizes, default=1)
+        """Name -> keys (sensors, series, symbols) it holds (its `len`)."""
+        return {name: len(obj) for name, obj in self._kept.items()}
 
 
 def loads(blob: bytes) -> dict:
