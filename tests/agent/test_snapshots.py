@@ -4,8 +4,10 @@ own snapshot) or killed (the last periodic snapshot, then the captures received 
 
 from __future__ import annotations
 
+import io
 import json
 import math
+import pickle
 import sqlite3
 import zlib
 from datetime import datetime, timedelta, timezone
@@ -100,6 +102,24 @@ def test_every_analytic_resumes_from_a_snapshot_as_if_never_stopped():
     assert {"anomaly", "maintenance", "health", "price_alert", "risk", "signal", "advice"} <= set(second["kinds"])
     assert second["events"] == after["events"] and second["bars"] == after["bars"]
     assert cold["events"] != after["events"]
+
+
+def test_every_class_in_a_snapshot_is_part_of_its_version():
+    """A persisted class whose slots change must change `snapshot.version()`, or an old snapshot would be
+    restored into objects missing an attribute: every analytics class found in a real snapshot is `@persisted`."""
+    book = StateBook()
+    _run(_inputs(), T0, T0 + timedelta(seconds=200), book)
+    found = set()
+
+    class Spy(pickle.Pickler):
+        def reducer_override(self, obj):
+            found.add(type(obj))
+            return NotImplemented
+
+    Spy(io.BytesIO(), pickle.HIGHEST_PROTOCOL).dump(snapshot.loads(book.dumps()))
+    ours = {f"{c.__module__}.{c.__qualname__}" for c in found if c.__module__.startswith("edgewatch.agent.analytics")}
+    assert "edgewatch.agent.analytics.anomaly.MetricState" in ours and "edgewatch.agent.analytics.risk.Book" in ours
+    assert ours - {"edgewatch.agent.analytics.states.RecentStates"} <= set(snapshot._LAYOUT)
 
 
 def _ident(cfg: Config, agent: str = "gw1") -> Identity:
