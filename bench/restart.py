@@ -48,7 +48,7 @@ CLIENT = "bench-restart"
 
 
 def _batches(sensors: int, first: int, n: int, spike_at: dict[int, int] | None = None) -> list:
-    """One batch a second of every sensor's reading (two metrics, a calm daily-ish wave); sensor j's
+    """One batch a second of every sensor's reading (two metrics, small repeating steps); sensor j's
     temperature spikes at reading `spike_at[j]`."""
     out = []
     for k in range(first, first + n):
