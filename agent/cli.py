@@ -31,6 +31,7 @@ HANDLERS = {
     "check-config": "edgewatch.agent.commands.check_config:check_config_command",
     "doctor": "edgewatch.agent.commands.doctor:doctor_command",
     "migrate": "edgewatch.agent.commands.migrate:migrate_command",
+    "state": "edgewatch.agent.commands.state:state_command",
 }
 
 
@@ -151,6 +152,14 @@ def build_parser() -> argparse.ArgumentParser:
                   "turns, and a log written by a newer release is refused (exit 2) and left as it is.")
     mg.add_argument("--db", metavar="URL|PATH", help=DB_HELP)
     mg.add_argument("--config", metavar="PATH", help=CONFIG_HELP)
+
+    st = _command(sub, "state", "show the analytics' state snapshots and what the last start resumed from",
+                  "Read-only. Per snapshot: when it was taken and its age, its size, the keys each analytic\n"
+                  "holds, and whether the next start can resume from it (same agent, code and settings);\n"
+                  "then which snapshot the last start restored and how old it was then.")
+    st.add_argument("--db", metavar="URL|PATH", help=DB_HELP)
+    st.add_argument("--config", metavar="PATH", help=CONFIG_HELP)
+    st.add_argument("--json", action="store_true", help="one JSON object instead of text (default: off)")
     return p
 
 

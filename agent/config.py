@@ -86,6 +86,12 @@ class RecordConfig:
 
 
 @dataclasses.dataclass
+class StateConfig:
+    snapshot_interval: float = 60.0  # seconds between snapshots of the analytics' state in the event log (one more at a clean stop); 0 = none, every start is cold or warms from the captures
+    snapshot_keep: int = 3  # newest snapshots kept per agent
+
+
+@dataclasses.dataclass
 class SidecarConfig:
     url: str = "http://127.0.0.1:8765"  # http://host:port or unix:///path.sock
     api_key_file: str = ""  # file holding the sidecar API key; empty = none
@@ -252,6 +258,7 @@ class Config:
     mqtt: MqttConfig = dataclasses.field(default_factory=MqttConfig)
     store: StoreConfig = dataclasses.field(default_factory=StoreConfig)
     record: RecordConfig = dataclasses.field(default_factory=RecordConfig)
+    state: StateConfig = dataclasses.field(default_factory=StateConfig)
     sidecar: SidecarConfig = dataclasses.field(default_factory=SidecarConfig)
     metrics: MetricsConfig = dataclasses.field(default_factory=MetricsConfig)
     log: LogConfig = dataclasses.field(default_factory=LogConfig)
@@ -315,6 +322,7 @@ RANGES = {
     ("mqtt", "max_payload"): Range(1, 268_435_455),  # the largest MQTT packet
     ("mqtt", "ack_deadline"): POSITIVE,
     ("store", "max_backlog_rows"): AT_LEAST_1,
+    ("state", "snapshot_keep"): AT_LEAST_1,
     ("store", "max_backlog_age"): POSITIVE,
     ("anomaly", "max_series"): AT_LEAST_1,
     ("health", "max_sensors"): AT_LEAST_1,

@@ -152,11 +152,12 @@ class AnomalyScore(MetricScore):
 
 
 class BatchMark(csp.Struct):
-    """Ticks with every push batch: which batch, how many messages, when its first one arrived."""
+    """Ticks with every push batch: which batch, how many messages, when its first and its last one arrived."""
 
     seq: int
     count: int
     received_at: datetime
+    last: datetime  # a snapshot taken after this batch includes every message received up to then
 
 
 # the input feeds, by the kind named in their topic

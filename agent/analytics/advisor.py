@@ -30,6 +30,7 @@ from datetime import datetime
 import csp
 from csp import ts
 
+from edgewatch.agent.analytics.snapshot import keep, persisted
 from edgewatch.agent.analytics.states import RecentStates
 from edgewatch.agent.config import AdvisorConfig, ConfigError
 from edgewatch.agent.records import Event, Sentiment, make_event
@@ -54,6 +55,7 @@ def check(cfg: AdvisorConfig) -> None:
         raise ConfigError("advisor.min_headroom: must be in [0, 1)")
 
 
+@persisted
 class SymbolView:
     """What the advisor knows of one symbol: its last technical view, its last headline, its advice."""
 
@@ -63,6 +65,22 @@ class SymbolView:
         self.technical = None  # the market node's view of the last closed bar (z, threshold, regime, at)
         self.news = None  # the latest Sentiment for this symbol
         self.action = "HOLD"
+
+
+@persisted
+class AdvisorState:
+    """What the advisor remembers: a view per symbol, the risk state, the news status, the latest data time."""
+
+    __slots__ = ("symbols", "limits", "status", "latest")
+
+    def __init__(self, max_symbols: int):
+        self.symbols = RecentStates(max_symbols, "advisor")  # headlines name symbols: bounded like market's
+        self.limits = {}
+        self.status = "ok"  # "degraded" while the sidecar's last answer was a degraded news event
+        self.latest = None  # the latest data time seen: the time of advice that a risk update changes
+
+    def __len__(self) -> int:
+        return len(self.symbols)
 
 
 def technical_view(view: dict | None) -> float:
@@ -148,17 +166,18 @@ def advisor(
     limits: ts[dict],
     cfg: AdvisorConfig,
     max_symbols: int = 10_000,
+    states: object = None,
 ) -> ts[list[Event]]:
-    """`advice` per symbol on every new bar view, headline sentiment or risk state that changes it."""
+    """`advice` per symbol on every new bar view, headline sentiment or risk state that changes it; what it
+    remembers is kept in `states` (a snapshot.StateBook, or None)."""
     with csp.state():
-        s_symbols = RecentStates(max_symbols, "advisor")  # headlines name symbols: bounded like market's
-        s_limits = {}
-        s_status = "ok"  # "degraded" while the sidecar's last answer was a degraded news event
-        s_latest = None  # the latest data time seen: the time of advice that a risk update changes
+        s_state = keep(states, "advisor", AdvisorState(max_symbols))
 
+    st = s_state
+    s_symbols = st.symbols
     touched = {}  # symbol -> data time of this cycle's change
     if csp.ticked(news):
-        s_status = "degraded" if news[-1].data.get("degraded") else "ok"
+        st.status = "degraded" if news[-1].data.get("degraded") else "ok"
         for e in news:
             for symbol in e.data.get("symbols", ()):
                 touched[symbol] = max(touched.get(symbol, e.ts), e.ts)
@@ -177,18 +196,18 @@ def advisor(
             s.technical = view
             touched[symbol] = max(touched.get(symbol, view["at"]), view["at"])
     for when in touched.values():
-        s_latest = when if s_latest is None or when > s_latest else s_latest
+        st.latest = when if st.latest is None or when > st.latest else st.latest
     if csp.ticked(limits):
-        gate_changed = gate(limits, cfg) != gate(s_limits, cfg)
-        s_limits = limits
-        if gate_changed and s_latest is not None:  # only a change of what the gate forbids can change advice
+        gate_changed = gate(limits, cfg) != gate(st.limits, cfg)
+        st.limits = limits
+        if gate_changed and st.latest is not None:  # only a change of what the gate forbids can change advice
             for symbol in s_symbols:
-                touched.setdefault(symbol, s_latest)
+                touched.setdefault(symbol, st.latest)
     out = []
     for symbol, when in touched.items():
         s = s_symbols.get(symbol)
         if s is not None:
-            ev = advise(symbol, s, when, s_limits, s_status, cfg)
+            ev = advise(symbol, s, when, st.limits, st.status, cfg)
             if ev is not None:
                 out.append(ev)
     if out:

@@ -73,6 +73,7 @@ from datetime import datetime
 
 import csp
 from csp import ts
+from edgewatch.agent.analytics.snapshot import keep, persisted
 from edgewatch.agent.analytics.states import RecentStates
 from edgewatch.agent.config import AnomalyConfig
 from edgewatch.agent.records import (
@@ -143,6 +144,7 @@ class Params:
         self.change_log = math.log(math.erfc(cfg.change_z / math.sqrt(2.0)))  # log of change_z's two-sided tail
 
 
+@persisted
 class MetricState:
     """Everything the detector remembers about one (sensor, metric): a fixed set of numbers."""
 
@@ -273,6 +275,7 @@ def _verdict(d: float, var: float, p: Params) -> float:
     return math.log(tail) / p.log_floor  # unclipped: > 1 beyond the floor
 
 
+@persisted
 class ChangeState:
     """A metric's change channel in the sensor-level score: how far the metric has moved from a slow
     reference (the mean and spread of its last `change_window` readings, kept as a ring of block sums), as an
@@ -332,6 +335,7 @@ class ChangeState:
         return r
 
 
+@persisted
 class PairState:
     """A correlation channel of a multi-metric sensor: metric j's signed residual regressed on metric i's
     (EWMA moments), and the anomaly likelihood of the regression error's surprise. Eight numbers."""
@@ -372,6 +376,7 @@ class PairState:
         return d / math.sqrt(var if var > SURPRISE_VAR_FLOOR else SURPRISE_VAR_FLOOR)
 
 
+@persisted
 class SensorState:
     """What the fusion remembers about one multi-metric sensor: its refractory count and its pair channels."""
 
@@ -553,13 +558,18 @@ def _evidence(sid: str, metric: str, when: datetime, x: float, s: float, st: Met
 
 
 @csp.node(memoize=False)  # the config is a mutable dataclass, not hashable
-def anomaly_scores(readings: ts[list[SensorReading]], cfg: AnomalyConfig, keep: float = 0.0) -> ts[list[MetricScore]]:
-    """Score every metric of every reading; one node keyed by (sensor, metric) inside. With `keep` > 0 only
-    the scores at or above it or the (live) event threshold, whichever is lower, go out (0: every score)."""
+def anomaly_scores(readings: ts[list[SensorReading]], cfg: AnomalyConfig, min_score: float = 0.0,
+                   states: object = None) -> ts[list[MetricScore]]:
+    """Score every metric of every reading; one node keyed by (sensor, metric) inside. With `min_score` > 0 only
+    the scores at or above it or the (live) event threshold, whichever is lower, go out (0: every score).
+    Its states are kept in `states` (a snapshot.StateBook, or None): the constants come from `cfg` on every
+    start."""
     with csp.state():
         s_detector = Detector(cfg)
+        s_detector.states = keep(states, "anomaly", s_detector.states)
+        s_detector.sensors = keep(states, "anomaly_sensors", s_detector.sensors)
     if csp.ticked(readings):
-        out = s_detector.score_readings(readings, min(keep, cfg.threshold))
+        out = s_detector.score_readings(readings, min(min_score, cfg.threshold))
         if out:
             return out
 

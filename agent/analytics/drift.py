@@ -54,6 +54,7 @@ import math
 from datetime import datetime, timedelta
 
 from edgewatch.agent.analytics.anomaly import ewma_alpha
+from edgewatch.agent.analytics.snapshot import persisted
 from edgewatch.agent.config import ConfigError, DriftConfig
 
 LEARN_CLIP = 3.0  # second differences beyond this many of their standard deviations are clipped before learning
@@ -104,6 +105,7 @@ def next_block(when: datetime, p: DriftParams) -> datetime:
     return when - (when - _EPOCH) % p.block + p.block
 
 
+@persisted
 class LevelDrift:
     """One metric's block sum, its last block mean and change, the scale and the two CUSUMs with their references."""
 

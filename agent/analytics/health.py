@@ -51,6 +51,7 @@ from edgewatch.agent.analytics.maintenance import (
     Rules,
     maintenance_events,
 )
+from edgewatch.agent.analytics.snapshot import keep, persisted
 from edgewatch.agent.analytics.states import RecentStates
 from edgewatch.agent.config import (
     ConfigError,
@@ -172,6 +173,7 @@ def bucket_start(when: datetime, p: Params) -> datetime:
     return _EPOCH + timedelta(microseconds=us - us % p.interval_us)
 
 
+@persisted
 class MetricTrack:
     """One metric of one sensor: the last value, its identical run, the baseline and short window,
     and the two verdicts they give: drift (`dz`) and noise (`nz`), -1 while the baseline is being learnt."""
@@ -241,6 +243,7 @@ class MetricTrack:
         return outlier
 
 
+@persisted
 class SensorHealth:
     """Everything health and maintenance remember about one sensor."""
 
@@ -427,13 +430,14 @@ def health_event(s: SensorHealth, when: datetime, p: Params, why: str, keyed: da
 @csp.node(memoize=False)
 def sensor_health(
     readings: ts[list[SensorReading]], scores: ts[list[MetricScore]], h: HealthConfig, m: MaintenanceConfig,
-    d: DriftConfig = None,
+    d: DriftConfig = None, states: object = None,
 ) -> ts[list[Event]]:
-    """`health` events (periodic, on band crossings, while stale) and `maintenance` flags, for every sensor."""
+    """`health` events (periodic, on band crossings, while stale) and `maintenance` flags, for every sensor;
+    the sensors' states (drift and maintenance flags included) are kept in `states` (a snapshot.StateBook, or None)."""
     with csp.alarms():
         a_sweep = csp.alarm(bool)
     with csp.state():
-        s_sensors = RecentStates(h.max_sensors, "health")
+        s_sensors = keep(states, "health", RecentStates(h.max_sensors, "health"))
         s_params = Params(h, m, d)
         s_sweep = timedelta(seconds=h.sweep_interval if h.sweep_interval > 0 else 1.0)
     with csp.start():

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from edgewatch.agent.analytics.snapshot import persisted
 from edgewatch.agent.config import HealthConfig, MaintenanceConfig
 from edgewatch.agent.records import Event, make_event
 
@@ -36,6 +37,7 @@ class Rules:
         self.clear_count = (1,) + (max(1, m.clear_readings),) * (len(REASONS) - 1)
 
 
+@persisted
 class Flags:
     """One sensor's raised reasons and, per raised reason, how long it has looked fine."""
 

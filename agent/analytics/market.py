@@ -22,6 +22,7 @@ from datetime import datetime, timedelta
 import csp
 from csp import ts
 from edgewatch.agent.analytics.anomaly import ewma_alpha
+from edgewatch.agent.analytics.snapshot import keep, persisted
 from edgewatch.agent.analytics.states import RecentStates
 from edgewatch.agent.config import ConfigError, MarketConfig
 from edgewatch.agent.records import Bar, Event, Sentiment, Trade, make_event
@@ -54,6 +55,7 @@ def check(cfg: MarketConfig) -> None:
 TICK_CLIP = 4.0  # a tick teaches the scale at most this many scales: a jump barely deafens the alert, a new regime still shows
 
 
+@persisted
 class TickScale:
     """One symbol's last trade and its typical tick move: an EWMA of |move| between consecutive trades.
 
@@ -96,12 +98,12 @@ def _price_alert(t: Trade, prev: Trade, move: float, scale: float | None, p: Ale
 
 
 @csp.node(memoize=False)
-def price_alerts(trades: ts[list[Trade]], cfg: MarketConfig) -> ts[list[Event]]:
+def price_alerts(trades: ts[list[Trade]], cfg: MarketConfig, states: object = None) -> ts[list[Event]]:
     """`price_alert` when a symbol's move between consecutive trades (in arrival order) is large: beyond
     `price_alert_multiple` times its own tick-move scale (and at least `price_alert_min_move`), or beyond the
     fixed `price_alert_threshold`, which always alerts. (Hot path: one dict lookup and a few float operations.)"""
     with csp.state():
-        s_symbols = RecentStates(cfg.max_symbols, "price_alerts")  # symbol -> TickScale
+        s_symbols = keep(states, "price_alerts", RecentStates(cfg.max_symbols, "price_alerts"))  # symbol -> TickScale
         s_params = AlertParams(cfg)
     p = s_params
     symbols = s_symbols
@@ -131,6 +133,7 @@ def price_alerts(trades: ts[list[Trade]], cfg: MarketConfig) -> ts[list[Event]]:
         return out
 
 
+@persisted
 class SymbolState:
     """One symbol: the open bar plus the running statistics that define its regime."""
 
@@ -273,14 +276,14 @@ def _next_boundary(now: datetime, interval: float) -> datetime:
 
 @csp.node(memoize=False)
 def market_analytics(
-    trades: ts[list[Trade]], sentiment: ts[list[Sentiment]], cfg: MarketConfig
+    trades: ts[list[Trade]], sentiment: ts[list[Sentiment]], cfg: MarketConfig, states: object = None
 ) -> csp.Outputs(bars=ts[list[Bar]], signals=ts[list[Event]], vols=ts[dict], views=ts[dict]):
     """VWAP bars and regime-adaptive signals per symbol; `vols` = symbol -> daily realised volatility,
     `views` = symbol -> the technical view (z, threshold, regime) of the bar that just closed."""
     with csp.alarms():
         a_close = csp.alarm(bool)
     with csp.state():
-        s_symbols = RecentStates(cfg.max_symbols, "market")
+        s_symbols = keep(states, "market", RecentStates(cfg.max_symbols, "market"))
         s_params = MarketParams(cfg)
         s_interval = timedelta(seconds=cfg.bar_interval)
         s_grace = timedelta(seconds=cfg.bar_grace)

@@ -19,6 +19,7 @@ from datetime import timedelta
 
 import csp
 from csp import ts
+from edgewatch.agent.analytics.snapshot import keep, persisted
 from edgewatch.agent.analytics.states import RecentStates
 from edgewatch.agent.config import RiskConfig
 from edgewatch.agent.records import Event, Pnl, Position, Quote, Trade, make_event
@@ -33,6 +34,7 @@ CHECKS = {
 }
 
 
+@persisted
 class Book:
     """The portfolio as the agent knows it: positions, last prices, vols, P&L and its high-water mark."""
 
@@ -47,6 +49,10 @@ class Book:
         self.pnl = None
         self.hwm = None
         self.armed = dict.fromkeys(CHECKS, True)
+
+    def __len__(self) -> int:
+        """Symbols the book knows (held or priced)."""
+        return max(len(self.positions), len(self.prices))
 
     def figures(self, cfg: RiskConfig) -> tuple[dict, dict]:
         """Current value of every check that can be computed, plus the evidence shared by all."""
@@ -120,14 +126,16 @@ def risk_checks(
     vols: ts[dict],
     cfg: RiskConfig,
     max_symbols: int = 10_000,
+    states: object = None,
 ) -> csp.Outputs(events=ts[list[Event]], limits=ts[dict]):
     """Keep the book current from every input; check it on position/P&L updates and on the timer.
 
-    `limits` ticks after every check with `limits_of` the book: the advisor's risk gate reads it."""
+    `limits` ticks after every check with `limits_of` the book: the advisor's risk gate reads it. The book is
+    kept in `states` (a snapshot.StateBook, or None)."""
     with csp.alarms():
         a_check = csp.alarm(bool)
     with csp.state():
-        s_book = Book(max_symbols)
+        s_book = keep(states, "risk", Book(max_symbols))
         s_interval = timedelta(seconds=cfg.check_interval) if cfg.check_interval > 0 else None
     with csp.start():
         if s_interval is not None:

@@ -34,6 +34,11 @@ class RecentStates(collections.OrderedDict):
         self._tracked = metrics.STATE_KEYS.labels(state)
         self._evictions = metrics.STATE_EVICTIONS.labels(state)
 
+    def __reduce__(self):
+        """Pickled as (cap, state) and the items in recency order: the metric children are re-created, not
+        copied, and a restored state counts its keys in `edgewatch_state_keys` as it is rebuilt."""
+        return type(self), (self.cap, self.state), None, None, iter(self.items())
+
     def get(self, key, default=None):
         """The state of `key` (marked most recent), or `default`."""
         try:

@@ -45,13 +45,14 @@ def merge_events(parts: [ts[list[Event]]]) -> ts[list[Event]]:
 
 
 @csp.graph(memoize=False)
-def sensor_graph(readings: ts[list[SensorReading]], cfg: Config) -> ts[list[Event]]:
-    """Anomaly scores feed both the `anomaly` events and the health/maintenance node; one list per cycle."""
+def sensor_graph(readings: ts[list[SensorReading]], cfg: Config, states: object = None) -> ts[list[Event]]:
+    """Anomaly scores feed both the `anomaly` events and the health/maintenance node; one list per cycle.
+    `states` (a snapshot.StateBook, or None) keeps the analytics' state across a restart."""
     check_health(cfg.health, cfg.maintenance)  # a bad key fails here, at wiring, not inside the running engine
     check_drift(cfg.drift)
-    scores = anomaly_scores(readings, cfg.anomaly, cfg.health.anomaly_score)  # what events and health use
+    scores = anomaly_scores(readings, cfg.anomaly, cfg.health.anomaly_score, states)  # what events and health use
     anomalies = anomaly_events(scores, cfg.anomaly)
-    health = sensor_health(readings, scores, cfg.health, cfg.maintenance, cfg.drift)
+    health = sensor_health(readings, scores, cfg.health, cfg.maintenance, cfg.drift, states)
     return merge_events([anomalies, health])
 
 
@@ -63,14 +64,15 @@ def market_graph(
     pnl: ts[list[Pnl]],
     sentiment: ts[list[Sentiment]],
     cfg: Config,
+    states: object = None,
 ) -> csp.Outputs(events=ts[list[Event]], bars=ts[list[Bar]], views=ts[dict], limits=ts[dict]):
     """Price alerts, VWAP bars, regime signals and risk checks. `sentiment` may be csp.null_ts(list[Sentiment]).
 
     `views` (each bar's technical view) and `limits` (the risk state) are what the advisor fuses."""
     check_market(cfg.market)  # a bad key fails here, at wiring, not inside the running engine
-    alerts = price_alerts(trades, cfg.market)
-    market = market_analytics(trades, sentiment, cfg.market)
-    risk = risk_checks(trades, quotes, positions, pnl, market.vols, cfg.risk, cfg.market.max_symbols)
+    alerts = price_alerts(trades, cfg.market, states)
+    market = market_analytics(trades, sentiment, cfg.market, states)
+    risk = risk_checks(trades, quotes, positions, pnl, market.vols, cfg.risk, cfg.market.max_symbols, states)
     return csp.output(events=merge_events([alerts, market.signals, risk.events]), bars=market.bars,
                       views=market.views, limits=risk.limits)
 
@@ -84,14 +86,16 @@ def analytics(
     pnl: ts[list[Pnl]],
     news: ts[list[Headline]],
     cfg: Config,
+    states: object = None,
 ) -> csp.Outputs(events=ts[list[Event]], bars=ts[list[Bar]]):
-    """Every analytic of the agent; news sentiment feeds the market signals."""
+    """Every analytic of the agent; news sentiment feeds the market signals. `states` (a snapshot.StateBook,
+    or None) is where the stateful nodes keep their state, so that it can survive a restart."""
     news_out = news_graph(news, cfg)
-    market = market_graph(trades, quotes, positions, pnl, news_out.sentiment, cfg)
-    parts = [sensor_graph(sensors, cfg), news_out.events, market.events]
+    market = market_graph(trades, quotes, positions, pnl, news_out.sentiment, cfg, states)
+    parts = [sensor_graph(sensors, cfg, states), news_out.events, market.events]
     if cfg.advisor.enabled:
         check_advisor(cfg.advisor)  # a bad key fails here, at wiring, not inside the running engine
         parts.append(advisor(news_out.events, news_out.sentiment, market.views, market.limits, cfg.advisor,
-                             cfg.market.max_symbols))
+                             cfg.market.max_symbols, states))
     events = merge_events(parts)
     return csp.output(events=events, bars=market.bars)

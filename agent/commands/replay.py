@@ -45,9 +45,14 @@ RUN_LIMIT = timedelta(days=365 * 100)  # the engine stops at the last message; t
 class CaptureSource:
     """Captured messages, validated, grouped into one batch per distinct `received_at`."""
 
-    def __init__(self, paths: list, cfg: Config, since: datetime | None = None):
+    def __init__(self, paths: list, cfg: Config, since: datetime | None = None, after: datetime | None = None):
+        """Messages received at or after `since`, and strictly after `after` (a snapshot's watermark)."""
         self.reader = read_captures(paths)
-        self._items = iter(self.reader) if since is None else (i for i in self.reader if i[0] >= since)
+        self._items = iter(self.reader)
+        if since is not None:
+            self._items = (i for i in self._items if i[0] >= since)
+        if after is not None:
+            self._items = (i for i in self._items if i[0] > after)
         self.validator = Validator(cfg)
         self.accepted: Counter[str] = Counter()
         self.rejected: list[DeadLetter] = []

@@ -31,12 +31,15 @@ from typing import TypeVar
 import csp
 from csp import ts
 from edgewatch.agent import config
+from edgewatch.agent.analytics import snapshot
+from edgewatch.agent.analytics.snapshot import StateBook, snapshots
 from edgewatch.agent.analytics.topology import analytics
 from edgewatch.agent.commands.check_config import validate
 from edgewatch.agent.commands.logfile import open_log
 from edgewatch.agent.commands.replay import CaptureSource, capture_feed, split
 from edgewatch.agent.eventlog.outbox import Outbox
 from edgewatch.agent.eventlog.sink import sink
+from edgewatch.agent.eventlog.snapshots import Identity, SnapshotWriter, restore
 from edgewatch.agent.eventlog.store import StoreError
 from edgewatch.agent.ingest.capture import PATTERN as CAPTURE_PATTERN
 from edgewatch.agent.eventlog.views import StatusViews
@@ -87,33 +90,46 @@ def from_time(x: ts[T], start: datetime) -> ts[T]:
 
 @csp.graph(memoize=False)
 def live(mgr: MqttAdapterManager, writer: object, cfg: config.Config, hb: Heartbeat, beat_every: timedelta,
-         warm: object = None, live_from: datetime | None = None):
+         warm: object = None, live_from: datetime | None = None, book: StateBook | None = None,
+         snapshot_sink: object = None):
     """MQTT in -> analytics -> sink (log, acknowledgements); the outbox takes it from the log.
 
-    With `warm` (a CaptureSource of the newest captures) the engine starts at the first captured
+    With `warm` (a CaptureSource of captured messages) the engine starts at the first captured
     message's time and runs the captures through the same analytics first, in event time and as fast
     as it can (csp catches up before it takes live pushes), so detectors, health baselines and
     market regimes resume where the last run left them; nothing before `live_from` reaches the log.
+    With `book` the analytics keep their state in it (restored from a snapshot, or fresh), and every
+    `state.snapshot_interval` it goes to `snapshot_sink` (an eventlog.snapshots.SnapshotWriter).
     """
     feeds = {kind: mgr.subscribe(kind) for kind in RECORD_TYPES}
+    batches = csp.null_ts(dict)
     if warm is not None:
-        past = split(capture_feed(warm))
+        batches = capture_feed(warm)
+        past = split(batches)
         feeds = {kind: join(getattr(past, kind), feed) for kind, feed in feeds.items()}
     out = analytics(feeds["sensor"], feeds["trade"], feeds["quote"], feeds["position"], feeds["pnl"],
-                    feeds["news"], cfg)
+                    feeds["news"], cfg, book)
     events, bars = out.events, out.bars
     if warm is not None:
         events, bars = from_time(events, live_from), from_time(bars, live_from)
-    sink(events, bars, mgr.dead_letters(), mgr.marks(), writer, mgr.durable)
+    marks = mgr.marks()
+    sink(events, bars, mgr.dead_letters(), marks, writer, mgr.durable)
+    if book is not None:
+        snapshots(out.events, marks, batches, book, timedelta(seconds=cfg.state.snapshot_interval), live_from,
+                  snapshot_sink)
     heartbeat(hb, beat_every)
 
 
-def warm_source(cfg: config.Config, exclude: Path | None) -> CaptureSource | None:
-    """The captures of the last `record.warm_start` seconds (not the file this run writes), or None."""
-    if not cfg.record.path or cfg.record.warm_start <= 0 or not Path(cfg.record.path).is_dir():
+def warm_source(cfg: config.Config, exclude: Path | None, after: datetime | None = None) -> CaptureSource | None:
+    """The captures to re-run at start (not the file this run writes), or None: those received after `after`
+    (the watermark of a restored snapshot), else those of the last `record.warm_start` seconds."""
+    if not cfg.record.path or not Path(cfg.record.path).is_dir() or (after is None and cfg.record.warm_start <= 0):
         return None
     files = [p for p in sorted(Path(cfg.record.path).glob(CAPTURE_PATTERN)) if p != exclude]
-    source = CaptureSource(files, cfg, since=utcnow() - timedelta(seconds=cfg.record.warm_start))
+    if after is not None:
+        source = CaptureSource(files, cfg, after=after)
+    else:
+        source = CaptureSource(files, cfg, since=utcnow() - timedelta(seconds=cfg.record.warm_start))
     return source if source.first is not None else None
 
 
@@ -154,6 +170,11 @@ class Service:
         self.ring = ReadingRing(cfg.metrics.status_readings, cfg.metrics.status_sensors) \
             if parse_listen(cfg.metrics.listen) else None
         self.manager = MqttAdapterManager(self.link, Validator(cfg), self.capture, self.ring)
+        self.snapshots: SnapshotWriter | None = None
+        if cfg.state.snapshot_interval > 0:
+            ident = Identity(cfg.mqtt.client_id, snapshot.version(), snapshot.config_hashes(cfg, LIVE_KEYS))
+            self.snapshots = SnapshotWriter(self.store, ident, cfg.state.snapshot_keep)
+        self.book: StateBook | None = None
         self.http = None
         self.status: StatusPage | None = None
 
@@ -222,13 +243,20 @@ class Service:
         if self.ring is not None:
             self.status = StatusPage(StatusViews(self.cfg, self.ring))
         self.http = serve(self.cfg.metrics.listen, metrics.REGISTRY, self.health, self.status)
+        restored = None
+        if self.snapshots is not None:
+            self.book, restored = restore(self.store, self.snapshots.ident)
+            self.snapshots.start()
         self.link.start()
-        warm = warm_source(self.cfg, self.capture.path if self.capture else None)
+        warm = warm_source(self.cfg, self.capture.path if self.capture else None,
+                           after=self.book.water if restored else None)
         now = utcnow()
         runner = csp.run_on_thread(live, self.manager, self.writer, self.cfg, self.hb, BEAT_EVERY, warm, now,
+                                   self.book, self.snapshots,
                                    starttime=warm.first if warm else now, realtime=True, daemon=True)
         if warm is not None:
-            log.info("warm_start", captured_from=warm.first.isoformat() + "Z", seconds=self.cfg.record.warm_start)
+            log.info("warm_start", captured_from=warm.first.isoformat() + "Z",
+                     **({"after_snapshot": restored["id"]} if restored else {"seconds": self.cfg.record.warm_start}))
         log.info("agent_started", config=self.config_path, store=self.store.display_url,
                  record=self.cfg.record.path or None)
         failed = False
@@ -257,6 +285,8 @@ class Service:
             log.error("engine_failed", error=repr(e.__cause__ or e))
         budget = STOP_TIMEOUT - 2.0
         self.writer.close(timeout=max(1.0, budget - (time.monotonic() - t0)))
+        if self.snapshots is not None:
+            self._final_snapshot(failed, max(0.5, budget - (time.monotonic() - t0)))
         self.outbox.close(timeout=min(2.0, max(0.2, budget - (time.monotonic() - t0))))
         self.link.close(timeout=1.0)
         if self.capture is not None:
@@ -268,6 +298,17 @@ class Service:
         self.store.close()
         log.info("agent_stopped", seconds=round(time.monotonic() - t0, 3), failed=failed)
         return 1 if failed else 0
+
+    def _final_snapshot(self, failed: bool, timeout: float) -> None:
+        """The engine has stopped and its output is committed: save the state as it stands (not after a
+        failed engine, whose state may be half-updated), once the periodic ones queued before are written."""
+        self.snapshots.close(timeout)
+        if failed or self.book is None:
+            return
+        try:
+            self.snapshots.save(self.book)
+        except Exception as e:  # noqa: BLE001 - the stop goes on; the next start uses an older snapshot
+            log.warning("state_snapshot_failed", error=repr(e))
 
     def reload(self) -> None:
         """SIGHUP: apply what can change live; name what needs a restart. A bad file changes nothing."""

@@ -73,6 +73,24 @@ bars = sa.Table(
     ),
 )
 
+# the analytics' state, saved periodically and at a clean stop, restored at start (agent/analytics/snapshot.py);
+# the newest few per agent are kept
+state_snapshots = sa.Table(
+    "state_snapshots",
+    metadata,
+    sa.Column("id", _Id, primary_key=True, autoincrement=True),
+    sa.Column("agent", sa.Text, nullable=False),  # the agent's identity (its MQTT client id)
+    sa.Column("taken_at", sa.DateTime, nullable=False),  # received_at of the newest input the state includes
+    sa.Column("saved_at", sa.DateTime, nullable=False),
+    sa.Column("version", sa.String(32), nullable=False),  # snapshot.version(): format and layout of the state
+    sa.Column("config", sa.JSON, nullable=False),  # section -> hash of the settings that shape the state
+    sa.Column("keys", sa.JSON, nullable=False),  # state name -> keys (sensors, series, symbols) it holds
+    sa.Column("size", sa.Integer, nullable=False),  # bytes of `state` (compressed)
+    sa.Column("state", sa.LargeBinary, nullable=False),  # zlib-compressed pickle
+    sa.Column("restored_at", sa.DateTime, nullable=True),  # when a start last resumed from it
+    sa.Index("ix_state_snapshots_agent", "agent", "id"),
+)
+
 BAR_FIELDS = ("symbol", "start", "end", "open", "high", "low", "close", "volume", "vwap", "trades")
 EVENT_FIELDS = ("event_id", "ts", "kind", "key", "severity", "message", "data")  # what a producer sets
 DEADLETTER_FIELDS = ("topic", "payload", "reason", "received_at", "code")

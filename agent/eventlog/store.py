@@ -31,6 +31,7 @@ from edgewatch.agent.eventlog.schema import (
     deadletters,
     event_dict,
     events,
+    state_snapshots,
 )
 from edgewatch.agent.encoding import json_dumps
 from edgewatch.agent.timeutil import isoformat, utcnow
@@ -522,6 +523,41 @@ class Store:
             bars.c.start < _naive_utc(until) if until is not None else None,
         ]
         return self._select(bars, bar_dict, where, after_id, limit, offset)
+
+    # -- state snapshots (agent/analytics/snapshot.py) -----------------------------------------------------
+
+    def save_snapshot(self, agent: str, taken_at: datetime, version: str, config: dict, keys: dict, size: int,
+                      state: bytes, keep: int) -> int:
+        """Add one snapshot of `agent` and delete its older ones beyond the newest `keep`, in one transaction;
+        returns its id."""
+        with self.engine.begin() as conn:
+            new = conn.execute(state_snapshots.insert().values(
+                agent=agent, taken_at=_naive_utc(taken_at), saved_at=utcnow(), version=version, config=config,
+                keys=keys, size=size, state=state)).inserted_primary_key[0]
+            old = conn.execute(sa.select(state_snapshots.c.id).where(state_snapshots.c.agent == agent)
+                               .order_by(state_snapshots.c.id.desc()).offset(max(1, keep))).scalars().all()
+            if old:
+                conn.execute(state_snapshots.delete().where(state_snapshots.c.id.in_(old)))
+        return new
+
+    def snapshots(self, agent: str | None = None) -> list[dict]:
+        """The snapshots (of `agent`, or of every agent), newest first, without their state."""
+        cols = [c for c in state_snapshots.c if c.name != "state"]
+        q = sa.select(*cols).order_by(state_snapshots.c.id.desc())
+        if agent is not None:
+            q = q.where(state_snapshots.c.agent == agent)
+        with self.engine.connect() as conn:
+            return [dict(r._mapping) for r in conn.execute(q)]
+
+    def snapshot_state(self, id_: int) -> bytes | None:
+        """The compressed state of snapshot `id_` (None when it was pruned meanwhile)."""
+        with self.engine.connect() as conn:
+            return conn.execute(sa.select(state_snapshots.c.state).where(state_snapshots.c.id == id_)).scalar()
+
+    def mark_restored(self, id_: int, at: datetime) -> None:
+        """Record that a start resumed from snapshot `id_`."""
+        with self.engine.begin() as conn:
+            conn.execute(state_snapshots.update().where(state_snapshots.c.id == id_).values(restored_at=at))
 
     def _select(self, table: sa.Table, to_dict, where: list, after_id: int | None, limit: int | None,
                 offset: int) -> list[dict]:

@@ -379,10 +379,11 @@ class _MqttAdapterManagerImpl(AdapterManagerImpl):
         lists: dict[str, list] = {k: [] for k in RECORD_TYPES}
         dead: list[DeadLetter] = []
         mids: list[int] = []
-        first = inbox[0][0]
+        first = last = inbox[0][0]
         n = min(len(inbox), MAX_BATCH)
         for _ in range(n):
             received_at, msg = inbox.popleft()
+            last = received_at
             try:
                 topic = msg.topic
             except UnicodeDecodeError:
@@ -416,7 +417,7 @@ class _MqttAdapterManagerImpl(AdapterManagerImpl):
                         adapter.push_tick(records, batch)
             if dead:
                 self.inputs["deadletter"].push_tick(dead, batch)
-            self.inputs["mark"].push_tick(BatchMark(seq=self._seq, count=n, received_at=first), batch)
+            self.inputs["mark"].push_tick(BatchMark(seq=self._seq, count=n, received_at=first, last=last), batch)
 
 
 class _InputAdapter(PushInputAdapter):

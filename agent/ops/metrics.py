@@ -74,6 +74,18 @@ STATE_FORGOTTEN = Counter(
     "edgewatch_sensors_forgotten_total", "Sensors forgotten after health.forget_after seconds of silence",
     registry=REGISTRY,
 )
+STATE_SNAPSHOT_SECONDS = Gauge(
+    "edgewatch_state_snapshot_seconds", "Engine time spent taking the last snapshot of the analytics' state",
+    registry=REGISTRY,
+)
+STATE_SNAPSHOT_BYTES = Gauge(
+    "edgewatch_state_snapshot_bytes", "Size of the last state snapshot saved in the event log (compressed)",
+    registry=REGISTRY,
+)
+STATE_SNAPSHOT_SAVED = Gauge(
+    "edgewatch_state_snapshot_saved_timestamp_seconds", "When the last state snapshot was saved (Unix time)",
+    registry=REGISTRY,
+)
 UNACKED = Gauge(
     "edgewatch_unacked_messages", "Received QoS 1 messages not yet acknowledged to the broker", registry=REGISTRY
 )

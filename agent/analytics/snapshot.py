@@ -1,0 +1,155 @@
+"""Analytics state that survives a restart: the `StateBook` each stateful node keeps its state in, and the
+in-engine node that takes snapshots of it.
+
+A stateful node hands its state container to the book when the engine starts (`keep`): a book loaded from
+a snapshot gives back the saved container instead, so the node resumes where the last run left it. The
+snapshot node takes the book's state inside the engine, between cycles, so it is consistent without a
+lock; it runs after every analytic in its cycle (it reads their merged output), and it records the
+`received_at` of the newest input the state includes (the watermark): a start replays the captured
+messages after it. Taking a snapshot pickles the state in the engine; compressing and writing it are
+the `sink`'s job, off the engine thread.
+
+A snapshot is used only by the same code and the same configuration: `version()` changes when the layout of
+a persisted class (`@persisted`) or the format changes, and `config_hashes` when a setting that shapes the
+state does (the keys that can change at run time do not count: a running graph keeps its state across them).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import operator
+import pickle
+import time
+from datetime import datetime, timedelta
+
+import csp
+from csp import ts
+from edgewatch.agent.records import BatchMark, Event
+
+FORMAT = 1  # bump when the meaning of persisted state changes without a change of its classes' slots
+SECTIONS = ("anomaly", "health", "drift", "maintenance", "market", "risk", "advisor")  # what shapes the state
+_LAYOUT: dict[str, tuple[str, ...]] = {}
+
+
+class _Unset:
+    """The value of a slot never set (pickled by name, so it stays the one instance)."""
+
+    def __reduce__(self) -> str:
+        return "UNSET"
+
+
+UNSET = _Unset()
+
+
+def persisted(cls: type) -> type:
+    """Class decorator for a `__slots__` class whose instances are saved in snapshots: its slots are part of
+    `version()`, and it is pickled as a plain tuple of its slot values (a dict of slot names per object
+    would double the size of a snapshot and the time the engine spends taking it)."""
+    slots = tuple(cls.__slots__)
+    _LAYOUT[f"{cls.__module__}.{cls.__qualname__}"] = slots
+    values = operator.attrgetter(*slots)
+
+    def __getstate__(self) -> tuple:
+        try:
+            return values(self) if len(slots) > 1 else (values(self),)
+        except AttributeError:  # a slot not set yet (e.g. a symbol's open bar before its first trade)
+            return tuple([getattr(self, a, UNSET) for a in slots])
+
+    def __setstate__(self, state: tuple) -> None:
+        for a, v in zip(slots, state):
+            if v is not UNSET:
+                setattr(self, a, v)
+
+    cls.__getstate__, cls.__setstate__ = __getstate__, __setstate__
+    return cls
+
+
+def version() -> str:
+    """The snapshot format and the slots of every persisted class (the analytics modules must be imported)."""
+    digest = hashlib.blake2b(repr(sorted(_LAYOUT.items())).encode(), digest_size=6).hexdigest()
+    return f"{FORMAT}.{digest}"
+
+
+def config_hashes(cfg, live: dict) -> dict[str, str]:
+    """Section -> hash of the keys that shape the state (`live`: section -> keys that change at run time, or "*")."""
+    out = {}
+    for section in SECTIONS:
+        skip = live.get(section, ())
+        values = {k: v for k, v in dataclasses.asdict(getattr(cfg, section)).items() if skip != "*" and k not in skip}
+        text = json.dumps(values, sort_keys=True, default=str)
+        out[section] = hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
+    return out
+
+
+def changed_sections(saved: dict, current: dict) -> list[str]:
+    """The sections whose state-shaping settings differ between a snapshot and the configuration."""
+    return sorted(s for s in set(saved) | set(current) if saved.get(s) != current.get(s))
+
+
+class StateBook:
+    """The analytics' state containers by name: what a snapshot holds and what a start restores.
+
+    `water` is the `received_at` of the newest input the state includes (None before any)."""
+
+    def __init__(self, restored: dict | None = None, water: datetime | None = None):
+        self._restored = dict(restored or {})
+        self._kept: dict[str, object] = {}
+        self.water = water
+        self.restored = sorted(self._restored)  # the names a snapshot provided
+
+    def keep(self, name: str, fresh: object) -> object:
+        """The container `name` resumes from: the restored one when the snapshot has it, else `fresh`."""
+        if name in self._kept:
+            raise ValueError(f"state {name!r} kept twice")
+        obj = self._restored.pop(name, fresh)
+        self._kept[name] = obj
+        return obj
+
+    def dumps(self) -> bytes:
+        """The kept state, pickled (call it between engine cycles, or with the engine stopped)."""
+        return pickle.dumps(self._kept, protocol=pickle.HIGHEST_PROTOCOL)
+
+    def keys(self) -> dict[str, int]:
+        """Name -> keys (sensors, series, symbols) it holds (its `len`)."""
+        return {name: len(obj) for name, obj in self._kept.items()}
+
+
+def loads(blob: bytes) -> dict:
+    """The state dict of `StateBook.dumps` (trusted input: the agent's own log)."""
+    return pickle.loads(blob)
+
+
+def keep(book: StateBook | None, name: str, fresh: object) -> object:
+    """`book.keep(name, fresh)`, or `fresh` when the graph runs without a book (replay, score, tests)."""
+    return fresh if book is None else book.keep(name, fresh)
+
+
+@csp.node(memoize=False)
+def snapshots(after: ts[list[Event]], marks: ts[BatchMark], past: ts[dict], book: object, every: timedelta,
+              live_from: datetime, sink: object):
+    """Every `every` of engine time from `live_from` on, hand `sink.offer(blob, water, keys, seconds)` the
+    book's state, unless no input arrived since the last one. `after` (passive) is the analytics' merged
+    output: reading it ranks this node after every analytic, so a snapshot includes its cycle's inputs.
+    `marks` are the live batches (their last `received_at`), `past` the captured batches a start replays
+    (engine time = their `received_at`)."""
+    with csp.alarms():
+        a_take = csp.alarm(bool)
+    with csp.state():
+        s_taken = book.water  # the watermark of the last snapshot
+    with csp.start():
+        csp.make_passive(after)
+        now = csp.now()
+        csp.schedule_alarm(a_take, (live_from if live_from > now else now) + every, True)
+    if csp.ticked(past):
+        book.water = csp.now()
+    if csp.ticked(marks):
+        book.water = marks.last
+    if csp.ticked(a_take):
+        csp.schedule_alarm(a_take, every, True)
+        if book.water is not None and book.water != s_taken:
+            t0 = time.perf_counter()
+            blob = book.dumps()
+            sink.offer(blob, book.water, book.keys(), time.perf_counter() - t0)
+            s_taken = book.water

@@ -1,0 +1,85 @@
+"""`edge-agent state`: the analytics' state snapshots in the log, and what the last start that resumed from one used.
+
+Read-only, like the other query verbs. A snapshot is usable when it is this agent's (`mqtt.client_id`) and
+the code and the configuration given here are those it was taken with (the same rule `run` applies at
+start); for one that is not, it says why. A start that resumed from none leaves no trace here: its log says
+why (`state_not_restored`).
+"""
+
+from __future__ import annotations
+
+import json
+
+from edgewatch.agent import config
+from edgewatch.agent.analytics import snapshot
+from edgewatch.agent.commands.events import _run
+from edgewatch.agent.commands.run import LIVE_KEYS
+from edgewatch.agent.eventlog.snapshots import Identity
+from edgewatch.agent.eventlog.store import Store
+from edgewatch.agent.timeutil import isoformat, utcnow
+from edgewatch.common import logs
+
+
+def report(store: Store, ident: Identity) -> dict:
+    """The snapshots in the log (newest first) and the last restore, as `--json` prints them."""
+    now = utcnow()
+    rows = []
+    for r in store.snapshots():
+        why = ident.refusal(r) if r["agent"] == ident.agent else f"another agent's ({r['agent']})"
+        rows.append({
+            "id": r["id"], "agent": r["agent"], "taken_at": isoformat(r["taken_at"]),
+            "age_seconds": round((now - r["taken_at"]).total_seconds(), 1), "saved_at": isoformat(r["saved_at"]),
+            "version": r["version"], "bytes": r["size"], "keys": r["keys"], "usable": why is None, "why_not": why,
+            "restored_at": isoformat(r["restored_at"]) if r["restored_at"] else None,
+        })
+    ours = [r for r in store.snapshots(ident.agent) if r["restored_at"] is not None]
+    last = max(ours, key=lambda r: r["restored_at"], default=None)
+    restore = None if last is None else {
+        "snapshot": last["id"], "restored_at": isoformat(last["restored_at"]), "taken_at": isoformat(last["taken_at"]),
+        "age_at_restore_seconds": round((last["restored_at"] - last["taken_at"]).total_seconds(), 1),
+        "keys": last["keys"],
+    }
+    return {"agent": ident.agent, "log": store.display_url, "snapshots": rows, "last_restore": restore}
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KB", "MB"):
+        if n < 1000:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} GB"
+
+
+def _text(rep: dict) -> str:
+    lines = []
+    mine = [s for s in rep["snapshots"] if s["agent"] == rep["agent"]]
+    if not mine:
+        lines.append(f"no state snapshot of agent {rep['agent']} in {rep['log']}: its next start warms up from the "
+                     "captures (record.warm_start) or starts cold")
+    for s in rep["snapshots"]:
+        verdict = "usable at the next start" if s["usable"] else f"not usable: {s['why_not']}"
+        keys = ", ".join(f"{k} {v}" for k, v in s["keys"].items()) or "nothing"
+        lines.append(f"snapshot {s['id']} of {s['agent']}: taken {s['taken_at']} ({s['age_seconds']:.0f} s ago), "
+                     f"{_size(s['bytes'])}; {verdict}")
+        lines.append(f"  keys: {keys}")
+    r = rep["last_restore"]
+    if r is not None:
+        lines.append(f"the last start that resumed from a snapshot ({r['restored_at']}) used snapshot {r['snapshot']}, "
+                     f"taken {r['age_at_restore_seconds']:.0f} s before it, and re-ran the captures received after it")
+    elif mine:
+        lines.append("no start has resumed from these snapshots yet")
+    return "\n".join(lines)
+
+
+def state_command(args) -> int:
+    """`edge-agent state [--config PATH] [--db URL] [--json]`."""
+    logs.setup("warning", stream="stderr")  # stdout carries the answer alone
+    cfg = config.load(args.config)
+    ident = Identity(cfg.mqtt.client_id, snapshot.version(), snapshot.config_hashes(cfg, LIVE_KEYS))
+
+    def body(store: Store) -> None:
+        rep = report(store, ident)
+        print(json.dumps(rep) if args.json else _text(rep))
+
+    args.db = args.db or cfg.store.url  # the configuration is loaded once
+    return _run("state", args, body)
