@@ -137,7 +137,7 @@ def bench_sensors(n_sensors: int, rounds: int, repeat: int) -> dict:
     @csp.graph
     def detector_only():
         with csp.memoize(False):
-            scores = anomaly_scores(csp.curve(list[SensorReading], feeds), cfg.anomaly)
+            scores = anomaly_scores(csp.curve(list[SensorReading], feeds), cfg.anomaly, cfg.health.anomaly_score)
             csp.add_graph_output("events", count_events(anomaly_events(scores, cfg.anomaly)), tick_count=1)
 
     t_full = min(timed(full, end)[0] for _ in range(repeat))
