@@ -311,8 +311,9 @@ class Batcher:
         keep = []
         for w in self._active:
             if w.cancelled:
-                continue
-            if w.deadline <= now:
+                self.stats.tokens(len(w.tracker.ids))
+            elif w.deadline <= now:
+                self.stats.tokens(len(w.tracker.ids))
                 w.emit(("error", DeadlineExceeded("generation deadline exceeded")))
             else:
                 keep.append(w)
@@ -335,7 +336,6 @@ class Batcher:
                 w.emit(("logprob", token_logprobs(logits, token, w.params.logprobs)))
             w.last = token
             delta = w.tracker.add(token)
-            self.stats.tokens(1)
             if delta:
                 w.emit(("text", delta))
         if eos or w.tracker.stopped:
@@ -347,9 +347,9 @@ class Batcher:
     def _finished(w: _Generate) -> bool:
         return w.finished or w.cancelled
 
-    @staticmethod
-    def _done(w: _Generate, reason: str) -> None:
+    def _done(self, w: _Generate, reason: str) -> None:
         w.finished = True
+        self.stats.tokens(len(w.tracker.ids))  # counted as a sequence leaves: an update per token cost 2 %
         rest = w.tracker.flush()
         if rest:
             w.emit(("text", rest))
