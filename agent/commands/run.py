@@ -141,7 +141,7 @@ class Service:
         self._wake = threading.Event()  # a signal arrived
         self._stopping = False
         self._reload = False
-        self.store = open_log(cfg.store.url, checkpoint_in_background=True)
+        self.store = open_log(cfg.store.url, checkpoint_in_background=True, agent_id=cfg.agent.id)
         self.link = Link(cfg)
         self.outbox = Outbox(self.store, self.link)
         self.writer = StoreWriter(self.store, batch_size=cfg.store.batch_size, on_commit=self.outbox.on_commit,
@@ -174,7 +174,8 @@ class Service:
         gc.freeze()  # start-up objects (modules, the wired graph) never die: keep them out of GC passes
         self.notifier.ready(f"connected to {self.cfg.mqtt.host}:{self.cfg.mqtt.port}")
         log.info("agent_ready", broker=f"{self.cfg.mqtt.host}:{self.cfg.mqtt.port}", protocol=self.link.protocol,
-                 store=self.store.display_url)
+                 store=self.store.display_url, agent_id=self.cfg.agent.id, client_id=self.cfg.mqtt.client_id,
+                 subscriptions=self.link.topics)
 
     def writer_alive(self) -> bool:
         return self.writer._thread.is_alive()
