@@ -499,14 +499,15 @@ def _filter_levels(where: str, topic_filter: str) -> list[str]:
     return levels
 
 
-def _covers(a: list[str], b: list[str]) -> bool:
-    """Every topic that filter `b` matches is matched by filter `a` (levels of both)."""
-    for i, level in enumerate(a):
-        if level == "#":
+def _intersect(a: list[str], b: list[str]) -> bool:
+    """Some topic matches both filters (given as their levels)."""
+    for x, y in zip(a, b):
+        if x == "#" or y == "#":
             return True
-        if i >= len(b) or b[i] == "#" or (level != "+" and level != b[i]):
+        if x != y and "+" not in (x, y):
             return False
-    return len(a) == len(b)
+    longer = a if len(a) > len(b) else b
+    return len(a) == len(b) or longer[min(len(a), len(b))] == "#"  # `x/#` also matches `x`
 
 
 SHARE_PREFIX = "$share/"
@@ -542,7 +543,7 @@ def _check_subscriptions(m: MqttConfig) -> None:
                               f"agent of the group, so the per-key state of the mqtt.{feed} feed would be split "
                               "between agents; split it by topic subtree instead (only the news feed may be shared)")
         for other, other_levels in seen:
-            if _covers(levels, other_levels) or _covers(other_levels, levels):
+            if _intersect(levels, other_levels):
                 raise ConfigError(f"{where}: {topic_filter!r} overlaps {other!r}: a message matching both "
                                   "would be delivered, and processed, twice")
         seen.append((topic_filter, levels))
