@@ -519,6 +519,11 @@ def subscriptions(m: MqttConfig) -> list[str]:
     return list(m.subscriptions) or [f"{getattr(m, key)}/#" for key in PREFIX_KEYS if key != "output_prefix"]
 
 
+def unshared(topic_filter: str) -> str:
+    """The filter of a shared subscription without its `$share/{group}/` (any other filter as it is)."""
+    return topic_filter.split("/", 2)[2] if topic_filter.startswith(SHARE_PREFIX) else topic_filter
+
+
 def _check_subscriptions(m: MqttConfig) -> None:
     """Each filter lies under one input prefix; `$share/{group}/` only for a feed without per-key state."""
     where = "mqtt.subscriptions"

@@ -435,6 +435,19 @@ class Store:
                 for t in _PUBLISHED.values()
             )
 
+    def adopt_unowned(self) -> int:
+        """Make the unpublished events and bars that carry no agent id (logged before agents had ids) this agent's,
+        so that its outbox publishes them. One statement per table: of agents starting together on an upgraded
+        log, each row goes to exactly one. Returns the number of rows adopted."""
+        if not self.agent_id:
+            return 0
+        with self.engine.begin() as conn:
+            return sum(
+                conn.execute(t.update().where(t.c.published_at.is_(None), t.c.agent_id == "")
+                             .values(agent_id=self.agent_id)).rowcount
+                for t in _PUBLISHED.values()
+            )
+
     def mark_published(self, ids: list[int], table: str = "events") -> None:
         """Stamp rows of `events` (or `bars`) as acknowledged by the broker."""
         if not ids:

@@ -258,6 +258,24 @@ def test_each_outbox_sees_only_its_own_agents_rows(url):
         south.close()
 
 
+def test_unpublished_rows_from_before_agent_ids_go_to_one_agent(url):
+    """Rows a log held unpublished when it was upgraded carry no agent id: the first agent to start adopts them
+    all, so they are published once, not by every agent and not by none."""
+    t = datetime(2026, 12, 6, 9, 0)
+    legacy = Store(url)  # agent_id "": what the migration gives the rows already in the log
+    legacy.write([make_event("anomaly", f"old{i}", t, "info", "old", {}, i) for i in range(3)])
+    legacy.mark_published([legacy.unpublished()[0]["id"]])
+    legacy.close()
+    north, south = Store(url, agent_id="north"), Store(url, agent_id="south")
+    try:
+        assert (north.adopt_unowned(), south.adopt_unowned()) == (2, 0)
+        assert [r["key"] for r in north.unpublished()] == ["old1", "old2"] and south.unpublished() == []
+        assert [e["agent_id"] for e in north.events()] == ["", "north", "north"]  # a published row stays as it was
+    finally:
+        north.close()
+        south.close()
+
+
 def test_events_agent_filter_on_the_command_line(capsys, tmp_path):
     db = str(tmp_path / "events.db")
     t = datetime(2026, 12, 6, 9, 0)
