@@ -396,6 +396,8 @@ ORDERED = (
 )
 
 PREFIX_KEYS = ("sensors_prefix", "market_prefix", "portfolio_prefix", "news_prefix", "output_prefix")
+INPUT_PREFIX_KEYS = PREFIX_KEYS[:4]
+MAX_SUBSCRIPTIONS = 100  # topic filters per agent: a feed split finer than this is a split by topic level, not by list
 
 
 def _coerce(where: str, value: object, typ: type) -> object:
@@ -516,7 +518,7 @@ STATELESS_FEEDS = ("news_prefix",)  # feeds whose processing keeps no per-key st
 
 def subscriptions(m: MqttConfig) -> list[str]:
     """The topic filters the agent subscribes to: `mqtt.subscriptions`, or every input feed."""
-    return list(m.subscriptions) or [f"{getattr(m, key)}/#" for key in PREFIX_KEYS if key != "output_prefix"]
+    return list(m.subscriptions) or [f"{getattr(m, key)}/#" for key in INPUT_PREFIX_KEYS]
 
 
 def unshared(topic_filter: str) -> str:
@@ -527,6 +529,9 @@ def unshared(topic_filter: str) -> str:
 def _check_subscriptions(m: MqttConfig) -> None:
     """Each filter lies under one input prefix; `$share/{group}/` only for a feed without per-key state."""
     where = "mqtt.subscriptions"
+    if len(m.subscriptions) > MAX_SUBSCRIPTIONS:
+        raise ConfigError(f"{where}: {len(m.subscriptions)} topic filters, at most {MAX_SUBSCRIPTIONS} "
+                          "(split by a topic level: sensors/site-a/#)")
     seen: list[tuple[str, list[str]]] = []
     for topic_filter in m.subscriptions:
         plain, group = topic_filter, None
@@ -538,8 +543,7 @@ def _check_subscriptions(m: MqttConfig) -> None:
             raise ConfigError(f"{where}: {topic_filter!r} starts with '$', which the broker reserves for itself "
                               "(only $share/{group}/... is allowed)")
         levels = _filter_levels(where, plain)
-        feed = next((key for key in PREFIX_KEYS if key != "output_prefix"
-                     and plain.startswith(getattr(m, key) + "/")), None)
+        feed = next((key for key in INPUT_PREFIX_KEYS if plain.startswith(getattr(m, key) + "/")), None)
         if feed is None:
             raise ConfigError(f"{where}: {topic_filter!r} is under no input prefix (mqtt.sensors_prefix, "
                               "market_prefix, portfolio_prefix, news_prefix): it would take other topics")

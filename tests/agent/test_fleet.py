@@ -204,6 +204,8 @@ def test_agent_id_defaults_to_host_and_config_stem(tmp_path, monkeypatch):
     ('[mqtt]\nsubscriptions = ["$share/g/portfolio/#"]\n', "mqtt.portfolio_prefix feed would be split"),
     ('[mqtt]\nsubscriptions = ["$share//news/#"]\n', "a shared subscription is $share/{group}/{filter}"),
     ('[mqtt]\nsubscriptions = ["$SYS/#"]\n', "starts with '$', which the broker reserves"),
+    ("[mqtt]\nsubscriptions = [" + ", ".join(f'"sensors/s{i}/#"' for i in range(101)) + "]\n",
+     "mqtt.subscriptions: 101 topic filters, at most 100"),
     ('[mqtt]\nsubscriptions = ["sensors/site-a/#", "sensors/site-b/+", "market/ACME/#", "$share/g/news/#"]\n', None),
 ])
 def test_check_config_of_agent_id_and_subscriptions(capsys, tmp_path, text, named):
