@@ -97,6 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
         else:
             q.add_argument("--until", metavar="T", help=f"only {name} before T (default: no upper bound)")
             q.add_argument("--follow", action="store_true", help=f"keep printing new {name} (default: off)")
+        q.add_argument("--agent", metavar="ID",
+                       help="only rows this agent logged, by its agent.id (default: every agent's)")
         q.add_argument("--since", metavar="T", help="only rows at or after T (default: no lower bound)")
         q.add_argument("--limit", type=int, metavar="N", help="the N most recent rows (default: all)")
         q.add_argument("--format", choices=FORMATS, default="table", help="output format; json is JSON Lines")

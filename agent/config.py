@@ -11,6 +11,7 @@ import dataclasses
 import grp
 import math
 import os
+import re
 import socket
 import stat
 import sys
@@ -36,13 +37,35 @@ def _under_systemd() -> bool:
     return bool(os.environ.get("INVOCATION_ID") or os.environ.get("NOTIFY_SOCKET"))
 
 
+def _host_name() -> str:
+    """This machine's name as an agent id, in the characters an id may hold."""
+    return _id_token(socket.gethostname()) or "edgewatch"
+
+
+def _id_token(text: str) -> str:
+    """`text` made a valid agent id: other characters become '-', at most AGENT_ID_MAX characters."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "-", text).strip("-._")[:AGENT_ID_MAX]
+
+
+AGENT_ID_MAX = 64
+AGENT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # fits a client id, a topic level, a file name
+
+
+@dataclasses.dataclass
+class AgentConfig:
+    # this agent's name among those sharing a broker and a log: stored with each event, dead letter and bar
+    id: str = dataclasses.field(default_factory=_host_name)
+
+
 @dataclasses.dataclass
 class MqttConfig:
     host: str = "127.0.0.1"  # broker address
     port: int = 1883  # broker port (8883 is usual with TLS)
     protocol: str = "auto"  # "5", "3.1.1" or "auto"
     # fixed client id of the persistent session
-    client_id: str = dataclasses.field(default_factory=lambda: f"edgewatch-{socket.gethostname()}")
+    client_id: str = dataclasses.field(default_factory=lambda: f"edgewatch-{_host_name()}")
+    # topic filters this agent subscribes to; empty = every input feed ({prefix}/# of the four input prefixes)
+    subscriptions: list[str] = dataclasses.field(default_factory=list)
     username: str = ""  # broker user; empty = anonymous
     password_file: str = ""  # file holding the broker password (secret kept out of the TOML)
     tls: bool = False  # connect with TLS
@@ -255,6 +278,7 @@ class AdvisorConfig:
 
 @dataclasses.dataclass
 class Config:
+    agent: AgentConfig = dataclasses.field(default_factory=AgentConfig)
     mqtt: MqttConfig = dataclasses.field(default_factory=MqttConfig)
     store: StoreConfig = dataclasses.field(default_factory=StoreConfig)
     record: RecordConfig = dataclasses.field(default_factory=RecordConfig)
@@ -390,10 +414,18 @@ ORDERED = (
 )
 
 PREFIX_KEYS = ("sensors_prefix", "market_prefix", "portfolio_prefix", "news_prefix", "output_prefix")
+INPUT_PREFIX_KEYS = PREFIX_KEYS[:4]
+MAX_SUBSCRIPTIONS = 100  # topic filters per agent: a feed split finer than this is a split by topic level, not by list
 
 
 def _coerce(where: str, value: object, typ: type) -> object:
     """Convert a TOML or environment value to the field's type, or name the key."""
+    if typing.get_origin(typ) is list:  # a TOML array of strings, or in the environment a comma-separated list
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{where}: expected a list of strings, got {value!r}")
+        return value
     if isinstance(value, str) and typ is not str:
         text = value.strip()
         if typ is bool:
@@ -420,8 +452,10 @@ def _section_types(section_cls: type) -> dict[str, type]:
     return {f.name: hints[f.name] for f in dataclasses.fields(section_cls)}
 
 
-def _apply(cfg: Config, data: dict, source: str) -> None:
+def _apply(cfg: Config, data: dict, source: str) -> set[tuple[str, str]]:
+    """Set the keys `data` names; returns them as (section, key)."""
     sections = _section_types(Config)
+    given = set()
     for section, values in data.items():
         if section not in sections:
             raise ConfigError(f"{source}: unknown section [{section}]")
@@ -446,6 +480,8 @@ def _apply(cfg: Config, data: dict, source: str) -> None:
                 if value < 0:
                     raise ConfigError(f"{where}: must not be negative, got {value!r}")
             setattr(target, key, value)
+            given.add((section, key))
+    return given
 
 
 def _check_prefix(key: str, prefix: str) -> None:
@@ -465,8 +501,84 @@ def _overlap(a: str, b: str) -> bool:
     return a == b or a.startswith(b + "/") or b.startswith(a + "/")
 
 
+def _check_agent_id(agent_id: str) -> None:
+    if not AGENT_ID.fullmatch(agent_id) or len(agent_id) > AGENT_ID_MAX:
+        raise ConfigError(f"agent.id: {agent_id!r} is not an agent id (1 to {AGENT_ID_MAX} letters, digits, "
+                          "'.', '_' or '-', starting with a letter or digit)")
+
+
+def _filter_levels(where: str, topic_filter: str) -> list[str]:
+    """The levels of an MQTT topic filter, or ConfigError: `#` only as the whole last level, `+` only as a whole level."""
+    if not topic_filter or "\x00" in topic_filter:
+        raise ConfigError(f"{where}: {topic_filter!r} is empty or holds NUL: not a topic filter")
+    levels = topic_filter.split("/")
+    for i, level in enumerate(levels):
+        if ("#" in level and (level != "#" or i != len(levels) - 1)) or ("+" in level and level != "+"):
+            raise ConfigError(f"{where}: {topic_filter!r} is not a topic filter ('#' only as the last level, "
+                              "'+' only as a whole level)")
+    return levels
+
+
+def _intersect(a: list[str], b: list[str]) -> bool:
+    """Some topic matches both filters (given as their levels)."""
+    for x, y in zip(a, b):
+        if x == "#" or y == "#":
+            return True
+        if x != y and "+" not in (x, y):
+            return False
+    longer = a if len(a) > len(b) else b
+    return len(a) == len(b) or longer[min(len(a), len(b))] == "#"  # `x/#` also matches `x`
+
+
+SHARE_PREFIX = "$share/"
+STATELESS_FEEDS = ("news_prefix",)  # feeds whose processing keeps no per-key state: a shared subscription may split them
+
+
+def subscriptions(m: MqttConfig) -> list[str]:
+    """The topic filters the agent subscribes to: `mqtt.subscriptions`, or every input feed."""
+    return list(m.subscriptions) or [f"{getattr(m, key)}/#" for key in INPUT_PREFIX_KEYS]
+
+
+def unshared(topic_filter: str) -> str:
+    """The filter of a shared subscription without its `$share/{group}/` (any other filter as it is)."""
+    return topic_filter.split("/", 2)[2] if topic_filter.startswith(SHARE_PREFIX) else topic_filter
+
+
+def _check_subscriptions(m: MqttConfig) -> None:
+    """Each filter lies under one input prefix; `$share/{group}/` only for a feed without per-key state."""
+    where = "mqtt.subscriptions"
+    if len(m.subscriptions) > MAX_SUBSCRIPTIONS:
+        raise ConfigError(f"{where}: {len(m.subscriptions)} topic filters, at most {MAX_SUBSCRIPTIONS} "
+                          "(split by a topic level: sensors/site-a/#)")
+    seen: list[tuple[str, list[str]]] = []
+    for topic_filter in m.subscriptions:
+        plain, group = topic_filter, None
+        if topic_filter.startswith(SHARE_PREFIX):
+            group, _, plain = topic_filter[len(SHARE_PREFIX):].partition("/")
+            if not group or "+" in group or "#" in group or not plain:
+                raise ConfigError(f"{where}: {topic_filter!r}: a shared subscription is $share/{{group}}/{{filter}}")
+        elif topic_filter.startswith("$"):
+            raise ConfigError(f"{where}: {topic_filter!r} starts with '$', which the broker reserves for itself "
+                              "(only $share/{group}/... is allowed)")
+        levels = _filter_levels(where, plain)
+        feed = next((key for key in INPUT_PREFIX_KEYS if plain.startswith(getattr(m, key) + "/")), None)
+        if feed is None:
+            raise ConfigError(f"{where}: {topic_filter!r} is under no input prefix (mqtt.sensors_prefix, "
+                              "market_prefix, portfolio_prefix, news_prefix): it would take other topics")
+        if group is not None and feed not in STATELESS_FEEDS:
+            raise ConfigError(f"{where}: {topic_filter!r}: a shared subscription hands each message to any one "
+                              f"agent of the group, so the per-key state of the mqtt.{feed} feed would be split "
+                              "between agents; split it by topic subtree instead (only the news feed may be shared)")
+        for other, other_levels in seen:
+            if _intersect(levels, other_levels):
+                raise ConfigError(f"{where}: {topic_filter!r} overlaps {other!r}: a message matching both "
+                                  "would be delivered, and processed, twice")
+        seen.append((topic_filter, levels))
+
+
 def check(cfg: Config) -> None:
     """Rules between keys (each key's own range is checked as it is read); ConfigError names the key."""
+    _check_agent_id(cfg.agent.id)
     prefixes = {key: getattr(cfg.mqtt, key) for key in PREFIX_KEYS}
     for key, prefix in prefixes.items():
         _check_prefix(key, prefix)
@@ -479,6 +591,7 @@ def check(cfg: Config) -> None:
     if window and (window < 60 or window % 30):
         raise ConfigError(f"anomaly.change_window: must be 0 (off) or a multiple of 30 from 60 on (whole blocks "
                           f"of 30 readings, at least two), got {window}")
+    _check_subscriptions(cfg.mqtt)
     for section, smaller, larger, strictly in ORDERED:
         low, high = getattr(getattr(cfg, section), smaller), getattr(getattr(cfg, section), larger)
         if low > high or (strictly and low == high):
@@ -505,9 +618,14 @@ def _env_overrides(environ: typing.Mapping[str, str]) -> dict:
 def load(path: str | os.PathLike | None = None, environ: typing.Mapping[str, str] | None = None) -> Config:
     """Read the TOML file (if any), then environment overrides; validate everything."""
     cfg = Config()
+    given = set()
     if path is not None:
-        _apply(cfg, _read_toml(path), str(path))
-    _apply(cfg, _env_overrides(os.environ if environ is None else environ), "environment")
+        given |= _apply(cfg, _read_toml(path), str(path))
+    given |= _apply(cfg, _env_overrides(os.environ if environ is None else environ), "environment")
+    if path is not None and ("agent", "id") not in given:  # two agents on one host differ by their files
+        cfg.agent.id = _id_token(f"{_host_name()}-{Path(path).stem}")
+    if ("mqtt", "client_id") not in given:
+        cfg.mqtt.client_id = f"edgewatch-{cfg.agent.id}"
     check(cfg)
     return cfg
 

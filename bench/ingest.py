@@ -24,6 +24,13 @@ count from the first message handled to the last:
 - naive: paho callback -> the project's validation and anomaly detector per
   message -> the verdict written with its own commit (`Store.write`) per message.
 
+Two agents, one log (`--fleet-only` runs just this): the same N readings on two sensor subtrees
+(`sensors/g0/...`, `sensors/g1/...`), drained once by one agent subscribed to both and once by two
+agents, one per subtree (`mqtt.subscriptions`), writing one shared log (SQLite here; `--fleet-db URL`
+for another, e.g. PostgreSQL). Both runs start from a pre-loaded queue; the pair's rate counts from
+the first batch either agent commits to the moment both are done. `fleet_vs_one_agent` is the ratio:
+two agents can scale at most with the free cores, and the broker and the log share those cores too.
+
 Latency: the agent runs live while readings and trades are published at
 `--rate` msgs/s; every trade moves the price 5% (a `price_alert` event) and
 every 50th reading of a sensor is a spike (an `anomaly` event once warmed up). The 20 sensors
@@ -74,8 +81,9 @@ FLEET_TIMING = {"health": {"interval": 1e9, "stale_min": 3600.0}}
 SPIKE = 95.0  # the latency run's spike reading: an anomaly event
 
 
-def readings(n: int, sensors: int, seed: int = 7) -> list[tuple[str, bytes]]:
-    """Small readings, round-robin over `sensors` ids; one reading in 1000 is a spike.
+def readings(n: int, sensors: int, seed: int = 7, groups: int = 0) -> list[tuple[str, bytes]]:
+    """Small readings, round-robin over `sensors` ids; one reading in 1000 is a spike. With `groups`, the ids
+    are spread over that many subtrees (`sensors/g{k}/dev{i}`), so that agents can split them.
 
     No `ts`: a live feed, stamped on receipt (old timestamps would make the whole fleet look stale).
     """
@@ -83,7 +91,9 @@ def readings(n: int, sensors: int, seed: int = 7) -> list[tuple[str, bytes]]:
     out = []
     for i in range(n):
         temp = 95.0 if rnd.random() < 0.001 else 20.0 + rnd.gauss(0, 0.5)
-        out.append((f"sensors/dev{i % sensors}", json.dumps({"temperature": round(temp, 3),
+        sensor = i % sensors
+        topic = f"sensors/g{sensor % groups}/dev{sensor}" if groups else f"sensors/dev{sensor}"
+        out.append((topic, json.dumps({"temperature": round(temp, 3),
                                                               "humidity": round(45 + rnd.gauss(0, 2), 2)}).encode()))
     return out
 
@@ -242,9 +252,9 @@ def agent_process(broker, workdir: Path, client_id: str, extra: dict | None = No
     return AgentProcess(broker, workdir, settings, protocol="5"), mport
 
 
-def agent_session(broker, workdir: Path, client_id: str) -> None:
+def agent_session(broker, workdir: Path, client_id: str, extra: dict | None = None) -> None:
     """Run the agent once so that the broker holds its persistent session, then stop it."""
-    agent = agent_process(broker, workdir, client_id)[0].start()
+    agent = agent_process(broker, workdir, client_id, extra)[0].start()
     agent.wait_ready(broker)
     agent.stop()
 
@@ -256,22 +266,32 @@ def agent_drain(broker, workdir: Path, client_id: str, n: int, warm: int = 0) ->
     threads, `process_cpu_seconds_total`) per message over the same span, the cost that the machine's
     other load moves least; `warm_rate` / `warm_cpu_us`: the same over the first `warm` messages.
     """
-    agent, mport = agent_process(broker, workdir, client_id, FLEET_TIMING)
-    agent.start()
+    return agents_drain([agent_process(broker, workdir, client_id, FLEET_TIMING)], n, warm)
+
+
+def agents_drain(agents: list[tuple[AgentProcess, int]], n: int, warm: int = 0) -> dict:
+    """`agent_drain` for agents (process, metrics port) that share the N queued messages between them:
+    started together, counted together (messages done and CPU time summed over the agents)."""
+    for agent, _ in agents:
+        agent.start()
     points = []
     deadline = time.monotonic() + 900
     try:
         while time.monotonic() < deadline:
-            metrics = scrape(f"http://127.0.0.1:{mport}/metrics")  # {} until the endpoint is up
+            scraped = [scrape(f"http://127.0.0.1:{mport}/metrics") for _, mport in agents]  # {} until one is up
             now = time.perf_counter()
-            if done := metrics.get("edgewatch_messages_done_total"):
-                points.append((now, done, metrics["process_cpu_seconds_total"],
-                               metrics["edgewatch_log_write_seconds_count"]))
+            if not all(scraped):  # counting starts once every agent answers: no start-up CPU inside the span
+                time.sleep(0.05)
+                continue
+            if done := sum(m.get("edgewatch_messages_done_total", 0) for m in scraped):
+                points.append((now, done, sum(m.get("process_cpu_seconds_total", 0) for m in scraped),
+                               sum(m.get("edgewatch_log_write_seconds_count", 0) for m in scraped)))
                 if done >= n:
                     break
             time.sleep(0.05)  # each scrape costs the agent CPU too: 20 a second, not 50
     finally:
-        agent.stop()
+        for agent, _ in agents:
+            agent.stop()
     if not points or points[-1][1] < n:
         raise SystemExit(f"agent: only {points[-1][1] if points else 0:.0f} of {n} messages")
 
@@ -372,6 +392,33 @@ def latencies(broker, tmp: Path, rate: float, seconds: float, staggered: bool = 
             "latency_p99_vs_echo": round(agent["p99_ms"] / floor["p99_ms"], 2) if floor.get("p99_ms") else None}
 
 
+def fleet(broker, tmp: Path, n: int, db: str | None) -> dict:
+    """Readings/s of two agents with split subscriptions into one log, against one agent taking both subtrees."""
+    subtrees = ["sensors/g0/#", "sensors/g1/#"]
+    runs = {"one": [("bench-fleet-one", subtrees)],
+            "two": [("bench-fleet-a", subtrees[:1]), ("bench-fleet-b", subtrees[1:])]}
+    out = {}
+    for name, members in runs.items():
+        url = db or str(tmp / f"fleet-{name}.db")  # each run a log of its own (the same one with --fleet-db)
+
+        def settings(cid: str, subs: list[str]) -> dict:
+            return {"agent": {"id": cid}, "mqtt": {"subscriptions": subs}, "store": {"url": url}, **FLEET_TIMING}
+
+        for cid, subs in members:
+            agent_session(broker, tmp / cid, cid, settings(cid, subs))
+        time.sleep(1.0)
+        publish_all(broker, readings(n, 100, seed=9, groups=2))
+        drained = agents_drain([agent_process(broker, tmp / cid, cid, settings(cid, subs)) for cid, subs in members], n)
+        for cid, _ in members:
+            drop_session(broker, cid)
+        out[name] = drained
+    return {"fleet_log": db.split("://")[0] if db and "://" in db else "sqlite", "one_agent_msgs_per_s": round(out["one"]["rate"]),
+            "two_agents_msgs_per_s": round(out["two"]["rate"]),
+            "two_agents_cpu_us_per_msg": round(out["two"]["cpu_us"], 1),
+            "one_agent_cpu_us_per_msg": round(out["one"]["cpu_us"], 1),
+            "fleet_vs_one_agent": round(out["two"]["rate"] / out["one"]["rate"], 3), "cpus": os.cpu_count()}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=200_000)
@@ -380,6 +427,8 @@ def main() -> None:
     ap.add_argument("--latency-seconds", type=float, default=10.0)
     ap.add_argument("--latency-only", action="store_true", help="skip the throughput runs")
     ap.add_argument("--staggered-spikes", action="store_true", help="latency run: sensors spike at their own times")
+    ap.add_argument("--fleet-only", action="store_true", help="only the two-agents-one-log run")
+    ap.add_argument("--fleet-db", metavar="URL", help="the two-agent run's shared log (default: a SQLite file)")
     ap.add_argument("--role", choices=("bare", "bare-patched", "naive", "echo"), help=argparse.SUPPRESS)
     ap.add_argument("--port", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--db", help=argparse.SUPPRESS)
@@ -410,6 +459,9 @@ def main() -> None:
             if args.latency_only:
                 print(json.dumps(latencies(broker, tmp, args.rate, args.latency_seconds, args.staggered_spikes)))
                 return
+            if args.fleet_only:
+                print(json.dumps({"n": args.n, **fleet(broker, tmp, args.n, args.fleet_db)}))
+                return
             # 100 sensor ids: every consumer drains the same N (naive: the first naive_n)
             for cid in ("bench-bare", "bench-bare-patched", "bench-naive", "bench-agent-100"):
                 if cid == "bench-agent-100":
@@ -439,6 +491,7 @@ def main() -> None:
             result["agent_100k_ids_first_reading_msgs_per_s"] = round(agent_100k["warm_rate"])
             result["agent_100k_ids_first_reading_cpu_us_per_msg"] = round(agent_100k["warm_cpu_us"], 1)
             result.update(latencies(broker, tmp, args.rate, args.latency_seconds, args.staggered_spikes))
+            result.update(fleet(broker, tmp, args.n, args.fleet_db))
         finally:
             broker.stop()
     result["agent_vs_bare"] = round(result["agent_msgs_per_s"] / result["bare_msgs_per_s"], 3)

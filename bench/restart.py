@@ -92,7 +92,7 @@ def readings_until_scored(sensors: int, history: int) -> dict:
 
 def _ready_seconds(broker: Mosquitto, workdir: Path) -> tuple[float, dict]:
     """Seconds from starting `edge-agent run` to its `agent_ready` line, and its `state_restored` entry."""
-    agent = AgentProcess(broker, workdir, {"mqtt": {"client_id": CLIENT}, "store": {"url": str(workdir / "events.db")},
+    agent = AgentProcess(broker, workdir, {"agent": {"id": CLIENT}, "store": {"url": str(workdir / "events.db")},
                                            "record": {"path": ""}})
     t0 = time.monotonic()
     agent.start()

@@ -31,7 +31,7 @@ def test_every_configuration_key_is_documented_with_its_default():
         assert sorted(documented) == sorted(keys), section.name
         for key in keys:
             value = getattr(obj, key)
-            if (section.name, key) in (("mqtt", "client_id"), ("store", "url")):
+            if (section.name, key) in (("agent", "id"), ("mqtt", "client_id"), ("store", "url")):
                 continue  # host-dependent defaults, described in words
             text = "true" if value is True else "false" if value is False else ('""' if value == "" else str(value))
             assert documented[key] == text, f"{section.name}.{key}: docs say {documented[key]!r}, code {text!r}"

@@ -68,6 +68,7 @@ def check_config_command(args) -> int:
               file=sys.stderr)
     m = cfg.mqtt
     print(f"ok: {args.path}")
+    print(f"  agent    {cfg.agent.id} subscriptions={','.join(config.subscriptions(m))}")
     print(f"  mqtt     {m.host}:{m.port} protocol={m.protocol} client_id={m.client_id} tls={'on' if m.tls else 'off'}"
           f"{' user=' + m.username if m.username else ''}")
     store = cfg.store.url if "://" not in cfg.store.url else resolve_url(cfg.store.url).render_as_string(hide_password=True)

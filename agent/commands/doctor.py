@@ -120,9 +120,10 @@ def _connect(cfg: Config, protocol: str, password: str | None) -> tuple[mqtt.Cli
 
 
 def check_subscribe(cfg: Config, client: mqtt.Client) -> Result:
-    """Subscribe to the agent's input filters as its user: an ACL that refuses one starves the agent silently."""
+    """Subscribe to the agent's input filters as its user: an ACL that refuses one starves the agent silently.
+    A shared one is probed without its `$share/{group}/`: joining the group would take messages from the agents."""
     m = cfg.mqtt
-    topics = [f"{p}/#" for p in (m.sensors_prefix, m.market_prefix, m.portfolio_prefix, m.news_prefix)]
+    topics = [config.unshared(t) for t in config.subscriptions(m)]
     answered = threading.Event()
     codes: list = []
 

@@ -26,12 +26,15 @@ from edgewatch.agent.timeutil import parse_when
 FOLLOW_POLL_SECONDS = 0.5
 PAGE = 1000  # rows per query when streaming a whole log
 MAX_LIMIT = 2**63 - 1  # the largest row count SQL can bind
-EVENT_COLUMNS = ("id", "ts", "kind", "key", "severity", "message", "data")
-DEADLETTER_COLUMNS = ("id", "received_at", "topic", "code", "reason", "payload")
+# CSV: the agent id last, so that columns added with it leave the others where they were
+EVENT_COLUMNS = ("id", "ts", "kind", "key", "severity", "message", "data", "agent_id")
+EVENT_TABLE = ("id", "ts", "agent_id", "kind", "key", "severity", "message", "data")
+DEADLETTER_COLUMNS = ("id", "received_at", "topic", "code", "reason", "payload", "agent_id")
 # in a table the reason comes last and whole: it is what a reader of dead letters is after
-DEADLETTER_TABLE = ("id", "received_at", "topic", "code", "payload", "reason")
-BAR_COLUMNS = ("id", "symbol", "start", "end", "open", "high", "low", "close", "volume", "vwap", "trades")
-WIDTH_CAPS = {"message": 60, "data": 48, "payload": 48, "key": 32, "topic": 40}
+DEADLETTER_TABLE = ("id", "received_at", "agent_id", "topic", "code", "payload", "reason")
+BAR_COLUMNS = ("id", "symbol", "start", "end", "open", "high", "low", "close", "volume", "vwap", "trades", "agent_id")
+BAR_TABLE = ("id", "agent_id", "symbol", "start", "end", "open", "high", "low", "close", "volume", "vwap", "trades")
+WIDTH_CAPS = {"message": 60, "data": 48, "payload": 48, "key": 32, "topic": 40, "agent_id": 24}
 
 
 def _summary(data: object) -> str:
@@ -175,19 +178,22 @@ def events_command(args) -> int:
         severity=args.severity,
         since=_when("--since", args.since),
         until=_when("--until", args.until),
+        agent=args.agent,
     )
-    return _query("events", args, EVENT_COLUMNS, None, lambda store: functools.partial(store.events, **filters))
+    return _query("events", args, EVENT_COLUMNS, EVENT_TABLE,
+                  lambda store: functools.partial(store.events, **filters))
 
 
 def bars_command(args) -> int:
     """`edge-agent bars`: the VWAP bars, with the options and formats of `events`."""
-    filters = dict(symbol=args.symbol, since=_when("--since", args.since), until=_when("--until", args.until))
-    return _query("bars", args, BAR_COLUMNS, None, lambda store: functools.partial(store.bars, **filters))
+    filters = dict(symbol=args.symbol, since=_when("--since", args.since), until=_when("--until", args.until),
+                   agent=args.agent)
+    return _query("bars", args, BAR_COLUMNS, BAR_TABLE, lambda store: functools.partial(store.bars, **filters))
 
 
 def deadletters_command(args) -> int:
     """`edge-agent deadletters`."""
-    filters = dict(code=args.code, since=_when("--since", args.since))
+    filters = dict(code=args.code, since=_when("--since", args.since), agent=args.agent)
     return _query("deadletters", args, DEADLETTER_COLUMNS, DEADLETTER_TABLE,
                   lambda store: functools.partial(store.dead_letters, **filters))
 

@@ -148,7 +148,7 @@ def replay(paths: list[str], cfg: Config, db: str) -> dict:
     """Run the analytics over `paths` into the log at `db`; returns the summary."""
     source = CaptureSource(paths, cfg)
     new_events = [0]
-    writer = StoreWriter(open_log(db), batch_size=cfg.store.batch_size,
+    writer = StoreWriter(open_log(db, agent_id=cfg.agent.id), batch_size=cfg.store.batch_size,
                          on_commit=lambda rows: new_events.__setitem__(0, new_events[0] + len(rows)))
     counting = _CountingWriter(writer)
     started = time.perf_counter()

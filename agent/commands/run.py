@@ -157,7 +157,7 @@ class Service:
         self._wake = threading.Event()  # a signal arrived
         self._stopping = False
         self._reload = False
-        self.store = open_log(cfg.store.url, checkpoint_in_background=True)
+        self.store = open_log(cfg.store.url, checkpoint_in_background=True, agent_id=cfg.agent.id)
         self.link = Link(cfg)
         self.outbox = Outbox(self.store, self.link)
         self.writer = StoreWriter(self.store, batch_size=cfg.store.batch_size, on_commit=self.outbox.on_commit,
@@ -172,7 +172,7 @@ class Service:
         self.manager = MqttAdapterManager(self.link, Validator(cfg), self.capture, self.ring)
         self.snapshots: SnapshotWriter | None = None
         if cfg.state.snapshot_interval > 0:
-            ident = Identity(cfg.mqtt.client_id, snapshot.version(), snapshot.config_hashes(cfg, LIVE_KEYS))
+            ident = Identity(cfg.agent.id, snapshot.version(), snapshot.config_hashes(cfg, LIVE_KEYS))
             self.snapshots = SnapshotWriter(self.store, ident, cfg.state.snapshot_keep)
         self.book: StateBook | None = None
         self.http = None
@@ -195,7 +195,8 @@ class Service:
         gc.freeze()  # start-up objects (modules, the wired graph) never die: keep them out of GC passes
         self.notifier.ready(f"connected to {self.cfg.mqtt.host}:{self.cfg.mqtt.port}")
         log.info("agent_ready", broker=f"{self.cfg.mqtt.host}:{self.cfg.mqtt.port}", protocol=self.link.protocol,
-                 store=self.store.display_url)
+                 store=self.store.display_url, agent_id=self.cfg.agent.id, client_id=self.cfg.mqtt.client_id,
+                 subscriptions=self.link.topics)
 
     def writer_alive(self) -> bool:
         return self.writer._thread.is_alive()

@@ -1,6 +1,6 @@
 """`edge-agent state`: the analytics' state snapshots in the log, and what the last start that resumed from one used.
 
-Read-only, like the other query verbs. A snapshot is usable when it is this agent's (`mqtt.client_id`) and
+Read-only, like the other query verbs. A snapshot is usable when it is this agent's (`agent.id`) and
 the code and the configuration given here are those it was taken with (the same rule `run` applies at
 start); for one that is not, it says why. A start that resumed from none leaves no trace here: its log says
 why (`state_not_restored`).
@@ -75,7 +75,7 @@ def state_command(args) -> int:
     """`edge-agent state [--config PATH] [--db URL] [--json]`."""
     logs.setup("warning", stream="stderr")  # stdout carries the answer alone
     cfg = config.load(args.config)
-    ident = Identity(cfg.mqtt.client_id, snapshot.version(), snapshot.config_hashes(cfg, LIVE_KEYS))
+    ident = Identity(cfg.agent.id, snapshot.version(), snapshot.config_hashes(cfg, LIVE_KEYS))
 
     def body(store: Store) -> None:
         rep = report(store, ident)

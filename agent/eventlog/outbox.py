@@ -9,6 +9,9 @@ holds unpublished, so an event logged while the broker was away, or before an
 agent crash, is published later; rows already in flight are skipped, because
 paho itself resends those on reconnect.
 
+Several agents may share one log: each row carries the id of the agent that logged it, and an outbox
+reads and publishes only its own agent's rows (`Store.unpublished`), so no agent republishes another's.
+
 Bars take the same path at their own pace (one per symbol and interval): a commit that logged bars
 wakes the outbox thread, which publishes the log's unpublished bars, each retained on
 `{output_prefix}/bars/{symbol}` so that a subscriber joining later gets every symbol's latest bar.
@@ -72,6 +75,9 @@ class Outbox:
         link.on_publish_refused.append(lambda mid, reason: self._refused.append(mid))
 
     def start(self) -> None:
+        adopted = self.store.adopt_unowned()
+        if adopted:  # rows logged before agents had ids: published by the first agent to start on the log
+            log.info("outbox_adopted", rows=adopted, agent_id=self.store.agent_id)
         self._thread.start()
 
     def on_commit(self, rows: list[dict]) -> None:

@@ -27,9 +27,11 @@ events = sa.Table(
     sa.Column("message", sa.Text, nullable=False),
     sa.Column("data", sa.JSON, nullable=False),
     sa.Column("published_at", sa.DateTime, nullable=True),
-    # the outbox: a small partial index, so finding unpublished events never scans the log
+    sa.Column("agent_id", sa.String(64), nullable=False, server_default=""),  # the agent that logged it
+    # the outbox: a small partial index, so finding an agent's unpublished events never scans the log
     sa.Index(
         "ix_events_unpublished",
+        "agent_id",
         "id",
         sqlite_where=sa.text("published_at IS NULL"),
         postgresql_where=sa.text("published_at IS NULL"),
@@ -46,6 +48,7 @@ deadletters = sa.Table(
     sa.Column("reason", sa.Text, nullable=False),
     sa.Column("received_at", sa.DateTime, nullable=False, index=True),
     sa.Column("code", sa.String(32), nullable=False, server_default="unknown"),  # the reason's class: validate.REASON_CODES
+    sa.Column("agent_id", sa.String(64), nullable=False, server_default=""),
     sqlite_autoincrement=True,
 )
 
@@ -64,9 +67,11 @@ bars = sa.Table(
     sa.Column("vwap", sa.Float, nullable=False),
     sa.Column("trades", sa.Integer, nullable=False),
     sa.Column("published_at", sa.DateTime, nullable=True),  # as for events: NULL until the broker has it
+    sa.Column("agent_id", sa.String(64), nullable=False, server_default=""),
     sa.UniqueConstraint("symbol", "start", name="uq_bars_symbol_start"),
     sa.Index(
         "ix_bars_unpublished",
+        "agent_id",
         "id",
         sqlite_where=sa.text("published_at IS NULL"),
         postgresql_where=sa.text("published_at IS NULL"),
@@ -79,7 +84,7 @@ state_snapshots = sa.Table(
     "state_snapshots",
     metadata,
     sa.Column("id", _Id, primary_key=True, autoincrement=True),
-    sa.Column("agent", sa.Text, nullable=False),  # the agent's identity (its MQTT client id)
+    sa.Column("agent", sa.Text, nullable=False),  # the agent that took it (agent.id)
     sa.Column("taken_at", sa.DateTime, nullable=False),  # received_at of the newest input the state includes
     sa.Column("saved_at", sa.DateTime, nullable=False),
     sa.Column("version", sa.String(32), nullable=False),  # snapshot.version(): format and layout of the state
@@ -97,7 +102,7 @@ DEADLETTER_FIELDS = ("topic", "payload", "reason", "received_at", "code")
 
 
 def event_dict(id_: int, event_id: str, ts, logged_at, kind: str, key: str, severity: str, message: str,
-               data: object) -> dict:
+               data: object, agent_id: str) -> dict:
     """One logged event as users see it (queries, MQTT; docs/reference/events.md): times as ISO-8601 UTC text."""
     return {
         "id": id_,
@@ -109,6 +114,7 @@ def event_dict(id_: int, event_id: str, ts, logged_at, kind: str, key: str, seve
         "severity": severity,
         "message": message,
         "data": data,
+        "agent_id": agent_id,
     }
 
 
@@ -120,4 +126,5 @@ def bar_dict(row) -> dict:
         "start": isoformat(row.start),
         "end": isoformat(row.end),
         **{f: getattr(row, f) for f in ("open", "high", "low", "close", "volume", "vwap", "trades")},
+        "agent_id": row.agent_id,
     }

@@ -152,7 +152,7 @@ def _first_id_not_older(conn: sa.Connection, table: sa.Table, col: sa.Column, cu
 def _event_dict(row) -> dict:
     """A row of `events` -> the object users see."""
     return event_dict(row.id, row.event_id, row.ts, row.logged_at, row.kind, row.key, row.severity, row.message,
-                      row.data)
+                      row.data, row.agent_id)
 
 
 def _naive_utc(dt: datetime) -> datetime:
@@ -167,13 +167,13 @@ def get_field(obj, name: str, default=None):
 _event_attrs = operator.attrgetter(*EVENT_FIELDS)
 _event_items = operator.itemgetter(*EVENT_FIELDS)
 _SQLITE_INSERT = (
-    "INSERT OR IGNORE INTO events (event_id, ts, logged_at, kind, \"key\", severity, message, data)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+    "INSERT OR IGNORE INTO events (event_id, ts, logged_at, kind, \"key\", severity, message, data, agent_id)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 
 _PG_INSERT = (
-    "INSERT INTO events (event_id, ts, logged_at, kind, \"key\", severity, message, data)"
-    " VALUES (%s, %s, %s, %s, %s, %s, %s, %s::json) ON CONFLICT (event_id) DO NOTHING RETURNING id, event_id"
+    "INSERT INTO events (event_id, ts, logged_at, kind, \"key\", severity, message, data, agent_id)"
+    " VALUES (%s, %s, %s, %s, %s, %s, %s, %s::json, %s) ON CONFLICT (event_id) DO NOTHING RETURNING id, event_id"
 )
 
 
@@ -213,14 +213,20 @@ def _sqlite_time(dt: datetime) -> str:
 class Store:
     """One event log. Thread-safe; `readonly=True` opens it for queries without ever writing or creating it.
 
+    `agent_id` (`agent.id`): every row this store writes carries it, and its outbox queries
+    (`unpublished`, `unpublished_bars`, `unpublished_count`) see only rows that carry it, so agents sharing a
+    log each publish their own rows and none of another's.
+
     `checkpoint_in_background` (SQLite only): SQLite copies the WAL into the database (a checkpoint, with its fsyncs)
     inside whichever commit crosses 1,000 WAL pages, which stalls that commit and every event behind it
     by milliseconds. With this set, commits never checkpoint; the `StoreWriter` calls `checkpoint()`
     from a thread of its own instead.
     """
 
-    def __init__(self, url: str, *, readonly: bool = False, checkpoint_in_background: bool = False):
+    def __init__(self, url: str, *, readonly: bool = False, checkpoint_in_background: bool = False,
+                 agent_id: str = ""):
         self.url = resolve_url(url)
+        self.agent_id = agent_id
         self.readonly = readonly
         self.dialect = self.url.get_backend_name()
         self.checkpoint_in_background = checkpoint_in_background and not readonly and self.dialect == "sqlite"
@@ -301,12 +307,15 @@ class Store:
         """
         now = utcnow()
         ev_rows = [_event_values(e) for e in events]
+        agent_id = self.agent_id
         dl_rows = [
-            {**{f: get_field(d, f) for f in DEADLETTER_FIELDS}, "received_at": _naive_utc(get_field(d, "received_at"))}
+            {**{f: get_field(d, f) for f in DEADLETTER_FIELDS}, "received_at": _naive_utc(get_field(d, "received_at")),
+             "agent_id": agent_id}
             for d in dead_letters
         ]
         bar_rows = [
-            {c: (_naive_utc(get_field(b, c)) if c in ("start", "end") else get_field(b, c)) for c in BAR_FIELDS}
+            {**{c: (_naive_utc(get_field(b, c)) if c in ("start", "end") else get_field(b, c)) for c in BAR_FIELDS},
+             "agent_id": agent_id}
             for b in bars
         ]
         new: list[dict] = []
@@ -319,7 +328,8 @@ class Store:
                     if len(inserted) < len(ev_rows) or any(i[1] != r[0] for i, r in zip(inserted, ev_rows)):
                         by_id = {r[0]: r for r in ev_rows}
                         ev_rows = [by_id[eid] for _, eid in inserted]
-                    new = [event_dict(id_, *row[:2], now, *row[2:]) for (id_, _), row in zip(inserted, ev_rows)]
+                    new = [event_dict(id_, *row[:2], now, *row[2:], agent_id)
+                           for (id_, _), row in zip(inserted, ev_rows)]
             if dl_rows:
                 conn.execute(deadletters.insert(), dl_rows)
             if bar_rows:
@@ -350,8 +360,9 @@ class Store:
         that committed late. (SQLAlchemy's multi-row VALUES spends most of its time in psycopg re-parsing
         each huge statement; one small statement, pipelined, avoids that.)
         """
+        agent_id = self.agent_id
         params = [
-            (eid, ts, now, kind, key, severity, message, json_dumps(data))
+            (eid, ts, now, kind, key, severity, message, json_dumps(data), agent_id)
             for eid, ts, kind, key, severity, message, data in rows
         ]
         with self._driver_cursor(conn, _PG_INSERT) as cur:
@@ -371,8 +382,9 @@ class Store:
         (AUTOINCREMENT), so the rows this statement inserted are exactly the `rowcount` highest ids.
         """
         logged_at = _sqlite_time(now)
+        agent_id = self.agent_id
         params = [
-            (eid, _sqlite_time(ts), logged_at, kind, key, severity, message, json_dumps(data))
+            (eid, _sqlite_time(ts), logged_at, kind, key, severity, message, json_dumps(data), agent_id)
             for eid, ts, kind, key, severity, message, data in rows
         ]
         with self._driver_cursor(conn, _SQLITE_INSERT) as cur:
@@ -400,23 +412,40 @@ class Store:
             with self.engine.connect() as conn:
                 conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
 
+    def _own_unpublished(self, table: sa.Table) -> list:
+        """This agent's rows of `table` not yet acknowledged by the broker (its partial index holds just these)."""
+        return [table.c.published_at.is_(None), table.c.agent_id == self.agent_id]
+
     def unpublished(self, limit: int = 1000) -> list[dict]:
-        """Events not yet acknowledged by the broker, oldest first (the outbox)."""
-        q = sa.select(events).where(events.c.published_at.is_(None)).order_by(events.c.id).limit(limit)
+        """This agent's events not yet acknowledged by the broker, oldest first (the outbox)."""
+        q = sa.select(events).where(*self._own_unpublished(events)).order_by(events.c.id).limit(limit)
         with self.engine.connect() as conn:
             return [_event_dict(r) for r in conn.execute(q)]
 
     def unpublished_bars(self, limit: int = 1000) -> list[dict]:
-        """Bars not yet acknowledged by the broker, oldest first (the outbox)."""
-        q = sa.select(bars).where(bars.c.published_at.is_(None)).order_by(bars.c.id).limit(limit)
+        """This agent's bars not yet acknowledged by the broker, oldest first (the outbox)."""
+        q = sa.select(bars).where(*self._own_unpublished(bars)).order_by(bars.c.id).limit(limit)
         with self.engine.connect() as conn:
             return [bar_dict(r) for r in conn.execute(q)]
 
     def unpublished_count(self) -> int:
-        """Events and bars the broker has not acknowledged yet (each table's partial index holds just these)."""
+        """This agent's events and bars the broker has not acknowledged yet."""
         with self.engine.connect() as conn:
             return sum(
-                conn.execute(sa.select(sa.func.count()).select_from(t).where(t.c.published_at.is_(None))).scalar()
+                conn.execute(sa.select(sa.func.count()).select_from(t).where(*self._own_unpublished(t))).scalar()
+                for t in _PUBLISHED.values()
+            )
+
+    def adopt_unowned(self) -> int:
+        """Make the unpublished events and bars that carry no agent id (logged before agents had ids) this agent's,
+        so that its outbox publishes them. One statement per table: of agents starting together on an upgraded
+        log, each row goes to exactly one. Returns the number of rows adopted."""
+        if not self.agent_id:
+            return 0
+        with self.engine.begin() as conn:
+            return sum(
+                conn.execute(t.update().where(t.c.published_at.is_(None), t.c.agent_id == "")
+                             .values(agent_id=self.agent_id)).rowcount
                 for t in _PUBLISHED.values()
             )
 
@@ -473,12 +502,13 @@ class Store:
         severity: str | None = None,
         since: datetime | None = None,
         until: datetime | None = None,
+        agent: str | None = None,
         after_id: int | None = None,
         limit: int | None = None,
         offset: int = 0,
     ) -> list[dict]:
         """Matching events, newest last. `limit` keeps the most recent (skipping `offset` newer ones);
-        `after_id` returns the oldest newer ones."""
+        `after_id` returns the oldest newer ones; `agent` keeps one agent's."""
         kinds = list(kinds)
         where = [
             events.c.kind.in_(kinds) if kinds else None,
@@ -486,6 +516,7 @@ class Store:
             events.c.severity == severity if severity is not None else None,
             events.c.ts >= _naive_utc(since) if since is not None else None,
             events.c.ts < _naive_utc(until) if until is not None else None,
+            events.c.agent_id == agent if agent is not None else None,
         ]
         return self._select(events, _event_dict, where, after_id, limit, offset)
 
@@ -494,6 +525,7 @@ class Store:
         *,
         code: str | None = None,
         since: datetime | None = None,
+        agent: str | None = None,
         after_id: int | None = None,
         limit: int | None = None,
         offset: int = 0,
@@ -502,6 +534,7 @@ class Store:
         where = [
             deadletters.c.code == code if code is not None else None,
             deadletters.c.received_at >= _naive_utc(since) if since is not None else None,
+            deadletters.c.agent_id == agent if agent is not None else None,
         ]
         return self._select(deadletters, _dead_letter_dict, where, after_id, limit, offset)
 
@@ -511,6 +544,7 @@ class Store:
         symbol: str | None = None,
         since: datetime | None = None,
         until: datetime | None = None,
+        agent: str | None = None,
         after_id: int | None = None,
         limit: int | None = None,
         offset: int = 0,
@@ -521,6 +555,7 @@ class Store:
             bars.c.symbol == symbol if symbol is not None else None,
             bars.c.start >= _naive_utc(since) if since is not None else None,
             bars.c.start < _naive_utc(until) if until is not None else None,
+            bars.c.agent_id == agent if agent is not None else None,
         ]
         return self._select(bars, bar_dict, where, after_id, limit, offset)
 
@@ -577,7 +612,7 @@ class Store:
 
 def _dead_letter_dict(row) -> dict:
     return {f: getattr(row, f) for f in ("id", "topic", "payload", "reason", "code")} | {
-        "received_at": isoformat(row.received_at)}
+        "received_at": isoformat(row.received_at), "agent_id": row.agent_id}
 
 
 _PUBLISHED = {"events": events, "bars": bars}  # the tables the outbox publishes from

@@ -29,7 +29,7 @@ from csp import ts
 from csp.impl.adaptermanager import AdapterManagerImpl
 from csp.impl.pushadapter import PushBatch, PushGroup, PushInputAdapter
 from csp.impl.wiring import py_push_adapter_def
-from edgewatch.agent.config import Config, read_secret
+from edgewatch.agent.config import Config, read_secret, subscriptions
 from edgewatch.agent.ingest import paho_receive, paho_send
 from edgewatch.agent.ops import metrics
 from edgewatch.agent.encoding import json_dumps
@@ -79,8 +79,9 @@ class Link:
         out = self.cfg.output_prefix
         self.status_topic = f"{out}/status"
         self.deadletter_topic = f"{out}/deadletter"
-        self.topics = [f"{p}/#" for p in (self.cfg.sensors_prefix, self.cfg.market_prefix,
-                                         self.cfg.portfolio_prefix, self.cfg.news_prefix)]
+        self.agent_id = cfg.agent.id
+        # the broker delivers a message of a shared subscription ($share/{group}/...) on its own topic
+        self.topics = subscriptions(self.cfg)
         self.inbox: collections.deque = collections.deque()  # (received_at, MQTTMessage)
         self.wake = threading.Event()  # set after paho has read a burst of messages into the inbox
         self.connected = threading.Event()
@@ -162,7 +163,8 @@ class Link:
         c.loop_start()
 
     def _status(self, state: str) -> bytes:
-        return json_dumps({"state": state, "version": __version__, "since": isoformat(self._since)}).encode()
+        return json_dumps({"state": state, "version": __version__, "since": isoformat(self._since),
+                           "agent_id": self.agent_id}).encode()
 
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
         if reason_code.is_failure:
@@ -300,7 +302,7 @@ class MqttAdapterManager:
         for d in dead_letters:
             self.link.publish(self.link.deadletter_topic, json_dumps({
                 "topic": d.topic, "payload": d.payload, "reason": d.reason, "code": d.code,
-                "received_at": isoformat(d.received_at)}).encode("ascii"))
+                "received_at": isoformat(d.received_at), "agent_id": self.link.agent_id}).encode("ascii"))
 
     def wait_for_durable(self, seq: int, cancelled) -> None:
         """Back-pressure for the pump: while the log is behind, messages gather into a bigger next batch."""

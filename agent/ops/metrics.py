@@ -128,7 +128,7 @@ class _EventLogCollector:
     """The log writer's and the outbox's own counters, read when scraped: their hot paths keep plain integers.
 
     `writer` needs `rows_written`, `errors`, `dropped`, `commits` and `pending_rows`; `outbox` needs `backlog()`
-    (rows in flight) and `store.unpublished_count()` (rows the log holds unpublished).
+    (rows in flight) and `store.unpublished_count()` (this agent's rows the log holds unpublished).
     """
 
     def __init__(self):

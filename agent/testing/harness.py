@@ -189,6 +189,8 @@ def _toml_value(v: object) -> str:
         return "true" if v else "false"
     if isinstance(v, (int, float)):
         return repr(v)
+    if isinstance(v, list):
+        return "[" + ", ".join(json.dumps(str(x)) for x in v) + "]"
     return json.dumps(str(v))  # a JSON string is a valid TOML basic string
 
 
@@ -228,6 +230,7 @@ class AgentProcess:
         for section, values in (settings or {}).items():
             cfg.setdefault(section, {}).update(values)
         self.config = write_config(self.dir / "agent.toml", cfg)
+        self.agent_id = cfg.get("agent", {}).get("id")  # None: the default, derived from the host and file name
         self.log_path = self.dir / "agent.log"
         self.proc: subprocess.Popen | None = None
 
@@ -238,9 +241,14 @@ class AgentProcess:
         return self
 
     def wait_ready(self, broker: BrokerAddress, timeout: float = 20.0) -> None:
-        """Block until the agent announced itself `online` on the status topic."""
+        """Block until the agent announced itself `online` on the status topic (with its id, when it was given one)."""
+
+        def online(p: bytes) -> bool:
+            status = json.loads(p)
+            return status.get("state") == "online" and self.agent_id in (None, status.get("agent_id"))
+
         with subscribe_collect(broker, "+/status") as status:
-            wait_for(lambda: any(json.loads(p).get("state") == "online" for _, p in list(status))
+            wait_for(lambda: any(online(p) for _, p in list(status))
                      or (self.proc.poll() is not None and self._died()), timeout, what="agent online")
 
     def _died(self):

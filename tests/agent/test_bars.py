@@ -45,7 +45,7 @@ def test_bars_are_published_retained_per_symbol_and_queryable(mosquitto, tmp_pat
     assert [(b["id"], b["symbol"], b["vwap"]) for b in received] == [r[:3] for r in logged]  # log order, as logged
     assert [t for t, _ in live] == [f"edgewatch/bars/{b['symbol']}" for b in received]
     first = received[0]
-    assert set(first) == {"id", "symbol", "start", "end", "open", "high", "low", "close", "volume", "vwap", "trades"}
+    assert set(first) == {"id", "symbol", "start", "end", "open", "high", "low", "close", "volume", "vwap", "trades", "agent_id"}
     assert first["low"] <= first["vwap"] <= first["high"] and first["start"].endswith("Z")
 
     # a subscriber that comes later (the agent is stopped by now) gets each symbol's latest bar, retained
@@ -64,6 +64,6 @@ def test_bars_are_published_retained_per_symbol_and_queryable(mosquitto, tmp_pat
     assert [json.loads(line) for line in capsys.readouterr().out.splitlines()] == [latest["MSFT"]]
     assert main(["bars", "--db", agent.db]) == 0
     table = capsys.readouterr().out.splitlines()
-    assert table[0].split() == ["id", "symbol", "start", "end", "open", "high", "low", "close", "volume", "vwap",
+    assert table[0].split() == ["id", "agent_id", "symbol", "start", "end", "open", "high", "low", "close", "volume", "vwap",
                                 "trades"]
     assert len(table) == 2 + len(received)

@@ -77,7 +77,7 @@ def keys(rows) -> list[str]:
 def test_json_lines_are_full_spec_events_newest_last(capsys, db):
     rows = jsonl(capsys, "events", "--db", db)
     assert keys(rows) == ["s1", "portfolio", "s2", "AAPL", "s1"]
-    assert set(rows[0]) == {"id", "event_id", "ts", "logged_at", "kind", "key", "severity", "message", "data"}
+    assert set(rows[0]) == {"id", "event_id", "ts", "logged_at", "kind", "key", "severity", "message", "data", "agent_id"}
     assert rows[0]["data"] == {"metric": "temperature", "value": 141.5, "score": 0.97}
 
 
@@ -116,7 +116,7 @@ def test_table_is_aligned_and_summarised(capsys, tmp_path):
     store.close()
     rc, out, _ = run(capsys, "events", "--db", path)
     lines = out.splitlines()
-    assert rc == 0 and lines[0].split() == ["id", "ts", "kind", "key", "severity", "message", "data"]
+    assert rc == 0 and lines[0].split() == ["id", "ts", "agent_id", "kind", "key", "severity", "message", "data"]
     assert set(lines[1].replace(" ", "")) == {"-"}
     assert lines[0].index("kind") == lines[2].index("anomaly") == lines[3].index("news")  # aligned columns
     assert "x" * 59 + "…" in lines[2] and "x" * 61 not in lines[2]  # message truncated
@@ -128,19 +128,19 @@ def test_csv_has_a_header_and_json_data(capsys, db):
     rc, out, _ = run(capsys, "events", "--db", db, "--format", "csv", "--kind", "risk")
     rows = list(csv.DictReader(io.StringIO(out)))
     assert rc == 0 and [r["key"] for r in rows] == ["portfolio"]
-    assert list(rows[0]) == ["id", "ts", "kind", "key", "severity", "message", "data"]
+    assert list(rows[0]) == ["id", "ts", "kind", "key", "severity", "message", "data", "agent_id"]
     assert json.loads(rows[0]["data"])["score"] == 0.97
 
 
 def test_deadletters_formats_and_filters(capsys, db):
     rows = jsonl(capsys, "deadletters", "--db", db)
     assert [r["topic"] for r in rows] == ["sensors/a", "market/X/trade"]
-    assert set(rows[0]) == {"id", "topic", "payload", "reason", "code", "received_at"}
+    assert set(rows[0]) == {"id", "topic", "payload", "reason", "code", "received_at", "agent_id"}
     assert [r["topic"] for r in jsonl(capsys, "deadletters", "--db", db, "--code", "bad_field")] == ["market/X/trade"]
     assert [r["topic"] for r in jsonl(capsys, "deadletters", "--db", db, "--since", "1h")] == ["market/X/trade"]
     assert [r["topic"] for r in jsonl(capsys, "deadletters", "--db", db, "--limit", "1")] == ["market/X/trade"]
     rc, out, _ = run(capsys, "deadletters", "--db", db)
-    assert rc == 0 and out.splitlines()[0].split() == ["id", "received_at", "topic", "code", "payload", "reason"]
+    assert rc == 0 and out.splitlines()[0].split() == ["id", "received_at", "agent_id", "topic", "code", "payload", "reason"]
     rc, out, _ = run(capsys, "deadletters", "--db", db, "--format", "csv")
     assert [r["reason"] for r in csv.DictReader(io.StringIO(out))] == ["invalid JSON", "price: must be > 0"]
 
@@ -190,7 +190,7 @@ def test_an_empty_result_says_so_on_stderr(capsys, db):
         rc, out, err = run(capsys, *argv, "--db", db)
         assert (rc, out, err) == (0, "", "no events match\n"), argv
     rc, out, err = run(capsys, "deadletters", "--db", db, "--since", "1s", "--format", "csv")
-    assert (rc, out, err) == (0, "id,received_at,topic,code,reason,payload\n", "no dead letters match\n")
+    assert (rc, out, err) == (0, "id,received_at,topic,code,reason,payload,agent_id\n", "no dead letters match\n")
     rc, out, err = run(capsys, "events", "--db", db, "--kind", "risk")
     assert rc == 0 and "portfolio" in out and err == ""  # rows: nothing said
 
@@ -206,7 +206,7 @@ def test_deadletters_table_shows_the_reason_whole_and_marks_base64(capsys, tmp_p
     store.close()
     rc, out, _ = run(capsys, "deadletters", "--db", path)
     lines = out.splitlines()
-    assert rc == 0 and lines[0].split() == ["id", "received_at", "topic", "code", "payload", "reason"]
+    assert rc == 0 and lines[0].split() == ["id", "received_at", "agent_id", "topic", "code", "payload", "reason"]
     assert lines[2].endswith(f"sensors/a: {long_reason.strip()}")  # the reason is never cut
     assert "…" in lines[2]  # the long payload is
     assert lines[3].endswith("sensors/b: payload is not UTF-8 (payload shown base64)")
@@ -321,7 +321,7 @@ def test_events_from_a_postgresql_log(capsys, postgres_url):
     store.close()
     assert keys(jsonl(capsys, "events", "--db", postgres_url, "--kind", "anomaly", "--since", "45m")) == ["s2", "s1"]
     rc, out, _ = run(capsys, "events", "--db", postgres_url, "--format", "csv", "--key", INJECTION)
-    assert (rc, out.strip()) == (0, "id,ts,kind,key,severity,message,data")
+    assert (rc, out.strip()) == (0, "id,ts,kind,key,severity,message,data,agent_id")
 
 
 @pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv"), reason="needs root and setpriv to act as an operator")
@@ -370,7 +370,7 @@ def test_a_whole_log_streams_in_pages(capsys, db, monkeypatch):
     assert rc == 0 and len(out.splitlines()) == 7 and out.splitlines()[0].startswith("id")
     assert [r["topic"] for r in jsonl(capsys, "deadletters", "--db", db)] == ["sensors/a", "market/X/trade"]
     rc, out, _ = run(capsys, "events", "--db", db, "--format", "csv", "--key", "none")
-    assert out == "id,ts,kind,key,severity,message,data\n"
+    assert out == "id,ts,kind,key,severity,message,data,agent_id\n"
 
 
 def test_limit_keeps_the_most_recent_in_pages(capsys, db, monkeypatch):

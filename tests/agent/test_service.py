@@ -103,7 +103,7 @@ def _end_to_end(broker, tmp_path, protocol: str) -> AgentProcess:
             event = next(json.loads(p) for t, p in list(out) if t == "edgewatch/events/anomaly/s1")
             assert {"id", "event_id", "ts", "logged_at", "kind", "key", "severity", "message", "data"} <= set(event)
             letter = next(json.loads(p) for t, p in list(out) if t == "edgewatch/deadletter")
-            assert set(letter) == {"topic", "payload", "reason", "code", "received_at"}
+            assert set(letter) == {"topic", "payload", "reason", "code", "received_at", "agent_id"}
         assert retained_status(broker)["state"] == "online"
         assert agent.proc.poll() is None, "the agent died on malformed input"
         wait_for(lambda: all(r["published_at"] for r in event_rows(agent)), timeout=10, what="all events published")

@@ -194,7 +194,7 @@ def test_state_command_shows_the_snapshots_and_the_last_restore(tmp_path, capsys
     restore(store, _ident(Config()))
     store.close()
     config = tmp_path / "agent.toml"
-    config.write_text(f'[mqtt]\nclient_id = "gw1"\n[store]\nurl = "{db}"\n')
+    config.write_text(f'[agent]\nid = "gw1"\n[store]\nurl = "{db}"\n')
     capsys.readouterr()
     assert main(["state", "--config", str(config), "--json"]) == 0
     rep = json.loads(capsys.readouterr().out)
@@ -202,7 +202,7 @@ def test_state_command_shows_the_snapshots_and_the_last_restore(tmp_path, capsys
     assert snap["usable"] and snap["keys"] == {"anomaly": 5, "anomaly_sensors": 2, "health": 3, "price_alerts": 2,
                                                "market": 2, "risk": 2, "advisor": 2}
     assert rep["last_restore"]["snapshot"] == snap["id"] and rep["last_restore"]["age_at_restore_seconds"] > 0
-    config.write_text(f'[mqtt]\nclient_id = "gw1"\n[store]\nurl = "{db}"\n[health]\nwarmup = 10\n')
+    config.write_text(f'[agent]\nid = "gw1"\n[store]\nurl = "{db}"\n[health]\nwarmup = 10\n')
     assert main(["state", "--config", str(config)]) == 0
     text = capsys.readouterr().out
     assert f"snapshot {snap['id']} of gw1" in text and "not usable: the settings that shape the state changed in [health]" in text

@@ -44,7 +44,7 @@ def test_write_returns_new_rows_as_spec_dicts(store):
     rows = store.write([ev(1, score=0.5), ev(2)])
     assert [r["event_id"] for r in rows] == [ev(1).event_id, ev(2).event_id]
     first = rows[0]
-    assert set(first) == {"id", "event_id", "ts", "logged_at", "kind", "key", "severity", "message", "data"}
+    assert set(first) == {"id", "event_id", "ts", "logged_at", "kind", "key", "severity", "message", "data", "agent_id"}
     assert first["ts"] == "2026-03-01T12:00:01Z" and first["logged_at"].endswith("Z")
     assert first["data"] == {"i": 1, "score": 0.5}
     assert rows[1]["id"] > first["id"]
@@ -78,7 +78,7 @@ def test_dead_letters_and_bars_in_the_same_transaction(store):
     store.write(bars=[bar])  # a bar is unique per (symbol, start)
     assert store.dead_letters() == [
         {"id": store.dead_letters()[0]["id"], "topic": "sensors/x", "payload": "not json",
-         "reason": "invalid JSON: Expecting value", "code": "bad_json", "received_at": "2026-03-01T12:00:00Z"}
+         "reason": "invalid JSON: Expecting value", "code": "bad_json", "received_at": "2026-03-01T12:00:00Z", "agent_id": ""}
     ]
     assert count(store, "bars") == 1 and count(store) == 1
 
