@@ -19,7 +19,7 @@ import uuid
 
 import paho.mqtt.client as mqtt
 import pytest
-from edgewatch.agent.testing.plugin import AgentProcess, Mosquitto, free_port, require, wait_for
+from edgewatch.agent.testing.plugin import AgentProcess, Mosquitto, free_port, publish_many, require, wait_for
 
 from .test_service import FAST, T0, captured, event_rows, stop_within
 
@@ -171,15 +171,20 @@ def test_agent_killed_mid_stream(broker, tmp_path):
 
 
 def test_broker_down_while_events_are_logged(broker, tmp_path):
-    agent = AgentProcess(broker, tmp_path / "agent", FAST, protocol="5").start()
+    settings = {**FAST, "health": {**FAST["health"], "stale_min": 3.0}}
+    agent = AgentProcess(broker, tmp_path / "agent", settings, protocol="5").start()
     agent.wait_ready(broker)
     collector = Collector(broker)
     stream = Stream(broker, 300, rate=1000).start()
     try:
         stream.wait_acked()
         wait_for(lambda: len(captured(agent)) >= 300, 10, what="readings consumed")
+        # a sensor that falls silent just before the broker goes: its `stale` comes while the broker is away
+        now = time.time()
+        publish_many(broker, [("sensors/late", {"ts": now + 0.1 * i, "temperature": 20.0}) for i in range(5)])
+        wait_for(lambda: len(captured(agent)) >= 305, 10, what="the late sensor's readings consumed")
         broker.stop()
-        # periodic health events keep being logged while the broker is away; they wait in the log
+        # what is logged while the broker is away waits in the log
         wait_for(lambda: any(r["published_at"] is None for r in event_rows(agent)), 10,
                  what="an event logged while the broker is down")
         time.sleep(1.0)
