@@ -25,12 +25,12 @@ class ClientGone(Exception):
     """The client disconnected before its answer was ready: its work was cancelled, nobody needs a reply."""
 
 
-def sidecar(request: Request) -> Sidecar:
+async def sidecar(request: Request) -> Sidecar:  # async: FastAPI runs a sync dependency in a worker thread
     return request.app.state.sidecar
 
 
 async def authorize(request: Request) -> None:  # async: a sync dependency would hop to a thread pool
-    key = sidecar(request).settings.api_key
+    key = request.app.state.sidecar.settings.api_key
     if key is None:
         return
     scheme, _, given = request.headers.get("authorization", "").partition(" ")
@@ -48,7 +48,7 @@ def require_model(asked: str | None, engine) -> None:
 
 async def deadline(request: Request) -> float:
     """time.monotonic() by which the request's work must be done: `--timeout`, shortened by X-Request-Timeout."""
-    timeout = sidecar(request).settings.timeout
+    timeout = request.app.state.sidecar.settings.timeout
     asked = request.headers.get("x-request-timeout")
     if asked is not None:
         try:
