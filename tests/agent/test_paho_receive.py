@@ -153,6 +153,7 @@ def test_paho_reads_a_burst_through_the_read_ahead_socket(mqtt5):
     for i, payload in enumerate(sent):
         info = pub.publish(f"sensors/s{i % 50}/temperature", payload, qos=1)
     info.wait_for_publish(10)
+    published.set()
     assert done.wait(10), f"{len(got)} of 2000 arrived"
     assert got == sent
 
@@ -161,11 +162,12 @@ def test_paho_reads_a_burst_through_the_read_ahead_socket(mqtt5):
 def test_read_bursts_parses_what_is_buffered_then_calls_after_once(mqtt5):
     """`read_bursts`: messages queued behind a slow one are parsed in bursts, whole and in order, and `after`
     runs once a burst (not once a message), always after the burst's last message."""
-    got, bursts, done = [], [], threading.Event()
+    got, bursts, done, published = [], [], threading.Event(), threading.Event()
 
     def on_message(client, userdata, msg):
-        if not got:
-            time.sleep(0.3)  # the other 1,999 pile up in the socket meanwhile
+        if not got:  # the other 1,999 pile up in the socket meanwhile, however slowly they are published
+            published.wait(20)
+            time.sleep(0.3)
         got.append(msg.payload)
 
     def after():
@@ -181,6 +183,7 @@ def test_read_bursts_parses_what_is_buffered_then_calls_after_once(mqtt5):
     for i, payload in enumerate(sent):
         info = pub.publish(f"sensors/s{i % 50}/temperature", payload, qos=1)
     info.wait_for_publish(10)
+    published.set()
     assert done.wait(10), f"{len(got)} of 2000 arrived"
     assert got == sent
     assert bursts[-1] == 2000  # `after` ran once the last message was in
