@@ -58,6 +58,9 @@ class Outbox:
         self._bars_inflight: dict[int, int] = {}  # the same for bars
         self._bar_by_mid: dict[int, int] = {}
         self._bars_marking: set[int] = set()  # acknowledged, their mark not yet committed: not to be sent again
+        # marks committed since the current backlog read began: that read may still show them unpublished
+        self._marked: set[int] = set()
+        self._bars_marked: set[int] = set()
         self._bars_backlog = True
         self._acked: collections.deque[int] = collections.deque()  # mids, appended by paho's thread
         self._unresolved: list[int] = []
@@ -121,10 +124,13 @@ class Outbox:
 
     def _publish_bars(self) -> None:
         """Outbox thread: the log's unpublished bars not already in flight, oldest first, one page per call."""
+        with self._lock:
+            self._bars_marked.clear()
         rows = self.store.unpublished_bars(limit=PAGE)
         with self._lock:
             for row in rows:
-                if row["id"] not in self._bars_inflight and row["id"] not in self._bars_marking:
+                rid = row["id"]
+                if rid not in self._bars_inflight and rid not in self._bars_marking and rid not in self._bars_marked:
                     mid = self.link.publish(f"{self.bars_prefix}/{row['symbol']}", payload(row), retain=True)
                     self._bars_inflight[row["id"]] = mid
                     self._bar_by_mid[mid] = row["id"]
@@ -164,11 +170,15 @@ class Outbox:
         return len(ids) + len(bar_ids)
 
     def _mark_published(self, ids: list[int], table: str) -> None:
+        marked = False
         try:
             self.store.mark_published(ids, table)
+            marked = True
         finally:  # marked, or else unmarked in the log: the next drain may send it again (at least once)
             with self._lock:
                 (self._marking if table == "events" else self._bars_marking).difference_update(ids)
+                if marked:  # a backlog read under way may have begun before this commit
+                    (self._marked if table == "events" else self._bars_marked).update(ids)
 
     def _take_refusals(self) -> None:
         """Refused publishes leave flight unmarked; the drain sends them again after a doubling back-off."""
@@ -188,9 +198,12 @@ class Outbox:
 
     def _drain_backlog(self) -> None:
         """Republish unpublished rows that are not already in flight, one page per call."""
+        with self._lock:
+            self._marked.clear()
         rows = self.store.unpublished(limit=PAGE)
         with self._lock:
-            fresh = [r for r in rows if r["id"] not in self._inflight and r["id"] not in self._marking]
+            fresh = [r for r in rows
+                     if r["id"] not in self._inflight and r["id"] not in self._marking and r["id"] not in self._marked]
         if fresh and not self._draining:  # once per backlog: the drain runs a page per round until it is done
             self._draining = True
             log.info("outbox_republish", rows=len(rows), more=len(rows) == PAGE)
@@ -208,6 +221,9 @@ class Outbox:
                     self._drain_backlog()
                 if self._bars_backlog and ready:
                     self._publish_bars()
+                with self._lock:  # no read is under way now: the marks since are in the log for the next one
+                    self._marked.clear()
+                    self._bars_marked.clear()
             except Exception:  # noqa: BLE001 - the log may be briefly locked; retry next round
                 log.exception("outbox_error")
                 self._wake.wait(0.5)
