@@ -37,3 +37,9 @@ def mqtt5(mosquitto):
     for c in clients:
         c.disconnect()
         c.loop_stop()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def url(request, tmp_path) -> str:
+    """An event log's URL: an SQLite file, then a scratch PostgreSQL schema."""
+    return str(tmp_path / "events.db") if request.param == "sqlite" else request.getfixturevalue("postgres_url")

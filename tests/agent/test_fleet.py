@@ -229,10 +229,6 @@ def test_subscriptions_default_to_every_input_feed():
     assert config.subscriptions(cfg.mqtt) == ["sensors/a/#", "$share/g/news/#"]
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def url(request, tmp_path) -> str:
-    return str(tmp_path / "events.db") if request.param == "sqlite" else request.getfixturevalue("postgres_url")
-
 
 def test_each_outbox_sees_only_its_own_agents_rows(url):
     """The outbox queries of two agents on one log: each its own unpublished events and bars, never the other's."""

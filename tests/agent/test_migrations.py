@@ -29,12 +29,6 @@ def _default_logging():
     structlog.reset_defaults()
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def url(request, tmp_path) -> str:
-    if request.param == "sqlite":
-        return str(tmp_path / "events.db")
-    return request.getfixturevalue("postgres_url")
-
 
 @pytest.fixture
 def log_0_2_0(url) -> str:

@@ -133,12 +133,6 @@ def _book() -> StateBook:
     return book
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def url(request, tmp_path) -> str:
-    if request.param == "sqlite":
-        return str(tmp_path / "events.db")
-    return request.getfixturevalue("postgres_url")
-
 
 def test_a_snapshot_is_refused_when_the_settings_or_the_code_changed(url):
     store = Store(url)

@@ -17,12 +17,6 @@ from edgewatch.agent.timeutil import utcnow
 T0 = datetime(2026, 3, 1, 12, 0, 0)
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def url(request, tmp_path) -> str:
-    if request.param == "sqlite":
-        return str(tmp_path / "events.db")
-    return request.getfixturevalue("postgres_url")
-
 
 @pytest.fixture
 def store(url):
