@@ -217,6 +217,10 @@ class StoreWriter:
         unacked = sum(it.on_durable is not None for it in batch)
         log.error("store_writer_shed", rows=rows, submissions=len(batch), input_batches_unacknowledged=unacked,
                   hint="not committed before the stop deadline; their input messages are redelivered next start")
+        self._settle(batch, rows)
+
+    def _settle(self, batch: list[_Item], rows: int) -> None:
+        """`batch` is behind us, written or shed: what waits for it (flush, backlog age) moves on."""
         with self._lock:
             self.pending_rows -= rows
             self._done_n += len(batch)
@@ -297,12 +301,7 @@ class StoreWriter:
                 self.on_bars()
             except Exception:  # noqa: BLE001
                 log.exception("store_on_bars_failed")
-        with self._lock:
-            self.pending_rows -= rows
-            self._done_n += len(batch)
-            for _ in batch:
-                self._submitted_at.popleft()
-            self._committed.notify_all()
+        self._settle(batch, rows)
 
     def _retain(self) -> None:
         try:
