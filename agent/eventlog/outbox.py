@@ -58,7 +58,8 @@ class Outbox:
         self._bars_inflight: dict[int, int] = {}  # the same for bars
         self._bar_by_mid: dict[int, int] = {}
         self._bars_marking: set[int] = set()  # acknowledged, their mark not yet committed: not to be sent again
-        # marks committed since the current backlog read began: that read may still show them unpublished
+        # marks committed since the outbox thread's last round: a backlog read in this round may have begun
+        # before they were, and still show their rows unpublished (cleared at the end of every round)
         self._marked: set[int] = set()
         self._bars_marked: set[int] = set()
         self._bars_backlog = True
@@ -124,8 +125,6 @@ class Outbox:
 
     def _publish_bars(self) -> None:
         """Outbox thread: the log's unpublished bars not already in flight, oldest first, one page per call."""
-        with self._lock:
-            self._bars_marked.clear()
         rows = self.store.unpublished_bars(limit=PAGE)
         with self._lock:
             for row in rows:
@@ -198,8 +197,6 @@ class Outbox:
 
     def _drain_backlog(self) -> None:
         """Republish unpublished rows that are not already in flight, one page per call."""
-        with self._lock:
-            self._marked.clear()
         rows = self.store.unpublished(limit=PAGE)
         with self._lock:
             fresh = [r for r in rows
@@ -221,7 +218,7 @@ class Outbox:
                     self._drain_backlog()
                 if self._bars_backlog and ready:
                     self._publish_bars()
-                with self._lock:  # no read is under way now: the marks since are in the log for the next one
+                with self._lock:  # no read is under way: the next one sees these marks in the log
                     self._marked.clear()
                     self._bars_marked.clear()
             except Exception:  # noqa: BLE001 - the log may be briefly locked; retry next round

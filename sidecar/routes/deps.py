@@ -13,7 +13,7 @@ from typing import TypeVar
 from edgewatch.sidecar.batcher import DeadlineExceeded
 from edgewatch.sidecar.errors import ApiError
 from edgewatch.sidecar.state import Sidecar
-from fastapi import Request
+from fastapi import Depends, Request
 
 T = TypeVar("T")
 CHARS_PER_JOB = 16_384  # text tokenized per worker-thread job: tens of milliseconds at most
@@ -29,8 +29,8 @@ async def sidecar(request: Request) -> Sidecar:  # async: FastAPI runs a sync de
     return request.app.state.sidecar
 
 
-async def authorize(request: Request) -> None:  # async: a sync dependency would hop to a thread pool
-    key = request.app.state.sidecar.settings.api_key
+async def authorize(request: Request, sc: Sidecar = Depends(sidecar)) -> None:  # async: see `sidecar`
+    key = sc.settings.api_key
     if key is None:
         return
     scheme, _, given = request.headers.get("authorization", "").partition(" ")
@@ -46,9 +46,9 @@ def require_model(asked: str | None, engine) -> None:
                        "invalid_request_error", param="model", code="model_not_found")
 
 
-async def deadline(request: Request) -> float:
+async def deadline(request: Request, sc: Sidecar = Depends(sidecar)) -> float:
     """time.monotonic() by which the request's work must be done: `--timeout`, shortened by X-Request-Timeout."""
-    timeout = request.app.state.sidecar.settings.timeout
+    timeout = sc.settings.timeout
     asked = request.headers.get("x-request-timeout")
     if asked is not None:
         try:
