@@ -97,6 +97,7 @@ CHANGE_BLOCK = 30  # readings per block of a change channel's slow reference
 CHANGE_CLIP = 10.0  # a deviation from the slow reference counts at most this many reference spreads
 CHANGE_WARMUP = 30  # deviations learnt before a change channel judges one
 _LN2 = math.log(2.0)
+_SQRT2 = math.sqrt(2.0)
 
 
 def ewma_alpha(span: float) -> float:
@@ -141,7 +142,7 @@ class Params:
         self.blocks = cfg.change_window // CHANGE_BLOCK  # config.check: 0 or at least two whole blocks
         self.a_change = ewma_alpha(cfg.change_span)
         self.a_cnorm = ewma_alpha(cfg.change_norm_span)
-        self.change_log = math.log(math.erfc(cfg.change_z / math.sqrt(2.0)))  # log of change_z's two-sided tail
+        self.change_log = math.log(math.erfc(cfg.change_z / _SQRT2))  # log of change_z's two-sided tail
 
 
 @persisted
@@ -411,10 +412,10 @@ class Detector:
         self.states: dict[tuple[str, str], MetricState] = RecentStates(cfg.max_series, "anomaly")
         self.sensors: dict[str, SensorState] = RecentStates(cfg.max_series, "anomaly_sensors")
 
-    def score_readings(self, readings: list[SensorReading], floor: float = 0.0) -> list[MetricScore]:
+    def score_readings(self, readings: list[SensorReading], min_score: float = 0.0) -> list[MetricScore]:
         """One MetricScore per finite metric of each reading, in order (the first reading of a key scores 0);
         a reading of several metrics (with fusion on) adds one sensor-level score, metric FUSED, after them.
-        Scores below `floor` are left out (the live graph needs only those that raise events or count for
+        Scores below `min_score` are left out (the live graph needs only those that raise events or count for
         health: building a score object costs as much as a metric's arithmetic)."""
         p = self.params
         states = self.states
@@ -429,12 +430,12 @@ class Detector:
                 st = states.get((sid, name))
                 if st is None:
                     states[sid, name] = MetricState(x, when, p)
-                    if floor <= 0.0:
+                    if min_score <= 0.0:
                         out.append(MetricScore(sensor_id=sid, metric=name, ts=when, value=x, score=0.0))
                     continue
                 parts.append((name, x, st, st.verdict(x, when, p)))
             if len(parts) > 1 and p.fuse:
-                self._fuse(sid, when, parts, out, floor)
+                self._fuse(sid, when, parts, out, min_score)
                 continue
             for name, x, st, u in parts:  # each metric alone, with its own refractory period
                 s = u if u < 1.0 else 1.0
@@ -447,11 +448,11 @@ class Detector:
                     st.level, st.trend = x, 0.0  # re-baseline: a level shift alarms once, then becomes the norm
                 if s >= p.threshold:
                     out.append(_evidence(sid, name, when, x, s, st))
-                elif s >= floor:
+                elif s >= min_score:
                     out.append(MetricScore(sensor_id=sid, metric=name, ts=when, value=x, score=s))
         return out
 
-    def _fuse(self, sid: str, when: datetime, parts: list, out: list, floor: float) -> None:
+    def _fuse(self, sid: str, when: datetime, parts: list, out: list, min_score: float) -> None:
         """The sensor-level score of one multi-metric reading: the most surprising of its metrics and of the
         correlations between them, Bonferroni-corrected for the number of channels (and, with fuse = fisher,
         Fisher's combination of the metrics' tails), so a sensor with many metrics alarms no more often than
@@ -515,7 +516,7 @@ class Detector:
                 if r > top_r:
                     top_r, top_c = r, part
             if top_r > 0.0:
-                tail = math.erfc(top_r / math.sqrt(2.0)) * len(parts)  # two-sided, Bonferroni over the metrics
+                tail = math.erfc(top_r / _SQRT2) * len(parts)  # two-sided, Bonferroni over the metrics
                 v = p.threshold * math.log(tail) / p.change_log if 0.0 < tail < 1.0 else (SPATIAL if tail <= 0.0 else 0.0)
                 if v > fused:
                     fused, channel, top = v, f"{top_c[0]}:change", top_c
@@ -535,7 +536,7 @@ class Detector:
         scale = 0.5 if damp else 1.0
         for name, x, st, u in parts:
             u = (u if u < 1.0 else 1.0) * scale
-            if u >= floor:
+            if u >= min_score:
                 out.append(PartScore(sensor_id=sid, metric=name, ts=when, value=x, score=u))
         name, x, st, _ = top
         if s >= p.threshold:
@@ -545,7 +546,7 @@ class Detector:
                 surprise_mean=st.lmean, surprise_std=math.sqrt(st.lvar), readings=st.n,
                 channel=channel, top=name, metric_scores={n_: (u_ if u_ < 1.0 else 1.0) for n_, _, _, u_ in parts},
             ))
-        elif s >= floor:
+        elif s >= min_score:
             out.append(MetricScore(sensor_id=sid, metric=FUSED, ts=when, value=x, score=s))
 
 
