@@ -35,9 +35,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from edgewatch.agent.analytics import snapshot  # noqa: E402
 from edgewatch.agent.analytics.snapshot import StateBook  # noqa: E402
 from edgewatch.agent.analytics.topology import sensor_graph  # noqa: E402
-from edgewatch.agent.commands.run import LIVE_KEYS  # noqa: E402
+from edgewatch.agent.commands.run import snapshot_identity  # noqa: E402
 from edgewatch.agent.config import Config  # noqa: E402
-from edgewatch.agent.eventlog.snapshots import Identity, SnapshotWriter  # noqa: E402
+from edgewatch.agent.eventlog.snapshots import SnapshotWriter  # noqa: E402
 from edgewatch.agent.eventlog.store import Store  # noqa: E402
 from edgewatch.agent.records import SensorReading  # noqa: E402
 from edgewatch.agent.testing.harness import AgentProcess, Mosquitto, wait_for  # noqa: E402
@@ -122,8 +122,7 @@ def start_with_snapshot(sensors: int, readings: int) -> dict:
         tmp = Path(tmp)
         cfg = Config()
         store = Store(str(tmp / "warm" / "events.db"))
-        ident = Identity(CLIENT, snapshot.version(), snapshot.config_hashes(cfg, LIVE_KEYS))
-        SnapshotWriter(store, ident, keep=1).save(book)
+        SnapshotWriter(store, snapshot_identity(cfg, CLIENT), keep=1).save(book)
         store.close()
         broker = Mosquitto(tmp / "broker").start()
         try:

@@ -68,6 +68,14 @@ LIVE_KEYS = {
              "concentration_min_gross", "max_vol_exposure", "rearm_fraction"},
     "advisor": {"signal_weight", "news_weight", "news_horizon", "enter", "exit", "min_headroom"},
 }
+
+
+def snapshot_identity(cfg: config.Config, agent: str | None = None) -> Identity:
+    """What a snapshot taken or restored under `cfg` is tied to: the agent (`agent.id`), the code, and the
+    settings that shape the state (the live keys do not)."""
+    return Identity(agent or cfg.agent.id, snapshot.version(), snapshot.config_hashes(cfg, LIVE_KEYS))
+
+
 GC_THRESHOLDS = (100_000, 50, 100)  # allocations per young collection, then per older ones
 T = TypeVar("T")
 STOP_TIMEOUT = 10.0  # seconds the whole stop may take (docs/reference/commands.md)
@@ -172,8 +180,7 @@ class Service:
         self.manager = MqttAdapterManager(self.link, Validator(cfg), self.capture, self.ring)
         self.snapshots: SnapshotWriter | None = None
         if cfg.state.snapshot_interval > 0:
-            ident = Identity(cfg.agent.id, snapshot.version(), snapshot.config_hashes(cfg, LIVE_KEYS))
-            self.snapshots = SnapshotWriter(self.store, ident, cfg.state.snapshot_keep)
+            self.snapshots = SnapshotWriter(self.store, snapshot_identity(cfg), cfg.state.snapshot_keep)
         self.book: StateBook | None = None
         self.http = None
         self.status: StatusPage | None = None

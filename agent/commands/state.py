@@ -11,9 +11,8 @@ from __future__ import annotations
 import json
 
 from edgewatch.agent import config
-from edgewatch.agent.analytics import snapshot
 from edgewatch.agent.commands.events import _run
-from edgewatch.agent.commands.run import LIVE_KEYS
+from edgewatch.agent.commands.run import snapshot_identity
 from edgewatch.agent.eventlog.snapshots import Identity
 from edgewatch.agent.eventlog.store import Store
 from edgewatch.agent.timeutil import isoformat, utcnow
@@ -75,7 +74,7 @@ def state_command(args) -> int:
     """`edge-agent state [--config PATH] [--db URL] [--json]`."""
     logs.setup("warning", stream="stderr")  # stdout carries the answer alone
     cfg = config.load(args.config)
-    ident = Identity(cfg.agent.id, snapshot.version(), snapshot.config_hashes(cfg, LIVE_KEYS))
+    ident = snapshot_identity(cfg)
 
     def body(store: Store) -> None:
         rep = report(store, ident)

@@ -19,7 +19,7 @@ from edgewatch.agent.analytics.snapshot import StateBook
 from edgewatch.agent.analytics.topology import analytics
 from edgewatch.agent.cli import main
 from edgewatch.agent.commands.demo import scrape
-from edgewatch.agent.commands.run import LIVE_KEYS
+from edgewatch.agent.commands.run import snapshot_identity
 from edgewatch.agent.config import Config
 from edgewatch.agent.eventlog.snapshots import Identity, SnapshotWriter, restore
 from edgewatch.agent.eventlog.store import Store
@@ -123,7 +123,7 @@ def test_every_class_in_a_snapshot_is_part_of_its_version():
 
 
 def _ident(cfg: Config, agent: str = "gw1") -> Identity:
-    return Identity(agent, snapshot.version(), snapshot.config_hashes(cfg, LIVE_KEYS))
+    return snapshot_identity(cfg, agent)
 
 
 def _book() -> StateBook:
