@@ -310,13 +310,12 @@ class Batcher:
         now = time.monotonic()
         keep = []
         for w in self._active:
-            if w.cancelled:
-                self.stats.tokens(len(w.tracker.ids))
-            elif w.deadline <= now:
-                self.stats.tokens(len(w.tracker.ids))
-                w.emit(("error", DeadlineExceeded("generation deadline exceeded")))
-            else:
+            if not w.cancelled and w.deadline > now:
                 keep.append(w)
+                continue
+            self.stats.tokens(len(w.tracker.ids))  # what it generated before it left
+            if not w.cancelled:
+                w.emit(("error", DeadlineExceeded("generation deadline exceeded")))
         self._active = keep
         if not keep:
             return
