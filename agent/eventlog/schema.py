@@ -14,6 +14,17 @@ metadata = sa.MetaData()
 
 _Id = sa.BigInteger().with_variant(sa.Integer(), "sqlite")  # SQLite: INTEGER PRIMARY KEY = the rowid
 
+
+def _agent_id() -> sa.Column:
+    """The agent that logged the row (`agent.id`); "" on rows logged before agents had ids."""
+    return sa.Column("agent_id", sa.String(64), nullable=False, server_default="")
+
+
+def _unpublished(name: str) -> sa.Index:
+    """The outbox's small partial index, so finding an agent's unpublished rows never scans the log."""
+    where = sa.text("published_at IS NULL")
+    return sa.Index(name, "agent_id", "id", sqlite_where=where, postgresql_where=where)
+
 events = sa.Table(
     "events",
     metadata,
@@ -27,15 +38,8 @@ events = sa.Table(
     sa.Column("message", sa.Text, nullable=False),
     sa.Column("data", sa.JSON, nullable=False),
     sa.Column("published_at", sa.DateTime, nullable=True),
-    sa.Column("agent_id", sa.String(64), nullable=False, server_default=""),  # the agent that logged it
-    # the outbox: a small partial index, so finding an agent's unpublished events never scans the log
-    sa.Index(
-        "ix_events_unpublished",
-        "agent_id",
-        "id",
-        sqlite_where=sa.text("published_at IS NULL"),
-        postgresql_where=sa.text("published_at IS NULL"),
-    ),
+    _agent_id(),
+    _unpublished("ix_events_unpublished"),
     sqlite_autoincrement=True,
 )
 
@@ -48,7 +52,7 @@ deadletters = sa.Table(
     sa.Column("reason", sa.Text, nullable=False),
     sa.Column("received_at", sa.DateTime, nullable=False, index=True),
     sa.Column("code", sa.String(32), nullable=False, server_default="unknown"),  # the reason's class: validate.REASON_CODES
-    sa.Column("agent_id", sa.String(64), nullable=False, server_default=""),
+    _agent_id(),
     sqlite_autoincrement=True,
 )
 
@@ -67,15 +71,9 @@ bars = sa.Table(
     sa.Column("vwap", sa.Float, nullable=False),
     sa.Column("trades", sa.Integer, nullable=False),
     sa.Column("published_at", sa.DateTime, nullable=True),  # as for events: NULL until the broker has it
-    sa.Column("agent_id", sa.String(64), nullable=False, server_default=""),
+    _agent_id(),
     sa.UniqueConstraint("symbol", "start", name="uq_bars_symbol_start"),
-    sa.Index(
-        "ix_bars_unpublished",
-        "agent_id",
-        "id",
-        sqlite_where=sa.text("published_at IS NULL"),
-        postgresql_where=sa.text("published_at IS NULL"),
-    ),
+    _unpublished("ix_bars_unpublished"),
 )
 
 # the analytics' state, saved periodically and at a clean stop, restored at start (agent/analytics/snapshot.py);
