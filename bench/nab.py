@@ -152,7 +152,7 @@ def simulated_alarms(cfg, sim: Simulator) -> list[tuple[str, str, datetime, int]
         for sc in det.score_readings([rd]):
             if sc.score >= cfg.threshold and not isinstance(sc, PartScore):  # what raises `anomaly` events
                 metric = sc.top if sc.metric == FUSED else sc.metric  # a fused alarm: its most surprising metric
-                alarms.append((sc.sensor_id, metric, sc.ts, det.states[sc.sensor_id, metric].n))
+                alarms.append((sc.sensor_id, metric, sc.ts, det.readings(sc.sensor_id, metric)))
     return alarms
 
 

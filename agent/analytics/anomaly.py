@@ -1,9 +1,11 @@
 """Streaming anomaly detection per (sensor, metric) and per sensor: the detector and its csp nodes.
 
-One keyed node holds a dict of small per-(sensor, metric) states (~1.4 KB
-each), each updated in O(1) with plain float arithmetic (no numpy, no per-key
-csp.dynamic), so the graph keeps up with 100k sensors. The score of a reading,
-in [0, 1], is built in four steps:
+One keyed node (no per-key csp.dynamic) holds the per-(sensor, metric) states
+of the whole fleet as rows of numpy arrays (~1 KB a series), O(1) each: a batch
+of readings is judged by a few dozen array operations over all its metrics at
+once, in waves with no sensor twice, so it scores exactly as the readings would
+one by one; the sensor-level fusion below is plain Python per reading. The score
+of a reading, in [0, 1], is built in four steps:
 
 1. two robust forecasts, each with its own robust scale (EWMA of clipped
    absolute residuals): the recent level with a slow (Holt) trend, and a daily
@@ -69,9 +71,10 @@ from __future__ import annotations
 
 import math
 from array import array
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import csp
+import numpy as np
 from csp import ts
 from edgewatch.agent.analytics.snapshot import keep, persisted
 from edgewatch.agent.analytics.states import RecentStates
@@ -86,6 +89,8 @@ from edgewatch.agent.records import (
 
 SURPRISE_VAR_FLOOR = 0.02**2  # the surprise's long-run variance is never taken as below this
 MAX_MAGNITUDE = 1e30  # readings beyond this are not scored (the daily profile is stored as float32)
+_EPOCH = datetime(1970, 1, 1)  # readings' times enter the table as float microseconds since then (exact to 2**53)
+_US = timedelta(microseconds=1)
 _UNSEEN = float("inf")  # the daily profile's error before its first prediction
 SPATIAL_MIN_SCORE = 0.3  # a new extreme must also be mildly surprising: a young range is narrow
 SPATIAL = 1000.0  # the unclipped verdict of a "spatial anomaly" (and of a tail below float range): beyond any floor
@@ -145,135 +150,255 @@ class Params:
         self.change_log = math.log(math.erfc(cfg.change_z / _SQRT2))  # log of change_z's two-sided tail
 
 
+# a (sensor, metric)'s row in MetricTable.m: everything the detector remembers about it besides its daily profile
+N, LAST, LEVEL, TREND, DEV, MAG, SHORT, LMEAN, LVAR, COOL, SERR, LO, HI = range(13)
+FIELDS = 13
+
+
+class SensorIndex(RecentStates):
+    """sensor -> its SensorState (which holds its series' rows by metric), least recently used first, capped
+    by the number of series, not of sensors: past the cap the longest-silent sensors are forgotten whole
+    (the sensor being added to, if it is the last one, loses its oldest series). Forgotten rows are held in
+    `released` until the batch is done (an earlier reading of that batch may still use them)."""
+
+    def __init__(self, cap: int, state: str):
+        super().__init__(cap, state)
+        self.series = 0
+        self.released: list[int] = []
+
+    def __setitem__(self, sid: str, sen: SensorState) -> None:
+        self.series += len(sen.rows)  # a restored sensor comes with its rows
+        super().__setitem__(sid, sen)
+        self._tracked.set(self.series)
+
+    def __delitem__(self, sid: str) -> None:
+        self.forgot(self[sid])
+        super().__delitem__(sid)
+        self._tracked.set(self.series)
+
+    def forgot(self, sen: SensorState) -> None:
+        self.series -= len(sen.rows)
+        self.released += sen.rows.values()
+        self._tracked.set(self.series)
+
+    def added(self, sen: SensorState, current: dict) -> None:
+        """One more series of `sen` (the most recent sensor, reading the metrics `current`): forget the
+        longest-silent sensors past the cap; when `sen` is the last one, its oldest series not in this reading
+        (a sensor that invents metric names keeps the ones it always sends)."""
+        self.series += 1
+        while self.series > self.cap:
+            sid, oldest = next(iter(self.items()))
+            if oldest is sen:
+                rows = sen.rows
+                name = next((n for n in rows if n not in current), None) or next(iter(rows))
+                self.series -= 1
+                self.released.append(rows.pop(name))
+                self._evicted()
+            else:
+                self._evicted(len(oldest.rows))
+                del self[sid]
+        self._tracked.set(self.series)
+
+
 @persisted
-class MetricState:
-    """Everything the detector remembers about one (sensor, metric): a fixed set of numbers."""
+class MetricTable:
+    """The per-(sensor, metric) states of a whole fleet as rows of arrays, so a batch of readings is judged
+    by a few dozen numpy operations instead of a Python loop per metric: `m` (FIELDS float64 a row), the
+    daily profile (`season`: per bucket its mean and mean |residual|, float32; `seen`: updates per bucket,
+    saturating at 255) and, for the sensor-level score, each row's ChangeState (or None)."""
 
-    __slots__ = (
-        "n", "last_ts", "level", "dev", "mag", "season", "seen", "short", "lmean", "lvar",
-        "cool", "expected", "band", "serr", "lo", "hi", "trend", "sgn", "learned", "moving", "change",
-    )
+    __slots__ = ("index", "m", "season", "seen", "changes", "free", "used")
 
-    def __init__(self, x: float, when: datetime, p: Params):
-        self.n = 1
-        self.last_ts = when
-        self.level = x
-        self.dev = 0.0
-        self.mag = abs(x)
-        self.season = array("f", bytes(8 * p.buckets))  # per bucket: mean, mean |residual|
-        self.seen = bytearray(p.buckets)  # per bucket: updates so far, saturating at 255
-        self.short = 0.0
-        self.lmean = 0.0
-        self.lvar = 0.0
-        self.cool = 0
-        self.expected = x
-        self.band = 0.0
-        self.serr = _UNSEEN
-        self.lo = x
-        self.hi = x
-        self.trend = 0.0
-        self.sgn = 0.0
-        self.learned = True
-        self.moving = False
-        self.change: ChangeState | None = None  # the sensor-level score's change channel (several metrics only)
+    def __init__(self, cap: int, p: Params, rows: int = 1024):
+        self.index = SensorIndex(cap, "anomaly")
+        self.m = np.zeros((rows, FIELDS))
+        self.season = np.zeros((rows, 2 * p.buckets), np.float32)
+        self.seen = np.zeros((rows, p.buckets), np.uint8)
+        self.changes: list[ChangeState | None] = [None] * rows
+        self.free: list[int] = []  # rows of forgotten series, reused before new ones
+        self.used = 0  # rows handed out so far
 
-    def verdict(self, x: float, when: datetime, p: Params) -> float:
-        """The metric's own verdict on one reading, before any refractory period: -log(tail) / -log(tail_floor),
-        NOT clipped to 1 (the sensor-level fusion needs the tail beyond the floor). Learns from the reading
-        when it is in time order (self.learned); sets self.sgn, the signed residual in scale units."""
-        learn = when >= self.last_ts
-        self.learned = learn
-        if learn:
-            self.last_ts = when
-            self.n += 1
-        b = (when.hour * 60 + when.minute) * p.buckets // 1440
-        floor = p.rel_floor * self.mag + 1e-9
-        # expert 1: the recent level and its slow trend (Holt)
-        scale = self.dev if self.dev > floor else floor
-        fc = self.level + self.trend
-        r = x - fc
-        z = (r if r >= 0.0 else -r) / scale
-        expected, band = fc, scale
-        # expert 2: the same time of day on earlier days, trusted once it has been the better forecast
-        season = self.season
-        if self.seen[b] >= p.season_min:
-            rb = x - season[2 * b]
-            ab = rb if rb >= 0.0 else -rb
-            bs = season[2 * b + 1]
-            bs = bs if bs > floor else floor
-            if self.serr < scale:
-                z, expected, band = ab / bs, season[2 * b], bs
-            if learn:
-                lb = p.clip * bs
-                ab = ab if ab < lb else lb
-                self.serr = ab if self.serr == _UNSEEN else self.serr + p.a_dev * (ab - self.serr)
-        self.expected = expected
-        self.band = band
-        u = r / scale  # the level expert's residual for the pairs: both metrics of a pair judged the same way
-        self.sgn = u if -PAIR_CLIP < u < PAIR_CLIP else (PAIR_CLIP if u > 0.0 else -PAIR_CLIP)
-        self.moving = self.dev > floor  # a metric held at its scale floor (a battery) carries no relation
-        raw = z / (z + 3.0) if z < 1e12 else 1.0
-        short = self.short + p.a_short * (raw - self.short)
-        d = short - self.lmean
-        var = self.lvar
-        if not learn:
-            return 0.0 if self.n <= p.warmup else _verdict(d, var, p)
+    def __len__(self) -> int:
+        return self.index.series
+
+    def add(self, sen: SensorState, name: str, x: float, t: float, current: dict) -> None:
+        """A row for a new series of `sen`, started at its first reading (of the metrics `current`): level x,
+        nothing learnt yet."""
+        if self.free:
+            k = self.free.pop()
+        else:
+            k = self.used
+            self.used += 1
+            if k == len(self.m):  # full: half as many rows again (memory per series stays within ~1.5 x)
+                more = k // 2
+                self.m = np.concatenate([self.m, np.zeros((more, FIELDS))])
+                self.season = np.concatenate([self.season, np.zeros((more, self.season.shape[1]), np.float32)])
+                self.seen = np.concatenate([self.seen, np.zeros((more, self.seen.shape[1]), np.uint8)])
+                self.changes += [None] * more
+        self.m[k] = (1.0, t, x, 0.0, 0.0, abs(x), 0.0, 0.0, 0.0, 0.0, _UNSEEN, x, x)
+        self.season[k] = 0.0
+        self.seen[k] = 0
+        self.changes[k] = None
+        sen.rows[name] = k
+        self.index.added(sen, current)
+
+    def settle(self) -> None:
+        """After a batch: the rows it forgot can be reused."""
+        self.free += self.index.released
+        self.index.released.clear()
+
+
+class Verdicts:
+    """The verdicts on one wave of readings (no series twice), and what the rest of the scoring needs of
+    them, as Python lists (element reads from numpy are slow): `u` -log(tail) / -log(tail_floor) per value,
+    NOT clipped to 1 (the sensor-level fusion needs the tail beyond the floor); whether each value taught
+    its series (`learned`: in time order), its refractory count (`cool`, written back after the wave), the
+    signed level residual in scale units (`sgn`), whether its series moves above its scale floor
+    (`moving`), its magnitude (`mag`); `block` holds the rows as learnt (written back after the wave)."""
+
+    __slots__ = ("at", "block", "u", "learned", "cool", "sgn", "moving", "mag", "expected", "band")
+
+    def rebaseline(self, j: int, x: float) -> None:
+        """After a detection the level restarts at the reading, without trend: a level shift alarms once."""
+        self.block[j, LEVEL] = x
+        self.block[j, TREND] = 0.0
+
+
+class Wave:
+    """Readings of one batch with no sensor twice, gathered to be judged at once: per value (a finite metric
+    of a series already known) its row, value and metric name; per reading its time in microseconds since
+    1970 and (sensor, time, first value, end of its values, its new series' first values or None, its
+    SensorState)."""
+
+    __slots__ = ("rows", "xs", "names", "times", "readings", "sensors")
+
+    def __init__(self):
+        self.rows: list[int] = []
+        self.xs: list[float] = []
+        self.names: list[str] = []
+        self.times: list[int] = []
+        self.readings: list[tuple] = []
+        self.sensors: set[str] = set()
+
+
+def judge(tab: MetricTable, w: Wave, p: Params) -> Verdicts:
+    """The metrics' own verdicts on one wave: each value against its series' two forecasts (the recent
+    level with its Holt trend; the same time of day on earlier days, trusted once it has been the better
+    forecast), its surprise z / (z + 3), the likelihood of the recent mean surprise, and range breaks;
+    learning from the values in time order (out-of-order ones are judged but teach nothing: their rows are
+    put back as they were)."""
+    idx = np.array(w.rows, np.intp)
+    xs = np.array(w.xs)
+    counts = np.diff([r[2] for r in w.readings] + [len(w.rows)])
+    t_us = np.repeat(np.array(w.times, np.int64), counts)
+    bucket = (t_us // 60_000_000 % 1440) * p.buckets // 1440  # the time of day, as the minute of the day
+    ts_ = t_us.astype(np.float64)
+    old = tab.m[idx]
+    n0, last, level, trend, dev, mag, short0, lmean, lvar, cool, serr, lo, hi = old.T
+    learn = ts_ >= last
+    n = n0 + learn
+    floor = p.rel_floor * mag + 1e-9
+    # expert 1: the recent level and its slow trend (Holt)
+    scale = np.maximum(dev, floor)
+    fc = level + trend
+    r = xs - fc
+    z = np.abs(r) / scale
+    # expert 2: the same time of day on earlier days, trusted once it has been the better forecast
+    width = tab.season.shape[1]
+    at = idx * width + 2 * bucket  # the buckets' means in the flat profile; their errors follow
+    profile = tab.season.reshape(-1)
+    sm = profile[at].astype(np.float64)
+    se = profile[at + 1].astype(np.float64)
+    at_seen = idx * (width // 2) + bucket
+    seen = tab.seen.reshape(-1)[at_seen].astype(np.intp)
+    trusted = seen >= p.season_min
+    rb = xs - sm
+    ab = np.abs(rb)
+    bs = np.maximum(se, floor)
+    better = trusted & (serr < scale)
+    z = np.where(better, ab / bs, z)
+    lb = p.clip * bs
+    raw = np.where(z < 1e12, z / (z + 3.0), 1.0)
+    short = short0 + p.a_short * (raw - short0)
+    d = short - lmean
+    # learning, as if every value were in time order (the rows of those that are not are put back below)
+    new = np.empty((FIELDS, len(idx)))
+    new[N] = n
+    new[LAST] = ts_
+    with np.errstate(invalid="ignore", divide="ignore"):  # masked lanes: inf - inf, 1 / 0
+        abc = np.minimum(ab, lb)
+        new[SERR] = np.where(trusted, np.where(serr == _UNSEEN, abc, serr + p.a_dev * (abc - serr)), serr)
         # young statistics are plain means (1/n) until the EWMA weight takes over: no start-up bias
-        inv_n = 1.0 / self.n
-        a = p.a_long if p.a_long > inv_n else inv_n
-        self.short = short
-        self.lmean += a * d
-        self.lvar = (1.0 - a) * (var + a * d * d)
+        inv_n = 1.0 / n
+        a = np.maximum(p.a_long, inv_n)
+        new[SHORT] = short
+        new[LMEAN] = lmean + a * d
+        new[LVAR] = (1.0 - a) * (lvar + a * d * d)
         # robust learning: residuals are clipped so one spike barely moves the model
         lim = p.clip * scale
-        c = lim if r > lim else (-lim if r < -lim else r)
+        c = np.clip(r, -lim, lim)
         nl = fc + p.a_level * c
-        if not self.cool:  # while it re-learns after a detection the level's moves are no trend
-            self.trend += p.a_trend * (nl - self.level - self.trend)
-        self.level = nl
-        a = p.a_dev if p.a_dev > inv_n else inv_n
-        self.dev += a * ((c if c >= 0.0 else -c) - self.dev)
-        self.mag += a * ((x if x >= 0.0 else -x) - self.mag)
-        k = self.seen[b]
-        if k < 255:
-            k += 1
-            self.seen[b] = k
-        if k == 1:  # a bucket's first reading is its mean; there is no residual yet (|x| is no scale)
-            season[2 * b] = x
-        else:
-            rb = x - season[2 * b]
-            if k > p.season_min:  # a trusted bucket learns robustly too
-                lb = season[2 * b + 1]
-                lb = p.clip * (lb if lb > floor else floor)
-                rb = lb if rb > lb else (-lb if rb < -lb else rb)
-            a = 1.0 / k if k * p.a_season < 1.0 else p.a_season  # plain means until the EWMA takes over
-            season[2 * b] += a * rb
-            a = 1.0 / (k - 1) if (k - 1) * p.a_season < 1.0 else p.a_season  # k - 1 residuals so far
-            season[2 * b + 1] += a * ((rb if rb >= 0.0 else -rb) - season[2 * b + 1])
-        hi, lo = self.hi, self.lo
-        if x > hi:
-            self.hi = x
-        if x < lo:
-            self.lo = x
-        if self.n <= p.warmup:
-            return 0.0
-        s = _verdict(d, var, p)
-        m = p.spatial * (hi - lo)
-        if m > 0.0 and s >= SPATIAL_MIN_SCORE and z >= p.spatial_z and (x > hi + m or x < lo - m):
-            return SPATIAL  # well beyond anything seen before: HTM's "spatial anomaly"
-        return s
+        # while it re-learns after a detection the level's moves are no trend
+        new[TREND] = np.where(cool == 0.0, trend + p.a_trend * (nl - level - trend), trend)
+        new[LEVEL] = nl
+        a = np.maximum(p.a_dev, inv_n)
+        new[DEV] = dev + a * (np.abs(c) - dev)
+        new[MAG] = mag + a * (np.abs(xs) - mag)
+        new[COOL] = cool
+        new[HI] = np.maximum(hi, xs)
+        new[LO] = np.minimum(lo, xs)
+        # the profile's bucket learns (robustly once trusted); its first reading is its mean, with no residual
+        k = np.minimum(seen + 1, 255)
+        rc = np.where(k > p.season_min, np.clip(rb, -lb, lb), rb)
+        a = np.where(k * p.a_season < 1.0, 1.0 / k, p.a_season)  # plain means until the EWMA takes over
+        first = k == 1
+        new_sm = np.where(first, xs, sm + a * rc)
+        a = np.where((k - 1) * p.a_season < 1.0, 1.0 / (k - 1), p.a_season)  # k - 1 residuals so far
+        new_se = np.where(first, se, se + a * (np.abs(rc) - se))
+    block = new.T
+    if learn.all():
+        profile[at] = new_sm
+        profile[at + 1] = new_se
+        tab.seen.reshape(-1)[at_seen] = k
+    else:
+        stale = ~learn
+        block[stale] = old[stale]
+        profile[at[learn]] = new_sm[learn]
+        profile[at[learn] + 1] = new_se[learn]
+        tab.seen.reshape(-1)[at_seen[learn]] = k[learn]
+    # how improbable the recent surprise is under its long-run distribution, on a log scale
+    judged = (n > p.warmup) & (d > 0.0)  # a perfectly quiet history must still let a spike through: var floor
+    q = (d[judged] / np.sqrt(2.0 * np.maximum(lvar[judged], SURPRISE_VAR_FLOOR))).tolist()
+    lf = p.log_floor
+    u = np.zeros(len(idx))
+    u[judged] = [_log_tail(v, lf) for v in q]
+    # well beyond anything seen before (and surprising): HTM's "spatial anomaly"
+    m = p.spatial * (hi - lo)
+    spatial = learn & judged & (m > 0.0) & (u >= SPATIAL_MIN_SCORE) & (z >= p.spatial_z) & ((xs > hi + m) | (xs < lo - m))
+    if spatial.any():
+        u[spatial] = SPATIAL
+    v = Verdicts()
+    v.at, v.block = idx, block
+    v.u, v.learned, v.cool, v.mag = u.tolist(), learn.tolist(), cool.tolist(), block[:, MAG].tolist()
+    if p.pairs:
+        u_ = r / scale
+        v.sgn, v.moving = np.clip(u_, -PAIR_CLIP, PAIR_CLIP).tolist(), (dev > floor).tolist()
+    v.expected, v.band = np.where(better, sm, fc), np.where(better, bs, scale)
+    return v
 
 
 def _verdict(d: float, var: float, p: Params) -> float:
-    """How improbable the recent surprise is under its long-run distribution, on a log scale."""
+    """How improbable a recent surprise d above its long-run mean is, with variance var, on a log scale."""
     if d <= 0.0:
         return 0.0
-    if var < SURPRISE_VAR_FLOOR:  # a perfectly quiet history must still let a spike through
-        var = SURPRISE_VAR_FLOOR
-    tail = 0.5 * math.erfc(d / math.sqrt(2.0 * var))
-    if tail <= 0.0:
-        return SPATIAL
-    return math.log(tail) / p.log_floor  # unclipped: > 1 beyond the floor
+    return _log_tail(d / math.sqrt(2.0 * (var if var > SURPRISE_VAR_FLOOR else SURPRISE_VAR_FLOOR)), p.log_floor)
+
+
+def _log_tail(q: float, log_floor: float) -> float:
+    """-log(normal tail beyond q standard deviations, as erfc(q) / 2) / -log(tail_floor): unclipped, > 1 beyond
+    the floor, SPATIAL below float range."""
+    tail = 0.5 * math.erfc(q)
+    return math.log(tail) / log_floor if tail > 0.0 else SPATIAL
 
 
 @persisted
@@ -379,14 +504,16 @@ class PairState:
 
 @persisted
 class SensorState:
-    """What the fusion remembers about one multi-metric sensor: its refractory count and its pair channels."""
+    """What the detector remembers about one sensor besides its series' rows (`rows`: metric -> row of the
+    MetricTable): the sensor-level score's refractory count and its pair channels."""
 
-    __slots__ = ("cool", "key", "pairs")
+    __slots__ = ("rows", "cool", "key", "pairs")
 
     def __init__(self):
+        self.rows: dict[str, int] = {}
         self.cool = 0
         self.key: tuple = ()
-        self.pairs: list = []  # (index i, index j, "a~b", PairState) over a ring of the metrics in name order
+        self.pairs: list | None = None  # (index i, index j, "a~b", PairState) over a ring of the metrics in name order
 
 
 class PartScore(MetricScore):
@@ -409,73 +536,116 @@ class Detector:
 
     def __init__(self, cfg: AnomalyConfig):
         self.params = Params(cfg)
-        self.states: dict[tuple[str, str], MetricState] = RecentStates(cfg.max_series, "anomaly")
-        self.sensors: dict[str, SensorState] = RecentStates(cfg.max_series, "anomaly_sensors")
+        self.table = MetricTable(cfg.max_series, self.params)
+
+    def readings(self, sensor_id: str, metric: str) -> int:
+        """How many in-order readings the series has learnt from (0 when it is not tracked)."""
+        sen = dict.get(self.table.index, sensor_id)  # without marking it recent
+        return int(self.table.m[sen.rows[metric], N]) if sen and metric in sen.rows else 0
 
     def score_readings(self, readings: list[SensorReading], min_score: float = 0.0) -> list[MetricScore]:
         """One MetricScore per finite metric of each reading, in order (the first reading of a key scores 0);
         a reading of several metrics (with fusion on) adds one sensor-level score, metric FUSED, after them.
         Scores below `min_score` are left out (the live graph needs only those that raise events or count for
-        health: building a score object costs as much as a metric's arithmetic)."""
-        p = self.params
-        states = self.states
-        out = []
+        health: building a score object costs as much as a metric's arithmetic).
+
+        The batch is judged in waves, each the longest run of readings with no sensor twice, so a batch
+        scores exactly as its readings would one by one (replay equals live, whatever the batching)."""
+        tab = self.table
+        index = tab.index
+        touch = index.move_to_end
+        out: list[MetricScore] = []
+        w = Wave()
+        rows, xs, names, times, readings_ = w.rows, w.xs, w.names, w.times, w.readings
         for rd in readings:
             sid = rd.sensor_id
-            when = rd.ts
-            parts = []
-            for name, x in rd.metrics.items():
+            if sid in w.sensors:
+                self._scores(w, out, min_score)
+                w = Wave()
+                rows, xs, names, times, readings_ = w.rows, w.xs, w.names, w.times, w.readings
+            w.sensors.add(sid)
+            when = rd.ts  # a csp.Struct builds a new datetime on every field read: read it once
+            t = (when - _EPOCH) // _US
+            try:
+                touch(sid)
+                sen = index[sid]
+            except KeyError:
+                sen = index[sid] = SensorState()
+            own = sen.rows
+            start, fresh = len(rows), None
+            metrics = rd.metrics
+            for name, x in metrics.items():
                 if not -MAX_MAGNITUDE < x < MAX_MAGNITUDE:  # also rejects NaN
                     continue
-                st = states.get((sid, name))
-                if st is None:
-                    states[sid, name] = MetricState(x, when, p)
+                k = own.get(name)
+                if k is None:
+                    tab.add(sen, name, x, float(t), metrics)
                     if min_score <= 0.0:
-                        out.append(MetricScore(sensor_id=sid, metric=name, ts=when, value=x, score=0.0))
+                        fresh = [(name, x)] if fresh is None else fresh + [(name, x)]
                     continue
-                parts.append((name, x, st, st.verdict(x, when, p)))
-            if len(parts) > 1 and p.fuse:
-                self._fuse(sid, when, parts, out, min_score)
-                continue
-            for name, x, st, u in parts:  # each metric alone, with its own refractory period
-                s = u if u < 1.0 else 1.0
-                if st.cool > 0:
-                    if st.learned:
-                        st.cool -= 1
-                    s *= 0.5  # damped: cannot alarm at any threshold above 0.5
-                elif s >= p.threshold and st.learned:
-                    st.cool = p.refractory
-                    st.level, st.trend = x, 0.0  # re-baseline: a level shift alarms once, then becomes the norm
-                if s >= p.threshold:
-                    out.append(_evidence(sid, name, when, x, s, st))
-                elif s >= min_score:
-                    out.append(MetricScore(sensor_id=sid, metric=name, ts=when, value=x, score=s))
+                rows.append(k)
+                xs.append(x)
+                names.append(name)
+            times.append(t)
+            readings_.append((sid, when, start, len(rows), fresh, sen))
+        if readings_:
+            self._scores(w, out, min_score)
+        tab.settle()
         return out
 
-    def _fuse(self, sid: str, when: datetime, parts: list, out: list, min_score: float) -> None:
-        """The sensor-level score of one multi-metric reading: the most surprising of its metrics and of the
-        correlations between them, Bonferroni-corrected for the number of channels (and, with fuse = fisher,
-        Fisher's combination of the metrics' tails), so a sensor with many metrics alarms no more often than
-        one with a single metric; one refractory period per sensor."""
+    def _scores(self, w: Wave, out: list, min_score: float) -> None:
+        """Scores of one wave, reading by reading; the rows as learnt go back to the table."""
         p = self.params
-        sen = self.sensors.get(sid)
-        if sen is None:
-            sen = self.sensors[sid] = SensorState()
+        v = judge(self.table, w, p) if w.rows else None
+        names, xs = w.names, w.xs
+        for sid, when, start, end, fresh, sen in w.readings:
+            if fresh:
+                for name, x in fresh:
+                    out.append(MetricScore(sensor_id=sid, metric=name, ts=when, value=x, score=0.0))
+            if end - start > 1 and p.fuse:
+                self._fuse(sid, sen, when, start, end, w, v, out, min_score)
+                continue
+            for j in range(start, end):  # each metric alone, with its own refractory period
+                x = xs[j]
+                u = v.u[j]
+                s = u if u < 1.0 else 1.0
+                if v.cool[j] > 0.0:
+                    if v.learned[j]:
+                        v.cool[j] -= 1.0
+                    s *= 0.5  # damped: cannot alarm at any threshold above 0.5
+                elif s >= p.threshold and v.learned[j]:
+                    v.cool[j] = p.refractory
+                    v.rebaseline(j, x)  # a level shift alarms once, then becomes the norm
+                if s >= p.threshold:
+                    out.append(_evidence(AnomalyScore, sid, names[j], when, x, s, v, j))
+                elif s >= min_score:
+                    out.append(MetricScore(sensor_id=sid, metric=names[j], ts=when, value=x, score=s))
+        if v is not None:
+            v.block[:, COOL] = v.cool
+            self.table.m[v.at] = v.block
+
+    def _fuse(self, sid: str, sen: SensorState, when: datetime, start: int, end: int, w: Wave, v: Verdicts,
+              out: list, min_score: float) -> None:
+        """The sensor-level score of one multi-metric reading (values start..end of the wave): the most
+        surprising of its metrics and of the correlations between them, Bonferroni-corrected for the number
+        of channels (and, with fuse = fisher, Fisher's combination of the metrics' tails), so a sensor with
+        many metrics alarms no more often than one with a single metric; one refractory period per sensor."""
+        p = self.params
+        names, xs, us, cool, learned_ = w.names, w.xs, v.u, v.cool, v.learned
         learned = True
-        top_u, top = -1.0, parts[0]
-        for part in parts:
-            st = part[2]
-            if not st.learned:
+        top_u, top = -1.0, start
+        for j in range(start, end):
+            if not learned_[j]:
                 learned = False
-            elif st.cool > 0:  # the metric re-learns its level after a re-baseline: no trend meanwhile
-                st.cool -= 1
-            if part[3] > top_u:
-                top_u, top = part[3], part
-        best, channel, k = top_u, top[0], len(parts)
+            elif cool[j] > 0.0:  # the metric re-learns its level after a re-baseline: no trend meanwhile
+                cool[j] -= 1.0
+            if us[j] > top_u:
+                top_u, top = us[j], j
+        best, channel, k = top_u, names[top], end - start
         if not p.fuse_metrics and top_u < SPATIAL:  # the metrics' own verdicts count only as range breaks
             best, k = 0.0, 1
         if p.pairs and learned:
-            key = tuple([part[0] for part in parts])
+            key = tuple(names[start:end])
             if key != sen.key:  # a new set of metrics: a new ring of pairs
                 sen.key = key
                 order = sorted(range(len(key)), key=key.__getitem__)
@@ -484,42 +654,42 @@ class Detector:
                              for i in range(m if m > 2 else 1)]
             q, qlabel = 0.0, ""
             for i, j, label, ps in sen.pairs:
-                a, b = parts[i][2], parts[j][2]
-                v = ps.surprise(a.sgn, b.sgn, p)
-                if v > q and a.moving and b.moving:
-                    q, qlabel = v, label
+                a, b = start + i, start + j
+                u = ps.surprise(v.sgn[a], v.sgn[b], p)
+                if u > q and v.moving[a] and v.moving[b]:
+                    q, qlabel = u, label
             if q > 0.0:
-                v = _verdict(q, 1.0, p)
-                if v > best:
-                    best, channel = v, qlabel
+                u = _verdict(q, 1.0, p)
+                if u > best:
+                    best, channel = u, qlabel
             k += len(sen.pairs)
         fused = best - math.log(k) * p.inv_log_floor
         if p.fisher:
             h = 0.0
-            for part in parts:
-                h += part[3] if part[3] < SPATIAL else SPATIAL
+            for j in range(start, end):
+                h += us[j] if us[j] < SPATIAL else SPATIAL
             h *= -p.log_floor  # -sum(log tail)
             acc, term = 1.0, 1.0
-            for i in range(1, len(parts)):
+            for i in range(1, end - start):
                 term *= h / i
                 acc += term
             f = (h - math.log(acc)) * p.inv_log_floor
             fused = (fused if fused > f else f) - _LN2 * p.inv_log_floor
         if p.blocks and learned:
+            changes, rows, mags = self.table.changes, w.rows, v.mag
             top_r, top_c = 0.0, top
-            for part in parts:
-                name, x, st, _ = part
-                ch = st.change
+            for j in range(start, end):
+                ch = changes[rows[j]]
                 if ch is None:
-                    ch = st.change = ChangeState(x, p)
-                r = ch.deviation(x, p.rel_floor * st.mag + 1e-9, p)
+                    ch = changes[rows[j]] = ChangeState(xs[j], p)
+                r = ch.deviation(xs[j], p.rel_floor * mags[j] + 1e-9, p)
                 if r > top_r:
-                    top_r, top_c = r, part
+                    top_r, top_c = r, j
             if top_r > 0.0:
-                tail = math.erfc(top_r / _SQRT2) * len(parts)  # two-sided, Bonferroni over the metrics
-                v = p.threshold * math.log(tail) / p.change_log if 0.0 < tail < 1.0 else (SPATIAL if tail <= 0.0 else 0.0)
-                if v > fused:
-                    fused, channel, top = v, f"{top_c[0]}:change", top_c
+                tail = math.erfc(top_r / _SQRT2) * (end - start)  # two-sided, Bonferroni over the metrics
+                u = p.threshold * math.log(tail) / p.change_log if 0.0 < tail < 1.0 else (SPATIAL if tail <= 0.0 else 0.0)
+                if u > fused:
+                    fused, channel, top = u, f"{names[top_c]}:change", top_c
         s = 1.0 if fused >= 1.0 or top_u >= SPATIAL else (fused if fused > 0.0 else 0.0)
         damp = sen.cool > 0
         if learned:
@@ -527,34 +697,33 @@ class Detector:
                 sen.cool -= 1
             elif s >= p.threshold:
                 sen.cool = p.sensor_refractory
-                for name, x, st, u in parts:
-                    if u >= p.threshold:  # re-baseline the metrics that alarmed: a level shift alarms once
-                        st.level, st.trend = x, 0.0
-                        st.cool = p.refractory
+                for j in range(start, end):
+                    if us[j] >= p.threshold:  # re-baseline the metrics that alarmed: a level shift alarms once
+                        v.rebaseline(j, xs[j])
+                        cool[j] = p.refractory
         if damp:
             s *= 0.5
         scale = 0.5 if damp else 1.0
-        for name, x, st, u in parts:
+        for j in range(start, end):
+            u = us[j]
             u = (u if u < 1.0 else 1.0) * scale
             if u >= min_score:
-                out.append(PartScore(sensor_id=sid, metric=name, ts=when, value=x, score=u))
-        name, x, st, _ = top
+                out.append(PartScore(sensor_id=sid, metric=names[j], ts=when, value=xs[j], score=u))
         if s >= p.threshold:
-            out.append(SensorScore(
-                sensor_id=sid, metric=FUSED, ts=when, value=x, score=s,
-                expected=st.expected, band=st.band, surprise=st.short,
-                surprise_mean=st.lmean, surprise_std=math.sqrt(st.lvar), readings=st.n,
-                channel=channel, top=name, metric_scores={n_: (u_ if u_ < 1.0 else 1.0) for n_, _, _, u_ in parts},
-            ))
+            sc = _evidence(SensorScore, sid, FUSED, when, xs[top], s, v, top)
+            sc.channel, sc.top = channel, names[top]
+            sc.metric_scores = {names[j]: (us[j] if us[j] < 1.0 else 1.0) for j in range(start, end)}
+            out.append(sc)
         elif s >= min_score:
-            out.append(MetricScore(sensor_id=sid, metric=FUSED, ts=when, value=x, score=s))
+            out.append(MetricScore(sensor_id=sid, metric=FUSED, ts=when, value=xs[top], score=s))
 
 
-def _evidence(sid: str, metric: str, when: datetime, x: float, s: float, st: MetricState) -> AnomalyScore:
-    return AnomalyScore(
+def _evidence(kind: type, sid: str, metric: str, when: datetime, x: float, s: float, v: Verdicts, j: int) -> AnomalyScore:
+    n, short, lmean, lvar = v.block[j, [N, SHORT, LMEAN, LVAR]].tolist()
+    return kind(
         sensor_id=sid, metric=metric, ts=when, value=x, score=s,
-        expected=st.expected, band=st.band, surprise=st.short,
-        surprise_mean=st.lmean, surprise_std=math.sqrt(st.lvar), readings=st.n,
+        expected=float(v.expected[j]), band=float(v.band[j]), surprise=short,
+        surprise_mean=lmean, surprise_std=math.sqrt(lvar), readings=int(n),
     )
 
 
@@ -567,8 +736,7 @@ def anomaly_scores(readings: ts[list[SensorReading]], cfg: AnomalyConfig, min_sc
     start."""
     with csp.state():
         s_detector = Detector(cfg)
-        s_detector.states = keep(states, "anomaly", s_detector.states)
-        s_detector.sensors = keep(states, "anomaly_sensors", s_detector.sensors)
+        s_detector.table = keep(states, "anomaly", s_detector.table)
     if csp.ticked(readings):
         out = s_detector.score_readings(readings, min(min_score, cfg.threshold))
         if out:

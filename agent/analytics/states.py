@@ -50,17 +50,20 @@ class RecentStates(collections.OrderedDict):
     def __setitem__(self, key, value) -> None:
         super().__setitem__(key, value)
         if len(self) > self.cap:
-            self.popitem(last=False)
+            self.forgot(self.popitem(last=False)[1])
             self._evicted()
         self._tracked.set(len(self))
+
+    def forgot(self, state) -> None:
+        """Called with each state the cap evicts (a subclass frees what it refers to)."""
 
     def __delitem__(self, key) -> None:
         super().__delitem__(key)
         self._tracked.set(len(self))
 
-    def _evicted(self) -> None:
-        self.evicted += 1
-        self._evictions.inc()
+    def _evicted(self, n: int = 1) -> None:
+        self.evicted += n
+        self._evictions.inc(n)
         now = time.monotonic()
         if now - self._warned >= WARN_EVERY:
             log.warning("state_cap_reached", state=self.state, cap=self.cap, evicted=self.evicted,

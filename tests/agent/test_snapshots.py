@@ -34,7 +34,7 @@ from tests.agent.test_warm_start import anomalies, run_split, uninterrupted
 T0 = datetime(2026, 12, 6, 8, 0, 0)
 SPLIT = T0 + timedelta(seconds=900)
 END = T0 + timedelta(seconds=1500)
-STATES = ["advisor", "anomaly", "anomaly_sensors", "health", "market", "price_alerts", "risk"]
+STATES = ["advisor", "anomaly", "health", "market", "price_alerts", "risk"]
 
 
 def _inputs() -> dict[str, list[tuple[datetime, list]]]:
@@ -118,8 +118,9 @@ def test_every_class_in_a_snapshot_is_part_of_its_version():
 
     Spy(io.BytesIO(), pickle.HIGHEST_PROTOCOL).dump(snapshot.loads(book.dumps()))
     ours = {f"{c.__module__}.{c.__qualname__}" for c in found if c.__module__.startswith("edgewatch.agent.analytics")}
-    assert "edgewatch.agent.analytics.anomaly.MetricState" in ours and "edgewatch.agent.analytics.risk.Book" in ours
-    assert ours - {"edgewatch.agent.analytics.states.RecentStates"} <= set(snapshot._LAYOUT)
+    assert "edgewatch.agent.analytics.anomaly.MetricTable" in ours and "edgewatch.agent.analytics.risk.Book" in ours
+    containers = {"edgewatch.agent.analytics.states.RecentStates", "edgewatch.agent.analytics.anomaly.SensorIndex"}
+    assert ours - containers <= set(snapshot._LAYOUT)
 
 
 def _ident(cfg: Config, agent: str = "gw1") -> Identity:
@@ -193,7 +194,7 @@ def test_state_command_shows_the_snapshots_and_the_last_restore(tmp_path, capsys
     assert main(["state", "--config", str(config), "--json"]) == 0
     rep = json.loads(capsys.readouterr().out)
     (snap,) = rep["snapshots"]
-    assert snap["usable"] and snap["keys"] == {"anomaly": 5, "anomaly_sensors": 2, "health": 3, "price_alerts": 2,
+    assert snap["usable"] and snap["keys"] == {"anomaly": 5, "health": 3, "price_alerts": 2,
                                                "market": 2, "risk": 2, "advisor": 2}
     assert rep["last_restore"]["snapshot"] == snap["id"] and rep["last_restore"]["age_at_restore_seconds"] > 0
     config.write_text(f'[agent]\nid = "gw1"\n[store]\nurl = "{db}"\n[health]\nwarmup = 10\n')
