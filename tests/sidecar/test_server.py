@@ -9,7 +9,9 @@ import time
 
 import httpx
 import pytest
+from edgewatch.sidecar.metrics import SidecarMetrics
 from edgewatch.sidecar.testing import wait_ready
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 LABELS = {"bearish", "bullish", "neutral"}
@@ -143,8 +145,28 @@ def test_metrics_parse(http):
     assert metric(http, "sidecar_requests_total", endpoint="/v1/classify", status="200") >= 1
     assert metric(http, "sidecar_tokens_generated_total") >= 3
     assert metric(http, "sidecar_batch_size_count", kind="classify") >= 1
+    assert metric(http, "sidecar_batch_size_count", kind="prefill") >= 1
+    assert metric(http, "sidecar_batch_size_count", kind="decode") >= 2
     info = families["sidecar_model_info"].samples[0].labels
     assert info["provider"] == "CPUExecutionProvider"
+
+
+def test_batch_size_histogram():
+    """The inference thread's lock-free counts read as the Histogram they replace: cumulative buckets, count, sum."""
+    registry = CollectorRegistry()
+    stats = SidecarMetrics(registry, lambda: 0).batcher_stats()
+    for kind, size in [("decode", 1)] * 3 + [("decode", 3), ("classify", 16), ("classify", 200)]:
+        stats.batch(kind, size)
+    samples = {(s.name, s.labels["kind"], s.labels.get("le")): s.value
+               for s in next(f for f in text_string_to_metric_families(generate_latest(registry).decode())
+                             if f.name == "sidecar_batch_size").samples}
+    assert [samples["sidecar_batch_size_bucket", "decode", le] for le in ("1.0", "2.0", "4.0", "+Inf")] == [3, 3, 4, 4]
+    assert samples["sidecar_batch_size_count", "decode", None] == 4
+    assert samples["sidecar_batch_size_sum", "decode", None] == 6
+    assert samples["sidecar_batch_size_bucket", "classify", "128.0"] == 1  # 200 counts only under +Inf
+    assert samples["sidecar_batch_size_bucket", "classify", "+Inf"] == 2
+    assert samples["sidecar_batch_size_count", "classify", None] == 2
+    assert samples["sidecar_batch_size_count", "prefill", None] == 0
 
 
 def test_unix_socket(serve, tiny_model_dir, tmp_path):
