@@ -109,5 +109,9 @@ async def until_disconnected(request: Request, work: Awaitable[T]) -> T:
 
 
 async def _disconnect(request: Request) -> None:
-    while not await request.is_disconnected():
-        await asyncio.sleep(0.05)
+    """Return when the client hangs up. The body has been read, so the server's next message is
+    `http.disconnect`, sent when the connection closes: waiting for it costs nothing while the work runs.
+    (Polling `request.is_disconnected()` every 50 ms cost an anyio cancel scope per poll and woke the event
+    loop, which then took the GIL from the inference thread, during every generation.)"""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
