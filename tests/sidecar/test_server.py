@@ -204,7 +204,12 @@ def test_api_key_401(serve, tiny_model_dir):
             r = http.post("/v1/classify", json=body, headers=headers)
             assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
             assert r.json()["error"]["type"] == "authentication_error"
-        assert http.get("/v1/models").status_code == 401
+        # every /v1 route, this one's and any added later, takes the key through its dependency
+        v1 = [(method, path) for path, ops in http.get("/openapi.json").json()["paths"].items()
+              if path.startswith("/v1/") for method in ops]
+        assert len(v1) >= 4
+        for method, path in v1:
+            assert http.request(method, path, json={}).status_code == 401, (method, path)
         assert http.post("/v1/classify", json=body, headers={"Authorization": "Bearer s3cret"}).status_code == 200
         assert http.get("/health").status_code == 200 and http.get("/ready").status_code == 200
 
