@@ -25,10 +25,15 @@ class SamplingParams:
     ignore_eos: bool = False  # end-of-text is then an ordinary token (vLLM's meaning)
     logprobs: int | None = None  # report each token's log-probability and this many alternatives' (None: off)
 
+    @property
+    def greedy(self) -> bool:
+        return self.temperature < GREEDY_BELOW
 
-def sample(logits: np.ndarray, params: SamplingParams, rng: np.random.Generator) -> int:
-    """One token id from a [vocab] logit vector: greedy, or temperature + top-k + top-p."""
-    if params.temperature < GREEDY_BELOW:
+
+def sample(logits: np.ndarray, params: SamplingParams, rng: np.random.Generator | None) -> int:
+    """One token id from a [vocab] logit vector: greedy (`rng` unused, may be None), or temperature + top-k +
+    top-p."""
+    if params.greedy:
         return int(np.argmax(logits))
     z = logits.astype(np.float64) / params.temperature
     if 0 < params.top_k < z.shape[0]:

@@ -15,20 +15,20 @@ from edgewatch.model.format.prompt import MAX_CHARS_PER_TOKEN
 from edgewatch.sidecar.errors import ApiError
 from edgewatch.sidecar.routes import generation
 from edgewatch.sidecar.routes.completions import RESPONSES
-from edgewatch.sidecar.routes.deps import authorize, deadline, sidecar
+from edgewatch.sidecar.routes.deps import Call, call
 from edgewatch.sidecar.routes.generation import Logprob
 from edgewatch.sidecar.schemas import (AssistantMessage, ChatChoice, ChatCompletionRequest, ChatCompletionResponse,
                                        ChatLogprobs, ChatMessage, TokenLogprob, TopLogprob, Usage)
-from edgewatch.sidecar.state import Sidecar
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
-router = APIRouter(dependencies=[Depends(authorize)])
+router = APIRouter()
 
 
 @router.post("/v1/chat/completions", responses=RESPONSES)
-async def chat_completions(body: ChatCompletionRequest, request: Request, sc: Sidecar = Depends(sidecar),
-                           until: float = Depends(deadline)) -> ChatCompletionResponse:
+async def chat_completions(body: ChatCompletionRequest, request: Request,
+                           c: Call = Depends(call)) -> ChatCompletionResponse:
+    sc, until = c
     engine, batcher = sc.require_ready()
     generation.check(body, engine)
     prompt = render(body.messages)

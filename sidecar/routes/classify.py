@@ -3,25 +3,25 @@
 from __future__ import annotations
 
 from edgewatch.sidecar.errors import BATCHER_ERRORS, ApiError, translate
-from edgewatch.sidecar.routes.deps import (ClientGone, authorize, deadline, require_model, sidecar, tokenize,
+from edgewatch.sidecar.routes.deps import (Call, ClientGone, authorized, call, require_model, tokenize,
                                            until_disconnected)
 from edgewatch.sidecar.schemas import ERRORS, ClassifyRequest, ClassifyResponse, ModelCard, ModelList
 from edgewatch.sidecar.state import Sidecar
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 
-router = APIRouter(dependencies=[Depends(authorize)])
+router = APIRouter()
 
 
 @router.get("/v1/models", responses={k: ERRORS[k] for k in (401, 503)})
-async def models(sc: Sidecar = Depends(sidecar)) -> ModelList:
+async def models(sc: Sidecar = Depends(authorized)) -> ModelList:
     engine, _ = sc.require_ready()
     return ModelList(data=[ModelCard(id=engine.name, created=sc.started)])
 
 
 @router.post("/v1/classify", responses=ERRORS, response_model=ClassifyResponse)
-async def classify(body: ClassifyRequest, request: Request, sc: Sidecar = Depends(sidecar),
-                   until: float = Depends(deadline)) -> Response:
+async def classify(body: ClassifyRequest, request: Request, c: Call = Depends(call)) -> Response:
+    sc, until = c
     engine, batcher = sc.require_ready()
     require_model(body.model, engine)
     if len(body.texts) > sc.settings.max_texts:

@@ -8,15 +8,14 @@ import uuid
 from edgewatch.model.format.prompt import MAX_CHARS_PER_TOKEN
 from edgewatch.sidecar.errors import ApiError, unsupported
 from edgewatch.sidecar.routes import generation
-from edgewatch.sidecar.routes.deps import authorize, deadline, sidecar
+from edgewatch.sidecar.routes.deps import Call, call
 from edgewatch.sidecar.routes.generation import Logprob
 from edgewatch.sidecar.schemas import (ERRORS, CompletionChoice, CompletionLogprobs, CompletionRequest,
                                        CompletionResponse, Usage)
-from edgewatch.sidecar.state import Sidecar
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
-router = APIRouter(dependencies=[Depends(authorize)])
+router = APIRouter()
 RESPONSES = ERRORS | {200: {
     "description": "a completion; with `stream`, server-sent events of partial completions ending in `data: [DONE]`",
     "content": {"text/event-stream": {}}}}
@@ -24,8 +23,8 @@ DEFAULT_MAX_TOKENS = 16  # OpenAI's default for completions
 
 
 @router.post("/v1/completions", responses=RESPONSES)
-async def completions(body: CompletionRequest, request: Request, sc: Sidecar = Depends(sidecar),
-                      until: float = Depends(deadline)) -> CompletionResponse:
+async def completions(body: CompletionRequest, request: Request, c: Call = Depends(call)) -> CompletionResponse:
+    sc, until = c
     engine, batcher = sc.require_ready()
     generation.check(body, engine)
     if body.echo and body.logprobs is not None:

@@ -9,7 +9,9 @@ import time
 
 import httpx
 import pytest
+from edgewatch.sidecar.metrics import SidecarMetrics
 from edgewatch.sidecar.testing import wait_ready
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 LABELS = {"bearish", "bullish", "neutral"}
@@ -143,8 +145,28 @@ def test_metrics_parse(http):
     assert metric(http, "sidecar_requests_total", endpoint="/v1/classify", status="200") >= 1
     assert metric(http, "sidecar_tokens_generated_total") >= 3
     assert metric(http, "sidecar_batch_size_count", kind="classify") >= 1
+    assert metric(http, "sidecar_batch_size_count", kind="prefill") >= 1
+    assert metric(http, "sidecar_batch_size_count", kind="decode") >= 2
     info = families["sidecar_model_info"].samples[0].labels
     assert info["provider"] == "CPUExecutionProvider"
+
+
+def test_batch_size_histogram():
+    """The inference thread's lock-free counts read as the Histogram they replace: cumulative buckets, count, sum."""
+    registry = CollectorRegistry()
+    stats = SidecarMetrics(registry, lambda: 0).batcher_stats()
+    for kind, size in [("decode", 1)] * 3 + [("decode", 3), ("classify", 16), ("classify", 200)]:
+        stats.batch(kind, size)
+    samples = {(s.name, s.labels["kind"], s.labels.get("le")): s.value
+               for s in next(f for f in text_string_to_metric_families(generate_latest(registry).decode())
+                             if f.name == "sidecar_batch_size").samples}
+    assert [samples["sidecar_batch_size_bucket", "decode", le] for le in ("1.0", "2.0", "4.0", "+Inf")] == [3, 3, 4, 4]
+    assert samples["sidecar_batch_size_count", "decode", None] == 4
+    assert samples["sidecar_batch_size_sum", "decode", None] == 6
+    assert samples["sidecar_batch_size_bucket", "classify", "128.0"] == 1  # 200 counts only under +Inf
+    assert samples["sidecar_batch_size_bucket", "classify", "+Inf"] == 2
+    assert samples["sidecar_batch_size_count", "classify", None] == 2
+    assert samples["sidecar_batch_size_count", "prefill", None] == 0
 
 
 def test_unix_socket(serve, tiny_model_dir, tmp_path):
@@ -182,7 +204,12 @@ def test_api_key_401(serve, tiny_model_dir):
             r = http.post("/v1/classify", json=body, headers=headers)
             assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
             assert r.json()["error"]["type"] == "authentication_error"
-        assert http.get("/v1/models").status_code == 401
+        # every /v1 route, this one's and any added later, takes the key through its dependency
+        v1 = [(method, path) for path, ops in http.get("/openapi.json").json()["paths"].items()
+              if path.startswith("/v1/") for method in ops]
+        assert len(v1) >= 4
+        for method, path in v1:
+            assert http.request(method, path, json={}).status_code == 401, (method, path)
         assert http.post("/v1/classify", json=body, headers={"Authorization": "Bearer s3cret"}).status_code == 200
         assert http.get("/health").status_code == 200 and http.get("/ready").status_code == 200
 
