@@ -70,7 +70,6 @@ would corrupt them. Readings that are not finite, or beyond +-1e30, get no score
 from __future__ import annotations
 
 import math
-from array import array
 from datetime import datetime, timedelta
 
 import csp
@@ -151,8 +150,14 @@ class Params:
 
 
 # a (sensor, metric)'s row in MetricTable.m: everything the detector remembers about it besides its daily profile
-N, LAST, LEVEL, TREND, DEV, MAG, SHORT, LMEAN, LVAR, COOL, SERR, LO, HI = range(13)
-FIELDS = 13
+N, LAST, LEVEL, TREND, DEV, MAG, SHORT, LMEAN, LVAR, COOL, SERR, LO, HI, CH = range(14)
+FIELDS = 14  # CH: the row of its change channel in MetricTable.cm (-1: none yet)
+# a change channel's row in MetricTable.cm (the sensor-level score, several metrics only): blocks completed, the
+# block being filled (count, sum, sum of squares), totals over the ring's completed blocks, the pivot (sums are of
+# x - pivot: no cancellation for a large mean with a small spread), the EWMA deviation, its mean square and count;
+# then the ring, per block: sum, sum of squares
+C_FULL, C_BN, C_BS, C_BS2, C_S, C_S2, C_PIVOT, C_DEV, C_MS, C_N = range(10)
+C_RING = 10
 
 
 class SensorIndex(RecentStates):
@@ -205,18 +210,21 @@ class MetricTable:
     """The per-(sensor, metric) states of a whole fleet as rows of arrays, so a batch of readings is judged
     by a few dozen numpy operations instead of a Python loop per metric: `m` (FIELDS float64 a row), the
     daily profile (`season`: per bucket its mean and mean |residual|, float32; `seen`: updates per bucket,
-    saturating at 255) and, for the sensor-level score, each row's ChangeState (or None)."""
+    saturating at 255) and, for a metric of a multi-metric sensor, its change channel (`cm`, rows handed out
+    on first use)."""
 
-    __slots__ = ("index", "m", "season", "seen", "changes", "free", "used")
+    __slots__ = ("index", "m", "season", "seen", "free", "used", "cm", "cfree", "cused")
 
     def __init__(self, cap: int, p: Params, rows: int = 1024):
         self.index = SensorIndex(cap, "anomaly")
         self.m = np.zeros((rows, FIELDS))
         self.season = np.zeros((rows, 2 * p.buckets), np.float32)
         self.seen = np.zeros((rows, p.buckets), np.uint8)
-        self.changes: list[ChangeState | None] = [None] * rows
         self.free: list[int] = []  # rows of forgotten series, reused before new ones
         self.used = 0  # rows handed out so far
+        self.cm = np.zeros((rows, C_RING + 2 * p.blocks))
+        self.cfree: list[int] = []
+        self.cused = 0
 
     def __len__(self) -> int:
         return self.index.series
@@ -234,18 +242,34 @@ class MetricTable:
                 self.m = np.concatenate([self.m, np.zeros((more, FIELDS))])
                 self.season = np.concatenate([self.season, np.zeros((more, self.season.shape[1]), np.float32)])
                 self.seen = np.concatenate([self.seen, np.zeros((more, self.seen.shape[1]), np.uint8)])
-                self.changes += [None] * more
-        self.m[k] = (1.0, t, x, 0.0, 0.0, abs(x), 0.0, 0.0, 0.0, 0.0, _UNSEEN, x, x)
+        self.m[k] = (1.0, t, x, 0.0, 0.0, abs(x), 0.0, 0.0, 0.0, 0.0, _UNSEEN, x, x, -1.0)
         self.season[k] = 0.0
         self.seen[k] = 0
-        self.changes[k] = None
         sen.rows[name] = k
         self.index.added(sen, current)
 
+    def change_rows(self, x: np.ndarray) -> list[int]:
+        """New change channels, one per value of `x`, each with its pivot there and nothing learnt."""
+        out = []
+        for _ in range(len(x)):
+            if self.cfree:
+                out.append(self.cfree.pop())
+                continue
+            if self.cused == len(self.cm):
+                self.cm = np.concatenate([self.cm, np.zeros((self.cused // 2 + 1, self.cm.shape[1]))])
+            out.append(self.cused)
+            self.cused += 1
+        self.cm[out] = 0.0
+        self.cm[out, C_PIVOT] = x
+        return out
+
     def settle(self) -> None:
-        """After a batch: the rows it forgot can be reused."""
-        self.free += self.index.released
-        self.index.released.clear()
+        """After a batch: the rows it forgot, and their change channels, can be reused."""
+        released = self.index.released
+        if released:
+            self.free += released
+            self.cfree += [int(c) for c in self.m[released, CH] if c >= 0.0]
+            released.clear()
 
 
 class Verdicts:
@@ -254,9 +278,11 @@ class Verdicts:
     NOT clipped to 1 (the sensor-level fusion needs the tail beyond the floor); whether each value taught
     its series (`learned`: in time order), its refractory count (`cool`, written back after the wave), the
     signed level residual in scale units (`sgn`), whether its series moves above its scale floor
-    (`moving`), its magnitude (`mag`); `block` holds the rows as learnt (written back after the wave)."""
+    (`moving`), and for the metrics of multi-metric readings learnt whole, the change channel's deviation in
+    units of its long-run RMS (`change`, 0 while young); `block` holds the rows as learnt (written back after
+    the wave)."""
 
-    __slots__ = ("at", "block", "u", "learned", "cool", "sgn", "moving", "mag", "expected", "band")
+    __slots__ = ("at", "block", "u", "learned", "cool", "sgn", "moving", "change", "expected", "band")
 
     def rebaseline(self, j: int, x: float) -> None:
         """After a detection the level restarts at the reading, without trend: a level shift alarms once."""
@@ -289,12 +315,13 @@ def judge(tab: MetricTable, w: Wave, p: Params) -> Verdicts:
     put back as they were)."""
     idx = np.array(w.rows, np.intp)
     xs = np.array(w.xs)
-    counts = np.diff([r[2] for r in w.readings] + [len(w.rows)])
+    starts = np.array([r[2] for r in w.readings], np.intp)
+    counts = np.diff(np.append(starts, len(w.rows)))
     t_us = np.repeat(np.array(w.times, np.int64), counts)
     bucket = (t_us // 60_000_000 % 1440) * p.buckets // 1440  # the time of day, as the minute of the day
     ts_ = t_us.astype(np.float64)
     old = tab.m[idx]
-    n0, last, level, trend, dev, mag, short0, lmean, lvar, cool, serr, lo, hi = old.T
+    n0, last, level, trend, dev, mag, short0, lmean, lvar, cool, serr, lo, hi, ch = old.T
     learn = ts_ >= last
     n = n0 + learn
     floor = p.rel_floor * mag + 1e-9
@@ -345,6 +372,7 @@ def judge(tab: MetricTable, w: Wave, p: Params) -> Verdicts:
         new[DEV] = dev + a * (np.abs(c) - dev)
         new[MAG] = mag + a * (np.abs(xs) - mag)
         new[COOL] = cool
+        new[CH] = ch
         new[HI] = np.maximum(hi, xs)
         new[LO] = np.minimum(lo, xs)
         # the profile's bucket learns (robustly once trusted); its first reading is its mean, with no residual
@@ -379,12 +407,75 @@ def judge(tab: MetricTable, w: Wave, p: Params) -> Verdicts:
         u[spatial] = SPATIAL
     v = Verdicts()
     v.at, v.block = idx, block
-    v.u, v.learned, v.cool, v.mag = u.tolist(), learn.tolist(), cool.tolist(), block[:, MAG].tolist()
+    v.u, v.learned, v.cool = u.tolist(), learn.tolist(), cool.tolist()
+    v.change = deviations(tab, starts, counts, block, learn, xs, p) if p.blocks and p.fuse else None
     if p.pairs:
         u_ = r / scale
         v.sgn, v.moving = np.clip(u_, -PAIR_CLIP, PAIR_CLIP).tolist(), (dev > floor).tolist()
     v.expected, v.band = np.where(better, sm, fc), np.where(better, bs, scale)
     return v
+
+
+def deviations(tab: MetricTable, starts: np.ndarray, counts: np.ndarray, block: np.ndarray, learn: np.ndarray,
+               xs: np.ndarray, p: Params) -> list:
+    """The change channels of the sensor-level score, for the metrics of the wave's multi-metric readings whose
+    every metric is in time order: how far each metric has moved from a slow reference (the mean and spread of
+    its last `change_window` readings, kept as a ring of block sums), as an EWMA of that deviation in reference
+    spreads, judged against the deviation's own long-run RMS, so that a metric that always wanders (a fluid
+    temperature) needs a larger move than one that holds still. The reference follows a new level only after
+    a window, so a sustained shift of a few noise widths, which the fast level forecast absorbs in seconds,
+    stays visible here. Per value: that deviation in RMS units (0 while young or not judged). `starts` and
+    `counts`: each reading's first value and number of values."""
+    some = counts > 0
+    whole = np.zeros(len(starts), bool)
+    whole[some] = np.logical_and.reduceat(learn, starts[some])  # every metric of the reading in time order
+    sel = np.flatnonzero(np.repeat(whole & (counts > 1), counts))
+    out = np.zeros(len(xs))
+    if not sel.size:
+        return out.tolist()
+    crow = block[sel, CH]
+    new = crow < 0.0
+    if new.any():  # a metric's first multi-metric reading in time order starts its channel
+        crow[new] = block[sel[new], CH] = tab.change_rows(xs[sel[new]])
+    crow = crow.astype(np.intp)
+    c = tab.cm[crow]
+    full, bn, bs, bs2, s, s2, pivot, dev, ms, n = c[:, :C_RING].T.copy()
+    x = xs[sel] - pivot
+    floor = p.rel_floor * block[sel, MAG] + 1e-9
+    judged = np.minimum(full, p.blocks) >= 2
+    with np.errstate(invalid="ignore", divide="ignore"):  # lanes not judged yet: 0 / 0
+        cnt = np.minimum(full, p.blocks) * CHANGE_BLOCK
+        mu = s / cnt
+        var = s2 / cnt - mu * mu
+        sd = np.where(var > 0.0, np.sqrt(np.abs(var)), 0.0)
+        z = np.clip((x - mu) / np.maximum(sd, floor), -CHANGE_CLIP, CHANGE_CLIP)
+        dev1 = dev + p.a_change * (z - dev)
+        n1 = n + 1.0
+        e2 = dev1 * dev1
+        warm = n1 > CHANGE_WARMUP
+        r = np.where(warm & (ms > 1e-12), np.abs(dev1) / np.sqrt(ms), 0.0)
+        e2 = np.where(warm & (e2 > 25.0 * ms), 25.0 * ms, e2)  # a change learns its own norm slowly: clipped
+        a = np.where(p.a_cnorm * n1 > 1.0, p.a_cnorm, 1.0 / n1)
+        c[:, C_MS] = np.where(judged, ms + a * (e2 - ms), ms)
+    c[:, C_DEV] = np.where(judged, dev1, dev)
+    c[:, C_N] = np.where(judged, n1, n)
+    out[sel] = np.where(judged, r, 0.0)
+    bn += 1.0
+    bs += x
+    bs2 += x * x
+    done = np.flatnonzero(bn == CHANGE_BLOCK)
+    if done.size:  # a block is complete: it replaces the oldest in the ring
+        at = C_RING + 2 * (full[done] % p.blocks).astype(np.intp)
+        wrap = full[done] >= p.blocks
+        s[done] = np.where(wrap, s[done] - c[done, at], s[done]) + bs[done]
+        s2[done] = np.where(wrap, s2[done] - c[done, at + 1], s2[done]) + bs2[done]
+        c[done, at] = bs[done]
+        c[done, at + 1] = bs2[done]
+        full[done] += 1.0
+        bn[done] = bs[done] = bs2[done] = 0.0
+    c[:, C_FULL], c[:, C_BN], c[:, C_BS], c[:, C_BS2], c[:, C_S], c[:, C_S2] = full, bn, bs, bs2, s, s2
+    tab.cm[crow] = c
+    return out.tolist()
 
 
 def _verdict(d: float, var: float, p: Params) -> float:
@@ -399,66 +490,6 @@ def _log_tail(q: float, log_floor: float) -> float:
     the floor, SPATIAL below float range."""
     tail = 0.5 * math.erfc(q)
     return math.log(tail) / log_floor if tail > 0.0 else SPATIAL
-
-
-@persisted
-class ChangeState:
-    """A metric's change channel in the sensor-level score: how far the metric has moved from a slow
-    reference (the mean and spread of its last `change_window` readings, kept as a ring of block sums), as an
-    EWMA of that deviation in reference spreads, judged against the deviation's own long-run RMS, so that a
-    metric that always wanders (a fluid temperature) needs a larger move than one that holds still. The
-    reference follows a new level only after a window, so a sustained shift of a few noise widths, which the
-    fast level forecast absorbs in seconds, stays visible here. About 2 x blocks + 8 numbers."""
-
-    __slots__ = ("sums", "full", "bn", "bs", "bs2", "s", "s2", "pivot", "dev", "ms", "n")
-
-    def __init__(self, x: float, p: Params):
-        self.sums = array("d", bytes(16 * p.blocks))  # per block of the ring: sum, sum of squares (x - pivot)
-        self.full = 0  # blocks completed so far
-        self.bn, self.bs, self.bs2 = 0, 0.0, 0.0  # the block being filled
-        self.s = self.s2 = 0.0  # totals over the ring's completed blocks
-        self.pivot = x  # sums are of x - pivot: no cancellation for a large mean with a small spread
-        self.dev = self.ms = 0.0
-        self.n = 0
-
-    def deviation(self, x: float, floor: float, p: Params) -> float:
-        """Learn from one in-order reading; its EWMA deviation in units of the long-run RMS (0 while young)."""
-        x -= self.pivot
-        r = 0.0
-        k = self.full if self.full < p.blocks else p.blocks
-        if k >= 2:
-            cnt = k * CHANGE_BLOCK
-            mu = self.s / cnt
-            var = self.s2 / cnt - mu * mu
-            sd = math.sqrt(var) if var > 0.0 else 0.0
-            z = (x - mu) / (sd if sd > floor else floor)
-            z = z if -CHANGE_CLIP < z < CHANGE_CLIP else (CHANGE_CLIP if z > 0.0 else -CHANGE_CLIP)
-            dev = self.dev + p.a_change * (z - self.dev)
-            self.dev = dev
-            n = self.n = self.n + 1
-            e2 = dev * dev
-            if n > CHANGE_WARMUP:
-                ms = self.ms
-                r = (dev if dev >= 0.0 else -dev) / math.sqrt(ms) if ms > 1e-12 else 0.0
-                if e2 > 25.0 * ms:  # a change learns its own norm slowly: clipped like every other residual
-                    e2 = 25.0 * ms
-            a = p.a_cnorm if p.a_cnorm * n > 1.0 else 1.0 / n
-            self.ms += a * (e2 - self.ms)
-        self.bn += 1
-        self.bs += x
-        self.bs2 += x * x
-        if self.bn == CHANGE_BLOCK:
-            i = 2 * (self.full % p.blocks)
-            sums = self.sums
-            if self.full >= p.blocks:
-                self.s -= sums[i]
-                self.s2 -= sums[i + 1]
-            sums[i], sums[i + 1] = self.bs, self.bs2
-            self.s += self.bs
-            self.s2 += self.bs2
-            self.full += 1
-            self.bn, self.bs, self.bs2 = 0, 0.0, 0.0
-        return r
 
 
 @persisted
@@ -574,18 +605,24 @@ class Detector:
             own = sen.rows
             start, fresh = len(rows), None
             metrics = rd.metrics
-            for name, x in metrics.items():
-                if not -MAX_MAGNITUDE < x < MAX_MAGNITUDE:  # also rejects NaN
-                    continue
-                k = own.get(name)
-                if k is None:
-                    tab.add(sen, name, x, float(t), metrics)
-                    if min_score <= 0.0:
-                        fresh = [(name, x)] if fresh is None else fresh + [(name, x)]
-                    continue
-                rows.append(k)
-                xs.append(x)
-                names.append(name)
+            known = list(map(own.get, metrics))
+            if None not in known and sum(map(abs, metrics.values())) < MAX_MAGNITUDE:  # also false for a NaN
+                rows += known  # the usual reading: every metric finite and already tracked
+                xs += metrics.values()
+                names += metrics
+            else:
+                for name, x in metrics.items():
+                    if not -MAX_MAGNITUDE < x < MAX_MAGNITUDE:  # also rejects NaN
+                        continue
+                    k = own.get(name)
+                    if k is None:
+                        tab.add(sen, name, x, float(t), metrics)
+                        if min_score <= 0.0:
+                            fresh = [(name, x)] if fresh is None else fresh + [(name, x)]
+                        continue
+                    rows.append(k)
+                    xs.append(x)
+                    names.append(name)
             times.append(t)
             readings_.append((sid, when, start, len(rows), fresh, sen))
         if readings_:
@@ -631,16 +668,24 @@ class Detector:
         of channels (and, with fuse = fisher, Fisher's combination of the metrics' tails), so a sensor with
         many metrics alarms no more often than one with a single metric; one refractory period per sensor."""
         p = self.params
-        names, xs, us, cool, learned_ = w.names, w.xs, v.u, v.cool, v.learned
+        names, xs, us, cool, learned_, change = w.names, w.xs, v.u, v.cool, v.learned, v.change
+        damp = sen.cool > 0
+        scale = 0.5 if damp else 1.0
         learned = True
-        top_u, top = -1.0, start
-        for j in range(start, end):
+        top_u, top, top_r, top_c = -1.0, start, 0.0, start
+        for j in range(start, end):  # one pass: the metrics' own scores, the top verdict and the top change
+            u = us[j]
             if not learned_[j]:
                 learned = False
             elif cool[j] > 0.0:  # the metric re-learns its level after a re-baseline: no trend meanwhile
                 cool[j] -= 1.0
-            if us[j] > top_u:
-                top_u, top = us[j], j
+            if u > top_u:
+                top_u, top = u, j
+            if change is not None and change[j] > top_r:
+                top_r, top_c = change[j], j
+            u = (u if u < 1.0 else 1.0) * scale
+            if u >= min_score:
+                out.append(PartScore(sensor_id=sid, metric=names[j], ts=when, value=xs[j], score=u))
         best, channel, k = top_u, names[top], end - start
         if not p.fuse_metrics and top_u < SPATIAL:  # the metrics' own verdicts count only as range breaks
             best, k = 0.0, 1
@@ -675,23 +720,12 @@ class Detector:
                 acc += term
             f = (h - math.log(acc)) * p.inv_log_floor
             fused = (fused if fused > f else f) - _LN2 * p.inv_log_floor
-        if p.blocks and learned:
-            changes, rows, mags = self.table.changes, w.rows, v.mag
-            top_r, top_c = 0.0, top
-            for j in range(start, end):
-                ch = changes[rows[j]]
-                if ch is None:
-                    ch = changes[rows[j]] = ChangeState(xs[j], p)
-                r = ch.deviation(xs[j], p.rel_floor * mags[j] + 1e-9, p)
-                if r > top_r:
-                    top_r, top_c = r, j
-            if top_r > 0.0:
-                tail = math.erfc(top_r / _SQRT2) * (end - start)  # two-sided, Bonferroni over the metrics
-                u = p.threshold * math.log(tail) / p.change_log if 0.0 < tail < 1.0 else (SPATIAL if tail <= 0.0 else 0.0)
-                if u > fused:
-                    fused, channel, top = u, f"{names[top_c]}:change", top_c
+        if top_r > 0.0 and learned:  # (a change channel judges only readings learnt whole)
+            tail = math.erfc(top_r / _SQRT2) * (end - start)  # two-sided, Bonferroni over the metrics
+            u = p.threshold * math.log(tail) / p.change_log if 0.0 < tail < 1.0 else (SPATIAL if tail <= 0.0 else 0.0)
+            if u > fused:
+                fused, channel, top = u, f"{names[top_c]}:change", top_c
         s = 1.0 if fused >= 1.0 or top_u >= SPATIAL else (fused if fused > 0.0 else 0.0)
-        damp = sen.cool > 0
         if learned:
             if damp:
                 sen.cool -= 1
@@ -703,12 +737,6 @@ class Detector:
                         cool[j] = p.refractory
         if damp:
             s *= 0.5
-        scale = 0.5 if damp else 1.0
-        for j in range(start, end):
-            u = us[j]
-            u = (u if u < 1.0 else 1.0) * scale
-            if u >= min_score:
-                out.append(PartScore(sensor_id=sid, metric=names[j], ts=when, value=xs[j], score=u))
         if s >= p.threshold:
             sc = _evidence(SensorScore, sid, FUSED, when, xs[top], s, v, top)
             sc.channel, sc.top = channel, names[top]
