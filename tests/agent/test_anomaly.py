@@ -14,6 +14,7 @@ from edgewatch.agent.analytics.anomaly import Detector, anomaly_events, anomaly_
 from edgewatch.agent.config import AnomalyConfig
 from edgewatch.agent.records import AnomalyScore, MetricScore, SensorReading
 from edgewatch.agent.testing.simulator import SimConfig, Simulator
+from edgewatch.agent.timeutil import parse_timestamp
 
 from bench.nab import simulated_alarms
 
@@ -202,6 +203,28 @@ def test_a_batch_scores_as_its_readings_one_by_one():
     one_by_one = scored(1)
     assert sum(1 for s in one_by_one if s[3] >= AnomalyConfig().threshold) >= 3
     assert scored(7) == one_by_one and scored(900) == one_by_one
+
+
+@pytest.mark.parametrize("cfg", [AnomalyConfig(), AnomalyConfig(pairs=True, fuse="fisher", fuse_metrics=True),
+                                 AnomalyConfig(fuse="off", warmup=20)])
+def test_small_and_large_waves_are_judged_alike(cfg: AnomalyConfig):
+    """A wave of a few readings is judged value by value (judge_values), a larger one by array operations (judge):
+    both give the same bits, on the simulator's faulty fleet with its spikes, drifts and dropouts."""
+    sim = Simulator(SimConfig(sensors=40, symbols=0, rate=1.0, duration=300), T0)
+    readings = [SensorReading(sensor_id=m.topic.split("/", 1)[1], ts=parse_timestamp(m.payload["ts"]),
+                              metrics={k: float(v) for k, v in m.payload.items() if k not in ("ts", "status")}, attrs={})
+                for m in sim.messages() if m.topic.startswith("sensors/")]
+
+    def scored(small_wave: int) -> list:
+        det = Detector(cfg)
+        det.small_wave = small_wave
+        return [(type(sc), sc.sensor_id, sc.metric, sc.ts, sc.score, getattr(sc, "expected", None),
+                 getattr(sc, "channel", None)) for k in range(0, len(readings), 40)
+                for sc in det.score_readings(readings[k:k + 40])]
+
+    arrays = scored(0)
+    assert sum(1 for s in arrays if s[4] >= cfg.threshold) >= 5
+    assert scored(10**9) == arrays
 
 
 def test_the_series_cap_forgets_the_longest_silent_sensors_whole():
