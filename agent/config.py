@@ -153,7 +153,7 @@ class AnomalyConfig:
     refractory: int = 100  # readings after a detection during which the metric cannot alarm again
     spatial_tolerance: float = 0.05  # a reading beyond the range seen so far by this fraction of it scores 1 (0 = off)
     spatial_z: float = 5.0  # ... and only when the reading is also this many robust scales from its forecast (a young range is narrow)
-    max_series: int = 200_000  # (sensor, metric) series tracked at most (about 1.4 KB each); the longest-silent is forgotten beyond it
+    max_series: int = 200_000  # (sensor, metric) series tracked at most (about 1 – 1.25 KB each); beyond it the longest-silent sensors are forgotten, all their series at once
     fuse: str = "bonferroni"  # a reading of several metrics: one sensor-level score (metric "*") raises the events: "bonferroni" (most surprising channel, corrected for their number; valid however the metrics correlate), "fisher" (also Fisher's combination of the metrics: more sensitive to a joint shift, but it assumes independent metrics and over-counts correlated ones), "off" (each metric alone)
     sensor_refractory: int = 45  # readings after a sensor-level detection during which that sensor cannot alarm again
     fuse_metrics: bool = False  # the sensor-level score takes each metric's own verdict; off: a metric counts there only when it breaks the range seen so far (the pairs and change channels still count)
