@@ -456,14 +456,11 @@ def sensor_health(
             steady = p.steady
             # per reading, not per sensor: a batch may hold several readings of one sensor
             hits = {(sc.sensor_id, sc.ts) for sc in scores if sc.score >= cut and sc.metric not in steady}
-        touch = sensors.move_to_end  # RecentStates.get, without a Python call per reading
         for r in readings:
             sid = r.sensor_id
             when = r.ts  # a csp.Struct builds a new datetime on every field read: read it once
-            try:
-                touch(sid)
-                s = sensors[sid]
-            except KeyError:
+            s = sensors.get(sid)
+            if s is None:
                 s = sensors[sid] = SensorHealth(sid, when, p)
             score = s.observe(r, when, (sid, when) in hits if hits else False, p)
             # every reason raises exactly where the score reaches 0: while it is above 0 and nothing is raised,
