@@ -32,7 +32,7 @@ async def sidecar(request: Request) -> Sidecar:  # async: FastAPI runs a sync de
 async def authorized(request: Request) -> Sidecar:  # async: see `sidecar`
     """The shared state, once the request's API key is checked (401 otherwise): what every /v1 route depends on,
     alone or through `call`."""
-    sc = request.app.state.sidecar
+    sc = await sidecar(request)
     key = sc.settings.api_key
     if key is not None:
         scheme, _, given = request.headers.get("authorization", "").partition(" ")
