@@ -11,7 +11,10 @@ of a reading, in [0, 1], is built in four steps:
    absolute residuals): the recent level with a slow (Holt) trend, and a daily
    profile learnt online in time-of-day buckets. The profile is used once its recent error is below the
    level's, so daily cycles are expected, while trends and series without a
-   daily rhythm fall back on the level;
+   daily rhythm fall back on the level. A bucket sees a few readings a day: from a
+   coarse sensor (integer counts, a 1-degree converter) they are mostly identical,
+   so its band is never taken as narrower than the data's resolution (the smallest
+   change between consecutive readings seen), or one step would look like a hundred;
 2. a raw surprise in [0, 1) from the residual in scale units, z / (z + 3);
 3. an "anomaly likelihood" (Numenta's idea): how improbable the recent mean
    surprise is under its own long-run distribution, mapped to [0, 1] on a log
@@ -151,8 +154,9 @@ class Params:
 
 
 # a (sensor, metric)'s row in MetricTable.m: everything the detector remembers about it besides its daily profile
-N, LAST, LEVEL, TREND, DEV, MAG, SHORT, LMEAN, LVAR, COOL, SERR, LO, HI, CH = range(14)
-FIELDS = 14  # CH: the row of its change channel in MetricTable.cm (-1: none yet)
+N, LAST, LEVEL, TREND, DEV, MAG, SHORT, LMEAN, LVAR, COOL, SERR, LO, HI, CH, PREV, RES = range(16)
+FIELDS = 16  # CH: the row of its change channel in MetricTable.cm (-1: none yet); PREV: the last value learnt;
+# RES: the data's resolution, the smallest nonzero change between consecutive values learnt (0: none yet)
 # a change channel's row in MetricTable.cm (the sensor-level score, several metrics only): blocks completed, the
 # block being filled (count, sum, sum of squares), totals over the ring's completed blocks, the pivot (sums are of
 # x - pivot: no cancellation for a large mean with a small spread), the EWMA deviation, its mean square and count;
@@ -240,7 +244,7 @@ class MetricTable:
             self.used += 1
             if k == len(self.m):  # full: half as many rows again (memory per series stays within ~1.5 x)
                 self.m, self.season, self.seen = (_grown(a) for a in (self.m, self.season, self.seen))
-        self.m[k] = (1.0, t, x, 0.0, 0.0, abs(x), 0.0, 0.0, 0.0, 0.0, _UNSEEN, x, x, -1.0)
+        self.m[k] = (1.0, t, x, 0.0, 0.0, abs(x), 0.0, 0.0, 0.0, 0.0, _UNSEEN, x, x, -1.0, x, 0.0)
         self.season[k] = 0.0
         self.seen[k] = 0
         sen.rows[name] = k
@@ -324,7 +328,7 @@ def judge(tab: MetricTable, w: Wave, p: Params) -> Verdicts:
     bucket = (t_us // 60_000_000 % 1440) * p.buckets // 1440  # the time of day, as the minute of the day
     ts_ = t_us.astype(np.float64)
     old = tab.m[idx]
-    n0, last, level, trend, dev, mag, short0, lmean, lvar, cool, serr, lo, hi, ch = old.T
+    n0, last, level, trend, dev, mag, short0, lmean, lvar, cool, serr, lo, hi, ch, prev, res = old.T
     learn = ts_ >= last
     n = n0 + learn
     floor = p.rel_floor * mag + 1e-9
@@ -344,7 +348,7 @@ def judge(tab: MetricTable, w: Wave, p: Params) -> Verdicts:
     trusted = seen >= p.season_min
     rb = xs - sm
     ab = np.abs(rb)
-    bs = np.maximum(se, floor)
+    bs = np.maximum(se, np.maximum(floor, res))  # a bucket of identical readings is no more precise than the data
     better = trusted & (serr < scale)
     z = np.where(better, ab / bs, z)
     lb = p.clip * bs
@@ -378,6 +382,9 @@ def judge(tab: MetricTable, w: Wave, p: Params) -> Verdicts:
         new[CH] = ch
         new[HI] = np.maximum(hi, xs)
         new[LO] = np.minimum(lo, xs)
+        new[PREV] = xs
+        step = np.abs(xs - prev)
+        new[RES] = np.where((step > 0.0) & ((res == 0.0) | (step < res)), step, res)
         # the profile's bucket learns (robustly once trusted); its first reading is its mean, with no residual
         k = np.minimum(seen + 1, 255)
         rc = np.where(k > p.season_min, np.clip(rb, -lb, lb), rb)
@@ -449,12 +456,13 @@ def judge_values(tab: MetricTable, w: Wave, p: Params) -> Verdicts:
             z = (res if res >= 0.0 else -res) / scale
             ex, bd = fc, scale
             kb = seen.item(k, b)
+            bfloor = floor if floor > r[RES] else r[RES]
             if kb >= p.season_min:
                 sm = season.item(k, 2 * b)
                 rb = x - sm
                 ab = rb if rb >= 0.0 else -rb
                 bs = season.item(k, 2 * b + 1)
-                bs = bs if bs > floor else floor
+                bs = bs if bs > bfloor else bfloor
                 if r[SERR] < scale:
                     z, ex, bd = ab / bs, sm, bs
                 if learn:
@@ -499,12 +507,17 @@ def judge_values(tab: MetricTable, w: Wave, p: Params) -> Verdicts:
                 se = season.item(k, 2 * b + 1)
                 rb = x - sm
                 if kb > p.season_min:
-                    lb = p.clip * (se if se > floor else floor)
+                    lb = p.clip * (se if se > bfloor else bfloor)
                     rb = lb if rb > lb else (-lb if rb < -lb else rb)
                 a = 1.0 / kb if kb * p.a_season < 1.0 else p.a_season
                 season[k, 2 * b] = sm + a * rb
                 a = 1.0 / (kb - 1) if (kb - 1) * p.a_season < 1.0 else p.a_season
                 season[k, 2 * b + 1] = se + a * ((rb if rb >= 0.0 else -rb) - se)
+            step = x - r[PREV]
+            step = step if step >= 0.0 else -step
+            if step > 0.0 and (r[RES] == 0.0 or step < r[RES]):
+                r[RES] = step
+            r[PREV] = x
             hi, lo = r[HI], r[LO]
             if x > hi:
                 r[HI] = x

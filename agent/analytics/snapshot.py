@@ -28,7 +28,7 @@ import csp
 from csp import ts
 from edgewatch.agent.records import BatchMark, Event
 
-FORMAT = 1  # bump when the meaning of persisted state changes without a change of its classes' slots
+FORMAT = 2  # bump when the meaning of persisted state changes without a change of its classes' slots
 SECTIONS = ("anomaly", "health", "drift", "maintenance", "market", "risk", "advisor")  # what shapes the state
 _LAYOUT: dict[str, tuple[str, ...]] = {}
 

@@ -227,6 +227,30 @@ def test_small_and_large_waves_are_judged_alike(cfg: AnomalyConfig):
     assert scored(10**9) == arrays
 
 
+def daily(days: int, seed: int, resolution: float = 0.0) -> list[float]:
+    """A 5-minute temperature with a daily cycle (amplitude 8) and noise (sigma 0.3), optionally rounded to
+    `resolution`, as a coarse converter reports it."""
+    rnd = random.Random(seed)
+    xs = [20.0 + 8.0 * math.sin(2.0 * math.pi * i / 288) + rnd.gauss(0.0, 0.3) for i in range(288 * days)]
+    return [round(x / resolution) * resolution for x in xs] if resolution else xs
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_a_coarse_sensor_does_not_alarm_on_its_resolution(seed: int):
+    """Rounded to 1 degree, most readings in a time-of-day bucket are identical, so the bucket's learnt scale is
+    ~0 and a one-step change would look like 100 scales (15-16 false alarms in ten days when the band followed
+    the bucket alone); the profile's band is never below the data's resolution (its smallest change seen), so
+    ten quiet days raise at most one, as they do unrounded, and a real step of 5 degrees is still found within
+    a reading, on the coarse and on the fine sensor."""
+    for resolution in (1.0, 0.0):
+        xs = daily(10, seed, resolution)
+        quiet = Detector(AnomalyConfig()).score_readings([reading(i, x) for i, x in enumerate(xs)])
+        assert sum(1 for sc in quiet if sc.score >= 0.8) <= 1
+        stepped = xs[:2500] + [x + 5.0 for x in xs[2500:]]
+        scores = Detector(AnomalyConfig()).score_readings([reading(i, x) for i, x in enumerate(stepped)])
+        assert max(sc.score for sc in scores[2500:2502]) >= 0.8
+
+
 def test_the_series_cap_forgets_the_longest_silent_sensors_whole():
     """max_series counts (sensor, metric) series; past it the longest-silent sensor goes, all its series at once,
     its rows are reused, and a sensor that comes back starts afresh (its first reading scores 0)."""
