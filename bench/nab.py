@@ -222,7 +222,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", type=Path, help="folder holding nab-dev/ (default: $SHARED_DIR/data)")
     ap.add_argument("--corpus", type=Path, help="the nab-dev folder itself (default: DATA/nab-dev)")
-    ap.add_argument("--scorer", type=Path, help="NAB scorer (default: DATA/../tools/nab_score.py)")
+    ap.add_argument("--scorer", type=Path, help="NAB scorer (default: DATA/../tools/nab_score.py, else $SHARED_DIR/tools/nab_score.py)")
     ap.add_argument("--config", help="agent configuration whose [anomaly] section is used")
     ap.add_argument("--out", type=Path, help="also write the in-sample score CSVs here (detector/, zscore/)")
     ap.add_argument("--healthy", action="store_true", help="false alarms on healthy simulated sensors instead")
@@ -240,8 +240,12 @@ def main(argv: list[str] | None = None) -> dict:
     data = args.data or (args.corpus.parent if args.corpus else SHARED / "data")
     corpus = args.corpus or data / "nab-dev"
     if not (corpus / "labels" / "windows.json").is_file():
-        raise SystemExit(f"bench/nab.py: no NAB corpus at {corpus} (give --data DIR holding nab-dev/)")
-    scorer = Scorer(args.scorer or data.parent / "tools" / "nab_score.py", corpus)
+        ap.exit(2, f"bench/nab.py: no NAB corpus at {corpus} (give --data DIR holding nab-dev/, or --corpus DIR)\n")
+    scorer_path = args.scorer or next((p for p in (data.parent / "tools" / "nab_score.py", SHARED / "tools" / "nab_score.py")
+                                       if p.is_file()), None)
+    if scorer_path is None or not scorer_path.is_file():
+        ap.exit(2, f"bench/nab.py: no NAB scorer at {scorer_path or data.parent / 'tools' / 'nab_score.py'} (give --scorer PATH)\n")
+    scorer = Scorer(scorer_path, corpus)
     files = nab_files(corpus)
     rows_of, series_of = {}, {}
     for rel in files:
