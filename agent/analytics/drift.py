@@ -46,6 +46,19 @@ a block is 2.2 sigma an hour at one reading per 10 s and 10-minute blocks (0.7
 sigma an hour at 1 Hz); the smallest drift found at all is half that.
 
 O(1) per reading (a sum and a count) and per block (a few float operations).
+
+Against peers (`drift.reference = "peers"`): sensors whose ids share everything up to
+the last `/` (`site-a/t1`, `site-a/t2`: group `site-a`) often move together, with the
+weather, the load or the time of day, and a shared move of their level is no sensor's
+fault. Each closed block mean is added to its group's sums for that block; a block
+later, when every peer reporting at least once a block has closed it too, the
+sensor's mean minus the mean of its peers' (itself left out) goes through a second
+CUSUM exactly as above. For a block with `peer_min` peers or more that CUSUM is the
+one that counts (nothing is raised while it learns its scale): a front that moves the
+whole group is not drift, while one sensor walking away from its peers is, and is
+found sooner, because the peers' shared wander no longer widens the scale. A block
+with fewer peers is judged against the sensor's own level. The peer sums cost
+nothing per reading.
 """
 
 from __future__ import annotations
@@ -55,6 +68,7 @@ from datetime import datetime, timedelta
 
 from edgewatch.agent.analytics.anomaly import ewma_alpha
 from edgewatch.agent.analytics.snapshot import persisted
+from edgewatch.agent.analytics.states import RecentStates
 from edgewatch.agent.config import ConfigError, DriftConfig
 
 LEARN_CLIP = 3.0  # second differences beyond this many of their standard deviations are clipped before learning
@@ -77,13 +91,18 @@ def check(d: DriftConfig) -> None:
         raise ConfigError(f"drift.warmup: must be at least 2, got {d.warmup}")
     if d.scale_span < 1:
         raise ConfigError(f"drift.scale_span: must be at least 1, got {d.scale_span}")
+    if d.reference not in ("own", "peers"):
+        raise ConfigError(f"drift.reference: must be 'own' or 'peers', got {d.reference!r}")
+    if d.peer_min < 1:
+        raise ConfigError(f"drift.peer_min: must be at least 1, got {d.peer_min}")
 
 
 class DriftParams:
     """Constants derived once from DriftConfig; `drift_z` maps the CUSUM onto health's drift measure, so that
     it reaches `health.drift_z` (the raise level of the `drift` reason) exactly when the sum reaches h."""
 
-    __slots__ = ("block", "on", "allowance", "threshold", "clip", "cap", "warmup", "span", "a_var", "drift_z")
+    __slots__ = ("block", "on", "allowance", "threshold", "clip", "cap", "warmup", "span", "a_var", "drift_z",
+                 "peers", "peer_min")
 
     def __init__(self, d: DriftConfig, drift_z: float):
         self.block = timedelta(seconds=d.block)
@@ -96,6 +115,8 @@ class DriftParams:
         self.span = d.scale_span
         self.a_var = ewma_alpha(d.scale_span)
         self.drift_z = drift_z
+        self.peers = d.reference == "peers"
+        self.peer_min = d.peer_min
 
 
 def next_block(when: datetime, p: DriftParams) -> datetime:
@@ -170,12 +191,71 @@ class LevelDrift:
         return {"level": self.mean, "reference": ref, "change": self.mean - ref, "cusum": self.score}
 
 
-def close_blocks(tracks: dict, p: DriftParams) -> tuple[float, dict | None]:
-    """Close every metric's block; return the largest CUSUM in health's drift units and its evidence
-    (None when every CUSUM is at zero)."""
-    worst, name = 0.0, None
+def group_of(sensor_id: str) -> str:
+    """A sensor's peer group: its id up to the last '/' (the topic prefix it shares with its peers)."""
+    return sensor_id.rpartition("/")[0]
+
+
+@persisted
+class PeerBlocks:
+    """Per (group, metric): the sum and count of its sensors' means of each recent block, keyed by the block's
+    end (the last KEEP blocks), at most `cap` keys (a group per sensor at worst)."""
+
+    KEEP = 3
+
+    __slots__ = ("sums",)
+
+    def __init__(self, cap: int):
+        self.sums = RecentStates(cap, "drift_peers")
+
+    def __len__(self) -> int:
+        return len(self.sums)
+
+    def add(self, key: tuple, end: datetime, mean: float) -> None:
+        blocks = self.sums.get(key)
+        if blocks is None:
+            blocks = self.sums[key] = {}
+        total = blocks.get(end)
+        if total is None:
+            blocks[end] = [mean, 1]
+            while len(blocks) > self.KEEP:
+                del blocks[min(blocks)]
+        else:
+            total[0] += mean
+            total[1] += 1
+
+    def others(self, key: tuple, end: datetime, own: float) -> tuple[float, int]:
+        """The mean of the other sensors' means of the block ending at `end`, and how many there were."""
+        total = (self.sums.get(key) or {}).get(end)
+        if total is None or total[1] < 2:
+            return 0.0, 0
+        return (total[0] - own) / (total[1] - 1), total[1] - 1
+
+
+def close_blocks(tracks: dict, p: DriftParams, end: datetime, peers: PeerBlocks | None = None,
+                 group: str = "") -> tuple[float, dict | None]:
+    """Close every metric's block (ending at `end`); return the largest CUSUM in health's drift units and its
+    evidence (None when every CUSUM is at zero). With `peers` (the sums of the sensor's `group`), a metric
+    judged against its peers (see above) counts with that CUSUM instead of its own level's."""
+    worst, name, against = 0.0, None, "own"
     for metric, m in tracks.items():
-        level = m.level.close(p)
-        if level > worst:
-            worst, name = level, metric
-    return worst * p.drift_z, None if name is None else {"metric": name, **tracks[name].level.evidence()}
+        level = m.level
+        mean = level.total / level.n if level.n else None
+        score, ref = level.close(p), "own"
+        if peers is not None:
+            key = (group, metric)
+            held, m.held = m.held, None if mean is None else (end, mean)
+            if mean is not None:
+                peers.add(key, end, mean)
+            if held is not None:  # the block before: every peer reporting once a block has closed it by now
+                others, k = peers.others(key, *held)
+                if k >= p.peer_min:  # judged against them (nothing while that CUSUM learns its scale)
+                    m.peer.total, m.peer.n = held[1] - others, 1
+                    score, ref = m.peer.close(p), "peers"
+        if score > worst:
+            worst, name, against = score, metric, ref
+    if name is None:
+        return 0.0, None
+    track = tracks[name]
+    return worst * p.drift_z, {"metric": name, "against": against,
+                               **(track.peer if against == "peers" else track.level).evidence()}

@@ -41,7 +41,9 @@ from edgewatch.agent.analytics.anomaly import ewma_alpha
 from edgewatch.agent.analytics.drift import (
     DriftParams,
     LevelDrift,
+    PeerBlocks,
     close_blocks,
+    group_of,
     next_block,
 )
 from edgewatch.agent.analytics.maintenance import (
@@ -179,9 +181,9 @@ class MetricTrack:
     and the two verdicts they give: drift (`dz`) and noise (`nz`), -1 while the baseline is being learnt."""
 
     __slots__ = ("lo", "hi", "steady", "last", "clean", "run", "n", "base", "base_var", "base_dvar", "fast",
-                 "fast_dvar", "dz", "nz", "level")
+                 "fast_dvar", "dz", "nz", "level", "peer", "held")
 
-    def __init__(self, x: float, lo: float, hi: float, steady: bool):
+    def __init__(self, x: float, lo: float, hi: float, steady: bool, peers: bool):
         self.lo, self.hi = lo, hi  # physical range
         self.steady = steady  # may hold still: only its level is used (e.g. battery)
         self.last = self.clean = x
@@ -191,6 +193,8 @@ class MetricTrack:
         self.base_var = self.base_dvar = self.fast_dvar = 0.0
         self.dz = self.nz = -1.0
         self.level = LevelDrift()  # block means for slow drift
+        self.peer = LevelDrift() if peers else None  # ... and their difference from the peers' (drift.reference)
+        self.held = None  # (end, mean) of the last block, until the peers' means of it are complete
 
     def update(self, x: float, p: Params) -> bool:
         """Fold in one value; True when it is an outlier against the short window. (Hot path: locals on purpose.)"""
@@ -273,14 +277,16 @@ class SensorHealth:
         self.level_drift = 0.0  # the slow-drift CUSUM of the worst metric, in drift_z units, as of the last block
         self.slow_drift = None  # ... and its evidence
 
-    def observe(self, r: SensorReading, when: datetime, anomalous: bool, p: Params) -> float:
+    def observe(self, r: SensorReading, when: datetime, anomalous: bool, p: Params,
+                peers: PeerBlocks | None = None) -> float:
         """Fold one reading (`when` = r.ts, read once by the caller) in, refresh the data-driven measures;
-        return the score as of this reading.
+        return the score as of this reading. `peers`: the groups' block sums, when drift is judged against peers.
 
         The hot path of the sensor side: drift, noise and the score are inlined on purpose."""
         self.readings += 1
         if when >= self.block_end:  # a new block of data time: every metric's slow-drift level steps
-            self.level_drift, self.slow_drift = close_blocks(self.metrics, p.drift)
+            self.level_drift, self.slow_drift = close_blocks(self.metrics, p.drift, self.block_end, peers,
+                                                             "" if peers is None else group_of(self.sensor_id))
             self.block_end = next_block(when, p.drift)
         if when > self.last_ts:
             dt = (when - self.last_ts).total_seconds()
@@ -300,7 +306,7 @@ class SensorHealth:
                 if not lo <= x <= hi:
                     out_of_range = True
                     continue
-                tracks[name] = MetricTrack(x, lo, hi, name in steady)
+                tracks[name] = MetricTrack(x, lo, hi, name in steady, p.drift.peers)
                 if name == "battery":
                     self.battery = x
                 continue
@@ -439,6 +445,7 @@ def sensor_health(
     with csp.state():
         s_sensors = keep(states, "health", RecentStates(h.max_sensors, "health"))
         s_params = Params(h, m, d)
+        s_peers = keep(states, "drift_peers", PeerBlocks(h.max_sensors)) if s_params.drift.peers else None
         s_sweep = timedelta(seconds=h.sweep_interval if h.sweep_interval > 0 else 1.0)
     with csp.start():
         csp.make_passive(scores)
@@ -462,7 +469,7 @@ def sensor_health(
             s = sensors.get(sid)
             if s is None:
                 s = sensors[sid] = SensorHealth(sid, when, p)
-            score = s.observe(r, when, (sid, when) in hits if hits else False, p)
+            score = s.observe(r, when, (sid, when) in hits if hits else False, p, s_peers)
             # every reason raises exactly where the score reaches 0: while it is above 0 and nothing is raised,
             # the flags cannot change, and the per-reason rules are skipped
             if score <= 1e-9 or s.flags.calm:

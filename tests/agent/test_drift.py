@@ -126,3 +126,72 @@ def test_levels_near_the_float_limit_start_the_series_over_instead_of_poisoning_
         level.total, level.n = mean, 1
         assert level.close(p) == 0.0
     assert level.var == 0.0 and math.isfinite(level.up)
+
+
+def outdoor(sid: str, hours: float, seed: int, drift_at: float | None = None) -> list[SensorReading]:
+    """One of a group of outdoor sensors: a shared daily cycle of amplitude 5 C and a weather front that warms
+    the whole group by 5 C over 6 hours from hour 20, its own offset and noise SIGMA; optionally a drift of its
+    own of 3 SIGMA an hour from `drift_at` hours on."""
+    rng = random.Random(seed)
+    offset = rng.uniform(-0.5, 0.5)
+    out = []
+    for i in range(int(hours * 3600 / PERIOD)):
+        h = i * PERIOD / 3600
+        front = 5.0 * min(max(h - 20.0, 0.0), 6.0) / 6.0
+        x = 15.0 + offset + 5.0 * math.sin(2 * math.pi * h / 24) + front + rng.gauss(0, SIGMA)
+        if drift_at is not None and h >= drift_at:
+            x += 3 * SIGMA * (h - drift_at)
+        out.append(SensorReading(sensor_id=sid, ts=T0 + timedelta(hours=h), metrics={"temperature": round(x, 2)},
+                                 attrs={}))
+    return out
+
+
+def test_against_peers_a_shared_move_is_no_drift_and_one_sensor_walking_away_is():
+    """Six outdoor sensors under one prefix share a 5 C daily cycle and a 5 C front: against their own level
+    most of the healthy ones drift (the shared move is a real move of each level); against their peers none
+    does in two days, while the one that drifts by 3 noise-sigma an hour of its own is raised within two hours.
+    Two sensors under another prefix have too few peers and are judged against their own level."""
+    readings = [r for k in range(5) for r in outdoor(f"yard/t{k}", 48, seed=k)]
+    readings += outdoor("yard/t5", 48, seed=5, drift_at=30.0)
+    readings += temperature("lab/a", 48, seed=6) + temperature("lab/b", 48, seed=7, ramp_at=30.0)
+    own = {e.key for e in drift_flags(run(readings, Config())) if e.data["state"] == "raised"}
+    assert len(own & {f"yard/t{k}" for k in range(5)}) >= 3
+    cfg = Config()
+    cfg.drift.reference = "peers"
+    raised = [e for e in drift_flags(run(readings, cfg)) if e.data["state"] == "raised"]
+    assert {e.key for e in raised} == {"yard/t5", "lab/b"}
+    first = {e.key: e for e in reversed(raised)}
+    assert T0 + timedelta(hours=30) < first["yard/t5"].ts <= T0 + timedelta(hours=32)
+    assert first["yard/t5"].data["slow_drift"]["against"] == "peers"
+    assert first["lab/b"].data["slow_drift"]["against"] == "own"
+
+
+def test_peer_drift_resumes_from_a_snapshot_as_if_never_stopped():
+    """The groups' block sums and each sensor's peer CUSUM are part of the health state: a graph restored from a
+    snapshot taken mid-drift raises the same events after it as the uninterrupted run."""
+    from edgewatch.agent.analytics import snapshot
+    from edgewatch.agent.analytics.snapshot import StateBook
+
+    readings = sorted([r for k in range(4) for r in outdoor(f"yard/t{k}", 34, seed=k)]
+                      + outdoor("yard/t4", 34, seed=4, drift_at=30.0), key=lambda r: r.ts)
+    cfg = Config()
+    cfg.drift.reference = "peers"
+    split = T0 + timedelta(hours=30.5)
+
+    def events(part: list, book: StateBook | None) -> list:
+        @csp.graph
+        def g():
+            csp.add_graph_output("events", sensor_graph(csp.curve(list[SensorReading], [(r.ts, [r]) for r in part]),
+                                                        cfg, book))
+
+        out = csp.run(g, starttime=part[0].ts, endtime=part[-1].ts + timedelta(seconds=1))
+        return [(e.event_id, e.kind == "maintenance" and "drift" in e.data["reasons"])
+                for _, evs in out.get("events", []) for e in evs if e.ts >= split]
+
+    whole = events(readings, None)
+    book = StateBook()
+    events([r for r in readings if r.ts < split], book)
+    assert book.keys()["drift_peers"] == 1  # one group, one metric
+    resumed = events([r for r in readings if r.ts >= split], StateBook(snapshot.loads(book.dumps())))
+    assert resumed == whole and any(drift for _, drift in whole)
+    assert events([r for r in readings if r.ts >= split], StateBook()) != whole  # the state is what carries it
