@@ -10,7 +10,15 @@ run for `--hours`. The detector (`agent/analytics/drift.py`, the `[drift]`
 defaults) is driven block by block directly: block means are cut as the sensor
 graph cuts them, without the rest of the graph around them.
 
+`--peers` instead runs `--groups` groups of six outdoor sensors under one prefix:
+a shared daily cycle of 5 C and a front that warms them all by 5 C over 6 hours
+(hour 20), each with its own offset and noise; one of each group drifts by
+`--rate` noise-sigma an hour of its own from hour 30. It counts the healthy
+sensors that raise `drift` in `--hours` and the drifting one's delay, against
+their own level and against their peers (`drift.reference`).
+
     python bench/drift.py [--sensors 40] [--cycle 0.5] [--rate 3] [--step 2] [--hours 48]
+    python bench/drift.py --peers [--groups 20] [--rate 3] [--hours 48]
 """
 
 from __future__ import annotations
@@ -20,16 +28,19 @@ import json
 import math
 import random
 import sys
+from datetime import datetime, timedelta
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from edgewatch.agent.analytics.drift import DriftParams, LevelDrift  # noqa: E402
+from edgewatch.agent.analytics.drift import DriftParams, LevelDrift, PeerBlocks, close_blocks  # noqa: E402
+from edgewatch.agent.analytics.health import MetricTrack  # noqa: E402
 from edgewatch.agent.config import Config  # noqa: E402
 
 PERIOD = 10.0  # seconds between readings
 SIGMA = 0.3
 START_H = 8.0  # hours: when the ramp or the step begins
+START = datetime(2026, 3, 2)  # the data time of the peer groups' first reading (blocks are cut in it)
 
 
 def readings(seed: int, hours: float, cycle: float, rate: float = 0.0, step: float = 0.0):
@@ -59,6 +70,60 @@ def first_raise(series, cfg: Config) -> float | None:
     return None
 
 
+def outdoor(seed: int, hours: float, rate: float, drift_at: float | None):
+    """(seconds, value) of one outdoor sensor of a group (see the module's docstring)."""
+    rng = random.Random(seed)
+    offset = rng.uniform(-0.5, 0.5)
+    for i in range(int(hours * 3600 / PERIOD)):
+        t = i * PERIOD
+        h = t / 3600
+        x = 15.0 + offset + 5.0 * math.sin(2 * math.pi * h / 24) + 5.0 * min(max(h - 20.0, 0.0), 6.0) / 6.0
+        x += rng.gauss(0, SIGMA) + (rate * SIGMA * (h - drift_at) if drift_at is not None and h >= drift_at else 0.0)
+        yield t, round(x, 2)
+
+
+def group_raises(seed: int, hours: float, rate: float, reference: str, cfg: Config) -> list[float | None]:
+    """Hours at which each of a group's six sensors first raises `drift` (the last one drifts from hour 30)."""
+    cfg.drift.reference = reference
+    p = DriftParams(cfg.drift, cfg.health.drift_z)
+    peers = PeerBlocks(100) if p.peers else None
+    series = [list(outdoor(seed * 10 + k, hours, rate, 30.0 if k == 5 else None)) for k in range(6)]
+    tracks = [{"temperature": MetricTrack(0.0, -math.inf, math.inf, False, p.peers)} for _ in series]
+    first: list[float | None] = [None] * 6
+    block = cfg.drift.block
+    for i in range(len(series[0])):
+        t = series[0][i][0]
+        if i and int(t // block) != int(series[0][i - 1][0] // block):  # a block closes for every sensor
+            end = START + timedelta(seconds=t - t % block)
+            for k, tr in enumerate(tracks):
+                score, _ = close_blocks(tr, p, end, peers, "yard")
+                if score >= p.drift_z and first[k] is None:
+                    first[k] = t / 3600
+        for k, tr in enumerate(tracks):
+            level = tr["temperature"].level
+            level.total += series[k][i][1]
+            level.n += 1
+    return first
+
+
+def peers_main(a) -> None:
+    out = {"bench": "drift-peers", "groups": a.groups, "rate_sigma_per_h": a.rate, "hours": a.hours}
+    for reference in ("own", "peers"):
+        healthy, delays = 0, []
+        for g in range(a.groups):
+            first = group_raises(g, a.hours, a.rate, reference, Config())
+            healthy += sum(f is not None for f in first[:5])
+            delays.append(None if first[5] is None else first[5] - 30.0)
+        found = sorted(d for d in delays if d is not None and d > 0)
+        out[reference] = {
+            "false_raises_healthy": f"{healthy}/{5 * a.groups}",
+            "drifting_found_after_start": f"{len(found)}/{a.groups}",
+            "delay_h": {"median": round(found[len(found) // 2], 2), "p90": round(found[int(0.9 * len(found))], 2),
+                        "max": round(found[-1], 2)} if found else None,
+        }
+    print(json.dumps(out))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sensors", type=int, default=40, help="simulated sensors per case")
@@ -66,7 +131,12 @@ def main() -> None:
     ap.add_argument("--rate", type=float, default=3.0, help="ramp, noise sigma per hour")
     ap.add_argument("--step", type=float, default=2.0, help="step to a new level, C")
     ap.add_argument("--hours", type=float, default=48.0, help="length of the healthy and step runs")
+    ap.add_argument("--peers", action="store_true", help="instead: groups of outdoor sensors, own level vs peers")
+    ap.add_argument("--groups", type=int, default=20, help="--peers: groups of six sensors")
     a = ap.parse_args()
+    if a.peers:
+        peers_main(a)
+        return
     cfg = Config()
     delays = []
     for s in range(a.sensors):
