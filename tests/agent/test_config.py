@@ -200,6 +200,8 @@ def test_check_config_of_the_defaults(capsys, tmp_path):
         ("[drift]\nthreshold = 0\n", "drift.threshold: must be positive"),
         ("[drift]\nwarmup = 1\n", "drift.warmup: must be at least 2"),
         ("[drift]\nscale_span = 0\n", "drift.scale_span: must be at least 1"),
+        ("[drift]\nreference = \"group\"\n", "drift.reference: must be 'own' or 'peers'"),
+        ("[drift]\npeer_min = 0\n", "drift.peer_min: must be at least 1"),
         ("[anomaly]\nchange_window = 45\n", "anomaly.change_window: must be 0 (off) or a multiple of 30"),
         ("[anomaly]\nchange_span = 5000\n", "anomaly.change_span: must be below anomaly.change_norm_span"),
         ("[anomaly]\nchange_z = 0\n", "anomaly.change_z: must be positive"),
