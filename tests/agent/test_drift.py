@@ -130,14 +130,14 @@ def test_levels_near_the_float_limit_start_the_series_over_instead_of_poisoning_
 
 def outdoor(sid: str, hours: float, seed: int, drift_at: float | None = None) -> list[SensorReading]:
     """One of a group of outdoor sensors: a shared daily cycle of amplitude 5 C and a weather front that warms
-    the whole group by 5 C over 6 hours from hour 20, its own offset and noise SIGMA; optionally a drift of its
+    the whole group by 5 C over 6 hours from hour 8, its own offset and noise SIGMA; optionally a drift of its
     own of 3 SIGMA an hour from `drift_at` hours on."""
     rng = random.Random(seed)
     offset = rng.uniform(-0.5, 0.5)
     out = []
     for i in range(int(hours * 3600 / PERIOD)):
         h = i * PERIOD / 3600
-        front = 5.0 * min(max(h - 20.0, 0.0), 6.0) / 6.0
+        front = 5.0 * min(max(h - 8.0, 0.0), 6.0) / 6.0
         x = 15.0 + offset + 5.0 * math.sin(2 * math.pi * h / 24) + front + rng.gauss(0, SIGMA)
         if drift_at is not None and h >= drift_at:
             x += 3 * SIGMA * (h - drift_at)
@@ -149,11 +149,11 @@ def outdoor(sid: str, hours: float, seed: int, drift_at: float | None = None) ->
 def test_against_peers_a_shared_move_is_no_drift_and_one_sensor_walking_away_is():
     """Six outdoor sensors under one prefix share a 5 C daily cycle and a 5 C front: against their own level
     most of the healthy ones drift (the shared move is a real move of each level); against their peers none
-    does in two days, while the one that drifts by 3 noise-sigma an hour of its own is raised within two hours.
+    does in 20 hours, while the one that drifts by 3 noise-sigma an hour of its own is raised within two hours.
     Two sensors under another prefix have too few peers and are judged against their own level."""
-    readings = [r for k in range(5) for r in outdoor(f"yard/t{k}", 48, seed=k)]
-    readings += outdoor("yard/t5", 48, seed=5, drift_at=30.0)
-    readings += temperature("lab/a", 48, seed=6) + temperature("lab/b", 48, seed=7, ramp_at=30.0)
+    readings = [r for k in range(5) for r in outdoor(f"yard/t{k}", 20, seed=k)]
+    readings += outdoor("yard/t5", 20, seed=5, drift_at=16.0)
+    readings += temperature("lab/a", 20, seed=6) + temperature("lab/b", 20, seed=7, ramp_at=16.0)
     own = {e.key for e in drift_flags(run(readings, Config())) if e.data["state"] == "raised"}
     assert len(own & {f"yard/t{k}" for k in range(5)}) >= 3
     cfg = Config()
@@ -161,7 +161,7 @@ def test_against_peers_a_shared_move_is_no_drift_and_one_sensor_walking_away_is(
     raised = [e for e in drift_flags(run(readings, cfg)) if e.data["state"] == "raised"]
     assert {e.key for e in raised} == {"yard/t5", "lab/b"}
     first = {e.key: e for e in reversed(raised)}
-    assert T0 + timedelta(hours=30) < first["yard/t5"].ts <= T0 + timedelta(hours=32)
+    assert T0 + timedelta(hours=16) < first["yard/t5"].ts <= T0 + timedelta(hours=18)
     assert first["yard/t5"].data["slow_drift"]["against"] == "peers"
     assert first["lab/b"].data["slow_drift"]["against"] == "own"
 
@@ -172,11 +172,11 @@ def test_peer_drift_resumes_from_a_snapshot_as_if_never_stopped():
     from edgewatch.agent.analytics import snapshot
     from edgewatch.agent.analytics.snapshot import StateBook
 
-    readings = sorted([r for k in range(4) for r in outdoor(f"yard/t{k}", 34, seed=k)]
-                      + outdoor("yard/t4", 34, seed=4, drift_at=30.0), key=lambda r: r.ts)
+    readings = sorted([r for k in range(4) for r in outdoor(f"yard/t{k}", 19, seed=k)]
+                      + outdoor("yard/t4", 19, seed=4, drift_at=16.0), key=lambda r: r.ts)
     cfg = Config()
     cfg.drift.reference = "peers"
-    split = T0 + timedelta(hours=30.5)
+    split = T0 + timedelta(hours=16.5)
 
     def events(part: list, book: StateBook | None) -> list:
         @csp.graph
