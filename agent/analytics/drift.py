@@ -56,9 +56,11 @@ sensor's mean minus the mean of its peers' (itself left out) goes through a seco
 CUSUM exactly as above. For a block with `peer_min` peers or more that CUSUM is the
 one that counts (nothing is raised while it learns its scale): a front that moves the
 whole group is not drift, while one sensor walking away from its peers is, and is
-found sooner, because the peers' shared wander no longer widens the scale. A block
-with fewer peers is judged against the sensor's own level. The peer sums cost
-nothing per reading.
+found sooner, because the peers' shared wander no longer widens the scale. When a
+peer falls silent and fewer than `peer_min` remain, the last verdict against them
+holds for `warmup` blocks; after that the sensor is judged against its own level
+until its peers are back (a sensor that never had enough of them always is). The
+peer sums cost nothing per reading.
 """
 
 from __future__ import annotations
@@ -102,7 +104,7 @@ class DriftParams:
     it reaches `health.drift_z` (the raise level of the `drift` reason) exactly when the sum reaches h."""
 
     __slots__ = ("block", "on", "allowance", "threshold", "clip", "cap", "warmup", "span", "a_var", "drift_z",
-                 "peers", "peer_min")
+                 "peers", "peer_min", "peer_hold")
 
     def __init__(self, d: DriftConfig, drift_z: float):
         self.block = timedelta(seconds=d.block)
@@ -117,6 +119,7 @@ class DriftParams:
         self.drift_z = drift_z
         self.peers = d.reference == "peers"
         self.peer_min = d.peer_min
+        self.peer_hold = self.block * d.warmup  # how long a verdict against peers holds while too few report
 
 
 def next_block(when: datetime, p: DriftParams) -> datetime:
@@ -252,6 +255,9 @@ def close_blocks(tracks: dict, p: DriftParams, end: datetime, peers: PeerBlocks 
                 if k >= p.peer_min:  # judged against them (nothing while that CUSUM learns its scale)
                     m.peer.total, m.peer.n = held[1] - others, 1
                     score, ref = m.peer.close(p), "peers"
+                    m.peer_at = end
+            if ref == "own" and m.peer_at is not None and end - m.peer_at <= p.peer_hold:
+                score, ref = m.peer.score, "peers"  # peers missing for a while: their verdict holds
         if score > worst:
             worst, name, against = score, metric, ref
     if name is None:

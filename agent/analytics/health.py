@@ -181,7 +181,7 @@ class MetricTrack:
     and the two verdicts they give: drift (`dz`) and noise (`nz`), -1 while the baseline is being learnt."""
 
     __slots__ = ("lo", "hi", "steady", "last", "clean", "run", "n", "base", "base_var", "base_dvar", "fast",
-                 "fast_dvar", "dz", "nz", "level", "peer", "held")
+                 "fast_dvar", "dz", "nz", "level", "peer", "held", "peer_at")
 
     def __init__(self, x: float, lo: float, hi: float, steady: bool, peers: bool):
         self.lo, self.hi = lo, hi  # physical range
@@ -195,6 +195,7 @@ class MetricTrack:
         self.level = LevelDrift()  # block means for slow drift
         self.peer = LevelDrift() if peers else None  # ... and their difference from the peers' (drift.reference)
         self.held = None  # (end, mean) of the last block, until the peers' means of it are complete
+        self.peer_at = None  # the end of the last block judged against peers
 
     def update(self, x: float, p: Params) -> bool:
         """Fold in one value; True when it is an outlier against the short window. (Hot path: locals on purpose.)"""

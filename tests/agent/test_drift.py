@@ -195,3 +195,17 @@ def test_peer_drift_resumes_from_a_snapshot_as_if_never_stopped():
     resumed = events([r for r in readings if r.ts >= split], StateBook(snapshot.loads(book.dumps())))
     assert resumed == whole and any(drift for _, drift in whole)
     assert events([r for r in readings if r.ts >= split], StateBook()) != whole  # the state is what carries it
+
+
+def test_a_peer_falling_silent_for_a_while_does_not_turn_the_group_against_its_own_levels():
+    """Four sensors, peer_min 3: while one is silent for 1.5 hours during the front, the others have two peers;
+    their last verdict against peers holds (for drift.warmup blocks) instead of the front raising drift against
+    their own levels, and the silent one, back, is found when it drifts."""
+    readings = [r for k in range(3) for r in outdoor(f"yard/t{k}", 18, seed=k)]
+    readings += [r for r in outdoor("yard/t3", 18, seed=3, drift_at=16.0)
+                 if not T0 + timedelta(hours=9) <= r.ts < T0 + timedelta(hours=10.5)]
+    cfg = Config()
+    cfg.drift.reference = "peers"
+    raised = [e for e in drift_flags(run(readings, cfg)) if e.data["state"] == "raised"]
+    assert [(e.key, e.data["slow_drift"]["against"]) for e in raised] == [("yard/t3", "peers")]
+    assert raised[0].ts <= T0 + timedelta(hours=18)
