@@ -202,7 +202,7 @@ class DriftConfig:
     warmup: int = 12  # blocks whose changes form the scale before slow drift is judged
     scale_span: int = 144  # blocks: the scale of block-to-block changes is their mean over this many, then an EWMA of this span
     reference: str = "own"  # what a level drifts against: "own" (the sensor's own earlier level) or "peers" (the mean level of the sensors whose ids share its prefix up to the last '/', which often move together: a shared move is no drift)
-    peer_min: int = 3  # peers a block needs before a sensor is judged against them (fewer: against its own level)
+    peer_min: int = 3  # peers a block needs before a sensor is judged against them (fewer: the last verdict against them holds for drift.warmup blocks, then its own level is the reference)
 
 
 @dataclasses.dataclass
