@@ -47,6 +47,7 @@ from edgewatch.agent.analytics.drift import (
     next_block,
 )
 from edgewatch.agent.analytics.maintenance import (
+    EXPLAINS_ANOMALIES,
     REASONS,
     STALE,
     Flags,
@@ -123,7 +124,8 @@ class Params:
     """Constants derived once from the configuration (attribute reads are cheap)."""
 
     __slots__ = (
-        "rules", "warmup", "a_fast", "a_noise", "a_base", "a_anom", "a_gap", "ranges", "steady", "bad_status",
+        "rules", "warmup", "a_fast", "a_noise", "a_base", "a_anom", "anomaly_span", "a_gap", "ranges", "steady",
+        "bad_status",
         "bands", "margin", "clip", "outlier_z", "anomaly_score", "interval", "interval_us", "stale_min", "stale_min_td",
         "stale_factor", "first_stale", "forget_after",
         "inv_stuck", "drift_ok", "inv_drift", "noise_ok", "inv_noise", "anomaly_ok", "inv_anomaly", "oor_ok", "inv_oor",
@@ -138,6 +140,7 @@ class Params:
         self.a_noise = ewma_alpha(h.noise_span)
         self.a_base = ewma_alpha(h.baseline_span)
         self.a_anom = ewma_alpha(h.anomaly_span)
+        self.anomaly_span = h.anomaly_span
         self.a_gap = ewma_alpha(h.fast_span)
         self.ranges = parse_ranges(h.ranges)
         self.steady = _words(h.steady_metrics)
@@ -254,7 +257,7 @@ class SensorHealth:
 
     __slots__ = (
         "sensor_id", "metrics", "last_ts", "gap", "readings", "anomaly", "oor", "battery", "status",
-        "band", "next_periodic", "flags", "stale", "stuck", "drift", "noise",
+        "band", "next_periodic", "flags", "stale", "stuck", "drift", "noise", "explained",
         "block_end", "level_drift", "slow_drift",
     )
 
@@ -265,6 +268,7 @@ class SensorHealth:
         self.gap = None  # EWMA of seconds between readings
         self.readings = 0
         self.anomaly = 0.0  # recent rate of anomalous readings
+        self.explained = 0  # readings left in which anomalies are still the after-effect of a cleared reason
         self.oor = 0.0  # recent rate of out-of-range readings
         self.battery = None
         self.status = None
@@ -337,6 +341,14 @@ class SensorHealth:
             drift = noise = None
         elif self.level_drift > drift:
             drift = self.level_drift  # slow drift, scaled so that it reaches drift_z where its CUSUM raises
+        # anomalies explained by a raised reason (maintenance.EXPLAINS_ANOMALIES), or in the anomaly window
+        # after it cleared (a value that moves again after a stuck stretch surprises for a while), do not count
+        if not EXPLAINS_ANOMALIES.isdisjoint(self.flags.calm):
+            self.explained = p.anomaly_span
+            anomalous = False
+        elif self.explained:
+            self.explained -= 1
+            anomalous = False
         self.anomaly += p.a_anom * ((1.0 if anomalous else 0.0) - self.anomaly)
         self.oor += p.a_anom * ((1.0 if out_of_range else 0.0) - self.oor)
         self.stale = 0.0

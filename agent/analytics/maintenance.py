@@ -17,8 +17,9 @@ from edgewatch.agent.records import Event, make_event
 REASONS = ("stale", "stuck", "drift", "noisy", "out_of_range", "anomaly_burst", "low_battery")
 STALE, STUCK, DRIFT, NOISY, OUT_OF_RANGE, ANOMALY_BURST, LOW_BATTERY = range(len(REASONS))
 # a sensor already flagged for one of these produces anomalies because of it (a drift that snaps back, a
-# stuck value that moves again): they explain the burst, so it is not raised as a separate reason
-_EXPLAINS_ANOMALIES = frozenset((STUCK, DRIFT, NOISY, OUT_OF_RANGE))
+# stuck value that moves again): they explain the burst, so it is not raised as a separate reason, and
+# health does not count them toward the anomaly rate (else the burst rises as the explaining reason clears)
+EXPLAINS_ANOMALIES = frozenset((STUCK, DRIFT, NOISY, OUT_OF_RANGE))
 
 
 class Rules:
@@ -62,7 +63,7 @@ class Flags:
                         cleared.append(i)
                 else:
                     calm[i] = 0
-            elif m >= rules.raise_at[i] and not (i == ANOMALY_BURST and not _EXPLAINS_ANOMALIES.isdisjoint(calm)):
+            elif m >= rules.raise_at[i] and not (i == ANOMALY_BURST and not EXPLAINS_ANOMALIES.isdisjoint(calm)):
                 calm[i] = 0
                 raised.append(i)
         return raised, cleared

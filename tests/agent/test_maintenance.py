@@ -109,3 +109,19 @@ def test_healthy_sensors_raise_nothing_over_a_long_run():
     periodic = [e for e in events if e.kind == "health" and e.data["why"] == "periodic"]
     assert len(periodic) == pytest.approx(12 * 60, abs=12)
     assert min(e.data["score"] for e in periodic) > 0.5
+
+
+def test_a_stuck_sensor_that_moves_again_is_not_also_an_anomaly_burst():
+    """A value that moves again after a stuck stretch surprises the detector for a while (its scale shrank while
+    nothing moved). Those anomalies are the stuck fault's after-effect: while `stuck` is raised, and for
+    health.anomaly_span readings after it clears, they do not count toward the anomaly rate, so no
+    `anomaly_burst` follows the `stuck` flag (it did on every one of 34 simulated stuck faults before)."""
+    sim = Simulator(SimConfig(sensors=30, symbols=0, duration=900, seed=3, fault_fraction=1.0, fault_kinds=("stuck",)),
+                    T0)
+    events = run_sim(sim, Config(), 900)
+    stuck = {e.key for e in events if e.kind == "maintenance" and e.data["state"] == "raised"
+             and "stuck" in e.data["reasons"]}
+    assert len(stuck) >= 20 and stuck == {f.key for f in sim.faults}
+    bursts = [e.key for e in events if e.kind == "maintenance" and e.data["state"] == "raised"
+              and "anomaly_burst" in e.data["reasons"] and e.key in stuck]
+    assert len(bursts) <= 1
