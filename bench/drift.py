@@ -70,14 +70,16 @@ def first_raise(series, cfg: Config) -> float | None:
     return None
 
 
-def outdoor(seed: int, hours: float, rate: float, drift_at: float | None):
-    """(seconds, value) of one outdoor sensor of a group (see the module's docstring)."""
+def outdoor(seed: int, hours: float, rate: float = 3.0, drift_at: float | None = None, front_at: float = 20.0):
+    """(seconds, value) of one outdoor sensor of a group: a shared daily cycle of amplitude 5 C and a front that
+    warms the whole group by 5 C over 6 hours from `front_at`, its own offset and noise SIGMA; optionally a drift
+    of its own of `rate` SIGMA an hour from `drift_at` hours on."""
     rng = random.Random(seed)
     offset = rng.uniform(-0.5, 0.5)
     for i in range(int(hours * 3600 / PERIOD)):
         t = i * PERIOD
         h = t / 3600
-        x = 15.0 + offset + 5.0 * math.sin(2 * math.pi * h / 24) + 5.0 * min(max(h - 20.0, 0.0), 6.0) / 6.0
+        x = 15.0 + offset + 5.0 * math.sin(2 * math.pi * h / 24) + 5.0 * min(max(h - front_at, 0.0), 6.0) / 6.0
         x += rng.gauss(0, SIGMA) + (rate * SIGMA * (h - drift_at) if drift_at is not None and h >= drift_at else 0.0)
         yield t, round(x, 2)
 

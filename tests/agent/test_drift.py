@@ -13,6 +13,8 @@ from edgewatch.agent.analytics.topology import sensor_graph
 from edgewatch.agent.config import Config, DriftConfig
 from edgewatch.agent.records import SensorReading
 
+from bench import drift as drift_bench
+
 T0 = datetime(2026, 3, 2)
 PERIOD = 10.0  # seconds between readings
 SIGMA = 0.3  # noise of the simulated temperature, degrees C
@@ -129,21 +131,10 @@ def test_levels_near_the_float_limit_start_the_series_over_instead_of_poisoning_
 
 
 def outdoor(sid: str, hours: float, seed: int, drift_at: float | None = None) -> list[SensorReading]:
-    """One of a group of outdoor sensors: a shared daily cycle of amplitude 5 C and a weather front that warms
-    the whole group by 5 C over 6 hours from hour 8, its own offset and noise SIGMA; optionally a drift of its
-    own of 3 SIGMA an hour from `drift_at` hours on."""
-    rng = random.Random(seed)
-    offset = rng.uniform(-0.5, 0.5)
-    out = []
-    for i in range(int(hours * 3600 / PERIOD)):
-        h = i * PERIOD / 3600
-        front = 5.0 * min(max(h - 8.0, 0.0), 6.0) / 6.0
-        x = 15.0 + offset + 5.0 * math.sin(2 * math.pi * h / 24) + front + rng.gauss(0, SIGMA)
-        if drift_at is not None and h >= drift_at:
-            x += 3 * SIGMA * (h - drift_at)
-        out.append(SensorReading(sensor_id=sid, ts=T0 + timedelta(hours=h), metrics={"temperature": round(x, 2)},
-                                 attrs={}))
-    return out
+    """One of bench/drift.py's group of outdoor sensors (a shared 5 C daily cycle and a 5 C front from hour 8),
+    optionally drifting by 3 SIGMA an hour of its own from `drift_at` hours on."""
+    return [SensorReading(sensor_id=sid, ts=T0 + timedelta(seconds=t), metrics={"temperature": x}, attrs={})
+            for t, x in drift_bench.outdoor(seed, hours, drift_at=drift_at, front_at=8.0)]
 
 
 def test_against_peers_a_shared_move_is_no_drift_and_one_sensor_walking_away_is():
