@@ -98,7 +98,7 @@ def group_raises(seed: int, hours: float, rate: float, reference: str, cfg: Conf
         if i and int(t // block) != int(series[0][i - 1][0] // block):  # a block closes for every sensor
             end = START + timedelta(seconds=t - t % block)
             for k, tr in enumerate(tracks):
-                score, _ = close_blocks(tr, p, end, peers, "yard")
+                score, _ = close_blocks(tr, p, end, peers, f"yard/t{k}")
                 if score >= p.drift_z and first[k] is None:
                     first[k] = t / 3600
         for k, tr in enumerate(tracks):

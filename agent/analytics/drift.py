@@ -236,11 +236,12 @@ class PeerBlocks:
 
 
 def close_blocks(tracks: dict, p: DriftParams, end: datetime, peers: PeerBlocks | None = None,
-                 group: str = "") -> tuple[float, dict | None]:
+                 sensor_id: str = "") -> tuple[float, dict | None]:
     """Close every metric's block (ending at `end`); return the largest CUSUM in health's drift units and its
-    evidence (None when every CUSUM is at zero). With `peers` (the sums of the sensor's `group`), a metric
+    evidence (None when every CUSUM is at zero). With `peers` (the groups' sums), a metric of `sensor_id`
     judged against its peers (see above) counts with that CUSUM instead of its own level's."""
     worst, name, against = 0.0, None, "own"
+    group = group_of(sensor_id)
     for metric, m in tracks.items():
         level = m.level
         mean = level.total / level.n if level.n else None

@@ -43,7 +43,6 @@ from edgewatch.agent.analytics.drift import (
     LevelDrift,
     PeerBlocks,
     close_blocks,
-    group_of,
     next_block,
 )
 from edgewatch.agent.analytics.maintenance import (
@@ -291,7 +290,7 @@ class SensorHealth:
         self.readings += 1
         if when >= self.block_end:  # a new block of data time: every metric's slow-drift level steps
             self.level_drift, self.slow_drift = close_blocks(self.metrics, p.drift, self.block_end, peers,
-                                                             "" if peers is None else group_of(self.sensor_id))
+                                                             self.sensor_id)
             self.block_end = next_block(when, p.drift)
         if when > self.last_ts:
             dt = (when - self.last_ts).total_seconds()
