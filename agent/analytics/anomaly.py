@@ -219,6 +219,7 @@ class MetricTable:
     on first use)."""
 
     __slots__ = ("index", "m", "season", "seen", "free", "used", "cm", "cfree", "cused")
+    COLUMNS = (FIELDS, C_RING)  # the widths of a row of `m` and of a change channel's fixed part (snapshot layout)
 
     def __init__(self, cap: int, p: Params, rows: int = 1024):
         self.index = SensorIndex(cap, "anomaly")

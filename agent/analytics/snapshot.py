@@ -10,7 +10,8 @@ messages after it. Taking a snapshot pickles the state in the engine; compressin
 the `sink`'s job, off the engine thread.
 
 A snapshot is used only by the same code and the same configuration: `version()` changes when the layout of
-a persisted class (`@persisted`) or the format changes, and `config_hashes` when a setting that shapes the
+a persisted class (`@persisted`: its slots, and the row widths of the arrays it holds, `COLUMNS`) or the
+format changes, and `config_hashes` when a setting that shapes the
 state does (the keys that can change at run time do not count: a running graph keeps its state across them).
 """
 
@@ -28,7 +29,7 @@ import csp
 from csp import ts
 from edgewatch.agent.records import BatchMark, Event
 
-FORMAT = 2  # bump when the meaning of persisted state changes without a change of its classes' slots
+FORMAT = 1  # bump when the meaning of persisted state changes without a change of its classes' layout
 SECTIONS = ("anomaly", "health", "drift", "maintenance", "market", "risk", "advisor")  # what shapes the state
 _LAYOUT: dict[str, tuple[str, ...]] = {}
 
@@ -44,11 +45,12 @@ UNSET = _Unset()
 
 
 def persisted(cls: type) -> type:
-    """Class decorator for a `__slots__` class whose instances are saved in snapshots: its slots are part of
-    `version()`, and it is pickled as a plain tuple of its slot values (a dict of slot names per object
-    would double the size of a snapshot and the time the engine spends taking it)."""
+    """Class decorator for a `__slots__` class whose instances are saved in snapshots: its slots, and the
+    class attribute `COLUMNS` if it has one (the row widths of the arrays it holds: a column added to a table
+    changes no slot), are part of `version()`; it is pickled as a plain tuple of its slot values (a dict of
+    slot names per object would double the size of a snapshot and the time the engine spends taking it)."""
     slots = tuple(cls.__slots__)
-    _LAYOUT[f"{cls.__module__}.{cls.__qualname__}"] = slots
+    _LAYOUT[f"{cls.__module__}.{cls.__qualname__}"] = slots + tuple(getattr(cls, "COLUMNS", ()))
     values = operator.attrgetter(*slots)
 
     def __getstate__(self) -> tuple:
@@ -67,7 +69,7 @@ def persisted(cls: type) -> type:
 
 
 def version() -> str:
-    """The snapshot format and the slots of every persisted class (the analytics modules must be imported)."""
+    """The snapshot format and the layout of every persisted class (the analytics modules must be imported)."""
     digest = hashlib.blake2b(repr(sorted(_LAYOUT.items())).encode(), digest_size=6).hexdigest()
     return f"{FORMAT}.{digest}"
 

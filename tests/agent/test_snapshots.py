@@ -14,7 +14,7 @@ from datetime import datetime, timedelta, timezone
 
 import csp
 import pytest
-from edgewatch.agent.analytics import snapshot
+from edgewatch.agent.analytics import anomaly, snapshot
 from edgewatch.agent.analytics.snapshot import StateBook
 from edgewatch.agent.analytics.topology import analytics
 from edgewatch.agent.cli import main
@@ -121,6 +121,25 @@ def test_every_class_in_a_snapshot_is_part_of_its_version():
     assert "edgewatch.agent.analytics.anomaly.MetricTable" in ours and "edgewatch.agent.analytics.risk.Book" in ours
     containers = {"edgewatch.agent.analytics.states.RecentStates", "edgewatch.agent.analytics.anomaly.SensorIndex"}
     assert ours - containers <= set(snapshot._LAYOUT)
+
+
+def test_a_column_added_to_a_persisted_table_changes_the_version(monkeypatch):
+    """A table kept as arrays (the detector's MetricTable) gains a column without a new slot: the row widths it
+    declares in COLUMNS are part of the layout, so a snapshot taken before is refused, not restored into rows
+    one field short."""
+    monkeypatch.setattr(snapshot, "_LAYOUT", dict(snapshot._LAYOUT))
+
+    def table(width: int) -> str:
+        @snapshot.persisted
+        class Table:
+            __slots__ = ("rows",)
+            COLUMNS = (width,)
+
+        return snapshot.version()
+
+    assert table(13) == table(13) != table(14)
+    layout = snapshot._LAYOUT["edgewatch.agent.analytics.anomaly.MetricTable"]
+    assert layout[-2:] == (anomaly.FIELDS, anomaly.C_RING)
 
 
 def _ident(cfg: Config, agent: str = "gw1") -> Identity:
