@@ -155,14 +155,15 @@ class AnomalyConfig:
     spatial_z: float = 5.0  # ... and only when the reading is also this many robust scales from its forecast (a young range is narrow)
     max_series: int = 200_000  # (sensor, metric) series tracked at most (about 1 – 1.25 KB each); beyond it the longest-silent sensors are forgotten, all their series at once
     fuse: str = "bonferroni"  # a reading of several metrics: one sensor-level score (metric "*") raises the events: "bonferroni" (most surprising channel, corrected for their number; valid however the metrics correlate), "fisher" (also Fisher's combination of the metrics: more sensitive to a joint shift, but it assumes independent metrics and over-counts correlated ones), "off" (each metric alone)
-    sensor_refractory: int = 45  # readings after a sensor-level detection during which that sensor cannot alarm again
+    sensor_refractory: int = 60  # readings after a sensor-level detection during which that sensor cannot alarm again
     fuse_metrics: bool = False  # the sensor-level score takes each metric's own verdict; off: a metric counts there only when it breaks the range seen so far (the pairs and change channels still count)
     pairs: bool = False  # the sensor-level score also watches the correlation of each metric with the next (ring in name order): a broken relation counts
     pair_span: float = 200.0  # readings: EWMA span of the pair regressions
     change_window: int = 300  # readings: the sensor-level score's slow reference per metric (mean and spread of the last this many, in blocks of 30; 0 = no change channels)
     change_span: float = 12.0  # readings: EWMA span of a metric's deviation from its slow reference (in reference spreads)
-    change_z: float = 3.2  # that deviation, in units of its own long-run RMS, at which a change channel reaches the live threshold, for one metric (Bonferroni: a sensor of more metrics needs a larger one)
+    change_z: float = 3.4  # that deviation, in units of its own long-run RMS, at which a change channel reaches the live threshold, for one metric (Bonferroni: a sensor of more metrics needs a larger one)
     change_norm_span: float = 3000.0  # readings: EWMA span of the deviation's long-run RMS
+    change_hold: float = 5.0  # a deviation beyond this many RMS stops teaching that RMS until it is back within 2 (0: it always teaches, clipped at 5), so a fault does not make the next one look normal
 
 
 @dataclasses.dataclass

@@ -10,7 +10,7 @@ In-sample figures (the shipped defaults scored on the data they were chosen on) 
 The candidates differ in the choices the cross-validation is trusted with: the refractory period, the live
 threshold, and the forecast's and the likelihood's time scales (two constants first fitted on all of nab-dev);
 for a sensor of several metrics (SKAB) also which channels the sensor-level score takes (the metrics' own
-verdicts, the pairs) and the change channels' threshold; everything else is the `[anomaly]` default. The fusion rule is not a candidate: `fuse = "bonferroni"`
+verdicts, the pairs), the change channels' threshold and whether a fault's deviations teach their norm; everything else is the `[anomaly]` default. The fusion rule is not a candidate: `fuse = "bonferroni"`
 is valid however a sensor's metrics correlate, while "fisher" assumes independent metrics and over-counts
 correlated evidence (tests/agent/test_fusion.py), whatever it scores on a benchmark. The first value of each
 key is the shipped default, so a tie keeps it.
@@ -44,15 +44,16 @@ GRID = {
 # the choices that only matter for a sensor of several metrics (SKAB), chosen with the threshold (the
 # forecast's time scales stay at their defaults: they barely touch the sensor-level score)
 SENSOR_GRID = {
-    "sensor_refractory": (45, 60, 100),
+    "sensor_refractory": (60, 45, 100),
     "threshold": GRID["threshold"],
     "fuse_metrics": (False, True),
     "pairs": (False, True),
-    "change_z": (3.2, 3.0, 3.4),
+    "change_z": (3.4, 3.2, 3.0),
+    "change_hold": (5.0, 0.0),
 }
 # the keys that change only a multi-metric sensor's scores: a single-metric series (NAB) ignores them
 FUSION_KEYS = ("fuse", "sensor_refractory", "pairs", "pair_span", "fuse_metrics", "change_window", "change_span",
-               "change_z", "change_norm_span")
+               "change_z", "change_norm_span", "change_hold")
 
 
 def candidates(base: AnomalyConfig | None = None, grid: dict = GRID) -> list[AnomalyConfig]:

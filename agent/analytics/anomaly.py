@@ -43,7 +43,10 @@ still inform health). Its channels:
   from a slow reference (mean and spread of its last 300 readings), smoothed
   (EWMA, `change_span`) and judged against that deviation's own long-run RMS.
   The fast level forecast above follows a fault that moves a metric a few
-  noise widths over a minute (a closing valve); the slow reference does not;
+  noise widths over a minute (a closing valve); the slow reference does not.
+  A deviation beyond `change_hold` RMS does not teach that RMS until it is back
+  within 2: otherwise a fault inflates the norm, and its return to normal and
+  the next fault are judged against it;
 - a metric's own verdict, as a range break ("spatial") only, unless
   `fuse_metrics` (then every verdict: more sensitive to short excursions, at
   twice the false alarms on SKAB's healthy pump);
@@ -61,7 +64,7 @@ change channel's tail is the two-sided normal tail of its deviation, times
 the number of metrics, and `change_z` (for one metric) maps to the live
 threshold. The sensor has its own refractory period (`sensor_refractory`);
 the metrics that alarmed re-baseline. These choices (which channels, the
-change threshold, the refractory period) were made by leave-one-file-out
+change threshold and hold, the refractory period) were made by leave-one-file-out
 cross-validation on SKAB (bench/skab.py). A single metric per reading is
 scored as above, without any of this.
 
@@ -104,6 +107,8 @@ FUSED = "*"  # the metric name of a multi-metric sensor's sensor-level score
 CHANGE_BLOCK = 30  # readings per block of a change channel's slow reference
 CHANGE_CLIP = 10.0  # a deviation from the slow reference counts at most this many reference spreads
 CHANGE_WARMUP = 30  # deviations learnt before a change channel judges one
+CHANGE_NORM_CLIP2 = 5.0**2  # a deviation's square teaches its mean square at most this many times that mean square
+CHANGE_RELEASE2 = 2.0**2  # a change channel's norm on hold (`change_hold`) learns again once the deviation is within 2 RMS
 _LN2 = math.log(2.0)
 _SQRT2 = math.sqrt(2.0)
 
@@ -120,7 +125,7 @@ class Params:
         "a_level", "a_trend", "a_dev", "a_season", "a_short", "a_long", "clip", "warmup", "refractory",
         "rel_floor", "buckets", "season_min", "log_floor", "threshold", "spatial", "spatial_z",
         "inv_log_floor", "fuse", "fisher", "pairs", "a_pair", "blocks", "a_change", "a_cnorm", "change_log",
-        "fuse_metrics", "sensor_refractory",
+        "fuse_metrics", "sensor_refractory", "hold2",
     )
 
     def __init__(self, cfg: AnomalyConfig):
@@ -150,6 +155,7 @@ class Params:
         self.blocks = cfg.change_window // CHANGE_BLOCK  # config.check: 0 or at least two whole blocks
         self.a_change = ewma_alpha(cfg.change_span)
         self.a_cnorm = ewma_alpha(cfg.change_norm_span)
+        self.hold2 = cfg.change_hold**2 if cfg.change_hold > 0.0 else math.inf
         self.change_log = math.log(math.erfc(cfg.change_z / _SQRT2))  # log of change_z's two-sided tail
 
 
@@ -159,10 +165,10 @@ FIELDS = 16  # CH: the row of its change channel in MetricTable.cm (-1: none yet
 # RES: the data's resolution, the smallest nonzero change between consecutive values learnt (0: none yet)
 # a change channel's row in MetricTable.cm (the sensor-level score, several metrics only): blocks completed, the
 # block being filled (count, sum, sum of squares), totals over the ring's completed blocks, the pivot (sums are of
-# x - pivot: no cancellation for a large mean with a small spread), the EWMA deviation, its mean square and count;
-# then the ring, per block: sum, sum of squares
-C_FULL, C_BN, C_BS, C_BS2, C_S, C_S2, C_PIVOT, C_DEV, C_MS, C_N = range(10)
-C_RING = 10
+# x - pivot: no cancellation for a large mean with a small spread), the EWMA deviation, its mean square and count,
+# whether that mean square is on hold (`change_hold`); then the ring, per block: sum, sum of squares
+C_FULL, C_BN, C_BS, C_BS2, C_S, C_S2, C_PIVOT, C_DEV, C_MS, C_N, C_HOLD = range(11)
+C_RING = 11
 
 
 class SensorIndex(RecentStates):
@@ -571,10 +577,15 @@ def _deviation(c: list, x: float, floor: float, p: Params) -> float:
         if n > CHANGE_WARMUP:
             ms = c[C_MS]
             out = (dev if dev >= 0.0 else -dev) / math.sqrt(ms) if ms > 1e-12 else 0.0
-            if e2 > 25.0 * ms:
-                e2 = 25.0 * ms
-        a = p.a_cnorm if p.a_cnorm * n > 1.0 else 1.0 / n
-        c[C_MS] += a * (e2 - c[C_MS])
+            if e2 > p.hold2 * ms:
+                c[C_HOLD] = 1.0
+            elif e2 < CHANGE_RELEASE2 * ms:
+                c[C_HOLD] = 0.0
+            if e2 > CHANGE_NORM_CLIP2 * ms:
+                e2 = CHANGE_NORM_CLIP2 * ms
+        if c[C_HOLD] == 0.0:
+            a = p.a_cnorm if p.a_cnorm * n > 1.0 else 1.0 / n
+            c[C_MS] += a * (e2 - c[C_MS])
     c[C_BN] += 1.0
     c[C_BS] += x
     c[C_BS2] += x * x
@@ -615,7 +626,7 @@ def deviations(tab: MetricTable, starts: np.ndarray, counts: np.ndarray, block: 
         crow[new] = block[sel[new], CH] = tab.change_rows(xs[sel[new]])
     crow = crow.astype(np.intp)
     c = tab.cm[crow]
-    full, bn, bs, bs2, s, s2, pivot, dev, ms, n = c[:, :C_RING].T.copy()
+    full, bn, bs, bs2, s, s2, pivot, dev, ms, n, hold = c[:, :C_RING].T.copy()
     x = xs[sel] - pivot
     floor = p.rel_floor * block[sel, MAG] + 1e-9
     judged = np.minimum(full, p.blocks) >= 2
@@ -630,9 +641,12 @@ def deviations(tab: MetricTable, starts: np.ndarray, counts: np.ndarray, block: 
         e2 = dev1 * dev1
         warm = n1 > CHANGE_WARMUP
         r = np.where(warm & (ms > 1e-12), np.abs(dev1) / np.sqrt(ms), 0.0)
-        e2 = np.where(warm & (e2 > 25.0 * ms), 25.0 * ms, e2)  # a change learns its own norm slowly: clipped
+        hold = np.where(judged & warm & (e2 > p.hold2 * ms), 1.0,
+                        np.where(judged & warm & (e2 < CHANGE_RELEASE2 * ms), 0.0, hold))
+        e2 = np.where(warm & (e2 > CHANGE_NORM_CLIP2 * ms), CHANGE_NORM_CLIP2 * ms, e2)
         a = np.where(p.a_cnorm * n1 > 1.0, p.a_cnorm, 1.0 / n1)
-        c[:, C_MS] = np.where(judged, ms + a * (e2 - ms), ms)
+        c[:, C_MS] = np.where(judged & (hold == 0.0), ms + a * (e2 - ms), ms)
+        c[:, C_HOLD] = hold
     c[:, C_DEV] = np.where(judged, dev1, dev)
     c[:, C_N] = np.where(judged, n1, n)
     out[sel] = np.where(judged, r, 0.0)

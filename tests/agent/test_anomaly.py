@@ -205,7 +205,7 @@ def test_a_batch_scores_as_its_readings_one_by_one():
     assert scored(7) == one_by_one and scored(900) == one_by_one
 
 
-@pytest.mark.parametrize("cfg", [AnomalyConfig(), AnomalyConfig(pairs=True, fuse="fisher", fuse_metrics=True),
+@pytest.mark.parametrize("cfg", [AnomalyConfig(), AnomalyConfig(pairs=True, fuse="fisher", fuse_metrics=True, change_hold=0.0),
                                  AnomalyConfig(fuse="off", warmup=20)])
 def test_small_and_large_waves_are_judged_alike(cfg: AnomalyConfig):
     """A wave of a few readings is judged value by value (judge_values), a larger one by array operations (judge):
