@@ -163,7 +163,7 @@ class AnomalyConfig:
     change_span: float = 12.0  # readings: EWMA span of a metric's deviation from its slow reference (in reference spreads)
     change_z: float = 3.4  # that deviation, in units of its own long-run RMS, at which a change channel reaches the live threshold, for one metric (Bonferroni: a sensor of more metrics needs a larger one)
     change_norm_span: float = 3000.0  # readings: EWMA span of the deviation's long-run RMS
-    change_hold: float = 5.0  # a deviation beyond this many RMS stops teaching that RMS until it is back within 2 (0: it always teaches, clipped at 5), so a fault does not make the next one look normal
+    change_hold: float = 5.0  # a deviation beyond this many RMS stops teaching that RMS until it is back within 2 (0: it always teaches, clipped at 5), so a fault does not make the next one look normal; on hold, the channel raises at most one alarm
 
 
 @dataclasses.dataclass

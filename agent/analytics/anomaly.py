@@ -46,7 +46,8 @@ still inform health). Its channels:
   noise widths over a minute (a closing valve); the slow reference does not.
   A deviation beyond `change_hold` RMS does not teach that RMS until it is back
   within 2: otherwise a fault inflates the norm, and its return to normal and
-  the next fault are judged against it;
+  the next fault are judged against it. On hold, a channel raises at most one
+  alarm (a fault that lasts is one event, not one per refractory period);
 - a metric's own verdict, as a range break ("spatial") only, unless
   `fuse_metrics` (then every verdict: more sensitive to short excursions, at
   twice the false alarms on SKAB's healthy pump);
@@ -109,6 +110,7 @@ CHANGE_CLIP = 10.0  # a deviation from the slow reference counts at most this ma
 CHANGE_WARMUP = 30  # deviations learnt before a change channel judges one
 CHANGE_NORM_CLIP2 = 5.0**2  # a deviation's square teaches its mean square at most this many times that mean square
 CHANGE_RELEASE2 = 2.0**2  # a change channel's norm on hold (`change_hold`) learns again once the deviation is within 2 RMS
+HOLD_FREE, HOLD_ON, HOLD_ALARMED = 0.0, 1.0, 2.0  # a change channel's hold: off; on; on, and its alarm raised
 _LN2 = math.log(2.0)
 _SQRT2 = math.sqrt(2.0)
 
@@ -166,7 +168,8 @@ FIELDS = 16  # CH: the row of its change channel in MetricTable.cm (-1: none yet
 # a change channel's row in MetricTable.cm (the sensor-level score, several metrics only): blocks completed, the
 # block being filled (count, sum, sum of squares), totals over the ring's completed blocks, the pivot (sums are of
 # x - pivot: no cancellation for a large mean with a small spread), the EWMA deviation, its mean square and count,
-# whether that mean square is on hold (`change_hold`); then the ring, per block: sum, sum of squares
+# its hold (HOLD_*: while on, the mean square does not learn; once it has alarmed, the channel is not judged);
+# then the ring, per block: sum, sum of squares
 C_FULL, C_BN, C_BS, C_BS2, C_S, C_S2, C_PIVOT, C_DEV, C_MS, C_N, C_HOLD = range(11)
 C_RING = 11
 
@@ -271,6 +274,12 @@ class MetricTable:
         self.cm[out] = 0.0
         self.cm[out, C_PIVOT] = x
         return out
+
+    def alarmed(self, c: int) -> None:
+        """The change channel `c` raised its sensor's alarm: if it is on hold, it is not judged again until the
+        hold ends, so one fault raises one alarm from it (a machine that switches regimes: one a switch)."""
+        if self.cm[c, C_HOLD] == HOLD_ON:
+            self.cm[c, C_HOLD] = HOLD_ALARMED
 
     def settle(self) -> None:
         """After a batch: the rows it forgot, and their change channels, can be reused."""
@@ -576,14 +585,15 @@ def _deviation(c: list, x: float, floor: float, p: Params) -> float:
         e2 = dev * dev
         if n > CHANGE_WARMUP:
             ms = c[C_MS]
-            out = (dev if dev >= 0.0 else -dev) / math.sqrt(ms) if ms > 1e-12 else 0.0
+            hold = c[C_HOLD]
+            out = (dev if dev >= 0.0 else -dev) / math.sqrt(ms) if ms > 1e-12 and hold != HOLD_ALARMED else 0.0
             if e2 > p.hold2 * ms:
-                c[C_HOLD] = 1.0
+                c[C_HOLD] = HOLD_ON if hold == HOLD_FREE else hold
             elif e2 < CHANGE_RELEASE2 * ms:
-                c[C_HOLD] = 0.0
+                c[C_HOLD] = HOLD_FREE
             if e2 > CHANGE_NORM_CLIP2 * ms:
                 e2 = CHANGE_NORM_CLIP2 * ms
-        if c[C_HOLD] == 0.0:
+        if c[C_HOLD] == HOLD_FREE:
             a = p.a_cnorm if p.a_cnorm * n > 1.0 else 1.0 / n
             c[C_MS] += a * (e2 - c[C_MS])
     c[C_BN] += 1.0
@@ -640,12 +650,12 @@ def deviations(tab: MetricTable, starts: np.ndarray, counts: np.ndarray, block: 
         n1 = n + 1.0
         e2 = dev1 * dev1
         warm = n1 > CHANGE_WARMUP
-        r = np.where(warm & (ms > 1e-12), np.abs(dev1) / np.sqrt(ms), 0.0)
-        hold = np.where(judged & warm & (e2 > p.hold2 * ms), 1.0,
-                        np.where(judged & warm & (e2 < CHANGE_RELEASE2 * ms), 0.0, hold))
+        r = np.where(warm & (ms > 1e-12) & (hold != HOLD_ALARMED), np.abs(dev1) / np.sqrt(ms), 0.0)
+        hold = np.where(judged & warm & (e2 > p.hold2 * ms), np.where(hold == HOLD_FREE, HOLD_ON, hold),
+                        np.where(judged & warm & (e2 < CHANGE_RELEASE2 * ms), HOLD_FREE, hold))
         e2 = np.where(warm & (e2 > CHANGE_NORM_CLIP2 * ms), CHANGE_NORM_CLIP2 * ms, e2)
         a = np.where(p.a_cnorm * n1 > 1.0, p.a_cnorm, 1.0 / n1)
-        c[:, C_MS] = np.where(judged & (hold == 0.0), ms + a * (e2 - ms), ms)
+        c[:, C_MS] = np.where(judged & (hold == HOLD_FREE), ms + a * (e2 - ms), ms)
         c[:, C_HOLD] = hold
     c[:, C_DEV] = np.where(judged, dev1, dev)
     c[:, C_N] = np.where(judged, n1, n)
@@ -908,17 +918,20 @@ class Detector:
                 acc += term
             f = (h - math.log(acc)) * p.inv_log_floor
             fused = (fused if fused > f else f) - _LN2 * p.inv_log_floor
+        by_change = False
         if top_r > 0.0 and learned:  # (a change channel judges only readings learnt whole)
             tail = math.erfc(top_r / _SQRT2) * (end - start)  # two-sided, Bonferroni over the metrics
             u = p.threshold * math.log(tail) / p.change_log if 0.0 < tail < 1.0 else (SPATIAL if tail <= 0.0 else 0.0)
             if u > fused:
-                fused, channel, top = u, f"{names[top_c]}:change", top_c
+                fused, channel, top, by_change = u, f"{names[top_c]}:change", top_c, True
         s = 1.0 if fused >= 1.0 or top_u >= SPATIAL else (fused if fused > 0.0 else 0.0)
         if learned:
             if damp:
                 sen.cool -= 1
             elif s >= p.threshold:
                 sen.cool = p.sensor_refractory
+                if by_change:
+                    self.table.alarmed(int(v.block[top, CH]))
                 for j in range(start, end):
                     if us[j] >= p.threshold:  # re-baseline the metrics that alarmed: a level shift alarms once
                         v.rebaseline(j, xs[j])
