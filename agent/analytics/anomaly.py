@@ -277,7 +277,8 @@ class MetricTable:
 
     def alarmed(self, c: int) -> None:
         """The change channel `c` raised its sensor's alarm: if it is on hold, it is not judged again until the
-        hold ends, so one fault raises one alarm from it (a machine that switches regimes: one a switch)."""
+        hold ends, so a lasting fault raises one alarm from it once its deviation is clearly a fault (and at
+        most one before), not one per refractory period."""
         if self.cm[c, C_HOLD] == HOLD_ON:
             self.cm[c, C_HOLD] = HOLD_ALARMED
 
