@@ -151,6 +151,10 @@ class LevelDrift:
             return self.score
         mean = self.total / self.n
         self.total, self.n = 0.0, 0
+        return self.step(mean, p)
+
+    def step(self, mean: float, p: DriftParams) -> float:
+        """One more block mean (from this metric's readings, or its difference from its peers'): as `close`."""
         last, self.mean = self.mean, mean
         if last is None:
             return 0.0
@@ -244,8 +248,9 @@ def close_blocks(tracks: dict, p: DriftParams, end: datetime, peers: PeerBlocks 
     group = group_of(sensor_id)
     for metric, m in tracks.items():
         level = m.level
-        mean = level.total / level.n if level.n else None
+        closed = level.n > 0
         score, ref = level.close(p), "own"
+        mean = level.mean if closed else None
         if peers is not None:
             key = (group, metric)
             held, m.held = m.held, None if mean is None else (end, mean)
@@ -254,8 +259,7 @@ def close_blocks(tracks: dict, p: DriftParams, end: datetime, peers: PeerBlocks 
             if held is not None:  # the block before: every peer reporting once a block has closed it by now
                 others, k = peers.others(key, *held)
                 if k >= p.peer_min:  # judged against them (nothing while that CUSUM learns its scale)
-                    m.peer.total, m.peer.n = held[1] - others, 1
-                    score, ref = m.peer.close(p), "peers"
+                    score, ref = m.peer.step(held[1] - others, p), "peers"
                     m.peer_at = end
             if ref == "own" and m.peer_at is not None and end - m.peer_at <= p.peer_hold:
                 score, ref = m.peer.score, "peers"  # peers missing for a while: their verdict holds
