@@ -225,6 +225,8 @@ class MarketConfig:
     price_alert_multiple: float = 20.0  # ... and a move this many times the symbol's typical tick move alerts too
     price_alert_min_move: float = 0.002  # ... when it is at least this fraction (a flat symbol cannot alert on a cent)
     price_alert_span: int = 100  # trades: EWMA span of the typical tick move (mean |move|); no multiple-based alert before
+    price_alert_horizon: float = 60.0  # seconds: a move within this horizon is judged against the symbol's typical horizon move too (0: off)
+    price_alert_horizon_multiple: float = 8.0  # ... and alerts at this many times that typical move (and at least price_alert_min_move)
     fast_span: int = 5  # bars in the fast price average (EWMA span) of the trend
     slow_span: int = 30  # bars in the slow price average and the volume profile (EWMA span)
     vol_span: int = 30  # bars in the realised volatility estimate (EWMA span of squared returns)
@@ -378,6 +380,7 @@ RANGES = {
     ("maintenance", "out_of_range_clear_rate"): BELOW_1,
     ("market", "bar_interval"): POSITIVE,
     ("market", "price_alert_threshold"): POSITIVE,
+    ("market", "price_alert_horizon_multiple"): POSITIVE,
     ("market", "volatile_ratio"): POSITIVE,
     ("market", "calm_ratio"): POSITIVE,
     ("market", "trend_z"): POSITIVE,

@@ -11,7 +11,10 @@ they too depend only on the data.
 The price alert is its own tiny node: the cheap path sees every trade with one
 dict lookup and a few float operations, never waiting behind bar or signal work.
 It judges each move against the symbol's own tick-move scale, so a calm
-large-cap alerts on a move a volatile small-cap makes every minute.
+large-cap alerts on a move a volatile small-cap makes every minute; and the move
+since about a horizon ago against the symbol's typical move over that horizon,
+so a slide of ticks each too small to alert still does. Steps of the horizon are
+cut on data time too, so replay alerts where the live run did.
 """
 
 from __future__ import annotations
@@ -53,27 +56,39 @@ def check(cfg: MarketConfig) -> None:
 
 
 TICK_CLIP = 4.0  # a tick teaches the scale at most this many scales: a jump barely deafens the alert, a new regime still shows
+HORIZON_STEPS = 6  # a horizon is tracked in sixths: its move runs from the last price a whole step back, 5/6 to 1 horizon ago
 
 
 @persisted
 class TickScale:
-    """One symbol's last trade and its typical tick move: an EWMA of |move| between consecutive trades.
+    """One symbol's last trade and its typical tick move: an EWMA of |move| between consecutive trades; and, for
+    moves within a horizon, the last trade of each of its last HORIZON_STEPS steps (a ring: None before its first
+    horizon, the alerting trade after an alert) with the typical |move| over a horizon, one sample per step.
 
-    The mean absolute move rather than a standard deviation: tick returns are heavy-tailed, and a mean of
-    absolute values is the robust scale that costs one multiply-add per trade."""
+    The mean absolute move rather than a standard deviation: returns are heavy-tailed, and a mean of absolute
+    values is the robust scale that costs one multiply-add."""
 
-    __slots__ = ("last", "scale", "n")
+    __slots__ = ("last", "scale", "n", "step", "until", "ends", "then", "hscale", "hn", "hlim", "whole")
 
-    def __init__(self, trade: Trade):
+    def __init__(self, trade: Trade, p: AlertParams):
         self.last = trade  # the previous trade (its time is read only when an alert needs it)
         self.scale = 0.0
         self.n = 0  # moves learnt
+        step = (trade.ts - EPOCH) // p.step if p.step else 0
+        self.step = step  # the horizon step of `last` ...
+        self.until = EPOCH + (step + 1) * p.step if p.step else None  # ... which ends here
+        self.ends: list[Trade | None] = [None] * HORIZON_STEPS  # step k's last trade at k % HORIZON_STEPS
+        self.then: Trade | None = None  # the trade this step's horizon moves run from: ends[step % HORIZON_STEPS]
+        self.hscale = 0.0
+        self.hn = 0  # horizon moves learnt
+        self.hlim = math.inf  # the horizon move that alerts (none while the typical one is learnt)
+        self.whole = step  # the first step whose horizon move starts a whole horizon back (see _anchor)
 
 
 class AlertParams:
     """Constants of the price alert, derived once from MarketConfig."""
 
-    __slots__ = ("floor", "multiple", "min_move", "warmup", "alpha")
+    __slots__ = ("floor", "multiple", "min_move", "warmup", "alpha", "step", "hmultiple")
 
     def __init__(self, cfg: MarketConfig):
         self.floor = cfg.price_alert_threshold
@@ -81,45 +96,101 @@ class AlertParams:
         self.min_move = cfg.price_alert_min_move
         self.warmup = cfg.price_alert_span
         self.alpha = ewma_alpha(cfg.price_alert_span)
+        self.step = timedelta(seconds=cfg.price_alert_horizon / HORIZON_STEPS) if cfg.price_alert_horizon > 0 else None
+        self.hmultiple = cfg.price_alert_horizon_multiple
 
 
-def _price_alert(t: Trade, prev: Trade, move: float, scale: float | None, p: AlertParams) -> Event:
-    """The event for one large move; `scale` None while the symbol's tick scale is still being learnt."""
+def _price_alert(t: Trade, prev: Trade, move: float, scale: float | None, p: AlertParams,
+                 horizon: float | None = None) -> Event:
+    """The event for one large move since `prev`: the previous trade, or with `horizon` (seconds) the last trade
+    about a horizon ago; `scale` None while the symbol's tick scale is still being learnt."""
     size = abs(move)
     multiple = size / scale if scale else None
-    big = size > 2.0 * p.floor or (multiple is not None and multiple >= 2.0 * p.multiple)
+    alert_multiple = p.hmultiple if horizon else p.multiple
+    big = size > 2.0 * p.floor or (multiple is not None and multiple >= 2.0 * alert_multiple)
     data = {
         "price": t.price, "prev_price": prev.price, "move": move, "scale": scale, "multiple": multiple,
-        "threshold": p.floor, "alert_multiple": p.multiple, "prev_ts": prev.ts.isoformat() + "Z", "size": t.size,
+        "threshold": None if horizon else p.floor, "alert_multiple": alert_multiple,
+        "prev_ts": prev.ts.isoformat() + "Z", "size": t.size, "horizon": horizon,
     }
-    times = f", {multiple:.0f}x its tick scale {scale:.3%}" if multiple is not None else ""
-    msg = f"{t.symbol} moved {move:+.2%} in one trade ({prev.price:g} -> {t.price:g}{times})"
-    return make_event("price_alert", t.symbol, t.ts, "critical" if big else "warning", msg, data, prev.price, t.price)
+    unit = f"its {horizon:g}-s" if horizon else "its tick"
+    times = f", {multiple:.0f}x {unit} scale {scale:.3%}" if multiple is not None else ""
+    span = f"in {(t.ts - prev.ts).total_seconds():.0f} s" if horizon else "in one trade"
+    msg = f"{t.symbol} moved {move:+.2%} {span} ({prev.price:g} -> {t.price:g}{times})"
+    return make_event("price_alert", t.symbol, t.ts, "critical" if big else "warning", msg, data, prev.price, t.price,
+                      *((horizon,) if horizon else ()))
+
+
+def _next_step(s: TickScale, t: Trade, p: AlertParams) -> None:
+    """Trading moved on to the horizon step of `t`: the steps since the last trade end at it (a quiet step ends
+    where the last one did), and the step that ended with a trade teaches the typical horizon move, one sample a
+    step however busy the symbol."""
+    ends, last, k = s.ends, s.last, HORIZON_STEPS
+    if s.then is not None and s.step >= s.whole:  # as the tick scale learns (in price_alerts), once a step
+        size, hs, hn = abs(last.price / s.then.price - 1.0), s.hscale, s.hn
+        if hn < p.warmup:
+            s.hscale = hs + (size - hs) / (hn + 1)
+        else:
+            s.hscale = hs + p.alpha * (min(size, max(TICK_CLIP * hs, p.min_move)) - hs)
+        s.hn = hn + 1
+        if s.hn >= p.warmup:
+            s.hlim = max(p.hmultiple * s.hscale, p.min_move)
+    step = (t.ts - EPOCH) // p.step
+    for j in range(max(s.step, step - k), step):
+        ends[j % k] = last
+    s.step = step
+    s.until = EPOCH + (step + 1) * p.step
+    s.then = ends[step % k]
+
+
+def _anchor(s: TickScale, t: Trade) -> None:
+    """After an alert, horizon moves run from the alerting trade for a horizon: a move is alerted once (again
+    only once it has gone as far again), and a jump alerted tick to tick is not alerted again as a horizon move.
+    Those partial moves do not teach the typical horizon move."""
+    s.ends[:] = [t] * HORIZON_STEPS
+    s.then = t
+    s.whole = s.step + HORIZON_STEPS
 
 
 @csp.node(memoize=False)
 def price_alerts(trades: ts[list[Trade]], cfg: MarketConfig, states: object = None) -> ts[list[Event]]:
     """`price_alert` when a symbol's move between consecutive trades (in arrival order) is large: beyond
     `price_alert_multiple` times its own tick-move scale (and at least `price_alert_min_move`), or beyond the
-    fixed `price_alert_threshold`, which always alerts. (Hot path: one dict lookup and a few float operations.)"""
+    fixed `price_alert_threshold`, which always alerts; or, with `price_alert_horizon`, when its move since the
+    last trade about a horizon ago is `price_alert_horizon_multiple` times its own typical horizon move (a slide
+    of ticks each too small to alert). One alert per move: a jump is not alerted again as a horizon move. (Hot
+    path: one dict lookup, a datetime comparison and a few float operations.)"""
     with csp.state():
         s_symbols = keep(states, "price_alerts", RecentStates(cfg.max_symbols, "price_alerts"))  # symbol -> TickScale
         s_params = AlertParams(cfg)
     p = s_params
     symbols = s_symbols
+    horizon = p.step is not None
     out = []
     for t in trades:
         s = symbols.get(t.symbol)
         if s is None:
-            symbols[t.symbol] = TickScale(t)
+            symbols[t.symbol] = TickScale(t, p)
             continue
         prev = s.last
         price = t.price
         move = price / prev.price - 1.0
         size = move if move >= 0.0 else -move
         scale, n = s.scale, s.n
-        if size > p.floor or (size >= p.min_move and n >= p.warmup and size >= p.multiple * scale):
+        jump = size > p.floor or (size >= p.min_move and n >= p.warmup and size >= p.multiple * scale)
+        if jump:
             out.append(_price_alert(t, prev, move, scale if n >= p.warmup else None, p))
+        if horizon:
+            if t.ts >= s.until:  # (a trade older than its step, out of order, moves no step back)
+                _next_step(s, t, p)
+            then = s.then
+            if jump:
+                _anchor(s, t)
+            elif then is not None:
+                hmove = price / then.price - 1.0
+                if hmove >= s.hlim or -hmove >= s.hlim:
+                    _anchor(s, t)
+                    out.append(_price_alert(t, then, hmove, s.hscale, p, cfg.price_alert_horizon))
         if n < p.warmup:
             s.scale = scale + (size - scale) / (n + 1)  # the plain mean until the EWMA has a span of moves
         else:

@@ -282,6 +282,8 @@ def test_prefixes_that_only_share_a_beginning_are_fine(capsys, tmp_path):
         ("[health]\nsweep_interval = 0\n", "health.sweep_interval: must be positive"),
         ("[maintenance]\nclear_readings = 0\n", "maintenance.clear_readings: must be at least 1"),
         ("[market]\nbar_interval = 0\n", "market.bar_interval: must be positive"),
+        ("[market]\nprice_alert_horizon_multiple = 0\n", "market.price_alert_horizon_multiple: must be positive"),
+        ("[market]\nprice_alert_horizon = -60\n", "market.price_alert_horizon: must not be negative"),
         ("[risk]\ncheck_interval = 0\n", "risk.check_interval: must be positive"),
         ("[risk]\nmax_drawdown = 0\n", "risk.max_drawdown: must be positive"),
         ("[news]\nbatch_size = 0\n", "news.batch_size: must be at least 1"),

@@ -140,6 +140,61 @@ def test_a_flat_symbol_cannot_alert_on_a_cent():
     assert [e.data["multiple"] for e in run_alerts(flat + [trade("FLAT", 20.0, 101.0)])] == [None]  # 1 %: alerts
 
 
+def test_a_slide_of_small_ticks_alerts_once_as_a_move_within_the_horizon():
+    """A calm symbol (one trade a second, typical move 0.02 %) slides 3 % in 30 s by ticks of 0.1 %: each tick is
+    five times its tick scale, far below the tick alert's 20, but the move within a minute is many times the
+    symbol's typical minute. One alert, from the last trade about a horizon back, with its evidence; without the
+    horizon nothing alerts."""
+    rng = random.Random(7)
+    sigma = 0.0002 / math.sqrt(2 / math.pi)
+    calm = ticks("CALM", 2400, lambda: rng.gauss(0, sigma), every=1.0)  # 40 minutes: the horizon scale is learnt
+    slide = ticks("CALM", 30, lambda: -0.001, 2400.0, calm[-1].price, every=1.0)
+    after = ticks("CALM", 300, lambda: rng.gauss(0, sigma), 2430.0, slide[-1].price, every=1.0)
+    evs = run_alerts(calm + slide + after)
+    assert len(evs) == 1
+    e = evs[0]
+    assert slide[0].ts < e.ts <= slide[-1].ts and e.kind == "price_alert" and e.key == "CALM"
+    d = e.data
+    assert d["horizon"] == 60.0 and d["threshold"] is None and d["alert_multiple"] == 8.0
+    assert -0.035 < d["move"] < -0.01 and d["move"] == pytest.approx(d["price"] / d["prev_price"] - 1)
+    assert 50.0 <= (e.ts - datetime.fromisoformat(d["prev_ts"].rstrip("Z"))).total_seconds() <= 61.0
+    assert d["multiple"] == pytest.approx(abs(d["move"]) / d["scale"]) and d["multiple"] >= 8.0
+    assert "in 5" in e.message or "in 6" in e.message
+    assert run_alerts(calm + slide + after, MarketConfig(price_alert_horizon=0.0)) == []
+
+
+def test_normal_trading_raises_no_horizon_alert_and_a_jump_alerts_once():
+    """Two hours of a volatile symbol's heavy-tailed ticks (two trades a second) raise no move-within-the-horizon
+    alert; a calm symbol's 2 % jump alerts tick to tick, and the horizon, whose moves now hold it, does not repeat
+    it."""
+    rng = random.Random(11)
+
+    def t3() -> float:
+        return 0.002 * rng.gauss(0, 1) / math.sqrt(sum(rng.gauss(0, 1) ** 2 for _ in range(3)) / 3)
+
+    wild = ticks("WILD", 14400, t3, every=0.5)
+    assert [e for e in run_alerts(wild) if e.data["horizon"]] == []
+    sigma = 0.0002 / math.sqrt(2 / math.pi)
+    calm = ticks("CALM", 2400, lambda: rng.gauss(0, sigma), every=1.0)
+    jump = trade("CALM", 2400.0, calm[-1].price * 1.02)  # about 8 typical minutes: a horizon move would alert too
+    evs = run_alerts(calm + [jump] + ticks("CALM", 120, lambda: rng.gauss(0, sigma), 2401.0, jump.price, every=1.0))
+    assert [(e.ts, e.data["horizon"]) for e in evs if e.ts >= jump.ts] == [(jump.ts, None)]
+
+
+def test_the_horizon_bench_runs_and_its_alerts_find_slides_the_tick_alerts_miss():
+    """bench/price_alerts.py, cut short: one slide of each size per market; the default multiple finds most of
+    the larger ones and raises no false horizon alert."""
+    from bench import price_alerts as bench
+
+    r = bench.main(["--hours", "1.6", "--symbols", "3", "--multiples", "8"])
+    found = {"tick_alerts_only": 0, "multiple_8": 0}
+    for row in r["markets"].values():
+        for k in found:
+            assert row[k]["false_horizon_per_1000_horizons"] == 0.0
+            found[k] += sum(int(row[k][f"slides_{c}x_found"]["horizon"].split("/")[0]) for c in (10, 15))
+    assert found["tick_alerts_only"] == 0 and found["multiple_8"] >= 6
+
+
 # --- VWAP bars ---------------------------------------------------------------------------------------------
 
 def test_vwap_bar_values_and_the_quiet_symbol_bar_closes_on_the_timer():
