@@ -51,6 +51,21 @@ SENSOR_GRID = {
     "change_z": (3.4, 3.2, 3.0),
     "change_hold": (5.0, 0.0),
 }
+# the detector's other constants, fitted on all of nab-dev before the cross-validation existed, with a neighbour
+# on each side: `bench/nab.py --sensitivity` adds one key's neighbours at a time to GRID, to show how much the
+# cross-validated figure owes to those constants being fitted on the categories it holds out
+NEIGHBOURS = {
+    "trend_span": (250.0, 1000.0, 0.0),
+    "scale_span": (50.0, 200.0),
+    "season_span": (15.0, 60.0),
+    "season_min": (3, 10),
+    "tail_floor": (1e-3, 1e-5),
+    "long_span": (1000.0, 4000.0),
+    "clip": (3.0, 6.0),
+    "spatial_tolerance": (0.0, 0.1),
+    "spatial_z": (3.0, 8.0),
+    "warmup": (50, 200),
+}
 # the keys that change only a multi-metric sensor's scores: a single-metric series (NAB) ignores them
 FUSION_KEYS = ("fuse", "sensor_refractory", "pairs", "pair_span", "fuse_metrics", "change_window", "change_span",
                "change_z", "change_norm_span", "change_hold")

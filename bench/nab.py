@@ -23,6 +23,11 @@ of injected spike faults with the false alarms outside them.
     python bench/nab.py [--data DIR] [--scorer PATH] [--config PATH] [--out DIR]
     python bench/nab.py --healthy [--sensors N] [--readings N] [--config PATH]
     python bench/nab.py --perturb [--data DIR] [--config PATH]
+    python bench/nab.py --sensitivity [--data DIR] [--config PATH] [--jobs N]
+
+`--sensitivity` repeats the cross-validation with one more key in the grid at a time (bench/cv.py's
+NEIGHBOURS: the detector's other constants, fitted on all of nab-dev, each with a neighbour on either side),
+~340 candidate runs (about 10 minutes on 2 cores): how much the headline owes to those constants.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ import argparse
 import copy
 import dataclasses
 import json
+import multiprocessing
 import os
 import sys
 import time
@@ -110,7 +116,7 @@ def loco(scorer: Scorer, files: list[str], outputs: list[dict], configs: list) -
         train = [f for f in files if not f.startswith(held + "/")]
         fit = [scorer.score(o, train, profiles=("standard",))["standard"]["normalized"] for o in outputs]
         i = cv.pick(fit)
-        chosen[held] = {"config": cv.label(configs[i]), "train_standard": fit[i]}
+        chosen[held] = {"config": cv.label(configs[i]), "train_standard": fit[i], "index": i}
         thr = configs[i].threshold
         for f in files:
             if f.startswith(held + "/"):
@@ -129,6 +135,41 @@ def loco(scorer: Scorer, files: list[str], outputs: list[dict], configs: list) -
         "chosen": chosen,
         "held_out_by_category_at_pooled_threshold": held_out,
     }
+
+
+def _scores_of(job: tuple) -> dict:
+    """One candidate's scores of every file (a worker's job: (config, {file: series}))."""
+    cfg, series_of = job
+    return {rel: detector_scores(xs, cfg) for rel, xs in series_of.items()}
+
+
+def sensitivity(scorer: Scorer, files: list[str], series_of: dict, cfg, jobs: int) -> dict:
+    """The leave-one-category-out figure with bench/cv.py's GRID, then with each NEIGHBOURS key added to it
+    (its default and its neighbours), one key at a time; and each neighbour's in-sample score with the GRID
+    defaults."""
+    base = cv.candidates(cfg)
+    extra = [(key, dataclasses.replace(c, **{key: v})) for key, vals in cv.NEIGHBOURS.items() for v in vals for c in base]
+    with multiprocessing.Pool(jobs) as pool:
+        outs = pool.map(_scores_of, [(c, series_of) for c in base + [c for _, c in extra]], chunksize=2)
+    base_outs, extra_outs = outs[:len(base)], outs[len(base):]
+
+    def summary(r: dict) -> dict:
+        return {"loco_optimised": r["optimised"]["standard"]["normalized"],
+                "loco_live_thresholds": r["fixed"]["standard"]["normalized"],
+                "held_out_by_category": {k: v.get("normalized") for k, v in
+                                         r["held_out_by_category_at_pooled_threshold"].items()}}
+
+    result = {"grid": summary(loco(scorer, files, base_outs, base))}
+    for key in cv.NEIGHBOURS:
+        mine = [(c, o) for (k, c), o in zip(extra, extra_outs) if k == key]
+        configs = base + [c for c, _ in mine]
+        r = loco(scorer, files, base_outs + [o for _, o in mine], configs)
+        row = summary(r)
+        row["chosen"] = {held: f"{key}={getattr(configs[c['index']], key)}" for held, c in r["chosen"].items()}
+        row["in_sample"] = {f"{key}={getattr(c, key)}": scorer.score(o, profiles=("standard",))["standard"]["normalized"]
+                            for c, o in mine if cv.label(c) == cv.label(cfg)}
+        result[f"+{key}"] = row
+    return result
 
 
 def core_us_per_reading(series: list, cfg, repeats: int = 3) -> float:
@@ -228,6 +269,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--healthy", action="store_true", help="false alarms on healthy simulated sensors instead")
     ap.add_argument("--perturb", action="store_true",
                     help="instead: in-sample scores on nab-dev offset, quantised and noisier (a generalisation probe)")
+    ap.add_argument("--sensitivity", action="store_true",
+                    help="instead: the cross-validation with each of the detector's other constants added to the grid")
+    ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="--sensitivity: worker processes")
     ap.add_argument("--sensors", type=int, default=300, help="--healthy: simulated sensors")
     ap.add_argument("--readings", type=int, default=500, help="--healthy: readings per sensor")
     args = ap.parse_args(argv)
@@ -261,6 +305,12 @@ def main(argv: list[str] | None = None) -> dict:
         result = {"benchmark": "nab-dev-perturbed", "config": "the [anomaly] defaults, in-sample",
                   "standard_optimised": {kind: scorer.score(scored(kind), profiles=("standard",))["standard"]
                                          for kind in ("as_is", "offset", "quantised", "noise")}}
+        print(json.dumps(result, separators=(",", ":")))
+        return result
+
+    if args.sensitivity:
+        result = {"benchmark": "nab-dev-sensitivity", "config": "the [anomaly] defaults; GRID from bench/cv.py",
+                  **sensitivity(scorer, files, series_of, cfg, args.jobs)}
         print(json.dumps(result, separators=(",", ":")))
         return result
 
