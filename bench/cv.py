@@ -66,6 +66,12 @@ NEIGHBOURS = {
     "spatial_z": (3.0, 8.0),
     "warmup": (50, 200),
 }
+# the same for the sensor-level score's change channels, fitted on all of skab-dev (`bench/skab.py --sensitivity`)
+SENSOR_NEIGHBOURS = {
+    "change_window": (150, 600),
+    "change_span": (6.0, 24.0),
+    "change_norm_span": (1500.0, 6000.0),
+}
 # the keys that change only a multi-metric sensor's scores: a single-metric series (NAB) ignores them
 FUSION_KEYS = ("fuse", "sensor_refractory", "pairs", "pair_span", "fuse_metrics", "change_window", "change_span",
                "change_z", "change_norm_span", "change_hold")

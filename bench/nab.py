@@ -328,7 +328,7 @@ def main(argv: list[str] | None = None) -> dict:
         single = dataclasses.replace(c, **{k: getattr(cfg, k) for k in cv.FUSION_KEYS})
         key = dataclasses.astuple(single)
         if key not in done:
-            done[key] = live if single == cfg else {rel: detector_scores(series_of[rel], single) for rel in files}
+            done[key] = live if single == cfg else _scores_of((single, series_of))
         outputs.append(done[key])
     core = [(core_us_per_reading(series_of[rel], cfg, repeats=1), len(series_of[rel])) for rel in files[::6]]
     if args.out:

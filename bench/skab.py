@@ -27,14 +27,22 @@ in-sample. The baseline, measured in the same run: a rolling z-score per metric
 when |z| > 4, then 60 s quiet for that metric).
 
     python bench/skab.py [--data DIR | --corpus DIR] [--config PATH]
+    python bench/skab.py --sensitivity [--data DIR | --corpus DIR] [--config PATH] [--jobs N]
+
+`--sensitivity` repeats the cross-validation with one more key in the grid at a time (bench/cv.py's
+SENSOR_NEIGHBOURS: the change channels' other constants, fitted on all of skab-dev, each with a neighbour on
+either side), 1,008 candidate runs (about 25 minutes on 2 cores): how much the headline owes to them.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import json
 import math
+import multiprocessing
+import os
 import sys
 import time
 from collections import deque
@@ -181,12 +189,65 @@ def zscore_detections(rows, times, window: int = 300, z: float = 4.0, quiet: flo
     return out
 
 
+def _run(job: tuple) -> tuple[dict, float]:
+    """One candidate's detections on every labelled file and its false alarms an hour on the healthy pump."""
+    cfg, files, free_times, free_rows = job
+    return ({k: detector_detections(f["times"], f["rows"], cfg) for k, f in files.items()},
+            alarms_per_hour(free_times, detector_detections(free_times, free_rows, cfg)))
+
+
+def lofo(files: dict, configs: list, outputs: list[dict], free_fa: list[float]) -> tuple[dict, dict]:
+    """Leave-one-file-out: per file the candidate best on the others among those within the false-alarm rule;
+    the held-out detections of every file, and how often each candidate was chosen."""
+    allowed = [i for i, fa in enumerate(free_fa) if fa <= FA_TARGET] or \
+        [i for i, fa in enumerate(free_fa) if fa <= 1.25 * min(free_fa)]
+    held, chosen = {}, {}
+    for k in files:
+        train = {j: f for j, f in files.items() if j != k}
+        fit = [score(train, outputs[i])["standard"] if i in allowed else -math.inf for i in range(len(configs))]
+        i = cv.pick(fit)
+        held[k] = outputs[i][k]
+        chosen[i] = chosen.get(i, 0) + 1
+    return held, chosen
+
+
+def sensitivity(files: dict, free_times: list, free_rows: list, cfg, jobs: int) -> dict:
+    """The leave-one-file-out figure with SENSOR_GRID, then with each SENSOR_NEIGHBOURS key added to it, one
+    key at a time; each neighbour's in-sample score with the grid defaults."""
+    base = cv.candidates(cfg, cv.SENSOR_GRID)
+    extra = [(key, dataclasses.replace(c, **{key: v})) for key, vals in cv.SENSOR_NEIGHBOURS.items() for v in vals
+             for c in base]
+    with multiprocessing.Pool(jobs) as pool:
+        runs = pool.map(_run, [(c, files, free_times, free_rows) for c in base + [c for _, c in extra]])
+    base_runs, extra_runs = runs[:len(base)], runs[len(base):]
+
+    def summary(configs: list, rs: list, key: str | None = None) -> dict:
+        held, chosen = lofo(files, configs, [o for o, _ in rs], [fa for _, fa in rs])
+        row = {"lofo": score(files, held)}
+        row["chosen"] = {(f"{key}={getattr(configs[i], key)} " if key else "") + cv.label(configs[i], cv.SENSOR_GRID): n
+                         for i, n in chosen.items()}
+        return row
+
+    result = {"grid": summary(base, base_runs)}
+    for key in cv.SENSOR_NEIGHBOURS:
+        mine = [(c, r) for (k, c), r in zip(extra, extra_runs) if k == key]
+        row = summary(base + [c for c, _ in mine], base_runs + [r for _, r in mine], key)
+        row["in_sample"] = {f"{key}={getattr(c, key)}": {"standard": score(files, o)["standard"],
+                                                         "anomaly_free_alarms_per_hour": fa}
+                            for c, (o, fa) in mine if cv.label(c, cv.SENSOR_GRID) == cv.label(cfg, cv.SENSOR_GRID)}
+        result[f"+{key}"] = row
+    return result
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", type=Path, default=cv.DATA, help="folder holding skab-dev/ (default: $SHARED_DIR/data)")
     ap.add_argument("--corpus", type=Path, help="a SKAB folder: every CSV under it but anomaly-free/ is a labelled "
                     "file (default: DATA/skab-dev); its anomaly-free/anomaly-free.csv, or skab-dev's, sets the alarm rate")
     ap.add_argument("--config", help="agent configuration whose [anomaly] section is used")
+    ap.add_argument("--sensitivity", action="store_true",
+                    help="instead: the cross-validation with each of the change channels' other constants in the grid")
+    ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="--sensitivity: worker processes")
     args = ap.parse_args(argv)
     cfg = config.load(args.config).anomaly
     root = args.corpus or args.data / "skab-dev"
@@ -201,22 +262,21 @@ def main(argv: list[str] | None = None) -> dict:
         times, rows, cps = read_skab(path)
         files[path.relative_to(root).as_posix()] = {"times": times, "rows": rows, "windows": windows_of(times, cps)}
     free_times, free_rows, _ = read_skab(free)
+    if args.sensitivity:
+        result = {"benchmark": "skab-sensitivity", "corpus": str(root),
+                  **sensitivity(files, free_times, free_rows, cfg, args.jobs)}
+        print(json.dumps(result, separators=(",", ":")))
+        return result
 
     t0 = time.perf_counter()
     configs = cv.candidates(cfg, cv.SENSOR_GRID)
     outputs, free_fa = [], []
     for c in configs:
-        outputs.append({k: detector_detections(f["times"], f["rows"], c) for k, f in files.items()})
-        free_fa.append(alarms_per_hour(free_times, detector_detections(free_times, free_rows, c)))
-    allowed = [i for i, fa in enumerate(free_fa) if fa <= FA_TARGET] or \
-        [i for i, fa in enumerate(free_fa) if fa <= 1.25 * min(free_fa)]
-    held, chosen = {}, {}
-    for k in files:
-        train = {j: f for j, f in files.items() if j != k}
-        fit = [score(train, outputs[i])["standard"] if i in allowed else -math.inf for i in range(len(configs))]
-        i = cv.pick(fit)
-        held[k] = outputs[i][k]
-        chosen[cv.label(configs[i], cv.SENSOR_GRID)] = chosen.get(cv.label(configs[i], cv.SENSOR_GRID), 0) + 1
+        o, fa = _run((c, files, free_times, free_rows))
+        outputs.append(o)
+        free_fa.append(fa)
+    held, picks = lofo(files, configs, outputs, free_fa)
+    chosen = {cv.label(configs[i], cv.SENSOR_GRID): n for i, n in picks.items()}
     t_cv = time.perf_counter() - t0
 
     # in-sample: the shipped configuration through the live csp nodes; it must agree with the Detector path

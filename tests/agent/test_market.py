@@ -176,7 +176,7 @@ def test_normal_trading_raises_no_horizon_alert_and_a_jump_alerts_once():
     assert [e for e in run_alerts(wild) if e.data["horizon"]] == []
     sigma = 0.0002 / math.sqrt(2 / math.pi)
     calm = ticks("CALM", 2400, lambda: rng.gauss(0, sigma), every=1.0)
-    jump = trade("CALM", 2400.0, calm[-1].price * 1.02)  # about 8 typical minutes: a horizon move would alert too
+    jump = trade("CALM", 2400.0, calm[-1].price * 1.02)  # ~13 typical minutes: a horizon move would alert too
     evs = run_alerts(calm + [jump] + ticks("CALM", 120, lambda: rng.gauss(0, sigma), 2401.0, jump.price, every=1.0))
     assert [(e.ts, e.data["horizon"]) for e in evs if e.ts >= jump.ts] == [(jump.ts, None)]
 
