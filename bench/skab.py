@@ -31,7 +31,7 @@ when |z| > 4, then 60 s quiet for that metric).
 
 `--sensitivity` repeats the cross-validation with one more key in the grid at a time (bench/cv.py's
 SENSOR_NEIGHBOURS: the change channels' other constants, fitted on all of skab-dev, each with a neighbour on
-either side), 1,008 candidate runs (about 25 minutes on 2 cores): how much the headline owes to them.
+either side), 1,008 candidate runs (about 20 minutes on 2 cores): how much the headline owes to them.
 """
 
 from __future__ import annotations
