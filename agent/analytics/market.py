@@ -50,6 +50,9 @@ def check(cfg: MarketConfig) -> None:
         raise ConfigError("market.price_alert_threshold: must be positive")
     if cfg.price_alert_multiple <= 0:
         raise ConfigError("market.price_alert_multiple: must be positive")
+    if 0 < cfg.price_alert_horizon < 1:
+        raise ConfigError(f"market.price_alert_horizon: must be 0 (off) or at least 1 second, "
+                          f"got {cfg.price_alert_horizon:g}")
     if not cfg.price_alert_min_move < cfg.price_alert_threshold:
         raise ConfigError(f"market.price_alert_min_move: must be below market.price_alert_threshold "
                           f"({cfg.price_alert_threshold}), got {cfg.price_alert_min_move}")

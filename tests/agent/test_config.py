@@ -194,6 +194,7 @@ def test_check_config_of_the_defaults(capsys, tmp_path):
         ('[metrics]\nlisten = "9108"\n', "metrics.listen: expected host:port"),
         ("[market]\nprice_alert_min_move = 0.05\n", "market.price_alert_min_move: must be below"),
         ("[market]\nprice_alert_multiple = 0\n", "market.price_alert_multiple: must be positive"),
+        ("[market]\nprice_alert_horizon = 0.000001\n", "market.price_alert_horizon: must be 0 (off) or at least 1 second"),
         ("[market]\nprice_alert_span = 0\n", "market.price_alert_span: must be at least 1"),
         ("[drift]\nclip = 0.5\n", "drift.clip: must be above drift.allowance"),
         ("[drift]\nclip = 5.0\n", "drift.clip: 2 x (clip - allowance) must stay below drift.threshold"),
