@@ -91,7 +91,7 @@ class TickScale:
 class AlertParams:
     """Constants of the price alert, derived once from MarketConfig."""
 
-    __slots__ = ("floor", "multiple", "min_move", "warmup", "alpha", "step", "hmultiple")
+    __slots__ = ("floor", "multiple", "min_move", "warmup", "alpha", "horizon", "step", "hmultiple")
 
     def __init__(self, cfg: MarketConfig):
         self.floor = cfg.price_alert_threshold
@@ -99,7 +99,8 @@ class AlertParams:
         self.min_move = cfg.price_alert_min_move
         self.warmup = cfg.price_alert_span
         self.alpha = ewma_alpha(cfg.price_alert_span)
-        self.step = timedelta(seconds=cfg.price_alert_horizon / HORIZON_STEPS) if cfg.price_alert_horizon > 0 else None
+        self.horizon = cfg.price_alert_horizon  # seconds (0: off)
+        self.step = timedelta(seconds=self.horizon / HORIZON_STEPS) if self.horizon > 0 else None
         self.hmultiple = cfg.price_alert_horizon_multiple
 
 
@@ -124,18 +125,26 @@ def _price_alert(t: Trade, prev: Trade, move: float, scale: float | None, p: Ale
                       *((horizon,) if horizon else ()))
 
 
+def _learned(scale: float, n: int, size: float, p: AlertParams) -> float:
+    """A typical |move| (of `n` so far) after one more of `size`: the plain mean until the EWMA has a span of
+    moves, then the EWMA of moves clipped at TICK_CLIP scales (never below `min_move`: a flat symbol's scale of
+    0 must still be able to grow)."""
+    if n < p.warmup:
+        return scale + (size - scale) / (n + 1)
+    lim = TICK_CLIP * scale
+    if lim < p.min_move:
+        lim = p.min_move
+    return scale + p.alpha * ((size if size < lim else lim) - scale)
+
+
 def _next_step(s: TickScale, t: Trade, p: AlertParams) -> None:
     """Trading moved on to the horizon step of `t`: the steps since the last trade end at it (a quiet step ends
     where the last one did), and the step that ended with a trade teaches the typical horizon move, one sample a
     step however busy the symbol."""
     ends, last, k = s.ends, s.last, HORIZON_STEPS
-    if s.then is not None and s.step >= s.whole:  # as the tick scale learns (in price_alerts), once a step
-        size, hs, hn = abs(last.price / s.then.price - 1.0), s.hscale, s.hn
-        if hn < p.warmup:
-            s.hscale = hs + (size - hs) / (hn + 1)
-        else:
-            s.hscale = hs + p.alpha * (min(size, max(TICK_CLIP * hs, p.min_move)) - hs)
-        s.hn = hn + 1
+    if s.then is not None and s.step >= s.whole:
+        s.hscale = _learned(s.hscale, s.hn, abs(last.price / s.then.price - 1.0), p)
+        s.hn += 1
         if s.hn >= p.warmup:
             s.hlim = max(p.hmultiple * s.hscale, p.min_move)
     step = (t.ts - EPOCH) // p.step
@@ -193,14 +202,8 @@ def price_alerts(trades: ts[list[Trade]], cfg: MarketConfig, states: object = No
                 hmove = price / then.price - 1.0
                 if hmove >= s.hlim or -hmove >= s.hlim:
                     _anchor(s, t)
-                    out.append(_price_alert(t, then, hmove, s.hscale, p, cfg.price_alert_horizon))
-        if n < p.warmup:
-            s.scale = scale + (size - scale) / (n + 1)  # the plain mean until the EWMA has a span of moves
-        else:
-            lim = TICK_CLIP * scale
-            if lim < p.min_move:
-                lim = p.min_move  # a flat symbol's scale of 0 must still be able to grow
-            s.scale = scale + p.alpha * ((size if size < lim else lim) - scale)
+                    out.append(_price_alert(t, then, hmove, s.hscale, p, p.horizon))
+        s.scale = _learned(scale, n, size, p)
         s.n = n + 1
         s.last = t
     if out:
