@@ -13,6 +13,7 @@ The price-alert node is also timed alone: the cheap path's cost per trade.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -187,11 +188,13 @@ def bench_market(n_trades: int, symbols: int, repeat: int) -> dict:
             for name, feed in zip("tqpx", inputs()):
                 csp.add_graph_output(name, count(feed), tick_count=1)
 
-    @csp.graph
-    def alerts_only():
-        with csp.memoize(False):
-            alerts = price_alerts(csp.curve(list[Trade], trades), cfg.market)
-            csp.add_graph_output("events", count_events(alerts), tick_count=1)
+    def alerts_only(market):
+        @csp.graph
+        def g():
+            with csp.memoize(False):
+                alerts = price_alerts(csp.curve(list[Trade], trades), market)
+                csp.add_graph_output("events", count_events(alerts), tick_count=1)
+        return g
 
     @csp.graph
     def trades_only():
@@ -201,7 +204,9 @@ def bench_market(n_trades: int, symbols: int, repeat: int) -> dict:
     t_full = min(timed(full, end)[0] for _ in range(repeat))
     _, out = timed(full, end)
     t_base = min(timed(base, end)[0] for _ in range(repeat))
-    t_alert = min(timed(alerts_only, end)[0] for _ in range(repeat))
+    tick_only = dataclasses.replace(cfg.market, price_alert_horizon=0.0)  # the baseline: tick-to-tick alerts only
+    t_alert = min(timed(alerts_only(cfg.market), end)[0] for _ in range(repeat))
+    t_tick = min(timed(alerts_only(tick_only), end)[0] for _ in range(repeat))
     t_trades = min(timed(trades_only, end)[0] for _ in range(repeat))
     events = last(out, "events")
     return {
@@ -212,6 +217,8 @@ def bench_market(n_trades: int, symbols: int, repeat: int) -> dict:
         "price_alert_us_per_trade": 1e6 * (t_alert - t_trades) / n,
         "price_alert_us_per_batch": 1e6 * (t_alert - t_trades) / len(trades),
         "price_alert_cost_ratio": t_alert / t_trades,
+        "price_alert_tick_only_us_per_trade": 1e6 * (t_tick - t_trades) / n,
+        "price_alert_horizon_cost_ratio": (t_alert - t_trades) / (t_tick - t_trades),
     }
 
 
