@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import itertools
+import multiprocessing
 import os
 import sys
 from pathlib import Path
@@ -92,6 +93,25 @@ def load_nab_scorer(path: Path):
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
+
+
+_SHARED: list = []  # a worker's copy of the data every candidate runs on (see runs)
+
+
+def _share(data: object) -> None:
+    _SHARED[:] = [data]
+
+
+def _run(job: tuple) -> object:
+    fn, cfg = job
+    return fn(cfg, _SHARED[0])
+
+
+def runs(fn, configs: list, data: object, jobs: int) -> list:
+    """[fn(cfg, data) for cfg in configs] on `jobs` worker processes; `data` (the corpus) reaches each worker once
+    when the pool starts, not once per candidate. `fn` must be a module-level function."""
+    with multiprocessing.Pool(jobs, initializer=_share, initargs=(data,)) as pool:
+        return pool.map(_run, [(fn, c) for c in configs], chunksize=2)
 
 
 def pick(scores: list[float]) -> int:

@@ -36,7 +36,6 @@ import argparse
 import copy
 import dataclasses
 import json
-import multiprocessing
 import os
 import sys
 import time
@@ -137,9 +136,8 @@ def loco(scorer: Scorer, files: list[str], outputs: list[dict], configs: list) -
     }
 
 
-def _scores_of(job: tuple) -> dict:
-    """One candidate's scores of every file (a worker's job: (config, {file: series}))."""
-    cfg, series_of = job
+def scores_of(cfg, series_of: dict) -> dict:
+    """One candidate's scores of every file ({file: series})."""
     return {rel: detector_scores(xs, cfg) for rel, xs in series_of.items()}
 
 
@@ -149,8 +147,7 @@ def sensitivity(scorer: Scorer, files: list[str], series_of: dict, cfg, jobs: in
     defaults."""
     base = cv.candidates(cfg)
     extra = [(key, dataclasses.replace(c, **{key: v})) for key, vals in cv.NEIGHBOURS.items() for v in vals for c in base]
-    with multiprocessing.Pool(jobs) as pool:
-        outs = pool.map(_scores_of, [(c, series_of) for c in base + [c for _, c in extra]], chunksize=2)
+    outs = cv.runs(scores_of, base + [c for _, c in extra], series_of, jobs)
     base_outs, extra_outs = outs[:len(base)], outs[len(base):]
 
     def summary(r: dict) -> dict:
@@ -328,7 +325,7 @@ def main(argv: list[str] | None = None) -> dict:
         single = dataclasses.replace(c, **{k: getattr(cfg, k) for k in cv.FUSION_KEYS})
         key = dataclasses.astuple(single)
         if key not in done:
-            done[key] = live if single == cfg else _scores_of((single, series_of))
+            done[key] = live if single == cfg else scores_of(single, series_of)
         outputs.append(done[key])
     core = [(core_us_per_reading(series_of[rel], cfg, repeats=1), len(series_of[rel])) for rel in files[::6]]
     if args.out:

@@ -50,7 +50,7 @@ def t3(rng: random.Random) -> float:
     return rng.gauss(0.0, 1.0) / math.sqrt(sum(rng.gauss(0.0, 1.0) ** 2 for _ in range(3)) / 3.0)
 
 
-def walk(symbol: str, rate: float, tick: float, hours: float, rng: random.Random) -> list[tuple[float, float]]:
+def walk(rate: float, tick: float, hours: float, rng: random.Random) -> list[tuple[float, float]]:
     """(seconds, log-return) of one symbol's trades: Poisson times, t3 moves, wandering volatility."""
     out, t, logvol, next_vol = [], 0.0, 0.0, 1.0
     keep = math.exp(-1.0 / 1800.0)  # log volatility reverts over ~30 minutes (updated once a second)
@@ -84,7 +84,7 @@ def market(name: str, symbols: int, hours: float, seed: int) -> tuple[list[Trade
     trades, slides = [], []
     for i in range(symbols):
         sym = f"S{i}"
-        moves = walk(sym, rate, tick, hours, rng)
+        moves = walk(rate, tick, hours, rng)
         unit = typical_horizon_move(moves)
         starts = [WARMUP + k * 1800.0 + rng.uniform(0.0, 600.0) for k in range(int((hours * 3600 - WARMUP) // 1800))]
         plan = [(s, SLIDES[(i + k) % len(SLIDES)]) for k, s in enumerate(starts)]
@@ -95,21 +95,17 @@ def market(name: str, symbols: int, hours: float, seed: int) -> tuple[list[Trade
                 j += 1
             drift = 0.0
             if j < len(plan) and t >= plan[j][0]:
-                drift = plan[j][1] * unit * rate_share(rate)  # this trade's share of the slide
+                drift = plan[j][1] * unit / (rate * HORIZON / 2.0)  # this trade's share: over half a horizon
             logp += r + (drift if (i + j) % 2 else -drift)
             trades.append(Trade(symbol=sym, ts=START + timedelta(seconds=t), price=math.exp(logp), size=100.0))
     trades.sort(key=lambda tr: tr.ts)
     return trades, slides
 
 
-def rate_share(rate: float) -> float:
-    """The share of a slide one trade carries: the slide spreads over half a horizon of trades."""
-    return 1.0 / (rate * HORIZON / 2.0)
-
-
 def alerts(trades: list[Trade], cfg: MarketConfig) -> list[Event]:
+    """The `price_alerts` node's events on `trades`, fed in ~100 ms batches as ingest hands them to the graph."""
     batches, batch, cut = [], [], None
-    for tr in trades:  # ~100 ms batches, as ingest hands the graph
+    for tr in trades:
         if cut is not None and tr.ts >= cut:
             batches.append((batch[-1].ts, batch))
             batch = []

@@ -41,7 +41,6 @@ import csv
 import dataclasses
 import json
 import math
-import multiprocessing
 import os
 import sys
 import time
@@ -189,9 +188,10 @@ def zscore_detections(rows, times, window: int = 300, z: float = 4.0, quiet: flo
     return out
 
 
-def _run(job: tuple) -> tuple[dict, float]:
-    """One candidate's detections on every labelled file and its false alarms an hour on the healthy pump."""
-    cfg, files, free_times, free_rows = job
+def detections_of(cfg, data: tuple) -> tuple[dict, float]:
+    """One candidate's detections on every labelled file and its false alarms an hour on the healthy pump
+    (`data`: the labelled files, the healthy pump's times and rows)."""
+    files, free_times, free_rows = data
     return ({k: detector_detections(f["times"], f["rows"], cfg) for k, f in files.items()},
             alarms_per_hour(free_times, detector_detections(free_times, free_rows, cfg)))
 
@@ -217,8 +217,7 @@ def sensitivity(files: dict, free_times: list, free_rows: list, cfg, jobs: int) 
     base = cv.candidates(cfg, cv.SENSOR_GRID)
     extra = [(key, dataclasses.replace(c, **{key: v})) for key, vals in cv.SENSOR_NEIGHBOURS.items() for v in vals
              for c in base]
-    with multiprocessing.Pool(jobs) as pool:
-        runs = pool.map(_run, [(c, files, free_times, free_rows) for c in base + [c for _, c in extra]])
+    runs = cv.runs(detections_of, base + [c for _, c in extra], (files, free_times, free_rows), jobs)
     base_runs, extra_runs = runs[:len(base)], runs[len(base):]
 
     def summary(configs: list, rs: list, key: str | None = None) -> dict:
@@ -272,7 +271,7 @@ def main(argv: list[str] | None = None) -> dict:
     configs = cv.candidates(cfg, cv.SENSOR_GRID)
     outputs, free_fa = [], []
     for c in configs:
-        o, fa = _run((c, files, free_times, free_rows))
+        o, fa = detections_of(c, (files, free_times, free_rows))
         outputs.append(o)
         free_fa.append(fa)
     held, picks = lofo(files, configs, outputs, free_fa)
