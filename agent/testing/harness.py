@@ -303,18 +303,34 @@ def _as_bytes(payload: bytes | str | dict) -> bytes:
 
 def publish_many(broker: BrokerAddress, messages: Iterable[tuple[str, bytes | str | dict]], qos: int = 1,
                  timeout: float = 30.0) -> int:
-    """Publish (topic, payload) pairs in order over one connection; dict payloads become JSON. Returns the count."""
+    """Publish (topic, payload) pairs in order over one connection; dict payloads become JSON. Returns the count.
+
+    Publishes once the broker has accepted the connection and counts acknowledgements rather than trusting each
+    publish call: if the connection drops midway, paho reconnects and re-sends what was not acknowledged.
+    """
+    connected, cond, acked = threading.Event(), threading.Condition(), [0]
+
+    def on_publish(client, userdata, mid, reason_code, properties) -> None:
+        with cond:
+            acked[0] += 1
+            cond.notify_all()
+
     client = _client(broker)
+    client.on_connect = lambda c, u, f, rc, p: rc.is_failure or connected.set()
+    client.on_publish = on_publish
     client.connect(broker.host, broker.port)
     client.loop_start()
     try:
-        infos = [client.publish(topic, _as_bytes(payload), qos=qos) for topic, payload in messages]
-        deadline = time.monotonic() + timeout
-        for info in infos:
-            info.wait_for_publish(max(0.01, deadline - time.monotonic()))
-            if not info.is_published():
-                raise TimeoutError(f"broker {broker.url} did not acknowledge all {len(infos)} messages in {timeout} s")
-        return len(infos)
+        if not connected.wait(timeout):
+            raise TimeoutError(f"broker {broker.url} did not accept a connection in {timeout} s")
+        count = 0
+        for topic, payload in messages:
+            client.publish(topic, _as_bytes(payload), qos=qos)
+            count += 1
+        with cond:
+            if not cond.wait_for(lambda: acked[0] >= count, timeout):
+                raise TimeoutError(f"broker {broker.url} acknowledged {acked[0]} of {count} messages in {timeout} s")
+        return count
     finally:
         client.disconnect()
         client.loop_stop()
