@@ -119,6 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--metric", metavar="NAME", help="score this column alone (default: every column but timestamp)")
     sc.add_argument("--out", metavar="OUT.csv", help="where to write the scores (default: standard output)")
     sc.add_argument("--config", metavar="PATH", help=CONFIG_HELP)
+    sc.add_argument("--group", metavar="NAME", help="with the settings of [anomaly.groups.NAME] (default: [anomaly])")
 
     dm = _command(sub, "demo", "the whole system on this machine, nothing else needed",
                   "An embedded broker, the sidecar (when a model is shipped), the agent and a simulated\n"

@@ -164,6 +164,15 @@ class AnomalyConfig:
     change_z: float = 3.4  # that deviation, in units of its own long-run RMS, at which a change channel reaches the live threshold, for one metric (Bonferroni: a sensor of more metrics needs a larger one)
     change_norm_span: float = 3000.0  # readings: EWMA span of the deviation's long-run RMS
     change_hold: float = 5.0  # a deviation beyond this many RMS stops teaching that RMS until it is back within 2 (0: it always teaches, clipped at 5), so a fault does not make the next one look normal; on hold, the channel raises at most one alarm
+    groups: dict[str, AnomalyGroup] = dataclasses.field(default_factory=dict)  # sensors with settings of their own: [anomaly.groups.NAME] holds `sensors` (sensor-id filters) and any [anomaly] key, the rest come from [anomaly]; a sensor takes the first group, in file order, whose filters match it (else [anomaly])
+
+
+@dataclasses.dataclass
+class AnomalyGroup:
+    """Sensors whose machines need other anomaly settings than the fleet's (a compressor that cycles)."""
+
+    sensors: list[str]  # sensor-id filters in MQTT syntax ("+" one level, "#" the rest): "plant1/compressors/#"
+    anomaly: AnomalyConfig  # [anomaly] with the group's own keys over it (its `groups` empty)
 
 
 @dataclasses.dataclass
@@ -419,6 +428,10 @@ ORDERED = (
     ("market", "calm_ratio", "volatile_ratio", True),
 )
 
+FILE_ONLY = {("anomaly", "groups")}  # keys of nested tables: neither the environment nor a group sets them
+MAX_GROUPS = 64  # anomaly groups per agent: each runs a detector of its own
+GROUP_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
 PREFIX_KEYS = ("sensors_prefix", "market_prefix", "portfolio_prefix", "news_prefix", "output_prefix")
 INPUT_PREFIX_KEYS = PREFIX_KEYS[:4]
 MAX_SUBSCRIPTIONS = 100  # topic filters per agent: a feed split finer than this is a split by topic level, not by list
@@ -467,27 +480,64 @@ def _apply(cfg: Config, data: dict, source: str) -> set[tuple[str, str]]:
             raise ConfigError(f"{source}: unknown section [{section}]")
         if not isinstance(values, dict):
             raise ConfigError(f"{source}: [{section}] must be a table")
-        target = getattr(cfg, section)
-        fields = _section_types(type(target))
         for key, value in values.items():
-            where = f"{source}: {section}.{key}"
-            if key not in fields:
-                raise ConfigError(f"{where}: unknown key")
-            value = _coerce(where, value, fields[key])
-            choices = _CHOICES.get((section, key))
-            if choices and value not in choices:
-                raise ConfigError(f"{where}: must be one of {', '.join(choices)}, got {value!r}")
-            if isinstance(value, float) and not math.isfinite(value):
-                raise ConfigError(f"{where}: must be a finite number, got {value!r}")
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                allowed = RANGES.get((section, key))
-                if allowed is not None and value not in allowed:
-                    raise ConfigError(f"{where}: must be {allowed}, got {value!r}")
-                if value < 0:
-                    raise ConfigError(f"{where}: must not be negative, got {value!r}")
-            setattr(target, key, value)
+            _set(getattr(cfg, section), section, key, value, f"{source}: {section}.{key}")
             given.add((section, key))
     return given
+
+
+def _set(target: object, section: str, key: str, value: object, where: str) -> None:
+    """Check one key's value against its type, choices and range, and set it on the section `target`."""
+    fields = _section_types(type(target))
+    if key not in fields or (section, key) in FILE_ONLY:
+        raise ConfigError(f"{where}: unknown key" if key not in fields else f"{where}: set it in the file "
+                          f"([{section}.{key}.NAME] tables)")
+    value = _coerce(where, value, fields[key])
+    choices = _CHOICES.get((section, key))
+    if choices and value not in choices:
+        raise ConfigError(f"{where}: must be one of {', '.join(choices)}, got {value!r}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{where}: must be a finite number, got {value!r}")
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        allowed = RANGES.get((section, key))
+        if allowed is not None and value not in allowed:
+            raise ConfigError(f"{where}: must be {allowed}, got {value!r}")
+        if value < 0:
+            raise ConfigError(f"{where}: must not be negative, got {value!r}")
+    setattr(target, key, value)
+
+
+def _pop_groups(data: dict, source: str) -> dict:
+    """Take [anomaly.groups.NAME] out of the file's tables (they are built once every [anomaly] key is set)."""
+    anomaly = data.get("anomaly")
+    groups = anomaly.pop("groups", {}) if isinstance(anomaly, dict) else {}
+    if not isinstance(groups, dict) or not all(isinstance(t, dict) for t in groups.values()):
+        raise ConfigError(f"{source}: anomaly.groups: each group is a table [anomaly.groups.NAME]")
+    if len(groups) > MAX_GROUPS:
+        raise ConfigError(f"{source}: anomaly.groups: {len(groups)} groups, at most {MAX_GROUPS}")
+    return groups
+
+
+def _anomaly_groups(base: AnomalyConfig, tables: dict, source: str) -> dict[str, AnomalyGroup]:
+    """Each group: its `sensors` filters and [anomaly] with the group's keys over it."""
+    groups = {}
+    for name, table in tables.items():
+        where = f"{source}: anomaly.groups.{name}"
+        if not GROUP_NAME.fullmatch(name):
+            raise ConfigError(f"{where}: a group name is letters, digits, '_' or '-'")
+        table = dict(table)
+        if "groups" in table:
+            raise ConfigError(f"{where}.groups: groups do not nest")
+        if not table.get("sensors"):
+            raise ConfigError(f"{where}.sensors: required: the sensor-id filters whose sensors take these settings")
+        sensors = _coerce(f"{where}.sensors", table.pop("sensors"), list[str])
+        for sensor_filter in sensors:
+            _filter_levels(f"{where}.sensors", sensor_filter)
+        settings = dataclasses.replace(base, groups={})
+        for key, value in table.items():
+            _set(settings, "anomaly", key, value, f"{where}.{key}")
+        groups[name] = AnomalyGroup(sensors, settings)
+    return groups
 
 
 def _check_prefix(key: str, prefix: str) -> None:
@@ -534,6 +584,11 @@ def _intersect(a: list[str], b: list[str]) -> bool:
             return False
     longer = a if len(a) > len(b) else b
     return len(a) == len(b) or longer[min(len(a), len(b))] == "#"  # `x/#` also matches `x`
+
+
+def topic_matches(topic: str, topic_filter: str) -> bool:
+    """`topic` (no wildcards) is one of the topics `topic_filter` takes."""
+    return _intersect(topic.split("/"), topic_filter.split("/"))
 
 
 SHARE_PREFIX = "$share/"
@@ -593,16 +648,28 @@ def check(cfg: Config) -> None:
             if _overlap(prefix, other_prefix):
                 raise ConfigError(f"mqtt.{key}: {prefix!r} overlaps mqtt.{other} ({other_prefix!r}): "
                                   "each feed and the output need topics of their own")
-    window = cfg.anomaly.change_window
-    if window and (window < 60 or window % 30):
-        raise ConfigError(f"anomaly.change_window: must be 0 (off) or a multiple of 30 from 60 on (whole blocks "
-                          f"of 30 readings, at least two), got {window}")
     _check_subscriptions(cfg.mqtt)
-    for section, smaller, larger, strictly in ORDERED:
-        low, high = getattr(getattr(cfg, section), smaller), getattr(getattr(cfg, section), larger)
+    sections = [(section, getattr(cfg, section)) for section in _section_types(Config)]
+    sections += [(f"anomaly.groups.{name}", group.anomaly) for name, group in cfg.anomaly.groups.items()]
+    for where, values in sections:
+        _check_order(where, values)
+        if isinstance(values, AnomalyConfig):
+            window = values.change_window
+            if window and (window < 60 or window % 30):
+                raise ConfigError(f"{where}.change_window: must be 0 (off) or a multiple of 30 from 60 on (whole "
+                                  f"blocks of 30 readings, at least two), got {window}")
+
+
+def _check_order(where: str, values: object) -> None:
+    """The ORDERED pairs of one section (`where`: its name, or a group's)."""
+    section = "anomaly" if isinstance(values, AnomalyConfig) else where
+    for name, smaller, larger, strictly in ORDERED:
+        if name != section:
+            continue
+        low, high = getattr(values, smaller), getattr(values, larger)
         if low > high or (strictly and low == high):
-            raise ConfigError(f"{section}.{smaller}: must be {'below' if strictly else 'at most'} "
-                              f"{section}.{larger} ({_number(high)}), got {_number(low)}")
+            raise ConfigError(f"{where}.{smaller}: must be {'below' if strictly else 'at most'} "
+                              f"{where}.{larger} ({_number(high)}), got {_number(low)}")
 
 
 def _env_overrides(environ: typing.Mapping[str, str]) -> dict:
@@ -617,6 +684,8 @@ def _env_overrides(environ: typing.Mapping[str, str]) -> dict:
         key = rest[len(section) + 1 :] if section else ""
         if section is None or key not in _section_types(sections[section]):
             raise ConfigError(f"environment: {name}: no such configuration key")
+        if (section, key) in FILE_ONLY:
+            raise ConfigError(f"environment: {name}: {section}.{key} is set in the file ([{section}.{key}.NAME])")
         out.setdefault(section, {})[key] = value
     return out
 
@@ -624,10 +693,13 @@ def _env_overrides(environ: typing.Mapping[str, str]) -> dict:
 def load(path: str | os.PathLike | None = None, environ: typing.Mapping[str, str] | None = None) -> Config:
     """Read the TOML file (if any), then environment overrides; validate everything."""
     cfg = Config()
-    given = set()
+    given, groups = set(), {}
     if path is not None:
-        given |= _apply(cfg, _read_toml(path), str(path))
+        data = _read_toml(path)
+        groups = _pop_groups(data, str(path))
+        given |= _apply(cfg, data, str(path))
     given |= _apply(cfg, _env_overrides(os.environ if environ is None else environ), "environment")
+    cfg.anomaly.groups = _anomaly_groups(cfg.anomaly, groups, str(path))
     if path is not None and ("agent", "id") not in given:  # two agents on one host differ by their files
         cfg.agent.id = _id_token(f"{_host_name()}-{Path(path).stem}")
     if ("mqtt", "client_id") not in given:

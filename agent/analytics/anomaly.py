@@ -230,8 +230,8 @@ class MetricTable:
     __slots__ = ("index", "m", "season", "seen", "free", "used", "cm", "cfree", "cused")
     COLUMNS = (FIELDS, C_RING)  # the widths of a row of `m` and of a change channel's fixed part (snapshot layout)
 
-    def __init__(self, cap: int, p: Params, rows: int = 1024):
-        self.index = SensorIndex(cap, "anomaly")
+    def __init__(self, cap: int, p: Params, state: str = "anomaly", rows: int = 1024):
+        self.index = SensorIndex(cap, state)
         self.m = np.zeros((rows, FIELDS))
         self.season = np.zeros((rows, 2 * p.buckets), np.float32)
         self.seen = np.zeros((rows, p.buckets), np.uint8)
@@ -766,9 +766,9 @@ class SensorScore(AnomalyScore):
 class Detector:
     """The per-(sensor, metric) states of a whole fleet, the per-sensor fusion, and the scoring of reading batches."""
 
-    def __init__(self, cfg: AnomalyConfig):
+    def __init__(self, cfg: AnomalyConfig, state: str = "anomaly"):
         self.params = Params(cfg)
-        self.table = MetricTable(cfg.max_series, self.params)
+        self.table = MetricTable(cfg.max_series, self.params, state)
         self.small_wave = SMALL_WAVE
 
     def readings(self, sensor_id: str, metric: str) -> int:
@@ -959,14 +959,14 @@ def _evidence(kind: type, sid: str, metric: str, when: datetime, x: float, s: fl
 
 @csp.node(memoize=False)  # the config is a mutable dataclass, not hashable
 def anomaly_scores(readings: ts[list[SensorReading]], cfg: AnomalyConfig, min_score: float = 0.0,
-                   states: object = None) -> ts[list[MetricScore]]:
+                   states: object = None, state: str = "anomaly") -> ts[list[MetricScore]]:
     """Score every metric of every reading; one node keyed by (sensor, metric) inside. With `min_score` > 0 only
     the scores at or above it or the (live) event threshold, whichever is lower, go out (0: every score).
-    Its states are kept in `states` (a snapshot.StateBook, or None): the constants come from `cfg` on every
-    start."""
+    Its states are kept in `states` (a snapshot.StateBook, or None) under the name `state` (one per group of
+    sensors): the constants come from `cfg` on every start."""
     with csp.state():
-        s_detector = Detector(cfg)
-        s_detector.table = keep(states, "anomaly", s_detector.table)
+        s_detector = Detector(cfg, state)
+        s_detector.table = keep(states, state, s_detector.table)
     if csp.ticked(readings):
         out = s_detector.score_readings(readings, min(min_score, cfg.threshold))
         if out:

@@ -79,9 +79,17 @@ def config_hashes(cfg, live: dict) -> dict[str, str]:
     out = {}
     for section in SECTIONS:
         skip = live.get(section, ())
-        values = {k: v for k, v in dataclasses.asdict(getattr(cfg, section)).items() if skip != "*" and k not in skip}
+        values = _shaping(dataclasses.asdict(getattr(cfg, section)), skip)
         text = json.dumps(values, sort_keys=True, default=str)
         out[section] = hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
+    return out
+
+
+def _shaping(values: dict, skip: object) -> dict:
+    """A section's values without its live keys, nor those of its anomaly groups."""
+    out = {k: v for k, v in values.items() if skip != "*" and k not in skip}
+    for group in out.get("groups", {}).values():
+        group["anomaly"] = _shaping(group["anomaly"], skip)
     return out
 
 

@@ -20,12 +20,14 @@ from edgewatch.agent.analytics.health import sensor_health
 from edgewatch.agent.analytics.market import check as check_market
 from edgewatch.agent.analytics.market import market_analytics, price_alerts
 from edgewatch.agent.analytics.news import news_graph
+from edgewatch.agent.analytics.sensor_groups import GroupOf, split_by_group
 from edgewatch.agent.analytics.risk import risk_checks
 from edgewatch.agent.config import Config
 from edgewatch.agent.records import (
     Bar,
     Event,
     Headline,
+    MetricScore,
     Pnl,
     Position,
     Quote,
@@ -36,12 +38,30 @@ from edgewatch.agent.records import (
 
 
 @csp.node
-def merge_events(parts: [ts[list[Event]]]) -> ts[list[Event]]:
-    """One list per engine cycle from several event streams (csp.merge would drop all but one)."""
+def merge_events(parts: [ts["T"]]) -> ts["T"]:
+    """One list per engine cycle from several streams of lists (csp.merge would drop all but one)."""
     out = []
     for part in parts.tickedvalues():
         out += part
     return out
+
+
+@csp.graph(memoize=False)
+def anomaly_graph(readings: ts[list[SensorReading]], cfg: Config,
+                  states: object = None) -> csp.Outputs(scores=ts[list[MetricScore]], events=ts[list[Event]]):
+    """The scores (what health counts) and `anomaly` events; with `anomaly.groups`, one detector per group
+    and one for the rest, each with its own settings and its own state (`anomaly:NAME`)."""
+    min_score = cfg.health.anomaly_score
+    if not cfg.anomaly.groups:
+        scores = anomaly_scores(readings, cfg.anomaly, min_score, states)
+        return csp.output(scores=scores, events=anomaly_events(scores, cfg.anomaly))
+    groups = list(cfg.anomaly.groups.items())
+    parts = split_by_group(readings, GroupOf([group for _, group in groups], cfg.anomaly.max_series),
+                           len(groups) + 1)
+    settings = [(f"anomaly:{name}", group.anomaly) for name, group in groups] + [("anomaly", cfg.anomaly)]
+    scores = [anomaly_scores(part, a, min_score, states, state) for part, (state, a) in zip(parts, settings)]
+    events = [anomaly_events(part, a) for part, (_, a) in zip(scores, settings)]
+    return csp.output(scores=merge_events(scores), events=merge_events(events))
 
 
 @csp.graph(memoize=False)
@@ -50,10 +70,9 @@ def sensor_graph(readings: ts[list[SensorReading]], cfg: Config, states: object 
     `states` (a snapshot.StateBook, or None) keeps the analytics' state across a restart."""
     check_health(cfg.health, cfg.maintenance)  # a bad key fails here, at wiring, not inside the running engine
     check_drift(cfg.drift)
-    scores = anomaly_scores(readings, cfg.anomaly, cfg.health.anomaly_score, states)  # what events and health use
-    anomalies = anomaly_events(scores, cfg.anomaly)
-    health = sensor_health(readings, scores, cfg.health, cfg.maintenance, cfg.drift, states)
-    return merge_events([anomalies, health])
+    anomalies = anomaly_graph(readings, cfg, states)
+    health = sensor_health(readings, anomalies.scores, cfg.health, cfg.maintenance, cfg.drift, states)
+    return merge_events([anomalies.events, health])
 
 
 @csp.graph(memoize=False)

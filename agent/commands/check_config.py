@@ -77,4 +77,6 @@ def check_config_command(args) -> int:
     print(f"  record   {cfg.record.path or 'off'}")
     print(f"  sidecar  {cfg.sidecar.url}")
     print(f"  metrics  {cfg.metrics.listen or 'off'}")
+    for name, group in cfg.anomaly.groups.items():
+        print(f"  anomaly  group {name}: {', '.join(group.sensors)}")
     return 0

@@ -329,19 +329,30 @@ class Service:
             return
         applied, needs_restart = [], []
         for s in (f.name for f in dataclasses.fields(new)):
-            live_section, new_section = getattr(self.cfg, s), getattr(new, s)
-            live_keys = LIVE_KEYS.get(s, ())
-            for f in dataclasses.fields(new_section):
-                if getattr(live_section, f.name) == getattr(new_section, f.name):
-                    continue
-                if live_keys == "*" or f.name in live_keys:
-                    setattr(live_section, f.name, getattr(new_section, f.name))
-                    applied.append(f"{s}.{f.name}")
-                else:
-                    needs_restart.append(f"{s}.{f.name}")
+            _apply_live(s, getattr(self.cfg, s), getattr(new, s), LIVE_KEYS.get(s, ()), applied, needs_restart)
         logs.setup(self.cfg.log.level, self.cfg.log.format)
         log.info("config_reloaded", applied=applied, needs_restart=needs_restart)
         self.notifier.ready()
+
+
+def _apply_live(where: str, live: object, new: object, live_keys: object, applied: list[str],
+                needs_restart: list[str]) -> None:
+    """Set on the running section `live` the `live_keys` that `new` changes; name the other changed keys. An
+    anomaly group's live keys are live too, as long as the groups and their sensors stay as they are."""
+    for f in dataclasses.fields(new):
+        old_value, new_value = getattr(live, f.name), getattr(new, f.name)
+        if old_value == new_value:
+            continue
+        if live_keys == "*" or f.name in live_keys:
+            setattr(live, f.name, new_value)
+            applied.append(f"{where}.{f.name}")
+        elif f.name == "groups" and [(n, g.sensors) for n, g in old_value.items()] == \
+                [(n, g.sensors) for n, g in new_value.items()]:
+            for name, group in new_value.items():
+                _apply_live(f"{where}.groups.{name}", old_value[name].anomaly, group.anomaly, live_keys, applied,
+                            needs_restart)
+        else:
+            needs_restart.append(f"{where}.{f.name}")
 
 
 def run_command(args) -> int:

@@ -129,6 +129,7 @@ def test_environment_read_from_os_environ(monkeypatch):
         ("EDGEWATCH_NOPE_X", "1", "EDGEWATCH_NOPE_X: no such configuration key"),
         ("EDGEWATCH_LOG_FORMAT", "xml", "environment: log.format: must be one of"),
         ("EDGEWATCH_RISK_MAX_DRAWDOWN", "nan", "environment: risk.max_drawdown: must be a finite number"),
+        ("EDGEWATCH_ANOMALY_GROUPS", "x", "EDGEWATCH_ANOMALY_GROUPS: anomaly.groups is set in the file"),
     ],
 )
 def test_bad_environment_names_the_variable(name, value, named):
@@ -206,6 +207,18 @@ def test_check_config_of_the_defaults(capsys, tmp_path):
         ("[anomaly]\nchange_window = 45\n", "anomaly.change_window: must be 0 (off) or a multiple of 30"),
         ("[anomaly]\nchange_span = 5000\n", "anomaly.change_span: must be below anomaly.change_norm_span"),
         ("[anomaly]\nchange_z = 0\n", "anomaly.change_z: must be positive"),
+        ("[anomaly.groups.pumps]\nchange_hold = 0\n", "anomaly.groups.pumps.sensors: required"),
+        ('[anomaly.groups.pumps]\nsensors = ["a/#/b"]\n', "anomaly.groups.pumps.sensors: 'a/#/b' is not a topic filter"),
+        ('[anomaly.groups.pumps]\nsensors = ["a/#"]\nthreshold = 2\n', "anomaly.groups.pumps.threshold: must be in (0, 1]"),
+        ('[anomaly.groups.pumps]\nsensors = ["a/#"]\nbogus = 1\n', "anomaly.groups.pumps.bogus: unknown key"),
+        ('[anomaly.groups.pumps]\nsensors = ["a/#"]\nchange_window = 45\n',
+         "anomaly.groups.pumps.change_window: must be 0 (off) or a multiple of 30"),
+        ('[anomaly]\nthreshold = 0.9\n[anomaly.groups.pumps]\nsensors = ["a/#"]\ncritical = 0.85\n',
+         "anomaly.groups.pumps.threshold: must be at most anomaly.groups.pumps.critical"),
+        ('[anomaly.groups.pumps]\nsensors = ["a/#"]\n[anomaly.groups.pumps.groups.x]\nsensors = ["a/b"]\n',
+         "anomaly.groups.pumps.groups: groups do not nest"),
+        ('[anomaly.groups."a b"]\nsensors = ["a/#"]\n', "anomaly.groups.a b: a group name is letters"),
+        ("[anomaly]\ngroups = 3\n", "anomaly.groups: each group is a table [anomaly.groups.NAME]"),
     ],
 )
 def test_check_config_errors_exit_2_naming_the_key(capsys, tmp_path, text, named):

@@ -149,3 +149,22 @@ def test_unwritable_out_exits_2_with_one_line(tmp_path, capsys):
     assert main(["score", str(write(tmp_path / "in.csv", rows)), "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and str(out) in err and "Traceback" not in err
+
+
+def test_group_scores_with_that_groups_settings(tmp_path, capsys):
+    cfg = tmp_path / "agent.toml"
+    cfg.write_text('[anomaly.groups.slow]\nsensors = ["plant1/#"]\nlevel_span = 50\nwarmup = 200\n')
+    rows, out = series(), tmp_path / "out.csv"
+    assert main(["score", str(write(tmp_path / "in.csv", rows)), "--config", str(cfg), "--group", "slow",
+                 "--out", str(out)]) == 0
+    scores = [float(r[2]) for r in list(csv.reader(out.open()))[1:]]
+    readings = [
+        SensorReading(sensor_id="score", ts=datetime.fromisoformat(t), metrics={"value": float(v)}, attrs={})
+        for t, v in rows
+    ]
+    group = AnomalyConfig(level_span=50.0, warmup=200)
+    assert scores == [s.score for s in Detector(group).score_readings(readings)]
+    assert scores != [s.score for s in Detector(AnomalyConfig()).score_readings(readings)]
+    assert main(["score", str(tmp_path / "in.csv"), "--config", str(cfg), "--group", "fast"]) == 2
+    err = capsys.readouterr().err
+    assert "--group fast: no [anomaly.groups.fast]" in err and "groups: slow" in err
