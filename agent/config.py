@@ -78,6 +78,7 @@ class MqttConfig:
     reconnect_min_delay: float = 0.5  # first reconnect backoff, seconds
     reconnect_max_delay: float = 30.0  # longest reconnect backoff, seconds
     max_payload: int = 65536  # larger messages become dead letters, bytes
+    max_qos0_backlog: int = 20000  # input messages waiting for the engine at most before a new QoS 0 one (sent at most once) is dropped and counted; QoS 1 input is bounded by receive_maximum and never dropped
     sensors_prefix: str = "sensors"  # input topic prefix: {prefix}/{sensor_id}
     market_prefix: str = "market"  # input topic prefix: {prefix}/{symbol}/trade|quote
     portfolio_prefix: str = "portfolio"  # input topic prefix: {prefix}/positions, {prefix}/pnl
@@ -358,6 +359,7 @@ RANGES = {
     ("mqtt", "reconnect_min_delay"): POSITIVE,
     ("mqtt", "reconnect_max_delay"): POSITIVE,
     ("mqtt", "max_payload"): Range(1, 268_435_455),  # the largest MQTT packet
+    ("mqtt", "max_qos0_backlog"): AT_LEAST_1,
     ("mqtt", "ack_deadline"): POSITIVE,
     ("store", "max_backlog_rows"): AT_LEAST_1,
     ("state", "snapshot_keep"): AT_LEAST_1,

@@ -44,6 +44,7 @@ from paho.mqtt.properties import Properties
 log = get("edgewatch.agent.ingest.mqtt")
 
 MAX_BATCH = 5000  # messages per push at most: bounds one engine cycle's latency
+SHED_WARN_EVERY = 60.0  # seconds between two warnings that QoS 0 input is being dropped
 MAX_BATCHES_IN_FLIGHT = 2  # pushed but not yet durable: under load the next batch grows instead
 _PUBACK = struct.Struct("!BBH")
 PROTOCOL_REFUSED = {"Unsupported protocol version", "Unacceptable protocol version"}
@@ -94,6 +95,7 @@ class Link:
         self._connects = 0
         self._outcome: collections.deque = collections.deque()  # first-connection outcome, for protocol "auto"
         self._accepting = True
+        self._shed_since_warning, self._shed_warned = 0, -SHED_WARN_EVERY
         self._subscribing: dict[int, list[str]] = {}  # SUBSCRIBE mid -> its topic filters, until the SUBACK
         self.refused: dict[str, str] = {}  # topic filter -> the reason the broker refused it (an ACL, a quota)
         self.on_publish_refused: list = []  # hooks(mid, reason): a PUBACK said the broker did not take it
@@ -197,8 +199,22 @@ class Link:
             log.warning("mqtt_disconnected", reason=str(reason_code))
 
     def _on_message(self, client, userdata, msg) -> None:
-        if self._accepting:  # after close() began, leave messages unacknowledged: the broker redelivers
-            self.inbox.append((utcnow(), msg))
+        if not self._accepting:  # after close() began, leave messages unacknowledged: the broker redelivers
+            return
+        if msg.qos == 0 and len(self.inbox) >= self.cfg.max_qos0_backlog:
+            self._shed()  # sent at most once, nothing to redeliver it: a publisher faster than the engine
+            return        # would otherwise grow the inbox without bound (QoS 1 waits for our PUBACKs)
+        self.inbox.append((utcnow(), msg))
+
+    def _shed(self) -> None:
+        metrics.MESSAGES_SHED.inc()
+        self._shed_since_warning += 1
+        now = time.monotonic()
+        if now - self._shed_warned >= SHED_WARN_EVERY:
+            log.warning("mqtt_qos0_shed", dropped=self._shed_since_warning, backlog=len(self.inbox),
+                        hint="the engine is behind a QoS 0 publisher: publish at QoS 1 to be throttled instead, "
+                             "or raise mqtt.max_qos0_backlog")
+            self._shed_warned, self._shed_since_warning = now, 0
 
     def _burst_read(self) -> None:
         """paho's thread has parsed everything it had buffered: wake the pump if that queued messages."""

@@ -42,6 +42,11 @@ MESSAGES_DONE = Counter(
     "Input messages fully handled: their batch's events and dead letters committed, PUBACK sent",
     registry=REGISTRY,
 )
+MESSAGES_SHED = Counter(
+    "edgewatch_messages_shed_total",
+    "QoS 0 input messages dropped on arrival: mqtt.max_qos0_backlog messages were already waiting for the engine",
+    registry=REGISTRY,
+)
 DEAD_LETTERS = Counter(
     "edgewatch_dead_letters_total", "Rejected input messages, by reason code", ["reason"], registry=REGISTRY
 )

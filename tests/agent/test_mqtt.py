@@ -10,6 +10,7 @@ from edgewatch.agent.config import Config
 from edgewatch.agent.ingest.mqtt import Link, MqttAdapterManager
 from edgewatch.agent.ingest.paho_receive import EmptyFastMatcher
 from edgewatch.agent.ingest.validate import Validator
+from edgewatch.agent.ops import metrics
 from edgewatch.agent.records import BatchMark, DeadLetter, SensorReading
 from edgewatch.agent.testing.plugin import publish_many, wait_for
 
@@ -95,3 +96,27 @@ def test_unacknowledged_messages_are_redelivered(mosquitto):
         assert values == [float(i) for i in range(50)]
     finally:
         again.close()
+
+
+def test_qos0_input_beyond_the_backlog_is_dropped_and_counted_qos1_never(mosquitto):
+    """A publisher at QoS 0 faster than the engine cannot grow the inbox without bound: once
+    `mqtt.max_qos0_backlog` messages wait, a new QoS 0 message is dropped and counted. QoS 1 input is bounded by
+    the broker's flow control (our PUBACKs) and is never dropped. Here nothing drains the inbox."""
+    cfg, link = _link(mosquitto, "test-mqtt-qos0-shed")
+    cfg.mqtt.max_qos0_backlog = 40
+    shed = metrics.MESSAGES_SHED._value.get()
+    link.start()
+    try:
+        wait_for(lambda: link.connected.is_set() and not link._subscribing, 10, what="subscribed")
+        publish_many(mosquitto, [("sensors/q1", {"temperature": float(i)}) for i in range(30)], qos=1)
+        wait_for(lambda: len(link.inbox) == 30, 10, what="30 QoS 1 messages")
+        publish_many(mosquitto, [("sensors/q0", {"temperature": float(i)}) for i in range(100)], qos=0)
+        wait_for(lambda: len(link.inbox) + metrics.MESSAGES_SHED._value.get() - shed == 130, 10,
+                 what="100 QoS 0 messages received or shed")
+        assert len(link.inbox) == 40 and metrics.MESSAGES_SHED._value.get() - shed == 90
+        kept = [json.loads(m.payload)["temperature"] for _, m in list(link.inbox) if m.qos == 0]
+        assert kept == [float(i) for i in range(10)]  # the first ones: a message in the inbox is never dropped
+        publish_many(mosquitto, [("sensors/q1", {"temperature": float(i)}) for i in range(5)], qos=1)
+        wait_for(lambda: len(link.inbox) == 45, 10, what="QoS 1 past the backlog")
+    finally:
+        link.close()
