@@ -194,13 +194,22 @@ def _toml_value(v: object) -> str:
     return json.dumps(str(v))  # a JSON string is a valid TOML basic string
 
 
+def _table(name: str, values: dict, lines: list[str]) -> None:
+    """`[name]` with its plain keys, then each dict value as a table below it (`[anomaly.groups.NAME]`)."""
+    lines.append(f"[{name}]")
+    lines.extend(f"{k} = {_toml_value(v)}" for k, v in values.items() if not isinstance(v, dict))
+    lines.append("")
+    for k, v in values.items():
+        if isinstance(v, dict):
+            _table(f"{name}.{k}", v, lines)
+
+
 def write_config(path: str | os.PathLike, settings: dict[str, dict[str, object]]) -> Path:
-    """Write `{section: {key: value}}` as an agent TOML file; returns its path."""
-    lines = []
+    """Write `{section: {key: value}}` as an agent TOML file (a dict value is a table below its section,
+    e.g. `{"anomaly": {"groups": {"pumps": {...}}}}`); returns its path."""
+    lines: list[str] = []
     for section, values in settings.items():
-        lines.append(f"[{section}]")
-        lines.extend(f"{k} = {_toml_value(v)}" for k, v in values.items())
-        lines.append("")
+        _table(section, values, lines)
     path = Path(path)
     path.write_text("\n".join(lines), encoding="utf-8")
     return path

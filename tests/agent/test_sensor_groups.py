@@ -5,10 +5,13 @@ sensor exactly the events it would get from a graph run with its group's setting
 from __future__ import annotations
 
 import dataclasses
+import math
 import random
+import time
 from datetime import datetime, timedelta
 
 import csp
+import httpx
 from edgewatch.agent import config
 from edgewatch.agent.analytics.sensor_groups import GroupOf
 from edgewatch.agent.analytics.snapshot import StateBook, config_hashes
@@ -16,8 +19,11 @@ from edgewatch.agent.analytics.topology import sensor_graph
 from edgewatch.agent.cli import main
 from edgewatch.agent.commands.run import LIVE_KEYS, _apply_live
 from edgewatch.agent.records import SensorReading
+from edgewatch.agent.testing.plugin import AgentProcess, publish_many, wait_for_events
+from edgewatch.common.ports import free_port
 
 T0 = datetime(2026, 3, 2, 8, 0)
+T1 = time.time() - 3600  # live readings an hour old: never "in the future"
 GROUPS = """
 [anomaly]
 critical = 0.98
@@ -133,3 +139,24 @@ def test_check_config_lists_the_groups_in_the_order_they_are_tried(tmp_path, cap
     assert main(["check-config", str(path)]) == 0
     lines = [ln.strip() for ln in capsys.readouterr().out.splitlines() if "anomaly  group" in ln]
     assert lines == ["anomaly  group compressors: plant1/+/comp, plant2/#", "anomaly  group plant1: plant1/#"]
+
+
+def test_a_running_agent_judges_each_group_with_its_settings(mqtt_broker, tmp_path):
+    """The real service: a sensor of the group `hot` gets its threshold and keeps its state apart (metrics)."""
+    port = free_port()
+    agent = AgentProcess(mqtt_broker, tmp_path / "agent", {
+        "anomaly": {"warmup": 20, "groups": {"hot": {"sensors": ["plant1/+"], "threshold": 0.95}}},
+        "metrics": {"listen": f"127.0.0.1:{port}"}}).start()
+    try:
+        agent.wait_ready(mqtt_broker)
+        calm = [{"temperature": 20.0 + 0.2 * math.sin(i / 3.0) + 0.01 * (i % 7)} for i in range(60)]
+        for sensor in ("plant1/a", "plant2/a"):
+            publish_many(mqtt_broker, [(f"sensors/{sensor}", {"ts": T1 + i, **r}) for i, r in enumerate(calm)]
+                         + [(f"sensors/{sensor}", {"ts": T1 + 60, "temperature": 95.0})])
+        found = wait_for_events(agent.db, 2, kinds=["anomaly"], timeout=20)
+        assert {e["key"]: e["data"]["threshold"] for e in found} == {"plant1/a": 0.95, "plant2/a": 0.8}
+        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+        assert 'edgewatch_state_keys{state="anomaly:hot"} 1.0' in text
+        assert 'edgewatch_state_keys{state="anomaly"} 1.0' in text
+    finally:
+        assert agent.stop() == 0, agent.log_tail()
