@@ -13,7 +13,6 @@ import zlib
 from datetime import datetime, timedelta, timezone
 
 import csp
-import pytest
 from edgewatch.agent.analytics import anomaly, snapshot
 from edgewatch.agent.analytics.snapshot import StateBook
 from edgewatch.agent.analytics.topology import analytics
