@@ -165,15 +165,16 @@ class AnomalyConfig:
     change_z: float = 3.4  # that deviation, in units of its own long-run RMS, at which a change channel reaches the live threshold, for one metric (Bonferroni: a sensor of more metrics needs a larger one)
     change_norm_span: float = 3000.0  # readings: EWMA span of the deviation's long-run RMS
     change_hold: float = 5.0  # a deviation beyond this many RMS stops teaching that RMS until it is back within 2 (0: it always teaches, clipped at 5), so a fault does not make the next one look normal; on hold, the channel raises at most one alarm
-    groups: dict[str, AnomalyGroup] = dataclasses.field(default_factory=dict)  # sensors with settings of their own: [anomaly.groups.NAME] holds `sensors` (sensor-id filters) and any [anomaly] key, the rest come from [anomaly]; a sensor takes the first group, in file order, whose filters match it (else [anomaly])
+    groups: dict[str, SensorGroup] = dataclasses.field(default_factory=dict)  # sensors with settings of their own: [anomaly.groups.NAME] holds `sensors` (sensor-id filters) and any [anomaly] key, the rest come from [anomaly]; a sensor takes the first group, in file order, whose filters match it (else [anomaly])
 
 
 @dataclasses.dataclass
-class AnomalyGroup:
-    """Sensors whose machines need other anomaly settings than the fleet's (a compressor that cycles)."""
+class SensorGroup:
+    """Sensors whose machines need other settings than the fleet's: [anomaly.groups.NAME] (a compressor that
+    cycles between regimes), [health.groups.NAME] (a plant whose pressure is in bar, not kPa)."""
 
     sensors: list[str]  # sensor-id filters in MQTT syntax ("+" one level, "#" the rest): "plant1/compressors/#"
-    anomaly: AnomalyConfig  # [anomaly] with the group's own keys over it (its `groups` empty)
+    settings: AnomalyConfig | HealthConfig  # the section with the group's own keys over it (its `groups` empty)
 
 
 @dataclasses.dataclass
@@ -202,6 +203,7 @@ class HealthConfig:
     band_margin: float = 0.05  # how far past a band boundary the score must move to count as a crossing
     max_sensors: int = 100_000  # sensors tracked at most by health and maintenance; the longest-silent is forgotten beyond it
     forget_after: float = 86400.0  # seconds of silence after which a sensor is forgotten (its next reading starts afresh)
+    groups: dict[str, SensorGroup] = dataclasses.field(default_factory=dict)  # sensors with settings of their own: [health.groups.NAME] holds `sensors` (sensor-id filters) and any [health] key (ranges in their units, stale and stuck limits), the rest come from [health]; the first group in file order whose filters match a sensor's id wins (else [health])
 
 
 @dataclasses.dataclass
@@ -430,8 +432,9 @@ ORDERED = (
     ("market", "calm_ratio", "volatile_ratio", True),
 )
 
-FILE_ONLY = {("anomaly", "groups")}  # keys of nested tables: neither the environment nor a group sets them
-MAX_GROUPS = 64  # anomaly groups per agent: each runs a detector of its own
+GROUPED = ("anomaly", "health")  # the sections whose settings can differ by group of sensors
+FILE_ONLY = {(section, "groups") for section in GROUPED}  # tables of tables: not for the environment nor a group
+MAX_GROUPS = 64  # groups per section: each runs a node of its own
 GROUP_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 PREFIX_KEYS = ("sensors_prefix", "market_prefix", "portfolio_prefix", "news_prefix", "output_prefix")
@@ -509,22 +512,25 @@ def _set(target: object, section: str, key: str, value: object, where: str) -> N
     setattr(target, key, value)
 
 
-def _pop_groups(data: dict, source: str) -> dict:
-    """Take [anomaly.groups.NAME] out of the file's tables (they are built once every [anomaly] key is set)."""
-    anomaly = data.get("anomaly")
-    groups = anomaly.pop("groups", {}) if isinstance(anomaly, dict) else {}
-    if not isinstance(groups, dict) or not all(isinstance(t, dict) for t in groups.values()):
-        raise ConfigError(f"{source}: anomaly.groups: each group is a table [anomaly.groups.NAME]")
-    if len(groups) > MAX_GROUPS:
-        raise ConfigError(f"{source}: anomaly.groups: {len(groups)} groups, at most {MAX_GROUPS}")
-    return groups
+def _pop_groups(data: dict, source: str) -> dict[str, dict]:
+    """Take [SECTION.groups.NAME] out of the file's tables (they are built once every other key is set)."""
+    out = {}
+    for section in GROUPED:
+        values = data.get(section)
+        groups = values.pop("groups", {}) if isinstance(values, dict) else {}
+        if not isinstance(groups, dict) or not all(isinstance(t, dict) for t in groups.values()):
+            raise ConfigError(f"{source}: {section}.groups: each group is a table [{section}.groups.NAME]")
+        if len(groups) > MAX_GROUPS:
+            raise ConfigError(f"{source}: {section}.groups: {len(groups)} groups, at most {MAX_GROUPS}")
+        out[section] = groups
+    return out
 
 
-def _anomaly_groups(base: AnomalyConfig, tables: dict, source: str) -> dict[str, AnomalyGroup]:
-    """Each group: its `sensors` filters and [anomaly] with the group's keys over it."""
+def _groups(section: str, base: AnomalyConfig | HealthConfig, tables: dict, source: str) -> dict[str, SensorGroup]:
+    """Each group: its `sensors` filters and the section `base` with the group's keys over it."""
     groups = {}
     for name, table in tables.items():
-        where = f"{source}: anomaly.groups.{name}"
+        where = f"{source}: {section}.groups.{name}"
         if not GROUP_NAME.fullmatch(name):
             raise ConfigError(f"{where}: a group name is letters, digits, '_' or '-'")
         table = dict(table)
@@ -537,8 +543,8 @@ def _anomaly_groups(base: AnomalyConfig, tables: dict, source: str) -> dict[str,
             _filter_levels(f"{where}.sensors", sensor_filter)
         settings = dataclasses.replace(base, groups={})
         for key, value in table.items():
-            _set(settings, "anomaly", key, value, f"{where}.{key}")
-        groups[name] = AnomalyGroup(sensors, settings)
+            _set(settings, section, key, value, f"{where}.{key}")
+        groups[name] = SensorGroup(sensors, settings)
     return groups
 
 
@@ -652,7 +658,8 @@ def check(cfg: Config) -> None:
                                   "each feed and the output need topics of their own")
     _check_subscriptions(cfg.mqtt)
     sections = [(section, getattr(cfg, section)) for section in _section_types(Config)]
-    sections += [(f"anomaly.groups.{name}", group.anomaly) for name, group in cfg.anomaly.groups.items()]
+    sections += [(f"{section}.groups.{name}", group.settings) for section in GROUPED
+                 for name, group in getattr(cfg, section).groups.items()]
     for where, values in sections:
         _check_order(where, values)
         if isinstance(values, AnomalyConfig):
@@ -664,7 +671,7 @@ def check(cfg: Config) -> None:
 
 def _check_order(where: str, values: object) -> None:
     """The ORDERED pairs of one section (`where`: its name, or a group's)."""
-    section = "anomaly" if isinstance(values, AnomalyConfig) else where
+    section = where.split(".", 1)[0]
     for name, smaller, larger, strictly in ORDERED:
         if name != section:
             continue
@@ -701,7 +708,8 @@ def load(path: str | os.PathLike | None = None, environ: typing.Mapping[str, str
         groups = _pop_groups(data, str(path))
         given |= _apply(cfg, data, str(path))
     given |= _apply(cfg, _env_overrides(os.environ if environ is None else environ), "environment")
-    cfg.anomaly.groups = _anomaly_groups(cfg.anomaly, groups, str(path))
+    for section, tables in groups.items():
+        getattr(cfg, section).groups = _groups(section, getattr(cfg, section), tables, str(path))
     if path is not None and ("agent", "id") not in given:  # two agents on one host differ by their files
         cfg.agent.id = _id_token(f"{_host_name()}-{Path(path).stem}")
     if ("mqtt", "client_id") not in given:

@@ -32,7 +32,7 @@ from edgewatch.agent.analytics.topology import (
     market_graph,  # noqa: E402
     sensor_graph,  # noqa: E402
 )
-from edgewatch.agent.config import AnomalyGroup, Config  # noqa: E402
+from edgewatch.agent.config import SensorGroup, Config  # noqa: E402
 from edgewatch.agent.records import (  # noqa: E402
     Event,
     Pnl,
@@ -147,7 +147,7 @@ def bench_sensors(n_sensors: int, rounds: int, repeat: int) -> dict:
     # the rest under [anomaly]: what the split into four detectors costs
     grouped_cfg = copy.deepcopy(cfg)
     grouped_cfg.anomaly.groups = {
-        f"g{g}": AnomalyGroup([f"site{10 * g + i}/#" for i in range(10)], dataclasses.replace(cfg.anomaly))
+        f"g{g}": SensorGroup([f"site{10 * g + i}/#" for i in range(10)], dataclasses.replace(cfg.anomaly))
         for g in range(3)}
 
     @csp.graph

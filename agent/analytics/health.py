@@ -100,7 +100,17 @@ def parse_bands(text: str) -> tuple[float, float]:
 
 
 def check(h: HealthConfig, m: MaintenanceConfig) -> None:
-    """Raise ConfigError naming the first bad [health]/[maintenance] key (called when the graph is wired)."""
+    """Raise ConfigError naming the first bad [health]/[maintenance] key (called when the graph is wired), or
+    the group's own key (`health.groups.NAME.ranges`)."""
+    _check(h, m)
+    for name, group in h.groups.items():
+        try:
+            _check(group.settings, m)
+        except ConfigError as e:
+            raise ConfigError(str(e).replace("health.", f"health.groups.{name}.")) from None
+
+
+def _check(h: HealthConfig, m: MaintenanceConfig) -> None:
     Params(h, m)
     for key in ("fast_span", "noise_span", "baseline_span", "anomaly_span", "stuck_readings"):
         if getattr(h, key) < 1:
@@ -448,16 +458,19 @@ def health_event(s: SensorHealth, when: datetime, p: Params, why: str, keyed: da
 @csp.node(memoize=False)
 def sensor_health(
     readings: ts[list[SensorReading]], scores: ts[list[MetricScore]], h: HealthConfig, m: MaintenanceConfig,
-    d: DriftConfig = None, states: object = None,
+    d: DriftConfig = None, states: object = None, group: str = "",
 ) -> ts[list[Event]]:
     """`health` events (periodic, on band crossings, while stale) and `maintenance` flags, for every sensor;
-    the sensors' states (drift and maintenance flags included) are kept in `states` (a snapshot.StateBook, or None)."""
+    the sensors' states (drift and maintenance flags included) are kept in `states` (a snapshot.StateBook, or None),
+    under names of their own for a group of sensors (`health:NAME`)."""
     with csp.alarms():
         a_sweep = csp.alarm(bool)
     with csp.state():
-        s_sensors = keep(states, "health", RecentStates(h.max_sensors, "health"))
+        name = f"health:{group}" if group else "health"
+        s_sensors = keep(states, name, RecentStates(h.max_sensors, name))
         s_params = Params(h, m, d)
-        s_peers = keep(states, "drift_peers", PeerBlocks(h.max_sensors)) if s_params.drift.peers else None
+        s_peers = (keep(states, f"drift_peers:{group}" if group else "drift_peers", PeerBlocks(h.max_sensors))
+                   if s_params.drift.peers else None)
         s_sweep = timedelta(seconds=h.sweep_interval if h.sweep_interval > 0 else 1.0)
     with csp.start():
         csp.make_passive(scores)

@@ -1,9 +1,10 @@
-"""Sensors with anomaly settings of their own: the readings of each `[anomaly.groups.NAME]` go to a detector
-of their own, the rest to the one of `[anomaly]`.
+"""Sensors with settings of their own: the readings of each `[anomaly.groups.NAME]` go to a detector of their
+own, those of each `[health.groups.NAME]` to a health node of their own, the rest to the section's.
 
 A fleet is rarely one kind of machine: a compressor that cycles between regimes wants `change_hold = 0`, a
-pump fleet beside it the default. A sensor takes the first group, in the file's order, whose filters
-match its id; the answer is cached (bounded: anyone who can publish can invent sensor ids).
+pump fleet beside it the default; one plant reports pressure in bar, another in kPa. A sensor takes the
+first group, in the file's order, whose filters match its id; the answer is cached (bounded: anyone who
+can publish can invent sensor ids).
 """
 
 from __future__ import annotations
@@ -12,14 +13,13 @@ import functools
 
 import csp
 from csp import ts
-from edgewatch.agent.config import AnomalyGroup, topic_matches
-from edgewatch.agent.records import SensorReading
+from edgewatch.agent.config import SensorGroup, topic_matches
 
 
 class GroupOf:
     """sensor id -> index of its group in `groups` (len(groups): none, the `[anomaly]` settings)."""
 
-    def __init__(self, groups: list[AnomalyGroup], cache: int):
+    def __init__(self, groups: list[SensorGroup], cache: int):
         self.filters = [group.sensors for group in groups]
         self.index = functools.lru_cache(maxsize=cache)(self._match)
 
@@ -31,11 +31,11 @@ class GroupOf:
 
 
 @csp.node
-def split_by_group(readings: ts[list[SensorReading]], group_of: object,
-                   n: int) -> csp.OutputBasket(list[ts[list[SensorReading]]], shape="n"):
-    """The readings of each group, in arrival order (`n`: the groups and the rest, the last)."""
-    if csp.ticked(readings):
-        parts: dict[int, list[SensorReading]] = {}
-        for rd in readings:
-            parts.setdefault(group_of.index(rd.sensor_id), []).append(rd)
+def split_by_group(items: ts[list["T"]], group_of: object, n: int) -> csp.OutputBasket(list[ts[list["T"]]], shape="n"):
+    """The readings (or scores: anything with a `sensor_id`) of each group, in arrival order (`n`: the groups
+    and the rest, the last)."""
+    if csp.ticked(items):
+        parts: dict[int, list] = {}
+        for item in items:
+            parts.setdefault(group_of.index(item.sensor_id), []).append(item)
         csp.output(parts)

@@ -89,7 +89,7 @@ def _shaping(values: dict, skip: object) -> dict:
     """A section's values without its live keys, nor those of its anomaly groups."""
     out = {k: v for k, v in values.items() if skip != "*" and k not in skip}
     for group in out.get("groups", {}).values():
-        group["anomaly"] = _shaping(group["anomaly"], skip)
+        group["settings"] = _shaping(group["settings"], skip)
     return out
 
 

@@ -58,10 +58,26 @@ def anomaly_graph(readings: ts[list[SensorReading]], cfg: Config,
     groups = list(cfg.anomaly.groups.items())
     parts = split_by_group(readings, GroupOf([group for _, group in groups], cfg.anomaly.max_series),
                            len(groups) + 1)
-    settings = [(f"anomaly:{name}", group.anomaly) for name, group in groups] + [("anomaly", cfg.anomaly)]
+    settings = [(f"anomaly:{name}", group.settings) for name, group in groups] + [("anomaly", cfg.anomaly)]
     scores = [anomaly_scores(part, a, min_score, states, state) for part, (state, a) in zip(parts, settings)]
     events = [anomaly_events(part, a) for part, (_, a) in zip(scores, settings)]
     return csp.output(scores=merge_events(scores), events=merge_events(events))
+
+
+@csp.graph(memoize=False)
+def health_graph(readings: ts[list[SensorReading]], scores: ts[list[MetricScore]], cfg: Config,
+                 states: object = None) -> ts[list[Event]]:
+    """`health` and `maintenance` events; with `health.groups`, one node per group and one for the rest, each
+    with its own settings and its own state (`health:NAME`)."""
+    if not cfg.health.groups:
+        return sensor_health(readings, scores, cfg.health, cfg.maintenance, cfg.drift, states)
+    groups = list(cfg.health.groups.items())
+    group_of = GroupOf([group for _, group in groups], cfg.health.max_sensors)
+    parts = split_by_group(readings, group_of, len(groups) + 1)
+    score_parts = split_by_group(scores, group_of, len(groups) + 1)
+    settings = [(name, group.settings) for name, group in groups] + [("", cfg.health)]
+    return merge_events([sensor_health(part, part_scores, h, cfg.maintenance, cfg.drift, states, name)
+                         for part, part_scores, (name, h) in zip(parts, score_parts, settings)])
 
 
 @csp.graph(memoize=False)
@@ -71,8 +87,7 @@ def sensor_graph(readings: ts[list[SensorReading]], cfg: Config, states: object 
     check_health(cfg.health, cfg.maintenance)  # a bad key fails here, at wiring, not inside the running engine
     check_drift(cfg.drift)
     anomalies = anomaly_graph(readings, cfg, states)
-    health = sensor_health(readings, anomalies.scores, cfg.health, cfg.maintenance, cfg.drift, states)
-    return merge_events([anomalies.events, health])
+    return merge_events([anomalies.events, health_graph(readings, anomalies.scores, cfg, states)])
 
 
 @csp.graph(memoize=False)

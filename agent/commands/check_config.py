@@ -77,6 +77,7 @@ def check_config_command(args) -> int:
     print(f"  record   {cfg.record.path or 'off'}")
     print(f"  sidecar  {cfg.sidecar.url}")
     print(f"  metrics  {cfg.metrics.listen or 'off'}")
-    for name, group in cfg.anomaly.groups.items():
-        print(f"  anomaly  group {name}: {', '.join(group.sensors)}")
+    for section in config.GROUPED:
+        for name, group in getattr(cfg, section).groups.items():
+            print(f"  {section:<8} group {name}: {', '.join(group.sensors)}")
     return 0

@@ -349,7 +349,7 @@ def _apply_live(where: str, live: object, new: object, live_keys: object, applie
         elif f.name == "groups" and [(n, g.sensors) for n, g in old_value.items()] == \
                 [(n, g.sensors) for n, g in new_value.items()]:
             for name, group in new_value.items():
-                _apply_live(f"{where}.groups.{name}", old_value[name].anomaly, group.anomaly, live_keys, applied,
+                _apply_live(f"{where}.groups.{name}", old_value[name].settings, group.settings, live_keys, applied,
                             needs_restart)
         else:
             needs_restart.append(f"{where}.{f.name}")

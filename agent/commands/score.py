@@ -145,7 +145,7 @@ def score_command(args) -> int:
             print(f"edge-agent score: --group {args.group}: no [anomaly.groups.{args.group}] in the configuration "
                   f"(groups: {', '.join(cfg.groups) or 'none'})", file=sys.stderr)
             return 2
-        cfg = cfg.groups[args.group].anomaly
+        cfg = cfg.groups[args.group].settings
     try:
         with open(args.input, newline="", encoding="utf-8") as f:
             columns, rows = read_table(f, [args.metric] if args.metric else None)

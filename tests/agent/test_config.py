@@ -219,6 +219,11 @@ def test_check_config_of_the_defaults(capsys, tmp_path):
          "anomaly.groups.pumps.groups: groups do not nest"),
         ('[anomaly.groups."a b"]\nsensors = ["a/#"]\n', "anomaly.groups.a b: a group name is letters"),
         ("[anomaly]\ngroups = 3\n", "anomaly.groups: each group is a table [anomaly.groups.NAME]"),
+        ('[health.groups.bar]\nsensors = ["a/#"]\nranges = "pressure=10:0"\n', "health.groups.bar.ranges: pressure: low"),
+        ('[health.groups.bar]\nsensors = ["a/#"]\nfast_span = 5000\n',
+         "health.groups.bar.fast_span: must be below health.groups.bar.baseline_span"),
+        ('[health.groups.bar]\nranges = "pressure=0:10"\n', "health.groups.bar.sensors: required"),
+        ('[health.groups.bar]\nsensors = ["a/#"]\nchange_z = 3\n', "health.groups.bar.change_z: unknown key"),
     ],
 )
 def test_check_config_errors_exit_2_naming_the_key(capsys, tmp_path, text, named):

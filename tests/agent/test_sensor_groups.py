@@ -51,10 +51,10 @@ def test_a_group_takes_anomaly_with_its_own_keys_over_it(tmp_path):
     comp, plant1 = cfg.anomaly.groups["compressors"], cfg.anomaly.groups["plant1"]
     assert list(cfg.anomaly.groups) == ["compressors", "plant1"]  # file order: the first match wins
     assert comp.sensors == ["plant1/+/comp", "plant2/#"]
-    assert (comp.anomaly.change_hold, comp.anomaly.change_z, comp.anomaly.critical) == (0.0, 5.0, 0.95)
-    assert (plant1.anomaly.change_z, plant1.anomaly.change_hold, plant1.anomaly.critical) == (4.0, 5.0, 0.98)
-    assert comp.anomaly.warmup == plant1.anomaly.warmup == cfg.anomaly.warmup == 50  # the environment too
-    assert comp.anomaly.groups == {} and cfg.anomaly.change_hold == 5.0
+    assert (comp.settings.change_hold, comp.settings.change_z, comp.settings.critical) == (0.0, 5.0, 0.95)
+    assert (plant1.settings.change_z, plant1.settings.change_hold, plant1.settings.critical) == (4.0, 5.0, 0.98)
+    assert comp.settings.warmup == plant1.settings.warmup == cfg.anomaly.warmup == 50  # the environment too
+    assert comp.settings.groups == {} and cfg.anomaly.change_hold == 5.0
 
 
 def test_a_sensor_takes_the_first_group_whose_filter_matches(tmp_path):
@@ -100,7 +100,7 @@ def test_each_sensor_gets_the_events_of_its_groups_settings(tmp_path):
     cfg = load(tmp_path)
     comp, plant1 = cfg.anomaly.groups["compressors"], cfg.anomaly.groups["plant1"]
     a, b, c = faulty("plant1/a/comp", 1), faulty("plant1/b/pump", 2), faulty("plant3/pump", 3)
-    separately = events(a, alone(comp.anomaly)) + events(b, alone(plant1.anomaly)) + events(c, alone(cfg.anomaly))
+    separately = events(a, alone(comp.settings)) + events(b, alone(plant1.settings)) + events(c, alone(cfg.anomaly))
     grouped = events(a + b + c, cfg)
     assert grouped == sorted(separately)
     assert {key for key, kind, *_ in grouped if kind == "anomaly"} == {"plant1/a/comp", "plant1/b/pump", "plant3/pump"}
@@ -124,7 +124,7 @@ def test_group_thresholds_are_live_and_other_group_changes_need_a_restart(tmp_pa
     applied, needs_restart = [], []
     _apply_live("anomaly", live.anomaly, new.anomaly, LIVE_KEYS["anomaly"], applied, needs_restart)
     assert sorted(applied) == ["anomaly.groups.compressors.critical", "anomaly.groups.compressors.threshold"]
-    assert needs_restart == [] and live.anomaly.groups["compressors"].anomaly.critical == 0.9
+    assert needs_restart == [] and live.anomaly.groups["compressors"].settings.critical == 0.9
     moved = load(tmp_path, GROUPS.replace('"plant2/#"', '"plant9/#"').replace("change_z = 4.0", "change_z = 4.5"))
     assert config_hashes(moved, LIVE_KEYS)["anomaly"] != hashes["anomaly"]
     applied, needs_restart = [], []
@@ -135,10 +135,11 @@ def test_group_thresholds_are_live_and_other_group_changes_need_a_restart(tmp_pa
 
 def test_check_config_lists_the_groups_in_the_order_they_are_tried(tmp_path, capsys):
     path = tmp_path / "agent.toml"
-    path.write_text(GROUPS)
+    path.write_text(GROUPS + HEALTH_GROUPS)
     assert main(["check-config", str(path)]) == 0
-    lines = [ln.strip() for ln in capsys.readouterr().out.splitlines() if "anomaly  group" in ln]
-    assert lines == ["anomaly  group compressors: plant1/+/comp, plant2/#", "anomaly  group plant1: plant1/#"]
+    lines = [ln.strip() for ln in capsys.readouterr().out.splitlines() if " group " in ln]
+    assert lines == ["anomaly  group compressors: plant1/+/comp, plant2/#", "anomaly  group plant1: plant1/#",
+                     "health   group bar: plant1/#"]
 
 
 def test_a_running_agent_judges_each_group_with_its_settings(mqtt_broker, tmp_path):
@@ -160,3 +161,45 @@ def test_a_running_agent_judges_each_group_with_its_settings(mqtt_broker, tmp_pa
         assert 'edgewatch_state_keys{state="anomaly"} 1.0' in text
     finally:
         assert agent.stop() == 0, agent.log_tail()
+
+
+HEALTH_GROUPS = """
+[health]
+ranges = "pressure=100:1000"   # kPa, the fleet's unit
+
+[health.groups.bar]
+sensors = ["plant1/#"]
+ranges = "pressure=0:10"       # plant 1 reports bar
+stuck_readings = 50
+"""
+
+
+def pressures(sensor_id: str, level: float, n: int = 600) -> list[SensorReading]:
+    rnd = random.Random(sensor_id)
+    return [SensorReading(sensor_id=sensor_id, ts=T0 + timedelta(seconds=i),
+                          metrics={"pressure": level * (1 + 0.01 * rnd.gauss(0, 1))}, attrs={}) for i in range(n)]
+
+
+def out_of_range(events_: list) -> set[str]:
+    """Sensors with a maintenance flag whose reasons include out_of_range (`data` is the event data's repr)."""
+    return {key for key, kind, *_, data in events_ if kind == "maintenance" and "'out_of_range'" in data}
+
+
+def test_a_health_group_judges_its_sensors_in_their_own_units(tmp_path):
+    cfg = load(tmp_path, HEALTH_GROUPS)
+    bar = cfg.health.groups["bar"]
+    assert (bar.settings.ranges, bar.settings.stuck_readings, bar.settings.interval) == ("pressure=0:10", 50, 60.0)
+    plant1, plant2 = pressures("plant1/p", 5.0), pressures("plant2/p", 500.0)
+    grouped = events(plant1 + plant2, cfg)
+    assert out_of_range(grouped) == set()
+    # without the group plant 1's bar readings are out of the fleet's kPa range
+    ungrouped = config.Config()
+    ungrouped.health = dataclasses.replace(cfg.health, groups={})
+    assert out_of_range(events(plant1 + plant2, ungrouped)) == {"plant1/p"}
+    # the group's node is the [health] node with the group's settings: the same events as a run of its own
+    own = config.Config()
+    own.health = dataclasses.replace(bar.settings)
+    assert grouped == sorted(events(plant1, own) + events(plant2, ungrouped))
+    book = StateBook()
+    events(plant1 + plant2, cfg, book)
+    assert (book.keys()["health:bar"], book.keys()["health"]) == (1, 1)
