@@ -95,6 +95,7 @@ class Link:
         self._connects = 0
         self._outcome: collections.deque = collections.deque()  # first-connection outcome, for protocol "auto"
         self._accepting = True
+        self._switching = threading.Lock()  # a protocol fallback and close() do not interleave
         self._shed_since_warning, self._shed_warned = 0, -SHED_WARN_EVERY
         self._subscribing: dict[int, list[str]] = {}  # SUBSCRIBE mid -> its topic filters, until the SUBACK
         self.refused: dict[str, str] = {}  # topic filter -> the reason the broker refused it (an ACL, a quota)
@@ -105,27 +106,52 @@ class Link:
     def start(self, decide_timeout: float = 3.0) -> None:
         """Connect in the background (paho retries with backoff until the broker is there).
 
-        With protocol "auto" the first answer decides: MQTT 5, or 3.1.1 when the broker refuses 5,
-        drops the connection before CONNACK, or never answers it (amqtt).
+        With protocol "auto" the broker's first answer decides, however late it comes: MQTT 5, or 3.1.1 when
+        the broker refuses 5, drops the connection before CONNACK, or never answers it (amqtt). While no
+        broker answers, paho retries MQTT 5 and a thread waits for the answer.
         """
-        choices = {"5": ["5"], "3.1.1": ["3.1.1"], "auto": ["5", "3.1.1"]}[self.cfg.protocol]
-        for i, protocol in enumerate(choices):
-            self._outcome.clear()
-            self._start_client(protocol)
-            if i == len(choices) - 1:
+        auto = self.cfg.protocol == "auto"
+        self._start_client("5" if auto else self.cfg.protocol)
+        if not auto:
+            return
+        wait = threading.Event()
+        for _ in range(int(decide_timeout / 0.01)):
+            if self._outcome:
+                break
+            wait.wait(0.01)
+        if not self._outcome and self.client.socket() is not None:
+            self._outcome.append("no CONNACK")  # TCP is up but the broker ignores an MQTT 5 CONNECT
+        if self._outcome:
+            self._settle()
+        else:  # the broker is unreachable: decide when it answers
+            threading.Thread(target=self._decide_later, args=(decide_timeout,), name="mqtt-protocol",
+                             daemon=True).start()
+
+    def _decide_later(self, timeout: float) -> None:
+        """The broker was unreachable at start: wait for its first answer to paho's MQTT 5 retries (a socket
+        open `timeout` seconds without one is the answer of a broker that ignores MQTT 5)."""
+        wait, opened = threading.Event(), None
+        while self._accepting and not self._outcome:
+            if self.client.socket() is None:
+                opened = None
+            elif opened is None:
+                opened = time.monotonic()
+            elif time.monotonic() - opened >= timeout:
+                self._outcome.append("no CONNACK")
+            wait.wait(0.02)
+        self._settle()
+
+    def _settle(self) -> None:
+        """Keep MQTT 5 if the broker took it; else restart the client on 3.1.1 (before any first connection, so
+        the old client holds nothing: no message received, none queued to publish)."""
+        with self._switching:
+            if not self._accepting or not self._outcome or self._outcome[0] == "connected":
                 return
-            deadline = threading.Event()
-            for _ in range(int(decide_timeout / 0.01)):
-                if self._outcome:
-                    break
-                deadline.wait(0.01)
-            if not self._outcome and self.client.socket() is not None:
-                self._outcome.append("no CONNACK")  # TCP is up but the broker ignores an MQTT 5 CONNECT
-            if not self._outcome or self._outcome[0] == "connected":
-                return  # connected, or broker unreachable: keep MQTT 5 and let paho retry
-            log.info("mqtt_protocol_fallback", refused="5", using=choices[i + 1], why=self._outcome[0])
+            log.info("mqtt_protocol_fallback", refused="5", using="3.1.1", why=self._outcome[0])
             self.client.disconnect()
             self.client.loop_stop()
+            self._outcome.clear()
+            self._start_client("3.1.1")
 
     def _start_client(self, protocol: str) -> None:
         v5 = protocol == "5"
@@ -261,7 +287,8 @@ class Link:
 
     def close(self, timeout: float = 2.0) -> None:
         """Status offline (retained), clean disconnect (no will), stop paho's thread."""
-        self._accepting = False
+        with self._switching:  # a protocol decision under way finishes first, or never starts
+            self._accepting = False
         if self.client is None:
             return
         if self.connected.is_set():

@@ -12,6 +12,7 @@ from edgewatch.agent.ingest.paho_receive import EmptyFastMatcher
 from edgewatch.agent.ingest.validate import Validator
 from edgewatch.agent.ops import metrics
 from edgewatch.agent.records import BatchMark, DeadLetter, SensorReading
+from edgewatch.agent.testing.harness import EmbeddedBroker
 from edgewatch.agent.testing.plugin import publish_many, wait_for
 
 
@@ -118,5 +119,23 @@ def test_qos0_input_beyond_the_backlog_is_dropped_and_counted_qos1_never(mosquit
         assert kept == [float(i) for i in range(10)]  # the first ones: a message in the inbox is never dropped
         publish_many(mosquitto, [("sensors/q1", {"temperature": float(i)}) for i in range(5)], qos=1)
         wait_for(lambda: len(link.inbox) == 45, 10, what="QoS 1 past the backlog")
+    finally:
+        link.close()
+
+
+def test_auto_falls_back_to_311_when_the_broker_comes_up_after_the_agent():
+    """protocol "auto" decides on the first answer, however late it comes: an agent started while its MQTT 3.1.1
+    broker (amqtt) is down keeps trying MQTT 5 only until the broker is up and answers, then uses 3.1.1."""
+    broker = EmbeddedBroker()  # its port is free: nothing listens there yet
+    cfg, link = _link(broker, "test-mqtt-late-311")
+    cfg.mqtt.protocol = "auto"
+    link.start()
+    try:
+        assert link.protocol == "5" and not link.connected.is_set()  # unreachable: nothing decided yet
+        with broker:
+            wait_for(link.connected.is_set, 20, what="connected once the broker is up")
+            assert link.protocol == "3.1.1"
+            publish_many(broker, [("sensors/late", {"temperature": 21.0})])
+            wait_for(lambda: len(link.inbox) == 1, 10, what="a reading over 3.1.1")
     finally:
         link.close()
