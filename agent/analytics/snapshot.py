@@ -86,7 +86,7 @@ def config_hashes(cfg, live: dict) -> dict[str, str]:
 
 
 def _shaping(values: dict, skip: object) -> dict:
-    """A section's values without its live keys, nor those of its anomaly groups."""
+    """A section's values without its live keys, nor those of its groups' settings."""
     out = {k: v for k, v in values.items() if skip != "*" and k not in skip}
     for group in out.get("groups", {}).values():
         group["settings"] = _shaping(group["settings"], skip)

@@ -337,8 +337,8 @@ class Service:
 
 def _apply_live(where: str, live: object, new: object, live_keys: object, applied: list[str],
                 needs_restart: list[str]) -> None:
-    """Set on the running section `live` the `live_keys` that `new` changes; name the other changed keys. An
-    anomaly group's live keys are live too, as long as the groups and their sensors stay as they are."""
+    """Set on the running section `live` the `live_keys` that `new` changes; name the other changed keys. A
+    group's live keys are live too, as long as the groups and their sensors stay as they are."""
     for f in dataclasses.fields(new):
         old_value, new_value = getattr(live, f.name), getattr(new, f.name)
         if old_value == new_value:
