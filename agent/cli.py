@@ -87,7 +87,12 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "events":
             q.add_argument("--kind", action="append", default=[], choices=EVENT_KINDS, metavar="K",
                            help=f"only this kind ({', '.join(EVENT_KINDS)}); repeatable (default: every kind)")
-            q.add_argument("--key", metavar="KEY", help="only this sensor id, symbol or other key (default: every key)")
+            q.add_argument("--key", action="append", default=[], metavar="KEY",
+                           help="only this sensor id, symbol or other key, or the keys a topic filter takes "
+                                "(plant1/#, plant1/+/pump); repeatable (default: every key)")
+            q.add_argument("--group", metavar="NAME",
+                           help="only the sensors of [anomaly.groups.NAME] or [health.groups.NAME] of the "
+                                "configuration (default: every sensor)")
             q.add_argument("--severity", choices=SEVERITIES, help="only this severity (default: every severity)")
         if name == "bars":
             q.add_argument("--symbol", metavar="SYMBOL", help="only this symbol (default: every symbol)")

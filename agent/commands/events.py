@@ -172,9 +172,19 @@ def _failed(name: str, message: str, code: int) -> int:
 
 def events_command(args) -> int:
     """`edge-agent events`: filters, formats, --follow."""
+    keys = list(args.key)
+    if args.group:  # the sensors of the group of that name in either section
+        groups = [getattr(config.load(args.config), section).groups for section in config.GROUPED]
+        found = [f for g in groups if args.group in g for f in g[args.group].sensors]
+        if not found:
+            names = sorted({name for g in groups for name in g})
+            return _failed("events", f"--group {args.group}: no [anomaly.groups.{args.group}] or "
+                                     f"[health.groups.{args.group}] in the configuration (groups: "
+                                     f"{', '.join(names) or 'none'})", 2)
+        keys += found
     filters = dict(
         kinds=args.kind,
-        key=args.key,
+        keys=keys,
         severity=args.severity,
         since=_when("--since", args.since),
         until=_when("--until", args.until),

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import operator
 import os
+import re
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -153,6 +154,24 @@ def _event_dict(row) -> dict:
     """A row of `events` -> the object users see."""
     return event_dict(row.id, row.event_id, row.ts, row.logged_at, row.kind, row.key, row.severity, row.message,
                       row.data, row.agent_id)
+
+
+def key_pattern(topic_filter: str) -> str:
+    """An MQTT topic filter as a regular expression over a whole key ('+' one level, a last '#' every level
+    below and the level above it), in the syntax Python's `re` (SQLite) and PostgreSQL share."""
+    levels = topic_filter.split("/")
+    many = levels[-1] == "#"
+    head = levels[:-1] if many else levels
+    body = "/".join("[^/]*" if level == "+" else re.escape(level) for level in head)
+    if not many:
+        return f"^{body}$"
+    return f"^{body}(/.*)?$" if head else "^.*$"
+
+
+def _key_matches(column: sa.ColumnElement, topic_filter: str) -> sa.ColumnElement:
+    if "+" in topic_filter or "#" in topic_filter:
+        return column.regexp_match(key_pattern(topic_filter))
+    return column == topic_filter
 
 
 def _naive_utc(dt: datetime) -> datetime:
@@ -499,6 +518,7 @@ class Store:
         *,
         kinds: Iterable[str] = (),
         key: str | None = None,
+        keys: Iterable[str] = (),
         severity: str | None = None,
         since: datetime | None = None,
         until: datetime | None = None,
@@ -508,11 +528,13 @@ class Store:
         offset: int = 0,
     ) -> list[dict]:
         """Matching events, newest last. `limit` keeps the most recent (skipping `offset` newer ones);
-        `after_id` returns the oldest newer ones; `agent` keeps one agent's."""
-        kinds = list(kinds)
+        `after_id` returns the oldest newer ones; `agent` keeps one agent's; `keys`: topic filters on the key
+        (`plant1/#`, `plant1/+/pump`; a filter without wildcards is one key), any of which may match."""
+        kinds, keys = list(kinds), list(keys)
         where = [
             events.c.kind.in_(kinds) if kinds else None,
             events.c.key == key if key is not None else None,
+            sa.or_(*(_key_matches(events.c.key, f) for f in keys)) if keys else None,
             events.c.severity == severity if severity is not None else None,
             events.c.ts >= _naive_utc(since) if since is not None else None,
             events.c.ts < _naive_utc(until) if until is not None else None,

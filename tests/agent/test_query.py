@@ -407,3 +407,44 @@ def test_a_large_limit_streams_like_the_unlimited_query(tmp_path):
     everything = _peak_rss_mib("events", "--db", path, "--format", "json")
     limited = _peak_rss_mib("events", "--db", path, "--format", "json", "--limit", str(n))
     assert limited < everything + 15, (limited, everything)  # holding 20,000 such rows costs ~50 MiB
+
+
+FLEET = ["plant1/a/comp", "plant1/b/comp", "plant1/a/pump", "plant1", "plant2/a/comp", "plant10/x", "p%1/x_y"]
+
+
+def _fleet_log(url: str) -> None:
+    store = Store(url)
+    store.write([make_event("anomaly", key, NOW - timedelta(minutes=i), "warning", f"on {key}", {}, i)
+                 for i, key in enumerate(FLEET)])
+    store.close()
+
+
+def test_a_key_filter_takes_what_its_topic_filter_takes(capsys, tmp_path):
+    """`--key` with MQTT wildcards: '+' one level, a last '#' every level below and the level above; `%` and `_`
+    are plain characters; several `--key` are alternatives; `--group` takes a configured group's filters."""
+    url = str(tmp_path / "fleet.db")
+    _fleet_log(url)
+
+    def matched(*filters: str) -> set[str]:
+        return set(keys(jsonl(capsys, "events", "--db", url, *[a for f in filters for a in ("--key", f)])))
+
+    assert matched("plant1/#") == {"plant1/a/comp", "plant1/b/comp", "plant1/a/pump", "plant1"}
+    assert matched("plant1/+/comp") == {"plant1/a/comp", "plant1/b/comp"}
+    assert matched("+/a/+") == {"plant1/a/comp", "plant1/a/pump", "plant2/a/comp"}
+    assert matched("#") == set(FLEET) and matched("plant1") == {"plant1"}
+    assert matched("p%1/#") == {"p%1/x_y"} and matched("p_ant1/+/comp") == set()
+    assert matched("plant1/a/pump", "plant2/#") == {"plant1/a/pump", "plant2/a/comp"}
+    cfg = tmp_path / "agent.toml"
+    cfg.write_text(f'[store]\nurl = "{url}"\n[anomaly.groups.comps]\nsensors = ["+/+/comp"]\n'
+                   '[health.groups.comps]\nsensors = ["plant10/#"]\n')
+    rows = jsonl(capsys, "events", "--config", str(cfg), "--group", "comps")
+    assert set(keys(rows)) == {"plant1/a/comp", "plant1/b/comp", "plant2/a/comp", "plant10/x"}
+    rc, _, err = run(capsys, "events", "--config", str(cfg), "--group", "pumps")
+    assert rc == 2 and "--group pumps: no [anomaly.groups.pumps]" in err and "(groups: comps)" in err
+
+
+@pytest.mark.postgres
+def test_key_filters_on_a_postgresql_log(capsys, postgres_url):
+    _fleet_log(postgres_url)
+    got = set(keys(jsonl(capsys, "events", "--db", postgres_url, "--key", "plant1/+/comp", "--key", "p%1/#")))
+    assert got == {"plant1/a/comp", "plant1/b/comp", "p%1/x_y"}
