@@ -169,7 +169,7 @@ class Service:
         self.link = Link(cfg)
         self.outbox = Outbox(self.store, self.link)
         self.writer = StoreWriter(self.store, batch_size=cfg.store.batch_size, on_commit=self.outbox.on_commit,
-                                  on_bars=self.outbox.on_bars,
+                                  on_rows=self.outbox.on_rows,
                                   retention=(cfg.store.retention_days, cfg.store.retention_rows))
         self.outbox.writer = self.writer
         metrics.watch_event_log(self.writer, self.outbox)

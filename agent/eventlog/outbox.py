@@ -1,4 +1,4 @@
-"""The event log is the outbox: events and VWAP bars reach MQTT from the log, never around it.
+"""The event log is the outbox: events, VWAP bars and dead letters reach MQTT from the log, never around it.
 
 After each commit the writer hands the newly logged rows to `on_commit`, which
 publishes them at once (QoS 1) when the broker is connected. PUBACKs mark their
@@ -12,9 +12,10 @@ paho itself resends those on reconnect.
 Several agents may share one log: each row carries the id of the agent that logged it, and an outbox
 reads and publishes only its own agent's rows (`Store.unpublished`), so no agent republishes another's.
 
-Bars take the same path at their own pace (one per symbol and interval): a commit that logged bars
-wakes the outbox thread, which publishes the log's unpublished bars, each retained on
-`{output_prefix}/bars/{symbol}` so that a subscriber joining later gets every symbol's latest bar.
+Bars and dead letters take the same path at their own pace (a `Stream` each): a commit that logged
+some wakes the outbox thread, which publishes the log's unpublished rows of that table. A bar is retained on
+`{output_prefix}/bars/{symbol}`, so that a subscriber joining later gets every symbol's latest bar; a dead
+letter goes to `{output_prefix}/deadletter`.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import collections
 import functools
 import threading
 import time
+from collections.abc import Callable
 
 from edgewatch.agent.ingest.mqtt import Link
 from edgewatch.agent.ops import metrics
@@ -44,25 +46,40 @@ def payload(row: dict) -> bytes:
     return json_dumps(row).encode("ascii")
 
 
+def dead_letter_payload(row: dict) -> bytes:
+    """A dead letter as its MQTT payload: the row without the log's own id."""
+    return json_dumps({k: v for k, v in row.items() if k != "id"}).encode("ascii")
+
+
+class Stream:
+    """The rows of one table (bars, dead letters) that the outbox thread reads from the log and publishes."""
+
+    def __init__(self, table: str, topic: Callable[[dict], str], body: Callable[[dict], bytes], retain: bool):
+        self.table, self.topic, self.body, self.retain = table, topic, body, retain
+        self.inflight: dict[int, int] = {}  # row id -> mid
+        self.by_mid: dict[int, int] = {}  # mid -> row id
+        self.marking: set[int] = set()  # acknowledged, their mark not yet committed: not to be sent again
+        self.marked: set[int] = set()  # marks committed since the thread's last round (see Outbox._marked)
+        self.backlog = True  # something may be unpublished in the log
+
+
 class Outbox:
     def __init__(self, store, link: Link, *, flush_interval: float = 0.05):
         self.store = store
         self.link = link
         self.prefix = f"{link.cfg.output_prefix}/events"
-        self.bars_prefix = f"{link.cfg.output_prefix}/bars"
+        bars_prefix = f"{link.cfg.output_prefix}/bars"
         self.flush_interval = flush_interval
         self.writer = None  # the StoreWriter, once it exists: published marks are written by its thread
         self._lock = threading.Lock()
         self._inflight: dict[int, int] = {}  # row id -> mid
         self._by_mid: dict[int, int] = {}  # mid -> row id
-        self._bars_inflight: dict[int, int] = {}  # the same for bars
-        self._bar_by_mid: dict[int, int] = {}
-        self._bars_marking: set[int] = set()  # acknowledged, their mark not yet committed: not to be sent again
+        self.streams = {s.table: s for s in (
+            Stream("bars", lambda row: f"{bars_prefix}/{row['symbol']}", payload, retain=True),
+            Stream("deadletters", lambda row: link.deadletter_topic, dead_letter_payload, retain=False))}
         # marks committed since the outbox thread's last round: a backlog read in this round may have begun
         # before they were, and still show their rows unpublished (cleared at the end of every round)
         self._marked: set[int] = set()
-        self._bars_marked: set[int] = set()
-        self._bars_backlog = True
         self._acked: collections.deque[int] = collections.deque()  # mids, appended by paho's thread
         self._unresolved: list[int] = []
         self._marking: set[int] = set()  # acknowledged events whose published mark is not committed yet
@@ -94,19 +111,23 @@ class Outbox:
             self._backlog = True
             self._wake.set()
 
-    def on_bars(self) -> None:
-        """Writer thread, after a commit that logged bars: the outbox thread publishes them from the log."""
-        self._bars_backlog = True
+    def on_rows(self, tables: set[str]) -> None:
+        """Writer thread, after a commit that logged bars or dead letters (`tables`): the outbox thread
+        publishes them from the log."""
+        for table in tables:
+            self.streams[table].backlog = True
         self._wake.set()
 
     def on_connect(self) -> None:
-        """paho's thread: defer the backlog query to the outbox thread."""
-        self._backlog = self._bars_backlog = True
+        """paho's thread: defer the backlog queries to the outbox thread."""
+        self._backlog = True
+        for stream in self.streams.values():
+            stream.backlog = True
         self._wake.set()
 
     def backlog(self) -> int:
         """Rows published and not yet acknowledged."""
-        return len(self._inflight) + len(self._bars_inflight)
+        return len(self._inflight) + sum(len(s.inflight) for s in self.streams.values())
 
     def _publish(self, rows: list[dict]) -> bool:
         """Publish the rows not in flight yet; False when the window filled first (the rest waits in the log)."""
@@ -123,18 +144,19 @@ class Outbox:
                 self._by_mid[mid] = rid
         return True
 
-    def _publish_bars(self) -> None:
-        """Outbox thread: the log's unpublished bars not already in flight, oldest first, one page per call."""
-        rows = self.store.unpublished_bars(limit=PAGE)
+    def _publish_rows(self, stream: Stream) -> None:
+        """Outbox thread: the log's unpublished rows of `stream` not already in flight, oldest first, one page
+        per call."""
+        rows = self.store.unpublished_rows(stream.table, limit=PAGE)
         with self._lock:
             for row in rows:
                 rid = row["id"]
-                if rid not in self._bars_inflight and rid not in self._bars_marking and rid not in self._bars_marked:
-                    mid = self.link.publish(f"{self.bars_prefix}/{row['symbol']}", payload(row), retain=True)
-                    self._bars_inflight[row["id"]] = mid
-                    self._bar_by_mid[mid] = row["id"]
+                if rid not in stream.inflight and rid not in stream.marking and rid not in stream.marked:
+                    mid = self.link.publish(stream.topic(row), stream.body(row), retain=stream.retain)
+                    stream.inflight[rid] = mid
+                    stream.by_mid[mid] = rid
         if len(rows) < PAGE:
-            self._bars_backlog = False
+            stream.backlog = False
 
     def _mark_acked(self) -> int:
         """Resolve PUBACKed mids to row ids and mark them published, one statement per table."""
@@ -143,30 +165,31 @@ class Outbox:
             mids.append(self._acked.popleft())
         if not mids:
             return 0
-        ids, bar_ids, self._unresolved = [], [], []
+        self._unresolved = []
+        done: dict[str, list[int]] = {"events": [], **{table: [] for table in self.streams}}  # acknowledged row ids
         self._take_refusals()
         with self._lock:
             for mid in mids:
-                if not (_resolve(mid, self._by_mid, self._inflight, ids)
-                        or _resolve(mid, self._bar_by_mid, self._bars_inflight, bar_ids)):
+                if not (_resolve(mid, self._by_mid, self._inflight, done["events"])
+                        or any(_resolve(mid, s.by_mid, s.inflight, done[s.table]) for s in self.streams.values())):
                     self._unresolved.append(mid)  # PUBACK won the race with publish() returning
-        if len(self._unresolved) > 65535:  # acks for messages we never sent (status, dead letters)
-            self._unresolved.clear()
-        self._bars_marking.update(bar_ids)
-        with self._lock:
-            self._marking.update(ids)
-        if ids or bar_ids:
+            if len(self._unresolved) > 65535:  # acks for messages we never sent (status)
+                self._unresolved.clear()
+            self._marking.update(done["events"])
+            for stream in self.streams.values():
+                stream.marking.update(done[stream.table])
+        if any(done.values()):
             self._retry_delay = 0.0  # the broker takes messages again
-        for table, done in (("events", ids), ("bars", bar_ids)):
-            if not done:
+        for table, rows in done.items():
+            if not rows:
                 continue
-            mark = functools.partial(self._mark_published, done, table)
+            mark = functools.partial(self._mark_published, rows, table)
             if self.writer is not None:  # in the writer's thread: SQLite lock waits would stall the writer
                 self.writer.submit(on_durable=mark)
             else:
                 mark()
-        metrics.EVENTS_PUBLISHED.inc(len(ids))
-        return len(ids) + len(bar_ids)
+        metrics.EVENTS_PUBLISHED.inc(len(done["events"]))
+        return sum(map(len, done.values()))
 
     def _mark_published(self, ids: list[int], table: str) -> None:
         marked = False
@@ -174,10 +197,11 @@ class Outbox:
             self.store.mark_published(ids, table)
             marked = True
         finally:  # marked, or else unmarked in the log: the next drain may send it again (at least once)
+            stream = self.streams.get(table)
             with self._lock:
-                (self._marking if table == "events" else self._bars_marking).difference_update(ids)
+                (self._marking if stream is None else stream.marking).difference_update(ids)
                 if marked:  # a backlog read under way may have begun before this commit
-                    (self._marked if table == "events" else self._bars_marked).update(ids)
+                    (self._marked if stream is None else stream.marked).update(ids)
 
     def _take_refusals(self) -> None:
         """Refused publishes leave flight unmarked; the drain sends them again after a doubling back-off."""
@@ -186,13 +210,14 @@ class Outbox:
         with self._lock:
             while self._refused:
                 mid = self._refused.popleft()
-                for by_mid, inflight in ((self._by_mid, self._inflight), (self._bar_by_mid, self._bars_inflight)):
+                for by_mid, inflight in ((self._by_mid, self._inflight),
+                                         *((s.by_mid, s.inflight) for s in self.streams.values())):
                     rid = by_mid.pop(mid, None)
                     if rid is not None and inflight.get(rid) == mid:
                         del inflight[rid]
         self._retry_delay = min(RETRY_MAX, max(RETRY_MIN, 2 * self._retry_delay))
         self._retry_at = time.monotonic() + self._retry_delay
-        self._backlog = self._bars_backlog = True
+        self.on_connect()  # everything unmarked is sent again after the back-off
         log.warning("outbox_publish_refused_retry", seconds=self._retry_delay)
 
     def _drain_backlog(self) -> None:
@@ -216,11 +241,13 @@ class Outbox:
                 ready = self.link.connected.is_set() and time.monotonic() >= self._retry_at
                 if self._backlog and ready:
                     self._drain_backlog()
-                if self._bars_backlog and ready:
-                    self._publish_bars()
+                for stream in self.streams.values():
+                    if stream.backlog and ready:
+                        self._publish_rows(stream)
                 with self._lock:  # no read is under way: the next one sees these marks in the log
                     self._marked.clear()
-                    self._bars_marked.clear()
+                    for stream in self.streams.values():
+                        stream.marked.clear()
             except Exception:  # noqa: BLE001 - the log may be briefly locked; retry next round
                 log.exception("outbox_error")
                 self._wake.wait(0.5)

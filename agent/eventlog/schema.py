@@ -52,7 +52,9 @@ deadletters = sa.Table(
     sa.Column("reason", sa.Text, nullable=False),
     sa.Column("received_at", sa.DateTime, nullable=False, index=True),
     sa.Column("code", sa.String(32), nullable=False, server_default="unknown"),  # the reason's class: validate.REASON_CODES
+    sa.Column("published_at", sa.DateTime, nullable=True),  # as for events: NULL until the broker has it
     _agent_id(),
+    _unpublished("ix_deadletters_unpublished"),
     sqlite_autoincrement=True,
 )
 

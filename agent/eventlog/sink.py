@@ -24,13 +24,13 @@ def sink(
     writer: object,
     on_durable: object,
 ):
-    """Submit the cycle's rows to `writer`; `on_durable(mark, dead_letters, submitted)` runs once committed."""
+    """Submit the cycle's rows to `writer`; `on_durable(mark, submitted)` runs once committed."""
     ev = events if csp.ticked(events) else ()
     br = bars if csp.ticked(bars) else ()
     dl = dead_letters if csp.ticked(dead_letters) else ()
     done = None
     if csp.ticked(marks):
         metrics.ENGINE_LAG.set(max(0.0, (csp.now() - marks.received_at).total_seconds()))
-        done = functools.partial(on_durable, marks, dl, time.perf_counter())
+        done = functools.partial(on_durable, marks, time.perf_counter())
     if ev or br or dl or done is not None:
         writer.submit(events=ev, dead_letters=dl, bars=br, on_durable=done)

@@ -233,7 +233,7 @@ class Store:
     """One event log. Thread-safe; `readonly=True` opens it for queries without ever writing or creating it.
 
     `agent_id` (`agent.id`): every row this store writes carries it, and its outbox queries
-    (`unpublished`, `unpublished_bars`, `unpublished_count`) see only rows that carry it, so agents sharing a
+    (`unpublished`, `unpublished_rows`, `unpublished_count`) see only rows that carry it, so agents sharing a
     log each publish their own rows and none of another's.
 
     `checkpoint_in_background` (SQLite only): SQLite copies the WAL into the database (a checkpoint, with its fsyncs)
@@ -441,14 +441,15 @@ class Store:
         with self.engine.connect() as conn:
             return [_event_dict(r) for r in conn.execute(q)]
 
-    def unpublished_bars(self, limit: int = 1000) -> list[dict]:
-        """This agent's bars not yet acknowledged by the broker, oldest first (the outbox)."""
-        q = sa.select(bars).where(*self._own_unpublished(bars)).order_by(bars.c.id).limit(limit)
+    def unpublished_rows(self, table: str, limit: int = 1000) -> list[dict]:
+        """This agent's `bars` or `deadletters` not yet acknowledged by the broker, oldest first (the outbox)."""
+        t = _PUBLISHED[table]
+        q = sa.select(t).where(*self._own_unpublished(t)).order_by(t.c.id).limit(limit)
         with self.engine.connect() as conn:
-            return [bar_dict(r) for r in conn.execute(q)]
+            return [_ROW_DICTS[table](r) for r in conn.execute(q)]
 
     def unpublished_count(self) -> int:
-        """This agent's events and bars the broker has not acknowledged yet."""
+        """This agent's events, bars and dead letters the broker has not acknowledged yet."""
         with self.engine.connect() as conn:
             return sum(
                 conn.execute(sa.select(sa.func.count()).select_from(t).where(*self._own_unpublished(t))).scalar()
@@ -456,7 +457,7 @@ class Store:
             )
 
     def adopt_unowned(self) -> int:
-        """Make the unpublished events and bars that carry no agent id (logged before agents had ids) this agent's,
+        """Make the unpublished events, bars and dead letters that carry no agent id (logged before agents had ids) this agent's,
         so that its outbox publishes them. One statement per table: of agents starting together on an upgraded
         log, each row goes to exactly one. Returns the number of rows adopted."""
         if not self.agent_id:
@@ -469,7 +470,7 @@ class Store:
             )
 
     def mark_published(self, ids: list[int], table: str = "events") -> None:
-        """Stamp rows of `events` (or `bars`) as acknowledged by the broker."""
+        """Stamp rows of `events` (or `bars`, `deadletters`) as acknowledged by the broker."""
         if not ids:
             return
         t = _PUBLISHED[table]
@@ -637,4 +638,5 @@ def _dead_letter_dict(row) -> dict:
         "received_at": isoformat(row.received_at), "agent_id": row.agent_id}
 
 
-_PUBLISHED = {"events": events, "bars": bars}  # the tables the outbox publishes from
+_PUBLISHED = {"events": events, "bars": bars, "deadletters": deadletters}  # the tables the outbox publishes from
+_ROW_DICTS = {"bars": bar_dict, "deadletters": _dead_letter_dict}  # those it reads back at its own pace

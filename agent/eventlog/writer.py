@@ -73,14 +73,14 @@ class StoreWriter:
         *,
         batch_size: int = 5000,
         on_commit: Callable[[list[dict]], None] | None = None,
-        on_bars: Callable[[], None] | None = None,
+        on_rows: Callable[[set[str]], None] | None = None,
         retention: tuple[float, int] = (0.0, 0),
         retention_every: float = 60.0,
     ):
         self.store = store
         self.batch_size = max(1, batch_size)
         self.on_commit = on_commit  # the newly logged events, right after their commit
-        self.on_bars = on_bars  # after a commit that logged bars
+        self.on_rows = on_rows  # after a commit that logged bars or dead letters: which tables ("bars", "deadletters")
         self.retention = retention
         self.retention_every = retention_every
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
@@ -296,11 +296,13 @@ class StoreWriter:
                 self.on_commit(new)
             except Exception:  # noqa: BLE001
                 log.exception("store_on_commit_failed")
-        if self.on_bars is not None and any(it.bars for it in batch):
+        tables = {table for table, logged in (("bars", any(it.bars for it in batch)),
+                                              ("deadletters", any(it.dead_letters for it in batch))) if logged}
+        if self.on_rows is not None and tables:
             try:
-                self.on_bars()
+                self.on_rows(tables)
             except Exception:  # noqa: BLE001
-                log.exception("store_on_bars_failed")
+                log.exception("store_on_rows_failed")
         self._settle(batch, rows)
 
     def _retain(self) -> None:

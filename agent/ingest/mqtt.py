@@ -328,7 +328,7 @@ class MqttAdapterManager:
     def marks(self) -> ts[BatchMark]:
         return _input(self, BatchMark, "mark", push_mode=csp.PushMode.NON_COLLAPSING, push_group=self._group)
 
-    def durable(self, mark: BatchMark, dead_letters: list[DeadLetter], submitted: float) -> None:
+    def durable(self, mark: BatchMark, submitted: float) -> None:
         """Writer callback: batch `mark` (and everything before it) is committed; ack in arrival order."""
         metrics.LOG_WRITE_SECONDS.observe(time.perf_counter() - submitted)
         with self._lock:
@@ -342,10 +342,6 @@ class MqttAdapterManager:
             self._durable.notify_all()
         self.link.ack(ready)
         metrics.MESSAGES_DONE.inc(done)
-        for d in dead_letters:
-            self.link.publish(self.link.deadletter_topic, json_dumps({
-                "topic": d.topic, "payload": d.payload, "reason": d.reason, "code": d.code,
-                "received_at": isoformat(d.received_at), "agent_id": self.link.agent_id}).encode("ascii"))
 
     def wait_for_durable(self, seq: int, cancelled) -> None:
         """Back-pressure for the pump: while the log is behind, messages gather into a bigger next batch."""

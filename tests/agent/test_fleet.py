@@ -231,7 +231,8 @@ def test_subscriptions_default_to_every_input_feed():
 
 
 def test_each_outbox_sees_only_its_own_agents_rows(url):
-    """The outbox queries of two agents on one log: each its own unpublished events and bars, never the other's."""
+    """The outbox queries of two agents on one log: each its own unpublished events, bars and dead letters, never
+    the other's."""
     north, south = Store(url, agent_id="north"), Store(url, agent_id="south")
     try:
         t = datetime(2026, 12, 6, 9, 0)
@@ -244,9 +245,11 @@ def test_each_outbox_sees_only_its_own_agents_rows(url):
                     bars=[Bar(symbol="S", start=t, **bar)])
         assert [r["key"] for r in north.unpublished()] == ["n0", "n1", "n2"]
         assert [r["key"] for r in south.unpublished()] == ["s0", "s1"]
-        assert [b["symbol"] for b in north.unpublished_bars()] == ["N"]
-        assert [b["symbol"] for b in south.unpublished_bars()] == ["S"]
-        assert (north.unpublished_count(), south.unpublished_count()) == (4, 3)
+        assert [b["symbol"] for b in north.unpublished_rows("bars")] == ["N"]
+        assert [b["symbol"] for b in south.unpublished_rows("bars")] == ["S"]
+        assert [d["topic"] for d in north.unpublished_rows("deadletters")] == ["sensors/x"]
+        assert south.unpublished_rows("deadletters") == []
+        assert (north.unpublished_count(), south.unpublished_count()) == (5, 3)
         north.mark_published([r["id"] for r in north.unpublished()])
         assert north.unpublished() == [] and len(south.unpublished()) == 2
         # a query reads every agent's rows, or one agent's

@@ -81,7 +81,8 @@ def test_a_log_of_0_2_0_is_upgraded_with_every_row_kept(log_0_2_0):
         assert [d["code"] for d in store.dead_letters()] == [
             "bad_json", "not_utf8", "bad_field", "unknown_metric", "too_large", "bad_field", "bad_topic",
             "bad_timestamp", "not_object", "non_finite", "no_metric"]
-        assert store.unpublished_bars() == [] and len(store.bars()) == 6
+        assert store.unpublished_rows("bars") == [] and len(store.bars()) == 6
+        assert store.unpublished_rows("deadletters") == []  # 0005: dead letters logged before were published then
         new = store.write([make_event("anomaly", "s9", utcnow(), "info", "after the upgrade", {}, 1)])
         assert new[0]["id"] == 8  # the sequence goes on; no id is reused
     finally:

@@ -33,7 +33,7 @@ def collect(readings: ts[list[SensorReading]], dead: ts[list[DeadLetter]], marks
         seen.dead.extend(dead)
     if csp.ticked(marks):
         seen.marks.append(marks)
-        durable(marks, list(dead) if csp.ticked(dead) else [], 0.0)
+        durable(marks, 0.0)
         if sum(m.count for m in seen.marks) >= total:
             csp.stop_engine()
 

@@ -14,6 +14,9 @@ import subprocess
 import time
 from pathlib import Path
 
+from edgewatch.agent.eventlog.store import Store
+from edgewatch.agent.records import DeadLetter
+from edgewatch.agent.timeutil import utcnow
 from edgewatch.agent.testing.plugin import (
     AgentProcess,
     Mosquitto,
@@ -119,6 +122,31 @@ def test_end_to_end_mosquitto_mqtt5(mosquitto, tmp_path):
     status = retained_status(mosquitto)
     assert status["state"] == "offline" and status["version"]
     assert '"protocol": "5"' in agent.log_tail(100_000)
+
+
+def test_a_dead_letter_unpublished_in_the_log_is_published_at_the_next_start(mosquitto, tmp_path):
+    """Dead letters reach MQTT from the log, as events do: one logged by a run that stopped before the broker
+    had it (a crash, a broker away) is published when the agent next connects, and marked published."""
+    agent = AgentProcess(mosquitto, tmp_path / "agent", {"agent": {"id": "edge1"}}, protocol="5")
+    store = Store(agent.db, agent_id="edge1")
+    store.write([], [DeadLetter("sensors/x", "{bad", "not JSON", utcnow(), "bad_json")])
+    store.close()
+    with subscribe_collect(mosquitto, "edgewatch/deadletter") as out:
+        agent.start()
+        try:
+            letter = json.loads(out.wait(1, timeout=15)[0][1])
+            assert letter == {"topic": "sensors/x", "payload": "{bad", "reason": "not JSON", "code": "bad_json",
+                              "received_at": letter["received_at"], "agent_id": "edge1"}
+            wait_for(lambda: all(d["published_at"] for d in _dead_letter_rows(agent.db)), 10,
+                     what="the dead letter marked published")
+        finally:
+            assert stop_within(agent) == 0, agent.log_tail()
+
+
+def _dead_letter_rows(db: str) -> list[dict]:
+    with sqlite3.connect(db) as conn:
+        conn.row_factory = sqlite3.Row
+        return [dict(r) for r in conn.execute("SELECT * FROM deadletters")]
 
 
 def test_end_to_end_amqtt_falls_back_to_311(mqtt_broker, tmp_path):
