@@ -146,15 +146,18 @@ class Outbox:
 
     def _publish_rows(self, stream: Stream) -> None:
         """Outbox thread: the log's unpublished rows of `stream` not already in flight, oldest first, one page
-        per call."""
+        per call, at most MAX_INFLIGHT in flight (a flood of dead letters waits in the log, not on the wire)."""
         rows = self.store.unpublished_rows(stream.table, limit=PAGE)
         with self._lock:
             for row in rows:
                 rid = row["id"]
-                if rid not in stream.inflight and rid not in stream.marking and rid not in stream.marked:
-                    mid = self.link.publish(stream.topic(row), stream.body(row), retain=stream.retain)
-                    stream.inflight[rid] = mid
-                    stream.by_mid[mid] = rid
+                if rid in stream.inflight or rid in stream.marking or rid in stream.marked:
+                    continue
+                if len(stream.inflight) >= MAX_INFLIGHT:
+                    return  # the backlog stays set: the rest goes once acknowledgements free the window
+                mid = self.link.publish(stream.topic(row), stream.body(row), retain=stream.retain)
+                stream.inflight[rid] = mid
+                stream.by_mid[mid] = rid
         if len(rows) < PAGE:
             stream.backlog = False
 

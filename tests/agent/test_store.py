@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 import time
@@ -481,3 +482,40 @@ def test_backlog_age_is_the_wait_of_the_oldest_uncommitted_submission(store):
     assert writer.flush(5)
     assert writer.backlog_age() == 0.0
     writer.close()
+
+
+def test_a_flood_of_dead_letters_goes_out_a_window_at_a_time(mosquitto, tmp_path):
+    """600 dead letters waiting in the log (a flood of malformed input, or a broker away) reach MQTT through the
+    outbox, all of them, with never more than MAX_INFLIGHT unacknowledged: the rest waits in the log, not ahead
+    of the input PUBACKs on the wire."""
+    from edgewatch.agent.config import Config
+    from edgewatch.agent.eventlog.outbox import MAX_INFLIGHT, Outbox
+    from edgewatch.agent.ingest.mqtt import Link
+    from edgewatch.agent.testing.plugin import subscribe_collect, wait_for
+
+    cfg = Config()
+    cfg.agent.id, cfg.mqtt.client_id = "edge1", "test-outbox-flood"
+    cfg.mqtt.host, cfg.mqtt.port, cfg.mqtt.protocol = mosquitto.host, mosquitto.port, "5"
+    store = Store(str(tmp_path / "log.db"), agent_id="edge1")
+    store.write([], [DeadLetter("sensors/x", f"{{bad {i}", "not JSON", utcnow(), "bad_json") for i in range(600)])
+    link = Link(cfg)
+    outbox = Outbox(store, link)
+    in_flight, publish = [], link.publish
+
+    def publish_counted(*args, **kwargs) -> int:
+        in_flight.append(len(outbox.streams["deadletters"].inflight))
+        return publish(*args, **kwargs)
+
+    link.publish = publish_counted
+    try:
+        with subscribe_collect(mosquitto, "edgewatch/deadletter") as out:
+            link.start()
+            outbox.start()
+            got = out.wait(600, timeout=30)
+            wait_for(lambda: store.unpublished_rows("deadletters") == [], 10, what="every dead letter marked")
+        assert sorted(json.loads(p)["payload"] for _, p in got) == sorted(f"{{bad {i}" for i in range(600))
+        assert len(in_flight) == 600 and max(in_flight) == MAX_INFLIGHT - 1
+    finally:
+        outbox.close()
+        link.close()
+        store.close()
