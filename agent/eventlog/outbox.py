@@ -12,7 +12,7 @@ paho itself resends those on reconnect.
 Several agents may share one log: each row carries the id of the agent that logged it, and an outbox
 reads and publishes only its own agent's rows (`Store.unpublished`), so no agent republishes another's.
 
-Bars and dead letters take the same path at their own pace (a `Stream` each): a commit that logged
+Bars and dead letters take the same path (a `Stream` per table) at their own pace: a commit that logged
 some wakes the outbox thread, which publishes the log's unpublished rows of that table. A bar is retained on
 `{output_prefix}/bars/{symbol}`, so that a subscriber joining later gets every symbol's latest bar; a dead
 letter goes to `{output_prefix}/deadletter`.
@@ -34,7 +34,7 @@ from edgewatch.common.logs import get
 log = get("edgewatch.agent.eventlog.outbox")
 
 PAGE = 1000  # unpublished rows read per query while draining the backlog
-# unacknowledged event publishes at most; the rest waits in the log. Small on purpose: the broker reads our
+# unacknowledged publishes of a table at most; the rest waits in the log. Small on purpose: the broker reads our
 # packets in order, so every event in flight can sit ahead of an input PUBACK on the wire (a restarted agent
 # once queued its whole unpublished backlog there, and the broker's receive window for us stayed full)
 MAX_INFLIGHT = 256
@@ -52,42 +52,40 @@ def dead_letter_payload(row: dict) -> bytes:
 
 
 class Stream:
-    """The rows of one table (bars, dead letters) that the outbox thread reads from the log and publishes."""
+    """The rows of one table (events, bars, dead letters) on their way from the log to the broker."""
 
-    def __init__(self, table: str, topic: Callable[[dict], str], body: Callable[[dict], bytes], retain: bool):
+    def __init__(self, table: str, topic: Callable[[dict], str], body: Callable[[dict], bytes], retain: bool = False,
+                 at_commit: bool = False):
         self.table, self.topic, self.body, self.retain = table, topic, body, retain
+        self.at_commit = at_commit  # published as they are committed: reading them from the log is a republish
         self.inflight: dict[int, int] = {}  # row id -> mid
         self.by_mid: dict[int, int] = {}  # mid -> row id
         self.marking: set[int] = set()  # acknowledged, their mark not yet committed: not to be sent again
-        self.marked: set[int] = set()  # marks committed since the thread's last round (see Outbox._marked)
-        self.backlog = True  # something may be unpublished in the log
+        # marks committed since the outbox thread's last round: a read of the log in this round may have begun
+        # before they were, and still show their rows unpublished (cleared at the end of every round)
+        self.marked: set[int] = set()
+        self.backlog = True  # something may be unpublished in the log: read it (on start, reconnect, a full window)
+        self.draining = False  # a republish under way (logged once)
 
 
 class Outbox:
     def __init__(self, store, link: Link, *, flush_interval: float = 0.05):
         self.store = store
         self.link = link
-        self.prefix = f"{link.cfg.output_prefix}/events"
-        bars_prefix = f"{link.cfg.output_prefix}/bars"
+        out = link.cfg.output_prefix
         self.flush_interval = flush_interval
         self.writer = None  # the StoreWriter, once it exists: published marks are written by its thread
         self._lock = threading.Lock()
-        self._inflight: dict[int, int] = {}  # row id -> mid
-        self._by_mid: dict[int, int] = {}  # mid -> row id
+        self.events = Stream("events", lambda row: f"{out}/events/{row['kind']}/{row['key']}", payload, at_commit=True)
         self.streams = {s.table: s for s in (
-            Stream("bars", lambda row: f"{bars_prefix}/{row['symbol']}", payload, retain=True),
-            Stream("deadletters", lambda row: link.deadletter_topic, dead_letter_payload, retain=False))}
-        # marks committed since the outbox thread's last round: a backlog read in this round may have begun
-        # before they were, and still show their rows unpublished (cleared at the end of every round)
-        self._marked: set[int] = set()
+            self.events,
+            Stream("bars", lambda row: f"{out}/bars/{row['symbol']}", payload, retain=True),
+            Stream("deadletters", lambda row: link.deadletter_topic, dead_letter_payload))}
         self._acked: collections.deque[int] = collections.deque()  # mids, appended by paho's thread
         self._unresolved: list[int] = []
-        self._marking: set[int] = set()  # acknowledged events whose published mark is not committed yet
         self._refused: collections.deque[int] = collections.deque()  # mids the broker refused (PUBACK >= 0x80)
         self._retry_delay = 0.0  # back-off after a refusal: 0 until one happens, doubling, reset by a success
         self._retry_at = 0.0  # monotonic time before which nothing is republished
-        self._backlog = True  # something may be unpublished in the log: check on (re)connect
-        self._draining = False  # a backlog drain is under way (logged once)
         self._wake = threading.Event()
         self._closed = False
         self._thread = threading.Thread(target=self._run, name="outbox", daemon=True)
@@ -102,13 +100,13 @@ class Outbox:
         self._thread.start()
 
     def on_commit(self, rows: list[dict]) -> None:
-        """Writer thread, right after a commit: publish the new rows now if we can."""
+        """Writer thread, right after a commit: publish the new events now if we can."""
         for row in rows:
             metrics.EVENTS.labels(row["kind"]).inc()
         if rows and self.link.connected.is_set():
-            self._publish(rows)
+            self._publish(self.events, rows)
         elif rows:
-            self._backlog = True
+            self.events.backlog = True
             self._wake.set()
 
     def on_rows(self, tables: set[str]) -> None:
@@ -120,46 +118,42 @@ class Outbox:
 
     def on_connect(self) -> None:
         """paho's thread: defer the backlog queries to the outbox thread."""
-        self._backlog = True
         for stream in self.streams.values():
             stream.backlog = True
         self._wake.set()
 
     def backlog(self) -> int:
         """Rows published and not yet acknowledged."""
-        return len(self._inflight) + sum(len(s.inflight) for s in self.streams.values())
+        return sum(len(s.inflight) for s in self.streams.values())
 
-    def _publish(self, rows: list[dict]) -> bool:
-        """Publish the rows not in flight yet; False when the window filled first (the rest waits in the log)."""
+    def _publish(self, stream: Stream, rows: list[dict]) -> bool:
+        """Publish the rows not in flight yet, at most MAX_INFLIGHT of the stream in flight; False when the window
+        filled first or a refusal's back-off is not over (the rest waits in the log)."""
         with self._lock:
             for row in rows:
                 rid = row["id"]
-                if rid in self._inflight:
+                if rid in stream.inflight:
                     continue
-                if len(self._inflight) >= MAX_INFLIGHT or time.monotonic() < self._retry_at:
-                    self._backlog = True  # the rest waits in the log for the backlog drain
+                if len(stream.inflight) >= MAX_INFLIGHT or time.monotonic() < self._retry_at:
+                    stream.backlog = True  # the rest waits in the log for the next read
                     return False
-                mid = self.link.publish(f"{self.prefix}/{row['kind']}/{row['key']}", payload(row))
-                self._inflight[rid] = mid
-                self._by_mid[mid] = rid
-        return True
-
-    def _publish_rows(self, stream: Stream) -> None:
-        """Outbox thread: the log's unpublished rows of `stream` not already in flight, oldest first, one page
-        per call, at most MAX_INFLIGHT in flight (a flood of dead letters waits in the log, not on the wire)."""
-        rows = self.store.unpublished_rows(stream.table, limit=PAGE)
-        with self._lock:
-            for row in rows:
-                rid = row["id"]
-                if rid in stream.inflight or rid in stream.marking or rid in stream.marked:
-                    continue
-                if len(stream.inflight) >= MAX_INFLIGHT:
-                    return  # the backlog stays set: the rest goes once acknowledgements free the window
                 mid = self.link.publish(stream.topic(row), stream.body(row), retain=stream.retain)
                 stream.inflight[rid] = mid
                 stream.by_mid[mid] = rid
-        if len(rows) < PAGE:
-            stream.backlog = False
+        return True
+
+    def _drain(self, stream: Stream) -> None:
+        """Outbox thread: publish the log's unpublished rows of `stream` that are neither in flight nor being
+        marked, oldest first, one page per call."""
+        rows = self.store.unpublished_rows(stream.table, limit=PAGE)
+        with self._lock:
+            fresh = [r for r in rows
+                     if r["id"] not in stream.inflight and r["id"] not in stream.marking and r["id"] not in stream.marked]
+        if fresh and stream.at_commit and not stream.draining:  # once per backlog: a page per round until done
+            stream.draining = True
+            log.info("outbox_republish", table=stream.table, rows=len(rows), more=len(rows) == PAGE)
+        if self._publish(stream, fresh) and len(rows) < PAGE:
+            stream.backlog = stream.draining = False
 
     def _mark_acked(self) -> int:
         """Resolve PUBACKed mids to row ids and mark them published, one statement per table."""
@@ -169,16 +163,14 @@ class Outbox:
         if not mids:
             return 0
         self._unresolved = []
-        done: dict[str, list[int]] = {"events": [], **{table: [] for table in self.streams}}  # acknowledged row ids
+        done: dict[str, list[int]] = {table: [] for table in self.streams}  # acknowledged row ids
         self._take_refusals()
         with self._lock:
             for mid in mids:
-                if not (_resolve(mid, self._by_mid, self._inflight, done["events"])
-                        or any(_resolve(mid, s.by_mid, s.inflight, done[s.table]) for s in self.streams.values())):
+                if not any(_resolve(mid, s.by_mid, s.inflight, done[s.table]) for s in self.streams.values()):
                     self._unresolved.append(mid)  # PUBACK won the race with publish() returning
             if len(self._unresolved) > 65535:  # acks for messages we never sent (status)
                 self._unresolved.clear()
-            self._marking.update(done["events"])
             for stream in self.streams.values():
                 stream.marking.update(done[stream.table])
         if any(done.values()):
@@ -196,15 +188,15 @@ class Outbox:
 
     def _mark_published(self, ids: list[int], table: str) -> None:
         marked = False
+        stream = self.streams[table]
         try:
             self.store.mark_published(ids, table)
             marked = True
         finally:  # marked, or else unmarked in the log: the next drain may send it again (at least once)
-            stream = self.streams.get(table)
             with self._lock:
-                (self._marking if stream is None else stream.marking).difference_update(ids)
-                if marked:  # a backlog read under way may have begun before this commit
-                    (self._marked if stream is None else stream.marked).update(ids)
+                stream.marking.difference_update(ids)
+                if marked:  # a read of the log under way may have begun before this commit
+                    stream.marked.update(ids)
 
     def _take_refusals(self) -> None:
         """Refused publishes leave flight unmarked; the drain sends them again after a doubling back-off."""
@@ -213,27 +205,14 @@ class Outbox:
         with self._lock:
             while self._refused:
                 mid = self._refused.popleft()
-                for by_mid, inflight in ((self._by_mid, self._inflight),
-                                         *((s.by_mid, s.inflight) for s in self.streams.values())):
-                    rid = by_mid.pop(mid, None)
-                    if rid is not None and inflight.get(rid) == mid:
-                        del inflight[rid]
+                for s in self.streams.values():
+                    rid = s.by_mid.pop(mid, None)
+                    if rid is not None and s.inflight.get(rid) == mid:
+                        del s.inflight[rid]
         self._retry_delay = min(RETRY_MAX, max(RETRY_MIN, 2 * self._retry_delay))
         self._retry_at = time.monotonic() + self._retry_delay
         self.on_connect()  # everything unmarked is sent again after the back-off
         log.warning("outbox_publish_refused_retry", seconds=self._retry_delay)
-
-    def _drain_backlog(self) -> None:
-        """Republish unpublished rows that are not already in flight, one page per call."""
-        rows = self.store.unpublished(limit=PAGE)
-        with self._lock:
-            fresh = [r for r in rows
-                     if r["id"] not in self._inflight and r["id"] not in self._marking and r["id"] not in self._marked]
-        if fresh and not self._draining:  # once per backlog: the drain runs a page per round until it is done
-            self._draining = True
-            log.info("outbox_republish", rows=len(rows), more=len(rows) == PAGE)
-        if self._publish(fresh) and len(rows) < PAGE:
-            self._backlog = self._draining = False
 
     def _run(self) -> None:
         while not self._closed:
@@ -241,14 +220,11 @@ class Outbox:
             self._wake.clear()
             try:
                 self._mark_acked()
-                ready = self.link.connected.is_set() and time.monotonic() >= self._retry_at
-                if self._backlog and ready:
-                    self._drain_backlog()
-                for stream in self.streams.values():
-                    if stream.backlog and ready:
-                        self._publish_rows(stream)
+                if self.link.connected.is_set() and time.monotonic() >= self._retry_at:
+                    for stream in self.streams.values():
+                        if stream.backlog:
+                            self._drain(stream)
                 with self._lock:  # no read is under way: the next one sees these marks in the log
-                    self._marked.clear()
                     for stream in self.streams.values():
                         stream.marked.clear()
             except Exception:  # noqa: BLE001 - the log may be briefly locked; retry next round

@@ -436,13 +436,12 @@ class Store:
         return [table.c.published_at.is_(None), table.c.agent_id == self.agent_id]
 
     def unpublished(self, limit: int = 1000) -> list[dict]:
-        """This agent's events not yet acknowledged by the broker, oldest first (the outbox)."""
-        q = sa.select(events).where(*self._own_unpublished(events)).order_by(events.c.id).limit(limit)
-        with self.engine.connect() as conn:
-            return [_event_dict(r) for r in conn.execute(q)]
+        """This agent's events not yet acknowledged by the broker, oldest first."""
+        return self.unpublished_rows("events", limit)
 
     def unpublished_rows(self, table: str, limit: int = 1000) -> list[dict]:
-        """This agent's `bars` or `deadletters` not yet acknowledged by the broker, oldest first (the outbox)."""
+        """This agent's rows of `events`, `bars` or `deadletters` not yet acknowledged by the broker, oldest first
+        (the outbox)."""
         t = _PUBLISHED[table]
         q = sa.select(t).where(*self._own_unpublished(t)).order_by(t.c.id).limit(limit)
         with self.engine.connect() as conn:
@@ -639,4 +638,4 @@ def _dead_letter_dict(row) -> dict:
 
 
 _PUBLISHED = {"events": events, "bars": bars, "deadletters": deadletters}  # the tables the outbox publishes from
-_ROW_DICTS = {"bars": bar_dict, "deadletters": _dead_letter_dict}  # those it reads back at its own pace
+_ROW_DICTS = {"events": _event_dict, "bars": bar_dict, "deadletters": _dead_letter_dict}  # a row as users see it
