@@ -112,34 +112,27 @@ class Link:
         """
         auto = self.cfg.protocol == "auto"
         self._start_client("5" if auto else self.cfg.protocol)
-        if not auto:
-            return
-        wait = threading.Event()
-        for _ in range(int(decide_timeout / 0.01)):
-            if self._outcome:
-                break
-            wait.wait(0.01)
-        if not self._outcome and self.client.socket() is not None:
-            self._outcome.append("no CONNACK")  # TCP is up but the broker ignores an MQTT 5 CONNECT
-        if self._outcome:
-            self._settle()
-        else:  # the broker is unreachable: decide when it answers
-            threading.Thread(target=self._decide_later, args=(decide_timeout,), name="mqtt-protocol",
-                             daemon=True).start()
+        if auto and not self._decide(decide_timeout, give_up=decide_timeout):  # the broker is unreachable
+            threading.Thread(target=self._decide, args=(decide_timeout,), name="mqtt-protocol", daemon=True).start()
 
-    def _decide_later(self, timeout: float) -> None:
-        """The broker was unreachable at start: wait for its first answer to paho's MQTT 5 retries (a socket
-        open `timeout` seconds without one is the answer of a broker that ignores MQTT 5)."""
-        wait, opened = threading.Event(), None
+    def _decide(self, timeout: float, give_up: float | None = None) -> bool:
+        """Wait for the broker's first answer to MQTT 5 (a socket open `timeout` seconds without one is the answer
+        of a broker that ignores MQTT 5) and settle the protocol on it; False if no socket opened within
+        `give_up` seconds (paho goes on retrying)."""
+        wait, opened, began = threading.Event(), None, time.monotonic()
         while self._accepting and not self._outcome:
+            now = time.monotonic()
             if self.client.socket() is None:
                 opened = None
+                if give_up is not None and now - began >= give_up:
+                    return False
             elif opened is None:
-                opened = time.monotonic()
-            elif time.monotonic() - opened >= timeout:
+                opened = now
+            elif now - opened >= timeout:
                 self._outcome.append("no CONNACK")
-            wait.wait(0.02)
+            wait.wait(0.01)
         self._settle()
+        return True
 
     def _settle(self) -> None:
         """Keep MQTT 5 if the broker took it; else restart the client on 3.1.1 (before any first connection, so
