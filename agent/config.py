@@ -494,9 +494,8 @@ def _apply(cfg: Config, data: dict, source: str) -> set[tuple[str, str]]:
 def _set(target: object, section: str, key: str, value: object, where: str) -> None:
     """Check one key's value against its type, choices and range, and set it on the section `target`."""
     fields = _section_types(type(target))
-    if key not in fields or (section, key) in FILE_ONLY:
-        raise ConfigError(f"{where}: unknown key" if key not in fields else f"{where}: set it in the file "
-                          f"([{section}.{key}.NAME] tables)")
+    if key not in fields:
+        raise ConfigError(f"{where}: unknown key")
     value = _coerce(where, value, fields[key])
     choices = _CHOICES.get((section, key))
     if choices and value not in choices:
@@ -594,9 +593,26 @@ def _intersect(a: list[str], b: list[str]) -> bool:
     return len(a) == len(b) or longer[min(len(a), len(b))] == "#"  # `x/#` also matches `x`
 
 
-def topic_matches(topic: str, topic_filter: str) -> bool:
-    """`topic` (no wildcards) is one of the topics `topic_filter` takes."""
-    return _intersect(topic.split("/"), topic_filter.split("/"))
+def topic_pattern(topic_filter: str) -> str:
+    """An MQTT topic filter as a regular expression over a whole topic ('+' one level, a last '#' every level
+    below and the level above it), in the syntax Python's `re` and PostgreSQL share (the event log's queries)."""
+    levels = topic_filter.split("/")
+    many = levels[-1] == "#"
+    head = levels[:-1] if many else levels
+    body = "/".join("[^/]*" if level == "+" else re.escape(level) for level in head)
+    if not many:
+        return f"^{body}$"
+    return f"^{body}(/.*)?$" if head else "^.*$"
+
+
+def group_named(cfg: Config, name: str, sections: tuple[str, ...] = GROUPED) -> list[SensorGroup]:
+    """The groups called `name` in `sections` (`--group NAME` of the commands); ConfigError lists the groups."""
+    found = [getattr(cfg, s).groups[name] for s in sections if name in getattr(cfg, s).groups]
+    if not found:
+        names = sorted({n for s in sections for n in getattr(cfg, s).groups})
+        raise ConfigError(f"--group {name}: no {' or '.join(f'[{s}.groups.{name}]' for s in sections)} in the "
+                          f"configuration (groups: {', '.join(names) or 'none'})")
+    return found
 
 
 SHARE_PREFIX = "$share/"

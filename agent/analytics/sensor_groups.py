@@ -10,24 +10,22 @@ can publish can invent sensor ids).
 from __future__ import annotations
 
 import functools
+import re
 
 import csp
 from csp import ts
-from edgewatch.agent.config import SensorGroup, topic_matches
+from edgewatch.agent.config import SensorGroup, topic_pattern
 
 
 class GroupOf:
-    """sensor id -> index of its group in `groups` (len(groups): none, the `[anomaly]` settings)."""
+    """sensor id -> index of its group in `groups` (len(groups): none, the section's own settings)."""
 
     def __init__(self, groups: list[SensorGroup], cache: int):
-        self.filters = [group.sensors for group in groups]
+        self.patterns = [re.compile("|".join(map(topic_pattern, group.sensors))) for group in groups]
         self.index = functools.lru_cache(maxsize=cache)(self._match)
 
     def _match(self, sensor_id: str) -> int:
-        for i, filters in enumerate(self.filters):
-            if any(topic_matches(sensor_id, f) for f in filters):
-                return i
-        return len(self.filters)
+        return next((i for i, pattern in enumerate(self.patterns) if pattern.match(sensor_id)), len(self.patterns))
 
 
 @csp.node

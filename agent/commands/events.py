@@ -174,14 +174,7 @@ def events_command(args) -> int:
     """`edge-agent events`: filters, formats, --follow."""
     keys = list(args.key)
     if args.group:  # the sensors of the group of that name in either section
-        groups = [getattr(config.load(args.config), section).groups for section in config.GROUPED]
-        found = [f for g in groups if args.group in g for f in g[args.group].sensors]
-        if not found:
-            names = sorted({name for g in groups for name in g})
-            return _failed("events", f"--group {args.group}: no [anomaly.groups.{args.group}] or "
-                                     f"[health.groups.{args.group}] in the configuration (groups: "
-                                     f"{', '.join(names) or 'none'})", 2)
-        keys += found
+        keys += [f for group in config.group_named(config.load(args.config), args.group) for f in group.sensors]
     filters = dict(
         kinds=args.kind,
         keys=keys,

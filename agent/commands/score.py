@@ -139,13 +139,8 @@ def score_series(series: list[tuple[datetime, float]], cfg: AnomalyConfig, metri
 
 
 def score_command(args) -> int:
-    cfg = config.load(args.config).anomaly
-    if args.group:
-        if args.group not in cfg.groups:
-            print(f"edge-agent score: --group {args.group}: no [anomaly.groups.{args.group}] in the configuration "
-                  f"(groups: {', '.join(cfg.groups) or 'none'})", file=sys.stderr)
-            return 2
-        cfg = cfg.groups[args.group].settings
+    loaded = config.load(args.config)
+    cfg = config.group_named(loaded, args.group, ("anomaly",))[0].settings if args.group else loaded.anomaly
     try:
         with open(args.input, newline="", encoding="utf-8") as f:
             columns, rows = read_table(f, [args.metric] if args.metric else None)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import operator
 import os
-import re
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -21,7 +20,7 @@ from urllib.parse import quote
 
 import sqlalchemy as sa
 import structlog
-from edgewatch.agent.config import ConfigError
+from edgewatch.agent.config import ConfigError, topic_pattern
 from edgewatch.agent.eventlog import migrations
 from edgewatch.agent.eventlog.schema import (
     BAR_FIELDS,
@@ -156,21 +155,9 @@ def _event_dict(row) -> dict:
                       row.data, row.agent_id)
 
 
-def key_pattern(topic_filter: str) -> str:
-    """An MQTT topic filter as a regular expression over a whole key ('+' one level, a last '#' every level
-    below and the level above it), in the syntax Python's `re` (SQLite) and PostgreSQL share."""
-    levels = topic_filter.split("/")
-    many = levels[-1] == "#"
-    head = levels[:-1] if many else levels
-    body = "/".join("[^/]*" if level == "+" else re.escape(level) for level in head)
-    if not many:
-        return f"^{body}$"
-    return f"^{body}(/.*)?$" if head else "^.*$"
-
-
 def _key_matches(column: sa.ColumnElement, topic_filter: str) -> sa.ColumnElement:
     if "+" in topic_filter or "#" in topic_filter:
-        return column.regexp_match(key_pattern(topic_filter))
+        return column.regexp_match(topic_pattern(topic_filter))
     return column == topic_filter
 
 
