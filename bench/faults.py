@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import itertools
 import json
 import random
 import statistics
@@ -39,7 +40,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from edgewatch.agent import config  # noqa: E402
-from edgewatch.agent.analytics.anomaly import Detector, PartScore  # noqa: E402
+from edgewatch.agent.analytics.anomaly import Detector  # noqa: E402
 from edgewatch.agent.config import AnomalyConfig  # noqa: E402
 
 from bench import cv, skab  # noqa: E402
@@ -86,15 +87,6 @@ FAULTS: dict[str, tuple[Fault, int, tuple[float, ...]]] = {  # kind -> (inject, 
 }
 
 
-def alarms(det: Detector, times, rows, start: int, end: int, cfg: AnomalyConfig) -> list[int]:
-    """Rows in [start, end) at which `det` (advanced in place) raises an `anomaly` event."""
-    out = []
-    for i, rd in enumerate(skab.readings_of(times[start:end], rows[start:end]), start):
-        if any(sc.score >= cfg.threshold and not isinstance(sc, PartScore) for sc in det.score_readings([rd])):
-            out.append(i)
-    return out
-
-
 def zscore_alarms(times, rows, start: int, end: int, z: float) -> set[int]:
     """The baseline's detections in [start, end) (run from ZSCORE_LEAD readings before)."""
     lead = start - ZSCORE_LEAD
@@ -120,42 +112,38 @@ def run(times, rows, cfg: AnomalyConfig) -> dict:
     # the clean recording once: its alarms, and the detector's state at each position (a fault run resumes it)
     det, states, clean = Detector(cfg), {}, []
     for start, at in zip([0] + positions, positions + [len(rows)]):
-        clean += alarms(det, times, rows, start, at, cfg)
+        clean += skab.alarm_rows(det, times, rows, start, at, cfg)
         states[at] = copy.deepcopy(det)
     clean = set(clean)
     rate = skab.alarms_per_hour(times, clean)
     baselines = {"zscore": Z, "zscore_matched": matched_z(times, rows, rate)}  # name -> threshold
     clean_z = {name: skab.zscore_detections(rows, times, z=z) for name, z in baselines.items()}
-    tally: dict[str, dict] = {}
-    for at in positions:
-        for kind, (inject, length, magnitudes) in FAULTS.items():
-            end = min(at + length + AFTER, len(rows))
-            for k in magnitudes:
-                row = tally.setdefault(kind, {}).setdefault(f"{k:g}", {"runs": 0})
-                for metric, sigma in enumerate(sigmas):
-                    faulty = with_fault(rows, metric, inject, at, k, sigma)
-                    # the fault's own alarms: those the clean recording does not raise (the state before is the same)
-                    finds = {"agent": set(alarms(copy.deepcopy(states[at]), times, faulty, at, end, cfg)) - clean}
-                    for name, z in baselines.items():
-                        finds[name] = zscore_alarms(times, faulty, at, end, z) - clean_z[name]
-                    row["runs"] += 1
-                    for name, hits in finds.items():
-                        row.setdefault(name, [])
-                        if hits:
-                            row[name].append(min(hits) - at)
-    return {kind: {k: summary(r) for k, r in by_k.items()} for kind, by_k in tally.items()} | {
+    tally: dict[str, dict[str, dict[str, list[int]]]] = {}  # kind -> magnitude -> detector -> delays of its finds
+    for at, (kind, (inject, length, magnitudes)), (metric, sigma) in itertools.product(
+            positions, FAULTS.items(), enumerate(sigmas)):
+        end = min(at + length + AFTER, len(rows))
+        for k in magnitudes:
+            faulty = with_fault(rows, metric, inject, at, k, sigma)
+            # the fault's own alarms: those the clean recording does not raise (the state before is the same)
+            finds = {"agent": set(skab.alarm_rows(copy.deepcopy(states[at]), times, faulty, at, end, cfg)) - clean}
+            finds |= {name: zscore_alarms(times, faulty, at, end, z) - clean_z[name] for name, z in baselines.items()}
+            delays = tally.setdefault(kind, {}).setdefault(f"{k:g}", {name: [] for name in finds})
+            for name, hits in finds.items():
+                if hits:
+                    delays[name].append(min(hits) - at)
+    runs = len(positions) * len(sigmas)  # per kind and magnitude
+    return {kind: {k: summary(d, runs) for k, d in by_k.items()} for kind, by_k in tally.items()} | {
         "positions": len(positions), "sigmas": dict(zip(skab.COLUMNS, (round(s, 4) for s in sigmas))),
         "clean_alarms_per_hour": {"agent": rate} | {
             name: skab.alarms_per_hour(times, clean_z[name]) for name in baselines},
         "zscore_thresholds": baselines}
 
 
-def summary(r: dict) -> dict:
-    """Per detector: the share of runs whose fault it found, and the median delay of its first find (s)."""
-    n = r.pop("runs")
-    return {"runs": n} | {name: {"found": round(len(delays) / n, 3),
-                                 "median_delay_s": statistics.median(delays) if delays else None}
-                          for name, delays in r.items()}
+def summary(delays: dict[str, list[int]], runs: int) -> dict:
+    """Per detector: the share of the runs whose fault it found, and the median delay of its first find (s)."""
+    return {"runs": runs} | {name: {"found": round(len(d) / runs, 3),
+                                    "median_delay_s": statistics.median(d) if d else None}
+                             for name, d in delays.items()}
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -138,10 +138,15 @@ def readings_of(times, rows) -> list[SensorReading]:
 
 def detector_detections(times, rows, cfg) -> set:
     """Rows whose scores raise an `anomaly` event (what `anomaly_events` keeps), straight from the Detector."""
-    det, out = Detector(cfg), set()
-    for i, rd in enumerate(readings_of(times, rows)):
+    return set(alarm_rows(Detector(cfg), times, rows, 0, len(rows), cfg))
+
+
+def alarm_rows(det: Detector, times, rows, start: int, end: int, cfg) -> list[int]:
+    """Rows in [start, end) at which `det` (advanced in place, one reading at a time) raises an `anomaly` event."""
+    out = []
+    for i, rd in enumerate(readings_of(times[start:end], rows[start:end]), start):
         if any(sc.score >= cfg.threshold and not isinstance(sc, PartScore) for sc in det.score_readings([rd])):
-            out.add(i)
+            out.append(i)
     return out
 
 
