@@ -74,49 +74,47 @@ _EPOCH = datetime(1970, 1, 1)
 _US = timedelta(microseconds=1)
 
 
-def parse_ranges(text: str) -> dict[str, tuple[float, float]]:
-    """`name=low:high,...` -> {name: (low, high)}; errors name the key."""
+def parse_ranges(text: str, where: str = "health") -> dict[str, tuple[float, float]]:
+    """`name=low:high,...` -> {name: (low, high)}; errors name the key (of `where`: the section, or a group)."""
     out = {}
     for part in filter(None, (p.strip() for p in text.split(","))):
         try:
             name, bounds = part.split("=")
             low, high = (float(v) for v in bounds.split(":"))
         except ValueError:
-            raise ConfigError(f"health.ranges: expected name=low:high, got {part!r}") from None
+            raise ConfigError(f"{where}.ranges: expected name=low:high, got {part!r}") from None
         if not low < high:
-            raise ConfigError(f"health.ranges: {name}: low must be below high")
+            raise ConfigError(f"{where}.ranges: {name}: low must be below high")
         out[name.strip()] = (low, high)
     return out
 
 
-def parse_bands(text: str) -> tuple[float, float]:
+def parse_bands(text: str, where: str = "health") -> tuple[float, float]:
     try:
         poor, good = (float(v) for v in text.split(","))
     except ValueError:
-        raise ConfigError(f"health.bands: expected two numbers 'poor,good', got {text!r}") from None
+        raise ConfigError(f"{where}.bands: expected two numbers 'poor,good', got {text!r}") from None
     if not 0.0 < poor < good < 1.0:
-        raise ConfigError(f"health.bands: need 0 < {poor} < {good} < 1")
+        raise ConfigError(f"{where}.bands: need 0 < {poor} < {good} < 1")
     return poor, good
 
 
 def check(h: HealthConfig, m: MaintenanceConfig) -> None:
     """Raise ConfigError naming the first bad [health]/[maintenance] key (called when the graph is wired), or
     the group's own key (`health.groups.NAME.ranges`)."""
-    _check(h, m)
+    _check(h, m, "health")
     for name, group in h.groups.items():
-        try:
-            _check(group.settings, m)
-        except ConfigError as e:
-            raise ConfigError(str(e).replace("health.", f"health.groups.{name}.")) from None
+        _check(group.settings, m, f"health.groups.{name}")
 
 
-def _check(h: HealthConfig, m: MaintenanceConfig) -> None:
-    Params(h, m)
+def _check(h: HealthConfig, m: MaintenanceConfig, where: str) -> None:
+    parse_ranges(h.ranges, where)
+    parse_bands(h.bands, where)
     for key in ("fast_span", "noise_span", "baseline_span", "anomaly_span", "stuck_readings"):
         if getattr(h, key) < 1:
-            raise ConfigError(f"health.{key}: must be at least 1")
+            raise ConfigError(f"{where}.{key}: must be at least 1")
     if h.stale_min <= 0 or h.interval <= 0:
-        raise ConfigError("health.stale_min and health.interval must be positive")
+        raise ConfigError(f"{where}.stale_min and {where}.interval must be positive")
     for key, clear, rise in (("drift_clear_z", m.drift_clear_z, h.drift_z),
                              ("noise_clear_ratio", m.noise_clear_ratio, h.noise_ratio),
                              ("anomaly_clear_rate", m.anomaly_clear_rate, h.anomaly_rate),
