@@ -959,12 +959,13 @@ def _evidence(kind: type, sid: str, metric: str, when: datetime, x: float, s: fl
 
 @csp.node(memoize=False)  # the config is a mutable dataclass, not hashable
 def anomaly_scores(readings: ts[list[SensorReading]], cfg: AnomalyConfig, min_score: float = 0.0,
-                   states: object = None, state: str = "anomaly") -> ts[list[MetricScore]]:
+                   states: object = None, group: str = "") -> ts[list[MetricScore]]:
     """Score every metric of every reading; one node keyed by (sensor, metric) inside. With `min_score` > 0 only
     the scores at or above it or the (live) event threshold, whichever is lower, go out (0: every score).
-    Its states are kept in `states` (a snapshot.StateBook, or None) under the name `state` (one per group of
-    sensors): the constants come from `cfg` on every start."""
+    Its states are kept in `states` (a snapshot.StateBook, or None), under a name of their own for a group of
+    sensors (`anomaly:NAME`): the constants come from `cfg` on every start."""
     with csp.state():
+        state = f"anomaly:{group}" if group else "anomaly"
         s_detector = Detector(cfg, state)
         s_detector.table = keep(states, state, s_detector.table)
     if csp.ticked(readings):

@@ -14,14 +14,16 @@ import re
 
 import csp
 from csp import ts
-from edgewatch.agent.config import SensorGroup, topic_pattern
+from edgewatch.agent.config import AnomalyConfig, HealthConfig, topic_pattern
 
 
 class GroupOf:
-    """sensor id -> index of its group in `groups` (len(groups): none, the section's own settings)."""
+    """sensor id -> index of its group among a section's `groups`, in file order (the last index: none, the
+    section's own settings); `settings` holds (group name, its settings) at those indices ("" for the section)."""
 
-    def __init__(self, groups: list[SensorGroup], cache: int):
-        self.patterns = [re.compile("|".join(map(topic_pattern, group.sensors))) for group in groups]
+    def __init__(self, section: AnomalyConfig | HealthConfig, cache: int):
+        self.settings = [(name, group.settings) for name, group in section.groups.items()] + [("", section)]
+        self.patterns = [re.compile("|".join(map(topic_pattern, group.sensors))) for group in section.groups.values()]
         self.index = functools.lru_cache(maxsize=cache)(self._match)
 
     def _match(self, sensor_id: str) -> int:

@@ -55,12 +55,10 @@ def anomaly_graph(readings: ts[list[SensorReading]], cfg: Config,
     if not cfg.anomaly.groups:
         scores = anomaly_scores(readings, cfg.anomaly, min_score, states)
         return csp.output(scores=scores, events=anomaly_events(scores, cfg.anomaly))
-    groups = list(cfg.anomaly.groups.items())
-    parts = split_by_group(readings, GroupOf([group for _, group in groups], cfg.anomaly.max_series),
-                           len(groups) + 1)
-    settings = [(f"anomaly:{name}", group.settings) for name, group in groups] + [("anomaly", cfg.anomaly)]
-    scores = [anomaly_scores(part, a, min_score, states, state) for part, (state, a) in zip(parts, settings)]
-    events = [anomaly_events(part, a) for part, (_, a) in zip(scores, settings)]
+    group_of = GroupOf(cfg.anomaly, cfg.anomaly.max_series)
+    parts = split_by_group(readings, group_of, len(group_of.settings))
+    scores = [anomaly_scores(part, a, min_score, states, name) for part, (name, a) in zip(parts, group_of.settings)]
+    events = [anomaly_events(part, a) for part, (_, a) in zip(scores, group_of.settings)]
     return csp.output(scores=merge_events(scores), events=merge_events(events))
 
 
@@ -71,13 +69,11 @@ def health_graph(readings: ts[list[SensorReading]], scores: ts[list[MetricScore]
     with its own settings and its own state (`health:NAME`)."""
     if not cfg.health.groups:
         return sensor_health(readings, scores, cfg.health, cfg.maintenance, cfg.drift, states)
-    groups = list(cfg.health.groups.items())
-    group_of = GroupOf([group for _, group in groups], cfg.health.max_sensors)
-    parts = split_by_group(readings, group_of, len(groups) + 1)
-    score_parts = split_by_group(scores, group_of, len(groups) + 1)
-    settings = [(name, group.settings) for name, group in groups] + [("", cfg.health)]
+    group_of = GroupOf(cfg.health, cfg.health.max_sensors)
+    parts = split_by_group(readings, group_of, len(group_of.settings))
+    score_parts = split_by_group(scores, group_of, len(group_of.settings))
     return merge_events([sensor_health(part, part_scores, h, cfg.maintenance, cfg.drift, states, name)
-                         for part, part_scores, (name, h) in zip(parts, score_parts, settings)])
+                         for part, part_scores, (name, h) in zip(parts, score_parts, group_of.settings)])
 
 
 @csp.graph(memoize=False)

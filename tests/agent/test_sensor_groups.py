@@ -58,7 +58,7 @@ def test_a_group_takes_anomaly_with_its_own_keys_over_it(tmp_path):
 
 
 def test_a_sensor_takes_the_first_group_whose_filter_matches(tmp_path):
-    group_of = GroupOf(list(load(tmp_path).anomaly.groups.values()), cache=2)
+    group_of = GroupOf(load(tmp_path).anomaly, cache=2)
     assert [group_of.index(s) for s in ("plant1/a/comp", "plant1/a/pump", "plant2/x/y", "plant2", "plant3/a",
                                          "plant1/a/comp/x")] == [0, 1, 0, 0, 2, 1]
     assert group_of.index.cache_info().currsize == 2  # bounded: anyone who can publish can invent sensor ids
