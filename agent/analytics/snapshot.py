@@ -9,10 +9,11 @@ lock; it runs after every analytic in its cycle (it reads their merged output), 
 messages after it. Taking a snapshot pickles the state in the engine; compressing and writing it are
 the `sink`'s job, off the engine thread.
 
-A snapshot is used only by the same code and the same configuration: `version()` changes when the layout of
-a persisted class (`@persisted`: its slots, and the row widths of the arrays it holds, `COLUMNS`) or the
-format changes, and `config_hashes` when a setting that shapes the
-state does (the keys that can change at run time do not count: a running graph keeps its state across them).
+A snapshot is used only by the same code: `version()` changes when the layout of a persisted class
+(`@persisted`: its slots, and the row widths of the arrays it holds, `COLUMNS`) or the format changes. Each
+state in it is used only with the settings it was built under: `config_hashes` hashes them per section and per
+sensor group (the keys that can change at run time do not count: a running graph keeps its state across them),
+and `stale_states` names the states whose settings changed, which start fresh while the others resume.
 """
 
 from __future__ import annotations
@@ -29,8 +30,19 @@ import csp
 from csp import ts
 from edgewatch.agent.records import BatchMark, Event
 
-FORMAT = 1  # bump when the meaning of persisted state changes without a change of its classes' layout
-SECTIONS = ("anomaly", "health", "drift", "maintenance", "market", "risk", "advisor")  # what shapes the state
+FORMAT = 2  # bump when the meaning of persisted state changes without a change of its classes' layout
+# state name (before any ":GROUP") -> the sections whose settings shape it; for a group's state ("anomaly:pumps")
+# the first section's hash is that group's
+SHAPED_BY: dict[str, tuple[str, ...]] = {
+    "anomaly": ("anomaly",),
+    "health": ("health", "drift", "maintenance"),
+    "drift_peers": ("health", "drift", "maintenance"),
+    "price_alerts": ("market", "risk", "advisor"),
+    "market": ("market", "risk", "advisor"),
+    "risk": ("market", "risk", "advisor"),
+    "advisor": ("market", "risk", "advisor"),
+}
+SECTIONS = tuple(dict.fromkeys(s for sections in SHAPED_BY.values() for s in sections))
 _LAYOUT: dict[str, tuple[str, ...]] = {}
 
 
@@ -75,27 +87,46 @@ def version() -> str:
 
 
 def config_hashes(cfg, live: dict) -> dict[str, str]:
-    """Section -> hash of the keys that shape the state (`live`: section -> keys that change at run time, or "*")."""
+    """Section, and section:GROUP for each sensor group -> hash of the keys that shape its state (`live`: section
+    -> keys that change at run time, or "*"). Which group a sensor belongs to is part of every hash of its
+    section: moving a sensor between groups makes them all stale; a group's own settings only its own."""
     out = {}
     for section in SECTIONS:
         skip = live.get(section, ())
-        values = _shaping(dataclasses.asdict(getattr(cfg, section)), skip)
-        text = json.dumps(values, sort_keys=True, default=str)
-        out[section] = hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
+        values = dataclasses.asdict(getattr(cfg, section))
+        groups = values.pop("groups", {})
+        members = [[name, g["sensors"]] for name, g in groups.items()]
+        out[section] = _hash([_shaping(values, skip), members])
+        for name, g in groups.items():
+            out[f"{section}:{name}"] = _hash([_shaping(g["settings"], skip), members])
     return out
 
 
 def _shaping(values: dict, skip: object) -> dict:
-    """A section's values without its live keys, nor those of its groups' settings."""
-    out = {k: v for k, v in values.items() if skip != "*" and k not in skip}
-    for group in out.get("groups", {}).values():
-        group["settings"] = _shaping(group["settings"], skip)
+    """A section's values without its live keys (a group's settings have no groups of their own)."""
+    return {k: v for k, v in values.items() if skip != "*" and k not in skip and k != "groups"}
+
+
+def _hash(values: object) -> str:
+    return hashlib.blake2b(json.dumps(values, sort_keys=True, default=str).encode(), digest_size=8).hexdigest()
+
+
+def shaped_by(state: str) -> list[str]:
+    """The `config_hashes` keys a state depends on ("health:pumps" -> health:pumps, drift, maintenance)."""
+    base, _, group = state.partition(":")
+    first, *rest = SHAPED_BY.get(base, SECTIONS)
+    return [f"{first}:{group}" if group else first, *rest]
+
+
+def stale_states(states: list[str], saved: dict, current: dict) -> dict[str, list[str]]:
+    """State -> what changed in the settings it was saved under (sections or section:GROUP), for the `states`
+    of a snapshot that the current settings cannot resume."""
+    out = {}
+    for name in states:
+        changed = [k for k in shaped_by(name) if saved.get(k) != current.get(k)]
+        if changed:
+            out[name] = changed
     return out
-
-
-def changed_sections(saved: dict, current: dict) -> list[str]:
-    """The sections whose state-shaping settings differ between a snapshot and the configuration."""
-    return sorted(s for s in set(saved) | set(current) if saved.get(s) != current.get(s))
 
 
 class StateBook:

@@ -1,8 +1,9 @@
 """`edge-agent state`: the analytics' state snapshots in the log, and what the last start that resumed from one used.
 
-Read-only, like the other query verbs. A snapshot is usable when it is this agent's (`agent.id`) and
-the code and the configuration given here are those it was taken with (the same rule `run` applies at
-start); for one that is not, it says why. A start that resumed from none leaves no trace here: its log says
+Read-only, like the other query verbs. A snapshot is usable when it is this agent's (`agent.id`), the
+code is the one it was taken with, and the configuration given here leaves at least one of its states as it
+was built (the same rule `run` applies at start); it says which states would start fresh, and why a snapshot
+is not usable. A start that resumed from none leaves no trace here: its log says
 why (`state_not_restored`).
 """
 
@@ -13,7 +14,7 @@ import json
 from edgewatch.agent import config
 from edgewatch.agent.commands.events import _run
 from edgewatch.agent.commands.run import snapshot_identity
-from edgewatch.agent.eventlog.snapshots import Identity
+from edgewatch.agent.eventlog.snapshots import Identity, fresh_reason
 from edgewatch.agent.eventlog.store import Store
 from edgewatch.agent.timeutil import isoformat, utcnow
 from edgewatch.common import logs
@@ -25,10 +26,12 @@ def report(store: Store, ident: Identity) -> dict:
     rows = []
     for r in store.snapshots():
         why = ident.refusal(r) if r["agent"] == ident.agent else f"another agent's ({r['agent']})"
+        stale = ident.stale(r) if why is None else {}
         rows.append({
             "id": r["id"], "agent": r["agent"], "taken_at": isoformat(r["taken_at"]),
             "age_seconds": round((now - r["taken_at"]).total_seconds(), 1), "saved_at": isoformat(r["saved_at"]),
             "version": r["version"], "bytes": r["size"], "keys": r["keys"], "usable": why is None, "why_not": why,
+            "fresh": stale,
             "restored_at": isoformat(r["restored_at"]) if r["restored_at"] else None,
         })
     ours = [r for r in store.snapshots(ident.agent) if r["restored_at"] is not None]
@@ -57,6 +60,8 @@ def _text(rep: dict) -> str:
                      "captures (record.warm_start) or starts cold")
     for s in rep["snapshots"]:
         verdict = "usable at the next start" if s["usable"] else f"not usable: {s['why_not']}"
+        if s["fresh"]:
+            verdict += "; these start fresh: " + fresh_reason(s["fresh"])
         keys = ", ".join(f"{k} {v}" for k, v in s["keys"].items()) or "nothing"
         lines.append(f"snapshot {s['id']} of {s['agent']}: taken {s['taken_at']} ({s['age_seconds']:.0f} s ago), "
                      f"{_size(s['bytes'])}; {verdict}")

@@ -4,7 +4,8 @@ The engine only pickles its state (agent/analytics/snapshot.py); compressing and
 `SnapshotWriter`'s thread, so a slow or locked database never stalls the graph. Only the newest offer waits
 there: a snapshot that could not be written before the next one was taken is replaced by it. At a clean stop
 the service saves one last snapshot with the engine stopped. A start resumes from the newest snapshot of
-this agent that the code and the configuration can use, and says why when there is none.
+this agent that the code can use; a state whose settings changed since (`anomaly`, or one sensor group's,
+`anomaly:pumps`) starts fresh while the others resume, and the log says which and why.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import time
 import zlib
 from datetime import datetime
 
-from edgewatch.agent.analytics.snapshot import StateBook, changed_sections, loads
+from edgewatch.agent.analytics.snapshot import StateBook, loads, stale_states
 from edgewatch.agent.eventlog.store import Store
 from edgewatch.agent.ops import metrics
 from edgewatch.agent.timeutil import isoformat, utcnow
@@ -31,14 +32,25 @@ class Identity:
     def __init__(self, agent: str, version: str, config: dict[str, str]):
         self.agent, self.version, self.config = agent, version, config
 
+    def stale(self, row: dict) -> dict[str, list[str]]:
+        """The states of snapshot `row` that start fresh under this configuration -> what changed for each."""
+        return stale_states(list(row["keys"]), row["config"], self.config)
+
     def refusal(self, row: dict) -> str | None:
-        """Why snapshot `row` cannot be restored by this agent, or None when it can."""
+        """Why snapshot `row` cannot be restored by this agent, or None when at least one of its states can."""
         if row["version"] != self.version:
             return f"taken by another version of the analytics ({row['version']}, this one is {self.version})"
-        changed = changed_sections(row["config"], self.config)
-        if changed:
-            return "the settings that shape the state changed in " + ", ".join(f"[{s}]" for s in changed)
+        stale = self.stale(row)
+        if stale and len(stale) == len(row["keys"]):
+            return "the settings that shape every state in it changed: " + fresh_reason(stale)
         return None
+
+
+def fresh_reason(stale: dict[str, list[str]]) -> str:
+    """'anomaly:pumps, health (settings changed in [anomaly.groups.pumps], [health])'."""
+    changed = sorted({k for keys in stale.values() for k in keys})
+    tables = ", ".join("[{}]".format(".groups.".join(k.split(":", 1))) for k in changed)
+    return f"{', '.join(sorted(stale))} (settings changed in {tables})"
 
 
 class SnapshotWriter:
@@ -123,9 +135,13 @@ def restore(store: Store, ident: Identity) -> tuple[StateBook, dict | None]:
             else:
                 now = utcnow()
                 store.mark_restored(row["id"], now)
+                stale = ident.stale(row)
+                for name in stale:
+                    state.pop(name, None)
                 log.info("state_restored", snapshot=row["id"], taken_at=isoformat(row["taken_at"]),
                          age_seconds=round((now - row["taken_at"]).total_seconds(), 1), keys=row["keys"],
-                         seconds=round(time.perf_counter() - t0, 3))
+                         seconds=round(time.perf_counter() - t0, 3),
+                         **({"fresh": fresh_reason(stale)} if stale else {}))
                 return StateBook(state, water=row["taken_at"]), row
         reasons.append(f"snapshot {row['id']}: {why}")
     log.info("state_not_restored", reason="; ".join(reasons) if reasons else "no snapshot of this agent in the log",

@@ -17,7 +17,9 @@ from edgewatch.agent.analytics.sensor_groups import GroupOf
 from edgewatch.agent.analytics.snapshot import StateBook, config_hashes
 from edgewatch.agent.analytics.topology import sensor_graph
 from edgewatch.agent.cli import main
-from edgewatch.agent.commands.run import LIVE_KEYS, _apply_live
+from edgewatch.agent.commands.run import LIVE_KEYS, _apply_live, snapshot_identity
+from edgewatch.agent.eventlog.snapshots import SnapshotWriter, restore
+from edgewatch.agent.eventlog.store import Store
 from edgewatch.agent.records import SensorReading
 from edgewatch.agent.testing.plugin import AgentProcess, publish_many, wait_for_events
 from edgewatch.common.ports import free_port
@@ -114,6 +116,31 @@ def test_each_group_keeps_its_own_state(tmp_path):
     events(faulty("plant1/a/comp", 1) + faulty("plant3/pump", 3), load(tmp_path), book)
     keys = book.keys()
     assert keys["anomaly:compressors"] == 3 and keys["anomaly"] == 3 and keys["anomaly:plant1"] == 0
+
+
+def test_a_group_whose_settings_changed_starts_fresh_and_the_rest_resume(tmp_path):
+    cfg = load(tmp_path)
+    book = StateBook()
+    events(faulty("plant1/a/comp", 1) + faulty("plant1/b/pump", 2) + faulty("plant3/pump", 3), cfg, book)
+    book.water = T0 + timedelta(seconds=3000)
+    store = Store(str(tmp_path / "events.db"))
+    SnapshotWriter(store, snapshot_identity(cfg, "gw1"), keep=1).save(book)
+    saved = sorted(book.keys())
+    assert saved == ["anomaly", "anomaly:compressors", "anomaly:plant1", "health"]
+
+    retuned = load(tmp_path, GROUPS.replace("change_z = 5.0", "change_z = 5.5"))
+    restored, row = restore(store, snapshot_identity(retuned, "gw1"))
+    assert row is not None and restored.restored == ["anomaly", "anomaly:plant1", "health"]
+    assert snapshot_identity(retuned, "gw1").stale(row) == {"anomaly:compressors": ["anomaly:compressors"]}
+    # the retuned group's state restarts; the other group's and the fleet's resume as they were
+    new = object()
+    assert restored.keep("anomaly:compressors", new) is new
+    assert len(restored.keep("anomaly", new)) == book.keys()["anomaly"] == 3
+
+    moved = load(tmp_path, GROUPS.replace('"plant2/#"', '"plant9/#"'))  # membership: every anomaly state is stale
+    restored, row = restore(store, snapshot_identity(moved, "gw1"))
+    assert row is not None and restored.restored == ["health"]
+    store.close()
 
 
 def test_group_thresholds_are_live_and_other_group_changes_need_a_restart(tmp_path):

@@ -153,22 +153,29 @@ def _book() -> StateBook:
 
 
 
-def test_a_snapshot_is_refused_when_the_settings_or_the_code_changed(url):
+def test_a_state_whose_settings_changed_starts_fresh_and_the_others_resume(url):
     store = Store(url)
     writer = SnapshotWriter(store, _ident(Config()), keep=3)
     writer.save(_book())
 
     changed = Config()
     changed.anomaly.warmup = 50
-    changed.market.bar_interval = 5.0
+    changed.market.bar_interval = 5.0  # the market side's states are rebuilt together
+    book, row = restore(store, _ident(changed))
+    assert row is not None and book.restored == ["health"] and book.water == T0 + timedelta(seconds=200)
+    assert _ident(changed).refusal(row) is None
+    assert sorted(_ident(changed).stale(row)) == ["advisor", "anomaly", "market", "price_alerts", "risk"]
+
+    changed.health.warmup = 10  # now no state in it can resume: the snapshot is refused
     book, row = restore(store, _ident(changed))
     assert row is None and book.restored == []
-    assert _ident(changed).refusal(store.snapshots()[0]) == \
-        "the settings that shape the state changed in [anomaly], [market]"
+    assert _ident(changed).refusal(store.snapshots()[0]) == (
+        "the settings that shape every state in it changed: advisor, anomaly, health, market, price_alerts, risk "
+        "(settings changed in [anomaly], [health], [market])")
 
     live = Config()  # keys a running graph applies live do not shape the state
     live.anomaly.threshold, live.risk.max_drawdown = 0.9, 5.0
-    assert _ident(live).refusal(store.snapshots()[0]) is None
+    assert _ident(live).refusal(store.snapshots()[0]) is None and _ident(live).stale(store.snapshots()[0]) == {}
 
     other = Identity("gw1", "0.other", _ident(Config()).config)
     assert "another version" in other.refusal(store.snapshots()[0])
@@ -218,7 +225,8 @@ def test_state_command_shows_the_snapshots_and_the_last_restore(tmp_path, capsys
     config.write_text(f'[agent]\nid = "gw1"\n[store]\nurl = "{db}"\n[health]\nwarmup = 10\n')
     assert main(["state", "--config", str(config)]) == 0
     text = capsys.readouterr().out
-    assert f"snapshot {snap['id']} of gw1" in text and "not usable: the settings that shape the state changed in [health]" in text
+    assert f"snapshot {snap['id']} of gw1" in text
+    assert "usable at the next start; these start fresh: health (settings changed in [health])" in text
 
 
 # -- the agent, restarted ---------------------------------------------------------------------------------
@@ -256,6 +264,24 @@ def test_a_clean_stop_saves_the_state_and_the_restart_resumes_from_it(mosquitto,
     finally:
         stop_within(agent)
     assert len(_snapshot_rows(agent)) == 2  # and the second stop saved the state again
+
+
+def test_a_restart_with_other_market_settings_still_resumes_the_sensors(mosquitto, tmp_path):
+    expected = uninterrupted(mosquitto, tmp_path / "whole")
+
+    def retune(agent: AgentProcess) -> None:  # read at the next start
+        agent.config.write_text(agent.config.read_text() + "\n[market]\nbar_interval = 5.0\n")
+
+    # no capture warm start: without the snapshot's sensor state the detector starts cold and misses the spike
+    agent = run_split(mosquitto, tmp_path / "split", "term", warm_start=0.0, snapshot_interval=60.0,
+                      before_stop=retune)
+    try:
+        assert wait_for(lambda: anomalies(agent), timeout=15, what="anomaly after the restart") == expected
+        log = [json.loads(line) for line in agent.log_tail(1_000_000).splitlines() if line.startswith("{")]
+        restored = next(e for e in log if e["event"] == "state_restored")
+        assert restored["fresh"] == "advisor, market, price_alerts, risk (settings changed in [market])"
+    finally:
+        stop_within(agent)
 
 
 def test_a_killed_agent_resumes_from_its_last_snapshot_and_the_captures_after_it(mosquitto, tmp_path):
