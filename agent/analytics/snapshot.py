@@ -132,13 +132,24 @@ def stale_states(states: list[str], saved: dict, current: dict) -> dict[str, lis
 class StateBook:
     """The analytics' state containers by name: what a snapshot holds and what a start restores.
 
-    `water` is the `received_at` of the newest input the state includes (None before any)."""
+    `water` is the `received_at` of the newest input the state includes (None before any); `stale` names the
+    snapshot's states left out because their settings changed (-> what changed)."""
 
-    def __init__(self, restored: dict | None = None, water: datetime | None = None):
+    def __init__(self, restored: dict | None = None, water: datetime | None = None,
+                 stale: dict[str, list[str]] | None = None):
         self._restored = dict(restored or {})
         self._kept: dict[str, object] = {}
         self.water = water
+        self.stale = stale or {}
         self.restored = sorted(self._restored)  # the names a snapshot provided
+
+    def fill(self, warmed: StateBook) -> list[str]:
+        """Take the states this book cannot resume from `warmed` (a run over the captures before `water`);
+        returns their names."""
+        names = sorted(set(warmed._kept) - set(self._restored) - set(self._kept))
+        for name in names:
+            self._restored[name] = warmed._kept[name]
+        return names
 
     def keep(self, name: str, fresh: object) -> object:
         """The container `name` resumes from: the restored one when the snapshot has it, else `fresh`."""

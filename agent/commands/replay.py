@@ -8,6 +8,7 @@ and ends at the last captured message.
 
 from __future__ import annotations
 
+import itertools
 import sys
 import time
 from collections import Counter
@@ -45,14 +46,18 @@ RUN_LIMIT = timedelta(days=365 * 100)  # the engine stops at the last message; t
 class CaptureSource:
     """Captured messages, validated, grouped into one batch per distinct `received_at`."""
 
-    def __init__(self, paths: list, cfg: Config, since: datetime | None = None, after: datetime | None = None):
-        """Messages received at or after `since`, and strictly after `after` (a snapshot's watermark)."""
+    def __init__(self, paths: list, cfg: Config, since: datetime | None = None, after: datetime | None = None,
+                 until: datetime | None = None):
+        """Messages received at or after `since`, strictly after `after` (a snapshot's watermark), and at or
+        before `until`."""
         self.reader = read_captures(paths)
         self._items = iter(self.reader)
         if since is not None:
             self._items = (i for i in self._items if i[0] >= since)
         if after is not None:
             self._items = (i for i in self._items if i[0] > after)
+        if until is not None:
+            self._items = itertools.takewhile(lambda i: i[0] <= until, self._items)
         self.validator = Validator(cfg)
         self.accepted: Counter[str] = Counter()
         self.rejected: list[DeadLetter] = []
@@ -126,6 +131,21 @@ def replay_graph(source: object, writer: object, cfg: Config):
     feeds = split(capture_feed(source))
     out = analytics(feeds.sensor, feeds.trade, feeds.quote, feeds.position, feeds.pnl, feeds.news, cfg)
     sink(out.events, out.bars, csp.null_ts(list[DeadLetter]), csp.null_ts(BatchMark), writer, None)
+    csp.stop_engine(feeds.done)
+
+
+@csp.node
+def discard(x: ts[object]):
+    """Consumes a feed nobody needs, so that csp keeps the nodes that make it (their state is what counts)."""
+
+
+@csp.graph(memoize=False)
+def learn_graph(source: object, cfg: Config, book: object):
+    """Captures -> the same `analytics` as live, keeping their state in `book`; nothing is logged."""
+    feeds = split(capture_feed(source))
+    out = analytics(feeds.sensor, feeds.trade, feeds.quote, feeds.position, feeds.pnl, feeds.news, cfg, book)
+    discard(out.events)
+    discard(out.bars)
     csp.stop_engine(feeds.done)
 
 

@@ -36,7 +36,7 @@ from edgewatch.agent.analytics.snapshot import StateBook, snapshots
 from edgewatch.agent.analytics.topology import analytics
 from edgewatch.agent.commands.check_config import validate
 from edgewatch.agent.commands.logfile import open_log
-from edgewatch.agent.commands.replay import CaptureSource, capture_feed, split
+from edgewatch.agent.commands.replay import RUN_LIMIT, CaptureSource, capture_feed, learn_graph, split
 from edgewatch.agent.eventlog.outbox import Outbox
 from edgewatch.agent.eventlog.sink import sink
 from edgewatch.agent.eventlog.snapshots import Identity, SnapshotWriter, restore
@@ -128,17 +128,36 @@ def live(mgr: MqttAdapterManager, writer: object, cfg: config.Config, hb: Heartb
     heartbeat(hb, beat_every)
 
 
-def warm_source(cfg: config.Config, exclude: Path | None, after: datetime | None = None) -> CaptureSource | None:
+def warm_source(cfg: config.Config, exclude: Path | None, after: datetime | None = None,
+                until: datetime | None = None) -> CaptureSource | None:
     """The captures to re-run at start (not the file this run writes), or None: those received after `after`
-    (the watermark of a restored snapshot), else those of the last `record.warm_start` seconds."""
+    (the watermark of a restored snapshot), else those of the last `record.warm_start` seconds (up to `until`)."""
     if not cfg.record.path or not Path(cfg.record.path).is_dir() or (after is None and cfg.record.warm_start <= 0):
         return None
     files = [p for p in sorted(Path(cfg.record.path).glob(CAPTURE_PATTERN)) if p != exclude]
     if after is not None:
         source = CaptureSource(files, cfg, after=after)
     else:
-        source = CaptureSource(files, cfg, since=utcnow() - timedelta(seconds=cfg.record.warm_start))
+        source = CaptureSource(files, cfg, since=utcnow() - timedelta(seconds=cfg.record.warm_start), until=until)
     return source if source.first is not None else None
+
+
+def prewarm(book: StateBook, cfg: config.Config, exclude: Path | None) -> dict | None:
+    """After a restore that left states out (their settings changed), warm those as a start without a snapshot
+    would: the analytics run over the captures of the last `record.warm_start` seconds up to the snapshot's
+    watermark, in historical mode and off the log, and the book takes the states it lacks from that run (the
+    restored ones go on from the snapshot; the captures after it then run through all of them). Returns what it
+    did, for the log, or None."""
+    if not book.stale or book.water is None:
+        return None
+    source = warm_source(cfg, exclude, until=book.water)
+    if source is None:
+        return None
+    t0 = time.perf_counter()
+    warmed = StateBook()
+    csp.run(learn_graph, source, cfg, warmed, starttime=source.first, endtime=RUN_LIMIT)
+    return {"states": book.fill(warmed), "captured_from": source.first.isoformat() + "Z",
+            "seconds": round(time.perf_counter() - t0, 3)}
 
 
 class _ServiceHeartbeat(Heartbeat):
@@ -254,6 +273,9 @@ class Service:
         restored = None
         if self.snapshots is not None:
             self.book, restored = restore(self.store, self.snapshots.ident)
+            warmed = prewarm(self.book, self.cfg, self.capture.path if self.capture else None)
+            if warmed is not None:
+                log.info("state_prewarmed", **warmed)
             self.snapshots.start()
         self.link.start()
         warm = warm_source(self.cfg, self.capture.path if self.capture else None,

@@ -142,7 +142,7 @@ def restore(store: Store, ident: Identity) -> tuple[StateBook, dict | None]:
                          age_seconds=round((now - row["taken_at"]).total_seconds(), 1), keys=row["keys"],
                          seconds=round(time.perf_counter() - t0, 3),
                          **({"fresh": fresh_reason(stale)} if stale else {}))
-                return StateBook(state, water=row["taken_at"]), row
+                return StateBook(state, water=row["taken_at"], stale=stale), row
         reasons.append(f"snapshot {row['id']}: {why}")
     log.info("state_not_restored", reason="; ".join(reasons) if reasons else "no snapshot of this agent in the log",
              agent=ident.agent)

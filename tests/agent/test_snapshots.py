@@ -284,6 +284,26 @@ def test_a_restart_with_other_market_settings_still_resumes_the_sensors(mosquitt
         stop_within(agent)
 
 
+def test_a_state_whose_settings_changed_warms_up_from_the_captures_before_the_snapshot(mosquitto, tmp_path):
+    expected = uninterrupted(mosquitto, tmp_path / "whole")
+
+    def retune(agent: AgentProcess) -> None:
+        agent.config.write_text(agent.config.read_text().replace("[anomaly]\n", "[anomaly]\nlevel_span = 25.0\n"))
+
+    # the detector starts fresh under its new setting; it learns the 40 readings before the stop from the captures
+    # (with only the 10 after the restart it would still be in its warm-up of 20 at the spike)
+    agent = run_split(mosquitto, tmp_path / "split", "term", warm_start=3600.0, snapshot_interval=60.0,
+                      before_stop=retune)
+    try:
+        assert wait_for(lambda: anomalies(agent), timeout=15, what="anomaly after the restart") == expected
+        log = [json.loads(line) for line in agent.log_tail(1_000_000).splitlines() if line.startswith("{")]
+        assert next(e for e in log if e["event"] == "state_restored")["fresh"] == \
+            "anomaly (settings changed in [anomaly])"
+        assert next(e for e in log if e["event"] == "state_prewarmed")["states"] == ["anomaly"]
+    finally:
+        stop_within(agent)
+
+
 def test_a_killed_agent_resumes_from_its_last_snapshot_and_the_captures_after_it(mosquitto, tmp_path):
     expected = uninterrupted(mosquitto, tmp_path / "whole")
     # a periodic snapshot (every 5 s) after the first 20 readings; the kill comes right after 20 more, once they
