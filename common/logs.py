@@ -25,7 +25,9 @@ class _StreamLogger:
         self._stream = stream
 
     def msg(self, message: str) -> None:
-        print(message, file=getattr(sys, self._stream), flush=True)
+        stream = getattr(sys, self._stream)
+        stream.write(message + "\n")  # one write: print() writes the text and its newline apart, and another
+        stream.flush()  # thread's record could land between them (two records on one line)
 
     log = debug = info = warning = warn = error = critical = exception = fatal = msg
 

@@ -17,7 +17,7 @@ pytestmark = pytest.mark.mosquitto
 def _logged_bars(db: str) -> list[tuple]:
     engine = sa.create_engine(f"sqlite:///{db}")
     with engine.connect() as conn:
-        rows = [tuple(r) for r in conn.exec_driver_sql("SELECT id, symbol, vwap, published_at FROM bars ORDER BY id")]
+        rows = [tuple(r) for r in conn.exec_driver_sql("SELECT id, symbol, vwap, published_at, trades FROM bars ORDER BY id")]
     engine.dispose()
     return rows
 
@@ -35,9 +35,10 @@ def test_bars_are_published_retained_per_symbol_and_queryable(mosquitto, tmp_pat
                 ])
                 time.sleep(0.25)
             wait_for(lambda: {b["symbol"] for b in live.json()} == {"AAPL", "MSFT"}, 15, what="bars of both symbols")
-            # every bar in the log is published and marked so, once the broker acknowledged it
-            logged = wait_for(lambda: (rows := _logged_bars(agent.db)) and all(r[3] for r in rows) and rows, 10,
-                              what="bars marked published")
+            # every bar in the log is published and marked so, once the broker acknowledged it; the last bars close
+            # on the engine's clock after the last trade: wait until the bars hold all 16 trades
+            logged = wait_for(lambda: (rows := _logged_bars(agent.db)) and all(r[3] for r in rows)
+                              and sum(r[4] for r in rows) == 16 and rows, 10, what="all trades in published bars")
             wait_for(lambda: len(live) >= len(logged), 10, what="every logged bar on MQTT")
     finally:
         assert agent.stop() == 0
