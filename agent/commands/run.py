@@ -155,7 +155,11 @@ def prewarm(book: StateBook, cfg: config.Config, exclude: Path | None) -> dict |
         return None
     t0 = time.perf_counter()
     warmed = StateBook()
-    csp.run(learn_graph, source, cfg, warmed, starttime=source.first, endtime=RUN_LIMIT)
+    try:
+        csp.run(learn_graph, source, cfg, warmed, starttime=source.first, endtime=RUN_LIMIT)
+    except Exception as e:  # noqa: BLE001 - a failed warm-up costs warmth, never the start
+        log.warning("state_prewarm_failed", error=f"{type(e).__name__}: {e}", states=sorted(book.stale))
+        return None
     return {"states": book.fill(warmed), "captured_from": source.first.isoformat() + "Z",
             "seconds": round(time.perf_counter() - t0, 3)}
 

@@ -328,3 +328,34 @@ def test_a_killed_agent_resumes_from_its_last_snapshot_and_the_captures_after_it
         assert warm["after_snapshot"] == restored["snapshot"]
     finally:
         stop_within(agent)
+
+
+def test_prewarm_takes_only_the_states_a_snapshot_could_not_give_and_a_failure_costs_only_warmth(tmp_path,
+                                                                                                monkeypatch):
+    from edgewatch.agent.commands import run as run_command
+    from edgewatch.agent.timeutil import utcnow
+
+    from tests.agent.test_replay import readings, write_capture
+
+    msgs = readings(utcnow() - timedelta(minutes=20), sensors=2, n=300)
+    write_capture(tmp_path / "cap", msgs)
+    cfg = Config()
+    cfg.record.path, cfg.record.warm_start = str(tmp_path / "cap"), 3600.0
+    kept = object()
+    water = msgs[400][0]  # two sensors a second: the snapshot holds 201 readings of each; the rest run after it
+    book = StateBook({"health": kept}, water=water, stale={"anomaly": ["anomaly"]})
+    done = run_command.prewarm(book, cfg, None)
+    assert done is not None and "anomaly" in done["states"] and "health" not in done["states"]
+    assert book.keep("health", object()) is kept  # the snapshot's state is not replaced
+    detector = book.keep("anomaly", object())
+    assert len(detector) == 2 and detector.m[:2, anomaly.N].tolist() == [201.0, 201.0]  # the captures up to `water`
+
+    @csp.graph
+    def broken(source: object, cfg: Config, book: object):
+        raise RuntimeError("no")
+
+    monkeypatch.setattr(run_command, "learn_graph", broken)
+    book = StateBook({"health": kept}, water=water, stale={"anomaly": ["anomaly"]})
+    assert run_command.prewarm(book, cfg, None) is None
+    fresh = object()
+    assert book.keep("anomaly", fresh) is fresh
