@@ -32,6 +32,7 @@ HANDLERS = {
     "doctor": "edgewatch.agent.commands.doctor:doctor_command",
     "migrate": "edgewatch.agent.commands.migrate:migrate_command",
     "state": "edgewatch.agent.commands.state:state_command",
+    "calibrate": "edgewatch.agent.commands.calibrate:calibrate_command",
 }
 
 
@@ -125,6 +126,19 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--out", metavar="OUT.csv", help="where to write the scores (default: standard output)")
     sc.add_argument("--config", metavar="PATH", help=CONFIG_HELP)
     sc.add_argument("--group", metavar="NAME", help="with the settings of [anomaly.groups.NAME] (default: [anomaly])")
+
+    cb = _command(sub, "calibrate", "how many anomaly events captured normal operation raises at stricter settings",
+                  "Runs the live detector over the sensor readings of capture files once per step from the\n"
+                  "settings as they are to the strictest, counts the anomaly events per sensor-hour (on normal\n"
+                  "operation every one is false) and names the least strict step within --budget.")
+    cb.add_argument("captures", nargs="+", metavar="CAPTURE", help="capture files or folders of normal operation")
+    cb.add_argument("--config", metavar="PATH", help=CONFIG_HELP)
+    cb.add_argument("--group", metavar="NAME",
+                    help="the sensors of [anomaly.groups.NAME], with its settings (default: those outside every "
+                         "group, with [anomaly])")
+    cb.add_argument("--budget", type=float, default=1.0, metavar="R",
+                    help="false alarms per sensor-hour an operator can take")
+    cb.add_argument("--json", action="store_true", help="one JSON object instead of text (default: off)")
 
     dm = _command(sub, "demo", "the whole system on this machine, nothing else needed",
                   "An embedded broker, the sidecar (when a model is shipped), the agent and a simulated\n"

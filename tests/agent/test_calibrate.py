@@ -1,0 +1,93 @@
+"""`edge-agent calibrate`: the alarms captured normal operation raises at each step toward stricter settings,
+counted as the live agent would raise them, and the least strict step within an alarm budget."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta
+
+import numpy as np
+from edgewatch.agent import config
+from edgewatch.agent.cli import main
+from edgewatch.agent.commands.calibrate import calibrate, ladder
+from edgewatch.agent.commands.replay import replay
+from edgewatch.agent.eventlog.store import Store
+
+from tests.agent.test_replay import EPOCH, write_capture
+
+T0 = datetime(2026, 1, 5)
+GROUPS = """
+[anomaly.groups.doors]
+sensors = ["doors/#"]
+"""
+
+
+def bursty_counters(path, hours: float = 2.0) -> None:
+    """Three door counters (negative binomial counts: bursty, the kind that alarms most) and two calm
+    thermometers, one reading a second."""
+    rng = np.random.default_rng(3)
+    msgs = []
+    for i in range(int(hours * 3600)):
+        t = T0 + timedelta(seconds=i)
+        ts = (t - EPOCH).total_seconds()
+        for s in range(3):
+            count = int(rng.negative_binomial(2, 2 / (2 + 3.0)))
+            msgs.append((t, f"sensors/doors/d{s}", json.dumps({"ts": ts, "openings": count})))
+        for s in range(2):
+            msgs.append((t, f"sensors/room{s}", json.dumps({"ts": ts, "temperature": 21 + rng.normal(0, 0.2)})))
+    write_capture(path, msgs)
+
+
+def load(tmp_path, text: str = GROUPS) -> config.Config:
+    path = tmp_path / "agent.toml"
+    path.write_text(text)
+    return config.load(path, environ={})
+
+
+def test_each_step_asks_for_rarer_evidence():
+    steps = ladder(config.AnomalyConfig())
+    assert [s.tail_floor for s in steps] == [1e-4, 1e-5, 1e-6, 1e-7, 1e-8, 1e-9]
+    assert [s.change_z for s in steps] == [3.4, 3.8, 4.2, 4.6, 5.0, 5.4]
+    assert [s.spatial_z for s in steps] == [5.0, 6.0, 7.0, 8.0, 9.0, 10.0]
+    assert {s.threshold for s in steps} == {0.8}  # where events start stays; what a score means changes
+
+
+def test_the_least_strict_step_within_the_budget_raises_what_the_agent_would(tmp_path):
+    bursty_counters(tmp_path / "cap")
+    cfg = load(tmp_path)
+    rep = calibrate([str(tmp_path / "cap")], cfg, "doors", budget=1.0)
+    assert rep["sensors"] == 3 and 5.99 < rep["sensor_hours"] <= 6.0 and rep["readings"] == 5 * 7200
+    rates = [r["per_sensor_hour"] for r in rep["steps"]]
+    assert rates == sorted(rates, reverse=True) and rates[0] > 5.0  # the defaults: several false alarms an hour
+    chosen = rep["chosen"]
+    assert chosen > 0 and rates[chosen] <= 1.0 < rates[chosen - 1]
+
+    # the agent with the chosen step's settings for the group raises exactly the alarms counted for it
+    step = rep["steps"][chosen]
+    tuned = load(tmp_path, GROUPS + f"tail_floor = {step['tail_floor']}\nchange_z = {step['change_z']}\n"
+                                    f"spatial_z = {step['spatial_z']}\n")
+    replayed = replay([str(tmp_path / "cap")], tuned, str(tmp_path / "events.db"))
+    doors = [e for e in Store(str(tmp_path / "events.db")).events(kinds=["anomaly"]) if e["key"].startswith("doors/")]
+    assert len(doors) == step["alarms"] and replayed["accepted"] == {"sensor": 5 * 7200}
+
+    # the thermometers outside the group (Gaussian noise) alarm far less: the settings as they are stay within 2
+    rest = calibrate([str(tmp_path / "cap")], cfg, None, budget=2.0)
+    assert rest["sensors"] == 2 and rest["chosen"] == 0 and rest["steps"][0]["per_sensor_hour"] < rates[0] / 5
+
+
+def test_calibrate_command_prints_the_settings_to_use_and_refuses_bad_input(tmp_path, capsys):
+    bursty_counters(tmp_path / "cap", hours=1.0)
+    (tmp_path / "agent.toml").write_text(GROUPS)
+    args = ["calibrate", str(tmp_path / "cap"), "--config", str(tmp_path / "agent.toml"), "--group", "doors"]
+    assert main(args) == 0
+    text = capsys.readouterr().out
+    assert "3 sensors of [anomaly.groups.doors]" in text and "[anomaly.groups.doors]\ntail_floor = " in text
+    assert main([*args, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["group"] == "doors"
+
+    assert main(["calibrate", str(tmp_path / "nothing")]) == 2
+    assert "nothing: no such capture file or directory" in capsys.readouterr().err
+    assert main([*args[:-1], "pumps"]) == 2
+    assert "--group pumps: no [anomaly.groups.pumps] in the configuration (groups: doors)" in capsys.readouterr().err
+    assert main([*args, "--budget", "0"]) == 2
+    assert "--budget 0: must be above 0" in capsys.readouterr().err
