@@ -9,11 +9,15 @@ from a timer node: a hung graph stops beating, the pings stop, systemd restarts 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import threading
 import time
 import typing
+
+
+BUSY_EVERY = 5.0  # seconds between the pings of `Notifier.busy` (WatchdogSec is 30 s in the unit)
 
 
 class Notifier:
@@ -76,6 +80,28 @@ class Notifier:
 
     def stopping(self, status: str | None = None) -> bool:
         return self.notify("STOPPING=1", *_status(status))
+
+    @contextlib.contextmanager
+    def busy(self, status: str, every: float = BUSY_EVERY) -> typing.Iterator[None]:
+        """A long step of the start before anything beats the watchdog (warming state up from captures): every
+        `every` seconds, from a thread of its own, the manager hears that the process lives (WATCHDOG=1) and
+        that the start goes on (EXTEND_TIMEOUT_USEC: another 3 x `every`), so neither `TimeoutStartSec` nor
+        `WatchdogSec` ends it while it works; a step that hangs stops the pings only when it returns."""
+        done = threading.Event()
+
+        def ping() -> None:
+            fields = ("WATCHDOG=1", f"EXTEND_TIMEOUT_USEC={int(3 * every * 1e6)}", *_status(status))
+            self.notify(*fields)
+            while not done.wait(every):
+                self.notify(*fields)
+
+        thread = threading.Thread(target=ping, name="notify-busy", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            done.set()
+            thread.join()
 
     def close(self) -> None:
         with self._lock:

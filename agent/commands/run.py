@@ -277,9 +277,11 @@ class Service:
         restored = None
         if self.snapshots is not None:
             self.book, restored = restore(self.store, self.snapshots.ident)
-            warmed = prewarm(self.book, self.cfg, self.capture.path if self.capture else None)
-            if warmed is not None:
-                log.info("state_prewarmed", **warmed)
+            if self.book.stale:  # before the engine runs, so nothing else beats the watchdog meanwhile
+                with self.notifier.busy(f"warming {len(self.book.stale)} states up from the captures"):
+                    warmed = prewarm(self.book, self.cfg, self.capture.path if self.capture else None)
+                if warmed is not None:
+                    log.info("state_prewarmed", **warmed)
             self.snapshots.start()
         self.link.start()
         warm = warm_source(self.cfg, self.capture.path if self.capture else None,

@@ -144,3 +144,16 @@ def test_engine_heartbeat_feeds_watchdog_and_stops_when_stalled(notify_socket):
     assert received() == []  # no pings while the engine is stuck: systemd would restart it
     runner.join(5)
     assert received(), "pings resume once the engine cycles again"
+
+
+def test_a_long_step_of_the_start_keeps_the_manager_waiting(notify_socket):
+    path, received = notify_socket
+    n = Notifier({"NOTIFY_SOCKET": path})
+    with n.busy("warming 2 states up from the captures", every=0.05):
+        time.sleep(0.22)
+    msgs = received()
+    assert 4 <= len(msgs) <= 6  # at once, then every 0.05 s while the step runs, none after it
+    assert all(m == {"WATCHDOG": "1", "EXTEND_TIMEOUT_USEC": "150000", "STATUS": "warming 2 states up from the captures"}
+               for m in msgs)
+    time.sleep(0.1)
+    assert received() == []
