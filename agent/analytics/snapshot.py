@@ -43,6 +43,9 @@ SHAPED_BY: dict[str, tuple[str, ...]] = {
     "advisor": ("market", "risk", "advisor"),
 }
 SECTIONS = tuple(dict.fromkeys(s for sections in SHAPED_BY.values() for s in sections))
+MARKET_FEEDS = ("trade", "quote", "position", "pnl", "news")
+# state name (before any ":GROUP") -> the input feeds it learns from: warming some states up needs only theirs
+LEARNS_FROM: dict[str, tuple[str, ...]] = {"anomaly": ("sensor",), "health": ("sensor",), "drift_peers": ("sensor",)}
 _LAYOUT: dict[str, tuple[str, ...]] = {}
 
 
@@ -116,6 +119,11 @@ def shaped_by(state: str) -> list[str]:
     base, _, group = state.partition(":")
     first, *rest = SHAPED_BY.get(base, SECTIONS)
     return [f"{first}:{group}" if group else first, *rest]
+
+
+def feeds_of(states: list[str]) -> set[str]:
+    """The input feeds that `states` learn from."""
+    return {feed for name in states for feed in LEARNS_FROM.get(name.partition(":")[0], MARKET_FEEDS)}
 
 
 def stale_states(states: list[str], saved: dict, current: dict) -> dict[str, list[str]]:

@@ -47,9 +47,9 @@ class CaptureSource:
     """Captured messages, validated, grouped into one batch per distinct `received_at`."""
 
     def __init__(self, paths: list, cfg: Config, since: datetime | None = None, after: datetime | None = None,
-                 until: datetime | None = None):
+                 until: datetime | None = None, feeds: set[str] | None = None):
         """Messages received at or after `since`, strictly after `after` (a snapshot's watermark), and at or
-        before `until`."""
+        before `until`; of the input `feeds` only (`RECORD_TYPES` names, None: all)."""
         self.reader = read_captures(paths)
         self._items = iter(self.reader)
         if since is not None:
@@ -59,6 +59,7 @@ class CaptureSource:
         if until is not None:
             self._items = itertools.takewhile(lambda i: i[0] <= until, self._items)
         self.validator = Validator(cfg)
+        self.feeds = feeds
         self.accepted: Counter[str] = Counter()
         self.rejected: list[DeadLetter] = []
         self.last: datetime | None = None
@@ -75,8 +76,9 @@ class CaptureSource:
             received_at, topic, payload = self._next
             r = self.validator.parse(topic, payload, received_at)
             if isinstance(r, Parsed):
-                batch.setdefault(r.kind, []).append(r.record)
-                self.accepted[r.kind] += 1
+                if self.feeds is None or r.kind in self.feeds:
+                    batch.setdefault(r.kind, []).append(r.record)
+                    self.accepted[r.kind] += 1
             else:
                 self.rejected.append(r)
             self._next = next(self._items, None)

@@ -129,16 +129,18 @@ def live(mgr: MqttAdapterManager, writer: object, cfg: config.Config, hb: Heartb
 
 
 def warm_source(cfg: config.Config, exclude: Path | None, after: datetime | None = None,
-                until: datetime | None = None) -> CaptureSource | None:
+                until: datetime | None = None, feeds: set[str] | None = None) -> CaptureSource | None:
     """The captures to re-run at start (not the file this run writes), or None: those received after `after`
-    (the watermark of a restored snapshot), else those of the last `record.warm_start` seconds (up to `until`)."""
+    (the watermark of a restored snapshot), else those of the last `record.warm_start` seconds (up to `until`,
+    of `feeds` only)."""
     if not cfg.record.path or not Path(cfg.record.path).is_dir() or (after is None and cfg.record.warm_start <= 0):
         return None
     files = [p for p in sorted(Path(cfg.record.path).glob(CAPTURE_PATTERN)) if p != exclude]
     if after is not None:
         source = CaptureSource(files, cfg, after=after)
     else:
-        source = CaptureSource(files, cfg, since=utcnow() - timedelta(seconds=cfg.record.warm_start), until=until)
+        source = CaptureSource(files, cfg, since=utcnow() - timedelta(seconds=cfg.record.warm_start), until=until,
+                               feeds=feeds)
     return source if source.first is not None else None
 
 
@@ -146,11 +148,12 @@ def prewarm(book: StateBook, cfg: config.Config, exclude: Path | None) -> dict |
     """After a restore that left states out (their settings changed), warm those as a start without a snapshot
     would: the analytics run over the captures of the last `record.warm_start` seconds up to the snapshot's
     watermark, in historical mode and off the log, and the book takes the states it lacks from that run (the
-    restored ones go on from the snapshot; the captures after it then run through all of them). Returns what it
-    did, for the log, or None."""
+    restored ones go on from the snapshot; the captures after it then run through all of them). Only the feeds
+    those states learn from are run (a market setting changed: no sensor reading). Returns what it did, for the
+    log, or None."""
     if not book.stale or book.water is None:
         return None
-    source = warm_source(cfg, exclude, until=book.water)
+    source = warm_source(cfg, exclude, until=book.water, feeds=snapshot.feeds_of(list(book.stale)))
     if source is None:
         return None
     t0 = time.perf_counter()
@@ -161,7 +164,7 @@ def prewarm(book: StateBook, cfg: config.Config, exclude: Path | None) -> dict |
         log.warning("state_prewarm_failed", error=f"{type(e).__name__}: {e}", states=sorted(book.stale))
         return None
     return {"states": book.fill(warmed), "captured_from": source.first.isoformat() + "Z",
-            "seconds": round(time.perf_counter() - t0, 3)}
+            "messages": sum(source.accepted.values()), "seconds": round(time.perf_counter() - t0, 3)}
 
 
 class _ServiceHeartbeat(Heartbeat):

@@ -346,9 +346,15 @@ def test_prewarm_takes_only_the_states_a_snapshot_could_not_give_and_a_failure_c
     book = StateBook({"health": kept}, water=water, stale={"anomaly": ["anomaly"]})
     done = run_command.prewarm(book, cfg, None)
     assert done is not None and "anomaly" in done["states"] and "health" not in done["states"]
+    assert done["messages"] == 402  # the sensor readings up to the watermark
     assert book.keep("health", object()) is kept  # the snapshot's state is not replaced
     detector = book.keep("anomaly", object())
     assert len(detector) == 2 and detector.m[:2, anomaly.N].tolist() == [201.0, 201.0]  # the captures up to `water`
+
+    # a market setting changed: the market side warms up from market feeds alone, not the sensor readings
+    market = StateBook({"anomaly": kept, "health": kept}, water=water, stale={"market": ["market"]})
+    done = run_command.prewarm(market, cfg, None)
+    assert done["messages"] == 0 and "market" in done["states"] and market.keep("anomaly", object()) is kept
 
     @csp.graph
     def broken(source: object, cfg: Config, book: object):
