@@ -14,14 +14,20 @@ stands for, so a score at `threshold` needs a rarer surprise: the per-metric ver
 channels), `change_z` up by 0.4 (a multi-metric sensor's change channels: about a tenth of the tail at these
 values) and `spatial_z` up by 1 (how far from its forecast a reading that breaks the range seen must be). The
 event threshold stays: what a score means changes, not where events start. A stricter step finds fewer real
-faults too: choose the budget an operator can act on.
+faults too: with `--faults` each step also runs over two copies of the readings with a fault injected into
+every sensor (its first metric, 60 % of the way through its readings): a step of 4 sigma for 60 readings,
+and a single reading 6 sigma off (sigma: that metric's standard deviation over the captures); a fault is found
+when the copy raises an alarm for that sensor, from the fault to 60 readings after it, that the readings as
+they are do not.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 from edgewatch.agent import config
@@ -29,10 +35,14 @@ from edgewatch.agent.analytics.anomaly import Detector, PartScore
 from edgewatch.agent.analytics.sensor_groups import GroupOf
 from edgewatch.agent.commands.replay import CaptureSource
 from edgewatch.agent.config import AnomalyConfig, Config, ConfigError
+from edgewatch.agent.records import SensorReading
 
 STEPS = 6  # the settings as they are, then five stricter
 CHANGE_Z_STEP = 0.4
 SPATIAL_Z_STEP = 1.0
+FAULTS = {"step": (4.0, 60), "spike": (6.0, 1)}  # kind -> (sigmas, readings it lasts)
+FAULT_AT = 0.6  # of the way through a sensor's readings
+AFTER = 60  # readings after a fault in which an alarm still finds it
 
 
 def ladder(s: AnomalyConfig, steps: int = STEPS) -> list[AnomalyConfig]:
@@ -42,39 +52,100 @@ def ladder(s: AnomalyConfig, steps: int = STEPS) -> list[AnomalyConfig]:
                                 spatial_z=s.spatial_z + k * SPATIAL_Z_STEP) for k in range(steps)]
 
 
-def calibrate(paths: list[str], cfg: Config, group: str | None = None, budget: float = 1.0) -> dict:
+def calibrate(paths: list[str], cfg: Config, group: str | None = None, budget: float = 1.0,
+              faults: bool = False) -> dict:
     """The alarms each step of `ladder` raises on the sensor readings of `paths` (those of `group`, or outside
-    every group), per sensor-hour of data time, and the first step within `budget` (None: none is)."""
+    every group), per sensor-hour of data time, and the first step within `budget` (None: none is); with
+    `faults`, the share of injected faults each step finds."""
     section = cfg.anomaly
     group_of = GroupOf(section, cache=section.max_series)
-    names = [name for name, _ in group_of.settings]
-    wanted = names.index(group or "")
+    wanted = [name for name, _ in group_of.settings].index(group or "")
     steps = ladder(group_of.settings[wanted][1])
-    detectors = [Detector(s) for s in steps]
-    alarms = [0] * len(steps)
-    alarming: list[set[str]] = [set() for _ in steps]
+
+    def batches() -> Iterator[list[SensorReading]]:
+        source = CaptureSource(paths, cfg, feeds={"sensor"})
+        while (item := source.next_batch()) is not None:
+            readings = [r for r in item[1].get("sensor", ()) if group_of.index(r.sensor_id) == wanted]
+            if readings:
+                yield readings
+
+    plan = _fault_plan(batches()) if faults else {}
+    runs = ["clean", *(FAULTS if faults else ())]
+    detectors = {(k, run): Detector(s) for k, s in enumerate(steps) for run in runs}
+    alarms: dict[tuple[int, str], dict[str, set[int]]] = {key: {} for key in detectors}  # sensor -> reading indices
+    seen: dict[str, int] = {}  # sensor -> readings so far
     span: dict[str, list] = {}  # sensor -> [first, last] reading time
-    source = CaptureSource(paths, cfg)
-    while (item := source.next_batch()) is not None:
-        readings = [r for r in item[1].get("sensor", ()) if group_of.index(r.sensor_id) == wanted]
-        if not readings:
-            continue
+    for readings in batches():
+        at = []
         for r in readings:
-            seen = span.setdefault(r.sensor_id, [r.ts, r.ts])
-            seen[0], seen[1] = min(seen[0], r.ts), max(seen[1], r.ts)
-        for k, (s, d) in enumerate(zip(steps, detectors)):
-            for sc in d.score_readings(readings, min_score=s.threshold):
-                if sc.score >= s.threshold and not isinstance(sc, PartScore):  # what anomaly_events raises
-                    alarms[k] += 1
-                    alarming[k].add(sc.sensor_id)
+            at.append(seen.get(r.sensor_id, 0))
+            seen[r.sensor_id] = at[-1] + 1
+            first_last = span.setdefault(r.sensor_id, [r.ts, r.ts])
+            first_last[0], first_last[1] = min(first_last[0], r.ts), max(first_last[1], r.ts)
+        index = {(r.sensor_id, r.ts): i for r, i in zip(readings, at)}  # a score names its reading so
+        for run in runs:
+            fed = readings if run == "clean" else _with_fault(readings, at, plan, run)
+            for k, s in enumerate(steps):
+                for sc in detectors[k, run].score_readings(fed, min_score=s.threshold):
+                    if sc.score >= s.threshold and not isinstance(sc, PartScore):  # what anomaly_events raises
+                        alarms[k, run].setdefault(sc.sensor_id, set()).add(index[sc.sensor_id, sc.ts])
     hours = sum((last - first).total_seconds() for first, last in span.values()) / 3600.0
-    rows = [{"step": k, "tail_floor": s.tail_floor, "change_z": s.change_z, "spatial_z": s.spatial_z, "alarms": n,
-             "per_sensor_hour": round(n / hours, 4) if hours > 0 else None, "sensors_alarming": len(who)}
-            for k, (s, n, who) in enumerate(zip(steps, alarms, alarming))]
+    rows = []
+    for k, s in enumerate(steps):
+        clean = alarms[k, "clean"]
+        n = sum(map(len, clean.values()))
+        row = {"step": k, "tail_floor": s.tail_floor, "change_z": s.change_z, "spatial_z": s.spatial_z, "alarms": n,
+               "per_sensor_hour": round(n / hours, 4) if hours > 0 else None, "sensors_alarming": len(clean)}
+        for kind, (_, length) in FAULTS.items() if faults else ():
+            found = [sensor for sensor, (_, start, _) in plan.items()
+                     if any(start <= i < start + length + AFTER for i in alarms[k, kind].get(sensor, set())
+                            - clean.get(sensor, set()))]
+            row[f"{kind}_found"] = round(len(found) / len(plan), 3) if plan else None
+        rows.append(row)
     chosen = next((r["step"] for r in rows if r["per_sensor_hour"] is not None and r["per_sensor_hour"] <= budget),
                   None)
     return {"group": group, "sensors": len(span), "sensor_hours": round(hours, 3), "budget": budget,
-            "readings": sum(source.accepted.values()), "steps": rows, "chosen": chosen}
+            "readings": sum(seen.values()), "faults": len(plan), "steps": rows, "chosen": chosen}
+
+
+def _fault_plan(batches: Iterator[list[SensorReading]]) -> dict[str, tuple[str, int, float]]:
+    """sensor -> (its first metric, the reading index its faults start at, that metric's standard deviation)."""
+    stats: dict[tuple[str, str], list[float]] = {}  # (sensor, metric) -> [count, mean, M2] (Welford)
+    counts: dict[str, int] = {}
+    first: dict[str, str] = {}
+    for readings in batches:
+        for r in readings:
+            counts[r.sensor_id] = counts.get(r.sensor_id, 0) + 1
+            for name, x in r.metrics.items():
+                if not math.isfinite(x):
+                    continue
+                first.setdefault(r.sensor_id, min(r.metrics))
+                st = stats.setdefault((r.sensor_id, name), [0.0, 0.0, 0.0])
+                st[0] += 1.0
+                d = x - st[1]
+                st[1] += d / st[0]
+                st[2] += d * (x - st[1])
+    plan = {}
+    for sensor, metric in first.items():
+        n, _, m2 = stats.get((sensor, metric), (0.0, 0.0, 0.0))
+        sigma = math.sqrt(m2 / n) if n > 1 else 0.0
+        if sigma > 0.0:
+            plan[sensor] = (metric, int(FAULT_AT * counts[sensor]), sigma)
+    return plan
+
+
+def _with_fault(readings: list[SensorReading], at: list[int], plan: dict, kind: str) -> list[SensorReading]:
+    """`readings` with the `kind` fault of each sensor's plan added where its reading index falls in it."""
+    k, length = FAULTS[kind]
+    out = []
+    for r, i in zip(readings, at):
+        fault = plan.get(r.sensor_id)
+        if fault is not None and fault[1] <= i < fault[1] + length and fault[0] in r.metrics:
+            metric, _, sigma = fault
+            r = SensorReading(sensor_id=r.sensor_id, ts=r.ts, attrs=r.attrs,
+                              metrics={**r.metrics, metric: r.metrics[metric] + k * sigma})
+        out.append(r)
+    return out
 
 
 def _text(rep: dict) -> str:
@@ -82,11 +153,15 @@ def _text(rep: dict) -> str:
     lines = [f"{rep['sensors']} sensors of {table}, {rep['sensor_hours']:.1f} sensor-hours of captured readings; "
              f"every alarm on normal operation is a false one",
              f"{'step':>4} {'tail_floor':>10} {'change_z':>8} {'spatial_z':>9} {'alarms':>7} {'per sensor-hour':>15} "
-             f"{'sensors':>7}"]
+             f"{'sensors':>7}" + "".join(f" {kind + 's found':>12}" for kind in FAULTS if rep["faults"])]
     for r in rep["steps"]:
         rate = "-" if r["per_sensor_hour"] is None else f"{r['per_sensor_hour']:.3f}"
+        found = "".join(f" {r[kind + '_found']:>12.0%}" for kind in FAULTS if rep["faults"])
         lines.append(f"{r['step']:>4} {r['tail_floor']:>10.3g} {r['change_z']:>8.3g} {r['spatial_z']:>9.3g} "
-                     f"{r['alarms']:>7} {rate:>15} {r['sensors_alarming']:>7}")
+                     f"{r['alarms']:>7} {rate:>15} {r['sensors_alarming']:>7}{found}")
+    if rep["faults"]:
+        lines.append(f"faults injected into copies of the readings of {rep['faults']} sensors: a step of 4 sigma for "
+                     "60 readings, a single reading 6 sigma off")
     if rep["chosen"] is None:
         lines.append(f"no step stays within {rep['budget']:g} alarms per sensor-hour: the data is not normal "
                      "operation, or these sensors need settings of their own (docs/reference/configuration.md)")
@@ -101,7 +176,7 @@ def _text(rep: dict) -> str:
 
 
 def calibrate_command(args) -> int:
-    """`edge-agent calibrate CAPTURE... [--config PATH] [--group NAME] [--budget R] [--json]`."""
+    """`edge-agent calibrate CAPTURE... [--config PATH] [--group NAME] [--budget R] [--faults] [--json]`."""
     cfg = config.load(args.config)
     if args.group:
         config.group_named(cfg, args.group, ("anomaly",))
@@ -110,6 +185,6 @@ def calibrate_command(args) -> int:
         raise ConfigError(f"{missing[0]}: no such capture file or directory")
     if not args.budget > 0:
         raise ConfigError(f"--budget {args.budget:g}: must be above 0 (alarms per sensor-hour)")
-    rep = calibrate(args.captures, cfg, args.group, args.budget)
+    rep = calibrate(args.captures, cfg, args.group, args.budget, args.faults)
     print(json.dumps(rep) if args.json else _text(rep), file=sys.stdout)
     return 0

@@ -56,7 +56,7 @@ def test_the_least_strict_step_within_the_budget_raises_what_the_agent_would(tmp
     bursty_counters(tmp_path / "cap")
     cfg = load(tmp_path)
     rep = calibrate([str(tmp_path / "cap")], cfg, "doors", budget=1.0)
-    assert rep["sensors"] == 3 and 5.99 < rep["sensor_hours"] <= 6.0 and rep["readings"] == 5 * 7200
+    assert rep["sensors"] == 3 and 5.99 < rep["sensor_hours"] <= 6.0 and rep["readings"] == 3 * 7200
     rates = [r["per_sensor_hour"] for r in rep["steps"]]
     assert rates == sorted(rates, reverse=True) and rates[0] > 5.0  # the defaults: several false alarms an hour
     chosen = rep["chosen"]
@@ -75,6 +75,18 @@ def test_the_least_strict_step_within_the_budget_raises_what_the_agent_would(tmp
     assert rest["sensors"] == 2 and rest["chosen"] == 0 and rest["steps"][0]["per_sensor_hour"] < rates[0] / 5
 
 
+def test_faults_injected_into_copies_show_what_stricter_settings_miss(tmp_path):
+    bursty_counters(tmp_path / "cap", hours=1.0)
+    cfg = load(tmp_path)
+    plain = calibrate([str(tmp_path / "cap")], cfg, None, budget=1.0)
+    rep = calibrate([str(tmp_path / "cap")], cfg, None, budget=1.0, faults=True)
+    assert rep["faults"] == 2 and [r["alarms"] for r in rep["steps"]] == [r["alarms"] for r in plain["steps"]]
+    first, last = rep["steps"][0], rep["steps"][-1]
+    # the thermometers: at the settings as they are both faults are found in both; the strictest step finds neither
+    assert (first["step_found"], first["spike_found"]) == (1.0, 1.0)
+    assert (last["step_found"], last["spike_found"]) == (0.0, 0.0)
+
+
 def test_calibrate_command_prints_the_settings_to_use_and_refuses_bad_input(tmp_path, capsys):
     bursty_counters(tmp_path / "cap", hours=1.0)
     (tmp_path / "agent.toml").write_text(GROUPS)
@@ -84,6 +96,8 @@ def test_calibrate_command_prints_the_settings_to_use_and_refuses_bad_input(tmp_
     assert "3 sensors of [anomaly.groups.doors]" in text and "[anomaly.groups.doors]\ntail_floor = " in text
     assert main([*args, "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["group"] == "doors"
+    assert main([*args, "--faults"]) == 0
+    assert "steps found spikes found" in capsys.readouterr().out
 
     assert main(["calibrate", str(tmp_path / "nothing")]) == 2
     assert "nothing: no such capture file or directory" in capsys.readouterr().err
