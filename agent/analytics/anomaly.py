@@ -82,7 +82,7 @@ from datetime import datetime, timedelta
 import csp
 import numpy as np
 from csp import ts
-from edgewatch.agent.analytics.snapshot import keep, persisted
+from edgewatch.agent.analytics.snapshot import keep, persisted, state_name
 from edgewatch.agent.analytics.states import RecentStates
 from edgewatch.agent.config import AnomalyConfig
 from edgewatch.agent.records import (
@@ -965,7 +965,7 @@ def anomaly_scores(readings: ts[list[SensorReading]], cfg: AnomalyConfig, min_sc
     Its states are kept in `states` (a snapshot.StateBook, or None), under a name of their own for a group of
     sensors (`anomaly:NAME`): the constants come from `cfg` on every start."""
     with csp.state():
-        state = f"anomaly:{group}" if group else "anomaly"
+        state = state_name("anomaly", group)
         s_detector = Detector(cfg, state)
         s_detector.table = keep(states, state, s_detector.table)
     if csp.ticked(readings):

@@ -53,7 +53,7 @@ from edgewatch.agent.analytics.maintenance import (
     Rules,
     maintenance_events,
 )
-from edgewatch.agent.analytics.snapshot import keep, persisted
+from edgewatch.agent.analytics.snapshot import keep, persisted, state_name
 from edgewatch.agent.analytics.states import RecentStates
 from edgewatch.agent.config import (
     ConfigError,
@@ -464,10 +464,10 @@ def sensor_health(
     with csp.alarms():
         a_sweep = csp.alarm(bool)
     with csp.state():
-        name = f"health:{group}" if group else "health"
+        name = state_name("health", group)
         s_sensors = keep(states, name, RecentStates(h.max_sensors, name))
         s_params = Params(h, m, d)
-        s_peers = (keep(states, f"drift_peers:{group}" if group else "drift_peers", PeerBlocks(h.max_sensors))
+        s_peers = (keep(states, state_name("drift_peers", group), PeerBlocks(h.max_sensors))
                    if s_params.drift.peers else None)
         s_sweep = timedelta(seconds=h.sweep_interval if h.sweep_interval > 0 else 1.0)
     with csp.start():

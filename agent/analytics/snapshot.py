@@ -83,6 +83,24 @@ def persisted(cls: type) -> type:
     return cls
 
 
+def state_name(base: str, group: str = "") -> str:
+    """The name a state is kept under: `base` ("anomaly"), or `base:GROUP` for a sensor group's own node. The
+    settings' hashes are keyed the same way (`config_hashes`)."""
+    return f"{base}:{group}" if group else base
+
+
+def _split(name: str) -> tuple[str, str]:
+    """`state_name`'s inverse: (base, group or "")."""
+    base, _, group = name.partition(":")
+    return base, group
+
+
+def settings_table(key: str) -> str:
+    """The configuration table a `config_hashes` key stands for: "[anomaly]", "[anomaly.groups.pumps]"."""
+    section, group = _split(key)
+    return f"[{section}.groups.{group}]" if group else f"[{section}]"
+
+
 def version() -> str:
     """The snapshot format and the layout of every persisted class (the analytics modules must be imported)."""
     digest = hashlib.blake2b(repr(sorted(_LAYOUT.items())).encode(), digest_size=6).hexdigest()
@@ -101,7 +119,7 @@ def config_hashes(cfg, live: dict) -> dict[str, str]:
         members = [[name, g["sensors"]] for name, g in groups.items()]
         out[section] = _hash([_shaping(values, skip), members])
         for name, g in groups.items():
-            out[f"{section}:{name}"] = _hash([_shaping(g["settings"], skip), members])
+            out[state_name(section, name)] = _hash([_shaping(g["settings"], skip), members])
     return out
 
 
@@ -116,14 +134,14 @@ def _hash(values: object) -> str:
 
 def shaped_by(state: str) -> list[str]:
     """The `config_hashes` keys a state depends on ("health:pumps" -> health:pumps, drift, maintenance)."""
-    base, _, group = state.partition(":")
+    base, group = _split(state)
     first, *rest = SHAPED_BY.get(base, SECTIONS)
-    return [f"{first}:{group}" if group else first, *rest]
+    return [state_name(first, group), *rest]
 
 
 def feeds_of(states: list[str]) -> set[str]:
     """The input feeds that `states` learn from."""
-    return {feed for name in states for feed in LEARNS_FROM.get(name.partition(":")[0], MARKET_FEEDS)}
+    return {feed for name in states for feed in LEARNS_FROM.get(_split(name)[0], MARKET_FEEDS)}
 
 
 def stale_states(states: list[str], saved: dict, current: dict) -> dict[str, list[str]]:

@@ -15,7 +15,7 @@ import time
 import zlib
 from datetime import datetime
 
-from edgewatch.agent.analytics.snapshot import StateBook, loads, stale_states
+from edgewatch.agent.analytics.snapshot import StateBook, loads, settings_table, stale_states
 from edgewatch.agent.eventlog.store import Store
 from edgewatch.agent.ops import metrics
 from edgewatch.agent.timeutil import isoformat, utcnow
@@ -49,7 +49,7 @@ class Identity:
 def fresh_reason(stale: dict[str, list[str]]) -> str:
     """'anomaly:pumps, health (settings changed in [anomaly.groups.pumps], [health])'."""
     changed = sorted({k for keys in stale.values() for k in keys})
-    tables = ", ".join("[{}]".format(".groups.".join(k.split(":", 1))) for k in changed)
+    tables = ", ".join(map(settings_table, changed))
     return f"{', '.join(sorted(stale))} (settings changed in {tables})"
 
 
