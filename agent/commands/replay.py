@@ -74,14 +74,15 @@ class CaptureSource:
         batch: dict[str, list] = {}
         while self._next is not None and self._next[0] <= when:
             received_at, topic, payload = self._next
+            self._next = next(self._items, None)
+            if self.feeds is not None and self.validator.feed(topic) not in self.feeds:
+                continue  # another feed's message: not decoded
             r = self.validator.parse(topic, payload, received_at)
             if isinstance(r, Parsed):
-                if self.feeds is None or r.kind in self.feeds:
-                    batch.setdefault(r.kind, []).append(r.record)
-                    self.accepted[r.kind] += 1
+                batch.setdefault(r.kind, []).append(r.record)
+                self.accepted[r.kind] += 1
             else:
                 self.rejected.append(r)
-            self._next = next(self._items, None)
         batch["done"] = self._next is None
         self.last = when
         return when, batch

@@ -192,31 +192,44 @@ class Validator:
             return dead_letter(topic, payload, f"internal validation error: {type(e).__name__}: {e}", received_at,
                                "internal")
 
-    def _route(self, topic: str, payload: bytes, received_at: datetime) -> Parsed:
+    def feed(self, topic: str) -> str | None:
+        """The input feed (a `RECORD_TYPES` name) a topic's shape routes it to, None for none: what `parse` would
+        make of it, without reading the payload (a replay of some feeds skips the others undecoded)."""
         if topic.startswith(self.sensors):
+            return "sensor"
+        if topic.startswith(self.market):
+            feed = topic.rpartition("/")[2]
+            return feed if feed == "trade" or feed == "quote" else None
+        if topic == self.positions:
+            return "position"
+        if topic == self.pnl:
+            return "pnl"
+        return "news" if topic.startswith(self.news) else None
+
+    def _route(self, topic: str, payload: bytes, received_at: datetime) -> Parsed:
+        feed = self.feed(topic)
+        if feed == "sensor":
             sensor_id = _path(topic[len(self.sensors) :], "sensor id")
             text, obj = _decode(payload)
             return Parsed("sensor", self._sensor(sensor_id, obj, received_at), text)
-        if topic.startswith(self.market):
-            symbol, _, feed = topic[len(self.market) :].rpartition("/")
-            if feed == "trade" or feed == "quote":
-                symbol = _path(symbol, "symbol")
-                if "/" in symbol:
-                    raise Invalid("bad_topic", f"symbol {symbol[:_TOPIC_TEXT]!r} must be one topic segment")
-                text, obj = _decode(payload)
-                ts = self._ts(obj, received_at)
-                if feed == "trade":
-                    return Parsed("trade", self._trade(symbol, ts, obj), text)
-                return Parsed("quote", self._quote(symbol, ts, obj), text)
-        elif topic == self.positions:
+        if feed == "trade" or feed == "quote":
+            symbol = _path(topic[len(self.market) :].rpartition("/")[0], "symbol")
+            if "/" in symbol:
+                raise Invalid("bad_topic", f"symbol {symbol[:_TOPIC_TEXT]!r} must be one topic segment")
+            text, obj = _decode(payload)
+            ts = self._ts(obj, received_at)
+            if feed == "trade":
+                return Parsed("trade", self._trade(symbol, ts, obj), text)
+            return Parsed("quote", self._quote(symbol, ts, obj), text)
+        if feed == "position":
             text, obj = _decode(payload)
             ts = self._ts(obj, received_at)
             symbol = _string(obj, "symbol")
             return Parsed("position", Position(symbol=symbol, ts=ts, quantity=_number(obj, "quantity")), text)
-        elif topic == self.pnl:
+        if feed == "pnl":
             text, obj = _decode(payload)
             return Parsed("pnl", Pnl(ts=self._ts(obj, received_at), pnl=_number(obj, "pnl")), text)
-        elif topic.startswith(self.news):
+        if feed == "news":
             source = _path(topic[len(self.news) :], "news source")
             text, obj = _decode(payload)
             return Parsed("news", self._headline(source, obj, received_at), text)

@@ -120,3 +120,16 @@ def test_replay_into_postgresql(tmp_path, postgres_url):
     assert pg["new_events"] == sqlite["new_events"] > 0
     assert {e["event_id"] for e in Store(postgres_url).events()} == {
         e["event_id"] for e in Store(str(tmp_path / "ev.db")).events()}
+
+
+def test_a_replay_of_some_feeds_skips_the_others_undecoded(tmp_path):
+    from edgewatch.agent.commands.replay import CaptureSource
+
+    t = datetime(2026, 1, 1)
+    write_capture(tmp_path / "cap", [(t, "sensors/a", '{"temperature": "hot"}'),
+                                     (t, "market/AAPL/trade", '{"price": 190.0, "size": 5}'),
+                                     (t, "market/AAPL/candle", "{}")])
+    every = CaptureSource([str(tmp_path / "cap")], Config())
+    assert set(every.next_batch()[1]) == {"trade", "done"} and len(every.rejected) == 2
+    trades = CaptureSource([str(tmp_path / "cap")], Config(), feeds={"trade"})
+    assert set(trades.next_batch()[1]) == {"trade", "done"} and trades.rejected == []  # the others never decoded
