@@ -109,28 +109,26 @@ def calibrate(paths: list[str], cfg: Config, group: str | None = None, budget: f
 
 
 def _fault_plan(batches: Iterator[list[SensorReading]]) -> dict[str, tuple[str, int, float]]:
-    """sensor -> (its first metric, the reading index its faults start at, that metric's standard deviation)."""
-    stats: dict[tuple[str, str], list[float]] = {}  # (sensor, metric) -> [count, mean, M2] (Welford)
+    """sensor -> (its first metric by name, the reading index its faults start at, that metric's standard
+    deviation over the captures); a sensor whose metric never moves gets none."""
+    metric_of: dict[str, str] = {}
     counts: dict[str, int] = {}
-    first: dict[str, str] = {}
+    moments: dict[str, list[float]] = {}  # sensor -> [count, mean, sum of squared deviations] (Welford)
     for readings in batches:
         for r in readings:
             counts[r.sensor_id] = counts.get(r.sensor_id, 0) + 1
-            for name, x in r.metrics.items():
-                if not math.isfinite(x):
-                    continue
-                first.setdefault(r.sensor_id, min(r.metrics))
-                st = stats.setdefault((r.sensor_id, name), [0.0, 0.0, 0.0])
-                st[0] += 1.0
-                d = x - st[1]
-                st[1] += d / st[0]
-                st[2] += d * (x - st[1])
+            x = r.metrics.get(metric_of.setdefault(r.sensor_id, min(r.metrics)))
+            if x is None or not math.isfinite(x):
+                continue
+            m = moments.setdefault(r.sensor_id, [0.0, 0.0, 0.0])
+            m[0] += 1.0
+            d = x - m[1]
+            m[1] += d / m[0]
+            m[2] += d * (x - m[1])
     plan = {}
-    for sensor, metric in first.items():
-        n, _, m2 = stats.get((sensor, metric), (0.0, 0.0, 0.0))
-        sigma = math.sqrt(m2 / n) if n > 1 else 0.0
-        if sigma > 0.0:
-            plan[sensor] = (metric, int(FAULT_AT * counts[sensor]), sigma)
+    for sensor, (n, _, m2) in moments.items():
+        if n > 1 and m2 > 0.0:
+            plan[sensor] = (metric_of[sensor], int(FAULT_AT * counts[sensor]), math.sqrt(m2 / n))
     return plan
 
 
