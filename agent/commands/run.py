@@ -145,14 +145,12 @@ def warm_source(cfg: config.Config, exclude: Path | None, after: datetime | None
 
 
 def prewarm(book: StateBook, cfg: config.Config, exclude: Path | None) -> dict | None:
-    """After a restore that left states out (their settings changed), warm those as a start without a snapshot
-    would: the analytics run over the captures of the last `record.warm_start` seconds up to the snapshot's
-    watermark, in historical mode and off the log, and the book takes the states it lacks from that run (the
-    restored ones go on from the snapshot; the captures after it then run through all of them). Only the feeds
-    those states learn from are run (a market setting changed: no sensor reading). Returns what it did, for the
-    log, or None."""
-    if not book.stale or book.water is None:
-        return None
+    """After a restore that left states out (`book.stale`: their settings changed), warm those as a start
+    without a snapshot would: the analytics run over the captures of the last `record.warm_start` seconds up to
+    the snapshot's watermark, in historical mode and off the log, and the book takes the states it lacks from
+    that run (the restored ones go on from the snapshot; the captures after it then run through all of them).
+    Only the feeds those states learn from are read (a market setting changed: no sensor reading). Returns what
+    it did, for the log, or None (no captures before the watermark)."""
     source = warm_source(cfg, exclude, until=book.water, feeds=snapshot.feeds_of(list(book.stale)))
     if source is None:
         return None
@@ -280,7 +278,7 @@ class Service:
         restored = None
         if self.snapshots is not None:
             self.book, restored = restore(self.store, self.snapshots.ident)
-            if self.book.stale:  # before the engine runs, so nothing else beats the watchdog meanwhile
+            if self.book.stale:  # states a restore left out; before the engine runs, nothing else beats the watchdog
                 with self.notifier.busy(f"warming {len(self.book.stale)} states up from the captures"):
                     warmed = prewarm(self.book, self.cfg, self.capture.path if self.capture else None)
                 if warmed is not None:

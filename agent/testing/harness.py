@@ -244,10 +244,12 @@ class AgentProcess:
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> AgentProcess:
-        self._log = open(self.log_path, "ab")
-        if self._log.tell() and self.log_path.read_bytes()[-1:] != b"\n":
-            self._log.write(b"\n")  # a killed run's last line may lack its newline: this run starts on a line of its own
-            self._log.flush()
+        self._log = open(self.log_path, "ab+")
+        if self._log.tell():  # a killed run's last line may lack its newline: this run starts on a line of its own
+            self._log.seek(-1, os.SEEK_END)
+            if self._log.read(1) != b"\n":
+                self._log.write(b"\n")  # appended: "a" mode writes at the end wherever it read
+                self._log.flush()
         self.proc = subprocess.Popen([sys.executable, "-m", "edgewatch.agent.cli", "run", "--config", str(self.config)],
                                      stdout=self._log, stderr=subprocess.STDOUT)
         return self
