@@ -48,7 +48,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from edgewatch.agent import config  # noqa: E402
-from edgewatch.agent.analytics.anomaly import FUSED, Detector, PartScore  # noqa: E402
+from edgewatch.agent.analytics.anomaly import FUSED, Detector, raises_event  # noqa: E402
 from edgewatch.agent.commands.score import read_series, score_series  # noqa: E402
 from edgewatch.agent.records import SensorReading  # noqa: E402
 from edgewatch.agent.testing.simulator import SimConfig, Simulator  # noqa: E402
@@ -191,7 +191,7 @@ def simulated_alarms(cfg, sim: Simulator) -> list[tuple[str, str, datetime, int]
         rd = SensorReading(sensor_id=m.topic.removeprefix("sensors/"), ts=parse_timestamp(m.payload["ts"]),
                            metrics=metrics, attrs={})
         for sc in det.score_readings([rd]):
-            if sc.score >= cfg.threshold and not isinstance(sc, PartScore):  # what raises `anomaly` events
+            if raises_event(sc, cfg.threshold):
                 metric = sc.top if sc.metric == FUSED else sc.metric  # a fused alarm: its most surprising metric
                 alarms.append((sc.sensor_id, metric, sc.ts, det.readings(sc.sensor_id, metric)))
     return alarms

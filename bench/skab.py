@@ -53,7 +53,7 @@ sys.path.insert(0, str(REPO))
 
 import csp  # noqa: E402
 from edgewatch.agent import config  # noqa: E402
-from edgewatch.agent.analytics.anomaly import Detector, PartScore, anomaly_events, anomaly_scores  # noqa: E402
+from edgewatch.agent.analytics.anomaly import Detector, anomaly_events, anomaly_scores, raises_event  # noqa: E402
 from edgewatch.agent.records import SensorReading  # noqa: E402
 
 from bench import cv  # noqa: E402
@@ -145,7 +145,7 @@ def alarm_rows(det: Detector, times, rows, start: int, end: int, cfg) -> list[in
     """Rows in [start, end) at which `det` (advanced in place, one reading at a time) raises an `anomaly` event."""
     out = []
     for i, rd in enumerate(readings_of(times[start:end], rows[start:end]), start):
-        if any(sc.score >= cfg.threshold and not isinstance(sc, PartScore) for sc in det.score_readings([rd])):
+        if any(raises_event(sc, cfg.threshold) for sc in det.score_readings([rd])):
             out.append(i)
     return out
 

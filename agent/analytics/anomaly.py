@@ -1027,10 +1027,16 @@ def anomaly_event(sc: MetricScore, cfg: AnomalyConfig) -> Event:
     )
 
 
+def raises_event(sc: MetricScore, threshold: float) -> bool:
+    """Whether a score becomes an `anomaly` event: at or above the threshold, and not a fused sensor's own metric
+    score (the sensor-level score speaks for it)."""
+    return sc.score >= threshold and not isinstance(sc, PartScore)
+
+
 @csp.node(memoize=False)
 def anomaly_events(scores: ts[list[MetricScore]], cfg: AnomalyConfig) -> ts[list[Event]]:
     """`anomaly` events for the scores at or above cfg.threshold (a fused sensor's own metric scores raise none)."""
     if csp.ticked(scores):
-        out = [anomaly_event(sc, cfg) for sc in scores if sc.score >= cfg.threshold and not isinstance(sc, PartScore)]
+        out = [anomaly_event(sc, cfg) for sc in scores if raises_event(sc, cfg.threshold)]
         if out:
             return out

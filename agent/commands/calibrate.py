@@ -31,7 +31,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from edgewatch.agent import config
-from edgewatch.agent.analytics.anomaly import Detector, PartScore
+from edgewatch.agent.analytics.anomaly import Detector, raises_event
 from edgewatch.agent.analytics.sensor_groups import GroupOf
 from edgewatch.agent.commands.replay import CaptureSource
 from edgewatch.agent.config import AnomalyConfig, Config, ConfigError
@@ -87,7 +87,7 @@ def calibrate(paths: list[str], cfg: Config, group: str | None = None, budget: f
             fed = readings if run == "clean" else _with_fault(readings, at, plan, run)
             for k, s in enumerate(steps):
                 for sc in detectors[k, run].score_readings(fed, min_score=s.threshold):
-                    if sc.score >= s.threshold and not isinstance(sc, PartScore):  # what anomaly_events raises
+                    if raises_event(sc, s.threshold):
                         alarms[k, run].setdefault(sc.sensor_id, set()).add(index[sc.sensor_id, sc.ts])
     hours = sum((last - first).total_seconds() for first, last in span.values()) / 3600.0
     rows = []
