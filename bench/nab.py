@@ -323,7 +323,7 @@ def main(argv: list[str] | None = None) -> dict:
     outputs, done = [], {}
     for c in configs:  # the fusion keys do not change a single metric's scores: each distinct run once
         single = dataclasses.replace(c, **{k: getattr(cfg, k) for k in cv.FUSION_KEYS})
-        key = dataclasses.astuple(single)
+        key = cv.label(single)  # the candidates differ in GRID's keys only
         if key not in done:
             done[key] = live if single == cfg else scores_of(single, series_of)
         outputs.append(done[key])

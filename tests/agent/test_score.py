@@ -168,3 +168,29 @@ def test_group_scores_with_that_groups_settings(tmp_path, capsys):
     assert main(["score", str(tmp_path / "in.csv"), "--config", str(cfg), "--group", "fast"]) == 2
     err = capsys.readouterr().err
     assert "--group fast: no [anomaly.groups.fast]" in err and "groups: slow" in err
+
+
+def test_nab_bench_runs_its_cross_validation_on_a_cut_of_nab_dev(shared_data, tmp_path, capsys):
+    """bench/nab.py end to end (every candidate, leave-one-category-out, in-sample) on four files of two
+    categories: it prints one JSON line whose headline comes from folds that never chose on what they score."""
+    sys.path.insert(0, str(REPO))
+    from bench import cv, nab
+
+    corpus = shared_data / "nab-dev"
+    files = ["artificialWithAnomaly/art_daily_jumpsdown.csv", "artificialWithAnomaly/art_daily_jumpsup.csv",
+             "realAdExchange/exchange-2_cpc_results.csv", "realAdExchange/exchange-3_cpc_results.csv"]
+    (tmp_path / "labels").mkdir()
+    labels = json.loads((corpus / "labels" / "windows.json").read_text())
+    (tmp_path / "labels" / "windows.json").write_text(json.dumps({f: labels[f] for f in files}))
+    (tmp_path / "data").symlink_to(corpus / "data")
+    (tmp_path / "config").symlink_to(corpus / "config")
+    result = nab.main(["--corpus", str(tmp_path), "--scorer", str(shared_data.parent / "tools" / "nab_score.py")])
+    assert json.loads(capsys.readouterr().out) == json.loads(json.dumps(result))
+    assert result["files"] == 4 and len(result["candidates_in_sample_standard"]) == len(cv.candidates())
+    chosen = result["cv"]["chosen"]
+    assert set(chosen) == {"artificialWithAnomaly", "realAdExchange"}
+    for held in chosen:  # each held-out category is scored whole, with its own windows
+        windows = sum(len(labels[f]) for f in files if f.startswith(held + "/"))
+        assert result["cv"]["held_out_by_category_at_pooled_threshold"][held]["windows_detected"].endswith(f"/{windows}")
+    assert -100 < result["cv"]["optimised"]["standard"]["normalized"] <= 100
+    assert result["in_sample"]["config"] == cv.label(AnomalyConfig())
