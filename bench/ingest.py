@@ -297,6 +297,8 @@ def agents_drain(agents: list[tuple[AgentProcess, int]], n: int, warm: int = 0) 
 
     def span(a, b) -> tuple[float, float, float]:
         (t0, c0, cpu0, b0), (t1, c1, cpu1, b1) = a, b
+        if c1 <= c0:  # every message was done before the first or the warm-up scrape: nothing left to time
+            raise SystemExit(f"agent: all {n} messages done within one scrape (warm-up {warm}): raise --n")
         return (c1 - c0) / (t1 - t0), (cpu1 - cpu0) / (c1 - c0) * 1e6, (c1 - c0) / max(b1 - b0, 1)
 
     start = next(p for p in points if p[1] >= warm) if warm else points[0]
