@@ -14,7 +14,8 @@ import re
 
 import csp
 from csp import ts
-from edgewatch.agent.config import AnomalyConfig, HealthConfig, topic_pattern
+from edgewatch.agent.analytics.snapshot import state_name
+from edgewatch.agent.config import AnomalyConfig, Config, HealthConfig, topic_pattern
 
 
 class GroupOf:
@@ -28,6 +29,23 @@ class GroupOf:
 
     def _match(self, sensor_id: str) -> int:
         return next((i for i, pattern in enumerate(self.patterns) if pattern.match(sensor_id)), len(self.patterns))
+
+
+class StatesOf:
+    """sensor id -> the names of the states its readings shape under `cfg`: its anomaly detector's, its health
+    node's and, with drift judged against peers, its peers' (a start that must warm some states up replays only
+    the sensors that shape them)."""
+
+    def __init__(self, cfg: Config):
+        self.anomaly = GroupOf(cfg.anomaly, cfg.anomaly.max_series)
+        self.health = GroupOf(cfg.health, cfg.health.max_sensors)
+        self.peers = cfg.drift.reference == "peers"
+
+    def __call__(self, sensor_id: str) -> tuple[str, ...]:
+        anomaly = state_name("anomaly", self.anomaly.settings[self.anomaly.index(sensor_id)][0])
+        group = self.health.settings[self.health.index(sensor_id)][0]
+        health = state_name("health", group)
+        return (anomaly, health, state_name("drift_peers", group)) if self.peers else (anomaly, health)
 
 
 @csp.node

@@ -12,6 +12,7 @@ import itertools
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -47,9 +48,11 @@ class CaptureSource:
     """Captured messages, validated, grouped into one batch per distinct `received_at`."""
 
     def __init__(self, paths: list, cfg: Config, since: datetime | None = None, after: datetime | None = None,
-                 until: datetime | None = None, feeds: set[str] | None = None):
+                 until: datetime | None = None, feeds: set[str] | None = None,
+                 sensors: Callable[[str], bool] | None = None):
         """Messages received at or after `since`, strictly after `after` (a snapshot's watermark), and at or
-        before `until`; of the input `feeds` only (`RECORD_TYPES` names, None: all)."""
+        before `until`; of the input `feeds` only (`RECORD_TYPES` names, None: all), and of the sensors whose id
+        `sensors` accepts (None: all)."""
         self.reader = read_captures(paths)
         self._items = iter(self.reader)
         if since is not None:
@@ -60,6 +63,7 @@ class CaptureSource:
             self._items = itertools.takewhile(lambda i: i[0] <= until, self._items)
         self.validator = Validator(cfg)
         self.feeds = feeds
+        self.sensors = sensors
         self.accepted: Counter[str] = Counter()
         self.rejected: list[DeadLetter] = []
         self.last: datetime | None = None
@@ -77,6 +81,9 @@ class CaptureSource:
             self._next = next(self._items, None)
             if self.feeds is not None and self.validator.feed(topic) not in self.feeds:
                 continue  # another feed's message: not decoded
+            if self.sensors is not None and (sensor_id := self.validator.sensor_of(topic)) is not None \
+                    and not self.sensors(sensor_id):
+                continue  # another sensor's reading: not decoded either
             r = self.validator.parse(topic, payload, received_at)
             if isinstance(r, Parsed):
                 batch.setdefault(r.kind, []).append(r.record)

@@ -24,6 +24,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TypeVar
@@ -32,6 +33,7 @@ import csp
 from csp import ts
 from edgewatch.agent import config
 from edgewatch.agent.analytics import snapshot
+from edgewatch.agent.analytics.sensor_groups import StatesOf
 from edgewatch.agent.analytics.snapshot import StateBook, snapshots
 from edgewatch.agent.analytics.topology import analytics
 from edgewatch.agent.commands.check_config import validate
@@ -129,10 +131,11 @@ def live(mgr: MqttAdapterManager, writer: object, cfg: config.Config, hb: Heartb
 
 
 def warm_source(cfg: config.Config, exclude: Path | None, after: datetime | None = None,
-                until: datetime | None = None, feeds: set[str] | None = None) -> CaptureSource | None:
+                until: datetime | None = None, feeds: set[str] | None = None,
+                sensors: Callable[[str], bool] | None = None) -> CaptureSource | None:
     """The captures to re-run at start (not the file this run writes), or None: those received after `after`
     (the watermark of a restored snapshot), else those of the last `record.warm_start` seconds (up to `until`,
-    of `feeds` only)."""
+    of `feeds` and `sensors` only)."""
     if not cfg.record.path or not Path(cfg.record.path).is_dir() or (after is None and cfg.record.warm_start <= 0):
         return None
     files = [p for p in sorted(Path(cfg.record.path).glob(CAPTURE_PATTERN)) if p != exclude]
@@ -140,7 +143,7 @@ def warm_source(cfg: config.Config, exclude: Path | None, after: datetime | None
         source = CaptureSource(files, cfg, after=after)
     else:
         source = CaptureSource(files, cfg, since=utcnow() - timedelta(seconds=cfg.record.warm_start), until=until,
-                               feeds=feeds)
+                               feeds=feeds, sensors=sensors)
     return source if source.first is not None else None
 
 
@@ -149,9 +152,12 @@ def prewarm(book: StateBook, cfg: config.Config, exclude: Path | None) -> dict |
     without a snapshot would: the analytics run over the captures of the last `record.warm_start` seconds up to
     the snapshot's watermark, in historical mode and off the log, and the book takes the states it lacks from
     that run (the restored ones go on from the snapshot; the captures after it then run through all of them).
-    Only the feeds those states learn from are read (a market setting changed: no sensor reading). Returns what
-    it did, for the log, or None (no captures before the watermark)."""
-    source = warm_source(cfg, exclude, until=book.water, feeds=snapshot.feeds_of(list(book.stale)))
+    Only the feeds those states learn from are read (a market setting changed: no sensor reading), and of the
+    sensors only those that shape a state the snapshot does not give (a sensor group's settings changed: that
+    group's sensors). Returns what it did, for the log, or None (no captures before the watermark)."""
+    states_of, restored = StatesOf(cfg), set(book.restored)
+    source = warm_source(cfg, exclude, until=book.water, feeds=snapshot.feeds_of(list(book.stale)),
+                         sensors=lambda sensor_id: not restored.issuperset(states_of(sensor_id)))
     if source is None:
         return None
     t0 = time.perf_counter()

@@ -206,10 +206,15 @@ class Validator:
             return "pnl"
         return "news" if topic.startswith(self.news) else None
 
+    def sensor_of(self, topic: str) -> str | None:
+        """The sensor id a sensor topic names, unchecked (None: another feed's topic), without reading the
+        payload (a replay of some sensors skips the others undecoded)."""
+        return topic[len(self.sensors) :] if topic.startswith(self.sensors) else None
+
     def _route(self, topic: str, payload: bytes, received_at: datetime) -> Parsed:
         feed = self.feed(topic)
         if feed == "sensor":
-            sensor_id = _path(topic[len(self.sensors) :], "sensor id")
+            sensor_id = _path(self.sensor_of(topic), "sensor id")
             text, obj = _decode(payload)
             return Parsed("sensor", self._sensor(sensor_id, obj, received_at), text)
         if feed == "trade" or feed == "quote":

@@ -4,6 +4,7 @@ own snapshot) or killed (the last periodic snapshot, then the captures received 
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import math
@@ -14,12 +15,13 @@ from datetime import datetime, timedelta, timezone
 
 import csp
 from edgewatch.agent.analytics import anomaly, snapshot
+from edgewatch.agent.analytics.sensor_groups import StatesOf
 from edgewatch.agent.analytics.snapshot import StateBook
 from edgewatch.agent.analytics.topology import analytics
 from edgewatch.agent.cli import main
 from edgewatch.agent.commands.demo import scrape
 from edgewatch.agent.commands.run import snapshot_identity
-from edgewatch.agent.config import Config
+from edgewatch.agent.config import Config, SensorGroup
 from edgewatch.agent.eventlog.snapshots import Identity, SnapshotWriter, restore
 from edgewatch.agent.eventlog.store import Store
 from edgewatch.agent.records import Headline, Pnl, Position, Quote, SensorReading, Trade
@@ -355,6 +357,19 @@ def test_prewarm_takes_only_the_states_a_snapshot_could_not_give_and_a_failure_c
     market = StateBook({"anomaly": kept, "health": kept}, water=water, stale={"market": ["market"]})
     done = run_command.prewarm(market, cfg, None)
     assert done["messages"] == 0 and "market" in done["states"] and market.keep("anomaly", object()) is kept
+
+    # a sensor group's settings changed: its sensor's readings are replayed, the other sensor's are not read
+    grouped = Config()
+    grouped.record = cfg.record
+    grouped.anomaly.groups = {"first": SensorGroup(["line0/#"], dataclasses.replace(grouped.anomaly, level_span=25.0))}
+    book = StateBook({"anomaly": kept, "health": kept}, water=water, stale={"anomaly:first": ["anomaly:first"]})
+    done = run_command.prewarm(book, grouped, None)
+    assert done["messages"] == 201 and "anomaly:first" in done["states"] and "anomaly" not in done["states"]
+    detector = book.keep("anomaly:first", object())
+    assert len(detector) == 1 and detector.m[0, anomaly.N] == 201.0
+    assert StatesOf(grouped)("line0/t") == ("anomaly:first", "health")
+    grouped.drift.reference = "peers"
+    assert StatesOf(grouped)("line1/t") == ("anomaly", "health", "drift_peers")
 
     @csp.graph
     def broken(source: object, cfg: Config, book: object):
