@@ -192,5 +192,8 @@ def test_nab_bench_runs_its_cross_validation_on_a_cut_of_nab_dev(shared_data, tm
     for held in chosen:  # each held-out category is scored whole, with its own windows
         windows = sum(len(labels[f]) for f in files if f.startswith(held + "/"))
         assert result["cv"]["held_out_by_category_at_pooled_threshold"][held]["windows_detected"].endswith(f"/{windows}")
-    assert -100 < result["cv"]["optimised"]["standard"]["normalized"] <= 100
+    cross = result["cv"]["optimised"]["standard"]
+    assert cross["bootstrap_95"][0] <= cross["normalized"] <= cross["bootstrap_95"][1] <= 100
+    inside = result["in_sample"]["optimised"]["standard"]["normalized"]
+    assert result["in_sample"]["optimised_bootstrap_95"][0] <= inside <= result["in_sample"]["optimised_bootstrap_95"][1]
     assert result["in_sample"]["config"] == cv.label(AnomalyConfig())
