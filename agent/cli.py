@@ -127,11 +127,13 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--config", metavar="PATH", help=CONFIG_HELP)
     sc.add_argument("--group", metavar="NAME", help="with the settings of [anomaly.groups.NAME] (default: [anomaly])")
 
-    cb = _command(sub, "calibrate", "how many anomaly events captured normal operation raises at stricter settings",
-                  "Runs the live detector over the sensor readings of capture files once per step from the\n"
-                  "settings as they are to the strictest, counts the anomaly events per sensor-hour (on normal\n"
-                  "operation every one is false) and names the least strict step within --budget.")
-    cb.add_argument("captures", nargs="+", metavar="CAPTURE", help="capture files or folders of normal operation")
+    cb = _command(sub, "calibrate", "how many anomaly events recorded normal operation raises at stricter settings",
+                  "Runs the live detector over the sensor readings of capture files (or CSVs, one sensor each)\n"
+                  "once per step from the settings as they are to the strictest, counts the anomaly events per\n"
+                  "sensor-hour (on normal operation every one is false) and names the least strict step within\n"
+                  "--budget.")
+    cb.add_argument("captures", nargs="+", metavar="CAPTURE|CSV",
+                    help="capture files or folders, or CSVs in `score`'s format (one sensor each), of normal operation")
     cb.add_argument("--config", metavar="PATH", help=CONFIG_HELP)
     cb.add_argument("--group", metavar="NAME",
                     help="the sensors of [anomaly.groups.NAME], with its settings (default: those outside every "

@@ -7,7 +7,9 @@ spiky vibration more than a calm one). Given captures of normal operation (`[rec
 them is a false one: this runs the live detector over their sensor readings once per step of a ladder from
 the settings as they are to the strictest, counts the events each step would have raised per sensor-hour,
 and names the first step within `--budget`. With `--group NAME` only that group's sensors, with its settings;
-without, the sensors outside every group, with `[anomaly]`.
+without, the sensors outside every group, with `[anomaly]`. A CSV in `edge-agent score`'s format (a timestamp
+column and one column per metric), such as an export from a historian, is one sensor's readings, named after
+the file and judged with those settings: a site can calibrate on its history before the agent has captured any.
 
 Each step asks for ten times rarer evidence: `tail_floor` divided by 10 (the tail probability a score of 1
 stands for, so a score at `threshold` needs a rarer surprise: the per-metric verdicts and the correlation
@@ -34,6 +36,7 @@ from edgewatch.agent import config
 from edgewatch.agent.analytics.anomaly import Detector, raises_event
 from edgewatch.agent.analytics.sensor_groups import GroupOf
 from edgewatch.agent.commands.replay import CaptureSource
+from edgewatch.agent.commands.score import BATCH, InputError, read_table
 from edgewatch.agent.config import AnomalyConfig, Config, ConfigError
 from edgewatch.agent.records import SensorReading
 
@@ -54,20 +57,27 @@ def ladder(s: AnomalyConfig, steps: int = STEPS) -> list[AnomalyConfig]:
 
 def calibrate(paths: list[str], cfg: Config, group: str | None = None, budget: float = 1.0,
               faults: bool = False) -> dict:
-    """The alarms each step of `ladder` raises on the sensor readings of `paths` (those of `group`, or outside
-    every group), per sensor-hour of data time, and the first step within `budget` (None: none is); with
-    `faults`, the share of injected faults each step finds."""
+    """The alarms each step of `ladder` raises on the sensor readings of `paths` (captures: those of `group`, or
+    outside every group; CSVs: one sensor each), per sensor-hour of data time, and the first step within `budget`
+    (None: none is); with `faults`, the share of injected faults each step finds."""
     section = cfg.anomaly
     group_of = GroupOf(section, cache=section.max_series)
     wanted = [name for name, _ in group_of.settings].index(group or "")
     steps = ladder(group_of.settings[wanted][1])
+    tables = [p for p in paths if _is_table(p)]
+    captures = [p for p in paths if not _is_table(p)]
 
     def batches() -> Iterator[list[SensorReading]]:
-        source = CaptureSource(paths, cfg, feeds={"sensor"})
-        while (item := source.next_batch()) is not None:
-            readings = [r for r in item[1].get("sensor", ()) if group_of.index(r.sensor_id) == wanted]
-            if readings:
-                yield readings
+        if captures:
+            source = CaptureSource(captures, cfg, feeds={"sensor"},
+                                   sensors=lambda sensor: group_of.index(sensor) == wanted)
+            while (item := source.next_batch()) is not None:
+                if readings := item[1].get("sensor"):
+                    yield readings
+        for path in tables:
+            readings = table_readings(path)
+            for i in range(0, len(readings), BATCH):
+                yield readings[i : i + BATCH]
 
     plan = _fault_plan(batches()) if faults else {}
     runs = ["clean", *(FAULTS if faults else ())]
@@ -106,6 +116,25 @@ def calibrate(paths: list[str], cfg: Config, group: str | None = None, budget: f
                   None)
     return {"group": group, "sensors": len(span), "sensor_hours": round(hours, 3), "budget": budget,
             "readings": sum(seen.values()), "faults": len(plan), "steps": rows, "chosen": chosen}
+
+
+def _is_table(path: str) -> bool:
+    return path.lower().endswith(".csv") and Path(path).is_file()
+
+
+def table_readings(path: str) -> list[SensorReading]:
+    """A CSV in `edge-agent score`'s format as the readings of one sensor, named after the file (its path as
+    given); an unreadable file raises InputError naming it."""
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            columns, rows = read_table(f)
+    except OSError as e:
+        raise InputError(f"{path}: {e.strerror}") from None
+    except UnicodeDecodeError as e:
+        raise InputError(f"{path}: not UTF-8 text ({e.reason})") from None
+    except InputError as e:
+        raise InputError(f"{path}: {e}") from None
+    return [SensorReading(sensor_id=path, ts=when, metrics=dict(zip(columns, xs)), attrs={}) for _, _, when, xs in rows]
 
 
 def _fault_plan(batches: Iterator[list[SensorReading]]) -> dict[str, tuple[str, int, float]]:
@@ -148,7 +177,7 @@ def _with_fault(readings: list[SensorReading], at: list[int], plan: dict, kind: 
 
 def _text(rep: dict) -> str:
     table = f"[anomaly.groups.{rep['group']}]" if rep["group"] else "[anomaly]"
-    lines = [f"{rep['sensors']} sensors of {table}, {rep['sensor_hours']:.1f} sensor-hours of captured readings; "
+    lines = [f"{rep['sensors']} sensors of {table}, {rep['sensor_hours']:.1f} sensor-hours of readings; "
              f"every alarm on normal operation is a false one",
              f"{'step':>4} {'tail_floor':>10} {'change_z':>8} {'spatial_z':>9} {'alarms':>7} {'per sensor-hour':>15} "
              f"{'sensors':>7}" + "".join(f" {kind + 's found':>12}" for kind in FAULTS if rep["faults"])]
@@ -174,15 +203,19 @@ def _text(rep: dict) -> str:
 
 
 def calibrate_command(args) -> int:
-    """`edge-agent calibrate CAPTURE... [--config PATH] [--group NAME] [--budget R] [--faults] [--json]`."""
+    """`edge-agent calibrate CAPTURE|CSV... [--config PATH] [--group NAME] [--budget R] [--faults] [--json]`."""
     cfg = config.load(args.config)
     if args.group:
         config.group_named(cfg, args.group, ("anomaly",))
     missing = [p for p in args.captures if not Path(p).exists()]
     if missing:
-        raise ConfigError(f"{missing[0]}: no such capture file or directory")
+        raise ConfigError(f"{missing[0]}: no such capture file, CSV or directory")
     if not args.budget > 0:
         raise ConfigError(f"--budget {args.budget:g}: must be above 0 (alarms per sensor-hour)")
-    rep = calibrate(args.captures, cfg, args.group, args.budget, args.faults)
+    try:
+        rep = calibrate(args.captures, cfg, args.group, args.budget, args.faults)
+    except InputError as e:
+        print(f"edge-agent calibrate: {e}", file=sys.stderr)
+        return 2
     print(json.dumps(rep) if args.json else _text(rep), file=sys.stdout)
     return 0

@@ -1,4 +1,4 @@
-"""`edge-agent calibrate`: the alarms captured normal operation raises at each step toward stricter settings,
+"""`edge-agent calibrate`: the alarms recorded normal operation raises at each step toward stricter settings,
 counted as the live agent would raise them, and the least strict step within an alarm budget."""
 
 from __future__ import annotations
@@ -22,20 +22,26 @@ sensors = ["doors/#"]
 """
 
 
-def bursty_counters(path, hours: float = 2.0) -> None:
+def bursty_counters(path, hours: float = 2.0, tables=None) -> None:
     """Three door counters (negative binomial counts: bursty, the kind that alarms most) and two calm
-    thermometers, one reading a second."""
+    thermometers, one reading a second; with `tables` (a folder), the counters also as one CSV each."""
     rng = np.random.default_rng(3)
     msgs = []
+    rows: dict[int, list[str]] = {s: ["timestamp,openings\n"] for s in range(3)}
     for i in range(int(hours * 3600)):
         t = T0 + timedelta(seconds=i)
         ts = (t - EPOCH).total_seconds()
         for s in range(3):
             count = int(rng.negative_binomial(2, 2 / (2 + 3.0)))
             msgs.append((t, f"sensors/doors/d{s}", json.dumps({"ts": ts, "openings": count})))
+            rows[s].append(f"{t.isoformat()},{count}\n")
         for s in range(2):
             msgs.append((t, f"sensors/room{s}", json.dumps({"ts": ts, "temperature": 21 + rng.normal(0, 0.2)})))
     write_capture(path, msgs)
+    if tables is not None:
+        tables.mkdir()
+        for s, lines in rows.items():
+            (tables / f"d{s}.csv").write_text("".join(lines))
 
 
 def load(tmp_path, text: str = GROUPS) -> config.Config:
@@ -75,6 +81,24 @@ def test_the_least_strict_step_within_the_budget_raises_what_the_agent_would(tmp
     assert rest["sensors"] == 2 and rest["chosen"] == 0 and rest["steps"][0]["per_sensor_hour"] < rates[0] / 5
 
 
+def test_a_csv_export_is_one_sensor_and_counts_as_its_captured_readings_do(tmp_path, capsys):
+    """The door counters as CSVs (as a historian would export them) raise, step for step, the alarms their
+    captured readings raise."""
+    bursty_counters(tmp_path / "cap", hours=1.0, tables=tmp_path / "csv")
+    cfg = load(tmp_path)
+    captured = calibrate([str(tmp_path / "cap")], cfg, "doors", budget=1.0)
+    tables = [str(tmp_path / "csv" / f"d{s}.csv") for s in range(3)]
+    exported = calibrate(tables, cfg, "doors", budget=1.0)
+    assert exported["sensors"] == 3 and exported["readings"] == captured["readings"] == 3 * 3600
+    assert exported["steps"] == captured["steps"] and exported["chosen"] == captured["chosen"] > 0
+    assert exported["sensor_hours"] == captured["sensor_hours"]
+
+    bad = tmp_path / "csv" / "bad.csv"
+    bad.write_text("timestamp,openings\n2026-01-05T00:00:00,3\n2026-01-05T00:00:01,lots\n")
+    assert main(["calibrate", tables[0], str(bad)]) == 2
+    assert capsys.readouterr().err.strip() == f"edge-agent calibrate: {bad}: line 3: openings is not a number: 'lots'"
+
+
 def test_faults_injected_into_copies_show_what_stricter_settings_miss(tmp_path):
     bursty_counters(tmp_path / "cap", hours=1.0)
     cfg = load(tmp_path)
@@ -100,7 +124,7 @@ def test_calibrate_command_prints_the_settings_to_use_and_refuses_bad_input(tmp_
     assert "steps found spikes found" in capsys.readouterr().out
 
     assert main(["calibrate", str(tmp_path / "nothing")]) == 2
-    assert "nothing: no such capture file or directory" in capsys.readouterr().err
+    assert "nothing: no such capture file, CSV or directory" in capsys.readouterr().err
     assert main([*args[:-1], "pumps"]) == 2
     assert "--group pumps: no [anomaly.groups.pumps] in the configuration (groups: doors)" in capsys.readouterr().err
     assert main([*args, "--budget", "0"]) == 2
