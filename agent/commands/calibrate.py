@@ -46,6 +46,7 @@ SPATIAL_Z_STEP = 1.0
 FAULTS = {"step": (4.0, 60), "spike": (6.0, 1)}  # kind -> (sigmas, readings it lasts)
 FAULT_AT = 0.6  # of the way through a sensor's readings
 AFTER = 60  # readings after a fault in which an alarm still finds it
+LOUDEST = 10  # sensors listed by how many alarms they raise at the settings as they are
 
 
 def ladder(s: AnomalyConfig, steps: int = STEPS) -> list[AnomalyConfig]:
@@ -115,7 +116,20 @@ def calibrate(paths: list[str], cfg: Config, group: str | None = None, budget: f
     chosen = next((r["step"] for r in rows if r["per_sensor_hour"] is not None and r["per_sensor_hour"] <= budget),
                   None)
     return {"group": group, "sensors": len(span), "sensor_hours": round(hours, 3), "budget": budget,
-            "readings": sum(seen.values()), "faults": len(plan), "steps": rows, "chosen": chosen}
+            "readings": sum(seen.values()), "faults": len(plan), "steps": rows, "chosen": chosen,
+            "loudest": _loudest(alarms[0, "clean"], span)}
+
+
+def _loudest(alarms: dict[str, set[int]], span: dict[str, list], n: int = LOUDEST) -> list[dict]:
+    """The `n` sensors that raise the most alarms at the settings as they are (most per hour first): when a few
+    raise most of them, a group of their own serves better than stricter settings for all."""
+    rows = []
+    for sensor, hits in alarms.items():
+        hours = (span[sensor][1] - span[sensor][0]).total_seconds() / 3600.0
+        rate = round(len(hits) / hours, 4) if hours > 0 else None
+        rows.append({"sensor": sensor, "alarms": len(hits), "per_hour": rate})
+    rows.sort(key=lambda r: (-(r["per_hour"] or 0.0), -r["alarms"], r["sensor"]))
+    return rows[:n]
 
 
 def _is_table(path: str) -> bool:
@@ -186,6 +200,10 @@ def _text(rep: dict) -> str:
         found = "".join(f" {r[kind + '_found']:>12.0%}" for kind in FAULTS if rep["faults"])
         lines.append(f"{r['step']:>4} {r['tail_floor']:>10.3g} {r['change_z']:>8.3g} {r['spatial_z']:>9.3g} "
                      f"{r['alarms']:>7} {rate:>15} {r['sensors_alarming']:>7}{found}")
+    if rep["loudest"]:
+        share = sum(r["alarms"] for r in rep["loudest"]) / max(rep["steps"][0]["alarms"], 1)
+        lines.append(f"loudest at the settings as they are ({share:.0%} of all alarms): " + ", ".join(
+            f"{r['sensor']} {r['alarms']}" for r in rep["loudest"]))
     if rep["faults"]:
         lines.append(f"faults injected into copies of the readings of {rep['faults']} sensors: a step of 4 sigma for "
                      "60 readings, a single reading 6 sigma off")

@@ -99,6 +99,18 @@ def test_a_csv_export_is_one_sensor_and_counts_as_its_captured_readings_do(tmp_p
     assert capsys.readouterr().err.strip() == f"edge-agent calibrate: {bad}: line 3: openings is not a number: 'lots'"
 
 
+def test_the_loudest_sensors_are_named_so_they_can_get_a_group_of_their_own(tmp_path, capsys):
+    """Without groups, the bursty door counters raise nearly every alarm of the fleet: calibrate lists them first."""
+    bursty_counters(tmp_path / "cap", hours=1.0)
+    rep = calibrate([str(tmp_path / "cap")], load(tmp_path, ""), None, budget=1.0)
+    loudest = rep["loudest"]
+    assert rep["sensors"] == 5 and {r["sensor"] for r in loudest[:3]} == {"doors/d0", "doors/d1", "doors/d2"}
+    assert sum(r["alarms"] for r in loudest[:3]) > 0.8 * rep["steps"][0]["alarms"]
+    assert [r["per_hour"] for r in loudest] == sorted((r["per_hour"] for r in loudest), reverse=True)
+    assert main(["calibrate", str(tmp_path / "cap")]) == 0
+    assert "loudest at the settings as they are (100% of all alarms): doors/d" in capsys.readouterr().out
+
+
 def test_faults_injected_into_copies_show_what_stricter_settings_miss(tmp_path):
     bursty_counters(tmp_path / "cap", hours=1.0)
     cfg = load(tmp_path)
