@@ -171,8 +171,11 @@ def test_skab_scorer_reproduces_the_zscore_baseline(shared_data):
     for p in sorted(root.glob("*.csv")):
         times, rows, cps = skab.read_skab(p)
         files[p.name] = {"times": times, "rows": rows, "windows": skab.windows_of(times, cps)}
-    res = skab.score(files, {k: skab.zscore_detections(f["rows"], f["times"]) for k, f in files.items()})
+    detections = {k: skab.zscore_detections(f["rows"], f["times"]) for k, f in files.items()}
+    res = skab.score(files, detections)
     assert res["windows"] == 63 and abs(res["standard"] - 35.1) < 0.1, res
+    low, high = skab.interval(files, detections, draws=200)  # files drawn again: around the figure, not on it
+    assert low < res["standard"] < high and high - low > 1
 
 
 def test_skab_scorer_credit_curve():
