@@ -36,7 +36,7 @@ from edgewatch.agent import config
 from edgewatch.agent.analytics.anomaly import Detector, raises_event
 from edgewatch.agent.analytics.sensor_groups import GroupOf
 from edgewatch.agent.commands.replay import CaptureSource
-from edgewatch.agent.commands.score import BATCH, InputError, read_table
+from edgewatch.agent.commands.score import BATCH, InputError, iter_table
 from edgewatch.agent.config import AnomalyConfig, Config, ConfigError
 from edgewatch.agent.records import SensorReading
 
@@ -76,9 +76,7 @@ def calibrate(paths: list[str], cfg: Config, group: str | None = None, budget: f
                 if readings := item[1].get("sensor"):
                     yield readings
         for path in tables:
-            readings = table_readings(path)
-            for i in range(0, len(readings), BATCH):
-                yield readings[i : i + BATCH]
+            yield from table_batches(path)
 
     plan = _fault_plan(batches()) if faults else {}
     runs = ["clean", *(FAULTS if faults else ())]
@@ -136,19 +134,26 @@ def _is_table(path: str) -> bool:
     return path.lower().endswith(".csv") and Path(path).is_file()
 
 
-def table_readings(path: str) -> list[SensorReading]:
+def table_batches(path: str) -> Iterator[list[SensorReading]]:
     """A CSV in `edge-agent score`'s format as the readings of one sensor, named after the file (its path as
-    given); an unreadable file raises InputError naming it."""
+    given), in batches of BATCH, read as they go; an unreadable file or row raises InputError naming the file."""
     try:
         with open(path, newline="", encoding="utf-8") as f:
-            columns, rows = read_table(f)
+            columns, rows = iter_table(f)
+            batch = []
+            for _, _, when, xs in rows:
+                batch.append(SensorReading(sensor_id=path, ts=when, metrics=dict(zip(columns, xs)), attrs={}))
+                if len(batch) == BATCH:
+                    yield batch
+                    batch = []
+            if batch:
+                yield batch
     except OSError as e:
         raise InputError(f"{path}: {e.strerror}") from None
     except UnicodeDecodeError as e:
         raise InputError(f"{path}: not UTF-8 text ({e.reason})") from None
     except InputError as e:
         raise InputError(f"{path}: {e}") from None
-    return [SensorReading(sensor_id=path, ts=when, metrics=dict(zip(columns, xs)), attrs={}) for _, _, when, xs in rows]
 
 
 def _fault_plan(batches: Iterator[list[SensorReading]]) -> dict[str, tuple[str, int, float]]:

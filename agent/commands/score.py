@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import io
 import sys
+from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 
 import csp
@@ -46,6 +47,13 @@ def parse_time(text: str) -> datetime:
 def read_table(stream: io.TextIOBase, columns: list[str] | None = None) -> tuple[list[str], list[tuple]]:
     """A `timestamp,<col>,...` CSV: (the scored column names, rows as (timestamp text, value texts, time,
     values)); `columns` None = every column but the timestamp. Blank lines are skipped."""
+    columns, rows = iter_table(stream, columns)
+    return columns, list(rows)
+
+
+def iter_table(stream: io.TextIOBase, columns: list[str] | None = None) -> tuple[list[str], Iterator[tuple]]:
+    """`read_table`, the header read at once and the rows as they are read (a long export need not fit in
+    memory); a bad row raises InputError when it is reached."""
     reader = csv.reader(stream)
     header = next(reader, None)
     if header is None:
@@ -64,8 +72,12 @@ def read_table(stream: io.TextIOBase, columns: list[str] | None = None) -> tuple
         raise InputError(f"line 1: a column name repeats in header {','.join(header)!r}")
     ti = header.index("timestamp")
     vis = [header.index(c) for c in columns]
+    return columns, _rows(reader, header, columns, ti, vis)
+
+
+def _rows(reader, header: list[str], columns: list[str], ti: int, vis: list[int]) -> Iterator[tuple]:
+    """The data rows, checked as they are read (`iter_table`)."""
     last = max([ti, *vis])
-    rows = []
     for row in reader:
         if not row or all(not c.strip() for c in row):
             continue
@@ -86,8 +98,7 @@ def read_table(stream: io.TextIOBase, columns: list[str] | None = None) -> tuple
                 raise InputError(
                     f"line {line}: {name} is not a finite number of magnitude below {MAX_MAGNITUDE:g}: {row[vi]!r}")
             values.append(x)
-        rows.append((row[ti], [row[vi] for vi in vis], when, values))
-    return columns, rows
+        yield row[ti], [row[vi] for vi in vis], when, values
 
 
 def read_series(stream: io.TextIOBase, column: str = "value") -> list[tuple[str, str, datetime, float]]:

@@ -7,10 +7,12 @@ import json
 from datetime import datetime, timedelta
 
 import numpy as np
+import pytest
 from edgewatch.agent import config
 from edgewatch.agent.cli import main
-from edgewatch.agent.commands.calibrate import calibrate, ladder
+from edgewatch.agent.commands.calibrate import calibrate, ladder, table_batches
 from edgewatch.agent.commands.replay import replay
+from edgewatch.agent.commands.score import BATCH, InputError
 from edgewatch.agent.eventlog.store import Store
 
 from tests.agent.test_replay import EPOCH, write_capture
@@ -92,6 +94,15 @@ def test_a_csv_export_is_one_sensor_and_counts_as_its_captured_readings_do(tmp_p
     assert exported["sensors"] == 3 and exported["readings"] == captured["readings"] == 3 * 3600
     assert exported["steps"] == captured["steps"] and exported["chosen"] == captured["chosen"] > 0
     assert exported["sensor_hours"] == captured["sensor_hours"]
+
+    # read as it goes: an export need not fit in memory, and a bad row is named when it is reached
+    late = tmp_path / "csv" / "late.csv"
+    header, *rows = (tmp_path / "csv" / "d0.csv").read_text().splitlines(keepends=True)
+    late.write_text(header + "".join(rows * 2) + "2026-01-05T02:00:00,lots\n")
+    batches = table_batches(str(late))
+    assert len(next(batches)) == BATCH < 2 * len(rows)
+    with pytest.raises(InputError, match=f"^{late}: line {2 * len(rows) + 2}: openings is not a number"):
+        list(batches)
 
     bad = tmp_path / "csv" / "bad.csv"
     bad.write_text("timestamp,openings\n2026-01-05T00:00:00,3\n2026-01-05T00:00:01,lots\n")
