@@ -143,9 +143,10 @@ class AnomalyConfig:
     level_span: float = 20.0  # readings: EWMA span of the level forecast
     trend_span: float = 500.0  # readings: EWMA span of the level's slow trend (Holt); 0 = no trend
     scale_span: float = 100.0  # readings: EWMA span of the robust residual scale
-    season_span: float = 30.0  # updates: EWMA span of each time-of-day profile bucket
-    season_buckets: int = 96  # time-of-day buckets of the daily profile (1 = no daily profile)
-    season_min: int = 5  # updates a bucket needs before the daily profile is consulted
+    season_span: float = 30.0  # updates: EWMA span of each profile bucket
+    season_buckets: int = 96  # buckets of the profile over its period (1 = no profile)
+    season_days: int = 1  # the profile's period: 1 = a daily profile, 7 = a weekly one, for machines whose weekends differ (with, say, season_buckets = 672; each bucket then learns once a week, so the profile is consulted after season_min weeks)
+    season_min: int = 5  # updates a bucket needs before the profile is consulted
     tail_floor: float = 1e-4  # tail probability that maps to score 1.0 (scores are -log(tail)/-log(floor))
     short_span: float = 2.0  # readings: span of the recent surprise compared with its history
     long_span: float = 2000.0  # readings: span of the surprise's long-run mean and variance
@@ -377,6 +378,8 @@ RANGES = {
     ("anomaly", "critical"): SHARE,
     ("anomaly", "tail_floor"): Range(0, 1, low_open=True, high_open=True),
     ("anomaly", "change_span"): AT_LEAST_1,
+    ("anomaly", "season_buckets"): Range(1, 10080),  # at most a bucket a minute of a week (9 bytes a bucket and series)
+    ("anomaly", "season_days"): Range(1, 7),
     ("anomaly", "change_z"): POSITIVE,
     ("anomaly", "change_norm_span"): AT_LEAST_1,
     ("health", "interval"): POSITIVE,

@@ -323,6 +323,9 @@ def test_zero_or_negative_limits_are_refused(capsys, tmp_path, text, named):
         ("[anomaly]\ncritical = 1.5\n", "anomaly.critical: must be in (0, 1]"),
         ("[anomaly]\nthreshold = 0.9\ncritical = 0.5\n", "anomaly.threshold: must be at most anomaly.critical (0.5)"),
         ("[anomaly]\ntail_floor = 1.0\n", "anomaly.tail_floor: must be in (0, 1)"),
+        # a profile is 9 bytes a bucket and series: a typo of a few zeros must not allocate gigabytes at start
+        ("[anomaly]\nseason_buckets = 1000000\n", "anomaly.season_buckets: must be in [1, 10080]"),
+        ("[anomaly]\nseason_days = 30\n", "anomaly.season_days: must be in [1, 7]"),
         ("[anomaly]\nshort_span = 3000\n", "anomaly.short_span: must be below anomaly.long_span (2000)"),
         ("[health]\nanomaly_score = 2\n", "health.anomaly_score: must be in (0, 1]"),
         ("[health]\nlow_battery = 150\n", "health.low_battery: must be in [0, 100]"),
