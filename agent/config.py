@@ -16,6 +16,7 @@ import socket
 import stat
 import sys
 import typing
+import zoneinfo
 from pathlib import Path
 
 if sys.version_info >= (3, 11):
@@ -147,6 +148,7 @@ class AnomalyConfig:
     season_buckets: int = 96  # buckets of the profile over its period (1 = no profile)
     season_days: int = 1  # the profile's period: 1 = a daily profile, 7 = a weekly one, for machines whose weekends differ (with, say, season_buckets = 672; each bucket then learns once a week, so the profile is consulted after season_min weeks)
     season_min: int = 5  # updates a bucket needs before the profile is consulted
+    timezone: str = "UTC"  # the clock the profile keeps (an IANA name, "Europe/Berlin"): a rhythm people set, opening hours or shifts, moves with daylight saving time, and in UTC each change would misplace it for weeks
     tail_floor: float = 1e-4  # tail probability that maps to score 1.0 (scores are -log(tail)/-log(floor))
     short_span: float = 2.0  # readings: span of the recent surprise compared with its history
     long_span: float = 2000.0  # readings: span of the surprise's long-run mean and variance
@@ -503,6 +505,8 @@ def _set(target: object, section: str, key: str, value: object, where: str) -> N
     choices = _CHOICES.get((section, key))
     if choices and value not in choices:
         raise ConfigError(f"{where}: must be one of {', '.join(choices)}, got {value!r}")
+    if key == "timezone":
+        _check_zone(where, value)
     if isinstance(value, float) and not math.isfinite(value):
         raise ConfigError(f"{where}: must be a finite number, got {value!r}")
     if isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -512,6 +516,14 @@ def _set(target: object, section: str, key: str, value: object, where: str) -> N
         if value < 0:
             raise ConfigError(f"{where}: must not be negative, got {value!r}")
     setattr(target, key, value)
+
+
+def _check_zone(where: str, name: str) -> None:
+    try:
+        zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise ConfigError(f"{where}: no time zone {name[:64]!r} in this system's database (an IANA name such as "
+                          "\"Europe/Berlin\", or \"UTC\")") from None
 
 
 def _pop_groups(data: dict, source: str) -> dict[str, dict]:

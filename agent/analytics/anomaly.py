@@ -10,7 +10,8 @@ of a reading, in [0, 1], is built in four steps:
 1. two robust forecasts, each with its own robust scale (EWMA of clipped
    absolute residuals): the recent level with a slow (Holt) trend, and a daily
    profile learnt online in time-of-day buckets (or a weekly one, `season_days = 7`,
-   for machines whose weekends differ from their weekdays). The profile is used once its recent error is below the
+   for machines whose weekends differ from their weekdays), on the site's clock
+   (`timezone`: a rhythm set by people moves with daylight saving time). The profile is used once its recent error is below the
    level's, so daily cycles are expected, while trends and series without a
    daily rhythm fall back on the level. A bucket sees a few readings a day: from a
    coarse sensor (integer counts, a 1-degree converter) they are mostly identical,
@@ -79,6 +80,7 @@ from __future__ import annotations
 
 import math
 from datetime import datetime, timedelta
+from zoneinfo import ZoneInfo
 
 import csp
 import numpy as np
@@ -101,6 +103,7 @@ _US = timedelta(microseconds=1)
 _UNSEEN = float("inf")  # the daily profile's error before its first prediction
 SPATIAL_MIN_SCORE = 0.3  # a new extreme must also be mildly surprising: a young range is narrow
 MINUTES_A_DAY = 1440
+ZONE_CACHE = 100_000  # UTC hours whose offset a ZoneOffsets remembers (11 years)
 SPATIAL = 1000.0  # the unclipped verdict of a "spatial anomaly" (and of a tail below float range): beyond any floor
 PAIR_CLIP = 10.0  # residuals (in scale units) beyond this are clipped before they enter a correlation channel
 PAIR_SCALE_FLOOR = 0.1  # a pair's error scale, in the metrics' own scale units, is never taken as below this: a
@@ -122,12 +125,30 @@ def ewma_alpha(span: float) -> float:
     return 2.0 / (max(span, 1.0) + 1.0)
 
 
+class ZoneOffsets:
+    """UTC hour -> the minutes a time zone is ahead of UTC then (an offset changes a few times a year at most, so
+    each hour is looked up once; the cache is bounded)."""
+
+    def __init__(self, name: str):
+        self.zone = ZoneInfo(name)
+        self.cache: dict[int, int] = {}
+
+    def __call__(self, hour: int) -> int:
+        offset = self.cache.get(hour)
+        if offset is None:
+            if len(self.cache) >= ZONE_CACHE:
+                self.cache.clear()
+            ahead = datetime.fromtimestamp(hour * 3600, self.zone).utcoffset()
+            offset = self.cache[hour] = int(ahead.total_seconds()) // 60
+        return offset
+
+
 class Params:
     """The detector's constants, derived once from AnomalyConfig (attribute reads are cheap)."""
 
     __slots__ = (
         "a_level", "a_trend", "a_dev", "a_season", "a_short", "a_long", "clip", "warmup", "refractory",
-        "rel_floor", "buckets", "period", "season_min", "log_floor", "threshold", "spatial", "spatial_z",
+        "rel_floor", "buckets", "period", "zone", "season_min", "log_floor", "threshold", "spatial", "spatial_z",
         "inv_log_floor", "fuse", "fisher", "pairs", "a_pair", "blocks", "a_change", "a_cnorm", "change_log",
         "fuse_metrics", "sensor_refractory", "hold2",
     )
@@ -145,6 +166,7 @@ class Params:
         self.rel_floor = cfg.rel_floor
         self.buckets = max(cfg.season_buckets, 1)
         self.period = MINUTES_A_DAY * max(cfg.season_days, 1)  # the profile's period, in minutes
+        self.zone = None if cfg.timezone == "UTC" else ZoneOffsets(cfg.timezone)
         self.season_min = min(max(cfg.season_min, 1), 255)
         self.log_floor = math.log(min(max(cfg.tail_floor, 1e-300), 0.5))
         self.threshold = cfg.threshold
@@ -345,7 +367,11 @@ def judge(tab: MetricTable, w: Wave, p: Params) -> Verdicts:
     starts = np.array([r[2] for r in w.readings], np.intp)
     counts = np.diff(np.append(starts, len(w.rows)))
     t_us = np.repeat(np.array(w.times, np.int64), counts)
-    bucket = (t_us // 60_000_000 % p.period) * p.buckets // p.period  # the minute of the day (or week)
+    minute = t_us // 60_000_000
+    if p.zone is not None:  # on the site's clock: the offset of each UTC hour in the wave
+        hours, at = np.unique(t_us // 3_600_000_000, return_inverse=True)
+        minute = minute + np.array([p.zone(int(h)) for h in hours], np.int64)[at]
+    bucket = (minute % p.period) * p.buckets // p.period  # the minute of the day (or week)
     ts_ = t_us.astype(np.float64)
     old = tab.m[idx]
     n0, last, level, trend, dev, mag, short0, lmean, lvar, cool, serr, lo, hi, ch, prev, res = old.T
@@ -457,7 +483,8 @@ def judge_values(tab: MetricTable, w: Wave, p: Params) -> Verdicts:
     judged: list[int] = []  # the values of multi-metric readings learnt whole: their change channels learn
     for (_, _, start, end, _, _), t in zip(w.readings, w.times):
         tf = float(t)
-        b = (t // 60_000_000 % p.period) * p.buckets // p.period
+        minute = t // 60_000_000 if p.zone is None else t // 60_000_000 + p.zone(t // 3_600_000_000)
+        b = minute % p.period * p.buckets // p.period
         whole = True
         for j in range(start, end):
             k, x, r = w.rows[j], w.xs[j], rows[j]

@@ -7,7 +7,8 @@ import math
 import random
 import time
 import tracemalloc
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
+from zoneinfo import ZoneInfo
 
 import csp
 import pytest
@@ -207,7 +208,9 @@ def test_a_batch_scores_as_its_readings_one_by_one():
 
 
 @pytest.mark.parametrize("cfg", [AnomalyConfig(), AnomalyConfig(pairs=True, fuse="fisher", fuse_metrics=True, change_hold=0.0),
-                                 AnomalyConfig(fuse="off", warmup=20)])
+                                 AnomalyConfig(fuse="off", warmup=20),
+                                 AnomalyConfig(timezone="America/New_York", season_days=7, season_buckets=10080,
+                                               season_min=1)])
 def test_small_and_large_waves_are_judged_alike(cfg: AnomalyConfig):
     """A wave of a few readings is judged value by value (judge_values), a larger one by array operations (judge):
     both give the same bits, on the simulator's faulty fleet with its spikes, drifts and dropouts."""
@@ -281,6 +284,28 @@ def test_a_weekly_profile_knows_weekends_and_finds_a_weekday_that_looks_like_one
     assert len(false["daily"]) >= 20 and len(false["weekly"]) <= 3, {k: len(v) for k, v in false.items()}
     assert not any((t - T0).days == idle for t in late["daily"])
     assert any((t - T0).days == idle for t in late["weekly"])
+
+
+def test_the_profile_keeps_the_sites_clock_across_daylight_saving():
+    """A shop in Berlin, heated from 07:00 to 19:00 local time every day: on 2024-03-31 the clocks go forward and the
+    rhythm moves an hour in UTC. A profile kept in UTC is an hour off for weeks and alarms most days; one kept on
+    the site's clock (`timezone`) does not notice."""
+    berlin = ZoneInfo("Europe/Berlin")
+    start, rnd, rows = datetime(2024, 2, 5), random.Random(0), []
+    for i in range(80 * 288):
+        t = start + i * STEP
+        local = t.replace(tzinfo=timezone.utc).astimezone(berlin)
+        hour = local.hour + local.minute / 60
+        heat = 5.0 * min(1.0, (hour - 7) / 1.5) if 7 <= hour < 19 else 0.0
+        rows.append(SensorReading(sensor_id="shop", ts=t, metrics={"temperature": 17.0 + heat + rnd.gauss(0.0, 0.3)},
+                                  attrs={}))
+    switch = datetime(2024, 3, 31)
+    for zone, most in (("UTC", None), ("Europe/Berlin", 2)):
+        scores = Detector(AnomalyConfig(timezone=zone)).score_readings(rows)
+        alarms = [r.ts for r, sc in zip(rows, scores) if sc.score >= 0.8]
+        assert sum(switch - timedelta(weeks=3) <= t < switch for t in alarms) <= 1  # the weeks before: quiet
+        after = sum(switch <= t < switch + timedelta(weeks=3) for t in alarms)
+        assert after >= 8 if most is None else after <= most, (zone, after)
 
 
 def test_the_series_cap_forgets_the_longest_silent_sensors_whole():

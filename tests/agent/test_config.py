@@ -326,6 +326,8 @@ def test_zero_or_negative_limits_are_refused(capsys, tmp_path, text, named):
         # a profile is 9 bytes a bucket and series: a typo of a few zeros must not allocate gigabytes at start
         ("[anomaly]\nseason_buckets = 1000000\n", "anomaly.season_buckets: must be in [1, 10080]"),
         ("[anomaly]\nseason_days = 30\n", "anomaly.season_days: must be in [1, 7]"),
+        ("[anomaly]\ntimezone = \"Europe/Nowhere\"\n", "anomaly.timezone: no time zone 'Europe/Nowhere' in this system"),
+        ("[anomaly]\ntimezone = \"../etc/passwd\"\n", "anomaly.timezone: no time zone '../etc/passwd'"),
         ("[anomaly]\nshort_span = 3000\n", "anomaly.short_span: must be below anomaly.long_span (2000)"),
         ("[health]\nanomaly_score = 2\n", "health.anomaly_score: must be in (0, 1]"),
         ("[health]\nlow_battery = 150\n", "health.low_battery: must be in [0, 100]"),
