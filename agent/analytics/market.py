@@ -91,7 +91,8 @@ class TickScale:
 class AlertParams:
     """Constants of the price alert, derived once from MarketConfig."""
 
-    __slots__ = ("floor", "multiple", "min_move", "warmup", "alpha", "horizon", "step", "hmultiple")
+    __slots__ = ("floor", "multiple", "min_move", "warmup", "alpha", "horizon", "step", "hmultiple", "gap",
+                 "gap_steps")
 
     def __init__(self, cfg: MarketConfig):
         self.floor = cfg.price_alert_threshold
@@ -102,6 +103,8 @@ class AlertParams:
         self.horizon = cfg.price_alert_horizon  # seconds (0: off)
         self.step = timedelta(seconds=self.horizon / HORIZON_STEPS) if self.horizon > 0 else None
         self.hmultiple = cfg.price_alert_horizon_multiple
+        self.gap = timedelta(seconds=cfg.price_alert_gap)
+        self.gap_steps = self.step is not None and self.gap >= self.step  # a gap then ends a horizon step
 
 
 def _price_alert(t: Trade, prev: Trade, move: float, scale: float | None, p: AlertParams,
@@ -170,8 +173,11 @@ def price_alerts(trades: ts[list[Trade]], cfg: MarketConfig, states: object = No
     `price_alert_multiple` times its own tick-move scale (and at least `price_alert_min_move`), or beyond the
     fixed `price_alert_threshold`, which always alerts; or, with `price_alert_horizon`, when its move since the
     last trade about a horizon ago is `price_alert_horizon_multiple` times its own typical horizon move (a slide
-    of ticks each too small to alert). One alert per move: a jump is not alerted again as a horizon move. (Hot
-    path: one dict lookup, a datetime comparison and a few float operations.)"""
+    of ticks each too small to alert). One alert per move: a jump is not alerted again as a horizon move. A trade
+    more than `price_alert_gap` after the symbol's last (the open after a closed night, a halt, a feed outage) is
+    not a tick: only the fixed threshold judges its move, which teaches no scale, and the horizon starts again from
+    it; otherwise every open would alert on every symbol that gapped. (Hot path: one dict lookup, two datetime
+    comparisons and a few float operations.)"""
     with csp.state():
         s_symbols = keep(states, "price_alerts", RecentStates(cfg.max_symbols, "price_alerts"))  # symbol -> TickScale
         s_params = AlertParams(cfg)
@@ -189,22 +195,25 @@ def price_alerts(trades: ts[list[Trade]], cfg: MarketConfig, states: object = No
         move = price / prev.price - 1.0
         size = move if move >= 0.0 else -move
         scale, n = s.scale, s.n
-        jump = size > p.floor or (size >= p.min_move and n >= p.warmup and size >= p.multiple * scale)
+        # a trade within its horizon step is a tick; only one that ends a step has its pause measured
+        tick = (p.gap_steps and t.ts < s.until) or t.ts - prev.ts <= p.gap
+        jump = size > p.floor or (tick and size >= p.min_move and n >= p.warmup and size >= p.multiple * scale)
         if jump:
             out.append(_price_alert(t, prev, move, scale if n >= p.warmup else None, p))
         if horizon:
             if t.ts >= s.until:  # (a trade older than its step, out of order, moves no step back)
                 _next_step(s, t, p)
             then = s.then
-            if jump:
+            if jump or not tick:
                 _anchor(s, t)
             elif then is not None:
                 hmove = price / then.price - 1.0
                 if hmove >= s.hlim or -hmove >= s.hlim:
                     _anchor(s, t)
                     out.append(_price_alert(t, then, hmove, s.hscale, p, p.horizon))
-        s.scale = _learned(scale, n, size, p)
-        s.n = n + 1
+        if tick:
+            s.scale = _learned(scale, n, size, p)
+            s.n = n + 1
         s.last = t
     if out:
         return out

@@ -133,6 +133,30 @@ def test_a_volatile_symbol_raises_at_most_one_alert_per_hundred_normal_ticks():
     assert sum(m > 0.006 for m in moves) > len(wild) / 50  # a fixed 0.6 % (the calm symbol's 30x) would be chatty
 
 
+def test_the_open_after_a_closed_night_is_not_a_tick():
+    """A calm symbol trades every second for an hour, the market closes for 17.5 hours and opens 0.8 % higher:
+    40x its tick scale, but a gap, not a tick. No tick or horizon alert; the gap teaches no scale, so a 0.8 % jump
+    a second later still alerts, and a gap beyond the fixed threshold (2 %) alerts whatever the pause."""
+    rng = random.Random(3)
+    sigma = 0.0002 / math.sqrt(2 / math.pi)
+    day = ticks("CALM", 3600, lambda: rng.gauss(0, sigma), every=1.0)
+    night = 17.5 * 3600
+
+    def after_the_night(gap: float, jump: float) -> list:
+        opened = trade("CALM", 3600 + night, day[-1].price * (1 + gap))
+        nxt = ticks("CALM", 30, lambda: rng.gauss(0, sigma), opened.ts.timestamp() - T0.timestamp() + 1, opened.price,
+                    every=1.0)
+        jumped = trade("CALM", nxt[-1].ts.timestamp() - T0.timestamp() + 1, nxt[-1].price * (1 + jump))
+        return run_alerts(day + [opened] + nxt + [jumped])
+
+    evs = after_the_night(0.008, 0.008)
+    assert len(evs) == 1 and evs[0].data["prev_ts"] != day[-1].ts.isoformat() + "Z"  # the jump, not the open
+    assert evs[0].data["multiple"] > 20 and evs[0].data["scale"] == pytest.approx(0.0002, rel=0.25)
+    assert [e.data["move"] for e in after_the_night(0.025, 0.0)] == [pytest.approx(0.025)]
+    # the same open one second after the close: a tick, and it alerts
+    assert len(run_alerts(day + [trade("CALM", 3600, day[-1].price * 1.008)])) == 1
+
+
 def test_a_flat_symbol_cannot_alert_on_a_cent():
     flat = [trade("FLAT", i * 0.1, 100.0) for i in range(200)]
     cent = trade("FLAT", 20.0, 100.01)  # 0.01 %: infinitely many scales of a symbol that never moved
