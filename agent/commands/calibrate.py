@@ -214,7 +214,7 @@ def _text(rep: dict) -> str:
                      "60 readings, a single reading 6 sigma off")
     if rep["chosen"] is None:
         lines.append(f"no step stays within {rep['budget']:g} alarms per sensor-hour: the data is not normal "
-                     "operation, or these sensors need settings of their own (docs/reference/configuration.md)")
+                     "operation, or these sensors need settings of their own (docs/tuning.md)")
     elif rep["chosen"] == 0:
         lines.append(f"the settings as they are stay within {rep['budget']:g} alarms per sensor-hour")
     else:
