@@ -149,6 +149,7 @@ class AnomalyConfig:
     season_days: int = 1  # the profile's period: 1 = a daily profile, 7 = a weekly one, for machines whose weekends differ (with, say, season_buckets = 672; each bucket then learns once a week, so the profile is consulted after season_min weeks)
     season_min: int = 5  # updates a bucket needs before the profile is consulted
     timezone: str = "UTC"  # the clock the profile keeps (an IANA name, "Europe/Berlin"): a rhythm people set, opening hours or shifts, moves with daylight saving time, and in UTC each change would misplace it for weeks
+    counters: list[str] = dataclasses.field(default_factory=list)  # metrics that report a running total (an energy meter's kWh): judged by their change per second since the sensor's previous reading, as the metric `<name>_rate`; a reset (the total falls) gives no rate for that reading
     tail_floor: float = 1e-4  # tail probability that maps to score 1.0 (scores are -log(tail)/-log(floor))
     short_span: float = 2.0  # readings: span of the recent surprise compared with its history
     long_span: float = 2000.0  # readings: span of the surprise's long-run mean and variance

@@ -32,9 +32,9 @@ class GroupOf:
 
 
 class StatesOf:
-    """sensor id -> the names of the states its readings shape under `cfg`: its anomaly detector's, its health
-    node's and, with drift judged against peers, its peers' (a start that must warm some states up replays only
-    the sensors that shape them)."""
+    """sensor id -> the names of the states its readings shape under `cfg`: its anomaly detector's (and its
+    counters' last totals), its health node's and, with drift judged against peers, its peers' (a start that must
+    warm some states up replays only the sensors that shape them)."""
 
     def __init__(self, cfg: Config):
         self.anomaly = GroupOf(cfg.anomaly, cfg.anomaly.max_series)
@@ -42,10 +42,12 @@ class StatesOf:
         self.peers = cfg.drift.reference == "peers"
 
     def __call__(self, sensor_id: str) -> tuple[str, ...]:
-        anomaly = state_name("anomaly", self.anomaly.settings[self.anomaly.index(sensor_id)][0])
+        name, settings = self.anomaly.settings[self.anomaly.index(sensor_id)]
         group = self.health.settings[self.health.index(sensor_id)][0]
-        health = state_name("health", group)
-        return (anomaly, health, state_name("drift_peers", group)) if self.peers else (anomaly, health)
+        states = (state_name("anomaly", name), state_name("health", group))
+        if settings.counters:
+            states += (state_name("counters", name),)
+        return states + (state_name("drift_peers", group),) if self.peers else states
 
 
 @csp.node

@@ -35,6 +35,7 @@ FORMAT = 2  # bump when the meaning of persisted state changes without a change 
 # the first section's hash is that group's
 SHAPED_BY: dict[str, tuple[str, ...]] = {
     "anomaly": ("anomaly",),
+    "counters": ("anomaly",),
     "health": ("health", "drift", "maintenance"),
     "drift_peers": ("health", "drift", "maintenance"),
     "price_alerts": ("market", "risk", "advisor"),
@@ -45,7 +46,8 @@ SHAPED_BY: dict[str, tuple[str, ...]] = {
 SECTIONS = tuple(dict.fromkeys(s for sections in SHAPED_BY.values() for s in sections))
 MARKET_FEEDS = ("trade", "quote", "position", "pnl", "news")
 # state name (before any ":GROUP") -> the input feeds it learns from: warming some states up needs only theirs
-LEARNS_FROM: dict[str, tuple[str, ...]] = {"anomaly": ("sensor",), "health": ("sensor",), "drift_peers": ("sensor",)}
+LEARNS_FROM: dict[str, tuple[str, ...]] = {"anomaly": ("sensor",), "counters": ("sensor",), "health": ("sensor",),
+                                           "drift_peers": ("sensor",)}
 _LAYOUT: dict[str, tuple[str, ...]] = {}
 
 

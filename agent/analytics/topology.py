@@ -14,6 +14,7 @@ from csp import ts
 from edgewatch.agent.analytics.advisor import advisor
 from edgewatch.agent.analytics.advisor import check as check_advisor
 from edgewatch.agent.analytics.anomaly import anomaly_events, anomaly_scores
+from edgewatch.agent.analytics.counters import counter_rates
 from edgewatch.agent.analytics.drift import check as check_drift
 from edgewatch.agent.analytics.health import check as check_health
 from edgewatch.agent.analytics.health import sensor_health
@@ -50,13 +51,18 @@ def merge_events(parts: [ts["T"]]) -> ts["T"]:
 def anomaly_graph(readings: ts[list[SensorReading]], cfg: Config,
                   states: object = None) -> csp.Outputs(scores=ts[list[MetricScore]], events=ts[list[Event]]):
     """The scores (what health counts) and `anomaly` events; with `anomaly.groups`, one detector per group
-    and one for the rest, each with its own settings and its own state (`anomaly:NAME`)."""
+    and one for the rest, each with its own settings and its own state (`anomaly:NAME`); running totals
+    (`anomaly.counters`) reach the detector as rates."""
     min_score = cfg.health.anomaly_score
     if not cfg.anomaly.groups:
+        if cfg.anomaly.counters:
+            readings = counter_rates(readings, cfg.anomaly, states)
         scores = anomaly_scores(readings, cfg.anomaly, min_score, states)
         return csp.output(scores=scores, events=anomaly_events(scores, cfg.anomaly))
     group_of = GroupOf(cfg.anomaly, cfg.anomaly.max_series)
     parts = split_by_group(readings, group_of, len(group_of.settings))
+    parts = [counter_rates(part, a, states, name) if a.counters else part
+             for part, (name, a) in zip(parts, group_of.settings)]
     scores = [anomaly_scores(part, a, min_score, states, name) for part, (name, a) in zip(parts, group_of.settings)]
     events = [anomaly_events(part, a) for part, (_, a) in zip(scores, group_of.settings)]
     return csp.output(scores=merge_events(scores), events=merge_events(events))

@@ -34,6 +34,7 @@ from pathlib import Path
 
 from edgewatch.agent import config
 from edgewatch.agent.analytics.anomaly import Detector, raises_event
+from edgewatch.agent.analytics.counters import CounterRates
 from edgewatch.agent.analytics.sensor_groups import GroupOf
 from edgewatch.agent.commands.replay import CaptureSource
 from edgewatch.agent.commands.score import BATCH, InputError, iter_table
@@ -69,14 +70,17 @@ def calibrate(paths: list[str], cfg: Config, group: str | None = None, budget: f
     captures = [p for p in paths if not _is_table(p)]
 
     def batches() -> Iterator[list[SensorReading]]:
+        rates = CounterRates(steps[0])  # running totals reach the detector as rates, as in the agent
         if captures:
             source = CaptureSource(captures, cfg, feeds={"sensor"},
                                    sensors=lambda sensor: group_of.index(sensor) == wanted)
             while (item := source.next_batch()) is not None:
-                if readings := item[1].get("sensor"):
+                if readings := rates(item[1].get("sensor", [])):
                     yield readings
         for path in tables:
-            yield from table_batches(path)
+            for readings in table_batches(path):
+                if readings := rates(readings):
+                    yield readings
 
     plan = _fault_plan(batches()) if faults else {}
     runs = ["clean", *(FAULTS if faults else ())]

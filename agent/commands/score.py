@@ -169,6 +169,10 @@ def score_command(args) -> int:
     except OSError as e:
         print(f"edge-agent score: {args.out}: {e.strerror}", file=sys.stderr)
         return 2
+    if totals := sorted(set(cfg.counters) & set(columns)):  # one score per row needs every column every row
+        print(f"edge-agent score: {args.input}: anomaly.counters names {', '.join(totals)}: score a running total's "
+              "rate (its change per second) as a column instead", file=sys.stderr)
+        return 2
     scores = score_table([(when, xs) for _, _, when, xs in rows], cfg, columns)
     try:
         w = csv.writer(out, lineterminator="\n")

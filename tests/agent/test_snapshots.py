@@ -370,6 +370,8 @@ def test_prewarm_takes_only_the_states_a_snapshot_could_not_give_and_a_failure_c
     assert StatesOf(grouped)("line0/t") == ("anomaly:first", "health")
     grouped.drift.reference = "peers"
     assert StatesOf(grouped)("line1/t") == ("anomaly", "health", "drift_peers")
+    grouped.anomaly.groups["first"].settings.counters = ["energy_kwh"]  # the group's last totals too
+    assert StatesOf(grouped)("line0/t") == ("anomaly:first", "health", "counters:first", "drift_peers")
 
     @csp.graph
     def broken(source: object, cfg: Config, book: object):
