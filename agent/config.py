@@ -243,7 +243,7 @@ class MarketConfig:
     price_alert_span: int = 100  # trades: EWMA span of the typical tick move (mean |move|); no multiple-based alert before
     price_alert_horizon: float = 60.0  # seconds: a move within this horizon is judged against the symbol's typical horizon move too (0: off)
     price_alert_horizon_multiple: float = 8.0  # ... and alerts at this many times that typical move (and at least price_alert_min_move)
-    price_alert_gap: float = 300.0  # seconds: a trade this long after its symbol's last (the open after a closed night, a halt, a feed outage) is judged by price_alert_threshold alone, and teaches neither scale (a gap is not a tick)
+    session_gap: float = 300.0  # seconds: a pause this long in a symbol's trading (the night, a halt, a feed outage) ends its session: the first trade after it is judged by price_alert_threshold alone and teaches neither scale, and the first bar after it starts the signal's references afresh (a gap is not a tick, nor a bar's move)
     fast_span: int = 5  # bars in the fast price average (EWMA span) of the trend
     slow_span: int = 30  # bars in the slow price average and the volume profile (EWMA span)
     vol_span: int = 30  # bars in the realised volatility estimate (EWMA span of squared returns)
@@ -401,7 +401,7 @@ RANGES = {
     ("market", "bar_interval"): POSITIVE,
     ("market", "price_alert_threshold"): POSITIVE,
     ("market", "price_alert_horizon_multiple"): POSITIVE,
-    ("market", "price_alert_gap"): POSITIVE,
+    ("market", "session_gap"): POSITIVE,
     ("market", "volatile_ratio"): POSITIVE,
     ("market", "calm_ratio"): POSITIVE,
     ("market", "trend_z"): POSITIVE,

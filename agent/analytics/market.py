@@ -103,7 +103,7 @@ class AlertParams:
         self.horizon = cfg.price_alert_horizon  # seconds (0: off)
         self.step = timedelta(seconds=self.horizon / HORIZON_STEPS) if self.horizon > 0 else None
         self.hmultiple = cfg.price_alert_horizon_multiple
-        self.gap = timedelta(seconds=cfg.price_alert_gap)
+        self.gap = timedelta(seconds=cfg.session_gap)
         self.gap_steps = self.step is not None and self.gap >= self.step  # a gap then ends a horizon step
 
 
@@ -174,7 +174,7 @@ def price_alerts(trades: ts[list[Trade]], cfg: MarketConfig, states: object = No
     fixed `price_alert_threshold`, which always alerts; or, with `price_alert_horizon`, when its move since the
     last trade about a horizon ago is `price_alert_horizon_multiple` times its own typical horizon move (a slide
     of ticks each too small to alert). One alert per move: a jump is not alerted again as a horizon move. A trade
-    more than `price_alert_gap` after the symbol's last (the open after a closed night, a halt, a feed outage) is
+    more than `session_gap` after the symbol's last (the open after a closed night, a halt, a feed outage) is
     not a tick: only the fixed threshold judges its move, which teaches no scale, and the horizon starts again from
     it; otherwise every open would alert on every symbol that gapped. (Hot path: one dict lookup, two datetime
     comparisons and a few float operations.)"""
@@ -226,6 +226,7 @@ class SymbolState:
     __slots__ = (
         "bucket", "closed", "start", "open", "high", "low", "close", "volume", "pv", "trades",
         "ref", "fast", "slow", "mean_r", "var", "var_long", "avg_volume", "bars", "last_signal", "news", "view",
+        "ended",
     )
 
     def __init__(self):
@@ -239,6 +240,7 @@ class SymbolState:
         self.last_signal = None  # data time of the last signal (cooldown)
         self.news = None  # (score, ts) of the latest sentiment
         self.view = None  # the technical view of the last closed bar (after warm-up), for the advisor
+        self.ended = None  # the end of the last bar folded in (a session gap follows it)
 
     def add(self, t: Trade, bucket: int, interval: float) -> None:
         if self.bucket is None:
@@ -270,7 +272,8 @@ class SymbolState:
 class MarketParams:
     """Constants derived once from MarketConfig."""
 
-    __slots__ = ("cfg", "a_fast", "a_slow", "a_vol", "a_long", "lag", "news_window", "cooldown", "mult", "per_day")
+    __slots__ = ("cfg", "a_fast", "a_slow", "a_vol", "a_long", "lag", "news_window", "cooldown", "mult", "per_day",
+                 "gap")
 
     def __init__(self, cfg: MarketConfig):
         self.cfg = cfg
@@ -284,6 +287,7 @@ class MarketParams:
         self.cooldown = timedelta(seconds=cfg.signal_cooldown)
         self.mult = {"volatile": cfg.volatile_mult, "calm": cfg.calm_mult, "trending": cfg.trending_mult, "normal": 1.0}
         self.per_day = math.sqrt(SECONDS_PER_DAY / cfg.bar_interval)
+        self.gap = timedelta(seconds=cfg.session_gap)
 
 
 def classify(vol_ratio: float, trend: float, cfg: MarketConfig) -> str:
@@ -298,12 +302,18 @@ def classify(vol_ratio: float, trend: float, cfg: MarketConfig) -> str:
 
 
 def on_bar(s: SymbolState, bar: Bar, p: MarketParams) -> Event | None:
-    """Fold a closed bar into the symbol's statistics; return a `signal` event when one fires."""
+    """Fold a closed bar into the symbol's statistics; return a `signal` event when one fires. The first bar of
+    a session (after `session_gap` without a bar) restarts the references from its price: the overnight move is
+    not a bar's move, and judged as one it would signal at every open and pass for volatility."""
     price = bar.vwap
+    ended, s.ended = s.ended, bar.end
     if s.ref is None:
         s.ref = s.fast = s.slow = price
         s.avg_volume = bar.volume
         s.bars = 1
+        return None
+    if ended is not None and bar.start - ended > p.gap:
+        s.ref = s.fast = s.slow = price
         return None
     r = math.log(price / s.ref)
     s.ref = price

@@ -271,6 +271,24 @@ def walk(n_bars: int, jump_at: int | None = None, jump: float = 0.004, seed: int
     return out
 
 
+def test_the_first_bar_after_a_closed_night_restarts_the_references_instead_of_signalling():
+    """Two sessions of a quiet walk, 17.5 hours apart, the second opening 1 % higher: against the evening's slow
+    average that is a move of many bar volatilities. As the first bar of a session it restarts the references;
+    with the pause not taken for a session gap it signals at the open."""
+    night = 17.5 * 3600
+    day1 = walk(200)
+    day2 = [trade("AAA", night + t.ts.timestamp() - T0.timestamp(), t.price * 1.01 * day1[-1].price / 100.0)
+            for t in walk(60, seed=2)]
+    end = night + 70
+
+    def open_signals(cfg: MarketConfig) -> list:  # in the first five bars of the second session
+        return [e for e in run_market(day1 + day2, cfg=cfg, end=end)["signals"] if at(night) <= e.ts <= at(night + 5)]
+
+    assert open_signals(MarketConfig()) == []
+    gapped = open_signals(MarketConfig(session_gap=10 * night))  # the night not taken for a session gap
+    assert [e.data["signal"] for e in gapped] == ["BUY"] and gapped[0].data["z"] > 3
+
+
 def test_a_strong_move_gives_a_signal_with_regime_threshold_and_reference_price():
     sig = run_market(walk(200, jump_at=120, volume_boost=4.0), end=250)["signals"]
     assert sig, "a 6-bar burst of +0.4% per trade must signal"
