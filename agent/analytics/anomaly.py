@@ -78,7 +78,9 @@ would corrupt them. Readings that are not finite, or beyond +-1e30, get no score
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
@@ -103,7 +105,7 @@ _US = timedelta(microseconds=1)
 _UNSEEN = float("inf")  # the daily profile's error before its first prediction
 SPATIAL_MIN_SCORE = 0.3  # a new extreme must also be mildly surprising: a young range is narrow
 MINUTES_A_DAY = 1440
-ZONE_CACHE = 100_000  # UTC hours whose offset a ZoneOffsets remembers (11 years)
+ZONE_CACHE = 100_000  # UTC hours whose offset zone_offsets remembers (11 years)
 SPATIAL = 1000.0  # the unclipped verdict of a "spatial anomaly" (and of a tail below float range): beyond any floor
 PAIR_CLIP = 10.0  # residuals (in scale units) beyond this are clipped before they enter a correlation channel
 PAIR_SCALE_FLOOR = 0.1  # a pair's error scale, in the metrics' own scale units, is never taken as below this: a
@@ -125,22 +127,15 @@ def ewma_alpha(span: float) -> float:
     return 2.0 / (max(span, 1.0) + 1.0)
 
 
-class ZoneOffsets:
-    """UTC hour -> the minutes a time zone is ahead of UTC then (an offset changes a few times a year at most, so
-    each hour is looked up once; the cache is bounded)."""
+def zone_offsets(name: str) -> Callable[[int], int]:
+    """UTC hour -> the minutes time zone `name` is ahead of UTC then; each hour is looked up once (an offset
+    changes a few times a year at most), in a bounded cache."""
+    zone = ZoneInfo(name)
 
-    def __init__(self, name: str):
-        self.zone = ZoneInfo(name)
-        self.cache: dict[int, int] = {}
+    def offset(hour: int) -> int:
+        return int(datetime.fromtimestamp(hour * 3600, zone).utcoffset().total_seconds()) // 60
 
-    def __call__(self, hour: int) -> int:
-        offset = self.cache.get(hour)
-        if offset is None:
-            if len(self.cache) >= ZONE_CACHE:
-                self.cache.clear()
-            ahead = datetime.fromtimestamp(hour * 3600, self.zone).utcoffset()
-            offset = self.cache[hour] = int(ahead.total_seconds()) // 60
-        return offset
+    return functools.lru_cache(maxsize=ZONE_CACHE)(offset)
 
 
 class Params:
@@ -166,7 +161,7 @@ class Params:
         self.rel_floor = cfg.rel_floor
         self.buckets = max(cfg.season_buckets, 1)
         self.period = MINUTES_A_DAY * max(cfg.season_days, 1)  # the profile's period, in minutes
-        self.zone = None if cfg.timezone == "UTC" else ZoneOffsets(cfg.timezone)
+        self.zone = None if cfg.timezone == "UTC" else zone_offsets(cfg.timezone)
         self.season_min = min(max(cfg.season_min, 1), 255)
         self.log_floor = math.log(min(max(cfg.tail_floor, 1e-300), 0.5))
         self.threshold = cfg.threshold
