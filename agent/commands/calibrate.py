@@ -37,7 +37,7 @@ from edgewatch.agent.analytics.anomaly import Detector, raises_event
 from edgewatch.agent.analytics.counters import CounterRates
 from edgewatch.agent.analytics.sensor_groups import GroupOf
 from edgewatch.agent.commands.replay import CaptureSource
-from edgewatch.agent.commands.score import BATCH, InputError, iter_table
+from edgewatch.agent.commands.score import BATCH, InputError, iter_table, reading
 from edgewatch.agent.config import AnomalyConfig, Config, ConfigError
 from edgewatch.agent.records import SensorReading
 
@@ -141,23 +141,16 @@ def _is_table(path: str) -> bool:
 def table_batches(path: str) -> Iterator[list[SensorReading]]:
     """A CSV in `edge-agent score`'s format as the readings of one sensor, named after the file (its path as
     given), in batches of BATCH, read as they go; an unreadable file or row raises InputError naming the file."""
-    try:
-        with open(path, newline="", encoding="utf-8") as f:
-            columns, rows = iter_table(f)
-            batch = []
-            for _, _, when, xs in rows:
-                batch.append(SensorReading(sensor_id=path, ts=when, metrics=dict(zip(columns, xs)), attrs={}))
-                if len(batch) == BATCH:
-                    yield batch
-                    batch = []
-            if batch:
+    with reading(path), open(path, newline="", encoding="utf-8") as f:
+        columns, rows = iter_table(f)
+        batch = []
+        for _, _, when, xs in rows:
+            batch.append(SensorReading(sensor_id=path, ts=when, metrics=dict(zip(columns, xs)), attrs={}))
+            if len(batch) == BATCH:
                 yield batch
-    except OSError as e:
-        raise InputError(f"{path}: {e.strerror}") from None
-    except UnicodeDecodeError as e:
-        raise InputError(f"{path}: not UTF-8 text ({e.reason})") from None
-    except InputError as e:
-        raise InputError(f"{path}: {e}") from None
+                batch = []
+        if batch:
+            yield batch
 
 
 def _fault_plan(batches: Iterator[list[SensorReading]]) -> dict[str, tuple[str, int, float]]:

@@ -11,6 +11,7 @@ out-of-order reading (see edgewatch.agent.analytics.anomaly).
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import sys
@@ -42,6 +43,20 @@ def parse_time(text: str) -> datetime:
         t = t[:-1] + "+00:00"
     dt = datetime.fromisoformat(t)
     return dt.astimezone(timezone.utc).replace(tzinfo=None) if dt.tzinfo else dt
+
+
+@contextlib.contextmanager
+def reading(path: str) -> Iterator[None]:
+    """Errors of reading the CSV at `path` (unreadable, not UTF-8, a bad header or row) as one InputError that
+    names it."""
+    try:
+        yield
+    except OSError as e:
+        raise InputError(f"{path}: {e.strerror}") from None
+    except UnicodeDecodeError as e:
+        raise InputError(f"{path}: not UTF-8 text ({e.reason})") from None
+    except InputError as e:
+        raise InputError(f"{path}: {e}") from None
 
 
 def read_table(stream: io.TextIOBase, columns: list[str] | None = None) -> tuple[list[str], list[tuple]]:
@@ -153,16 +168,10 @@ def score_command(args) -> int:
     loaded = config.load(args.config)
     cfg = config.group_named(loaded, args.group, ("anomaly",))[0].settings if args.group else loaded.anomaly
     try:
-        with open(args.input, newline="", encoding="utf-8") as f:
+        with reading(args.input), open(args.input, newline="", encoding="utf-8") as f:
             columns, rows = read_table(f, [args.metric] if args.metric else None)
-    except OSError as e:
-        print(f"edge-agent score: {args.input}: {e.strerror}", file=sys.stderr)
-        return 2
-    except UnicodeDecodeError as e:
-        print(f"edge-agent score: {args.input}: not UTF-8 text ({e.reason})", file=sys.stderr)
-        return 2
     except InputError as e:
-        print(f"edge-agent score: {args.input}: {e}", file=sys.stderr)
+        print(f"edge-agent score: {e}", file=sys.stderr)
         return 2
     try:  # before scoring: a bad --out fails at once, not after the whole series
         out = open(args.out, "w", newline="", encoding="utf-8") if args.out else sys.stdout
