@@ -24,7 +24,10 @@ import itertools
 import multiprocessing
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
+
+import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
@@ -117,3 +120,13 @@ def runs(fn, configs: list, data: object, jobs: int) -> list:
 def pick(scores: list[float]) -> int:
     """The index of the best training score (the first of equals: the grid lists the defaults first)."""
     return max(range(len(scores)), key=lambda i: (scores[i], -i))
+
+
+def bootstrap_95(groups: list[list[str]], stat: Callable[[list[str]], float | None], draws: int = 2000,
+                 seed: int = 0) -> list[float]:
+    """A 95 % interval of `stat` over files drawn with replacement, each group keeping its number of files (NAB:
+    its categories; SKAB: one group): how far a benchmark's figure could move on other files like these. A draw
+    that `stat` cannot score (None) is left out."""
+    rng = np.random.default_rng(seed)
+    values = [stat([f for files in groups for f in rng.choice(files, len(files))]) for _ in range(draws)]
+    return [round(float(x), 2) for x in np.percentile([v for v in values if v is not None], [2.5, 97.5])]

@@ -101,7 +101,6 @@ class Scorer:
             out[p] = row
         return out
 
-
     def interval(self, scores: dict, threshold: float, profile: str = "standard", draws: int = 2000,
                  seed: int = 0) -> list[float]:
         """A 95 % bootstrap interval of the normalised score at `threshold`: the files of each category drawn
@@ -117,15 +116,15 @@ class Scorer:
         by_cat: dict[str, list[str]] = {}
         for f in sorted(corpus.files):
             by_cat.setdefault(f.split("/")[0], []).append(f)
-        rng = np.random.default_rng(seed)
-        out = []
-        for _ in range(draws):
-            drawn = [f for files in by_cat.values() for f in rng.choice(files, len(files))]
+
+        def normalised(drawn: list[str]) -> float | None:
             w = sum(counts[f] for f in drawn)
-            if w:
-                null, perfect = -cost["fnWeight"] * w, cost["tpWeight"] * w
-                out.append(100.0 * (sum(raw.get(f, 0.0) for f in drawn) - null) / (perfect - null))
-        return [round(float(x), 2) for x in np.percentile(out, [2.5, 97.5])]
+            if not w:
+                return None
+            null, perfect = -cost["fnWeight"] * w, cost["tpWeight"] * w
+            return 100.0 * (sum(raw.get(f, 0.0) for f in drawn) - null) / (perfect - null)
+
+        return cv.bootstrap_95(list(by_cat.values()), normalised, draws, seed)
 
 
 def detector_scores(series: list, cfg) -> list[float]:

@@ -52,7 +52,6 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 import csp  # noqa: E402
-import numpy as np  # noqa: E402
 from edgewatch.agent import config  # noqa: E402
 from edgewatch.agent.analytics.anomaly import Detector, anomaly_events, anomaly_scores, raises_event  # noqa: E402
 from edgewatch.agent.records import SensorReading  # noqa: E402
@@ -129,16 +128,14 @@ def score(files: dict, detections: dict) -> dict:
 
 
 def interval(files: dict, detections: dict, draws: int = 2000, seed: int = 0) -> list[float]:
-    """A 95 % bootstrap interval of the standard score: the files drawn with replacement. It says how far the
-    figure could move on other files like these (the same fault and testbed)."""
-    rng = np.random.default_rng(seed)
-    keys = sorted(files)
-    out = []
-    for _ in range(draws):
-        drawn = {f"{k}#{j}": k for j, k in enumerate(rng.choice(keys, len(keys)))}
-        out.append(score({d: files[k] for d, k in drawn.items()},
-                         {d: detections.get(k, ()) for d, k in drawn.items()})["standard"])
-    return [round(float(x), 2) for x in np.percentile(out, [2.5, 97.5])]
+    """A 95 % bootstrap interval of the standard score, the files drawn with replacement: how far the figure
+    could move on other files like these (the same fault and testbed)."""
+    def standard(drawn: list[str]) -> float:
+        names = [f"{k}#{j}" for j, k in enumerate(drawn)]  # a file drawn twice counts twice
+        return score(dict(zip(names, (files[k] for k in drawn))),
+                     dict(zip(names, (detections.get(k, ()) for k in drawn))))["standard"]
+
+    return cv.bootstrap_95([sorted(files)], standard, draws, seed)
 
 
 def alarms_per_hour(times: list[datetime], detections: set) -> float:
