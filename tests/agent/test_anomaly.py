@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import random
 import time
 import tracemalloc
-from datetime import datetime, timedelta, timezone
-from zoneinfo import ZoneInfo
+from datetime import datetime, timedelta
 
 import csp
 import pytest
@@ -18,6 +16,7 @@ from edgewatch.agent.records import AnomalyScore, MetricScore, SensorReading
 from edgewatch.agent.testing.simulator import SimConfig, Simulator
 from edgewatch.agent.timeutil import parse_timestamp
 
+from bench import rhythms
 from bench.nab import simulated_alarms
 
 T0 = datetime(2024, 1, 1)
@@ -255,54 +254,26 @@ def test_a_coarse_sensor_does_not_alarm_on_its_resolution(seed: int):
         assert max(sc.score for sc in scores[2500:2502]) >= 0.8
 
 
-def office(weeks: int, seed: int, idle_day: int) -> list[float]:
-    """An office's temperature every 5 minutes from a Monday: 17 degrees, heated to 22 from 07:00 to 19:00 on
-    weekdays (a 90-minute warm-up), noise 0.3; on day `idle_day` the heating stays off."""
-    rnd = random.Random(seed)
-    xs = []
-    for i in range(weeks * 7 * 288):
-        t = T0 + i * STEP
-        hour = t.hour + t.minute / 60
-        on = t.weekday() < 5 and (t - T0).days != idle_day and 7 <= hour < 19
-        xs.append(17.0 + (5.0 * min(1.0, (hour - 7) / 1.5) if on else 0.0) + rnd.gauss(0.0, 0.3))
-    return xs
-
-
 def test_a_weekly_profile_knows_weekends_and_finds_a_weekday_that_looks_like_one():
     """Ten weeks of an office: the daily profile is taught the weekends too, so its morning and evening buckets
     are half wrong, every weekday's heating switch alarms, and a Wednesday without heating passes for a normal
     day. A weekly profile (`season_days = 7`), consulted after `season_min` weeks, expects each day's own rhythm."""
-    idle = 8 * 7 + 2  # the Wednesday of week 9
-    xs = office(10, 0, idle)
-    weekly = dataclasses.replace(AnomalyConfig(), season_days=7, season_buckets=672)
-    alarms = {}
-    for name, cfg in (("daily", AnomalyConfig()), ("weekly", weekly)):
-        scores = Detector(cfg).score_readings([reading(i, x) for i, x in enumerate(xs)])
-        alarms[name] = [(T0 + i * STEP) for i, sc in enumerate(scores) if sc.score >= cfg.threshold]
-    late = {name: [t for t in ts if t >= T0 + timedelta(weeks=6)] for name, ts in alarms.items()}
-    false = {name: [t for t in ts if (t - T0).days != idle] for name, ts in late.items()}
-    assert len(false["daily"]) >= 20 and len(false["weekly"]) <= 3, {k: len(v) for k, v in false.items()}
-    assert not any((t - T0).days == idle for t in late["daily"])
-    assert any((t - T0).days == idle for t in late["weekly"])
+    series = rhythms.office(10, 0, idle_day=rhythms.IDLE_DAY)
+    alarms = {"daily": rhythms.alarms(series, AnomalyConfig()), "weekly": rhythms.alarms(series, rhythms.WEEKLY)}
+    late = {name: [t for t in ts if t >= rhythms.MONDAY + timedelta(weeks=6)] for name, ts in alarms.items()}
+    idle = {name: [t for t in ts if (t - rhythms.MONDAY).days == rhythms.IDLE_DAY] for name, ts in late.items()}
+    false = {name: len(ts) - len(idle[name]) for name, ts in late.items()}
+    assert false["daily"] >= 20 and false["weekly"] <= 3, false
+    assert not idle["daily"] and idle["weekly"]
 
 
 def test_the_profile_keeps_the_sites_clock_across_daylight_saving():
     """A shop in Berlin, heated from 07:00 to 19:00 local time every day: on 2024-03-31 the clocks go forward and the
     rhythm moves an hour in UTC. A profile kept in UTC is an hour off for weeks and alarms most days; one kept on
     the site's clock (`timezone`) does not notice."""
-    berlin = ZoneInfo("Europe/Berlin")
-    start, rnd, rows = datetime(2024, 2, 5), random.Random(0), []
-    for i in range(80 * 288):
-        t = start + i * STEP
-        local = t.replace(tzinfo=timezone.utc).astimezone(berlin)
-        hour = local.hour + local.minute / 60
-        heat = 5.0 * min(1.0, (hour - 7) / 1.5) if 7 <= hour < 19 else 0.0
-        rows.append(SensorReading(sensor_id="shop", ts=t, metrics={"temperature": 17.0 + heat + rnd.gauss(0.0, 0.3)},
-                                  attrs={}))
-    switch = datetime(2024, 3, 31)
+    series, switch = rhythms.shop(80, 0), rhythms.CLOCKS_CHANGE
     for zone, most in (("UTC", None), ("Europe/Berlin", 2)):
-        scores = Detector(AnomalyConfig(timezone=zone)).score_readings(rows)
-        alarms = [r.ts for r, sc in zip(rows, scores) if sc.score >= 0.8]
+        alarms = rhythms.alarms(series, AnomalyConfig(timezone=zone))
         assert sum(switch - timedelta(weeks=3) <= t < switch for t in alarms) <= 1  # the weeks before: quiet
         after = sum(switch <= t < switch + timedelta(weeks=3) for t in alarms)
         assert after >= 8 if most is None else after <= most, (zone, after)
