@@ -326,6 +326,20 @@ _CHOICES = {
 }
 
 
+def _check_zone(where: str, name: str) -> None:
+    try:
+        zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise ConfigError(f"{where}: no time zone {name[:64]!r} in this system's database (an IANA name such as "
+                          "\"Europe/Berlin\", or \"UTC\")") from None
+
+
+# keys whose values no list or range describes: a check that raises ConfigError naming the key
+_CHECKS = {
+    ("anomaly", "timezone"): _check_zone,
+}
+
+
 @dataclasses.dataclass(frozen=True)
 class Range:
     """The values a number key can take and still mean something: low..high, either end open."""
@@ -508,8 +522,8 @@ def _set(target: object, section: str, key: str, value: object, where: str) -> N
     choices = _CHOICES.get((section, key))
     if choices and value not in choices:
         raise ConfigError(f"{where}: must be one of {', '.join(choices)}, got {value!r}")
-    if key == "timezone":
-        _check_zone(where, value)
+    if (check := _CHECKS.get((section, key))) is not None:
+        check(where, value)
     if isinstance(value, float) and not math.isfinite(value):
         raise ConfigError(f"{where}: must be a finite number, got {value!r}")
     if isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -521,12 +535,6 @@ def _set(target: object, section: str, key: str, value: object, where: str) -> N
     setattr(target, key, value)
 
 
-def _check_zone(where: str, name: str) -> None:
-    try:
-        zoneinfo.ZoneInfo(name)
-    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
-        raise ConfigError(f"{where}: no time zone {name[:64]!r} in this system's database (an IANA name such as "
-                          "\"Europe/Berlin\", or \"UTC\")") from None
 
 
 def _pop_groups(data: dict, source: str) -> dict[str, dict]:

@@ -133,3 +133,5 @@ def test_a_replay_of_some_feeds_skips_the_others_undecoded(tmp_path):
     assert set(every.next_batch()[1]) == {"trade", "done"} and len(every.rejected) == 2
     trades = CaptureSource([str(tmp_path / "cap")], Config(), feeds={"trade"})
     assert set(trades.next_batch()[1]) == {"trade", "done"} and trades.rejected == []  # the others never decoded
+    others = CaptureSource([str(tmp_path / "cap")], Config(), feeds={"sensor", "trade"}, sensors=lambda s: s != "a")
+    assert set(others.next_batch()[1]) == {"trade", "done"} and others.rejected == []  # sensor a's never decoded
