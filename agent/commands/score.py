@@ -6,7 +6,10 @@ would have said. Every column but `timestamp` is a metric of that sensor (or
 only `--metric NAME`); with several, `anomaly_score` is the sensor-level
 (fused) score that decides the live `anomaly` events. Rows are scored in file
 order; a timestamp that repeats or steps back is scored like a live
-out-of-order reading (see edgewatch.agent.analytics.anomaly).
+out-of-order reading (see edgewatch.agent.analytics.anomaly). A column that
+`anomaly.counters` names is a running total, scored by its rate as the agent
+does; a row with nothing to score (a counter's first total, or one after a
+reset, alone in its row) gets an empty score.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from datetime import datetime, timedelta, timezone
 import csp
 from edgewatch.agent import config
 from edgewatch.agent.analytics.anomaly import FUSED, MAX_MAGNITUDE, anomaly_scores
+from edgewatch.agent.analytics.counters import CounterRates
 from edgewatch.agent.config import AnomalyConfig
 from edgewatch.agent.records import SensorReading
 
@@ -122,20 +126,28 @@ def read_series(stream: io.TextIOBase, column: str = "value") -> list[tuple[str,
     return [(t, texts[0], when, values[0]) for t, texts, when, values in rows]
 
 
-def score_table(rows: list[tuple[datetime, list[float]]], cfg: AnomalyConfig, columns: list[str]) -> list[float]:
+def score_table(rows: list[tuple[datetime, list[float]]], cfg: AnomalyConfig,
+                columns: list[str]) -> list[float | None]:
     """One score per (time, values) row, in order, from the live `anomaly_scores` node in historical mode: each
-    row is one reading of one sensor with these metrics; with several, the score is the sensor-level one."""
+    row is one reading of one sensor with these metrics; with several, the score is the sensor-level one. The
+    columns `cfg.counters` names reach it as rates (`CounterRates`, as in the agent); None for a row with none
+    of its metrics left to score."""
     if not rows:
         return []
+    rates = CounterRates(cfg)
+    readings = [rates([SensorReading(sensor_id=SENSOR_ID, ts=t, metrics=dict(zip(columns, xs)), attrs={})])
+                for t, xs in rows]  # per row: [] when no metric of it is left, else its reading
+    judged = [r[0] for r in readings if r]
     ticks = []
-    for i in range(0, len(rows), BATCH):
-        chunk = rows[i : i + BATCH]
+    for i in range(0, len(judged), BATCH):
+        chunk = judged[i : i + BATCH]
         # engine time never goes back: a chunk ticks at its latest row time, strictly after the previous tick
-        clock = max(t for t, _ in chunk)
+        clock = max(r.ts for r in chunk)
         if ticks and clock <= ticks[-1][0]:
             clock = ticks[-1][0] + timedelta(microseconds=1)
-        readings = [SensorReading(sensor_id=SENSOR_ID, ts=t, metrics=dict(zip(columns, xs)), attrs={}) for t, xs in chunk]
-        ticks.append((clock, readings))
+        ticks.append((clock, chunk))
+    if not ticks:
+        return [None] * len(rows)
 
     @csp.graph
     def g():
@@ -145,17 +157,22 @@ def score_table(rows: list[tuple[datetime, list[float]]], cfg: AnomalyConfig, co
     out = csp.run(g, starttime=ticks[0][0], endtime=ticks[-1][0])
     flat = [sc for _, batch in out.get("scores", []) for sc in batch]
     # each reading yields one score per metric, then (a fused reading) one sensor-level score, metric FUSED
-    scores, i, m = [], 0, len(columns)
-    for _ in rows:
+    scores: list[float | None] = []
+    i = 0
+    for r in readings:
+        if not r:
+            scores.append(None)
+            continue
+        m = len(r[0].metrics)
         block = flat[i : i + m]
         i += m
         if i < len(flat) and flat[i].metric == FUSED:
             scores.append(flat[i].score)
             i += 1
         else:
-            scores.append(max(sc.score for sc in block) if m > 1 else block[0].score)
-    if i != len(flat) or len(scores) != len(rows):  # cannot happen: every finite reading yields its scores
-        raise RuntimeError(f"detector returned {len(flat)} scores for {len(rows)} rows of {m} columns")
+            scores.append(max(sc.score for sc in block))
+    if i != len(flat):  # cannot happen: every finite reading yields its scores
+        raise RuntimeError(f"detector returned {len(flat)} scores for {len(judged)} readings")
     return scores
 
 
@@ -178,15 +195,11 @@ def score_command(args) -> int:
     except OSError as e:
         print(f"edge-agent score: {args.out}: {e.strerror}", file=sys.stderr)
         return 2
-    if totals := sorted(set(cfg.counters) & set(columns)):  # one score per row needs every column every row
-        print(f"edge-agent score: {args.input}: anomaly.counters names {', '.join(totals)}: score a running total's "
-              "rate (its change per second) as a column instead", file=sys.stderr)
-        return 2
     scores = score_table([(when, xs) for _, _, when, xs in rows], cfg, columns)
     try:
         w = csv.writer(out, lineterminator="\n")
         w.writerow(("timestamp", *(("value",) if args.metric else columns), "anomaly_score"))
-        w.writerows((t, *texts, repr(s)) for (t, texts, _, _), s in zip(rows, scores))
+        w.writerows((t, *texts, "" if s is None else repr(s)) for (t, texts, _, _), s in zip(rows, scores))
     finally:
         if out is not sys.stdout:
             out.close()

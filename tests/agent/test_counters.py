@@ -71,18 +71,29 @@ def test_a_surge_in_consumption_alarms_on_the_rate_and_a_meter_reset_does_not():
 
 
 def test_calibrate_and_score_see_what_the_agent_sees(tmp_path, capsys):
-    """calibrate judges a running total as the agent does (its rate); score, one score per row, refuses one."""
+    """calibrate and score judge a running total as the agent does: by its rate."""
     from edgewatch.agent.cli import main
     from edgewatch.agent.commands.calibrate import calibrate
+    from edgewatch.agent.commands.score import score_series
 
     export = tmp_path / "meter1.csv"
-    rows = meter(2, surge_at=10**9, reset_at=10**9)
+    surge = 1440 + 600
+    rows = meter(2, surge_at=surge, reset_at=10**9)
     export.write_text("timestamp,energy_kwh\n" + "".join(f"{r.ts.isoformat()},{r.metrics['energy_kwh']}\n" for r in rows))
     cfg = Config()
     cfg.anomaly.counters = ["energy_kwh"]
     rep = calibrate([str(export)], cfg)
     assert rep["sensors"] == 1 and rep["readings"] == len(rows) - 1  # the first total has no rate
     assert rep["steps"][0]["alarms"] == len(anomalies(rows, ["energy_kwh"]))
+
     (tmp_path / "agent.toml").write_text('[anomaly]\ncounters = ["energy_kwh"]\n')
-    assert main(["score", str(export), "--config", str(tmp_path / "agent.toml")]) == 2
-    assert "anomaly.counters names energy_kwh" in capsys.readouterr().err
+    out = tmp_path / "scored.csv"
+    assert main(["score", str(export), "--config", str(tmp_path / "agent.toml"), "--out", str(out)]) == 0
+    lines = out.read_text().splitlines()
+    assert lines[0] == "timestamp,energy_kwh,anomaly_score"
+    assert lines[1].endswith(",")  # the first total has no rate, so nothing to score
+    scored = [float(line.rsplit(",", 1)[1]) for line in lines[2:]]
+    # the same scores as the rate itself scored as a column
+    rates = CounterRates(cfg.anomaly)([r for r in rows])
+    assert scored == score_series([(r.ts, r.metrics["energy_kwh_rate"]) for r in rates], AnomalyConfig())
+    assert max(scored[surge - 1 : surge + 119]) >= cfg.anomaly.threshold  # the surge, as the agent alarms on it
