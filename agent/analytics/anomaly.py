@@ -16,7 +16,12 @@ of a reading, in [0, 1], is built in four steps:
    daily rhythm fall back on the level. A bucket sees a few readings a day: from a
    coarse sensor (integer counts, a 1-degree converter) they are mostly identical,
    so its band is never taken as narrower than the data's resolution (the smallest
-   change between consecutive readings seen), or one step would look like a hundred;
+   change between consecutive readings seen), or one step would look like a hundred.
+   After a silence (readings further apart than their usual interval, a robust
+   mean of the intervals seen) the level forecast looks that many readings ahead,
+   as a local level does: its band widens by the square root of their number and
+   the level moves as far as they would have moved it, so a sensor back from an
+   outage is judged by how far it could have moved meanwhile;
 2. a raw surprise in [0, 1) from the residual in scale units, z / (z + 3);
 3. an "anomaly likelihood" (Numenta's idea): how improbable the recent mean
    surprise is under its own long-run distribution, mapped to [0, 1] on a log
@@ -182,9 +187,10 @@ class Params:
 
 
 # a (sensor, metric)'s row in MetricTable.m: everything the detector remembers about it besides its daily profile
-N, LAST, LEVEL, TREND, DEV, MAG, SHORT, LMEAN, LVAR, COOL, SERR, LO, HI, CH, PREV, RES = range(16)
-FIELDS = 16  # CH: the row of its change channel in MetricTable.cm (-1: none yet); PREV: the last value learnt;
-# RES: the data's resolution, the smallest nonzero change between consecutive values learnt (0: none yet)
+N, LAST, LEVEL, TREND, DEV, MAG, SHORT, LMEAN, LVAR, COOL, SERR, LO, HI, CH, PREV, RES, STEP = range(17)
+FIELDS = 17  # CH: the row of its change channel in MetricTable.cm (-1: none yet); PREV: the last value learnt;
+# RES: the data's resolution, the smallest nonzero change between consecutive values learnt (0: none yet);
+# STEP: the usual time between its readings, in microseconds (a robust mean; 0: none yet)
 # a change channel's row in MetricTable.cm (the sensor-level score, several metrics only): blocks completed, the
 # block being filled (count, sum, sum of squares), totals over the ring's completed blocks, the pivot (sums are of
 # x - pivot: no cancellation for a large mean with a small spread), the EWMA deviation, its mean square and count,
@@ -274,7 +280,7 @@ class MetricTable:
             self.used += 1
             if k == len(self.m):  # full: half as many rows again (memory per series stays within ~1.5 x)
                 self.m, self.season, self.seen = (_grown(a) for a in (self.m, self.season, self.seen))
-        self.m[k] = (1.0, t, x, 0.0, 0.0, abs(x), 0.0, 0.0, 0.0, 0.0, _UNSEEN, x, x, -1.0, x, 0.0)
+        self.m[k] = (1.0, t, x, 0.0, 0.0, abs(x), 0.0, 0.0, 0.0, 0.0, _UNSEEN, x, x, -1.0, x, 0.0, 0.0)
         self.season[k] = 0.0
         self.seen[k] = 0
         sen.rows[name] = k
@@ -369,15 +375,19 @@ def judge(tab: MetricTable, w: Wave, p: Params) -> Verdicts:
     bucket = (minute % p.period) * p.buckets // p.period  # the minute of the day (or week)
     ts_ = t_us.astype(np.float64)
     old = tab.m[idx]
-    n0, last, level, trend, dev, mag, short0, lmean, lvar, cool, serr, lo, hi, ch, prev, res = old.T
+    n0, last, level, trend, dev, mag, short0, lmean, lvar, cool, serr, lo, hi, ch, prev, res, usual = old.T
     learn = ts_ >= last
     n = n0 + learn
     floor = p.rel_floor * mag + 1e-9
-    # expert 1: the recent level and its slow trend (Holt)
+    # expert 1: the recent level and its slow trend (Holt), `steps` usual intervals ahead
+    dt = ts_ - last
+    steps = np.where((usual > 0.0) & (dt > usual), dt / np.where(usual > 0.0, usual, 1.0), 1.0)
+    widen = np.sqrt(steps)
     scale = np.maximum(dev, floor)
-    fc = level + trend
+    fc = level + steps * trend
     r = xs - fc
-    z = np.abs(r) / scale
+    wide = scale * widen
+    z = np.abs(r) / wide
     # expert 2: the same time of day on earlier days, trusted once it has been the better forecast
     width = tab.season.shape[1]
     at = idx * width + 2 * bucket  # the buckets' means in the flat profile; their errors follow
@@ -410,15 +420,23 @@ def judge(tab: MetricTable, w: Wave, p: Params) -> Verdicts:
         new[LMEAN] = lmean + a * d
         new[LVAR] = (1.0 - a) * (lvar + a * d * d)
         # robust learning: residuals are clipped so one spike barely moves the model
-        lim = p.clip * scale
+        lim = p.clip * wide
         c = np.clip(r, -lim, lim)
-        nl = fc + p.a_level * c
+        gain = np.full(len(idx), p.a_level)  # after a gap the level moves as far as `steps` readings would have
+        if (gapped := steps > 1.0).any():  # math's pow, as judge_values: the same bits
+            gain[gapped] = [1.0 - (1.0 - p.a_level) ** k for k in steps[gapped].tolist()]
+        nl = fc + gain * c
         # while it re-learns after a detection the level's moves are no trend
-        new[TREND] = np.where(cool == 0.0, trend + p.a_trend * (nl - level - trend), trend)
+        new[TREND] = np.where(cool == 0.0, trend + p.a_trend * ((nl - level) / steps - trend), trend)
         new[LEVEL] = nl
         a = np.maximum(p.a_dev, inv_n)
-        new[DEV] = dev + a * (np.abs(c) - dev)
+        new[DEV] = dev + a * (np.abs(c) / widen - dev)
         new[MAG] = mag + a * (np.abs(xs) - mag)
+        # the usual interval: a mean of the intervals so far (1 / its count) until the EWMA takes over, a gap
+        # counting at most `clip` intervals
+        a = np.maximum(p.a_dev, 1.0 / np.maximum(n - 1.0, 1.0))
+        new[STEP] = np.where(dt > 0.0, np.where(usual > 0.0, usual + a * (np.minimum(dt, p.clip * usual) - usual), dt),
+                             usual)
         new[COOL] = cool
         new[CH] = ch
         new[HI] = np.maximum(hi, xs)
@@ -459,11 +477,11 @@ def judge(tab: MetricTable, w: Wave, p: Params) -> Verdicts:
     v = Verdicts()
     v.at, v.block = idx, block
     v.u, v.learned, v.cool = u.tolist(), learn.tolist(), cool.tolist()
-    v.change = deviations(tab, starts, counts, block, learn, xs, p) if p.blocks and p.fuse else None
+    v.change = deviations(tab, starts, counts, block, learn, xs, steps > CHANGE_BLOCK, p) if p.blocks and p.fuse else None
     if p.pairs:
-        u_ = r / scale
+        u_ = r / wide
         v.sgn, v.moving = np.clip(u_, -PAIR_CLIP, PAIR_CLIP).tolist(), (dev > floor).tolist()
-    v.expected, v.band = np.where(better, sm, fc), np.where(better, bs, scale)
+    v.expected, v.band = np.where(better, sm, fc), np.where(better, bs, wide)
     return v
 
 
@@ -473,7 +491,7 @@ def judge_values(tab: MetricTable, w: Wave, p: Params) -> Verdicts:
     wave of a few readings cannot amortise (a batch of one reading costs ~0.27 ms through judge())."""
     rows = tab.m[w.rows].tolist()
     season, seen = tab.season, tab.seen
-    us, learned, cool, expected, band, sgn, moving = [], [], [], [], [], [], []
+    us, learned, cool, expected, band, sgn, moving, apart = [], [], [], [], [], [], [], []
     change = [0.0] * len(rows) if p.blocks and p.fuse else None
     judged: list[int] = []  # the values of multi-metric readings learnt whole: their change channels learn
     for (_, _, start, end, _, _), t in zip(w.readings, w.times):
@@ -483,7 +501,9 @@ def judge_values(tab: MetricTable, w: Wave, p: Params) -> Verdicts:
         whole = True
         for j in range(start, end):
             k, x, r = w.rows[j], w.xs[j], rows[j]
-            learn = tf >= r[LAST]
+            dt = tf - r[LAST]
+            usual = r[STEP]
+            learn = dt >= 0.0
             if learn:
                 r[LAST] = tf
                 r[N] += 1.0
@@ -493,10 +513,14 @@ def judge_values(tab: MetricTable, w: Wave, p: Params) -> Verdicts:
             floor = p.rel_floor * r[MAG] + 1e-9
             dev = r[DEV]
             scale = dev if dev > floor else floor
-            fc = r[LEVEL] + r[TREND]
+            steps = dt / usual if usual > 0.0 and dt > usual else 1.0
+            widen = math.sqrt(steps)
+            wide = scale * widen
+            fc = r[LEVEL] + steps * r[TREND]
             res = x - fc
-            z = (res if res >= 0.0 else -res) / scale
-            ex, bd = fc, scale
+            z = (res if res >= 0.0 else -res) / wide
+            ex, bd = fc, wide
+            apart.append(steps > CHANGE_BLOCK)
             kb = seen.item(k, b)
             bfloor = floor if floor > r[RES] else r[RES]
             if kb >= p.season_min:
@@ -514,7 +538,7 @@ def judge_values(tab: MetricTable, w: Wave, p: Params) -> Verdicts:
             expected.append(ex)
             band.append(bd)
             if p.pairs:
-                v = res / scale
+                v = res / wide
                 sgn.append(v if -PAIR_CLIP < v < PAIR_CLIP else (PAIR_CLIP if v > 0.0 else -PAIR_CLIP))
                 moving.append(dev > floor)
             learned.append(learn)
@@ -531,15 +555,22 @@ def judge_values(tab: MetricTable, w: Wave, p: Params) -> Verdicts:
             r[SHORT] = short
             r[LMEAN] += a * d
             r[LVAR] = (1.0 - a) * (var + a * d * d)
-            lim = p.clip * scale
+            lim = p.clip * wide
             c = lim if res > lim else (-lim if res < -lim else res)
-            nl = fc + p.a_level * c
+            nl = fc + (1.0 - (1.0 - p.a_level) ** steps if steps > 1.0 else p.a_level) * c
             if r[COOL] == 0.0:
-                r[TREND] += p.a_trend * (nl - r[LEVEL] - r[TREND])
+                r[TREND] += p.a_trend * ((nl - r[LEVEL]) / steps - r[TREND])
             r[LEVEL] = nl
             a = p.a_dev if p.a_dev > inv_n else inv_n
-            r[DEV] = dev + a * ((c if c >= 0.0 else -c) - dev)
+            r[DEV] = dev + a * ((c if c >= 0.0 else -c) / widen - dev)
             r[MAG] += a * ((x if x >= 0.0 else -x) - r[MAG])
+            if dt > 0.0:
+                if usual > 0.0:
+                    a = 1.0 / (n - 1.0) if n - 1.0 > 1.0 else 1.0
+                    a = p.a_dev if p.a_dev > a else a
+                    r[STEP] = usual + a * ((dt if dt < p.clip * usual else p.clip * usual) - usual)
+                else:
+                    r[STEP] = dt
             kb = kb + 1 if kb < 255 else kb
             seen[k, b] = kb
             if kb == 1:
@@ -582,7 +613,7 @@ def judge_values(tab: MetricTable, w: Wave, p: Params) -> Verdicts:
         at = [int(rows[j][CH]) for j in judged]
         channels = tab.cm[at].tolist()
         for j, c in zip(judged, channels):
-            change[j] = _deviation(c, w.xs[j], p.rel_floor * rows[j][MAG] + 1e-9, p)
+            change[j] = _deviation(c, w.xs[j], p.rel_floor * rows[j][MAG] + 1e-9, apart[j], p)
         tab.cm[at] = channels
     v = Verdicts()
     v.at, v.block = np.array(w.rows, np.intp), np.array(rows)
@@ -592,8 +623,12 @@ def judge_values(tab: MetricTable, w: Wave, p: Params) -> Verdicts:
     return v
 
 
-def _deviation(c: list, x: float, floor: float, p: Params) -> float:
+def _deviation(c: list, x: float, floor: float, apart: bool, p: Params) -> float:
     """deviations() for one value, its change channel's row (as a list) `c` updated in place."""
+    if apart:
+        c[C_FULL] = c[C_BN] = c[C_BS] = c[C_BS2] = c[C_S] = c[C_S2] = c[C_DEV] = 0.0
+        c[C_PIVOT] = x
+        c[C_HOLD] = HOLD_FREE
     x -= c[C_PIVOT]
     out = 0.0
     full = c[C_FULL]
@@ -640,15 +675,17 @@ def _deviation(c: list, x: float, floor: float, p: Params) -> float:
 
 
 def deviations(tab: MetricTable, starts: np.ndarray, counts: np.ndarray, block: np.ndarray, learn: np.ndarray,
-               xs: np.ndarray, p: Params) -> list:
+               xs: np.ndarray, apart: np.ndarray, p: Params) -> list:
     """The change channels of the sensor-level score, for the metrics of the wave's multi-metric readings whose
     every metric is in time order: how far each metric has moved from a slow reference (the mean and spread of
     its last `change_window` readings, kept as a ring of block sums), as an EWMA of that deviation in reference
     spreads, judged against the deviation's own long-run RMS, so that a metric that always wanders (a fluid
     temperature) needs a larger move than one that holds still. The reference follows a new level only after
     a window, so a sustained shift of a few noise widths, which the fast level forecast absorbs in seconds,
-    stays visible here. Per value: that deviation in RMS units (0 while young or not judged). `starts` and
-    `counts`: each reading's first value and number of values."""
+    stays visible here. After a silence longer than a block (`apart`) the reference is stale, so it starts
+    again at the reading (the norm stays): a sensor back from an outage is not judged against the level it
+    had before. Per value: that deviation in RMS units (0 while young or not judged). `starts` and `counts`:
+    each reading's first value and number of values."""
     some = counts > 0
     whole = np.zeros(len(starts), bool)
     whole[some] = np.logical_and.reduceat(learn, starts[some])  # every metric of the reading in time order
@@ -662,6 +699,11 @@ def deviations(tab: MetricTable, starts: np.ndarray, counts: np.ndarray, block: 
         crow[new] = block[sel[new], CH] = tab.change_rows(xs[sel[new]])
     crow = crow.astype(np.intp)
     c = tab.cm[crow]
+    if (again := apart[sel]).any():
+        c[again, :C_PIVOT] = 0.0
+        c[again, C_PIVOT] = xs[sel[again]]
+        c[again, C_DEV] = 0.0
+        c[again, C_HOLD] = HOLD_FREE
     full, bn, bs, bs2, s, s2, pivot, dev, ms, n, hold = c[:, :C_RING].T.copy()
     x = xs[sel] - pivot
     floor = p.rel_floor * block[sel, MAG] + 1e-9

@@ -16,7 +16,7 @@ from edgewatch.agent.records import AnomalyScore, MetricScore, SensorReading
 from edgewatch.agent.testing.simulator import SimConfig, Simulator
 from edgewatch.agent.timeutil import parse_timestamp
 
-from bench import rhythms
+from bench import outages, rhythms
 from bench.nab import simulated_alarms
 
 T0 = datetime(2024, 1, 1)
@@ -212,11 +212,16 @@ def test_a_batch_scores_as_its_readings_one_by_one():
                                                season_min=1)])
 def test_small_and_large_waves_are_judged_alike(cfg: AnomalyConfig):
     """A wave of a few readings is judged value by value (judge_values), a larger one by array operations (judge):
-    both give the same bits, on the simulator's faulty fleet with its spikes, drifts and dropouts."""
+    both give the same bits, on the simulator's faulty fleet with its spikes, drifts and dropouts, a tenth of its
+    readings lost and a minute's outage on every third sensor (the forecast then looks several readings ahead)."""
     sim = Simulator(SimConfig(sensors=40, symbols=0, rate=1.0, duration=300), T0)
+    rng = random.Random(7)
     readings = [SensorReading(sensor_id=m.topic.split("/", 1)[1], ts=parse_timestamp(m.payload["ts"]),
                               metrics={k: float(v) for k, v in m.payload.items() if k not in ("ts", "status")}, attrs={})
                 for m in sim.messages() if m.topic.startswith("sensors/")]
+    away = (T0 + timedelta(seconds=150), T0 + timedelta(seconds=210))
+    readings = [r for r in readings
+                if rng.random() > 0.1 and not (sum(map(ord, r.sensor_id)) % 3 == 0 and away[0] <= r.ts < away[1])]
 
     def scored(small_wave: int) -> list:
         det = Detector(cfg)
@@ -252,6 +257,22 @@ def test_a_coarse_sensor_does_not_alarm_on_its_resolution(seed: int):
         stepped = xs[:2500] + [x + 5.0 for x in xs[2500:]]
         scores = Detector(AnomalyConfig()).score_readings([reading(i, x) for i, x in enumerate(stepped)])
         assert max(sc.score for sc in scores[2500:2502]) >= 0.8
+
+
+@pytest.mark.parametrize("metrics", [1, 2])
+def test_a_sensor_back_from_an_outage_is_judged_by_how_far_it_could_have_moved(metrics: int):
+    """After four hours of silence a wandering sensor's level has moved by many noise widths: the forecast looks
+    that many readings ahead (its band widened as a random walk's, by the square root of the readings missed,
+    and the level moving as far as they would have moved it), and a multi-metric sensor's change channels start
+    their reference again. Judged as if it had never been away, its return alarmed for all four seeds with one
+    metric and two of them with two; now it raises nothing, and a sensor back 30 degrees off still alarms."""
+    cfg = AnomalyConfig()
+    for seed in range(4):
+        gone = outages.outage(seed, 240)
+        back = outages.T0 + timedelta(minutes=gone[1])
+        for offset, alarms in ((0.0, False), (30.0, True)):
+            events = outages.alarms(outages.wandering(seed, metrics, gone, offset), cfg)
+            assert outages.alarmed(events, back, outages.RETURN_WINDOW) is alarms, (seed, offset, events)
 
 
 def test_a_weekly_profile_knows_weekends_and_finds_a_weekday_that_looks_like_one():
