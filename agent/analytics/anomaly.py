@@ -332,7 +332,7 @@ class Verdicts:
     units of its long-run RMS (`change`, 0 while young); `block` holds the rows as learnt (written back after
     the wave)."""
 
-    __slots__ = ("at", "block", "u", "learned", "cool", "sgn", "moving", "change", "expected", "band")
+    __slots__ = ("at", "block", "u", "learned", "cool", "sgn", "moving", "change", "expected", "band", "apart")
 
     def rebaseline(self, j: int, x: float) -> None:
         """After a detection the level restarts at the reading, without trend: a level shift alarms once."""
@@ -476,8 +476,9 @@ def judge(tab: MetricTable, w: Wave, p: Params) -> Verdicts:
         u[spatial] = SPATIAL
     v = Verdicts()
     v.at, v.block = idx, block
-    v.u, v.learned, v.cool = u.tolist(), learn.tolist(), cool.tolist()
-    v.change = deviations(tab, starts, counts, block, learn, xs, steps > CHANGE_BLOCK, p) if p.blocks and p.fuse else None
+    apart = steps > CHANGE_BLOCK
+    v.u, v.learned, v.cool, v.apart = u.tolist(), learn.tolist(), cool.tolist(), apart.tolist()
+    v.change = deviations(tab, starts, counts, block, learn, xs, apart, p) if p.blocks and p.fuse else None
     if p.pairs:
         u_ = r / wide
         v.sgn, v.moving = np.clip(u_, -PAIR_CLIP, PAIR_CLIP).tolist(), (dev > floor).tolist()
@@ -617,7 +618,7 @@ def judge_values(tab: MetricTable, w: Wave, p: Params) -> Verdicts:
         tab.cm[at] = channels
     v = Verdicts()
     v.at, v.block = np.array(w.rows, np.intp), np.array(rows)
-    v.u, v.learned, v.cool, v.change, v.expected, v.band = us, learned, cool, change, expected, band
+    v.u, v.learned, v.cool, v.change, v.expected, v.band, v.apart = us, learned, cool, change, expected, band, apart
     if p.pairs:
         v.sgn, v.moving = sgn, moving
     return v
@@ -953,8 +954,9 @@ class Detector:
             if u >= min_score:
                 out.append(PartScore(sensor_id=sid, metric=names[j], ts=when, value=xs[j], score=u))
         best, channel, k = top_u, names[top], end - start
-        if not p.fuse_metrics and top_u < SPATIAL:  # the metrics' own verdicts count only as range breaks
-            best, k = 0.0, 1
+        if not p.fuse_metrics and top_u < SPATIAL and not any(v.apart[start:end]):
+            best, k = 0.0, 1  # the metrics' own verdicts count only as range breaks, or after a silence (the
+            # change channels start again then; the verdict is against a band that has widened with it)
         if p.pairs and learned:
             key = tuple(names[start:end])
             if key != sen.key:  # a new set of metrics: a new ring of pairs
