@@ -17,8 +17,13 @@ a shared daily cycle of 5 C and a front that warms them all by 5 C over 6 hours
 sensors that raise `drift` in `--hours` and the drifting one's delay, against
 their own level and against their peers (`drift.reference`).
 
+`--daily` instead runs single sensors as above (give a steep `--cycle`, say 3) against their own level
+and against the same block a day earlier (`drift.reference = "daily"`): the raises on healthy ones in
+`--hours`, and the delay of a ramp from hour 30 (a day and the scale's warm-up after the start).
+
     python bench/drift.py [--sensors 40] [--cycle 0.5] [--rate 3] [--step 2] [--hours 48]
     python bench/drift.py --peers [--groups 20] [--rate 3] [--hours 48]
+    python bench/drift.py --daily --cycle 3 --hours 72 [--sensors 40] [--rate 3]
 """
 
 from __future__ import annotations
@@ -40,19 +45,20 @@ from edgewatch.agent.config import Config  # noqa: E402
 PERIOD = 10.0  # seconds between readings
 SIGMA = 0.3
 START_H = 8.0  # hours: when the ramp or the step begins
+DAILY_RAMP_H = 30.0  # hours: when the ramp begins with --daily
 START = datetime(2026, 3, 2)  # the data time of the peer groups' first reading (blocks are cut in it)
 
 
-def readings(seed: int, hours: float, cycle: float, rate: float = 0.0, step: float = 0.0):
-    """(seconds, value) of one sensor; the fault (ramp of `rate` sigma an hour, or `step`) from START_H on."""
+def readings(seed: int, hours: float, cycle: float, rate: float = 0.0, step: float = 0.0, start: float = START_H):
+    """(seconds, value) of one sensor; the fault (ramp of `rate` sigma an hour, or `step`) from `start` hours on."""
     rng = random.Random(seed)
     phase = rng.uniform(0, 86400)
     for i in range(int(hours * 3600 / PERIOD)):
         t = i * PERIOD
         h = t / 3600
         x = 21.0 + cycle * math.sin(2 * math.pi * (t + phase) / 86400) + rng.gauss(0, SIGMA)
-        if h >= START_H:
-            x += rate * SIGMA * (h - START_H) + step
+        if h >= start:
+            x += rate * SIGMA * (h - start) + step
         yield t, round(x, 2)
 
 
@@ -90,7 +96,7 @@ def group_raises(seed: int, hours: float, rate: float, reference: str, cfg: Conf
     p = DriftParams(cfg.drift, cfg.health.drift_z)
     peers = PeerBlocks(100) if p.peers else None
     series = [list(outdoor(seed * 10 + k, hours, rate, 30.0 if k == 5 else None)) for k in range(6)]
-    tracks = [{"temperature": MetricTrack(0.0, -math.inf, math.inf, False, p.peers)} for _ in series]
+    tracks = [{"temperature": MetricTrack(0.0, -math.inf, math.inf, False, p)} for _ in series]
     first: list[float | None] = [None] * 6
     block = cfg.drift.block
     for i in range(len(series[0])):
@@ -106,6 +112,51 @@ def group_raises(seed: int, hours: float, rate: float, reference: str, cfg: Conf
             level.total += series[k][i][1]
             level.n += 1
     return first
+
+
+def raises(series, reference: str, cfg: Config) -> list[float]:
+    """Hours at which one sensor's `drift` CUSUM reaches its threshold from below, judged by close_blocks against
+    `reference`."""
+    cfg.drift.reference = reference
+    p = DriftParams(cfg.drift, cfg.health.drift_z)
+    tracks = {"temperature": MetricTrack(0.0, -math.inf, math.inf, False, p)}
+    out, block, above = [], None, False
+    for t, x in series:
+        b = int(t // cfg.drift.block)
+        if block is not None and b != block:
+            score, _ = close_blocks(tracks, p, START + timedelta(seconds=b * cfg.drift.block))
+            if score >= p.drift_z and not above:
+                out.append(t / 3600)
+            above = score >= p.drift_z
+        block = b
+        level = tracks["temperature"].level
+        level.total += x
+        level.n += 1
+    return out
+
+
+def daily_main(a) -> None:
+    """Sensors whose daily cycle is large against their noise, judged against their own level and against the
+    same time a day earlier: raises on healthy ones over `a.hours`, and how soon a ramp from hour DAILY_RAMP_H on
+    is found (a day and the scale's warm-up after the start, so that yesterday's blocks exist)."""
+    out = {"bench": "drift-daily", "sensors": a.sensors, "cycle": a.cycle, "rate_sigma_per_h": a.rate,
+           "hours": a.hours}
+    for reference in ("own", "daily"):
+        healthy = [len(raises(readings(3000 + s, a.hours, a.cycle), reference, Config())) for s in range(a.sensors)]
+        delays = []
+        for s in range(a.sensors):
+            found = [h - DAILY_RAMP_H for h in raises(readings(4000 + s, DAILY_RAMP_H + 6, a.cycle, rate=a.rate,
+                                                               start=DAILY_RAMP_H), reference, Config())
+                     if h >= DAILY_RAMP_H]
+            delays.append(found[0] if found else None)
+        found = sorted(d for d in delays if d is not None)
+        out[reference] = {
+            "healthy_sensors_raising": f"{sum(n > 0 for n in healthy)}/{a.sensors}", "raises_healthy": sum(healthy),
+            "ramps_found_within_6h": f"{len(found)}/{a.sensors}",
+            "delay_h": {"median": round(found[len(found) // 2], 2), "p90": round(found[int(0.9 * len(found))], 2),
+                        "max": round(found[-1], 2)} if found else None,
+        }
+    print(json.dumps(out))
 
 
 def peers_main(a) -> None:
@@ -135,9 +186,14 @@ def main() -> None:
     ap.add_argument("--hours", type=float, default=48.0, help="length of the healthy and step runs")
     ap.add_argument("--peers", action="store_true", help="instead: groups of outdoor sensors, own level vs peers")
     ap.add_argument("--groups", type=int, default=20, help="--peers: groups of six sensors")
+    ap.add_argument("--daily", action="store_true", help="instead: sensors with a strong daily cycle (--cycle, say 3), "
+                    "own level vs the same time a day earlier")
     a = ap.parse_args()
     if a.peers:
         peers_main(a)
+        return
+    if a.daily:
+        daily_main(a)
         return
     cfg = Config()
     delays = []

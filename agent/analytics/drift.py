@@ -61,6 +61,17 @@ peer falls silent and fewer than `peer_min` remain, the last verdict against the
 holds for `warmup` blocks; after that the sensor is judged against its own level
 until its peers are back (a sensor that never had enough of them always is). The
 peer sums cost nothing per reading.
+
+Against the day before (`drift.reference = "daily"`): a daily cycle steeper than
+the bound above (a room that warms by 6 C over the day, read by a sensor with 0.3
+of noise) climbs like a ramp, and judged against its own level a healthy sensor
+raises `drift` on its slopes. Each block's mean minus that block's mean a day
+earlier goes through a second CUSUM exactly as above: the cycle cancels, a ramp
+does not (for a day after it starts the difference grows by the ramp's rate). The
+difference of two block means is noisier than one (sqrt 2 for white noise), so a
+ramp is found about 1.5 times later, and nothing is judged before the second
+day's blocks have a mean a day earlier and the scale has warmed up. A ring of a
+day's block means per metric (144 floats at 10-minute blocks) holds them.
 """
 
 from __future__ import annotations
@@ -76,6 +87,7 @@ from edgewatch.agent.config import ConfigError, DriftConfig
 LEARN_CLIP = 3.0  # second differences beyond this many of their standard deviations are clipped before learning
 REL_FLOOR = 1e-4  # scale floor as a fraction of the level: a flat (quantised) level is not infinitely sensitive
 SECOND_DIFF_RATIO = 3.0  # E[second difference^2] / E[change^2] of independent block means
+DAY = 86400.0  # seconds: the period of `reference = "daily"`
 _EPOCH = datetime(1970, 1, 1)
 
 
@@ -93,8 +105,11 @@ def check(d: DriftConfig) -> None:
         raise ConfigError(f"drift.warmup: must be at least 2, got {d.warmup}")
     if d.scale_span < 1:
         raise ConfigError(f"drift.scale_span: must be at least 1, got {d.scale_span}")
-    if d.reference not in ("own", "peers"):
-        raise ConfigError(f"drift.reference: must be 'own' or 'peers', got {d.reference!r}")
+    if d.reference not in ("own", "peers", "daily"):
+        raise ConfigError(f"drift.reference: must be 'own', 'peers' or 'daily', got {d.reference!r}")
+    if d.reference == "daily" and d.block > 0 and not (DAY / d.block).is_integer():
+        raise ConfigError(f"drift.block: with reference 'daily' it must divide a day ({DAY:g} s) into whole blocks, "
+                          f"got {d.block:g}")
     if d.peer_min < 1:
         raise ConfigError(f"drift.peer_min: must be at least 1, got {d.peer_min}")
 
@@ -104,7 +119,7 @@ class DriftParams:
     it reaches `health.drift_z` (the raise level of the `drift` reason) exactly when the sum reaches h."""
 
     __slots__ = ("block", "on", "allowance", "threshold", "clip", "cap", "warmup", "span", "a_var", "drift_z",
-                 "peers", "peer_min", "peer_hold")
+                 "peers", "peer_min", "peer_hold", "daily", "per_day")
 
     def __init__(self, d: DriftConfig, drift_z: float):
         self.block = timedelta(seconds=d.block)
@@ -120,6 +135,8 @@ class DriftParams:
         self.peers = d.reference == "peers"
         self.peer_min = d.peer_min
         self.peer_hold = self.block * d.warmup  # how long a verdict against peers holds while too few report
+        self.daily = d.reference == "daily" and self.on
+        self.per_day = round(DAY / d.block) if self.daily else 0  # blocks a day
 
 
 def next_block(when: datetime, p: DriftParams) -> datetime:
@@ -263,10 +280,17 @@ def close_blocks(tracks: dict, p: DriftParams, end: datetime, peers: PeerBlocks 
                     m.peer_at = end
             if ref == "own" and m.peer_at is not None and end - m.peer_at <= p.peer_hold:
                 score, ref = m.peer.score, "peers"  # peers missing for a while: their verdict holds
+        elif p.daily:  # the own level's verdict never counts: a daily cycle moves it
+            score, ref = m.daily.score, "daily"
+            if mean is not None:
+                at = (end - _EPOCH) // p.block % p.per_day
+                before, m.day[at] = m.day[at], mean
+                if before == before:  # not NaN: this block had a mean a day ago
+                    score = m.daily.step(mean - before, p)
         if score > worst:
             worst, name, against = score, metric, ref
     if name is None:
         return 0.0, None
     track = tracks[name]
-    return worst * p.drift_z, {"metric": name, "against": against,
-                               **(track.peer if against == "peers" else track.level).evidence()}
+    drift = {"own": track.level, "peers": track.peer, "daily": track.daily}[against]
+    return worst * p.drift_z, {"metric": name, "against": against, **drift.evidence()}

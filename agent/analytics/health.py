@@ -33,6 +33,7 @@ follows) are not replay-identical. They never feed back into the data-driven one
 from __future__ import annotations
 
 import math
+from array import array
 from datetime import datetime, timedelta
 
 import csp
@@ -191,9 +192,9 @@ class MetricTrack:
     and the two verdicts they give: drift (`dz`) and noise (`nz`), -1 while the baseline is being learnt."""
 
     __slots__ = ("lo", "hi", "steady", "last", "clean", "run", "n", "base", "base_var", "base_dvar", "fast",
-                 "fast_dvar", "dz", "nz", "level", "peer", "held", "peer_at")
+                 "fast_dvar", "dz", "nz", "level", "peer", "held", "peer_at", "daily", "day")
 
-    def __init__(self, x: float, lo: float, hi: float, steady: bool, peers: bool):
+    def __init__(self, x: float, lo: float, hi: float, steady: bool, d: DriftParams):
         self.lo, self.hi = lo, hi  # physical range
         self.steady = steady  # may hold still: only its level is used (e.g. battery)
         self.last = self.clean = x
@@ -203,9 +204,11 @@ class MetricTrack:
         self.base_var = self.base_dvar = self.fast_dvar = 0.0
         self.dz = self.nz = -1.0
         self.level = LevelDrift()  # block means for slow drift
-        self.peer = LevelDrift() if peers else None  # ... and their difference from the peers' (drift.reference)
+        self.peer = LevelDrift() if d.peers else None  # ... and their difference from the peers' (drift.reference)
         self.held = None  # (end, mean) of the last block, until the peers' means of it are complete
         self.peer_at = None  # the end of the last block judged against peers
+        self.daily = LevelDrift() if d.daily else None  # ... or from the same block a day earlier,
+        self.day = array("d", [math.nan]) * d.per_day if d.daily else None  # whose means this ring holds
 
     def update(self, x: float, p: Params) -> bool:
         """Fold in one value; True when it is an outlier against the short window. (Hot path: locals on purpose.)"""
@@ -318,7 +321,7 @@ class SensorHealth:
                 if not lo <= x <= hi:
                     out_of_range = True
                     continue
-                tracks[name] = MetricTrack(x, lo, hi, name in steady, p.drift.peers)
+                tracks[name] = MetricTrack(x, lo, hi, name in steady, p.drift)
                 if name == "battery":
                     self.battery = x
                 continue

@@ -97,6 +97,24 @@ def test_slow_drift_is_cut_in_data_time_whatever_the_batching():
     assert one and one == [(e.event_id, e.ts) for e in drift_flags(run(readings, Config(), timedelta(minutes=7)))]
 
 
+def test_against_the_day_before_a_strong_daily_cycle_is_no_drift_and_a_ramp_still_is():
+    """A cycle of 3 C against noise of 0.3 climbs faster than the 3-sigma-an-hour ramps the detector exists for:
+    judged against its own level, a healthy sensor raises `drift` on the cycle's slopes. Against the same block a
+    day earlier (`reference = "daily"`) the cycle cancels: the healthy sensor raises nothing in 60 hours, and one
+    ramping by 3 noise-sigma an hour from hour 30 (a day after the start and the scale's warm-up) is found
+    within three hours (about 1.5 times later than against its own level: the difference of two days' block
+    means is noisier)."""
+    readings = temperature("lab/cycle", 60, seed=8, cycle=3.0) + temperature("lab/ramp", 34, seed=9, cycle=3.0,
+                                                                             ramp_at=30.0)
+    assert "lab/cycle" in {e.key for e in drift_flags(run(readings, Config())) if e.data["state"] == "raised"}
+    cfg = Config()
+    cfg.drift.reference = "daily"
+    raised = [e for e in drift_flags(run(readings, cfg)) if e.data["state"] == "raised"]
+    assert {e.key for e in raised} == {"lab/ramp"}
+    assert T0 + timedelta(hours=30) < raised[0].ts <= T0 + timedelta(hours=33)
+    assert raised[0].data["slow_drift"]["against"] == "daily"
+
+
 def test_a_step_adds_a_bounded_amount_and_a_steady_move_a_fixed_one_per_block():
     """Block by block: after the scale is learnt, a step of any size moves the CUSUM by at most 2 (clip -
     allowance), then the sum decays; a level moving by clip scales or more adds clip - allowance every block."""
