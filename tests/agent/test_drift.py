@@ -115,6 +115,35 @@ def test_against_the_day_before_a_strong_daily_cycle_is_no_drift_and_a_ramp_stil
     assert raised[0].data["slow_drift"]["against"] == "daily"
 
 
+def test_the_day_before_resumes_from_a_snapshot():
+    """The day's block means are part of the health state: restored from a snapshot taken an hour before the ramp,
+    the graph raises the same events as the uninterrupted run; without them it would judge nothing for a day."""
+    from edgewatch.agent.analytics import snapshot
+    from edgewatch.agent.analytics.snapshot import StateBook
+
+    readings = temperature("lab/ramp", 34, seed=9, cycle=3.0, ramp_at=30.0)
+    cfg = Config()
+    cfg.drift.reference = "daily"
+    split = T0 + timedelta(hours=29)
+
+    def events(part: list, book: StateBook | None) -> list:
+        @csp.graph
+        def g():
+            csp.add_graph_output("events", sensor_graph(csp.curve(list[SensorReading], [(r.ts, [r]) for r in part]),
+                                                        cfg, book))
+
+        out = csp.run(g, starttime=part[0].ts, endtime=part[-1].ts + timedelta(seconds=1))
+        return [(e.event_id, e.kind == "maintenance" and "drift" in e.data["reasons"])
+                for _, evs in out.get("events", []) for e in evs if e.ts >= split]
+
+    whole = events(readings, None)
+    book = StateBook()
+    events([r for r in readings if r.ts < split], book)
+    resumed = events([r for r in readings if r.ts >= split], StateBook(snapshot.loads(book.dumps())))
+    assert resumed == whole and any(drift for _, drift in whole)
+    assert not any(drift for _, drift in events([r for r in readings if r.ts >= split], StateBook()))
+
+
 def test_a_step_adds_a_bounded_amount_and_a_steady_move_a_fixed_one_per_block():
     """Block by block: after the scale is learnt, a step of any size moves the CUSUM by at most 2 (clip -
     allowance), then the sum decays; a level moving by clip scales or more adds clip - allowance every block."""
