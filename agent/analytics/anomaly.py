@@ -329,8 +329,9 @@ class Verdicts:
     its series (`learned`: in time order), its refractory count (`cool`, written back after the wave), the
     signed level residual in scale units (`sgn`), whether its series moves above its scale floor
     (`moving`), and for the metrics of multi-metric readings learnt whole, the change channel's deviation in
-    units of its long-run RMS (`change`, 0 while young); `block` holds the rows as learnt (written back after
-    the wave)."""
+    units of its long-run RMS (`change`, 0 while young); whether each value follows a silence longer than a
+    change channel's block (`apart`: its change channel starts again, and the sensor-level score counts the
+    metrics' own verdicts); `block` holds the rows as learnt (written back after the wave)."""
 
     __slots__ = ("at", "block", "u", "learned", "cool", "sgn", "moving", "change", "expected", "band", "apart")
 
