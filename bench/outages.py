@@ -1,4 +1,4 @@
-"""Sensors back from an outage: alarms on their return, against the same minutes of the same sensors had they never left.
+"""Sensors back from an outage: alarms on their return, against the same minutes had they never left.
 
 A simulated temperature sensor, a reading a minute for three days: a daily cycle of 3 degrees, a slow random
 walk and noise of 0.05 (with `--metrics 2`, also a humidity that moves against it), falls silent on its second

@@ -8,7 +8,9 @@ import random
 from datetime import datetime, timedelta
 
 import csp
+from edgewatch.agent.analytics import snapshot
 from edgewatch.agent.analytics.drift import DriftParams, LevelDrift
+from edgewatch.agent.analytics.snapshot import StateBook
 from edgewatch.agent.analytics.topology import sensor_graph
 from edgewatch.agent.config import Config, DriftConfig
 from edgewatch.agent.records import SensorReading
@@ -55,6 +57,27 @@ def run(readings: list[SensorReading], cfg: Config, batch: timedelta | None = No
 
     out = csp.run(g, starttime=T0, endtime=batches[-1][0] - T0 + timedelta(seconds=1))
     return [e for _, evs in out.get("events", []) for e in evs]
+
+
+def across_a_restart(readings: list[SensorReading], cfg: Config, split: datetime) -> tuple[list, list, list, StateBook]:
+    """(event id, whether it flags drift) of the events from `split` on: of the uninterrupted run, of a run
+    restored there from the snapshot of the readings before, and of one started fresh there; and that snapshot."""
+
+    def events(part: list, book: StateBook | None) -> list:
+        @csp.graph
+        def g():
+            csp.add_graph_output("events", sensor_graph(csp.curve(list[SensorReading], [(r.ts, [r]) for r in part]),
+                                                        cfg, book))
+
+        out = csp.run(g, starttime=part[0].ts, endtime=part[-1].ts + timedelta(seconds=1))
+        return [(e.event_id, e.kind == "maintenance" and "drift" in e.data["reasons"])
+                for _, evs in out.get("events", []) for e in evs if e.ts >= split]
+
+    book = StateBook()
+    events([r for r in readings if r.ts < split], book)
+    after = [r for r in readings if r.ts >= split]
+    restored = events(after, StateBook(snapshot.loads(book.dumps())))
+    return events(readings, None), restored, events(after, StateBook()), book
 
 
 def drift_flags(events: list) -> list:
@@ -118,30 +141,12 @@ def test_against_the_day_before_a_strong_daily_cycle_is_no_drift_and_a_ramp_stil
 def test_the_day_before_resumes_from_a_snapshot():
     """The day's block means are part of the health state: restored from a snapshot taken an hour before the ramp,
     the graph raises the same events as the uninterrupted run; without them it would judge nothing for a day."""
-    from edgewatch.agent.analytics import snapshot
-    from edgewatch.agent.analytics.snapshot import StateBook
-
-    readings = temperature("lab/ramp", 34, seed=9, cycle=3.0, ramp_at=30.0)
     cfg = Config()
     cfg.drift.reference = "daily"
-    split = T0 + timedelta(hours=29)
-
-    def events(part: list, book: StateBook | None) -> list:
-        @csp.graph
-        def g():
-            csp.add_graph_output("events", sensor_graph(csp.curve(list[SensorReading], [(r.ts, [r]) for r in part]),
-                                                        cfg, book))
-
-        out = csp.run(g, starttime=part[0].ts, endtime=part[-1].ts + timedelta(seconds=1))
-        return [(e.event_id, e.kind == "maintenance" and "drift" in e.data["reasons"])
-                for _, evs in out.get("events", []) for e in evs if e.ts >= split]
-
-    whole = events(readings, None)
-    book = StateBook()
-    events([r for r in readings if r.ts < split], book)
-    resumed = events([r for r in readings if r.ts >= split], StateBook(snapshot.loads(book.dumps())))
+    whole, resumed, fresh, _ = across_a_restart(temperature("lab/ramp", 34, seed=9, cycle=3.0, ramp_at=30.0), cfg,
+                                                T0 + timedelta(hours=29))
     assert resumed == whole and any(drift for _, drift in whole)
-    assert not any(drift for _, drift in events([r for r in readings if r.ts >= split], StateBook()))
+    assert not any(drift for _, drift in fresh)
 
 
 def test_a_step_adds_a_bounded_amount_and_a_steady_move_a_fixed_one_per_block():
@@ -207,32 +212,14 @@ def test_against_peers_a_shared_move_is_no_drift_and_one_sensor_walking_away_is(
 def test_peer_drift_resumes_from_a_snapshot_as_if_never_stopped():
     """The groups' block sums and each sensor's peer CUSUM are part of the health state: a graph restored from a
     snapshot taken mid-drift raises the same events after it as the uninterrupted run."""
-    from edgewatch.agent.analytics import snapshot
-    from edgewatch.agent.analytics.snapshot import StateBook
-
     readings = sorted([r for k in range(4) for r in outdoor(f"yard/t{k}", 19, seed=k)]
                       + outdoor("yard/t4", 19, seed=4, drift_at=16.0), key=lambda r: r.ts)
     cfg = Config()
     cfg.drift.reference = "peers"
-    split = T0 + timedelta(hours=16.5)
-
-    def events(part: list, book: StateBook | None) -> list:
-        @csp.graph
-        def g():
-            csp.add_graph_output("events", sensor_graph(csp.curve(list[SensorReading], [(r.ts, [r]) for r in part]),
-                                                        cfg, book))
-
-        out = csp.run(g, starttime=part[0].ts, endtime=part[-1].ts + timedelta(seconds=1))
-        return [(e.event_id, e.kind == "maintenance" and "drift" in e.data["reasons"])
-                for _, evs in out.get("events", []) for e in evs if e.ts >= split]
-
-    whole = events(readings, None)
-    book = StateBook()
-    events([r for r in readings if r.ts < split], book)
+    whole, resumed, fresh, book = across_a_restart(readings, cfg, T0 + timedelta(hours=16.5))
     assert book.keys()["drift_peers"] == 1  # one group, one metric
-    resumed = events([r for r in readings if r.ts >= split], StateBook(snapshot.loads(book.dumps())))
     assert resumed == whole and any(drift for _, drift in whole)
-    assert events([r for r in readings if r.ts >= split], StateBook()) != whole  # the state is what carries it
+    assert fresh != whole  # the state is what carries it
 
 
 def test_a_peer_falling_silent_for_a_while_does_not_turn_the_group_against_its_own_levels():
