@@ -218,7 +218,7 @@ class DriftConfig:
     clip: float = 3.0  # one block's change counts at most this many scales, so a step adds at most 2 x (clip - allowance)
     warmup: int = 12  # blocks whose changes form the scale before slow drift is judged
     scale_span: int = 144  # blocks: the scale of block-to-block changes is their mean over this many, then an EWMA of this span
-    reference: str = "own"  # what a level drifts against: "own" (the sensor's own earlier level), "peers" (the mean level of the sensors whose ids share its prefix up to the last '/', which often move together: a shared move is no drift) or "daily" (the same block a day earlier: a daily cycle, however steep, is no drift; block must divide a day)
+    reference: str = "own"  # what a level drifts against: "own" (the sensor's own earlier level), "peers" (the mean level of the sensors whose ids share its prefix up to the last '/', which often move together: a shared move is no drift) or "daily" (the same block of the usual day, learnt over the days before: a daily cycle, however steep, is no drift; block must divide a day)
     peer_min: int = 3  # peers a block needs before a sensor is judged against them (fewer: the last verdict against them holds for drift.warmup blocks, then its own level is the reference)
 
 

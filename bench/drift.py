@@ -18,8 +18,9 @@ sensors that raise `drift` in `--hours` and the drifting one's delay, against
 their own level and against their peers (`drift.reference`).
 
 `--daily` instead runs single sensors as above (give a steep `--cycle`, say 3) against their own level
-and against the same block a day earlier (`drift.reference = "daily"`): the raises on healthy ones in
-`--hours`, and the delay of a ramp from hour 30 (a day and the scale's warm-up after the start).
+and against the same block of the usual day (`drift.reference = "daily"`): the raises on healthy ones in
+`--hours`, the delay of a ramp from hour 30 (a day and the scale's warm-up after the start), and the
+sensors whose ramp, stopped after six hours, raises `drift` again 12 hours or more after it began.
 
     python bench/drift.py [--sensors 40] [--cycle 0.5] [--rate 3] [--step 2] [--hours 48]
     python bench/drift.py --peers [--groups 20] [--rate 3] [--hours 48]
@@ -49,8 +50,10 @@ DAILY_RAMP_H = 30.0  # hours: when the ramp begins with --daily
 START = datetime(2026, 3, 2)  # the data time of the peer groups' first reading (blocks are cut in it)
 
 
-def readings(seed: int, hours: float, cycle: float, rate: float = 0.0, step: float = 0.0, start: float = START_H):
-    """(seconds, value) of one sensor; the fault (ramp of `rate` sigma an hour, or `step`) from `start` hours on."""
+def readings(seed: int, hours: float, cycle: float, rate: float = 0.0, step: float = 0.0, start: float = START_H,
+             until: float = math.inf):
+    """(seconds, value) of one sensor; the fault (ramp of `rate` sigma an hour, or `step`) from `start` hours on (a
+    ramp until `until` hours, then level)."""
     rng = random.Random(seed)
     phase = rng.uniform(0, 86400)
     for i in range(int(hours * 3600 / PERIOD)):
@@ -58,7 +61,7 @@ def readings(seed: int, hours: float, cycle: float, rate: float = 0.0, step: flo
         h = t / 3600
         x = 21.0 + cycle * math.sin(2 * math.pi * (t + phase) / 86400) + rng.gauss(0, SIGMA)
         if h >= start:
-            x += rate * SIGMA * (h - start) + step
+            x += rate * SIGMA * (min(h, until) - start) + step
         yield t, round(x, 2)
 
 
@@ -137,7 +140,7 @@ def raises(series, reference: str, cfg: Config) -> list[float]:
 
 def daily_main(a) -> None:
     """Sensors whose daily cycle is large against their noise, judged against their own level and against the
-    same time a day earlier: raises on healthy ones over `a.hours`, and how soon a ramp from hour DAILY_RAMP_H on
+    same time of the usual day: raises on healthy ones over `a.hours`, and how soon a ramp from hour DAILY_RAMP_H on
     is found (a day and the scale's warm-up after the start, so that yesterday's blocks exist)."""
     out = {"bench": "drift-daily", "sensors": a.sensors, "cycle": a.cycle, "rate_sigma_per_h": a.rate,
            "hours": a.hours}
@@ -150,8 +153,13 @@ def daily_main(a) -> None:
                      if h >= DAILY_RAMP_H]
             delays.append(found[0] if found else None)
         found = sorted(d for d in delays if d is not None)
+        again = sum(any(h >= DAILY_RAMP_H + 12.0 for h in raises(readings(5000 + s, a.hours, a.cycle, rate=a.rate,
+                                                                          start=DAILY_RAMP_H, until=DAILY_RAMP_H + 6.0),
+                                                                 reference, Config()))
+                    for s in range(a.sensors))
         out[reference] = {
             "healthy_sensors_raising": f"{sum(n > 0 for n in healthy)}/{a.sensors}", "raises_healthy": sum(healthy),
+            "six_hour_ramps_raised_again_later": f"{again}/{a.sensors}",
             "ramps_found_within_6h": f"{len(found)}/{a.sensors}",
             "delay_h": {"median": round(found[len(found) // 2], 2), "p90": round(found[int(0.9 * len(found))], 2),
                         "max": round(found[-1], 2)} if found else None,
@@ -187,7 +195,7 @@ def main() -> None:
     ap.add_argument("--peers", action="store_true", help="instead: groups of outdoor sensors, own level vs peers")
     ap.add_argument("--groups", type=int, default=20, help="--peers: groups of six sensors")
     ap.add_argument("--daily", action="store_true", help="instead: sensors with a strong daily cycle (--cycle, say 3), "
-                    "own level vs the same time a day earlier")
+                    "own level vs the same time of the usual day")
     a = ap.parse_args()
     if a.peers:
         peers_main(a)

@@ -62,16 +62,20 @@ holds for `warmup` blocks; after that the sensor is judged against its own level
 until its peers are back (a sensor that never had enough of them always is). The
 peer sums cost nothing per reading.
 
-Against the day before (`drift.reference = "daily"`): a daily cycle steeper than
+Against the usual day (`drift.reference = "daily"`): a daily cycle steeper than
 the bound above (a room that warms by 6 C over the day, read by a sensor with 0.3
 of noise) climbs like a ramp, and judged against its own level a healthy sensor
-raises `drift` on its slopes. Each block's mean minus that block's mean a day
-earlier goes through a second CUSUM exactly as above: the cycle cancels, a ramp
-does not (for a day after it starts the difference grows by the ramp's rate). The
-difference of two block means is noisier than one (sqrt 2 for white noise), so a
-ramp is found about 1.5 times later, and nothing is judged before the second
-day's blocks have a mean a day earlier and the scale has warmed up. A ring of a
-day's block means per metric (144 floats at 10-minute blocks) holds them.
+raises `drift` on its slopes. Each block's mean minus the same block of the usual
+day goes through a second CUSUM exactly as above: the cycle cancels, a ramp does
+not. The usual day holds each block's mean over the days before, the latest
+weighing half (DAY_WEIGHT), and learns nothing while the CUSUM is at its
+threshold: compared with yesterday alone, a drift that has ended would come back
+the next day as a drift the other way, and one that goes on would look normal a
+day after it began. Its difference from a block mean is noisier than one block
+mean (up to sqrt 2 for white noise), so a ramp is found about 1.5 times later, and
+nothing is judged before a block has a usual value and the scale has warmed up (a
+metric's second day). A ring of the usual day's block means per metric (144
+floats at 10-minute blocks) holds them.
 """
 
 from __future__ import annotations
@@ -88,6 +92,7 @@ LEARN_CLIP = 3.0  # second differences beyond this many of their standard deviat
 REL_FLOOR = 1e-4  # scale floor as a fraction of the level: a flat (quantised) level is not infinitely sensitive
 SECOND_DIFF_RATIO = 3.0  # E[second difference^2] / E[change^2] of independent block means
 DAY = 86400.0  # seconds: the period of `reference = "daily"`
+DAY_WEIGHT = 0.5  # the weight of the latest day in the usual day's block means (an EWMA over days)
 _EPOCH = datetime(1970, 1, 1)
 
 
@@ -284,9 +289,13 @@ def close_blocks(tracks: dict, p: DriftParams, end: datetime, peers: PeerBlocks 
             score, ref = m.daily.score, "daily"
             if mean is not None:
                 at = (end - _EPOCH) // p.block % p.per_day
-                before, m.day[at] = m.day[at], mean
-                if before == before:  # not NaN: this block had a mean a day ago
-                    score = m.daily.step(mean - before, p)
+                usual = m.day[at]
+                if usual != usual:  # NaN: the block's first day
+                    m.day[at] = mean
+                else:
+                    score = m.daily.step(mean - usual, p)
+                    if score < 1.0:  # a drift being raised does not teach the usual day
+                        m.day[at] = usual + DAY_WEIGHT * (mean - usual)
         if score > worst:
             worst, name, against = score, metric, ref
     if name is None:

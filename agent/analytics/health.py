@@ -207,7 +207,7 @@ class MetricTrack:
         self.peer = LevelDrift() if d.peers else None  # ... and their difference from the peers' (drift.reference)
         self.held = None  # (end, mean) of the last block, until the peers' means of it are complete
         self.peer_at = None  # the end of the last block judged against peers
-        self.daily = LevelDrift() if d.daily else None  # ... or from the same block a day earlier,
+        self.daily = LevelDrift() if d.daily else None  # ... or from the same block of the usual day,
         self.day = array("d", [math.nan]) * d.per_day if d.daily else None  # whose means this ring holds
 
     def update(self, x: float, p: Params) -> bool:
