@@ -109,6 +109,7 @@ _EPOCH = datetime(1970, 1, 1)  # readings' times enter the table as float micros
 _US = timedelta(microseconds=1)
 _UNSEEN = float("inf")  # the daily profile's error before its first prediction
 SPATIAL_MIN_SCORE = 0.3  # a new extreme must also be mildly surprising: a young range is narrow
+INTERVAL_CLIP = 4.0  # an interval counts at most this many usual ones in their mean: an outage barely moves it
 MINUTES_A_DAY = 1440
 ZONE_CACHE = 100_000  # UTC hours whose offset zone_offsets remembers (11 years)
 SPATIAL = 1000.0  # the unclipped verdict of a "spatial anomaly" (and of a tail below float range): beyond any floor
@@ -434,10 +435,10 @@ def judge(tab: MetricTable, w: Wave, p: Params) -> Verdicts:
         new[DEV] = dev + a * (np.abs(c) / widen - dev)
         new[MAG] = mag + a * (np.abs(xs) - mag)
         # the usual interval: a mean of the intervals so far (1 / its count) until the EWMA takes over, a gap
-        # counting at most `clip` intervals
+        # counting at most INTERVAL_CLIP intervals
         a = np.maximum(p.a_dev, 1.0 / np.maximum(n - 1.0, 1.0))
-        new[STEP] = np.where(dt > 0.0, np.where(usual > 0.0, usual + a * (np.minimum(dt, p.clip * usual) - usual), dt),
-                             usual)
+        new[STEP] = np.where(dt > 0.0, np.where(usual > 0.0, usual + a * (np.minimum(dt, INTERVAL_CLIP * usual) - usual),
+                                                dt), usual)
         new[COOL] = cool
         new[CH] = ch
         new[HI] = np.maximum(hi, xs)
@@ -570,7 +571,8 @@ def judge_values(tab: MetricTable, w: Wave, p: Params) -> Verdicts:
                 if usual > 0.0:
                     a = 1.0 / (n - 1.0) if n - 1.0 > 1.0 else 1.0
                     a = p.a_dev if p.a_dev > a else a
-                    r[STEP] = usual + a * ((dt if dt < p.clip * usual else p.clip * usual) - usual)
+                    lim = INTERVAL_CLIP * usual
+                    r[STEP] = usual + a * ((dt if dt < lim else lim) - usual)
                 else:
                     r[STEP] = dt
             kb = kb + 1 if kb < 255 else kb
