@@ -14,7 +14,10 @@ adapting slowly with clipped residuals so a fault cannot teach itself in);
 noise uses changes between readings, which trends and daily cycles barely touch.
 A drift slower than the baseline's learning is found by `drift.py` (block means
 against a reference that does not follow it); the drift measure is the larger of
-the two verdicts, so both raise and clear the one `drift` reason.
+the two verdicts, so both raise and clear the one `drift` reason. Against the
+usual day (`drift.reference = "daily"`) only drift.py's verdict counts: a sensor
+declared to follow a daily cycle leaves a short window's baseline behind on its
+first day, and its CUSUM finds a fast drift within three blocks anyway.
 
 Events are driven by the data wherever the data can drive them, so that a replay
 and the live run over the same readings log the same events: the periodic
@@ -311,6 +314,7 @@ class SensorHealth:
         out_of_range = False
         stuck = 0
         drift = noise = -1.0  # -1: no metric past its warm-up yet
+        short = not p.drift.daily  # the short window judges drift too, except against the usual day
         ranges = p.ranges
         steady = p.steady
         tracks = self.metrics
@@ -339,8 +343,9 @@ class SensorHealth:
             level.n += 1
             if m.run > stuck:
                 stuck = m.run
-            if m.dz > drift:
-                drift = m.dz
+            dz = m.dz if short else (0.0 if m.dz >= 0.0 else -1.0)
+            if dz > drift:
+                drift = dz
             if m.nz > noise:
                 noise = m.nz
         if r.attrs:

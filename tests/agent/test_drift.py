@@ -16,6 +16,7 @@ from edgewatch.agent.config import Config, DriftConfig
 from edgewatch.agent.records import SensorReading
 
 from bench import drift as drift_bench
+from bench import outages
 
 T0 = datetime(2026, 3, 2)
 PERIOD = 10.0  # seconds between readings
@@ -138,6 +139,19 @@ def test_against_the_usual_day_a_strong_daily_cycle_is_no_drift_and_a_ramp_still
     assert [e.key for e in raised] == ["lab/ramp"]
     assert T0 + timedelta(hours=30) < raised[0].ts <= T0 + timedelta(hours=33)
     assert raised[0].data["slow_drift"]["against"] == "daily"
+
+
+def test_against_the_usual_day_a_precise_sensor_is_not_flagged_on_its_first_day():
+    """A precise sensor (noise 0.05 C, a reading a minute) on a 3 C daily cycle leaves health's short-window baseline
+    (its first 30 readings) behind on its first morning, and judged against its own level it raises `drift` then.
+    Against the usual day only the usual day's CUSUM judges drift: nothing is raised on the first day."""
+    cfg = Config()
+    cfg.drift.reference = "daily"
+    for seed in range(3):
+        readings = [SensorReading(sensor_id=r.sensor_id, ts=T0 + (r.ts - outages.T0), metrics=r.metrics, attrs={})
+                    for r in outages.wandering(seed, 1, (0, 0))][:1440]
+        assert [e for e in drift_flags(run(readings, Config())) if e.data["state"] == "raised"]
+        assert drift_flags(run(readings, cfg)) == []
 
 
 def test_the_usual_day_resumes_from_a_snapshot():
