@@ -194,6 +194,7 @@ class HealthConfig:
     stale_min: float = 5.0  # ... but never before this many seconds without a reading
     stuck_readings: int = 20  # identical consecutive values of a metric that make it stuck
     drift_z: float = 6.0  # short-window mean this many baseline deviations away = drift
+    drift_reference: str = ""  # what these sensors' levels drift against, over [drift] reference ("own", "peers" or "daily"; empty: [drift] reference): in a group, rooms against their usual day while the outdoor sensors are judged against their peers
     noise_ratio: float = 2.75  # short-window noise (std of changes) this many times the baseline = noisy
     anomaly_rate: float = 0.2  # recent fraction of anomalous readings that is a burst
     anomaly_score: float = 0.8  # anomaly score at or above which a reading counts as anomalous here (the detector halves scores during its refractory period after an alarm)
@@ -323,6 +324,7 @@ _CHOICES = {
     ("log", "level"): ("debug", "info", "warning", "error"),
     ("log", "format"): ("auto", "json", "console"),
     ("anomaly", "fuse"): ("bonferroni", "fisher", "off"),
+    ("health", "drift_reference"): ("", "own", "peers", "daily"),
 }
 
 

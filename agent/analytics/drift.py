@@ -86,7 +86,7 @@ from datetime import datetime, timedelta
 from edgewatch.agent.analytics.anomaly import ewma_alpha
 from edgewatch.agent.analytics.snapshot import persisted
 from edgewatch.agent.analytics.states import RecentStates
-from edgewatch.agent.config import ConfigError, DriftConfig
+from edgewatch.agent.config import ConfigError, DriftConfig, HealthConfig
 
 LEARN_CLIP = 3.0  # second differences beyond this many of their standard deviations are clipped before learning
 REL_FLOOR = 1e-4  # scale floor as a fraction of the level: a flat (quantised) level is not infinitely sensitive
@@ -96,8 +96,10 @@ DAY_WEIGHT = 0.5  # the weight of the latest day in the usual day's block means 
 _EPOCH = datetime(1970, 1, 1)
 
 
-def check(d: DriftConfig) -> None:
-    """Raise ConfigError naming the first bad [drift] key (called when the graph is wired)."""
+def check(d: DriftConfig, h: HealthConfig | None = None) -> None:
+    """Raise ConfigError naming the first bad [drift] key (called when the graph is wired), with the references
+    [health] and its groups choose over `d.reference` (`drift_reference`)."""
+    references = [] if h is None else [h.drift_reference, *(g.settings.drift_reference for g in h.groups.values())]
     for key in ("allowance", "threshold"):
         if getattr(d, key) <= 0:
             raise ConfigError(f"drift.{key}: must be positive")
@@ -112,9 +114,9 @@ def check(d: DriftConfig) -> None:
         raise ConfigError(f"drift.scale_span: must be at least 1, got {d.scale_span}")
     if d.reference not in ("own", "peers", "daily"):
         raise ConfigError(f"drift.reference: must be 'own', 'peers' or 'daily', got {d.reference!r}")
-    if d.reference == "daily" and d.block > 0 and not (DAY / d.block).is_integer():
-        raise ConfigError(f"drift.block: with reference 'daily' it must divide a day ({DAY:g} s) into whole blocks, "
-                          f"got {d.block:g}")
+    if "daily" in (d.reference, *references) and d.block > 0 and not (DAY / d.block).is_integer():
+        raise ConfigError(f"drift.block: with a reference 'daily' it must divide a day ({DAY:g} s) into whole "
+                          f"blocks, got {d.block:g}")
     if d.peer_min < 1:
         raise ConfigError(f"drift.peer_min: must be at least 1, got {d.peer_min}")
 
@@ -126,7 +128,8 @@ class DriftParams:
     __slots__ = ("block", "on", "allowance", "threshold", "clip", "cap", "warmup", "span", "a_var", "drift_z",
                  "peers", "peer_min", "peer_hold", "daily", "per_day")
 
-    def __init__(self, d: DriftConfig, drift_z: float):
+    def __init__(self, d: DriftConfig, drift_z: float, reference: str = ""):
+        reference = reference or d.reference
         self.block = timedelta(seconds=d.block)
         self.on = d.block > 0
         self.allowance = d.allowance
@@ -137,10 +140,10 @@ class DriftParams:
         self.span = d.scale_span
         self.a_var = ewma_alpha(d.scale_span)
         self.drift_z = drift_z
-        self.peers = d.reference == "peers"
+        self.peers = reference == "peers"
         self.peer_min = d.peer_min
         self.peer_hold = self.block * d.warmup  # how long a verdict against peers holds while too few report
-        self.daily = d.reference == "daily" and self.on
+        self.daily = reference == "daily" and self.on
         self.per_day = round(DAY / d.block) if self.daily else 0  # blocks a day
 
 

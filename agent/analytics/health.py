@@ -145,7 +145,8 @@ class Params:
 
     def __init__(self, h: HealthConfig, m: MaintenanceConfig, d: DriftConfig | None = None):
         self.rules = Rules(h, m)
-        self.drift = DriftParams(d or DriftConfig(), h.drift_z)  # slow drift (agent/analytics/drift.py)
+        # slow drift (agent/analytics/drift.py), against the reference this section chooses
+        self.drift = DriftParams(d or DriftConfig(), h.drift_z, h.drift_reference)
         self.warmup = max(2, h.warmup)
         self.a_fast = ewma_alpha(h.fast_span)
         self.a_noise = ewma_alpha(h.noise_span)

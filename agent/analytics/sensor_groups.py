@@ -39,15 +39,16 @@ class StatesOf:
     def __init__(self, cfg: Config):
         self.anomaly = GroupOf(cfg.anomaly, cfg.anomaly.max_series)
         self.health = GroupOf(cfg.health, cfg.health.max_sensors)
-        self.peers = cfg.drift.reference == "peers"
+        self.reference = cfg.drift.reference
 
     def __call__(self, sensor_id: str) -> tuple[str, ...]:
         name, settings = self.anomaly.settings[self.anomaly.index(sensor_id)]
-        group = self.health.settings[self.health.index(sensor_id)][0]
+        group, health = self.health.settings[self.health.index(sensor_id)]
         states = (state_name("anomaly", name), state_name("health", group))
         if settings.counters:
             states += (state_name("counters", name),)
-        return states + (state_name("drift_peers", group),) if self.peers else states
+        peers = (health.drift_reference or self.reference) == "peers"
+        return states + (state_name("drift_peers", group),) if peers else states
 
 
 @csp.node

@@ -87,7 +87,7 @@ def sensor_graph(readings: ts[list[SensorReading]], cfg: Config, states: object 
     """Anomaly scores feed both the `anomaly` events and the health/maintenance node; one list per cycle.
     `states` (a snapshot.StateBook, or None) keeps the analytics' state across a restart."""
     check_health(cfg.health, cfg.maintenance)  # a bad key fails here, at wiring, not inside the running engine
-    check_drift(cfg.drift)
+    check_drift(cfg.drift, cfg.health)
     anomalies = anomaly_graph(readings, cfg, states)
     return merge_events([anomalies.events, health_graph(readings, anomalies.scores, cfg, states)])
 

@@ -51,7 +51,7 @@ def validate(cfg: Config) -> None:
         _host_port("metrics.listen", cfg.metrics.listen)
     # the analytics' own consistency rules, the same ones the graphs apply when they are wired
     health.check(cfg.health, cfg.maintenance)
-    drift.check(cfg.drift)
+    drift.check(cfg.drift, cfg.health)
     market.check(cfg.market)
     advisor.check(cfg.advisor)
 

@@ -203,7 +203,7 @@ def test_check_config_of_the_defaults(capsys, tmp_path):
         ("[drift]\nwarmup = 1\n", "drift.warmup: must be at least 2"),
         ("[drift]\nscale_span = 0\n", "drift.scale_span: must be at least 1"),
         ("[drift]\nreference = \"group\"\n", "drift.reference: must be 'own', 'peers' or 'daily'"),
-        ("[drift]\nreference = \"daily\"\nblock = 420\n", "drift.block: with reference 'daily' it must divide a day"),
+        ("[drift]\nreference = \"daily\"\nblock = 420\n", "drift.block: with a reference 'daily' it must divide a day"),
         ("[drift]\npeer_min = 0\n", "drift.peer_min: must be at least 1"),
         ("[anomaly]\nchange_window = 45\n", "anomaly.change_window: must be 0 (off) or a multiple of 30"),
         ("[anomaly]\nchange_span = 5000\n", "anomaly.change_span: must be below anomaly.change_norm_span"),
@@ -225,6 +225,10 @@ def test_check_config_of_the_defaults(capsys, tmp_path):
          "health.groups.bar.fast_span: must be below health.groups.bar.baseline_span"),
         ('[health.groups.bar]\nranges = "pressure=0:10"\n', "health.groups.bar.sensors: required"),
         ('[health.groups.bar]\nsensors = ["a/#"]\nchange_z = 3\n', "health.groups.bar.change_z: unknown key"),
+        ('[health.groups.rooms]\nsensors = ["a/#"]\ndrift_reference = "weekly"\n',
+         "health.groups.rooms.drift_reference: must be one of"),
+        ('[drift]\nblock = 420\n[health.groups.rooms]\nsensors = ["a/#"]\ndrift_reference = "daily"\n',
+         "drift.block: with a reference 'daily' it must divide a day"),
     ],
 )
 def test_check_config_errors_exit_2_naming_the_key(capsys, tmp_path, text, named):

@@ -12,6 +12,7 @@ from edgewatch.agent.analytics import snapshot
 from edgewatch.agent.analytics.drift import DriftParams, LevelDrift
 from edgewatch.agent.analytics.snapshot import StateBook
 from edgewatch.agent.analytics.topology import sensor_graph
+from edgewatch.agent import config
 from edgewatch.agent.config import Config, DriftConfig
 from edgewatch.agent.records import SensorReading
 
@@ -152,6 +153,17 @@ def test_against_the_usual_day_a_precise_sensor_is_not_flagged_on_its_first_day(
                     for r in outages.wandering(seed, 1, (0, 0))][:1440]
         assert [e for e in drift_flags(run(readings, Config())) if e.data["state"] == "raised"]
         assert drift_flags(run(readings, cfg)) == []
+
+
+def test_a_health_group_chooses_its_own_drift_reference(tmp_path):
+    """`[health.groups.rooms] drift_reference = "daily"`: in one graph, a room on a steep daily cycle is judged
+    against its usual day and raises nothing, while the same cycle elsewhere keeps `[drift] reference` (its own
+    level) and raises `drift` on its slopes."""
+    path = tmp_path / "agent.toml"
+    path.write_text('[health.groups.rooms]\nsensors = ["room/#"]\ndrift_reference = "daily"\n')
+    cfg = config.load(path, environ={})
+    readings = temperature("room/a", 60, seed=8, cycle=3.0) + temperature("hall/a", 60, seed=8, cycle=3.0)
+    assert {e.key for e in drift_flags(run(readings, cfg)) if e.data["state"] == "raised"} == {"hall/a"}
 
 
 def test_the_usual_day_resumes_from_a_snapshot():

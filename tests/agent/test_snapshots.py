@@ -372,6 +372,11 @@ def test_prewarm_takes_only_the_states_a_snapshot_could_not_give_and_a_failure_c
     assert StatesOf(grouped)("line1/t") == ("anomaly", "health", "drift_peers")
     grouped.anomaly.groups["first"].settings.counters = ["energy_kwh"]  # the group's last totals too
     assert StatesOf(grouped)("line0/t") == ("anomaly:first", "health", "counters:first", "drift_peers")
+    # a health group that judges its sensors against their usual day needs no peers' sums; the rest still do
+    grouped.health.groups = {"rooms": SensorGroup(["line1/#"], dataclasses.replace(grouped.health,
+                                                                                  drift_reference="daily"))}
+    assert StatesOf(grouped)("line1/t") == ("anomaly", "health:rooms")
+    assert StatesOf(grouped)("line0/t") == ("anomaly:first", "health", "counters:first", "drift_peers")
 
     @csp.graph
     def broken(source: object, cfg: Config, book: object):
