@@ -319,12 +319,13 @@ class Config:
     advisor: AdvisorConfig = dataclasses.field(default_factory=AdvisorConfig)
 
 
+DRIFT_REFERENCES = ("own", "peers", "daily")  # what a level drifts against ([drift] reference; drift.py checks it)
 _CHOICES = {
     ("mqtt", "protocol"): ("5", "3.1.1", "auto"),
     ("log", "level"): ("debug", "info", "warning", "error"),
     ("log", "format"): ("auto", "json", "console"),
     ("anomaly", "fuse"): ("bonferroni", "fisher", "off"),
-    ("health", "drift_reference"): ("", "own", "peers", "daily"),
+    ("health", "drift_reference"): ("", *DRIFT_REFERENCES),
 }
 
 
@@ -535,8 +536,6 @@ def _set(target: object, section: str, key: str, value: object, where: str) -> N
         if value < 0:
             raise ConfigError(f"{where}: must not be negative, got {value!r}")
     setattr(target, key, value)
-
-
 
 
 def _pop_groups(data: dict, source: str) -> dict[str, dict]:

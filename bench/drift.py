@@ -39,7 +39,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from edgewatch.agent.analytics.drift import DriftParams, LevelDrift, PeerBlocks, close_blocks  # noqa: E402
+from edgewatch.agent.analytics.drift import DriftParams, PeerBlocks, close_blocks  # noqa: E402
 from edgewatch.agent.analytics.health import MetricTrack  # noqa: E402
 from edgewatch.agent.config import Config  # noqa: E402
 
@@ -63,20 +63,6 @@ def readings(seed: int, hours: float, cycle: float, rate: float = 0.0, step: flo
         if h >= start:
             x += rate * SIGMA * (min(h, until) - start) + step
         yield t, round(x, 2)
-
-
-def first_raise(series, cfg: Config) -> float | None:
-    """Hours until the CUSUM first reaches its threshold, None when it never does."""
-    p = DriftParams(cfg.drift, cfg.health.drift_z)
-    level, block = LevelDrift(), None
-    for t, x in series:
-        b = int(t // cfg.drift.block)
-        if block is not None and b != block and level.close(p) >= 1.0:
-            return t / 3600
-        block = b
-        level.total += x
-        level.n += 1
-    return None
 
 
 def outdoor(seed: int, hours: float, rate: float = 3.0, drift_at: float | None = None, front_at: float = 20.0):
@@ -203,14 +189,13 @@ def main() -> None:
     if a.daily:
         daily_main(a)
         return
-    cfg = Config()
     delays = []
     for s in range(a.sensors):
-        raised = first_raise(readings(s, START_H + 6, a.cycle, rate=a.rate), cfg)
-        delays.append(None if raised is None else raised - START_H)
+        raised = raises(readings(s, START_H + 6, a.cycle, rate=a.rate), "own", Config())
+        delays.append(raised[0] - START_H if raised else None)
     found = sorted(d for d in delays if d is not None)
-    healthy = sum(first_raise(readings(1000 + s, a.hours, a.cycle), cfg) is not None for s in range(a.sensors))
-    stepped = sum(first_raise(readings(2000 + s, a.hours, a.cycle, step=a.step), cfg) is not None
+    healthy = sum(bool(raises(readings(1000 + s, a.hours, a.cycle), "own", Config())) for s in range(a.sensors))
+    stepped = sum(bool(raises(readings(2000 + s, a.hours, a.cycle, step=a.step), "own", Config()))
                   for s in range(a.sensors))
     print(json.dumps({
         "bench": "drift", "sensors": a.sensors, "cycle": a.cycle, "rate_sigma_per_h": a.rate, "step": a.step,

@@ -75,30 +75,27 @@ def alarmed(times: list[datetime], start: datetime, window: timedelta) -> bool:
     return any(start <= t < start + window for t in times)
 
 
+def case(seeds: int, metrics: int, cfg: AnomalyConfig, minutes: int, offset: float, window: timedelta) -> tuple:
+    """(sensors that alarm within `window` of their return after `minutes` away, `offset` off; the same sensors
+    alarming in the same minutes had they reported throughout, with the same offset from then on), out of `seeds`."""
+    away = live = 0
+    for seed in range(seeds):
+        gone = outage(seed, minutes)
+        back = T0 + timedelta(minutes=gone[1])
+        away += alarmed(alarms(wandering(seed, metrics, gone, offset), cfg), back, window)
+        live += alarmed(alarms(wandering(seed, metrics, (gone[1], gone[1]), offset), cfg), back, window)
+    return f"{away}/{seeds}", f"{live}/{seeds}"
+
+
 def returns(seeds: int, metrics: int, cfg: AnomalyConfig) -> dict:
-    out = {}
-    for hours in HOURS:
-        away = live = 0
-        for seed in range(seeds):
-            gone = outage(seed, 60 * hours)
-            back = T0 + timedelta(minutes=gone[1])
-            away += alarmed(alarms(wandering(seed, metrics, gone), cfg), back, RETURN_WINDOW)
-            live += alarmed(alarms(wandering(seed, metrics, (gone[1], gone[1])), cfg), back, RETURN_WINDOW)
-        out[f"{hours}h"] = {"returns_alarming": f"{away}/{seeds}", "never_left (baseline)": f"{live}/{seeds}"}
-    return out
+    return {f"{hours}h": dict(zip(("returns_alarming", "never_left (baseline)"),
+                                  case(seeds, metrics, cfg, 60 * hours, 0.0, RETURN_WINDOW))) for hours in HOURS}
 
 
 def faults(seeds: int, metrics: int, cfg: AnomalyConfig) -> dict:
-    out = {}
-    for offset in OFFSETS:
-        away = live = 0
-        for seed in range(seeds):
-            gone = outage(seed, FAULT_OUTAGE)
-            back = T0 + timedelta(minutes=gone[1])
-            away += alarmed(alarms(wandering(seed, metrics, gone, offset), cfg), back, FAULT_WINDOW)
-            live += alarmed(alarms(wandering(seed, metrics, (gone[1], gone[1]), offset), cfg), back, FAULT_WINDOW)
-        out[f"+{offset:g}"] = {"found_after_outage": f"{away}/{seeds}", "found_live (baseline)": f"{live}/{seeds}"}
-    return out
+    return {f"+{offset:g}": dict(zip(("found_after_outage", "found_live (baseline)"),
+                                     case(seeds, metrics, cfg, FAULT_OUTAGE, offset, FAULT_WINDOW)))
+            for offset in OFFSETS}
 
 
 def main(argv: list[str] | None = None) -> dict:

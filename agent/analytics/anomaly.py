@@ -383,7 +383,7 @@ def judge(tab: MetricTable, w: Wave, p: Params) -> Verdicts:
     floor = p.rel_floor * mag + 1e-9
     # expert 1: the recent level and its slow trend (Holt), `steps` usual intervals ahead
     dt = ts_ - last
-    steps = np.where((usual > 0.0) & (dt > usual), dt / np.where(usual > 0.0, usual, 1.0), 1.0)
+    steps = np.divide(dt, usual, out=np.ones_like(dt), where=(usual > 0.0) & (dt > usual))
     widen = np.sqrt(steps)
     scale = np.maximum(dev, floor)
     fc = level + steps * trend

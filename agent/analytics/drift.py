@@ -86,7 +86,7 @@ from datetime import datetime, timedelta
 from edgewatch.agent.analytics.anomaly import ewma_alpha
 from edgewatch.agent.analytics.snapshot import persisted
 from edgewatch.agent.analytics.states import RecentStates
-from edgewatch.agent.config import ConfigError, DriftConfig, HealthConfig
+from edgewatch.agent.config import DRIFT_REFERENCES, ConfigError, DriftConfig, HealthConfig
 
 LEARN_CLIP = 3.0  # second differences beyond this many of their standard deviations are clipped before learning
 REL_FLOOR = 1e-4  # scale floor as a fraction of the level: a flat (quantised) level is not infinitely sensitive
@@ -96,10 +96,10 @@ DAY_WEIGHT = 0.5  # the weight of the latest day in the usual day's block means 
 _EPOCH = datetime(1970, 1, 1)
 
 
-def check(d: DriftConfig, h: HealthConfig | None = None) -> None:
+def check(d: DriftConfig, h: HealthConfig) -> None:
     """Raise ConfigError naming the first bad [drift] key (called when the graph is wired), with the references
     [health] and its groups choose over `d.reference` (`drift_reference`)."""
-    references = [] if h is None else [h.drift_reference, *(g.settings.drift_reference for g in h.groups.values())]
+    references = [h.drift_reference, *(g.settings.drift_reference for g in h.groups.values())]
     for key in ("allowance", "threshold"):
         if getattr(d, key) <= 0:
             raise ConfigError(f"drift.{key}: must be positive")
@@ -112,8 +112,9 @@ def check(d: DriftConfig, h: HealthConfig | None = None) -> None:
         raise ConfigError(f"drift.warmup: must be at least 2, got {d.warmup}")
     if d.scale_span < 1:
         raise ConfigError(f"drift.scale_span: must be at least 1, got {d.scale_span}")
-    if d.reference not in ("own", "peers", "daily"):
-        raise ConfigError(f"drift.reference: must be 'own', 'peers' or 'daily', got {d.reference!r}")
+    if d.reference not in DRIFT_REFERENCES:
+        *rest, last = (repr(r) for r in DRIFT_REFERENCES)
+        raise ConfigError(f"drift.reference: must be {', '.join(rest)} or {last}, got {d.reference!r}")
     if "daily" in (d.reference, *references) and d.block > 0 and not (DAY / d.block).is_integer():
         raise ConfigError(f"drift.block: with a reference 'daily' it must divide a day ({DAY:g} s) into whole "
                           f"blocks, got {d.block:g}")

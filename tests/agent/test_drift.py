@@ -8,11 +8,11 @@ import random
 from datetime import datetime, timedelta
 
 import csp
+from edgewatch.agent import config
 from edgewatch.agent.analytics import snapshot
 from edgewatch.agent.analytics.drift import DriftParams, LevelDrift
 from edgewatch.agent.analytics.snapshot import StateBook
 from edgewatch.agent.analytics.topology import sensor_graph
-from edgewatch.agent import config
 from edgewatch.agent.config import Config, DriftConfig
 from edgewatch.agent.records import SensorReading
 
