@@ -94,6 +94,6 @@ def test_calibrate_and_score_see_what_the_agent_sees(tmp_path, capsys):
     assert lines[1].endswith(",")  # the first total has no rate, so nothing to score
     scored = [float(line.rsplit(",", 1)[1]) for line in lines[2:]]
     # the same scores as the rate itself scored as a column
-    rates = CounterRates(cfg.anomaly)([r for r in rows])
+    rates = CounterRates(cfg.anomaly)(rows)
     assert scored == score_series([(r.ts, r.metrics["energy_kwh_rate"]) for r in rates], AnomalyConfig())
     assert max(scored[surge - 1 : surge + 119]) >= cfg.anomaly.threshold  # the surge, as the agent alarms on it
