@@ -13,7 +13,7 @@ import sys
 import typing
 
 from edgewatch.agent.config import ConfigError
-from edgewatch.agent.kinds import EVENT_KINDS, SEVERITIES
+from edgewatch.agent.kinds import EVENT_KINDS, LABELS, SEVERITIES
 from edgewatch.common import __version__
 
 FORMATS = ("table", "json", "csv")
@@ -33,6 +33,8 @@ HANDLERS = {
     "migrate": "edgewatch.agent.commands.migrate:migrate_command",
     "state": "edgewatch.agent.commands.state:state_command",
     "calibrate": "edgewatch.agent.commands.calibrate:calibrate_command",
+    "label": "edgewatch.agent.commands.label:label_command",
+    "labels": "edgewatch.agent.commands.events:labels_command",
 }
 
 
@@ -110,6 +112,27 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--format", choices=FORMATS, default="table", help="output format; json is JSON Lines")
         q.add_argument("--wide", action="store_true", help="table cells in full, never shortened (default: off)")
 
+    lb = _command(sub, "label", "label an event a real finding or a false alarm",
+                  "An operator's verdict, kept in the log beside the event (and after it, if retention deletes\n"
+                  "the event): `labels` lists them, `calibrate --labels` weighs stricter settings against them.")
+    lb.add_argument("event", metavar="EVENT", help="the event's id as `events` shows it, or its event_id")
+    lb.add_argument("label", choices=(*LABELS, "none"), help="real (a finding to act on), false (a false alarm), "
+                    "or none (take the label off)")
+    lb.add_argument("--note", default="", metavar="TEXT", help="why, in a few words (default: none)")
+    lb.add_argument("--db", metavar="URL|PATH", help=DB_HELP)
+    lb.add_argument("--config", metavar="PATH", help=CONFIG_HELP)
+
+    ls = _command(sub, "labels", "list the labels given to events",
+                  "Read-only, oldest event first. Times (T) are ISO-8601 or relative: 90s, 15m, 2h, 7d.")
+    ls.add_argument("--kind", action="append", default=[], choices=EVENT_KINDS, metavar="K",
+                    help="only labels of events of this kind; repeatable (default: every kind)")
+    ls.add_argument("--since", metavar="T", help="only events at or after T (default: no lower bound)")
+    ls.add_argument("--until", metavar="T", help="only events before T (default: no upper bound)")
+    ls.add_argument("--format", choices=FORMATS, default="table", help="output format; json is JSON Lines")
+    ls.add_argument("--wide", action="store_true", help="table cells in full, never shortened (default: off)")
+    ls.add_argument("--db", metavar="URL|PATH", help=DB_HELP)
+    ls.add_argument("--config", metavar="PATH", help=CONFIG_HELP)
+
     rp = _command(sub, "replay", "run the graphs over capture files in event time",
                   "The live analytics over recorded input (files or folders of capture-*.jsonl), as fast as\n"
                   "the graphs allow; events already in the log are not written twice.")
@@ -143,6 +166,10 @@ def build_parser() -> argparse.ArgumentParser:
     cb.add_argument("--faults", action="store_true",
                     help="also the share of faults injected into copies of the readings each step finds (a 4-sigma "
                          "step, a 6-sigma spike per sensor; three times the work) (default: off)")
+    cb.add_argument("--labels", action="store_true",
+                    help="alarms at readings labelled real in the log (`label`) are findings, not false alarms; "
+                         "each step says how many labelled real and false it still raises (default: off)")
+    cb.add_argument("--db", metavar="URL|PATH", help=DB_HELP + "; read for --labels")
     cb.add_argument("--json", action="store_true", help="one JSON object instead of text (default: off)")
 
     dm = _command(sub, "demo", "the whole system on this machine, nothing else needed",

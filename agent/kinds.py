@@ -2,3 +2,4 @@
 
 SEVERITIES = ("info", "warning", "critical")
 EVENT_KINDS = ("anomaly", "health", "maintenance", "risk", "signal", "price_alert", "news", "advice")
+LABELS = ("real", "false")  # an operator's verdict on an event (`edge-agent label`): a real finding, a false alarm

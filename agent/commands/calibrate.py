@@ -21,6 +21,12 @@ every sensor (its first metric, 60 % of the way through its readings): a step of
 and a single reading 6 sigma off (sigma: that metric's standard deviation over the captures); a fault is found
 when the copy raises an alarm for that sensor, from the fault to 60 readings after it, that the readings as
 they are do not.
+
+Captures are rarely all normal operation. With `--labels`, the operators' verdicts in the log (`edge-agent
+label`) say which alarms were real: an alarm at a reading labelled real, or within 60 readings after it, is a
+finding and not counted against the budget, and each step says how many of the readings labelled real and
+labelled false it still raises an alarm at (a stricter step that keeps the real ones and drops the false ones
+is the one to take).
 """
 
 from __future__ import annotations
@@ -30,15 +36,19 @@ import json
 import math
 import sys
 from collections.abc import Iterator
+from datetime import datetime, timezone
 from pathlib import Path
 
 from edgewatch.agent import config
 from edgewatch.agent.analytics.anomaly import Detector, raises_event
 from edgewatch.agent.analytics.counters import CounterRates
 from edgewatch.agent.analytics.sensor_groups import GroupOf
+from edgewatch.agent.commands.logfile import open_log
 from edgewatch.agent.commands.replay import CaptureSource
 from edgewatch.agent.commands.score import BATCH, InputError, iter_table, reading
 from edgewatch.agent.config import AnomalyConfig, Config, ConfigError
+from edgewatch.agent.eventlog.store import StoreError
+from edgewatch.agent.kinds import LABELS
 from edgewatch.agent.records import SensorReading
 
 STEPS = 6  # the settings as they are, then five stricter
@@ -58,10 +68,14 @@ def ladder(s: AnomalyConfig, steps: int = STEPS) -> list[AnomalyConfig]:
 
 
 def calibrate(paths: list[str], cfg: Config, group: str | None = None, budget: float = 1.0,
-              faults: bool = False) -> dict:
+              faults: bool = False, labels: list[dict] | None = None) -> dict:
     """The alarms each step of `ladder` raises on the sensor readings of `paths` (captures: those of `group`, or
     outside every group; CSVs: one sensor each), per sensor-hour of data time, and the first step within `budget`
-    (None: none is); with `faults`, the share of injected faults each step finds."""
+    (None: none is); with `faults`, the share of injected faults each step finds. With `labels` (the log's labels
+    of `anomaly` events, `Store.labels`), an alarm at a reading labelled real is not a false one: each step says how
+    many of those it still raises, and how many labelled false."""
+    marked = {(lb["key"], _naive(lb["ts"])): lb["label"] for lb in labels or ()}
+    at_label: dict[str, list[tuple[int, str]]] = {}  # sensor -> (reading index, label) of its labelled readings
     section = cfg.anomaly
     group_of = GroupOf(section, cache=section.max_series)
     wanted = [name for name, _ in group_of.settings].index(group or "")
@@ -96,6 +110,9 @@ def calibrate(paths: list[str], cfg: Config, group: str | None = None, budget: f
             first_last = span.setdefault(r.sensor_id, [r.ts, r.ts])
             first_last[0], first_last[1] = min(first_last[0], r.ts), max(first_last[1], r.ts)
         index = {(r.sensor_id, r.ts): i for r, i in zip(readings, at)}  # a score names its reading so
+        if marked:
+            for key in marked.keys() & index.keys():
+                at_label.setdefault(key[0], []).append((index[key], marked[key]))
         for run in runs:
             fed = readings if run == "clean" else _with_fault(readings, at, plan, run)
             for k, s in enumerate(steps):
@@ -107,8 +124,12 @@ def calibrate(paths: list[str], cfg: Config, group: str | None = None, budget: f
     for k, s in enumerate(steps):
         clean = alarms[k, "clean"]
         n = sum(map(len, clean.values()))
+        findings, raised = _labelled(clean, at_label)
         row = {"step": k, "tail_floor": s.tail_floor, "change_z": s.change_z, "spatial_z": s.spatial_z, "alarms": n,
-               "per_sensor_hour": round(n / hours, 4) if hours > 0 else None, "sensors_alarming": len(clean)}
+               "per_sensor_hour": round((n - findings) / hours, 4) if hours > 0 else None,
+               "sensors_alarming": len(clean)}
+        if labels is not None:
+            row |= {f"{label}_raised": count for label, count in raised.items()}
         for kind, (_, length) in FAULTS.items() if faults else ():
             found = [sensor for sensor, (_, start, _) in plan.items()
                      if any(start <= i < start + length + AFTER for i in alarms[k, kind].get(sensor, set())
@@ -117,9 +138,31 @@ def calibrate(paths: list[str], cfg: Config, group: str | None = None, budget: f
         rows.append(row)
     chosen = next((r["step"] for r in rows if r["per_sensor_hour"] is not None and r["per_sensor_hour"] <= budget),
                   None)
+    found = [label for marks in at_label.values() for _, label in marks]
     return {"group": group, "sensors": len(span), "sensor_hours": round(hours, 3), "budget": budget,
             "readings": sum(seen.values()), "faults": len(plan), "steps": rows, "chosen": chosen,
-            "loudest": _loudest(alarms[0, "clean"], span)}
+            "loudest": _loudest(alarms[0, "clean"], span),
+            "labels": None if labels is None else {"given": len(marked), "real": found.count("real"),
+                                                   "false": found.count("false")}}
+
+
+def _naive(text: str) -> datetime:
+    """A time as the log gives it (ISO-8601 UTC) as the readings carry it (naive UTC)."""
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(timezone.utc).replace(tzinfo=None)
+
+
+def _labelled(alarms: dict[str, set[int]], at_label: dict[str, list[tuple[int, str]]]) -> tuple[int, dict]:
+    """How many of `alarms` (sensor -> reading indices) fall at or within AFTER readings after a reading labelled
+    real (findings, not false alarms); and per label, how many labelled readings have an alarm there."""
+    findings = 0
+    raised = dict.fromkeys(LABELS, 0)
+    for sensor, marks in at_label.items():
+        hits = alarms.get(sensor, set())
+        real = [m for m, label in marks if label == "real"]
+        findings += sum(any(m <= i < m + AFTER for m in real) for i in hits)
+        for m, label in marks:
+            raised[label] += any(m <= i < m + AFTER for i in hits)
+    return findings, raised
 
 
 def _loudest(alarms: dict[str, set[int]], span: dict[str, list], n: int = LOUDEST) -> list[dict]:
@@ -193,15 +236,24 @@ def _with_fault(readings: list[SensorReading], at: list[int], plan: dict, kind: 
 
 def _text(rep: dict) -> str:
     table = f"[anomaly.groups.{rep['group']}]" if rep["group"] else "[anomaly]"
-    lines = [f"{rep['sensors']} sensors of {table}, {rep['sensor_hours']:.1f} sensor-hours of readings; "
-             f"every alarm on normal operation is a false one",
-             f"{'step':>4} {'tail_floor':>10} {'change_z':>8} {'spatial_z':>9} {'alarms':>7} {'per sensor-hour':>15} "
-             f"{'sensors':>7}" + "".join(f" {kind + 's found':>12}" for kind in FAULTS if rep["faults"])]
+    marked = rep["labels"]
+    if marked is None:
+        said = "every alarm on normal operation is a false one"
+    else:
+        said = (f"every alarm but those at readings labelled real is a false one ({marked['given']} labels in the "
+                f"log, {marked['real']} real and {marked['false']} false at these readings)")
+    labelled = LABELS if marked is not None else ()
+    lines = [f"{rep['sensors']} sensors of {table}, {rep['sensor_hours']:.1f} sensor-hours of readings; {said}",
+             f"{'step':>4} {'tail_floor':>10} {'change_z':>8} {'spatial_z':>9} {'alarms':>7} "
+             f"{'false per sensor-hour':>21} {'sensors':>7}"
+             + "".join(f" {kind + 's found':>12}" for kind in FAULTS if rep["faults"])
+             + "".join(f" {label + ' raised':>12}" for label in labelled)]
     for r in rep["steps"]:
         rate = "-" if r["per_sensor_hour"] is None else f"{r['per_sensor_hour']:.3f}"
         found = "".join(f" {r[kind + '_found']:>12.0%}" for kind in FAULTS if rep["faults"])
+        raised = "".join(f" {str(r[label + '_raised']) + ' of ' + str(marked[label]):>12}" for label in labelled)
         lines.append(f"{r['step']:>4} {r['tail_floor']:>10.3g} {r['change_z']:>8.3g} {r['spatial_z']:>9.3g} "
-                     f"{r['alarms']:>7} {rate:>15} {r['sensors_alarming']:>7}{found}")
+                     f"{r['alarms']:>7} {rate:>21} {r['sensors_alarming']:>7}{found}{raised}")
     if rep["loudest"]:
         share = sum(r["alarms"] for r in rep["loudest"]) / max(rep["steps"][0]["alarms"], 1)
         lines.append(f"loudest at the settings as they are ({share:.0%} of all alarms): " + ", ".join(
@@ -223,7 +275,8 @@ def _text(rep: dict) -> str:
 
 
 def calibrate_command(args) -> int:
-    """`edge-agent calibrate CAPTURE|CSV... [--config PATH] [--group NAME] [--budget R] [--faults] [--json]`."""
+    """`edge-agent calibrate CAPTURE|CSV... [--config PATH] [--group NAME] [--budget R] [--faults] [--labels]
+    [--db URL|PATH] [--json]`."""
     cfg = config.load(args.config)
     if args.group:
         config.group_named(cfg, args.group, ("anomaly",))
@@ -232,8 +285,19 @@ def calibrate_command(args) -> int:
         raise ConfigError(f"{missing[0]}: no such capture file, CSV or directory")
     if not args.budget > 0:
         raise ConfigError(f"--budget {args.budget:g}: must be above 0 (alarms per sensor-hour)")
+    labels = None
+    if args.labels:
+        try:
+            store = open_log(args.db or cfg.store.url, readonly=True)
+        except StoreError as e:
+            print(f"edge-agent calibrate: {e}", file=sys.stderr)
+            return 1
+        try:
+            labels = store.labels(kinds=["anomaly"])
+        finally:
+            store.close()
     try:
-        rep = calibrate(args.captures, cfg, args.group, args.budget, args.faults)
+        rep = calibrate(args.captures, cfg, args.group, args.budget, args.faults, labels)
     except InputError as e:
         print(f"edge-agent calibrate: {e}", file=sys.stderr)
         return 2

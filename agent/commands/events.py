@@ -32,6 +32,7 @@ EVENT_TABLE = ("id", "ts", "agent_id", "kind", "key", "severity", "message", "da
 DEADLETTER_COLUMNS = ("id", "received_at", "topic", "code", "reason", "payload", "agent_id")
 # in a table the reason comes last and whole: it is what a reader of dead letters is after
 DEADLETTER_TABLE = ("id", "received_at", "agent_id", "topic", "code", "payload", "reason")
+LABEL_COLUMNS = ("ts", "kind", "key", "label", "note", "event_id", "labelled_at")
 BAR_COLUMNS = ("id", "symbol", "start", "end", "open", "high", "low", "close", "volume", "vwap", "trades", "agent_id")
 BAR_TABLE = ("id", "agent_id", "symbol", "start", "end", "open", "high", "low", "close", "volume", "vwap", "trades")
 WIDTH_CAPS = {"message": 60, "data": 48, "payload": 48, "key": 32, "topic": 40, "agent_id": 24}
@@ -199,6 +200,19 @@ def deadletters_command(args) -> int:
     filters = dict(code=args.code, since=_when("--since", args.since), agent=args.agent)
     return _query("deadletters", args, DEADLETTER_COLUMNS, DEADLETTER_TABLE,
                   lambda store: functools.partial(store.dead_letters, **filters))
+
+
+def labels_command(args) -> int:
+    """`edge-agent labels`: the labels operators gave events (`edge-agent label`), oldest event first."""
+    filters = dict(kinds=args.kind, since=_when("--since", args.since), until=_when("--until", args.until))
+
+    def body(store: Store) -> None:
+        printer = _Printer(args.format, LABEL_COLUMNS, wide=args.wide)
+        printer.rows([])  # the CSV header, even when nothing matches
+        printer.rows(store.labels(**filters))
+        printer.nothing_matched("no labels match")
+
+    return _run("labels", args, body)
 
 
 def _query(name: str, args, columns: tuple[str, ...], table_columns: tuple[str, ...] | None,

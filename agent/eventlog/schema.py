@@ -96,6 +96,21 @@ state_snapshots = sa.Table(
     sa.Index("ix_state_snapshots_agent", "agent", "id"),
 )
 
+# operators' verdicts on events (`edge-agent label`): a finding that was real or a false alarm, one per event.
+# The event's kind, key and time are copied in, so a label outlives the event's retention: it is what
+# `edge-agent calibrate --labels` weighs settings against
+labels = sa.Table(
+    "labels",
+    metadata,
+    sa.Column("event_id", sa.String(64), primary_key=True),
+    sa.Column("kind", sa.String(32), nullable=False),
+    sa.Column("key", sa.Text, nullable=False),
+    sa.Column("ts", sa.DateTime, nullable=False),
+    sa.Column("label", sa.String(16), nullable=False),  # kinds.LABELS
+    sa.Column("note", sa.Text, nullable=False, server_default=""),
+    sa.Column("labelled_at", sa.DateTime, nullable=False),
+)
+
 BAR_FIELDS = ("symbol", "start", "end", "open", "high", "low", "close", "volume", "vwap", "trades")
 EVENT_FIELDS = ("event_id", "ts", "kind", "key", "severity", "message", "data")  # what a producer sets
 DEADLETTER_FIELDS = ("topic", "payload", "reason", "received_at", "code")

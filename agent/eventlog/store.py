@@ -31,6 +31,7 @@ from edgewatch.agent.eventlog.schema import (
     deadletters,
     event_dict,
     events,
+    labels,
     state_snapshots,
 )
 from edgewatch.agent.encoding import json_dumps
@@ -43,6 +44,7 @@ log = structlog.get_logger("edgewatch.agent.eventlog.store")
 FILE_MODE = 0o640  # owner writes, the service's group (operators) reads, nobody else
 SQLITE_BUSY_TIMEOUT_MS = 5000
 SQLITE_CACHE_KIB = 32768  # page cache of the writer's connection (SQLite's default is 2 MiB)
+EVENT_ID_DIGITS = 24  # an event_id's hex digits: a reference shorter than that and all digits is a log id
 
 
 class StoreError(RuntimeError):
@@ -567,6 +569,36 @@ class Store:
             bars.c.agent_id == agent if agent is not None else None,
         ]
         return self._select(bars, bar_dict, where, after_id, limit, offset)
+
+    # -- labels (edge-agent label) -------------------------------------------------------------------------
+
+    def label(self, ref: str, label: str | None, note: str = "") -> dict | None:
+        """Label the event `ref` (its log id, as `events` shows it, or its event_id) a real finding or a false
+        alarm (`label` one of kinds.LABELS; None takes its label off); a new label replaces the old. Returns the
+        event with its `label` and `note`, None when the log holds no such event."""
+        match = events.c.id == int(ref) if ref.isdigit() and len(ref) < EVENT_ID_DIGITS else events.c.event_id == ref
+        with self.engine.begin() as conn:
+            row = conn.execute(sa.select(events).where(match)).first()
+            if row is None:
+                return None
+            conn.execute(labels.delete().where(labels.c.event_id == row.event_id))
+            if label is not None:
+                conn.execute(labels.insert().values(event_id=row.event_id, kind=row.kind, key=row.key, ts=row.ts,
+                                                    label=label, note=note, labelled_at=utcnow()))
+        return _event_dict(row) | {"label": label, "note": note if label is not None else ""}
+
+    def labels(self, *, kinds: Iterable[str] = (), since: datetime | None = None,
+               until: datetime | None = None) -> list[dict]:
+        """The labels given (of events of `kinds`, at or after `since` and before `until`), oldest event first."""
+        kinds = list(kinds)
+        q = sa.select(labels).where(*(w for w in (
+            labels.c.kind.in_(kinds) if kinds else None,
+            labels.c.ts >= _naive_utc(since) if since is not None else None,
+            labels.c.ts < _naive_utc(until) if until is not None else None,
+        ) if w is not None)).order_by(labels.c.ts, labels.c.event_id)
+        with self.engine.connect() as conn:
+            return [{"event_id": r.event_id, "kind": r.kind, "key": r.key, "ts": isoformat(r.ts), "label": r.label,
+                     "note": r.note, "labelled_at": isoformat(r.labelled_at)} for r in conn.execute(q)]
 
     # -- state snapshots (agent/analytics/snapshot.py) -----------------------------------------------------
 
