@@ -36,7 +36,6 @@ import json
 import math
 import sys
 from collections.abc import Iterator
-from datetime import datetime, timezone
 from pathlib import Path
 
 from edgewatch.agent import config
@@ -50,6 +49,7 @@ from edgewatch.agent.config import AnomalyConfig, Config, ConfigError
 from edgewatch.agent.eventlog.store import StoreError
 from edgewatch.agent.kinds import LABELS
 from edgewatch.agent.records import SensorReading
+from edgewatch.agent.timeutil import parse_timestamp
 
 STEPS = 6  # the settings as they are, then five stricter
 CHANGE_Z_STEP = 0.4
@@ -74,7 +74,7 @@ def calibrate(paths: list[str], cfg: Config, group: str | None = None, budget: f
     (None: none is); with `faults`, the share of injected faults each step finds. With `labels` (the log's labels
     of `anomaly` events, `Store.labels`), an alarm at a reading labelled real is not a false one: each step says how
     many of those it still raises, and how many labelled false."""
-    marked = {(lb["key"], _naive(lb["ts"])): lb["label"] for lb in labels or ()}
+    marked = {(lb["key"], parse_timestamp(lb["ts"])): lb["label"] for lb in labels or ()}
     at_label: dict[str, list[tuple[int, str]]] = {}  # sensor -> (reading index, label) of its labelled readings
     section = cfg.anomaly
     group_of = GroupOf(section, cache=section.max_series)
@@ -145,10 +145,6 @@ def calibrate(paths: list[str], cfg: Config, group: str | None = None, budget: f
             "labels": None if labels is None else {"given": len(marked), "real": found.count("real"),
                                                    "false": found.count("false")}}
 
-
-def _naive(text: str) -> datetime:
-    """A time as the log gives it (ISO-8601 UTC) as the readings carry it (naive UTC)."""
-    return datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(timezone.utc).replace(tzinfo=None)
 
 
 def _labelled(alarms: dict[str, set[int]], at_label: dict[str, list[tuple[int, str]]]) -> tuple[int, dict]:
