@@ -150,7 +150,7 @@ class Params:
     __slots__ = (
         "a_level", "a_trend", "a_dev", "a_season", "a_short", "a_long", "clip", "warmup", "refractory",
         "rel_floor", "buckets", "period", "zone", "season_min", "log_floor", "threshold", "spatial", "spatial_z",
-        "inv_log_floor", "fuse", "fisher", "pairs", "a_pair", "blocks", "a_change", "a_cnorm", "change_log",
+        "inv_log_floor", "fuse", "fisher", "pairs", "a_pair", "blocks", "a_change", "a_cnorm", "change_log", "spike_z",
         "fuse_metrics", "sensor_refractory", "hold2",
     )
 
@@ -185,6 +185,7 @@ class Params:
         self.a_cnorm = ewma_alpha(cfg.change_norm_span)
         self.hold2 = cfg.change_hold**2 if cfg.change_hold > 0.0 else math.inf
         self.change_log = math.log(math.erfc(cfg.change_z / _SQRT2))  # log of change_z's two-sided tail
+        self.spike_z = cfg.spike_z
 
 
 # a (sensor, metric)'s row in MetricTable.m: everything the detector remembers about it besides its daily profile
@@ -330,11 +331,12 @@ class Verdicts:
     its series (`learned`: in time order), its refractory count (`cool`, written back after the wave), the
     signed level residual in scale units (`sgn`), whether its series moves above its scale floor
     (`moving`), and for the metrics of multi-metric readings learnt whole, the change channel's deviation in
-    units of its long-run RMS (`change`, 0 while young); whether each value follows a silence longer than a
+    units of its long-run RMS (`change`, 0 while young) and the value's own distance from the slow reference in
+    reference spreads (`jump`: a single reading's, unsmoothed); whether each value follows a silence longer than a
     change channel's block (`apart`: its change channel starts again, and the sensor-level score counts the
     metrics' own verdicts); `block` holds the rows as learnt (written back after the wave)."""
 
-    __slots__ = ("at", "block", "u", "learned", "cool", "sgn", "moving", "change", "expected", "band", "apart")
+    __slots__ = ("at", "block", "u", "learned", "cool", "sgn", "moving", "change", "jump", "expected", "band", "apart")
 
     def rebaseline(self, j: int, x: float) -> None:
         """After a detection the level restarts at the reading, without trend: a level shift alarms once."""
@@ -480,7 +482,9 @@ def judge(tab: MetricTable, w: Wave, p: Params) -> Verdicts:
     v.at, v.block = idx, block
     apart = steps > CHANGE_BLOCK
     v.u, v.learned, v.cool, v.apart = u.tolist(), learn.tolist(), cool.tolist(), apart.tolist()
-    v.change = deviations(tab, starts, counts, block, learn, xs, apart, p) if p.blocks and p.fuse else None
+    v.change = v.jump = None
+    if p.blocks and p.fuse:
+        v.change, v.jump = deviations(tab, starts, counts, block, learn, xs, apart, p)
     if p.pairs:
         u_ = r / wide
         v.sgn, v.moving = np.clip(u_, -PAIR_CLIP, PAIR_CLIP).tolist(), (dev > floor).tolist()
@@ -496,6 +500,7 @@ def judge_values(tab: MetricTable, w: Wave, p: Params) -> Verdicts:
     season, seen = tab.season, tab.seen
     us, learned, cool, expected, band, sgn, moving, apart = [], [], [], [], [], [], [], []
     change = [0.0] * len(rows) if p.blocks and p.fuse else None
+    jump = [0.0] * len(rows) if change is not None else None
     judged: list[int] = []  # the values of multi-metric readings learnt whole: their change channels learn
     for (_, _, start, end, _, _), t in zip(w.readings, w.times):
         tf = float(t)
@@ -617,24 +622,26 @@ def judge_values(tab: MetricTable, w: Wave, p: Params) -> Verdicts:
         at = [int(rows[j][CH]) for j in judged]
         channels = tab.cm[at].tolist()
         for j, c in zip(judged, channels):
-            change[j] = _deviation(c, w.xs[j], p.rel_floor * rows[j][MAG] + 1e-9, apart[j], p)
+            r = rows[j]
+            change[j], jump[j] = _deviation(c, w.xs[j], p.rel_floor * r[MAG] + 1e-9, r[RES], apart[j], p)
         tab.cm[at] = channels
     v = Verdicts()
     v.at, v.block = np.array(w.rows, np.intp), np.array(rows)
-    v.u, v.learned, v.cool, v.change, v.expected, v.band, v.apart = us, learned, cool, change, expected, band, apart
+    v.u, v.learned, v.cool, v.change, v.jump = us, learned, cool, change, jump
+    v.expected, v.band, v.apart = expected, band, apart
     if p.pairs:
         v.sgn, v.moving = sgn, moving
     return v
 
 
-def _deviation(c: list, x: float, floor: float, apart: bool, p: Params) -> float:
+def _deviation(c: list, x: float, floor: float, res: float, apart: bool, p: Params) -> tuple[float, float]:
     """deviations() for one value, its change channel's row (as a list) `c` updated in place."""
     if apart:
         c[C_FULL] = c[C_BN] = c[C_BS] = c[C_BS2] = c[C_S] = c[C_S2] = c[C_DEV] = 0.0
         c[C_PIVOT] = x
         c[C_HOLD] = HOLD_FREE
     x -= c[C_PIVOT]
-    out = 0.0
+    out = jump = 0.0
     full = c[C_FULL]
     k = full if full < p.blocks else p.blocks
     if k >= 2:
@@ -644,11 +651,14 @@ def _deviation(c: list, x: float, floor: float, apart: bool, p: Params) -> float
         sd = math.sqrt(var) if var > 0.0 else 0.0
         z = (x - mu) / (sd if sd > floor else floor)
         z = z if -CHANGE_CLIP < z < CHANGE_CLIP else (CHANGE_CLIP if z > 0.0 else -CHANGE_CLIP)
-        dev = c[C_DEV] + p.a_change * (z - c[C_DEV])
-        c[C_DEV] = dev
+        before = c[C_DEV]
+        dev = c[C_DEV] = before + p.a_change * (z - before)
         n = c[C_N] = c[C_N] + 1.0
         e2 = dev * dev
         if n > CHANGE_WARMUP:
+            if -1.0 < before < 1.0:  # a jump from where the metric was (not within an excursion): `spike_z`
+                wide = sd if sd > floor else floor
+                jump = (x - mu if x >= mu else mu - x) / (wide if wide > res else res)  # a spread: a step at least
             ms = c[C_MS]
             hold = c[C_HOLD]
             out = (dev if dev >= 0.0 else -dev) / math.sqrt(ms) if ms > 1e-12 and hold != HOLD_ALARMED else 0.0
@@ -675,11 +685,11 @@ def _deviation(c: list, x: float, floor: float, apart: bool, p: Params) -> float
         c[i], c[i + 1] = c[C_BS], c[C_BS2]
         c[C_FULL] = full + 1.0
         c[C_BN] = c[C_BS] = c[C_BS2] = 0.0
-    return out
+    return out, jump
 
 
 def deviations(tab: MetricTable, starts: np.ndarray, counts: np.ndarray, block: np.ndarray, learn: np.ndarray,
-               xs: np.ndarray, apart: np.ndarray, p: Params) -> list:
+               xs: np.ndarray, apart: np.ndarray, p: Params) -> tuple[list, list]:
     """The change channels of the sensor-level score, for the metrics of the wave's multi-metric readings whose
     every metric is in time order: how far each metric has moved from a slow reference (the mean and spread of
     its last `change_window` readings, kept as a ring of block sums), as an EWMA of that deviation in reference
@@ -688,15 +698,17 @@ def deviations(tab: MetricTable, starts: np.ndarray, counts: np.ndarray, block: 
     a window, so a sustained shift of a few noise widths, which the fast level forecast absorbs in seconds,
     stays visible here. After a silence longer than a block (`apart`) the reference is stale, so it starts
     again at the reading (the norm stays): a sensor back from an outage is not judged against the level it
-    had before. Per value: that deviation in RMS units (0 while young or not judged). `starts` and `counts`:
-    each reading's first value and number of values."""
+    had before. Per value: that deviation in RMS units (0 while young or not judged), and the value's own
+    deviation in reference spreads, unsmoothed (`jump`, for `spike_z`). `starts` and `counts`: each reading's
+    first value and number of values."""
     some = counts > 0
     whole = np.zeros(len(starts), bool)
     whole[some] = np.logical_and.reduceat(learn, starts[some])  # every metric of the reading in time order
     sel = np.flatnonzero(np.repeat(whole & (counts > 1), counts))
     out = np.zeros(len(xs))
+    jump = np.zeros(len(xs))
     if not sel.size:
-        return out.tolist()
+        return out.tolist(), jump.tolist()
     crow = block[sel, CH]
     new = crow < 0.0
     if new.any():  # a metric's first multi-metric reading in time order starts its channel
@@ -732,6 +744,8 @@ def deviations(tab: MetricTable, starts: np.ndarray, counts: np.ndarray, block: 
     c[:, C_DEV] = np.where(judged, dev1, dev)
     c[:, C_N] = np.where(judged, n1, n)
     out[sel] = np.where(judged, r, 0.0)
+    jump[sel] = np.where(judged & warm & (np.abs(dev) < 1.0),
+                         np.abs(x - mu) / np.maximum(np.maximum(sd, floor), block[sel, RES]), 0.0)
     bn += 1.0
     bs += x
     bs2 += x * x
@@ -747,7 +761,7 @@ def deviations(tab: MetricTable, starts: np.ndarray, counts: np.ndarray, block: 
         bn[done] = bs[done] = bs2[done] = 0.0
     c[:, C_FULL], c[:, C_BN], c[:, C_BS], c[:, C_BS2], c[:, C_S], c[:, C_S2] = full, bn, bs, bs2, s, s2
     tab.cm[crow] = c
-    return out.tolist()
+    return out.tolist(), jump.tolist()
 
 
 def _verdict(d: float, var: float, p: Params) -> float:
@@ -997,6 +1011,11 @@ class Detector:
             u = p.threshold * math.log(tail) / p.change_log if 0.0 < tail < 1.0 else (SPATIAL if tail <= 0.0 else 0.0)
             if u > fused:
                 fused, channel, top, by_change = u, f"{names[top_c]}:change", top_c, True
+        if p.spike_z and learned and v.jump is not None:  # one reading far from its slow reference: a spike
+            jump = v.jump
+            j = max(range(start, end), key=jump.__getitem__)
+            if jump[j] >= p.spike_z and fused < 1.0:
+                fused, channel, top, by_change = 1.0, f"{names[j]}:spike", j, False
         s = 1.0 if fused >= 1.0 or top_u >= SPATIAL else (fused if fused > 0.0 else 0.0)
         if learned:
             if damp:

@@ -206,7 +206,8 @@ def test_a_batch_scores_as_its_readings_one_by_one():
     assert scored(7) == one_by_one and scored(900) == one_by_one
 
 
-@pytest.mark.parametrize("cfg", [AnomalyConfig(), AnomalyConfig(pairs=True, fuse="fisher", fuse_metrics=True, change_hold=0.0),
+@pytest.mark.parametrize("cfg", [AnomalyConfig(), AnomalyConfig(pairs=True, fuse="fisher", fuse_metrics=True, change_hold=0.0,
+                                                                spike_z=4.0),
                                  AnomalyConfig(fuse="off", warmup=20),
                                  AnomalyConfig(timezone="America/New_York", season_days=7, season_buckets=10080,
                                                season_min=1)])

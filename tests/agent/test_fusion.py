@@ -120,6 +120,42 @@ def test_a_fault_does_not_teach_the_change_channel_that_faults_are_normal():
     assert found(AnomalyConfig(change_hold=0.0))[:2] == ([6, 5], 0)
 
 
+def test_spike_z_finds_a_single_spike_the_change_channels_smooth_away_and_a_lasting_fault_once():
+    """One of four metrics jumps 5 noise widths for a single reading, inside the range it has already visited
+    (an 8-width excursion during the warm-up), so no range break sees it and the change channel's smoothing
+    (span 12) hides it: without `spike_z` nothing alarms; with `spike_z = 4` the reading alarms on its own
+    channel. Only a jump from where the metric was counts: a slow fault of 12 widths over 400 readings, whose
+    readings move more than 4 spreads from the reference as it climbs, and a step of 6 widths held for 400
+    readings raise no more alarms than without `spike_z` (the step's return to normal, a jump from where the
+    metric had settled, is now named a spike). The
+    same in the array and the value-by-value paths. A metric read in whole units that mostly holds one value and
+    now and then steps by one raises no spike: a spread is never taken as less than one step of the sensor."""
+    rds = noise(4, 3000, 8)
+    for rd in rds:  # a coarse sensor: mostly one value, now and then a step of 1 (no spike: a spread is a step)
+        rd.metrics["m3"] = float(round(20.0 + 0.15 * (rd.metrics["m3"] - 20.0)))
+    rds[50].metrics["m1"] += 8.0
+    for i, rd in enumerate(rds[600:]):  # a slow fault: 12 widths over 400 readings, then held
+        rd.metrics["m0"] += 12.0 * min(1.0, i / 400)
+    rds[1500].metrics["m1"] += 5.0
+    for rd in rds[2200:2600]:
+        rd.metrics["m2"] += 6.0
+
+    def alarms(cfg: AnomalyConfig, small_wave: int) -> list[tuple[int, str]]:
+        det = Detector(cfg)
+        det.small_wave = small_wave
+        return [(int((sc.ts - T0) / STEP), sc.channel) for k in range(0, len(rds), 25)
+                for sc in det.score_readings(rds[k:k + 25]) if sc.metric == FUSED and sc.score >= cfg.threshold]
+
+    plain = alarms(AnomalyConfig(), 0)
+    assert not [h for h, _ in plain if 1500 <= h < 1560]
+    spikes = alarms(AnomalyConfig(spike_z=4.0), 0)
+    assert spikes == alarms(AnomalyConfig(spike_z=4.0), 10**9)
+    assert (1500, "m1:spike") in spikes
+    # nothing else changes: the faults raise what they raised before, and the noise nothing more
+    assert [h for h, _ in spikes] == sorted([h for h, _ in plain] + [1500])
+    assert [c for h, c in spikes if h == 2600] == ["m2:spike"]
+
+
 def test_fuse_off_scores_each_metric_alone_as_before():
     rds = pump(1200, broken=range(1100, 1105))
     off = Detector(AnomalyConfig(fuse="off")).score_readings(rds)
