@@ -54,6 +54,7 @@ SENSOR_GRID = {
     "pairs": (False, True),
     "change_z": (3.4, 3.2, 3.0),
     "change_hold": (5.0, 0.0),
+    "spike_z": (6.0, 0.0),
 }
 # the detector's other constants, fitted on all of nab-dev before the cross-validation existed, with a neighbour
 # on each side: `bench/nab.py --sensitivity` adds one key's neighbours at a time to GRID, to show how much the

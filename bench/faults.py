@@ -18,7 +18,9 @@ both, so such an alarm is the fault's doing, and the alarms the recording raises
 not count as finds. Baselines, in the same runs and by the same rule: bench/skab.py's rolling z-score per
 metric (300 readings, |z| > 4, 60 s quiet: twice the agent's alarms on the clean recording), and the same
 with the smallest threshold that raises no more alarms an hour on the clean recording than the agent
-(`zscore_matched`). Nothing here is used to choose a setting: it describes the shipped defaults (or --config).
+(`zscore_matched`). It describes the shipped defaults (or --config); one of them was chosen here: `spike_z`, on
+which skab-dev's cross-validation ties, is on because the spikes below are found more often with it and nothing
+else moves, so its spike figures are in-sample.
 
     python bench/faults.py [--data DIR] [--config PATH]
 """

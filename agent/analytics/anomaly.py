@@ -55,6 +55,11 @@ still inform health). Its channels:
   within 2: otherwise a fault inflates the norm, and its return to normal and
   the next fault are judged against it. On hold, a channel raises at most one
   alarm (a fault that lasts is one event, not one per refractory period);
+- per metric, a spike: one reading `spike_z` reference spreads or more from
+  that slow reference's mean (a spread at least one step of the sensor), when
+  the metric was within one spread of it before, scores 1.0; the change
+  channel's smoothing hides such a reading, and a fault already under way is
+  the change channel's to judge;
 - a metric's own verdict, as a range break ("spatial") only, unless
   `fuse_metrics` (then every verdict: more sensitive to short excursions, at
   twice the false alarms on SKAB's healthy pump);
@@ -73,7 +78,8 @@ the number of metrics, and `change_z` (for one metric) maps to the live
 threshold. The sensor has its own refractory period (`sensor_refractory`);
 the metrics that alarmed re-baseline. These choices (which channels, the
 change threshold and hold, the refractory period) were made by leave-one-file-out
-cross-validation on SKAB (bench/skab.py). A single metric per reading is
+cross-validation on SKAB (bench/skab.py); on `spike_z` it ties (SKAB's valve faults
+are shifts), and bench/faults.py's injected spikes decided. A single metric per reading is
 scored as above, without any of this.
 
 Out-of-order readings (older than the last one of their key) are scored
@@ -952,12 +958,12 @@ class Detector:
         of channels (and, with fuse = fisher, Fisher's combination of the metrics' tails), so a sensor with
         many metrics alarms no more often than one with a single metric; one refractory period per sensor."""
         p = self.params
-        names, xs, us, cool, learned_, change = w.names, w.xs, v.u, v.cool, v.learned, v.change
+        names, xs, us, cool, learned_, change, jump = w.names, w.xs, v.u, v.cool, v.learned, v.change, v.jump
         damp = sen.cool > 0
         scale = 0.5 if damp else 1.0
         learned = True
-        top_u, top, top_r, top_c = -1.0, start, 0.0, start
-        for j in range(start, end):  # one pass: the metrics' own scores, the top verdict and the top change
+        top_u, top, top_r, top_c, top_s, top_j = -1.0, start, 0.0, start, 0.0, start
+        for j in range(start, end):  # one pass: the metrics' own scores, the top verdict, change and jump
             u = us[j]
             if not learned_[j]:
                 learned = False
@@ -965,8 +971,11 @@ class Detector:
                 cool[j] -= 1.0
             if u > top_u:
                 top_u, top = u, j
-            if change is not None and change[j] > top_r:
-                top_r, top_c = change[j], j
+            if change is not None:
+                if change[j] > top_r:
+                    top_r, top_c = change[j], j
+                if jump[j] > top_s:
+                    top_s, top_j = jump[j], j
             u = (u if u < 1.0 else 1.0) * scale
             if u >= min_score:
                 out.append(PartScore(sensor_id=sid, metric=names[j], ts=when, value=xs[j], score=u))
@@ -1011,11 +1020,8 @@ class Detector:
             u = p.threshold * math.log(tail) / p.change_log if 0.0 < tail < 1.0 else (SPATIAL if tail <= 0.0 else 0.0)
             if u > fused:
                 fused, channel, top, by_change = u, f"{names[top_c]}:change", top_c, True
-        if p.spike_z and learned and v.jump is not None:  # one reading far from its slow reference: a spike
-            jump = v.jump
-            j = max(range(start, end), key=jump.__getitem__)
-            if jump[j] >= p.spike_z and fused < 1.0:
-                fused, channel, top, by_change = 1.0, f"{names[j]}:spike", j, False
+        if p.spike_z and top_s >= p.spike_z and learned and fused < 1.0:  # one reading jumped: a spike
+            fused, channel, top, by_change = 1.0, f"{names[top_j]}:spike", top_j, False
         s = 1.0 if fused >= 1.0 or top_u >= SPATIAL else (fused if fused > 0.0 else 0.0)
         if learned:
             if damp:

@@ -14,7 +14,8 @@ the file and judged with those settings: a site can calibrate on its history bef
 Each step asks for ten times rarer evidence: `tail_floor` divided by 10 (the tail probability a score of 1
 stands for, so a score at `threshold` needs a rarer surprise: the per-metric verdicts and the correlation
 channels), `change_z` up by 0.4 (a multi-metric sensor's change channels: about a tenth of the tail at these
-values) and `spatial_z` up by 1 (how far from its forecast a reading that breaks the range seen must be). The
+values), `spatial_z` up by 1 (how far from its forecast a reading that breaks the range seen must be) and
+`spike_z` up by 1 when it is on (how far from its slow reference a single reading must jump). The
 event threshold stays: what a score means changes, not where events start. A stricter step finds fewer real
 faults too: with `--faults` each step also runs over two copies of the readings with a fault injected into
 every sensor (its first metric, 60 % of the way through its readings): a step of 4 sigma for 60 readings,
@@ -61,10 +62,12 @@ LOUDEST = 10  # sensors listed by how many alarms they raise at the settings as 
 
 
 def ladder(s: AnomalyConfig, steps: int = STEPS) -> list[AnomalyConfig]:
-    """`s`, then ever stricter: `tail_floor` a tenth a step, `change_z` up by 0.4 and `spatial_z` by 1."""
+    """`s`, then ever stricter: `tail_floor` a tenth a step, `change_z` up by 0.4, `spatial_z` and `spike_z` (when
+    on) by 1."""
     return [dataclasses.replace(s, tail_floor=float(f"{s.tail_floor * 10.0 ** -k:.3g}"),
                                 change_z=round(s.change_z + k * CHANGE_Z_STEP, 2),
-                                spatial_z=s.spatial_z + k * SPATIAL_Z_STEP) for k in range(steps)]
+                                spatial_z=s.spatial_z + k * SPATIAL_Z_STEP,
+                                spike_z=s.spike_z + k * SPATIAL_Z_STEP if s.spike_z else 0.0) for k in range(steps)]
 
 
 def calibrate(paths: list[str], cfg: Config, group: str | None = None, budget: float = 1.0,
@@ -125,7 +128,8 @@ def calibrate(paths: list[str], cfg: Config, group: str | None = None, budget: f
         clean = alarms[k, "clean"]
         n = sum(map(len, clean.values()))
         findings, raised = _labelled(clean, at_label)
-        row = {"step": k, "tail_floor": s.tail_floor, "change_z": s.change_z, "spatial_z": s.spatial_z, "alarms": n,
+        row = {"step": k, "tail_floor": s.tail_floor, "change_z": s.change_z, "spatial_z": s.spatial_z,
+               "spike_z": s.spike_z, "alarms": n,
                "per_sensor_hour": round((n - findings) / hours, 4) if hours > 0 else None,
                "sensors_alarming": len(clean)}
         if labels is not None:
@@ -266,7 +270,7 @@ def _text(rep: dict) -> str:
         s = rep["steps"][rep["chosen"]]
         lines += [f"the least strict step within {rep['budget']:g} alarms per sensor-hour is {s['step']}:",
                   table, f"tail_floor = {s['tail_floor']:g}", f"change_z = {s['change_z']:g}",
-                  f"spatial_z = {s['spatial_z']:g}"]
+                  f"spatial_z = {s['spatial_z']:g}", f"spike_z = {s['spike_z']:g}"]
     return "\n".join(lines)
 
 

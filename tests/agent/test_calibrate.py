@@ -57,6 +57,8 @@ def test_each_step_asks_for_rarer_evidence():
     assert [s.tail_floor for s in steps] == [1e-4, 1e-5, 1e-6, 1e-7, 1e-8, 1e-9]
     assert [s.change_z for s in steps] == [3.4, 3.8, 4.2, 4.6, 5.0, 5.4]
     assert [s.spatial_z for s in steps] == [5.0, 6.0, 7.0, 8.0, 9.0, 10.0]
+    assert [s.spike_z for s in steps] == [6.0, 7.0, 8.0, 9.0, 10.0, 11.0]
+    assert {s.spike_z for s in ladder(config.AnomalyConfig(spike_z=0.0))} == {0.0}  # off stays off
     assert {s.threshold for s in steps} == {0.8}  # where events start stays; what a score means changes
 
 
@@ -73,7 +75,7 @@ def test_the_least_strict_step_within_the_budget_raises_what_the_agent_would(tmp
     # the agent with the chosen step's settings for the group raises exactly the alarms counted for it
     step = rep["steps"][chosen]
     tuned = load(tmp_path, GROUPS + f"tail_floor = {step['tail_floor']}\nchange_z = {step['change_z']}\n"
-                                    f"spatial_z = {step['spatial_z']}\n")
+                                    f"spatial_z = {step['spatial_z']}\nspike_z = {step['spike_z']}\n")
     replayed = replay([str(tmp_path / "cap")], tuned, str(tmp_path / "events.db"))
     doors = [e for e in Store(str(tmp_path / "events.db")).events(kinds=["anomaly"]) if e["key"].startswith("doors/")]
     assert len(doors) == step["alarms"] and replayed["accepted"] == {"sensor": 5 * 7200}
