@@ -705,8 +705,9 @@ def deviations(tab: MetricTable, starts: np.ndarray, counts: np.ndarray, block: 
     stays visible here. After a silence longer than a block (`apart`) the reference is stale, so it starts
     again at the reading (the norm stays): a sensor back from an outage is not judged against the level it
     had before. Per value: that deviation in RMS units (0 while young or not judged), and the value's own
-    deviation in reference spreads, unsmoothed (`jump`, for `spike_z`). `starts` and `counts`: each reading's
-    first value and number of values."""
+    distance from the reference's mean in spreads (at least one step of the sensor), unsmoothed (`jump`, for
+    `spike_z`; 0 unless the smoothed deviation was within one spread before). `starts` and `counts`: each
+    reading's first value and number of values."""
     some = counts > 0
     whole = np.zeros(len(starts), bool)
     whole[some] = np.logical_and.reduceat(learn, starts[some])  # every metric of the reading in time order
