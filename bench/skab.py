@@ -26,12 +26,13 @@ in-sample. The baseline, measured in the same run: a rolling z-score per metric
 (mean and standard deviation of that metric's previous 300 readings, a detection
 when |z| > 4, then 60 s quiet for that metric).
 
-    python bench/skab.py [--data DIR | --corpus DIR] [--config PATH]
+    python bench/skab.py [--data DIR | --corpus DIR] [--config PATH] [--jobs N]
     python bench/skab.py --sensitivity [--data DIR | --corpus DIR] [--config PATH] [--jobs N]
 
+The 288 candidates run on `--jobs` worker processes (all cores by default; about 6 minutes on skab-dev with 2).
 `--sensitivity` repeats the cross-validation with one more key in the grid at a time (bench/cv.py's
 SENSOR_NEIGHBOURS: the change channels' other constants, fitted on all of skab-dev, each with a neighbour on
-either side), 1,008 candidate runs (about 20 minutes on 2 cores): how much the headline owes to them.
+either side), 2,016 candidate runs (about 40 minutes on 2 cores): how much the headline owes to them.
 """
 
 from __future__ import annotations
@@ -262,7 +263,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--config", help="agent configuration whose [anomaly] section is used")
     ap.add_argument("--sensitivity", action="store_true",
                     help="instead: the cross-validation with each of the change channels' other constants in the grid")
-    ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="--sensitivity: worker processes")
+    ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="worker processes for the candidates")
     args = ap.parse_args(argv)
     cfg = config.load(args.config).anomaly
     root = args.corpus or args.data / "skab-dev"
@@ -285,11 +286,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     t0 = time.perf_counter()
     configs = cv.candidates(cfg, cv.SENSOR_GRID)
-    outputs, free_fa = [], []
-    for c in configs:
-        o, fa = detections_of(c, (files, free_times, free_rows))
-        outputs.append(o)
-        free_fa.append(fa)
+    runs = cv.runs(detections_of, configs, (files, free_times, free_rows), args.jobs)
+    outputs, free_fa = [o for o, _ in runs], [fa for _, fa in runs]
     held, picks = lofo(files, configs, outputs, free_fa)
     chosen = {cv.label(configs[i], cv.SENSOR_GRID): n for i, n in picks.items()}
     t_cv = time.perf_counter() - t0
