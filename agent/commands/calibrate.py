@@ -43,11 +43,10 @@ from edgewatch.agent import config
 from edgewatch.agent.analytics.anomaly import Detector, raises_event
 from edgewatch.agent.analytics.counters import CounterRates
 from edgewatch.agent.analytics.sensor_groups import GroupOf
-from edgewatch.agent.commands.logfile import open_log
+from edgewatch.agent.commands.logfile import with_log
 from edgewatch.agent.commands.replay import CaptureSource
 from edgewatch.agent.commands.score import BATCH, InputError, iter_table, reading
 from edgewatch.agent.config import AnomalyConfig, Config, ConfigError
-from edgewatch.agent.eventlog.store import StoreError
 from edgewatch.agent.kinds import LABELS
 from edgewatch.agent.records import SensorReading
 from edgewatch.agent.timeutil import parse_timestamp
@@ -287,15 +286,9 @@ def calibrate_command(args) -> int:
         raise ConfigError(f"--budget {args.budget:g}: must be above 0 (alarms per sensor-hour)")
     labels = None
     if args.labels:
-        try:
-            store = open_log(args.db or cfg.store.url, readonly=True)
-        except StoreError as e:
-            print(f"edge-agent calibrate: {e}", file=sys.stderr)
-            return 1
-        try:
-            labels = store.labels(kinds=["anomaly"])
-        finally:
-            store.close()
+        labels = []
+        if code := with_log("calibrate", args, lambda store: labels.extend(store.labels(kinds=["anomaly"]))):
+            return code
     try:
         rep = calibrate(args.captures, cfg, args.group, args.budget, args.faults, labels)
     except InputError as e:

@@ -10,17 +10,15 @@ from __future__ import annotations
 import csv
 import functools
 import json
-import os
 import signal
 import sys
 import threading
 from collections.abc import Callable, Iterator
 
-import sqlalchemy as sa
 from edgewatch.agent import config
-from edgewatch.agent.commands.logfile import detail, is_file_problem, open_log
+from edgewatch.agent.commands.logfile import with_log
 from edgewatch.agent.config import ConfigError
-from edgewatch.agent.eventlog.store import Store, StoreError
+from edgewatch.agent.eventlog.store import Store
 from edgewatch.agent.timeutil import parse_when
 
 FOLLOW_POLL_SECONDS = 0.5
@@ -142,35 +140,6 @@ def _limit(n: int | None) -> int | None:
     return n
 
 
-def _run(name: str, args, body: Callable[[Store], None]) -> int:
-    """Open the log read-only and run `body`. Usage and log-file errors raise ConfigError (exit 2, by the CLI);
-    a database server's failure is a runtime one (1). Either way, one line."""
-    url = args.db or config.load(args.config).store.url
-    try:
-        store = open_log(url, readonly=True)
-    except StoreError as e:
-        return _failed(name, str(e), 1)
-    try:
-        body(store)
-    except BrokenPipeError:
-        # the reader went away (`| head`): stop quietly; stdout -> devnull so the flush at exit is silent too
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-    except KeyboardInterrupt:
-        pass
-    except (StoreError, sa.exc.SQLAlchemyError) as e:
-        if is_file_problem(e):
-            return _failed(name, f"{store.display_url}: not a usable event log ({detail(e)})", 2)
-        return _failed(name, detail(e), 1)
-    finally:
-        store.close()
-    return 0
-
-
-def _failed(name: str, message: str, code: int) -> int:
-    print(f"edge-agent {name}: {message}", file=sys.stderr)
-    return code
-
-
 def events_command(args) -> int:
     """`edge-agent events`: filters, formats, --follow."""
     keys = list(args.key)
@@ -212,7 +181,7 @@ def labels_command(args) -> int:
         printer.rows(store.labels(**filters))
         printer.nothing_matched("no labels match")
 
-    return _run("labels", args, body)
+    return with_log("labels", args, body)
 
 
 def _query(name: str, args, columns: tuple[str, ...], table_columns: tuple[str, ...] | None,
@@ -236,7 +205,7 @@ def _query(name: str, args, columns: tuple[str, ...], table_columns: tuple[str, 
             for page in _follow(fetch, last):
                 printer.rows(page)
 
-    return _run(name, args, body)
+    return with_log(name, args, body)
 
 
 def _pages(fetch: Callable[..., list[dict]], after: int) -> Iterator[list[dict]]:

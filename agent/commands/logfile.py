@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import sqlalchemy as sa
+from edgewatch.agent import config
 from edgewatch.agent.config import ConfigError
 from edgewatch.agent.eventlog.store import Store, StoreError, resolve_url
 
@@ -37,6 +40,41 @@ def open_log(url: str, **options) -> Store:
                 raise
             raise StoreError(f"{resolve_url(url).render_as_string(hide_password=True)}: {detail(e)}") from None
         raise ConfigError(f"{path}: {_why(path, e, writable)}") from None
+
+
+def with_log(name: str, args, body: Callable[[Store], int | None], readonly: bool = True) -> int:
+    """Open the log `--db` names (else `store.url` of `--config`) and run `body` on it; its exit code, 0 when it
+    returns None. Usage and log-file errors raise ConfigError (exit 2, by the CLI); a database server's failure
+    is a runtime one (1). Either way, one line. A command that writes (`readonly=False`) never creates a SQLite
+    log: it acts on one that exists."""
+    url = args.db or config.load(args.config).store.url
+    path = sqlite_path(url)
+    if not readonly and path is not None and not path.exists():
+        raise ConfigError(f"{path}: no event log there")
+    try:
+        store = open_log(url, readonly=readonly)
+    except StoreError as e:
+        return failed(name, str(e), 1)
+    try:
+        return body(store) or 0
+    except BrokenPipeError:
+        # the reader went away (`| head`): stop quietly; stdout -> devnull so the flush at exit is silent too
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except KeyboardInterrupt:
+        pass
+    except (StoreError, sa.exc.SQLAlchemyError) as e:
+        if is_file_problem(e):
+            return failed(name, f"{store.display_url}: not a usable event log ({detail(e)})", 2)
+        return failed(name, detail(e), 1)
+    finally:
+        store.close()
+    return 0
+
+
+def failed(name: str, message: str, code: int) -> int:
+    """Say why `edge-agent NAME` failed, in one line on stderr; return its exit code."""
+    print(f"edge-agent {name}: {message}", file=sys.stderr)
+    return code
 
 
 def sqlite_path(url: str) -> Path | None:

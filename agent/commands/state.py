@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 
 from edgewatch.agent import config
-from edgewatch.agent.commands.events import _run
+from edgewatch.agent.commands.logfile import with_log
 from edgewatch.agent.commands.run import snapshot_identity
 from edgewatch.agent.eventlog.snapshots import Identity, fresh_reason
 from edgewatch.agent.eventlog.store import Store
@@ -86,4 +86,4 @@ def state_command(args) -> int:
         print(json.dumps(rep) if args.json else _text(rep))
 
     args.db = args.db or cfg.store.url  # the configuration is loaded once
-    return _run("state", args, body)
+    return with_log("state", args, body)
