@@ -655,7 +655,8 @@ def _deviation(c: list, x: float, floor: float, res: float, apart: bool, p: Para
         mu = c[C_S] / cnt
         var = c[C_S2] / cnt - mu * mu
         sd = math.sqrt(var) if var > 0.0 else 0.0
-        z = (x - mu) / (sd if sd > floor else floor)
+        wide = sd if sd > floor else floor
+        z = (x - mu) / wide
         z = z if -CHANGE_CLIP < z < CHANGE_CLIP else (CHANGE_CLIP if z > 0.0 else -CHANGE_CLIP)
         before = c[C_DEV]
         dev = c[C_DEV] = before + p.a_change * (z - before)
@@ -663,7 +664,6 @@ def _deviation(c: list, x: float, floor: float, res: float, apart: bool, p: Para
         e2 = dev * dev
         if n > CHANGE_WARMUP:
             if -1.0 < before < 1.0:  # a jump from where the metric was (not within an excursion): `spike_z`
-                wide = sd if sd > floor else floor
                 jump = (x - mu if x >= mu else mu - x) / (wide if wide > res else res)  # a spread: a step at least
             ms = c[C_MS]
             hold = c[C_HOLD]
@@ -736,7 +736,8 @@ def deviations(tab: MetricTable, starts: np.ndarray, counts: np.ndarray, block: 
         mu = s / cnt
         var = s2 / cnt - mu * mu
         sd = np.where(var > 0.0, np.sqrt(np.abs(var)), 0.0)
-        z = np.clip((x - mu) / np.maximum(sd, floor), -CHANGE_CLIP, CHANGE_CLIP)
+        wide = np.maximum(sd, floor)
+        z = np.clip((x - mu) / wide, -CHANGE_CLIP, CHANGE_CLIP)
         dev1 = dev + p.a_change * (z - dev)
         n1 = n + 1.0
         e2 = dev1 * dev1
@@ -752,7 +753,7 @@ def deviations(tab: MetricTable, starts: np.ndarray, counts: np.ndarray, block: 
     c[:, C_N] = np.where(judged, n1, n)
     out[sel] = np.where(judged, r, 0.0)
     jump[sel] = np.where(judged & warm & (np.abs(dev) < 1.0),
-                         np.abs(x - mu) / np.maximum(np.maximum(sd, floor), block[sel, RES]), 0.0)
+                         np.abs(x - mu) / np.maximum(wide, block[sel, RES]), 0.0)
     bn += 1.0
     bs += x
     bs2 += x * x
