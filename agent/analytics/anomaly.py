@@ -59,7 +59,9 @@ still inform health). Its channels:
   that slow reference's mean (a spread at least one step of the sensor), when
   the metric was within one spread of it before, scores 1.0; the change
   channel's smoothing hides such a reading, and a fault already under way is
-  the change channel's to judge;
+  the change channel's to judge. A spike of another metric than the one the
+  sensor last alarmed about is a finding of its own and alarms inside the
+  refractory period too (a spike of that metric is an echo of its fault);
 - a metric's own verdict, as a range break ("spatial") only, unless
   `fuse_metrics` (then every verdict: more sensitive to short excursions, at
   twice the false alarms on SKAB's healthy pump);
@@ -77,10 +79,9 @@ change channel's tail is the two-sided normal tail of its deviation, times
 the number of metrics, and `change_z` (for one metric) maps to the live
 threshold. The sensor has its own refractory period (`sensor_refractory`);
 the metrics that alarmed re-baseline. These choices (which channels, the
-change threshold and hold, the refractory period) were made by leave-one-file-out
-cross-validation on SKAB (bench/skab.py); on `spike_z` it ties (SKAB's valve faults
-are shifts), and bench/faults.py's injected spikes decided. A single metric per reading is
-scored as above, without any of this.
+change threshold and hold, the refractory period, `spike_z`) were made by
+leave-one-file-out cross-validation on SKAB (bench/skab.py). A single metric per
+reading is scored as above, without any of this.
 
 Out-of-order readings (older than the last one of their key) are scored
 against the current model but teach it nothing: feeding the past into EWMAs
@@ -830,13 +831,15 @@ class PairState:
 @persisted
 class SensorState:
     """What the detector remembers about one sensor besides its series' rows (`rows`: metric -> row of the
-    MetricTable): the sensor-level score's refractory count and its pair channels."""
+    MetricTable): the sensor-level score's refractory count, the metric its last alarm was about (a spike of
+    another metric cuts through the refractory period) and its pair channels."""
 
-    __slots__ = ("rows", "cool", "key", "pairs")
+    __slots__ = ("rows", "cool", "alarmed", "key", "pairs")
 
     def __init__(self):
         self.rows: dict[str, int] = {}
         self.cool = 0
+        self.alarmed = ""
         self.key: tuple = ()
         self.pairs: list | None = None  # (index i, index j, "a~b", PairState) over a ring of the metrics in name order
 
@@ -1022,14 +1025,17 @@ class Detector:
             u = p.threshold * math.log(tail) / p.change_log if 0.0 < tail < 1.0 else (SPATIAL if tail <= 0.0 else 0.0)
             if u > fused:
                 fused, channel, top, by_change = u, f"{names[top_c]}:change", top_c, True
-        if p.spike_z and top_s >= p.spike_z and learned and fused < 1.0:  # one reading jumped: a spike
-            fused, channel, top, by_change = 1.0, f"{names[top_j]}:spike", top_j, False
+        if p.spike_z and top_s >= p.spike_z and learned:  # one reading jumped: a spike
+            other = damp and names[top_j] != sen.alarmed  # of another metric than the alarm being cooled off:
+            if fused < 1.0 or other:  # a finding of its own, not an echo of that alarm
+                fused, channel, top, by_change = 1.0, f"{names[top_j]}:spike", top_j, False
+                damp = damp and not other
         s = 1.0 if fused >= 1.0 or top_u >= SPATIAL else (fused if fused > 0.0 else 0.0)
         if learned:
             if damp:
                 sen.cool -= 1
             elif s >= p.threshold:
-                sen.cool = p.sensor_refractory
+                sen.cool, sen.alarmed = p.sensor_refractory, names[top]
                 if by_change:
                     self.table.alarmed(int(v.block[top, CH]))
                 for j in range(start, end):

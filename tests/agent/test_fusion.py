@@ -156,6 +156,28 @@ def test_spike_z_finds_a_single_spike_the_change_channels_smooth_away_and_a_last
     assert [c for h, c in spikes if h == 2600] == ["m2:spike"]
 
 
+def test_a_spike_of_another_metric_cuts_through_the_refractory_period_an_echo_does_not():
+    """A step of 6 widths on m2 alarms and starts the sensor's refractory period. 20 readings later m1 jumps 8
+    widths for one reading: a finding of its own, raised at once (the refractory period used to hide it), and
+    the sensor's refractory period starts again from it; a jump of m2 itself at that point, back from where its
+    step had settled, is part of the fault being cooled off and raises nothing the step alone did not."""
+    cfg = AnomalyConfig()
+
+    def alarms(spike: str | None) -> list[tuple[int, str]]:
+        rds = noise(4, 2000, 3)
+        for rd in rds[1500:]:
+            rd.metrics["m2"] += 6.0
+        if spike:
+            rds[1520].metrics[spike] += 8.0 if spike == "m1" else -8.0
+        return [(int((sc.ts - T0) / STEP), sc.channel) for sc in fused_alarms(rds, cfg) if sc.ts >= T0 + 1000 * STEP]
+
+    step = alarms(None)
+    assert [c for _, c in step] == ["m2", "m2:change"] and step[0][0] in (1500, 1501, 1502)
+    assert 1520 - step[0][0] < cfg.sensor_refractory < step[1][0] - step[0][0]
+    assert alarms("m1") == [step[0], (1520, "m1:spike"), (1520 + cfg.sensor_refractory + 1, "m2:change")]
+    assert alarms("m2") == step
+
+
 def test_fuse_off_scores_each_metric_alone_as_before():
     rds = pump(1200, broken=range(1100, 1105))
     off = Detector(AnomalyConfig(fuse="off")).score_readings(rds)
