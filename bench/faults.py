@@ -19,8 +19,8 @@ not count as finds. Baselines, in the same runs and by the same rule: bench/skab
 metric (300 readings, |z| > 4, 60 s quiet: twice the agent's alarms on the clean recording), and the same
 with the smallest threshold that raises no more alarms an hour on the clean recording than the agent
 (`zscore_matched`). It describes the shipped defaults (or --config); one design choice was made on it: a spike
-of another metric than the one the sensor alarmed about may alarm inside the sensor's refractory period (every
-spike raised the clean recording's false alarms above 5 an hour), so the spike figures lean in-sample.
+of a metric no alarm in the sensor's refractory period was about may alarm inside it (every spike raised the
+clean recording's false alarms above 5 an hour), so the spike figures lean in-sample.
 
     python bench/faults.py [--data DIR] [--config PATH]
 """

@@ -59,9 +59,10 @@ still inform health). Its channels:
   that slow reference's mean (a spread at least one step of the sensor), when
   the metric was within one spread of it before, scores 1.0; the change
   channel's smoothing hides such a reading, and a fault already under way is
-  the change channel's to judge. A spike of another metric than the one the
-  sensor last alarmed about is a finding of its own and alarms inside the
-  refractory period too (a spike of that metric is an echo of its fault);
+  the change channel's to judge. A spike of a metric that none of the
+  sensor's alarms since its refractory period began was about is a finding
+  of its own and alarms inside that period too (a spike of one of those
+  metrics is an echo of its fault): at most one alarm per metric a period;
 - a metric's own verdict, as a range break ("spatial") only, unless
   `fuse_metrics` (then every verdict: more sensitive to short excursions, at
   twice the false alarms on SKAB's healthy pump);
@@ -831,15 +832,15 @@ class PairState:
 @persisted
 class SensorState:
     """What the detector remembers about one sensor besides its series' rows (`rows`: metric -> row of the
-    MetricTable): the sensor-level score's refractory count, the metric its last alarm was about (a spike of
-    another metric cuts through the refractory period) and its pair channels."""
+    MetricTable): the sensor-level score's refractory count, the metrics its alarms since the refractory period
+    began were about (a spike of another metric cuts through it, once per metric) and its pair channels."""
 
     __slots__ = ("rows", "cool", "alarmed", "key", "pairs")
 
     def __init__(self):
         self.rows: dict[str, int] = {}
         self.cool = 0
-        self.alarmed = ""
+        self.alarmed: tuple[str, ...] = ()
         self.key: tuple = ()
         self.pairs: list | None = None  # (index i, index j, "a~b", PairState) over a ring of the metrics in name order
 
@@ -1025,9 +1026,10 @@ class Detector:
             u = p.threshold * math.log(tail) / p.change_log if 0.0 < tail < 1.0 else (SPATIAL if tail <= 0.0 else 0.0)
             if u > fused:
                 fused, channel, top, by_change = u, f"{names[top_c]}:change", top_c, True
+        other = False  # a spike of a metric none of the alarms being cooled off was about: a finding of its own
         if p.spike_z and top_s >= p.spike_z and learned:  # one reading jumped: a spike
-            other = damp and names[top_j] != sen.alarmed  # of another metric than the alarm being cooled off:
-            if fused < 1.0 or other:  # a finding of its own, not an echo of that alarm
+            other = damp and names[top_j] not in sen.alarmed
+            if fused < 1.0 or other:  # (a spike of one of those metrics is an echo of its fault)
                 fused, channel, top, by_change = 1.0, f"{names[top_j]}:spike", top_j, False
                 damp = damp and not other
         s = 1.0 if fused >= 1.0 or top_u >= SPATIAL else (fused if fused > 0.0 else 0.0)
@@ -1035,7 +1037,8 @@ class Detector:
             if damp:
                 sen.cool -= 1
             elif s >= p.threshold:
-                sen.cool, sen.alarmed = p.sensor_refractory, names[top]
+                sen.cool = p.sensor_refractory
+                sen.alarmed = (*sen.alarmed, names[top]) if other else (names[top],)
                 if by_change:
                     self.table.alarmed(int(v.block[top, CH]))
                 for j in range(start, end):

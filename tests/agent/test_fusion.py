@@ -178,6 +178,25 @@ def test_a_spike_of_another_metric_cuts_through_the_refractory_period_an_echo_do
     assert alarms("m2") == step
 
 
+def test_metrics_spiking_in_turn_raise_at_most_one_alarm_each_per_refractory_period():
+    """A fault that makes two metrics spike in turn (m0, then m1, every 5 readings for 300 readings: a cavitating
+    pump's two accelerometers) is not a new finding at every spike: within a refractory period each metric alarms
+    at most once (a rule of "another metric than the last alarm's" would alarm at every spike: sixty)."""
+    cfg = AnomalyConfig()
+    rds = noise(4, 2400, 3)
+    for k, rd in enumerate(rds[2000:2300]):
+        if k % 5 == 0:
+            rd.metrics[f"m{k // 5 % 2}"] += 8.0
+    alarms = [(int((sc.ts - T0) / STEP), sc.channel.split(":")[0]) for sc in fused_alarms(rds, cfg)
+              if T0 + 2000 * STEP <= sc.ts < T0 + 2300 * STEP]
+    metrics = {m for _, m in alarms}
+    assert {"m0", "m1"} <= metrics
+    assert len(alarms) <= len(metrics) * (300 // cfg.sensor_refractory + 1), alarms
+    for m in metrics:
+        at = [h for h, c in alarms if c == m]
+        assert all(b - a > cfg.sensor_refractory for a, b in zip(at, at[1:])), (m, at)
+
+
 def test_fuse_off_scores_each_metric_alone_as_before():
     rds = pump(1200, broken=range(1100, 1105))
     off = Detector(AnomalyConfig(fuse="off")).score_readings(rds)
