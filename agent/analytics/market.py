@@ -66,12 +66,14 @@ HORIZON_STEPS = 6  # a horizon is tracked in sixths: its move runs from the last
 class TickScale:
     """One symbol's last trade and its typical tick move: an EWMA of |move| between consecutive trades; and, for
     moves within a horizon, the last trade of each of its last HORIZON_STEPS steps (a ring: None before its first
-    horizon, the alerting trade after an alert) with the typical |move| over a horizon, one sample per step.
+    horizon, the alerting trade after a horizon alert) with the typical |move| over a horizon, one sample per step.
+    The jumps alerted tick to tick are left out of horizon moves: `jumped` is the product of their price ratios,
+    and each ring entry keeps its value then.
 
     The mean absolute move rather than a standard deviation: returns are heavy-tailed, and a mean of absolute
     values is the robust scale that costs one multiply-add."""
 
-    __slots__ = ("last", "scale", "n", "step", "until", "ends", "then", "hscale", "hn", "hlim", "whole")
+    __slots__ = ("last", "scale", "n", "step", "until", "ends", "then", "jumped", "hscale", "hn", "hlim", "whole")
 
     def __init__(self, trade: Trade, p: AlertParams):
         self.last = trade  # the previous trade (its time is read only when an alert needs it)
@@ -80,8 +82,9 @@ class TickScale:
         step = (trade.ts - EPOCH) // p.step if p.step else 0
         self.step = step  # the horizon step of `last` ...
         self.until = EPOCH + (step + 1) * p.step if p.step else None  # ... which ends here
-        self.ends: list[Trade | None] = [None] * HORIZON_STEPS  # step k's last trade at k % HORIZON_STEPS
-        self.then: Trade | None = None  # the trade this step's horizon moves run from: ends[step % HORIZON_STEPS]
+        self.ends: list[tuple[Trade, float] | None] = [None] * HORIZON_STEPS  # step k's (last trade, jumped) at
+        self.then: tuple[Trade, float] | None = None  # k % HORIZON_STEPS; this step's horizon moves run from then
+        self.jumped = 1.0
         self.hscale = 0.0
         self.hn = 0  # horizon moves learnt
         self.hlim = math.inf  # the horizon move that alerts (none while the typical one is learnt)
@@ -108,9 +111,10 @@ class AlertParams:
 
 
 def _price_alert(t: Trade, prev: Trade, move: float, scale: float | None, p: AlertParams,
-                 horizon: float | None = None) -> Event:
+                 horizon: float | None = None, jumps: float = 0.0) -> Event:
     """The event for one large move since `prev`: the previous trade, or with `horizon` (seconds) the last trade
-    about a horizon ago; `scale` None while the symbol's tick scale is still being learnt."""
+    about a horizon ago (`jumps`: the move of the jumps alerted since, left out of `move`); `scale` None while the
+    symbol's tick scale is still being learnt."""
     size = abs(move)
     multiple = size / scale if scale else None
     alert_multiple = p.hmultiple if horizon else p.multiple
@@ -119,6 +123,7 @@ def _price_alert(t: Trade, prev: Trade, move: float, scale: float | None, p: Ale
         "price": t.price, "prev_price": prev.price, "move": move, "scale": scale, "multiple": multiple,
         "threshold": None if horizon else p.floor, "alert_multiple": alert_multiple,
         "prev_ts": prev.ts.isoformat() + "Z", "size": t.size, "horizon": horizon,
+        "jumps": jumps if horizon else None,
     }
     unit = f"its {horizon:g}-s" if horizon else "its tick"
     times = f", {multiple:.0f}x {unit} scale {scale:.3%}" if multiple is not None else ""
@@ -144,9 +149,9 @@ def _next_step(s: TickScale, t: Trade, p: AlertParams) -> None:
     """Trading moved on to the horizon step of `t`: the steps since the last trade end at it (a quiet step ends
     where the last one did), and the step that ended with a trade teaches the typical horizon move, one sample a
     step however busy the symbol."""
-    ends, last, k = s.ends, s.last, HORIZON_STEPS
+    ends, last, k = s.ends, (s.last, s.jumped), HORIZON_STEPS
     if s.then is not None and s.step >= s.whole:
-        s.hscale = _learned(s.hscale, s.hn, abs(last.price / s.then.price - 1.0), p)
+        s.hscale = _learned(s.hscale, s.hn, abs(_horizon_move(s, last[0].price)), p)
         s.hn += 1
         if s.hn >= p.warmup:
             s.hlim = max(p.hmultiple * s.hscale, p.min_move)
@@ -158,12 +163,19 @@ def _next_step(s: TickScale, t: Trade, p: AlertParams) -> None:
     s.then = ends[step % k]
 
 
+def _horizon_move(s: TickScale, price: float) -> float:
+    """The move from the trade this step's horizon runs from to `price`, without the jumps alerted tick to tick
+    since (they were alerted once; a slide around them still counts)."""
+    then, jumped = s.then
+    return price / then.price * (jumped / s.jumped) - 1.0
+
+
 def _anchor(s: TickScale, t: Trade) -> None:
-    """After an alert, horizon moves run from the alerting trade for a horizon: a move is alerted once (again
-    only once it has gone as far again), and a jump alerted tick to tick is not alerted again as a horizon move.
-    Those partial moves do not teach the typical horizon move."""
-    s.ends[:] = [t] * HORIZON_STEPS
-    s.then = t
+    """After a horizon alert, or a trade after a pause (not a tick), horizon moves run from that trade for a
+    horizon: a move is alerted once (again only once it has gone as far again). Those partial moves do not teach
+    the typical horizon move."""
+    s.ends[:] = [(t, s.jumped)] * HORIZON_STEPS
+    s.then = s.ends[0]
     s.whole = s.step + HORIZON_STEPS
 
 
@@ -203,14 +215,16 @@ def price_alerts(trades: ts[list[Trade]], cfg: MarketConfig, states: object = No
         if horizon:
             if t.ts >= s.until:  # (a trade older than its step, out of order, moves no step back)
                 _next_step(s, t, p)
-            then = s.then
-            if jump or not tick:
+            if not tick:
                 _anchor(s, t)
-            elif then is not None:
-                hmove = price / then.price - 1.0
+            elif jump:  # alerted as a jump: left out of the horizon moves (a slide around it still counts)
+                s.jumped *= price / prev.price
+            elif s.then is not None:
+                hmove = _horizon_move(s, price)
                 if hmove >= s.hlim or -hmove >= s.hlim:
+                    then, jumped = s.then
+                    out.append(_price_alert(t, then, hmove, s.hscale, p, p.horizon, s.jumped / jumped - 1.0))
                     _anchor(s, t)
-                    out.append(_price_alert(t, then, hmove, s.hscale, p, p.horizon))
         if tick:
             s.scale = _learned(scale, n, size, p)
             s.n = n + 1

@@ -187,6 +187,36 @@ def test_a_slide_of_small_ticks_alerts_once_as_a_move_within_the_horizon():
     assert run_alerts(calm + slide + after, MarketConfig(price_alert_horizon=0.0)) == []
 
 
+def test_a_slide_alerts_within_the_horizon_however_often_the_symbol_jumps():
+    """A calm symbol (one trade a second, typical move 0.02 %) starts to jump 1 % every 10 s, up and down in
+    turn (tick alerts). A minute of that raises no horizon alert: the jumps are left out of horizon moves.
+    Then it also slides 3 % in 60 s by ticks of 0.05 %: the horizon alert finds the slide between the jumps, with
+    the jumps it left out in `data` (before, every jump restarted the horizon from the jumping trade, and no
+    10 s between two jumps held enough of the slide to alert)."""
+    rng = random.Random(7)
+    sigma = 0.0002 / math.sqrt(2 / math.pi)
+    calm = ticks("CALM", 2400, lambda: rng.gauss(0, sigma), every=1.0)
+
+    def jumpy(start: float, price: float, n: int, drift: float) -> list[Trade]:
+        out = []
+        for i in range(n):
+            k = int(start) + i
+            price *= 1.0 + rng.gauss(0, sigma) + drift + (0.0 if k % 10 else (0.01 if k % 20 else -0.01))
+            out.append(trade("CALM", float(k), price))
+        return out
+
+    steady = jumpy(2400.0, calm[-1].price, 60, 0.0)
+    slide = jumpy(2460.0, steady[-1].price, 60, -0.0005)
+    evs = run_alerts(calm + steady + slide)
+    jumps = [e for e in evs if e.data["horizon"] is None]
+    assert len(jumps) >= 10 and all(e.ts.second % 10 == 0 for e in jumps)  # the jumps alert tick to tick, once
+    horizon = [e for e in evs if e.data["horizon"]]
+    assert len(horizon) == 1 and slide[0].ts < horizon[0].ts <= slide[-1].ts
+    d = horizon[0].data
+    assert d["move"] < -0.015 and d["jumps"] != 0.0
+    assert d["move"] == pytest.approx(d["price"] / d["prev_price"] / (1.0 + d["jumps"]) - 1.0)
+
+
 def test_normal_trading_raises_no_horizon_alert_and_a_jump_alerts_once():
     """Two hours of a volatile symbol's heavy-tailed ticks (two trades a second) raise no move-within-the-horizon
     alert; a calm symbol's 2 % jump alerts tick to tick, and the horizon, whose moves now hold it, does not repeat
