@@ -52,9 +52,10 @@ SENSOR_GRID = {
     "threshold": GRID["threshold"],
     "fuse_metrics": (False, True),
     "pairs": (False, True),
-    "change_z": (3.4, 3.2, 3.0),
+    "change_z": (3.2, 3.4, 3.0),
     "change_hold": (5.0, 0.0),
     "spike_z": (6.0, 0.0),
+    "regime_visits": (5, 0),
 }
 # the detector's other constants, fitted on all of nab-dev before the cross-validation existed, with a neighbour
 # on each side: `bench/nab.py --sensitivity` adds one key's neighbours at a time to GRID, to show how much the

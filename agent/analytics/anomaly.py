@@ -63,6 +63,12 @@ still inform health). Its channels:
   sensor's alarms since its refractory period began was about is a finding
   of its own and alarms inside that period too (a spike of one of those
   metrics is an echo of its fault): at most one alarm per metric a period;
+- per metric, the operating regimes it is known to run at: a level its
+  change channel has settled at after being away, `regime_visits` separate
+  times (up to REGIME_SLOTS levels). While its smoothed reading is near one
+  of them, its change channel and spikes are silent, so a compressor that
+  cycles stops alarming at every switch once it has cycled a few times; a
+  fault settles at a level once or twice, and stays a change;
 - a metric's own verdict, as a range break ("spatial") only, unless
   `fuse_metrics` (then every verdict: more sensitive to short excursions, at
   twice the false alarms on SKAB's healthy pump);
@@ -132,6 +138,11 @@ CHANGE_WARMUP = 30  # deviations learnt before a change channel judges one
 CHANGE_NORM_CLIP2 = 5.0**2  # a deviation's square teaches its mean square at most this many times that mean square
 CHANGE_RELEASE2 = 2.0**2  # a change channel's norm on hold (`change_hold`) learns again once the deviation is within 2 RMS
 HOLD_FREE, HOLD_ON, HOLD_ALARMED = 0.0, 1.0, 2.0  # a change channel's hold: off; on; on, and its alarm raised
+REGIME_SLOTS = 4  # levels a change channel remembers (`regime_visits`): a machine's operating regimes
+REGIME_MATCH = 1.0  # a settled block's mean within this many reference spreads of a remembered level is that level
+REGIME_RATE = 0.1  # how far a remembered level moves toward each settled block's mean that matches it
+REGIME_NEAR = 2.0  # readings (smoothed) within this many reference spreads of a known regime are not a change
+REGIME_AWAY2 = 5.0**2  # a deviation beyond 5 RMS (a move, not noise) ends a visit: the next settled level is a new one
 _LN2 = math.log(2.0)
 _SQRT2 = math.sqrt(2.0)
 
@@ -159,6 +170,7 @@ class Params:
         "a_level", "a_trend", "a_dev", "a_season", "a_short", "a_long", "clip", "warmup", "refractory",
         "rel_floor", "buckets", "period", "zone", "season_min", "log_floor", "threshold", "spatial", "spatial_z",
         "inv_log_floor", "fuse", "fisher", "pairs", "a_pair", "blocks", "a_change", "a_cnorm", "change_log", "spike_z",
+        "regime_visits",
         "fuse_metrics", "sensor_refractory", "hold2",
     )
 
@@ -194,6 +206,7 @@ class Params:
         self.hold2 = cfg.change_hold**2 if cfg.change_hold > 0.0 else math.inf
         self.change_log = math.log(math.erfc(cfg.change_z / _SQRT2))  # log of change_z's two-sided tail
         self.spike_z = cfg.spike_z
+        self.regime_visits = cfg.regime_visits
 
 
 # a (sensor, metric)'s row in MetricTable.m: everything the detector remembers about it besides its daily profile
@@ -205,9 +218,13 @@ FIELDS = 17  # CH: the row of its change channel in MetricTable.cm (-1: none yet
 # block being filled (count, sum, sum of squares), totals over the ring's completed blocks, the pivot (sums are of
 # x - pivot: no cancellation for a large mean with a small spread), the EWMA deviation, its mean square and count,
 # its hold (HOLD_*: while on, the mean square does not learn; once it has alarmed, the channel is not judged);
+# the EWMA distance from the nearest known regime (in reference spreads, at most CHANGE_CLIP), the slot of the
+# level being visited (-1: away), REGIME_SLOTS remembered levels (absolute) and their visits (0: slot unused);
 # then the ring, per block: sum, sum of squares
-C_FULL, C_BN, C_BS, C_BS2, C_S, C_S2, C_PIVOT, C_DEV, C_MS, C_N, C_HOLD = range(11)
-C_RING = 11
+C_FULL, C_BN, C_BS, C_BS2, C_S, C_S2, C_PIVOT, C_DEV, C_MS, C_N, C_HOLD, C_KD, C_AT = range(13)
+C_LV = 13
+C_VS = C_LV + REGIME_SLOTS
+C_RING = C_VS + REGIME_SLOTS
 
 
 class SensorIndex(RecentStates):
@@ -309,6 +326,8 @@ class MetricTable:
             self.cused += 1
         self.cm[out] = 0.0
         self.cm[out, C_PIVOT] = x
+        self.cm[out, C_KD] = CHANGE_CLIP
+        self.cm[out, C_AT] = -1.0
         return out
 
     def alarmed(self, c: int) -> None:
@@ -648,8 +667,11 @@ def _deviation(c: list, x: float, floor: float, res: float, apart: bool, p: Para
         c[C_FULL] = c[C_BN] = c[C_BS] = c[C_BS2] = c[C_S] = c[C_S2] = c[C_DEV] = 0.0
         c[C_PIVOT] = x
         c[C_HOLD] = HOLD_FREE
+        c[C_AT] = -1.0
+    xa = x
     x -= c[C_PIVOT]
     out = jump = 0.0
+    settled = False
     full = c[C_FULL]
     k = full if full < p.blocks else p.blocks
     if k >= 2:
@@ -674,11 +696,25 @@ def _deviation(c: list, x: float, floor: float, res: float, apart: bool, p: Para
                 c[C_HOLD] = HOLD_ON if hold == HOLD_FREE else hold
             elif e2 < CHANGE_RELEASE2 * ms:
                 c[C_HOLD] = HOLD_FREE
+            if e2 > REGIME_AWAY2 * ms:
+                c[C_AT] = -1.0
             if e2 > CHANGE_NORM_CLIP2 * ms:
                 e2 = CHANGE_NORM_CLIP2 * ms
         if c[C_HOLD] == HOLD_FREE:
             a = p.a_cnorm if p.a_cnorm * n > 1.0 else 1.0 / n
             c[C_MS] += a * (e2 - c[C_MS])
+        if p.regime_visits:  # near a known operating regime: a return to it, not a change
+            near = CHANGE_CLIP
+            for j in range(C_LV, C_VS):
+                if c[j + REGIME_SLOTS] >= p.regime_visits:
+                    d = (xa - c[j] if xa >= c[j] else c[j] - xa) / wide
+                    near = d if d < near else near
+            kd = c[C_KD] = c[C_KD] + p.a_change * (near - c[C_KD])
+            if kd < REGIME_NEAR:
+                out = 0.0
+            if near < REGIME_NEAR:
+                jump = 0.0
+            settled = n > CHANGE_WARMUP and dev * dev < c[C_MS]
     c[C_BN] += 1.0
     c[C_BS] += x
     c[C_BS2] += x * x
@@ -692,8 +728,32 @@ def _deviation(c: list, x: float, floor: float, res: float, apart: bool, p: Para
             c[C_S2] += c[C_BS2]
         c[i], c[i + 1] = c[C_BS], c[C_BS2]
         c[C_FULL] = full + 1.0
+        if settled:
+            _settle(c, c[C_PIVOT] + c[C_BS] / CHANGE_BLOCK, wide)
         c[C_BN] = c[C_BS] = c[C_BS2] = 0.0
     return out, jump
+
+
+def _settle(c: list, level: float, wide: float) -> None:
+    """A block's mean while the channel was settled (within 1 RMS of its reference): the level it matches among
+    the remembered ones moves toward it, or it replaces the least visited; a visit counts once per return."""
+    best, bd = -1, REGIME_MATCH
+    for k in range(REGIME_SLOTS):
+        if c[C_VS + k] > 0.0:
+            d = (level - c[C_LV + k] if level >= c[C_LV + k] else c[C_LV + k] - level) / wide
+            if d < bd:
+                best, bd = k, d
+    if best < 0:
+        best = 0
+        for k in range(1, REGIME_SLOTS):
+            if c[C_VS + k] < c[C_VS + best]:
+                best = k
+        c[C_LV + best], c[C_VS + best] = level, 0.0
+    else:
+        c[C_LV + best] += REGIME_RATE * (level - c[C_LV + best])
+    if c[C_AT] != best:
+        c[C_VS + best] += 1.0
+        c[C_AT] = float(best)
 
 
 def deviations(tab: MetricTable, starts: np.ndarray, counts: np.ndarray, block: np.ndarray, learn: np.ndarray,
@@ -729,7 +789,8 @@ def deviations(tab: MetricTable, starts: np.ndarray, counts: np.ndarray, block: 
         c[again, C_PIVOT] = xs[sel[again]]
         c[again, C_DEV] = 0.0
         c[again, C_HOLD] = HOLD_FREE
-    full, bn, bs, bs2, s, s2, pivot, dev, ms, n, hold = c[:, :C_RING].T.copy()
+        c[again, C_AT] = -1.0
+    full, bn, bs, bs2, s, s2, pivot, dev, ms, n, hold = c[:, :C_KD].T.copy()
     x = xs[sel] - pivot
     floor = p.rel_floor * block[sel, MAG] + 1e-9
     judged = np.minimum(full, p.blocks) >= 2
@@ -747,15 +808,27 @@ def deviations(tab: MetricTable, starts: np.ndarray, counts: np.ndarray, block: 
         r = np.where(warm & (ms > 1e-12) & (hold != HOLD_ALARMED), np.abs(dev1) / np.sqrt(ms), 0.0)
         hold = np.where(judged & warm & (e2 > p.hold2 * ms), np.where(hold == HOLD_FREE, HOLD_ON, hold),
                         np.where(judged & warm & (e2 < CHANGE_RELEASE2 * ms), HOLD_FREE, hold))
+        c[:, C_AT] = np.where(judged & warm & (e2 > REGIME_AWAY2 * ms), -1.0, c[:, C_AT])
         e2 = np.where(warm & (e2 > CHANGE_NORM_CLIP2 * ms), CHANGE_NORM_CLIP2 * ms, e2)
         a = np.where(p.a_cnorm * n1 > 1.0, p.a_cnorm, 1.0 / n1)
         c[:, C_MS] = np.where(judged & (hold == HOLD_FREE), ms + a * (e2 - ms), ms)
         c[:, C_HOLD] = hold
     c[:, C_DEV] = np.where(judged, dev1, dev)
     c[:, C_N] = np.where(judged, n1, n)
+    jump1 = np.where(judged & warm & (np.abs(dev) < 1.0), np.abs(x - mu) / np.maximum(wide, block[sel, RES]), 0.0)
+    settled = None
+    if p.regime_visits:  # near a known operating regime: a return to it, not a change
+        known = c[:, C_VS:C_RING] >= p.regime_visits
+        with np.errstate(invalid="ignore"):
+            near = np.minimum(np.where(known, np.abs(xs[sel, None] - c[:, C_LV:C_VS]) / wide[:, None], CHANGE_CLIP)
+                              .min(axis=1), CHANGE_CLIP)
+        kd = c[:, C_KD] + p.a_change * (near - c[:, C_KD])
+        c[:, C_KD] = np.where(judged, kd, c[:, C_KD])
+        r = np.where(kd < REGIME_NEAR, 0.0, r)
+        jump1 = np.where(near < REGIME_NEAR, 0.0, jump1)
+        settled = judged & warm & (dev1 * dev1 < c[:, C_MS])
     out[sel] = np.where(judged, r, 0.0)
-    jump[sel] = np.where(judged & warm & (np.abs(dev) < 1.0),
-                         np.abs(x - mu) / np.maximum(wide, block[sel, RES]), 0.0)
+    jump[sel] = jump1
     bn += 1.0
     bs += x
     bs2 += x * x
@@ -768,10 +841,25 @@ def deviations(tab: MetricTable, starts: np.ndarray, counts: np.ndarray, block: 
         c[done, at] = bs[done]
         c[done, at + 1] = bs2[done]
         full[done] += 1.0
+        if settled is not None and (d := done[settled[done]]).size:
+            _settle_all(c, d, pivot[d] + bs[d] / CHANGE_BLOCK, wide[d])
         bn[done] = bs[done] = bs2[done] = 0.0
     c[:, C_FULL], c[:, C_BN], c[:, C_BS], c[:, C_BS2], c[:, C_S], c[:, C_S2] = full, bn, bs, bs2, s, s2
     tab.cm[crow] = c
     return out.tolist(), jump.tolist()
+
+
+def _settle_all(c: np.ndarray, d: np.ndarray, level: np.ndarray, wide: np.ndarray) -> None:
+    """_settle() for the rows `d` of `c` at once."""
+    lv, vs, at = c[d, C_LV:C_VS], c[d, C_VS:C_RING], c[d, C_AT]
+    dist = np.where(vs > 0.0, np.abs(level[:, None] - lv) / wide[:, None], np.inf)
+    rows = np.arange(len(d))
+    best = dist.argmin(axis=1)
+    match = dist[rows, best] < REGIME_MATCH
+    slot = np.where(match, best, vs.argmin(axis=1))
+    lv[rows, slot] = np.where(match, lv[rows, slot] + REGIME_RATE * (level - lv[rows, slot]), level)
+    vs[rows, slot] = np.where(match, vs[rows, slot], 0.0) + (at != slot)
+    c[d, C_LV:C_VS], c[d, C_VS:C_RING], c[d, C_AT] = lv, vs, slot
 
 
 def _verdict(d: float, var: float, p: Params) -> float:
