@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import itertools
 import random
 from datetime import datetime, timedelta
 
@@ -194,7 +195,7 @@ def test_metrics_spiking_in_turn_raise_at_most_one_alarm_each_per_refractory_per
     assert len(alarms) <= len(metrics) * (300 // cfg.sensor_refractory + 1), alarms
     for m in metrics:
         at = [h for h, c in alarms if c == m]
-        assert all(b - a > cfg.sensor_refractory for a, b in zip(at, at[1:])), (m, at)
+        assert all(b - a > cfg.sensor_refractory for a, b in itertools.pairwise(at)), (m, at)
 
 
 def cycling(n: int, seed: int, period: int = 600, shift: float = 6.0) -> list[SensorReading]:
