@@ -166,7 +166,7 @@ class AnomalyConfig:
     pair_span: float = 200.0  # readings: EWMA span of the pair regressions
     change_window: int = 300  # readings: the sensor-level score's slow reference per metric (mean and spread of the last this many, in blocks of 30; 0 = no change channels)
     change_span: float = 12.0  # readings: EWMA span of a metric's deviation from its slow reference (in reference spreads)
-    change_z: float = 3.2  # that deviation, in units of its own long-run RMS, at which a change channel reaches the live threshold, for one metric (Bonferroni: a sensor of more metrics needs a larger one)
+    change_z: float = 3.4  # that deviation, in units of its own long-run RMS, at which a change channel reaches the live threshold, for one metric (Bonferroni: a sensor of more metrics needs a larger one)
     change_norm_span: float = 3000.0  # readings: EWMA span of the deviation's long-run RMS
     change_hold: float = 5.0  # a deviation beyond this many RMS stops teaching that RMS until it is back within 2 (0: it always teaches, clipped at 5), so a fault does not make the next one look normal; on hold, the channel raises at most one alarm
     spike_z: float = 6.0  # a reading of a metric this many spreads from the mean of its slow reference (the change channel's last change_window readings; a spread is at least one step of the sensor) makes the sensor-level score 1.0: single spikes, which the change channels smooth away; 0: off

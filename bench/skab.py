@@ -29,7 +29,7 @@ when |z| > 4, then 60 s quiet for that metric).
     python bench/skab.py [--data DIR | --corpus DIR] [--config PATH] [--jobs N]
     python bench/skab.py --sensitivity [--data DIR | --corpus DIR] [--config PATH] [--jobs N]
 
-The 576 candidates run on `--jobs` worker processes (all cores by default; about 12 minutes on skab-dev with 2).
+The 384 candidates run on `--jobs` worker processes (all cores by default; about 10 minutes on skab-dev with 2).
 `--sensitivity` repeats the cross-validation with one more key in the grid at a time (bench/cv.py's
 SENSOR_NEIGHBOURS: the change channels' other constants, fitted on all of skab-dev, each with a neighbour on
 either side), 2,016 candidate runs (about 40 minutes on 2 cores): how much the headline owes to them.

@@ -55,7 +55,7 @@ def load(tmp_path, text: str = GROUPS) -> config.Config:
 def test_each_step_asks_for_rarer_evidence():
     steps = ladder(config.AnomalyConfig())
     assert [s.tail_floor for s in steps] == [1e-4, 1e-5, 1e-6, 1e-7, 1e-8, 1e-9]
-    assert [s.change_z for s in steps] == pytest.approx([3.2, 3.6, 4.0, 4.4, 4.8, 5.2])
+    assert [s.change_z for s in steps] == pytest.approx([3.4, 3.8, 4.2, 4.6, 5.0, 5.4])
     assert [s.spatial_z for s in steps] == [5.0, 6.0, 7.0, 8.0, 9.0, 10.0]
     assert [s.spike_z for s in steps] == [6.0, 7.0, 8.0, 9.0, 10.0, 11.0]
     assert {s.spike_z for s in ladder(config.AnomalyConfig(spike_z=0.0))} == {0.0}  # off stays off

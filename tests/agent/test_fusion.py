@@ -337,8 +337,8 @@ def test_fault_bench_finds_what_the_clean_recording_does_not_raise(shared_data, 
     monkeypatch.setattr(faults, "STRIDE", 4000)
     times, rows, _ = skab.read_skab(shared_data / "skab-dev" / "anomaly-free" / "anomaly-free.csv")
     r = faults.run(times, rows, AnomalyConfig())
-    assert r["positions"] == 2 and r["clean_alarms_per_hour"]["agent"] == 4.53
-    assert r["clean_alarms_per_hour"]["zscore_matched"] <= 4.53 < r["clean_alarms_per_hour"]["zscore"]
+    assert r["positions"] == 2 and r["clean_alarms_per_hour"]["agent"] == 3.78
+    assert r["clean_alarms_per_hour"]["zscore_matched"] <= 3.78 < r["clean_alarms_per_hour"]["zscore"]
     assert r["step"]["6"]["runs"] == 16 and r["step"]["6"]["agent"]["found"] >= 0.9
     assert r["ramp"]["6"]["agent"]["found"] > r["ramp"]["6"]["zscore_matched"]["found"]
     assert set(r) >= {"step", "ramp", "spike", "noise", "stuck", "zscore_thresholds"}
