@@ -744,10 +744,7 @@ def _settle(c: list, level: float, wide: float) -> None:
             if d < bd:
                 best, bd = k, d
     if best < 0:
-        best = 0
-        for k in range(1, REGIME_SLOTS):
-            if c[C_VS + k] < c[C_VS + best]:
-                best = k
+        best = min(range(REGIME_SLOTS), key=lambda k: c[C_VS + k])  # the least visited (the first of equals)
         c[C_LV + best], c[C_VS + best] = level, 0.0
     else:
         c[C_LV + best] += REGIME_RATE * (level - c[C_LV + best])

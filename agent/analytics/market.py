@@ -151,7 +151,7 @@ def _next_step(s: TickScale, t: Trade, p: AlertParams) -> None:
     step however busy the symbol."""
     ends, last, k = s.ends, (s.last, s.jumped), HORIZON_STEPS
     if s.then is not None and s.step >= s.whole:
-        s.hscale = _learned(s.hscale, s.hn, abs(_horizon_move(s, last[0].price)), p)
+        s.hscale = _learned(s.hscale, s.hn, abs(_horizon_move(s, s.last.price)), p)
         s.hn += 1
         if s.hn >= p.warmup:
             s.hlim = max(p.hmultiple * s.hscale, p.min_move)

@@ -198,24 +198,14 @@ def test_metrics_spiking_in_turn_raise_at_most_one_alarm_each_per_refractory_per
         assert all(b - a > cfg.sensor_refractory for a, b in itertools.pairwise(at)), (m, at)
 
 
-def cycling(n: int, seed: int, period: int = 600, shift: float = 6.0) -> list[SensorReading]:
-    """A compressor that switches on and off every `period` readings: its three metrics move `shift` noise widths
-    together."""
-    rnd = random.Random(seed)
-    return [SensorReading(sensor_id="c", ts=T0 + i * STEP, attrs={},
-                          metrics={f"m{j}": 20.0 + shift * ((i // period) % 2) + rnd.gauss(0, 1) for j in range(3)})
-            for i in range(n)]
-
-
 def test_a_machine_that_cycles_stops_alarming_once_its_regimes_are_known_and_a_new_level_still_alarms():
     """A compressor switching by 6 noise widths every 10 minutes alarms at its first switches (about 17 alarms
     an hour), and goes on doing so without a regime memory; with it (`regime_visits` = 5), once each level has
     been settled at five separate times the switches raise nothing: about one alarm an hour from the third hour.
     A fault to a level it has never run at (the off level 12 widths higher from hour 5) still alarms, at once."""
-    n = 5 * 3600 + 1200
-    rds = cycling(n, 4)
-    for rd in rds[5 * 3600:]:
-        rd.metrics["m1"] += 12.0
+    from bench import regimes
+
+    rds = regimes.with_fault(regimes.cycling(5 * 3600 + 1200, 4), 5 * 3600)
 
     def hourly(cfg: AnomalyConfig) -> list[int]:
         hits = [int((sc.ts - T0) / STEP) for sc in fused_alarms(rds, cfg)]
