@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 import typing
 
@@ -141,11 +142,16 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--db", metavar="URL|PATH", help=DB_HELP)
 
     sc = _command(sub, "score", "score a CSV (one or more metric columns) with the live anomaly detector",
-                  "Reads a CSV with a timestamp column and one or more metric columns; writes\n"
-                  "timestamp,value,anomaly_score, one row per input row (with several metrics\n"
+                  "Reads a CSV (comma, semicolon or tab) with a time column and one or more metric columns;\n"
+                  "writes timestamp,value,anomaly_score, one row per input row (with several metrics\n"
                   "the score is the sensor-level one that decides the live anomaly events).")
     sc.add_argument("input", metavar="INPUT.csv", help="the series to score")
-    sc.add_argument("--metric", metavar="NAME", help="score this column alone (default: every column but timestamp)")
+    sc.add_argument("--metric", metavar="NAME",
+                    help="score this column alone (default: every column but the time column and --ignore's)")
+    sc.add_argument("--time-column", default="timestamp", metavar="NAME",
+                    help="the column of the readings' times, ISO 8601 or epoch seconds (default: timestamp)")
+    sc.add_argument("--ignore", action="append", metavar="NAME",
+                    help="a column not to score, such as a label or an identifier (repeat for several)")
     sc.add_argument("--out", metavar="OUT.csv", help="where to write the scores (default: standard output)")
     sc.add_argument("--config", metavar="PATH", help=CONFIG_HELP)
     sc.add_argument("--group", metavar="NAME", help="with the settings of [anomaly.groups.NAME] (default: [anomaly])")
@@ -227,6 +233,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # the reader went away (`| head`): stop quietly; stdout -> devnull so the flush at exit is silent too
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

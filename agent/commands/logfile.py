@@ -57,9 +57,6 @@ def with_log(name: str, args, body: Callable[[Store], int | None], readonly: boo
         return failed(name, str(e), 1)
     try:
         return body(store) or 0
-    except BrokenPipeError:
-        # the reader went away (`| head`): stop quietly; stdout -> devnull so the flush at exit is silent too
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     except KeyboardInterrupt:
         pass
     except (StoreError, sa.exc.SQLAlchemyError) as e:

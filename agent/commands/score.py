@@ -2,9 +2,12 @@
 
 The rows go through the very `anomaly_scores` csp node the agent runs, each row
 one reading of one sensor, so the scores are exactly what the live detector
-would have said. Every column but `timestamp` is a metric of that sensor (or
-only `--metric NAME`); with several, `anomaly_score` is the sensor-level
-(fused) score that decides the live `anomaly` events. Rows are scored in file
+would have said. Every column but the time column (`timestamp`, or
+`--time-column NAME`) and those `--ignore` names (labels, identifiers) is a
+metric of that sensor (or only `--metric NAME`); the delimiter is a comma, a
+semicolon or a tab, whichever the header has most of. With several metrics,
+`anomaly_score` is the sensor-level (fused) score that decides the live
+`anomaly` events. Rows are scored in file
 order; a timestamp that repeats or steps back is scored like a live
 out-of-order reading (see edgewatch.agent.analytics.anomaly). A column that
 `anomaly.counters` names is a running total, scored by its rate as the agent
@@ -17,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
+import itertools
 import sys
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
@@ -30,6 +34,8 @@ from edgewatch.agent.records import SensorReading
 
 SENSOR_ID = "score"
 BATCH = 4096  # rows per engine tick; batching never changes a score, only the engine's overhead
+TIME_COLUMN = "timestamp"  # the time column's name unless --time-column names another
+DELIMITERS = (",", ";", "\t")
 
 
 class InputError(ValueError):
@@ -63,33 +69,46 @@ def reading(path: str) -> Iterator[None]:
         raise InputError(f"{path}: {e}") from None
 
 
-def read_table(stream: io.TextIOBase, columns: list[str] | None = None) -> tuple[list[str], list[tuple]]:
+def read_table(stream: io.TextIOBase, columns: list[str] | None = None, time_column: str = TIME_COLUMN,
+               ignore: tuple[str, ...] = ()) -> tuple[list[str], list[tuple]]:
     """A `timestamp,<col>,...` CSV: (the scored column names, rows as (timestamp text, value texts, time,
-    values)); `columns` None = every column but the timestamp. Blank lines are skipped."""
-    columns, rows = iter_table(stream, columns)
+    values)); `columns` None = every column but the time column and `ignore`. Blank lines are skipped."""
+    columns, rows = iter_table(stream, columns, time_column, ignore)
     return columns, list(rows)
 
 
-def iter_table(stream: io.TextIOBase, columns: list[str] | None = None) -> tuple[list[str], Iterator[tuple]]:
+def delimiter(header: str) -> str:
+    """The header's delimiter: of DELIMITERS, the one that splits it into the most fields (a comma on a tie), so a
+    spreadsheet's semicolon or tab export reads like a CSV."""
+    return max(DELIMITERS, key=lambda d: (header.count(d), d == ","))
+
+
+def iter_table(stream: io.TextIOBase, columns: list[str] | None = None, time_column: str = TIME_COLUMN,
+               ignore: tuple[str, ...] = ()) -> tuple[list[str], Iterator[tuple]]:
     """`read_table`, the header read at once and the rows as they are read (a long export need not fit in
     memory); a bad row raises InputError when it is reached."""
-    reader = csv.reader(stream)
-    header = next(reader, None)
-    if header is None:
-        raise InputError("line 1: empty file, expected a header with timestamp and value columns")
-    header = [h.strip() for h in header]
-    if "timestamp" not in header:
-        raise InputError(f"line 1: no 'timestamp' column in header {','.join(header)!r}")
+    first = stream.readline().removeprefix("\ufeff")  # a spreadsheet's UTF-8 export may begin with a BOM
+    if not first:
+        raise InputError(f"line 1: empty file, expected a header with {time_column} and value columns")
+    reader = csv.reader(itertools.chain([first], stream), delimiter=delimiter(first))
+    header = [h.strip() for h in next(reader)]
+    shown = ",".join(header)
+    if time_column not in header:
+        hint = "" if time_column != TIME_COLUMN else " (name the time column with --time-column)"
+        raise InputError(f"line 1: no {time_column!r} column in header {shown!r}{hint}")
+    for name in ignore:
+        if name not in header:
+            raise InputError(f"line 1: no {name!r} column to ignore in header {shown!r}")
     if columns is None:
-        columns = [h for h in header if h != "timestamp"]
+        columns = [h for h in header if h != time_column and h not in ignore]
         if not columns:
-            raise InputError(f"line 1: no value column besides 'timestamp' in header {','.join(header)!r}")
+            raise InputError(f"line 1: no value column besides {time_column!r} in header {shown!r}")
     for name in columns:
         if name not in header:
-            raise InputError(f"line 1: no {name!r} column in header {','.join(header)!r}")
+            raise InputError(f"line 1: no {name!r} column in header {shown!r}")
     if len(set(columns)) != len(columns):
-        raise InputError(f"line 1: a column name repeats in header {','.join(header)!r}")
-    ti = header.index("timestamp")
+        raise InputError(f"line 1: a column name repeats in header {shown!r}")
+    ti = header.index(time_column)
     vis = [header.index(c) for c in columns]
     return columns, _rows(reader, header, columns, ti, vis)
 
@@ -186,7 +205,8 @@ def score_command(args) -> int:
     cfg = config.group_named(loaded, args.group, ("anomaly",))[0].settings if args.group else loaded.anomaly
     try:
         with reading(args.input), open(args.input, newline="", encoding="utf-8") as f:
-            columns, rows = read_table(f, [args.metric] if args.metric else None)
+            columns, rows = read_table(f, [args.metric] if args.metric else None, args.time_column,
+                                       tuple(args.ignore or ()))
     except InputError as e:
         print(f"edge-agent score: {e}", file=sys.stderr)
         return 2

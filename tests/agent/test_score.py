@@ -197,3 +197,77 @@ def test_nab_bench_runs_its_cross_validation_on_a_cut_of_nab_dev(shared_data, tm
     inside = result["in_sample"]["optimised"]["standard"]["normalized"]
     assert result["in_sample"]["optimised_bootstrap_95"][0] <= inside <= result["in_sample"]["optimised_bootstrap_95"][1]
     assert result["in_sample"]["config"] == cv.label(AnomalyConfig())
+
+
+def pump_rows(n: int = 700) -> list[tuple[str, list[str]]]:
+    """A three-metric sensor a second apart whose flow drops from row 600 while current stays."""
+    rows = []
+    for i in range(n):
+        noise = ((i * 7919) % 13 - 6) / 60.0
+        flow = 32.0 + noise - (4.0 if i >= 600 else 0.0)
+        rows.append(((T0 + timedelta(seconds=i)).strftime("%Y-%m-%d %H:%M:%S"),
+                     [f"{1.2 + noise / 10:.4f}", f"{0.9 + noise / 20:.4f}", f"{flow:.3f}"]))
+    return rows
+
+
+@pytest.mark.parametrize("sep", [";", "\t"])
+def test_a_spreadsheet_export_with_its_own_time_column_and_labels_scores_like_the_plain_csv(tmp_path, sep):
+    """A semicolon or tab export (UTF-8 with a byte-order mark, as spreadsheets write it) whose time column is
+    `datetime` and which carries label columns scores exactly like the same readings in the plain format once
+    --time-column names its time and --ignore its labels; the output is in the plain format."""
+    rows = pump_rows()
+    plain = tmp_path / "plain.csv"
+    plain.write_text("timestamp,Current,Voltage,Flow\n" + "".join(f"{t},{','.join(v)}\n" for t, v in rows))
+    export = tmp_path / "export.csv"
+    export.write_text("\ufeff" + sep.join(["datetime", "Current", "Voltage", "Flow", "anomaly", "changepoint"]) + "\n"
+                      + "".join(sep.join([t, *v, str(int(i >= 600)), str(int(i == 600))]) + "\n"
+                                for i, (t, v) in enumerate(rows)), encoding="utf-8")
+    want, got = tmp_path / "want.csv", tmp_path / "got.csv"
+    assert main(["score", str(plain), "--out", str(want)]) == 0
+    assert main(["score", str(export), "--time-column", "datetime", "--ignore", "anomaly", "--ignore", "changepoint",
+                 "--out", str(got)]) == 0
+    assert got.read_text() == want.read_text()
+    table = list(csv.reader(got.open()))
+    assert table[0] == ["timestamp", "Current", "Voltage", "Flow", "anomaly_score"]
+    assert any(float(r[-1]) >= AnomalyConfig().threshold for r in table[601:661]), "the flow drop must alarm"
+
+
+def test_a_time_column_or_label_that_is_not_there_exits_2_naming_it(tmp_path, capsys):
+    path = tmp_path / "export.csv"
+    path.write_text("datetime;flow;anomaly\n2020-03-09 10:00:00;32.0;0\n")
+    assert main(["score", str(path)]) == 2
+    assert "no 'timestamp' column in header 'datetime,flow,anomaly' (name the time column with --time-column)" in \
+        capsys.readouterr().err
+    assert main(["score", str(path), "--time-column", "datetime", "--ignore", "label"]) == 2
+    err = capsys.readouterr().err
+    assert "no 'label' column to ignore" in err and len(err.strip().splitlines()) == 1
+    assert main(["score", str(path), "--time-column", "time"]) == 2
+    assert "no 'time' column in header" in capsys.readouterr().err
+
+
+def test_a_skab_file_scored_from_the_command_line_alarms_where_the_benchmark_counts_detections(shared_data, tmp_path):
+    """`edge-agent score` on a SKAB file as published (semicolons, `datetime`, two label columns): its rows at or
+    above the threshold are the rows bench/skab.py counts as the agent's detections."""
+    sys.path.insert(0, str(REPO))
+    from bench import skab
+
+    path = shared_data / "skab-dev" / "valve1" / "0.csv"
+    out = tmp_path / "scores.csv"
+    assert main(["score", str(path), "--time-column", "datetime", "--ignore", "anomaly", "--ignore", "changepoint",
+                 "--out", str(out)]) == 0
+    scores = [float(r[-1]) for r in list(csv.reader(out.open()))[1:]]
+    times, rows, _ = skab.read_skab(path)
+    cfg = AnomalyConfig()
+    assert len(scores) == len(rows)
+    assert {i for i, s in enumerate(scores) if s >= cfg.threshold} == skab.detector_detections(times, rows, cfg)
+
+
+def test_piping_the_scores_into_head_prints_no_traceback(tmp_path):
+    """Scores of 4,000 rows are more than a pipe holds: the reader leaves after one line, `| head -1`."""
+    inp = write(tmp_path / "in.csv", series(4000))
+    proc = subprocess.Popen([sys.executable, "-m", "edgewatch.agent.cli", "score", str(inp)], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout.readline() == b"timestamp,value,anomaly_score\n"
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 0 and err == ""
