@@ -294,6 +294,11 @@ def test_skab_scorer_credit_curve():
     assert skab.score(files, {"f": {560}})["standard"] == pytest.approx(100 * (1 - 0.11) / 2, abs=0.01)  # window end: A_fp
     assert skab.score(files, {"f": {100}})["standard"] == 0.0  # inside the 400 training rows: not scored
     assert skab.score(files, {"f": {700}})["false_positive_rows"] == 1
+    # the full benchmark's folders each scored alone: a find in valve2/, a miss and a false alarm in other/
+    two = {"valve2/0.csv": files["f"], "other/9.csv": files["f"]}
+    assert skab.by_folder(two, {"valve2/0.csv": {500}, "other/9.csv": {700}}) == {
+        "other": {"standard": -5.5, "missed_changepoints": 1, "false_positive_rows": 1, "windows": 1},
+        "valve2": {"standard": 100.0, "missed_changepoints": 0, "false_positive_rows": 0, "windows": 1}}
 
 
 def test_fisher_over_counts_correlated_metrics_bonferroni_does_not():
