@@ -56,10 +56,11 @@ still inform health). Its channels:
   the next fault are judged against it. On hold, a channel raises at most one
   alarm (a fault that lasts is one event, not one per refractory period);
 - per metric, a spike: one reading `spike_z` reference spreads or more from
-  that slow reference's mean (a spread at least one step of the sensor), when
-  the metric was within one spread of it before, scores 1.0; the change
-  channel's smoothing hides such a reading, and a fault already under way is
-  the change channel's to judge. A spike of a metric that none of the
+  where the metric has been (its smoothed level; a spread at least one step of
+  the sensor), while that level is within two spreads of the slow reference,
+  scores 1.0; the change channel's smoothing hides such a reading, and a fault
+  already under way (an excursion beyond two spreads) is the change channel's
+  to judge. A spike of a metric that none of the
   sensor's alarms since its refractory period began was about is a finding
   of its own and alarms inside that period too (a spike of one of those
   metrics is an echo of its fault): at most one alarm per metric a period;
@@ -138,6 +139,8 @@ CHANGE_WARMUP = 30  # deviations learnt before a change channel judges one
 CHANGE_NORM_CLIP2 = 5.0**2  # a deviation's square teaches its mean square at most this many times that mean square
 CHANGE_RELEASE2 = 2.0**2  # a change channel's norm on hold (`change_hold`) learns again once the deviation is within 2 RMS
 HOLD_FREE, HOLD_ON, HOLD_ALARMED = 0.0, 1.0, 2.0  # a change channel's hold: off; on; on, and its alarm raised
+SPIKE_FROM = 2.0  # a spike (`spike_z`) is judged while a metric's smoothed level is within 2 reference spreads of
+# its reference (not inside an excursion), as the reading's distance from that smoothed level
 REGIME_SLOTS = 4  # levels a change channel remembers (`regime_visits`): a machine's operating regimes
 REGIME_MATCH = 1.0  # a settled block's mean within this many reference spreads of a remembered level is that level
 REGIME_RATE = 0.1  # how far a remembered level moves toward each settled block's mean that matches it
@@ -687,8 +690,9 @@ def _deviation(c: list, x: float, floor: float, res: float, apart: bool, p: Para
         n = c[C_N] = c[C_N] + 1.0
         e2 = dev * dev
         if n > CHANGE_WARMUP:
-            if -1.0 < before < 1.0:  # a jump from where the metric was (not within an excursion): `spike_z`
-                jump = (x - mu if x >= mu else mu - x) / (wide if wide > res else res)  # a spread: a step at least
+            if -SPIKE_FROM < before < SPIKE_FROM:  # a jump from where the metric has been, unless in an excursion
+                lv = mu + before * wide  # its smoothed level
+                jump = (x - lv if x >= lv else lv - x) / (wide if wide > res else res)  # a spread: a step at least
             ms = c[C_MS]
             hold = c[C_HOLD]
             out = (dev if dev >= 0.0 else -dev) / math.sqrt(ms) if ms > 1e-12 and hold != HOLD_ALARMED else 0.0
@@ -764,8 +768,9 @@ def deviations(tab: MetricTable, starts: np.ndarray, counts: np.ndarray, block: 
     stays visible here. After a silence longer than a block (`apart`) the reference is stale, so it starts
     again at the reading (the norm stays): a sensor back from an outage is not judged against the level it
     had before. Per value: that deviation in RMS units (0 while young or not judged), and the value's own
-    distance from the reference's mean in spreads (at least one step of the sensor), unsmoothed (`jump`, for
-    `spike_z`; 0 unless the smoothed deviation was within one spread before). `starts` and `counts`: each
+    distance from where the metric has been (its smoothed level) in spreads (at least one step of the sensor),
+    unsmoothed (`jump`, for `spike_z`; 0 unless that smoothed level was within SPIKE_FROM spreads of the
+    reference before). `starts` and `counts`: each
     reading's first value and number of values."""
     some = counts > 0
     whole = np.zeros(len(starts), bool)
@@ -812,7 +817,9 @@ def deviations(tab: MetricTable, starts: np.ndarray, counts: np.ndarray, block: 
         c[:, C_HOLD] = hold
     c[:, C_DEV] = np.where(judged, dev1, dev)
     c[:, C_N] = np.where(judged, n1, n)
-    jump1 = np.where(judged & warm & (np.abs(dev) < 1.0), np.abs(x - mu) / np.maximum(wide, block[sel, RES]), 0.0)
+    lv = mu + dev * wide  # where each metric has been: its smoothed level
+    jump1 = np.where(judged & warm & (np.abs(dev) < SPIKE_FROM), np.abs(x - lv) / np.maximum(wide, block[sel, RES]),
+                     0.0)
     settled = None
     if p.regime_visits:  # near a known operating regime: a return to it, not a change
         known = c[:, C_VS:C_RING] >= p.regime_visits

@@ -179,6 +179,33 @@ def test_a_spike_of_another_metric_cuts_through_the_refractory_period_an_echo_do
     assert alarms("m2") == step
 
 
+def test_a_spike_of_a_metric_that_has_moved_a_little_is_judged_from_where_it_has_been():
+    """A fault moves two metrics at once: m2 by 6 widths (it alarms) and m1 by 1.5, not yet enough for its
+    change channel. 20 readings later m1 spikes by 7 widths, inside the range it has visited (no range break):
+    a finding of its own, judged as a jump from where m1 has been (its smoothed level, 1.5 widths off its
+    reference), not from a reference it has already left (the rule before, "within one spread of the
+    reference", missed it). The same in the array and the value-by-value paths."""
+    def alarms(spike: bool, small_wave: int = 0) -> list[tuple[int, str]]:
+        rds = noise(4, 2000, 7)
+        rds[50].metrics["m1"] += 12.0  # a wide range for m1 during the warm-up
+        for rd in rds[1500:]:
+            rd.metrics["m2"] += 6.0
+            rd.metrics["m1"] += 1.5
+        if spike:
+            rds[1520].metrics["m1"] += 7.0
+        det = Detector(AnomalyConfig())
+        det.small_wave = small_wave
+        return [(int((sc.ts - T0) / STEP), sc.channel) for k in range(0, len(rds), 25)
+                for sc in det.score_readings(rds[k:k + 25]) if sc.metric == FUSED and sc.score >= 0.8 and
+                sc.ts >= T0 + 1000 * STEP]
+
+    fault = alarms(False)
+    assert fault[0] == (1500, "m2") and (1520, "m1:spike") not in fault
+    spiked = alarms(True)
+    assert spiked[:2] == [(1500, "m2"), (1520, "m1:spike")], spiked
+    assert spiked == alarms(True, 10**9)
+
+
 def test_metrics_spiking_in_turn_raise_at_most_one_alarm_each_per_refractory_period():
     """A fault that makes two metrics spike in turn (m0, then m1, every 5 readings for 300 readings: a cavitating
     pump's two accelerometers) is not a new finding at every spike: within a refractory period each metric alarms
