@@ -64,6 +64,14 @@ def _command(sub, name: str, summary: str, description: str) -> argparse.Argumen
                           formatter_class=_Help)
 
 
+def _table_options(parser: argparse.ArgumentParser) -> None:
+    """Which columns of an input CSV are not metrics (`score`, and `calibrate`'s CSVs)."""
+    parser.add_argument("--time-column", default="timestamp", metavar="NAME",
+                        help="the CSV column of the readings' times, ISO 8601 or epoch seconds (default: timestamp)")
+    parser.add_argument("--ignore", action="append", metavar="NAME",
+                        help="a CSV column not to score, such as a label or an identifier (repeat for several)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="edge-agent", description="Edgewatch edge agent",
                 epilog="exit codes: 0 success, 1 runtime failure, 2 usage or configuration error")
@@ -148,10 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("input", metavar="INPUT.csv", help="the series to score")
     sc.add_argument("--metric", metavar="NAME",
                     help="score this column alone (default: every column but the time column and --ignore's)")
-    sc.add_argument("--time-column", default="timestamp", metavar="NAME",
-                    help="the column of the readings' times, ISO 8601 or epoch seconds (default: timestamp)")
-    sc.add_argument("--ignore", action="append", metavar="NAME",
-                    help="a column not to score, such as a label or an identifier (repeat for several)")
+    _table_options(sc)
     sc.add_argument("--out", metavar="OUT.csv", help="where to write the scores (default: standard output)")
     sc.add_argument("--config", metavar="PATH", help=CONFIG_HELP)
     sc.add_argument("--group", metavar="NAME", help="with the settings of [anomaly.groups.NAME] (default: [anomaly])")
@@ -176,6 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="alarms at readings labelled real in the log (`label`) are findings, not false alarms; "
                          "each step says how many labelled real and false it still raises (default: off)")
     cb.add_argument("--db", metavar="URL|PATH", help=DB_HELP + "; read for --labels")
+    _table_options(cb)
     cb.add_argument("--json", action="store_true", help="one JSON object instead of text (default: off)")
 
     dm = _command(sub, "demo", "the whole system on this machine, nothing else needed",

@@ -45,7 +45,7 @@ from edgewatch.agent.analytics.counters import CounterRates
 from edgewatch.agent.analytics.sensor_groups import GroupOf
 from edgewatch.agent.commands.logfile import with_log
 from edgewatch.agent.commands.replay import CaptureSource
-from edgewatch.agent.commands.score import BATCH, InputError, iter_table, reading
+from edgewatch.agent.commands.score import BATCH, PLAIN, InputError, TableFormat, iter_table, reading
 from edgewatch.agent.config import AnomalyConfig, Config, ConfigError
 from edgewatch.agent.kinds import LABELS
 from edgewatch.agent.records import SensorReading
@@ -70,12 +70,12 @@ def ladder(s: AnomalyConfig, steps: int = STEPS) -> list[AnomalyConfig]:
 
 
 def calibrate(paths: list[str], cfg: Config, group: str | None = None, budget: float = 1.0,
-              faults: bool = False, labels: list[dict] | None = None) -> dict:
+              faults: bool = False, labels: list[dict] | None = None, fmt: TableFormat = PLAIN) -> dict:
     """The alarms each step of `ladder` raises on the sensor readings of `paths` (captures: those of `group`, or
     outside every group; CSVs: one sensor each), per sensor-hour of data time, and the first step within `budget`
     (None: none is); with `faults`, the share of injected faults each step finds. With `labels` (the log's labels
     of `anomaly` events, `Store.labels`), an alarm at a reading labelled real is not a false one: each step says how
-    many of those it still raises, and how many labelled false."""
+    many of those it still raises, and how many labelled false. `fmt`: which columns of the CSVs are not metrics."""
     marked = {(lb["key"], parse_timestamp(lb["ts"])): lb["label"] for lb in labels or ()}
     at_label: dict[str, list[tuple[int, str]]] = {}  # sensor -> (reading index, label) of its labelled readings
     section = cfg.anomaly
@@ -94,7 +94,7 @@ def calibrate(paths: list[str], cfg: Config, group: str | None = None, budget: f
                 if readings := rates(item[1].get("sensor", [])):
                     yield readings
         for path in tables:
-            for readings in table_batches(path):
+            for readings in table_batches(path, fmt):
                 if readings := rates(readings):
                     yield readings
 
@@ -180,11 +180,11 @@ def _is_table(path: str) -> bool:
     return path.lower().endswith(".csv") and Path(path).is_file()
 
 
-def table_batches(path: str) -> Iterator[list[SensorReading]]:
+def table_batches(path: str, fmt: TableFormat = PLAIN) -> Iterator[list[SensorReading]]:
     """A CSV in `edge-agent score`'s format as the readings of one sensor, named after the file (its path as
     given), in batches of BATCH, read as they go; an unreadable file or row raises InputError naming the file."""
     with reading(path), open(path, newline="", encoding="utf-8") as f:
-        columns, rows = iter_table(f)
+        columns, rows = iter_table(f, fmt=fmt)
         batch = []
         for _, _, when, xs in rows:
             batch.append(SensorReading(sensor_id=path, ts=when, metrics=dict(zip(columns, xs)), attrs={}))
@@ -275,7 +275,7 @@ def _text(rep: dict) -> str:
 
 def calibrate_command(args) -> int:
     """`edge-agent calibrate CAPTURE|CSV... [--config PATH] [--group NAME] [--budget R] [--faults] [--labels]
-    [--db URL|PATH] [--json]`."""
+    [--db URL|PATH] [--time-column NAME] [--ignore NAME]... [--json]`."""
     cfg = config.load(args.config)
     if args.group:
         config.group_named(cfg, args.group, ("anomaly",))
@@ -290,7 +290,7 @@ def calibrate_command(args) -> int:
         if code := with_log("calibrate", args, lambda store: labels.extend(store.labels(kinds=["anomaly"]))):
             return code
     try:
-        rep = calibrate(args.captures, cfg, args.group, args.budget, args.faults, labels)
+        rep = calibrate(args.captures, cfg, args.group, args.budget, args.faults, labels, TableFormat.of(args))
     except InputError as e:
         print(f"edge-agent calibrate: {e}", file=sys.stderr)
         return 2

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import io
 import itertools
 import sys
@@ -34,12 +35,26 @@ from edgewatch.agent.records import SensorReading
 
 SENSOR_ID = "score"
 BATCH = 4096  # rows per engine tick; batching never changes a score, only the engine's overhead
-TIME_COLUMN = "timestamp"  # the time column's name unless --time-column names another
 DELIMITERS = (",", ";", "\t")
 
 
 class InputError(ValueError):
     """A row or header that cannot be scored; the message names the line."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TableFormat:
+    """Which of a CSV's columns is not a metric: its time column (`--time-column`) and those `--ignore` names."""
+
+    time_column: str = "timestamp"
+    ignore: tuple[str, ...] = ()
+
+    @classmethod
+    def of(cls, args) -> TableFormat:
+        return cls(args.time_column, tuple(args.ignore or ()))
+
+
+PLAIN = TableFormat()  # `timestamp` and metrics, nothing else
 
 
 def parse_time(text: str) -> datetime:
@@ -69,11 +84,11 @@ def reading(path: str) -> Iterator[None]:
         raise InputError(f"{path}: {e}") from None
 
 
-def read_table(stream: io.TextIOBase, columns: list[str] | None = None, time_column: str = TIME_COLUMN,
-               ignore: tuple[str, ...] = ()) -> tuple[list[str], list[tuple]]:
+def read_table(stream: io.TextIOBase, columns: list[str] | None = None,
+               fmt: TableFormat = PLAIN) -> tuple[list[str], list[tuple]]:
     """A `timestamp,<col>,...` CSV: (the scored column names, rows as (timestamp text, value texts, time,
-    values)); `columns` None = every column but the time column and `ignore`. Blank lines are skipped."""
-    columns, rows = iter_table(stream, columns, time_column, ignore)
+    values)); `columns` None = every column but those `fmt` says are not metrics. Blank lines are skipped."""
+    columns, rows = iter_table(stream, columns, fmt)
     return columns, list(rows)
 
 
@@ -83,10 +98,11 @@ def delimiter(header: str) -> str:
     return max(DELIMITERS, key=lambda d: (header.count(d), d == ","))
 
 
-def iter_table(stream: io.TextIOBase, columns: list[str] | None = None, time_column: str = TIME_COLUMN,
-               ignore: tuple[str, ...] = ()) -> tuple[list[str], Iterator[tuple]]:
+def iter_table(stream: io.TextIOBase, columns: list[str] | None = None,
+               fmt: TableFormat = PLAIN) -> tuple[list[str], Iterator[tuple]]:
     """`read_table`, the header read at once and the rows as they are read (a long export need not fit in
     memory); a bad row raises InputError when it is reached."""
+    time_column, ignore = fmt.time_column, fmt.ignore
     first = stream.readline().removeprefix("\ufeff")  # a spreadsheet's UTF-8 export may begin with a BOM
     if not first:
         raise InputError(f"line 1: empty file, expected a header with {time_column} and value columns")
@@ -94,7 +110,7 @@ def iter_table(stream: io.TextIOBase, columns: list[str] | None = None, time_col
     header = [h.strip() for h in next(reader)]
     shown = ",".join(header)
     if time_column not in header:
-        hint = "" if time_column != TIME_COLUMN else " (name the time column with --time-column)"
+        hint = "" if time_column != PLAIN.time_column else " (name the time column with --time-column)"
         raise InputError(f"line 1: no {time_column!r} column in header {shown!r}{hint}")
     for name in ignore:
         if name not in header:
@@ -205,8 +221,7 @@ def score_command(args) -> int:
     cfg = config.group_named(loaded, args.group, ("anomaly",))[0].settings if args.group else loaded.anomaly
     try:
         with reading(args.input), open(args.input, newline="", encoding="utf-8") as f:
-            columns, rows = read_table(f, [args.metric] if args.metric else None, args.time_column,
-                                       tuple(args.ignore or ()))
+            columns, rows = read_table(f, [args.metric] if args.metric else None, TableFormat.of(args))
     except InputError as e:
         print(f"edge-agent score: {e}", file=sys.stderr)
         return 2

@@ -12,7 +12,7 @@ from edgewatch.agent import config
 from edgewatch.agent.cli import main
 from edgewatch.agent.commands.calibrate import calibrate, ladder, table_batches
 from edgewatch.agent.commands.replay import replay
-from edgewatch.agent.commands.score import BATCH, InputError
+from edgewatch.agent.commands.score import BATCH, InputError, TableFormat
 from edgewatch.agent.eventlog.store import Store
 
 from tests.agent.test_replay import EPOCH, write_capture
@@ -105,6 +105,14 @@ def test_a_csv_export_is_one_sensor_and_counts_as_its_captured_readings_do(tmp_p
     assert len(next(batches)) == BATCH < 2 * len(rows)
     with pytest.raises(InputError, match=f"^{late}: line {2 * len(rows) + 2}: openings is not a number"):
         list(batches)
+
+    # a spreadsheet's export (semicolons, its own time column, an id column) with --time-column and --ignore
+    semi = tmp_path / "semi.csv"
+    semi.write_text("id;time;openings\n" + "".join(f"7;{r.replace(',', ';')}" for r in rows))
+    alone = calibrate(tables[:1], cfg, "doors", budget=1.0)
+    assert calibrate([str(semi)], cfg, "doors", budget=1.0, fmt=TableFormat("time", ("id",)))["steps"] == alone["steps"]
+    assert main(["calibrate", str(semi), "--time-column", "time", "--ignore", "id", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["readings"] == len(rows)
 
     bad = tmp_path / "csv" / "bad.csv"
     bad.write_text("timestamp,openings\n2026-01-05T00:00:00,3\n2026-01-05T00:00:01,lots\n")
