@@ -69,7 +69,7 @@ def _table_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--time-column", default="timestamp", metavar="NAME",
                         help="the CSV column of the readings' times, ISO 8601 or epoch seconds (default: timestamp)")
     parser.add_argument("--ignore", action="append", metavar="NAME",
-                        help="a CSV column not to score, such as a label or an identifier (repeat for several)")
+                        help="a CSV column not to score, such as a label or an identifier; repeat for several (default: none)")
 
 
 def build_parser() -> argparse.ArgumentParser:
