@@ -70,6 +70,9 @@ def _table_options(parser: argparse.ArgumentParser) -> None:
                         help="the CSV column of the readings' times, ISO 8601 or epoch seconds (default: timestamp)")
     parser.add_argument("--ignore", action="append", metavar="NAME",
                         help="a CSV column not to score, such as a label or an identifier; repeat for several (default: none)")
+    parser.add_argument("--sensor-column", metavar="NAME",
+                        help="the CSV column that names each row's sensor, for an export of many sensors in one file "
+                             "(default: none: the file is one sensor's)")
 
 
 def build_parser() -> argparse.ArgumentParser:

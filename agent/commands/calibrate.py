@@ -182,12 +182,13 @@ def _is_table(path: str) -> bool:
 
 def table_batches(path: str, fmt: TableFormat = PLAIN) -> Iterator[list[SensorReading]]:
     """A CSV in `edge-agent score`'s format as the readings of one sensor, named after the file (its path as
-    given), in batches of BATCH, read as they go; an unreadable file or row raises InputError naming the file."""
+    given), or of the sensors its `fmt.sensor_column` names, in batches of BATCH, read as they go; an unreadable
+    file or row raises InputError naming the file."""
     with reading(path), open(path, newline="", encoding="utf-8") as f:
         columns, rows = iter_table(f, fmt=fmt)
         batch = []
-        for _, _, when, xs in rows:
-            batch.append(SensorReading(sensor_id=path, ts=when, metrics=dict(zip(columns, xs)), attrs={}))
+        for _, _, when, xs, sensor in rows:
+            batch.append(SensorReading(sensor_id=sensor or path, ts=when, metrics=dict(zip(columns, xs)), attrs={}))
             if len(batch) == BATCH:
                 yield batch
                 batch = []
@@ -275,7 +276,7 @@ def _text(rep: dict) -> str:
 
 def calibrate_command(args) -> int:
     """`edge-agent calibrate CAPTURE|CSV... [--config PATH] [--group NAME] [--budget R] [--faults] [--labels]
-    [--db URL|PATH] [--time-column NAME] [--ignore NAME]... [--json]`."""
+    [--db URL|PATH] [--time-column NAME] [--ignore NAME]... [--sensor-column NAME] [--json]`."""
     cfg = config.load(args.config)
     if args.group:
         config.group_named(cfg, args.group, ("anomaly",))

@@ -4,7 +4,9 @@ The rows go through the very `anomaly_scores` csp node the agent runs, each row
 one reading of one sensor, so the scores are exactly what the live detector
 would have said. Every column but the time column (`timestamp`, or
 `--time-column NAME`) and those `--ignore` names (labels, identifiers) is a
-metric of that sensor (or only `--metric NAME`); the delimiter is a comma, a
+metric of that sensor (or only `--metric NAME`); with `--sensor-column NAME`
+each row is a reading of the sensor that column names (a historian's export of
+many sensors in one file), each judged on its own; the delimiter is a comma, a
 semicolon or a tab, whichever the header has most of. With several metrics,
 `anomaly_score` is the sensor-level (fused) score that decides the live
 `anomaly` events. Rows are scored in file
@@ -44,14 +46,16 @@ class InputError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class TableFormat:
-    """Which of a CSV's columns is not a metric: its time column (`--time-column`) and those `--ignore` names."""
+    """Which of a CSV's columns is not a metric: its time column (`--time-column`), those `--ignore` names, and
+    the column that names each row's sensor (`--sensor-column`; None: the file is one sensor's)."""
 
     time_column: str = "timestamp"
     ignore: tuple[str, ...] = ()
+    sensor_column: str | None = None
 
     @classmethod
     def of(cls, args) -> TableFormat:
-        return cls(args.time_column, tuple(args.ignore or ()))
+        return cls(args.time_column, tuple(args.ignore or ()), args.sensor_column)
 
 
 PLAIN = TableFormat()  # `timestamp` and metrics, nothing else
@@ -102,7 +106,7 @@ def iter_table(stream: io.TextIOBase, columns: list[str] | None = None,
                fmt: TableFormat = PLAIN) -> tuple[list[str], Iterator[tuple]]:
     """`read_table`, the header read at once and the rows as they are read (a long export need not fit in
     memory); a bad row raises InputError when it is reached."""
-    time_column, ignore = fmt.time_column, fmt.ignore
+    time_column, ignore, sensor_column = fmt.time_column, fmt.ignore, fmt.sensor_column
     first = stream.readline().removeprefix("\ufeff")  # a spreadsheet's UTF-8 export may begin with a BOM
     if not first:
         raise InputError(f"line 1: empty file, expected a header with {time_column} and value columns")
@@ -115,8 +119,10 @@ def iter_table(stream: io.TextIOBase, columns: list[str] | None = None,
     for name in ignore:
         if name not in header:
             raise InputError(f"line 1: no {name!r} column to ignore in header {shown!r}")
+    if sensor_column is not None and sensor_column not in header:
+        raise InputError(f"line 1: no {sensor_column!r} column of sensors in header {shown!r}")
     if columns is None:
-        columns = [h for h in header if h != time_column and h not in ignore]
+        columns = [h for h in header if h not in (time_column, sensor_column) and h not in ignore]
         if not columns:
             raise InputError(f"line 1: no value column besides {time_column!r} in header {shown!r}")
     for name in columns:
@@ -126,12 +132,14 @@ def iter_table(stream: io.TextIOBase, columns: list[str] | None = None,
         raise InputError(f"line 1: a column name repeats in header {shown!r}")
     ti = header.index(time_column)
     vis = [header.index(c) for c in columns]
-    return columns, _rows(reader, header, columns, ti, vis)
+    si = None if sensor_column is None else header.index(sensor_column)
+    return columns, _rows(reader, header, columns, ti, vis, si)
 
 
-def _rows(reader, header: list[str], columns: list[str], ti: int, vis: list[int]) -> Iterator[tuple]:
-    """The data rows, checked as they are read (`iter_table`)."""
-    last = max([ti, *vis])
+def _rows(reader, header: list[str], columns: list[str], ti: int, vis: list[int], si: int | None) -> Iterator[tuple]:
+    """The data rows, checked as they are read (`iter_table`): (timestamp text, value texts, time, values, the
+    row's sensor or None)."""
+    last = max([ti, *vis, -1 if si is None else si])
     for row in reader:
         if not row or all(not c.strip() for c in row):
             continue
@@ -152,26 +160,30 @@ def _rows(reader, header: list[str], columns: list[str], ti: int, vis: list[int]
                 raise InputError(
                     f"line {line}: {name} is not a finite number of magnitude below {MAX_MAGNITUDE:g}: {row[vi]!r}")
             values.append(x)
-        yield row[ti], [row[vi] for vi in vis], when, values
+        sensor = None
+        if si is not None and not (sensor := row[si].strip()):
+            raise InputError(f"line {line}: no sensor in column {header[si]!r}")
+        yield row[ti], [row[vi] for vi in vis], when, values, sensor
 
 
 def read_series(stream: io.TextIOBase, column: str = "value") -> list[tuple[str, str, datetime, float]]:
     """Rows of a `timestamp,<column>` CSV as (timestamp text, value text, time, value); blank lines skipped."""
     _, rows = read_table(stream, [column])
-    return [(t, texts[0], when, values[0]) for t, texts, when, values in rows]
+    return [(t, texts[0], when, values[0]) for t, texts, when, values, _ in rows]
 
 
 def score_table(rows: list[tuple[datetime, list[float]]], cfg: AnomalyConfig,
-                columns: list[str]) -> list[float | None]:
+                columns: list[str], sensors: list[str | None] | None = None) -> list[float | None]:
     """One score per (time, values) row, in order, from the live `anomaly_scores` node in historical mode: each
-    row is one reading of one sensor with these metrics; with several, the score is the sensor-level one. The
+    row is one reading of one sensor (`sensors`' for the row, else SENSOR_ID) with these metrics; with several,
+    the score is the sensor-level one. The
     columns `cfg.counters` names reach it as rates (`CounterRates`, as in the agent); None for a row with none
     of its metrics left to score."""
     if not rows:
         return []
     rates = CounterRates(cfg)
-    readings = [rates([SensorReading(sensor_id=SENSOR_ID, ts=t, metrics=dict(zip(columns, xs)), attrs={})])
-                for t, xs in rows]  # per row: [] when no metric of it is left, else its reading
+    readings = [rates([SensorReading(sensor_id=sid or SENSOR_ID, ts=t, metrics=dict(zip(columns, xs)), attrs={})])
+                for (t, xs), sid in zip(rows, sensors or itertools.repeat(None))]  # per row: [] or its reading
     judged = [r[0] for r in readings if r]
     ticks = []
     for i in range(0, len(judged), BATCH):
@@ -221,7 +233,8 @@ def score_command(args) -> int:
     cfg = config.group_named(loaded, args.group, ("anomaly",))[0].settings if args.group else loaded.anomaly
     try:
         with reading(args.input), open(args.input, newline="", encoding="utf-8") as f:
-            columns, rows = read_table(f, [args.metric] if args.metric else None, TableFormat.of(args))
+            fmt = TableFormat.of(args)
+            columns, rows = read_table(f, [args.metric] if args.metric else None, fmt)
     except InputError as e:
         print(f"edge-agent score: {e}", file=sys.stderr)
         return 2
@@ -230,11 +243,13 @@ def score_command(args) -> int:
     except OSError as e:
         print(f"edge-agent score: {args.out}: {e.strerror}", file=sys.stderr)
         return 2
-    scores = score_table([(when, xs) for _, _, when, xs in rows], cfg, columns)
+    scores = score_table([(when, xs) for _, _, when, xs, _ in rows], cfg, columns, [r[4] for r in rows])
+    by = (fmt.sensor_column,) if fmt.sensor_column else ()
     try:
         w = csv.writer(out, lineterminator="\n")
-        w.writerow(("timestamp", *(("value",) if args.metric else columns), "anomaly_score"))
-        w.writerows((t, *texts, "" if s is None else repr(s)) for (t, texts, _, _), s in zip(rows, scores))
+        w.writerow(("timestamp", *by, *(("value",) if args.metric else columns), "anomaly_score"))
+        w.writerows((t, *((sid,) if by else ()), *texts, "" if s is None else repr(s))
+                    for (t, texts, _, _, sid), s in zip(rows, scores))
     finally:
         if out is not sys.stdout:
             out.close()

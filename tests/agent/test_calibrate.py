@@ -113,6 +113,14 @@ def test_a_csv_export_is_one_sensor_and_counts_as_its_captured_readings_do(tmp_p
     assert calibrate([str(semi)], cfg, "doors", budget=1.0, fmt=TableFormat("time", ("id",)))["steps"] == alone["steps"]
     assert main(["calibrate", str(semi), "--time-column", "time", "--ignore", "id", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["readings"] == len(rows)
+    # one export of the three counters, a row per reading and a column naming its sensor: as the three files
+    every = [(tmp_path / "csv" / f"d{s}.csv").read_text().splitlines()[1:] for s in range(3)]
+    one = tmp_path / "doors.csv"
+    one.write_text("timestamp,door,openings\n" + "".join(
+        f"{t},door{s},{x}\n" for lines in zip(*every) for s, (t, x) in enumerate(r.split(",") for r in lines)))
+    together = calibrate([str(one)], cfg, "doors", budget=1.0, fmt=TableFormat(sensor_column="door"))
+    assert together["sensors"] == 3 and together["steps"] == exported["steps"]
+    assert {r["sensor"] for r in together["loudest"]} == {"door0", "door1", "door2"}
 
     bad = tmp_path / "csv" / "bad.csv"
     bad.write_text("timestamp,openings\n2026-01-05T00:00:00,3\n2026-01-05T00:00:01,lots\n")

@@ -271,3 +271,27 @@ def test_piping_the_scores_into_head_prints_no_traceback(tmp_path):
     proc.stdout.close()
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=60) == 0 and err == ""
+
+
+def test_an_export_of_many_sensors_scores_each_as_if_it_were_alone(tmp_path, capsys):
+    """A historian's export: `time;tag;value` rows of two sensors interleaved. With --sensor-column each tag is a
+    sensor of its own, scored exactly as its rows alone would be; the output names each row's sensor."""
+    a, b = series(900), [(t, str(50 + (i * 31) % 7)) for i, (t, _) in enumerate(series(900))]
+    long = tmp_path / "export.csv"
+    long.write_text("time;tag;value\n" + "".join(f"{ta};pump-a;{va}\n{tb};pump-b;{vb}\n"
+                                                   for (ta, va), (tb, vb) in zip(a, b)))
+    out = tmp_path / "out.csv"
+    assert main(["score", str(long), "--time-column", "time", "--sensor-column", "tag", "--out", str(out)]) == 0
+    table = list(csv.reader(out.open()))
+    assert table[0] == ["timestamp", "tag", "value", "anomaly_score"]
+    for tag, rows in (("pump-a", a), ("pump-b", b)):
+        alone = tmp_path / f"{tag}.csv"
+        assert main(["score", str(write(tmp_path / f"{tag}-in.csv", rows)), "--out", str(alone)]) == 0
+        assert [[r[0], r[2], r[3]] for r in table[1:] if r[1] == tag] == list(csv.reader(alone.open()))[1:]
+    assert max(float(r[3]) for r in table[1:] if r[1] == "pump-a") >= AnomalyConfig().threshold
+
+    long.write_text("time;tag;value\n2024-01-01 00:00:00;pump-a;1\n2024-01-01 00:00:01; ;2\n")
+    assert main(["score", str(long), "--time-column", "time", "--sensor-column", "tag"]) == 2
+    assert "line 3: no sensor in column 'tag'" in capsys.readouterr().err
+    assert main(["score", str(long), "--time-column", "time", "--sensor-column", "device"]) == 2
+    assert "no 'device' column of sensors" in capsys.readouterr().err
