@@ -160,6 +160,9 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--metric", metavar="NAME",
                     help="score this column alone (default: every column but the time column and --ignore's)")
     _table_options(sc)
+    sc.add_argument("--channel", action="store_true",
+                    help="also an anomaly_channel column: on a row that raises an anomaly event, what surprised most "
+                         "(a metric, METRIC:change, METRIC:spike, a~b) (default: off)")
     sc.add_argument("--out", metavar="OUT.csv", help="where to write the scores (default: standard output)")
     sc.add_argument("--config", metavar="PATH", help=CONFIG_HELP)
     sc.add_argument("--group", metavar="NAME", help="with the settings of [anomaly.groups.NAME] (default: [anomaly])")

@@ -30,10 +30,10 @@ from datetime import datetime, timedelta, timezone
 
 import csp
 from edgewatch.agent import config
-from edgewatch.agent.analytics.anomaly import FUSED, MAX_MAGNITUDE, anomaly_scores
+from edgewatch.agent.analytics.anomaly import FUSED, MAX_MAGNITUDE, SensorScore, anomaly_scores, raises_event
 from edgewatch.agent.analytics.counters import CounterRates
 from edgewatch.agent.config import AnomalyConfig
-from edgewatch.agent.records import SensorReading
+from edgewatch.agent.records import MetricScore, SensorReading
 
 SENSOR_ID = "score"
 BATCH = 4096  # rows per engine tick; batching never changes a score, only the engine's overhead
@@ -173,12 +173,12 @@ def read_series(stream: io.TextIOBase, column: str = "value") -> list[tuple[str,
 
 
 def score_table(rows: list[tuple[datetime, list[float]]], cfg: AnomalyConfig,
-                columns: list[str], sensors: list[str | None] | None = None) -> list[float | None]:
-    """One score per (time, values) row, in order, from the live `anomaly_scores` node in historical mode: each
-    row is one reading of one sensor (`sensors`' for the row, else SENSOR_ID) with these metrics; with several,
-    the score is the sensor-level one. The
-    columns `cfg.counters` names reach it as rates (`CounterRates`, as in the agent); None for a row with none
-    of its metrics left to score."""
+                columns: list[str], sensors: list[str | None] | None = None) -> list[MetricScore | None]:
+    """The score that decides each (time, values) row, in order, from the live `anomaly_scores` node in historical
+    mode: each row is one reading of one sensor (`sensors`' for the row, else SENSOR_ID) with these metrics; with
+    several, the sensor-level one (a SensorScore, naming its channel, at or above the threshold), else the
+    metric's. The columns `cfg.counters` names reach it as rates (`CounterRates`, as in the agent); None for a
+    row with none of its metrics left to score."""
     if not rows:
         return []
     rates = CounterRates(cfg)
@@ -204,7 +204,7 @@ def score_table(rows: list[tuple[datetime, list[float]]], cfg: AnomalyConfig,
     out = csp.run(g, starttime=ticks[0][0], endtime=ticks[-1][0])
     flat = [sc for _, batch in out.get("scores", []) for sc in batch]
     # each reading yields one score per metric, then (a fused reading) one sensor-level score, metric FUSED
-    scores: list[float | None] = []
+    scores: list[MetricScore | None] = []
     i = 0
     for r in readings:
         if not r:
@@ -214,10 +214,10 @@ def score_table(rows: list[tuple[datetime, list[float]]], cfg: AnomalyConfig,
         block = flat[i : i + m]
         i += m
         if i < len(flat) and flat[i].metric == FUSED:
-            scores.append(flat[i].score)
+            scores.append(flat[i])
             i += 1
         else:
-            scores.append(max(sc.score for sc in block))
+            scores.append(max(block, key=lambda sc: sc.score))
     if i != len(flat):  # cannot happen: every finite reading yields its scores
         raise RuntimeError(f"detector returned {len(flat)} scores for {len(judged)} readings")
     return scores
@@ -225,7 +225,7 @@ def score_table(rows: list[tuple[datetime, list[float]]], cfg: AnomalyConfig,
 
 def score_series(series: list[tuple[datetime, float]], cfg: AnomalyConfig, metric: str = "value") -> list[float]:
     """One score per (time, value), in order, from the live `anomaly_scores` node in historical mode."""
-    return score_table([(t, [x]) for t, x in series], cfg, [metric])
+    return [sc.score for sc in score_table([(t, [x]) for t, x in series], cfg, [metric])]
 
 
 def score_command(args) -> int:
@@ -245,11 +245,20 @@ def score_command(args) -> int:
         return 2
     scores = score_table([(when, xs) for _, _, when, xs, _ in rows], cfg, columns, [r[4] for r in rows])
     by = (fmt.sensor_column,) if fmt.sensor_column else ()
+
+    def result(sc: MetricScore | None) -> tuple:
+        if sc is None:
+            return ("", "") if args.channel else ("",)
+        if not args.channel:
+            return (repr(sc.score),)
+        return repr(sc.score), (sc.channel if isinstance(sc, SensorScore) else sc.metric) if raises_event(
+            sc, cfg.threshold) else ""
+
     try:
         w = csv.writer(out, lineterminator="\n")
-        w.writerow(("timestamp", *by, *(("value",) if args.metric else columns), "anomaly_score"))
-        w.writerows((t, *((sid,) if by else ()), *texts, "" if s is None else repr(s))
-                    for (t, texts, _, _, sid), s in zip(rows, scores))
+        w.writerow(("timestamp", *by, *(("value",) if args.metric else columns), "anomaly_score",
+                    *(("anomaly_channel",) if args.channel else ())))
+        w.writerows((t, *((sid,) if by else ()), *texts, *result(sc)) for (t, texts, _, _, sid), sc in zip(rows, scores))
     finally:
         if out is not sys.stdout:
             out.close()

@@ -295,3 +295,21 @@ def test_an_export_of_many_sensors_scores_each_as_if_it_were_alone(tmp_path, cap
     assert "line 3: no sensor in column 'tag'" in capsys.readouterr().err
     assert main(["score", str(long), "--time-column", "time", "--sensor-column", "device"]) == 2
     assert "no 'device' column of sensors" in capsys.readouterr().err
+
+
+def test_channel_names_what_surprised_most_on_the_rows_that_alarm(tmp_path):
+    """--channel: the three-metric pump whose flow drops names the flow's channel on its alarms, a single metric
+    names itself, and a row that raises no event has none."""
+    rows = pump_rows()
+    plain = tmp_path / "plain.csv"
+    plain.write_text("timestamp,Current,Voltage,Flow\n" + "".join(f"{t},{','.join(v)}\n" for t, v in rows))
+    out = tmp_path / "out.csv"
+    assert main(["score", str(plain), "--channel", "--out", str(out)]) == 0
+    table = list(csv.reader(out.open()))
+    assert table[0][-2:] == ["anomaly_score", "anomaly_channel"]
+    threshold = AnomalyConfig().threshold
+    alarms = [r for r in table[1:] if float(r[-2]) >= threshold]
+    assert alarms and all(r[-1].startswith("Flow") for r in alarms if r[0] >= rows[600][0]), alarms
+    assert all(r[-1] == "" for r in table[1:] if float(r[-2]) < threshold)
+    assert main(["score", str(write(tmp_path / "in.csv", series())), "--channel", "--out", str(out)]) == 0
+    assert [r[-1] for r in list(csv.reader(out.open()))[1:] if float(r[-2]) >= threshold][:1] == ["value"]
