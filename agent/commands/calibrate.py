@@ -45,7 +45,7 @@ from edgewatch.agent.analytics.counters import CounterRates
 from edgewatch.agent.analytics.sensor_groups import GroupOf
 from edgewatch.agent.commands.logfile import with_log
 from edgewatch.agent.commands.replay import CaptureSource
-from edgewatch.agent.commands.score import BATCH, PLAIN, InputError, TableFormat, iter_table, reading
+from edgewatch.agent.commands.score import BATCH, PLAIN, InputError, TableFormat, iter_table, metrics_of, reading
 from edgewatch.agent.config import AnomalyConfig, Config, ConfigError
 from edgewatch.agent.kinds import LABELS
 from edgewatch.agent.records import SensorReading
@@ -188,7 +188,8 @@ def table_batches(path: str, fmt: TableFormat = PLAIN) -> Iterator[list[SensorRe
         columns, rows = iter_table(f, fmt=fmt)
         batch = []
         for _, _, when, xs, sensor in rows:
-            batch.append(SensorReading(sensor_id=sensor or path, ts=when, metrics=dict(zip(columns, xs)), attrs={}))
+            if metrics := metrics_of(columns, xs):
+                batch.append(SensorReading(sensor_id=sensor or path, ts=when, metrics=metrics, attrs={}))
             if len(batch) == BATCH:
                 yield batch
                 batch = []

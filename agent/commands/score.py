@@ -13,8 +13,10 @@ semicolon or a tab, whichever the header has most of. With several metrics,
 order; a timestamp that repeats or steps back is scored like a live
 out-of-order reading (see edgewatch.agent.analytics.anomaly). A column that
 `anomaly.counters` names is a running total, scored by its rate as the agent
-does; a row with nothing to score (a counter's first total, or one after a
-reset, alone in its row) gets an empty score.
+does. An empty cell is no reading of that metric at that time (the row is a
+reading of the others); a row with nothing to score (every cell empty, or a
+counter's first total, or one after a reset, alone in its row) gets an empty
+score.
 """
 
 from __future__ import annotations
@@ -150,8 +152,11 @@ def _rows(reader, header: list[str], columns: list[str], ti: int, vis: list[int]
             when = parse_time(row[ti])
         except ValueError:
             raise InputError(f"line {line}: unparsable timestamp {row[ti][:64]!r}") from None
-        values = []
+        values: list[float | None] = []
         for name, vi in zip(columns, vis):
+            if not row[vi].strip():  # an empty cell: no reading of that metric at that time
+                values.append(None)
+                continue
             try:
                 x = float(row[vi])
             except ValueError:
@@ -166,10 +171,16 @@ def _rows(reader, header: list[str], columns: list[str], ti: int, vis: list[int]
         yield row[ti], [row[vi] for vi in vis], when, values, sensor
 
 
+def metrics_of(columns: list[str], values: list[float | None]) -> dict[str, float]:
+    """A row's reading: its metrics with a value (an empty cell is no reading of that metric at that time)."""
+    return {c: x for c, x in zip(columns, values) if x is not None}
+
+
 def read_series(stream: io.TextIOBase, column: str = "value") -> list[tuple[str, str, datetime, float]]:
-    """Rows of a `timestamp,<column>` CSV as (timestamp text, value text, time, value); blank lines skipped."""
+    """Rows of a `timestamp,<column>` CSV as (timestamp text, value text, time, value); blank lines and rows
+    whose value is empty skipped."""
     _, rows = read_table(stream, [column])
-    return [(t, texts[0], when, values[0]) for t, texts, when, values, _ in rows]
+    return [(t, texts[0], when, values[0]) for t, texts, when, values, _ in rows if values[0] is not None]
 
 
 def score_table(rows: list[tuple[datetime, list[float]]], cfg: AnomalyConfig,
@@ -182,7 +193,8 @@ def score_table(rows: list[tuple[datetime, list[float]]], cfg: AnomalyConfig,
     if not rows:
         return []
     rates = CounterRates(cfg)
-    readings = [rates([SensorReading(sensor_id=sid or SENSOR_ID, ts=t, metrics=dict(zip(columns, xs)), attrs={})])
+    readings = [rates([SensorReading(sensor_id=sid or SENSOR_ID, ts=t, metrics=metrics, attrs={})])
+                if (metrics := metrics_of(columns, xs)) else []
                 for (t, xs), sid in zip(rows, sensors or itertools.repeat(None))]  # per row: [] or its reading
     judged = [r[0] for r in readings if r]
     ticks = []

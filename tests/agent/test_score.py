@@ -11,7 +11,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
-from edgewatch.agent.analytics.anomaly import Detector
+from edgewatch.agent.analytics.anomaly import FUSED, Detector
 from edgewatch.agent.cli import main
 from edgewatch.agent.commands.score import read_series, score_series
 from edgewatch.agent.config import AnomalyConfig
@@ -313,3 +313,23 @@ def test_channel_names_what_surprised_most_on_the_rows_that_alarm(tmp_path):
     assert all(r[-1] == "" for r in table[1:] if float(r[-2]) < threshold)
     assert main(["score", str(write(tmp_path / "in.csv", series())), "--channel", "--out", str(out)]) == 0
     assert [r[-1] for r in list(csv.reader(out.open()))[1:] if float(r[-2]) >= threshold][:1] == ["value"]
+
+
+def test_an_empty_cell_is_no_reading_of_that_metric_and_loses_nothing_else(tmp_path):
+    """A historian's export with gaps: an empty cell leaves that metric out of the row's reading (the others are
+    scored as a reading of them alone, as the agent scores a message that lacks a metric); a row whose every cell
+    is empty gets an empty score. Nothing else changes: the other rows score as they would without the gaps."""
+    rows = pump_rows()
+    gappy = [(t, ["" if i % 50 == 7 and j == 1 else x for j, x in enumerate(v)]) for i, (t, v) in enumerate(rows)]
+    gappy[300] = (gappy[300][0], ["", "", ""])
+    path = tmp_path / "gappy.csv"
+    path.write_text("timestamp,Current,Voltage,Flow\n" + "".join(f"{t},{','.join(v)}\n" for t, v in gappy))
+    out = tmp_path / "out.csv"
+    assert main(["score", str(path), "--out", str(out)]) == 0
+    table = list(csv.reader(out.open()))[1:]
+    assert len(table) == len(rows) and table[300][-1] == "" and all(r[-1] for i, r in enumerate(table) if i != 300)
+    readings = [SensorReading(sensor_id="score", ts=datetime.fromisoformat(t),
+                              metrics={c: float(x) for c, x in zip(("Current", "Voltage", "Flow"), v) if x}, attrs={})
+                for t, v in gappy if any(v)]
+    fused = [sc.score for sc in Detector(AnomalyConfig()).score_readings(readings) if sc.metric == FUSED]
+    assert [float(r[-1]) for r in table if r[-1]] == [0.0, *fused]  # a sensor's first reading: 0, no fused score
