@@ -6,17 +6,16 @@ would have said. Every column but the time column (`timestamp`, or
 `--time-column NAME`) and those `--ignore` names (labels, identifiers) is a
 metric of that sensor (or only `--metric NAME`); with `--sensor-column NAME`
 each row is a reading of the sensor that column names (a historian's export of
-many sensors in one file), each judged on its own; the delimiter is a comma, a
+many sensors in one file), each judged on its own. The delimiter is a comma, a
 semicolon or a tab, whichever the header has most of. With several metrics,
 `anomaly_score` is the sensor-level (fused) score that decides the live
-`anomaly` events. Rows are scored in file
-order; a timestamp that repeats or steps back is scored like a live
-out-of-order reading (see edgewatch.agent.analytics.anomaly). A column that
-`anomaly.counters` names is a running total, scored by its rate as the agent
-does. An empty cell is no reading of that metric at that time (the row is a
-reading of the others); a row with nothing to score (every cell empty, or a
-counter's first total, or one after a reset, alone in its row) gets an empty
-score.
+`anomaly` events. Rows are scored in file order; a timestamp that repeats or
+steps back is scored like a live out-of-order reading (see
+edgewatch.agent.analytics.anomaly). A column that `anomaly.counters` names is a
+running total, scored by its rate as the agent does. An empty cell is no
+reading of that metric at that time (the row is a reading of the others); a row
+with nothing to score (every cell empty, or a counter's first total, or one
+after a reset, alone in its row) gets an empty score.
 """
 
 from __future__ import annotations
