@@ -169,7 +169,7 @@ class AnomalyConfig:
     change_z: float = 3.4  # that deviation, in units of its own long-run RMS, at which a change channel reaches the live threshold, for one metric (Bonferroni: a sensor of more metrics needs a larger one)
     change_norm_span: float = 3000.0  # readings: EWMA span of the deviation's long-run RMS
     change_hold: float = 5.0  # a deviation beyond this many RMS stops teaching that RMS until it is back within 2 (0: it always teaches, clipped at 5), so a fault does not make the next one look normal; on hold, the channel raises at most one alarm
-    spike_z: float = 6.0  # a reading of a metric this many spreads from the mean of its slow reference (the change channel's last change_window readings; a spread is at least one step of the sensor) makes the sensor-level score 1.0: single spikes, which the change channels smooth away; 0: off
+    spike_z: float = 6.0  # a reading of a metric this many spreads from where it has been (its smoothed level, while within two spreads of its slow reference: the change channel's last change_window readings; a spread is at least one step of the sensor) makes the sensor-level score 1.0: single spikes, which the change channels smooth away; 0: off
     regime_visits: int = 5  # a level a metric has settled at, after being away from it, this many separate times is one of the machine's operating regimes: a return to it raises no change or spike alarm (a compressor that cycles); 0: off
     groups: dict[str, SensorGroup] = dataclasses.field(default_factory=dict)  # sensors with settings of their own: [anomaly.groups.NAME] holds `sensors` (sensor-id filters) and any [anomaly] key, the rest come from [anomaly]; a sensor takes the first group, in file order, whose filters match it (else [anomaly])
 

@@ -68,12 +68,11 @@ def main(argv: list[str] | None = None) -> dict:
     hourly: dict[str, list[list[int]]] = {name: [] for name in configs}
     found: dict[str, list[int | None]] = {name: [] for name in configs}
     for seed in range(args.seeds):
-        rds = cycling(n, seed, args.period, args.shift)
-        faulty = with_fault(rds, at)
+        faulty = with_fault(cycling(n, seed, args.period, args.shift), at)  # normal operation until reading `at`
         for name, cfg in configs.items():
-            hits = alarms(rds[:at], cfg)
+            hits = alarms(faulty, cfg)
             hourly[name].append([sum(1 for h in hits if k * 3600 <= h < (k + 1) * 3600) for k in range(args.fault_hour)])
-            found[name].append(next((h - at for h in alarms(faulty, cfg) if h >= at), None))
+            found[name].append(next((h - at for h in hits if h >= at), None))
     result = {"benchmark": "regimes", "seeds": args.seeds, "period_s": args.period, "shift": args.shift,
               "alarms_per_hour": hourly, "new_level_found_after_s": found,
               "seconds": round(time.perf_counter() - t0, 1)}

@@ -38,7 +38,6 @@ either side), 2,016 candidate runs (about 40 minutes on 2 cores): how much the h
 from __future__ import annotations
 
 import argparse
-import csv
 import dataclasses
 import json
 import math
@@ -55,6 +54,7 @@ sys.path.insert(0, str(REPO))
 import csp  # noqa: E402
 from edgewatch.agent import config  # noqa: E402
 from edgewatch.agent.analytics.anomaly import Detector, anomaly_events, anomaly_scores, raises_event  # noqa: E402
+from edgewatch.agent.commands.score import TableFormat, iter_table  # noqa: E402
 from edgewatch.agent.records import SensorReading  # noqa: E402
 
 from bench import cv  # noqa: E402
@@ -69,20 +69,18 @@ SENSOR = "pump"
 
 
 def read_skab(path: Path) -> tuple[list[datetime], list[list[float]], list[int]]:
-    """(times, rows of the eight metrics, changepoint row indices) of one SKAB file."""
+    """(times, rows of the eight metrics, changepoint row indices) of one SKAB file, read as `edge-agent score`
+    reads it (`--time-column datetime`)."""
     with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.reader(f, delimiter=";")
-        header = next(reader)
-        idx = [header.index(c) for c in COLUMNS]
-        cpi = header.index("changepoint") if "changepoint" in header else None
+        columns, table = iter_table(f, fmt=TableFormat(time_column="datetime"))
+        idx = [columns.index(c) for c in COLUMNS]
+        cpi = columns.index("changepoint") if "changepoint" in columns else None
         times, rows, cps = [], [], []
-        for row in reader:
-            if not row:
-                continue
-            if cpi is not None and float(row[cpi]) == 1.0:
+        for _, _, when, xs, _ in table:
+            if cpi is not None and xs[cpi] == 1.0:
                 cps.append(len(rows))
-            times.append(datetime.fromisoformat(row[0]))
-            rows.append([float(row[i]) for i in idx])
+            times.append(when)
+            rows.append([xs[i] for i in idx])
     return times, rows, cps
 
 
@@ -131,10 +129,11 @@ def score(files: dict, detections: dict) -> dict:
 def by_folder(files: dict, detections: dict) -> dict:
     """The standard score, missed changepoints and false-positive rows of each folder's files alone (the full
     benchmark's valve1/, valve2/ and other/ hold different faults: where a figure comes from)."""
-    folders = sorted({k.rpartition("/")[0] for k in files})
-    return {d or ".": {k: v for k, v in score({k: f for k, f in files.items() if k.rpartition("/")[0] == d},
-                                              detections).items() if k not in PROFILES or k == "standard"}
-            for d in folders}
+    folders: dict[str, dict] = {}
+    for key, f in files.items():
+        folders.setdefault(key.rpartition("/")[0] or ".", {})[key] = f
+    keys = ("standard", "missed_changepoints", "false_positive_rows", "windows")
+    return {d: {k: r[k] for k in keys} for d, sub in sorted(folders.items()) if (r := score(sub, detections))}
 
 
 def interval(files: dict, detections: dict, draws: int = 2000, seed: int = 0) -> list[float]:

@@ -239,6 +239,14 @@ def score_series(series: list[tuple[datetime, float]], cfg: AnomalyConfig, metri
     return [sc.score for sc in score_table([(t, [x]) for t, x in series], cfg, [metric])]
 
 
+def channel_of(sc: MetricScore | None, threshold: float) -> str:
+    """What surprised most on a row whose score raises an `anomaly` event (a sensor-level score's channel, else the
+    metric, as the event's data says); "" on any other row."""
+    if sc is None or not raises_event(sc, threshold):
+        return ""
+    return sc.channel if isinstance(sc, SensorScore) else sc.metric
+
+
 def score_command(args) -> int:
     loaded = config.load(args.config)
     cfg = config.group_named(loaded, args.group, ("anomaly",))[0].settings if args.group else loaded.anomaly
@@ -255,21 +263,13 @@ def score_command(args) -> int:
         print(f"edge-agent score: {args.out}: {e.strerror}", file=sys.stderr)
         return 2
     scores = score_table([(when, xs) for _, _, when, xs, _ in rows], cfg, columns, [r[4] for r in rows])
-    by = (fmt.sensor_column,) if fmt.sensor_column else ()
-
-    def result(sc: MetricScore | None) -> tuple:
-        if sc is None:
-            return ("", "") if args.channel else ("",)
-        if not args.channel:
-            return (repr(sc.score),)
-        return repr(sc.score), (sc.channel if isinstance(sc, SensorScore) else sc.metric) if raises_event(
-            sc, cfg.threshold) else ""
-
+    by, channel = bool(fmt.sensor_column), args.channel
     try:
         w = csv.writer(out, lineterminator="\n")
-        w.writerow(("timestamp", *by, *(("value",) if args.metric else columns), "anomaly_score",
-                    *(("anomaly_channel",) if args.channel else ())))
-        w.writerows((t, *((sid,) if by else ()), *texts, *result(sc)) for (t, texts, _, _, sid), sc in zip(rows, scores))
+        w.writerow(["timestamp", *[fmt.sensor_column] * by, *(["value"] if args.metric else columns), "anomaly_score",
+                    *["anomaly_channel"] * channel])
+        w.writerows([t, *[sid] * by, *texts, "" if sc is None else repr(sc.score),
+                     *[channel_of(sc, cfg.threshold)] * channel] for (t, texts, _, _, sid), sc in zip(rows, scores))
     finally:
         if out is not sys.stdout:
             out.close()

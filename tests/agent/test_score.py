@@ -308,8 +308,8 @@ def test_channel_names_what_surprised_most_on_the_rows_that_alarm(tmp_path):
     table = list(csv.reader(out.open()))
     assert table[0][-2:] == ["anomaly_score", "anomaly_channel"]
     threshold = AnomalyConfig().threshold
-    alarms = [r for r in table[1:] if float(r[-2]) >= threshold]
-    assert alarms and all(r[-1].startswith("Flow") for r in alarms if r[0] >= rows[600][0]), alarms
+    drop = [r for r in table[1:] if float(r[-2]) >= threshold and r[0] >= rows[600][0]]
+    assert drop and all(r[-1].startswith("Flow") for r in drop), drop
     assert all(r[-1] == "" for r in table[1:] if float(r[-2]) < threshold)
     assert main(["score", str(write(tmp_path / "in.csv", series())), "--channel", "--out", str(out)]) == 0
     assert [r[-1] for r in list(csv.reader(out.open()))[1:] if float(r[-2]) >= threshold][:1] == ["value"]
