@@ -60,10 +60,10 @@ def read_prices(path: Path) -> list[tuple[str, float]]:
     raw = path.read_bytes()
     text = (gzip.decompress(raw) if path.suffix == ".gz" else raw).decode("utf-8-sig")
     rows = csv.reader(io.StringIO(text))
-    header = next(rows)
+    header = next(rows, [])
     col = header.index("Close") if "Close" in header else (1 if len(header) == 2 else None)
     if col is None:
-        raise SystemExit(f"bench/daily_prices.py: {path}: no 'Close' column and more than one price column")
+        raise ValueError("no 'Close' column and more than one price column")
     out = []
     for row in rows:
         try:
@@ -72,6 +72,8 @@ def read_prices(path: Path) -> list[tuple[str, float]]:
             continue
         if price > 0.0 and math.isfinite(price):
             out.append((row[0], price))
+    if len(out) < 2:
+        raise ValueError("fewer than two prices")
     return out
 
 
@@ -125,17 +127,18 @@ def main(argv: list[str] | None = None) -> dict:
     a = ap.parse_args(argv)
     ticks = [float(m) for m in a.tick_multiples.split(",")]
     hmult = [float(m) for m in a.horizon_multiples.split(",")]
+    series = {}
     for p in a.prices:
-        if not p.is_file():
-            ap.exit(2, f"bench/daily_prices.py: {p}: no such file\n")
+        try:
+            series[p.name.split(".")[0]] = read_prices(p)
+        except (OSError, ValueError) as e:  # gzip's BadGzipFile and UnicodeDecodeError are ValueErrors too
+            ap.exit(2, f"bench/daily_prices.py: {p}: {e.strerror if isinstance(e, OSError) else e}\n")
     sim = simulated_trades()
     result = {"bench": "daily_prices", "horizon_moves": HORIZON,
               "simulated_baseline": {"market": SIMULATED, "symbols": SIMULATED_SYMBOLS, "hours": SIMULATED_HOURS,
                                      **judge(sim, SIMULATED_SYMBOLS * SIMULATED_HOURS * 3600.0, ticks, hmult)},
               "series": {}}
-    for p in a.prices:
-        prices = read_prices(p)
-        name = p.name.split(".")[0]
+    for name, prices in series.items():
         result["series"][name] = {"first": prices[0][0], "last": prices[-1][0],
                                   **judge(as_trades(prices, name), float(len(prices)), ticks, hmult,
                                           [d for d, _ in prices])}
