@@ -32,7 +32,7 @@ when |z| > 4, then 60 s quiet for that metric).
 The 384 candidates run on `--jobs` worker processes (all cores by default; about 10 minutes on skab-dev with 2).
 `--sensitivity` repeats the cross-validation with one more key in the grid at a time (bench/cv.py's
 SENSOR_NEIGHBOURS: the change channels' other constants, fitted on all of skab-dev, each with a neighbour on
-either side), 2,016 candidate runs (about 40 minutes on 2 cores): how much the headline owes to them.
+either side), 2,688 candidate runs (about 75 minutes on 2 cores): how much the headline owes to them.
 """
 
 from __future__ import annotations
