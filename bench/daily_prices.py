@@ -6,9 +6,10 @@ wrong: the heavy tails and the volatility bursts of real markets (the crashes of
 1986 – 2019 in oil). Not their microstructure: a close-to-close move is not a tick. So each series is replayed as
 a symbol trading once a second (close i at second i, never a session gap) through the `price_alerts` node with
 only its scale-relative rules on (`price_alert_threshold`, the fixed fraction that always alerts, set out of
-reach: on daily index moves the default 2 % would alert on one day in ten), and the question is how often those
-rules fire on real moves at each multiple, against the simulated volatile market (2 trades a second, no slides)
-through the same configurations in the same run:
+reach: on daily index moves the default 2 % alerts on one S&P day in twelve and one NASDAQ day in six), and
+the question is how often those rules fire on real moves at each multiple, against bench/price_alerts.py's
+simulated volatile market (2 trades a second, its slides left out) through the same configurations in the same
+run:
 
 - tick alerts (`price_alert_multiple`, default 20) per 1,000 moves, and the dates they fall on;
 - horizon alerts (`price_alert_horizon` of 60 moves, `price_alert_horizon_multiple`, default 8) per 1,000
@@ -34,7 +35,6 @@ import gzip
 import io
 import json
 import math
-import random
 import sys
 from datetime import timedelta
 from pathlib import Path
@@ -46,7 +46,7 @@ if str(REPO) not in sys.path:
 from edgewatch.agent.config import MarketConfig  # noqa: E402
 from edgewatch.agent.records import Trade  # noqa: E402
 
-from bench.price_alerts import MARKETS, START, alerts, walk  # noqa: E402
+from bench.price_alerts import START, alerts, market  # noqa: E402
 
 HORIZON = 60.0  # seconds = moves
 NO_FLOOR = 1e9  # price_alert_threshold out of reach: only the scale-relative rules judge
@@ -56,7 +56,8 @@ SIMULATED_SYMBOLS = 4
 
 
 def read_prices(path: Path) -> list[tuple[str, float]]:
-    """(date text, price) rows of a CSV of dated prices, in file order."""
+    """(date text, price) rows of a CSV of dated prices, in file order. Not `edge-agent score`'s reader: such
+    files write dates as M/D/YYYY and a missing price as '.', and the dates are only shown here."""
     raw = path.read_bytes()
     text = (gzip.decompress(raw) if path.suffix == ".gz" else raw).decode("utf-8-sig")
     rows = csv.reader(io.StringIO(text))
@@ -79,20 +80,6 @@ def read_prices(path: Path) -> list[tuple[str, float]]:
 
 def as_trades(prices: list[tuple[str, float]], symbol: str) -> list[Trade]:
     return [Trade(symbol=symbol, ts=START + timedelta(seconds=i), price=p, size=1.0) for i, (_, p) in enumerate(prices)]
-
-
-def simulated_trades(seed: int = 0) -> list[Trade]:
-    """bench/price_alerts.py's volatile market, normal trading only (no slides)."""
-    rate, tick = MARKETS[SIMULATED]
-    rng = random.Random(seed)
-    trades = []
-    for i in range(SIMULATED_SYMBOLS):
-        logp = math.log(100.0)
-        for t, r in walk(rate, tick, SIMULATED_HOURS, rng):
-            logp += r
-            trades.append(Trade(symbol=f"S{i}", ts=START + timedelta(seconds=t), price=math.exp(logp), size=100.0))
-    trades.sort(key=lambda tr: tr.ts)
-    return trades
 
 
 def judge(trades: list[Trade], seconds: float, tick_multiples: list[float], horizon_multiples: list[float],
@@ -133,7 +120,7 @@ def main(argv: list[str] | None = None) -> dict:
             series[p.name.split(".")[0]] = read_prices(p)
         except (OSError, ValueError) as e:  # gzip's BadGzipFile and UnicodeDecodeError are ValueErrors too
             ap.exit(2, f"bench/daily_prices.py: {p}: {e.strerror if isinstance(e, OSError) else e}\n")
-    sim = simulated_trades()
+    sim = market(SIMULATED, SIMULATED_SYMBOLS, SIMULATED_HOURS, 0, with_slides=False)[0]
     result = {"bench": "daily_prices", "horizon_moves": HORIZON,
               "simulated_baseline": {"market": SIMULATED, "symbols": SIMULATED_SYMBOLS, "hours": SIMULATED_HOURS,
                                      **judge(sim, SIMULATED_SYMBOLS * SIMULATED_HOURS * 3600.0, ticks, hmult)},

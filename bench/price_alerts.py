@@ -77,8 +77,10 @@ def typical_horizon_move(moves: list[tuple[float, float]]) -> float:
     return total / n
 
 
-def market(name: str, symbols: int, hours: float, seed: int) -> tuple[list[Trade], list[tuple[str, float, float]]]:
-    """Trades of `symbols` symbols of one market, with slides injected; and the slides (symbol, start, size)."""
+def market(name: str, symbols: int, hours: float, seed: int,
+           with_slides: bool = True) -> tuple[list[Trade], list[tuple[str, float, float]]]:
+    """Trades of `symbols` symbols of one market, with slides injected; and the slides (symbol, start, size).
+    `with_slides` False: the same trades without them (normal trading only)."""
     rate, tick = MARKETS[name]
     rng = random.Random(seed)
     trades, slides = [], []
@@ -87,7 +89,7 @@ def market(name: str, symbols: int, hours: float, seed: int) -> tuple[list[Trade
         moves = walk(rate, tick, hours, rng)
         unit = typical_horizon_move(moves)
         starts = [WARMUP + k * 1800.0 + rng.uniform(0.0, 600.0) for k in range(int((hours * 3600 - WARMUP) // 1800))]
-        plan = [(s, SLIDES[(i + k) % len(SLIDES)]) for k, s in enumerate(starts)]
+        plan = [(s, SLIDES[(i + k) % len(SLIDES)]) for k, s in enumerate(starts)] if with_slides else []
         slides += [(sym, s, c) for s, c in plan]
         logp, j = math.log(100.0), 0
         for t, r in moves:
