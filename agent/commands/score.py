@@ -92,7 +92,8 @@ def reading(path: str) -> Iterator[None]:
 def read_table(stream: io.TextIOBase, columns: list[str] | None = None,
                fmt: TableFormat = PLAIN) -> tuple[list[str], list[tuple]]:
     """A `timestamp,<col>,...` CSV: (the scored column names, rows as (timestamp text, value texts, time,
-    values)); `columns` None = every column but those `fmt` says are not metrics. Blank lines are skipped."""
+    values, the row's sensor or None)); `columns` None = every column but those `fmt` says are not metrics. Blank
+    lines are skipped."""
     columns, rows = iter_table(stream, columns, fmt)
     return columns, list(rows)
 
