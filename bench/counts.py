@@ -92,8 +92,8 @@ def healthy(series: int, readings_per: int) -> dict:
     for lam in HEALTHY_LAMBDAS:
         mu = daily_mean(readings_per, lam)
         rates = {}
+        start = int(PROBATION * readings_per)
         for kind, noise in NOISE.items():
-            start = int(PROBATION * readings_per)
             count = sum(sum(1 for i in alarms(Detector(cfg), noise(np.random.default_rng(s), mu), cfg) if i >= start)
                         for s in range(series))
             rates[kind] = round(1000.0 * count / (series * (readings_per - start)), 3)
@@ -112,14 +112,15 @@ def ladder_row(kind: str, lam: float, cfg: AnomalyConfig, transform: bool, seeds
     fed = anscombe if transform else (lambda xs: xs)
     false = 0
     found = dict.fromkeys(FAULTS, 0)
+    after = mu[FAULT_AT:]
     for s in range(seeds):
-        xs = noise(np.random.default_rng(s), mu)
         det = Detector(cfg)
-        before = alarms(det, fed(xs[:FAULT_AT]), cfg)
-        false += sum(1 for i in before if i >= start)
-        clean = alarms(copy.deepcopy(det), fed(xs[FAULT_AT:]), cfg, FAULT_AT)
+        false += sum(1 for i in alarms(det, fed(noise(np.random.default_rng(s), mu[:FAULT_AT])), cfg) if i >= start)
+        # the continuation with and without the fault, from one random stream: an alarm the fault's copy raises
+        # and the clean one does not is the fault's doing
+        clean = alarms(copy.deepcopy(det), fed(noise(np.random.default_rng(10_000 + s), after)), cfg, FAULT_AT)
         for name, fault in FAULTS.items():
-            ys = noise(np.random.default_rng(10_000 + s), fault(mu[FAULT_AT:]))
+            ys = noise(np.random.default_rng(10_000 + s), fault(after))
             found[name] += bool(alarms(copy.deepcopy(det), fed(ys), cfg, FAULT_AT) - clean)
     return {"tail_floor": cfg.tail_floor, "spatial_z": cfg.spatial_z,
             "false_per_1000": round(1000.0 * false / (seeds * (FAULT_AT - start)), 3),
