@@ -5,10 +5,12 @@ from __future__ import annotations
 import csv
 import itertools
 import random
+import re
 from datetime import datetime, timedelta
+from pathlib import Path
 
 import pytest
-from edgewatch.agent.analytics.anomaly import FUSED, Detector, PartScore, SensorScore
+from edgewatch.agent.analytics.anomaly import FUSED, Detector, PartScore, SensorScore, anomaly_event
 from edgewatch.agent.cli import main
 from edgewatch.agent.config import AnomalyConfig
 from edgewatch.agent.records import SensorReading
@@ -364,3 +366,27 @@ def test_fault_bench_finds_what_the_clean_recording_does_not_raise(shared_data, 
     assert r["step"]["6"]["runs"] == 16 and r["step"]["6"]["agent"]["found"] >= 0.9
     assert r["ramp"]["6"]["agent"]["found"] > r["ramp"]["6"]["zscore_matched"]["found"]
     assert set(r) >= {"step", "ramp", "spike", "noise", "stuck", "zscore_thresholds"}
+
+
+def documented_fields(section: str) -> set[str]:
+    """The `data` fields the events reference names in the tables of one section (a row may name several)."""
+    text = (Path(__file__).resolve().parents[2] / "docs" / "reference" / "events.md").read_text()
+    body = text.split(f"## `{section}`", 1)[1].split("\n## ", 1)[0]
+    return {name for line in body.splitlines() if line.startswith("| `")
+            for name in re.findall(r"`([a-z_]+)`", line.split("|")[1])}
+
+
+def test_the_events_reference_names_every_field_of_both_kinds_of_anomaly_event():
+    """A user builds against docs/reference/events.md: every key of a single-metric and of a sensor-level
+    `anomaly` event's data is in its tables."""
+    at, cfg = 3000, AnomalyConfig(pairs=True, change_window=0, fuse_metrics=True)
+    fused = [sc for sc in Detector(cfg).score_readings(pump(at + 10, broken=range(at, at + 5)))
+             if isinstance(sc, SensorScore)]
+    rnd = random.Random(3)
+    single = [SensorReading(sensor_id="s", ts=T0 + i * STEP, metrics={"t": rnd.gauss(0.0, 1.0) + (9.0 if i == 900 else 0.0)},
+                            attrs={}) for i in range(901)]
+    alone = [sc for sc in Detector(AnomalyConfig()).score_readings(single) if sc.score >= 0.8]
+    assert fused and alone
+    documented = documented_fields("anomaly")
+    for sc in (fused[0], alone[-1]):
+        assert set(anomaly_event(sc, cfg).data) <= documented, set(anomaly_event(sc, cfg).data) - documented
