@@ -1,9 +1,12 @@
-"""Fixtures of the agent's tests: plain MQTT 5 clients on a private Mosquitto, for paho's send and receive paths."""
+"""Fixtures of the agent's tests: plain MQTT 5 clients on a private Mosquitto, for paho's send and receive paths;
+the events reference's fields."""
 
 from __future__ import annotations
 
+import re
 import threading
 import uuid
+from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
@@ -43,3 +46,18 @@ def mqtt5(mosquitto):
 def url(request, tmp_path) -> str:
     """An event log's URL: an SQLite file, then a scratch PostgreSQL schema."""
     return str(tmp_path / "events.db") if request.param == "sqlite" else request.getfixturevalue("postgres_url")
+
+
+@pytest.fixture(scope="session")
+def documented_fields():
+    """`fields(kind)`: the `data` fields docs/reference/events.md names in the tables of a kind's section (a user
+    builds against that page, so every key an event carries must be there)."""
+    text = (Path(__file__).resolve().parents[2] / "docs" / "reference" / "events.md").read_text()
+
+    def fields(kind: str) -> set[str]:
+        section = text.split(f"## `{kind}`", 1)[1].split("\n## ", 1)[0]
+        tables = [t.split("\n\n", 1)[0] for t in section.split("| `data` field | meaning |\n")[1:]]
+        return {name for table in tables for line in table.splitlines()[1:]
+                for name in re.findall(r"`([a-z_]+)`", line.split("|")[1])}
+
+    return fields

@@ -5,9 +5,7 @@ from __future__ import annotations
 import csv
 import itertools
 import random
-import re
 from datetime import datetime, timedelta
-from pathlib import Path
 
 import pytest
 from edgewatch.agent.analytics.anomaly import FUSED, Detector, PartScore, SensorScore, anomaly_event
@@ -368,15 +366,7 @@ def test_fault_bench_finds_what_the_clean_recording_does_not_raise(shared_data, 
     assert set(r) >= {"step", "ramp", "spike", "noise", "stuck", "zscore_thresholds"}
 
 
-def documented_fields(section: str) -> set[str]:
-    """The `data` fields the events reference names in the tables of one section (a row may name several)."""
-    text = (Path(__file__).resolve().parents[2] / "docs" / "reference" / "events.md").read_text()
-    body = text.split(f"## `{section}`", 1)[1].split("\n## ", 1)[0]
-    return {name for line in body.splitlines() if line.startswith("| `")
-            for name in re.findall(r"`([a-z_]+)`", line.split("|")[1])}
-
-
-def test_the_events_reference_names_every_field_of_both_kinds_of_anomaly_event():
+def test_the_events_reference_names_every_field_of_both_kinds_of_anomaly_event(documented_fields):
     """A user builds against docs/reference/events.md: every key of a single-metric and of a sensor-level
     `anomaly` event's data is in its tables."""
     at, cfg = 3000, AnomalyConfig(pairs=True, change_window=0, fuse_metrics=True)

@@ -378,11 +378,13 @@ def run_graph(cfg, feeds, end):
     return [e for _, l in out["events"] for e in l], [b for _, l in out["bars"] for b in l]
 
 
-def test_simulated_market_produces_every_market_event_kind_and_replays_identically():
+def test_simulated_market_produces_every_market_event_kind_and_replays_identically(documented_fields):
     cfg, sim, feeds = simulated()
     events, bars = run_graph(cfg, feeds, 400)
     kinds = {e.kind for e in events}
     assert {"price_alert", "signal", "risk"} <= kinds
+    undocumented = {(e.kind, k) for e in events for k in e.data if k not in documented_fields(e.kind)}
+    assert not undocumented, sorted(undocumented)  # the events reference names every field they carry
     jumps = sim.jump_faults()
     alerted = {(e.key, e.ts) for e in events if e.kind == "price_alert"}
     assert jumps and all((f.key, f.start) in alerted for f in jumps)
