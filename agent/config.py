@@ -243,6 +243,8 @@ class MarketConfig:
     price_alert_threshold: float = 0.02  # fractional move between consecutive trades that always alerts
     price_alert_multiple: float = 20.0  # ... and a move this many times the symbol's typical tick move alerts too
     price_alert_min_move: float = 0.002  # ... when it is at least this fraction (a flat symbol cannot alert on a cent)
+    price_alert_thresholds: str = ""  # the floor of some symbols, SYMBOL=fraction,... (a symbol may be a pattern: `BTC-*`; the first that matches wins); the rest take price_alert_threshold
+    price_alert_multiples: str = ""  # the tick multiple of some symbols, SYMBOL=multiple,... (patterns as above); the rest take price_alert_multiple
     price_alert_span: int = 100  # trades: EWMA span of the typical tick move (mean |move|); no multiple-based alert before
     price_alert_horizon: float = 60.0  # seconds: a move within this horizon is judged against the symbol's typical horizon move too (0: off)
     price_alert_horizon_multiple: float = 8.0  # ... and alerts at this many times that typical move (and at least price_alert_min_move)

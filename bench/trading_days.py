@@ -17,8 +17,8 @@ of the mid price of 30 tick scales (27 typical moves of the mid; the acceptance'
 reports how many were alerted at their trade and leaves those alerts out of the rates, so every other alert is
 a false one for the scale-relative rules (the floor alerts on what it is set to: any move of 2 %). The baseline
 is the same process at a flat volatility without a bounce, in the same run. The last case raises the floor to
-5 %, which quiets symbols whose single trades often move 2 % (it applies to every symbol; the multiple rule
-still judges each by its own scale).
+5 %, which quiets symbols whose single trades often move 2 % (here for the whole market; `price_alert_thresholds`
+sets it for some symbols; the multiple rule still judges each by its own scale).
 
     python bench/trading_days.py [--days 5] [--symbols 2] [--seed 1]
 """

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 from datetime import datetime, timedelta
+from fnmatch import fnmatchcase
 
 import csp
 from csp import ts
@@ -56,6 +57,27 @@ def check(cfg: MarketConfig) -> None:
     if not cfg.price_alert_min_move < cfg.price_alert_threshold:
         raise ConfigError(f"market.price_alert_min_move: must be below market.price_alert_threshold "
                           f"({cfg.price_alert_threshold}), got {cfg.price_alert_min_move}")
+    for symbol, floor in per_symbol(cfg.price_alert_thresholds, "price_alert_thresholds"):
+        if not cfg.price_alert_min_move < floor:
+            raise ConfigError(f"market.price_alert_thresholds: {symbol}: must be above market.price_alert_min_move "
+                              f"({cfg.price_alert_min_move}), got {floor:g}")
+    per_symbol(cfg.price_alert_multiples, "price_alert_multiples")
+
+
+def per_symbol(text: str, key: str) -> list[tuple[str, float]]:
+    """`SYMBOL=value,...` -> [(symbol or pattern, value)] in order (a pattern in shell syntax, `BTC-*`, stands for
+    every symbol it matches); errors name the key."""
+    out = []
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        symbol, _, value = part.partition("=")
+        try:
+            number = float(value)
+        except ValueError:
+            raise ConfigError(f"market.{key}: expected SYMBOL=number, got {part!r}") from None
+        if not symbol.strip() or not (math.isfinite(number) and number > 0):
+            raise ConfigError(f"market.{key}: expected SYMBOL=number with a positive number, got {part!r}")
+        out.append((symbol.strip(), number))
+    return out
 
 
 TICK_CLIP = 4.0  # a tick teaches the scale at most this many scales: a jump barely deafens the alert, a new regime still shows
@@ -73,10 +95,12 @@ class TickScale:
     The mean absolute move rather than a standard deviation: returns are heavy-tailed, and a mean of absolute
     values is the robust scale that costs one multiply-add."""
 
-    __slots__ = ("last", "scale", "n", "step", "until", "ends", "then", "jumped", "hscale", "hn", "hlim", "whole")
+    __slots__ = ("last", "floor", "multiple", "scale", "n", "step", "until", "ends", "then", "jumped", "hscale", "hn",
+                 "hlim", "whole")
 
     def __init__(self, trade: Trade, p: AlertParams):
         self.last = trade  # the previous trade (its time is read only when an alert needs it)
+        self.floor, self.multiple = p.of(trade.symbol)  # its price_alert_threshold and price_alert_multiple
         self.scale = 0.0
         self.n = 0  # moves learnt
         step = (trade.ts - EPOCH) // p.step if p.step else 0
@@ -94,12 +118,14 @@ class TickScale:
 class AlertParams:
     """Constants of the price alert, derived once from MarketConfig."""
 
-    __slots__ = ("floor", "multiple", "min_move", "warmup", "alpha", "horizon", "step", "hmultiple", "gap",
-                 "gap_steps")
+    __slots__ = ("floor", "multiple", "floors", "multiples", "min_move", "warmup", "alpha", "horizon", "step",
+                 "hmultiple", "gap", "gap_steps")
 
     def __init__(self, cfg: MarketConfig):
         self.floor = cfg.price_alert_threshold
         self.multiple = cfg.price_alert_multiple
+        self.floors = per_symbol(cfg.price_alert_thresholds, "price_alert_thresholds")
+        self.multiples = per_symbol(cfg.price_alert_multiples, "price_alert_multiples")
         self.min_move = cfg.price_alert_min_move
         self.warmup = cfg.price_alert_span
         self.alpha = ewma_alpha(cfg.price_alert_span)
@@ -109,19 +135,26 @@ class AlertParams:
         self.gap = timedelta(seconds=cfg.session_gap)
         self.gap_steps = self.step is not None and self.gap >= self.step  # a gap then ends a horizon step
 
+    def of(self, symbol: str) -> tuple[float, float]:
+        """The symbol's floor and tick multiple: its own (`price_alert_thresholds`, `price_alert_multiples`: the
+        first entry that names or matches it), else the section's."""
+        floor = next((v for pattern, v in self.floors if fnmatchcase(symbol, pattern)), self.floor)
+        multiple = next((v for pattern, v in self.multiples if fnmatchcase(symbol, pattern)), self.multiple)
+        return floor, multiple
 
-def _price_alert(t: Trade, prev: Trade, move: float, scale: float | None, p: AlertParams,
+
+def _price_alert(t: Trade, prev: Trade, move: float, scale: float | None, s: TickScale, p: AlertParams,
                  horizon: float | None = None, jumps: float = 0.0) -> Event:
     """The event for one large move since `prev`: the previous trade, or with `horizon` (seconds) the last trade
     about a horizon ago (`jumps`: the move of the jumps alerted since, left out of `move`); `scale` None while the
     symbol's tick scale is still being learnt."""
     size = abs(move)
     multiple = size / scale if scale else None
-    alert_multiple = p.hmultiple if horizon else p.multiple
-    big = size > 2.0 * p.floor or (multiple is not None and multiple >= 2.0 * alert_multiple)
+    alert_multiple = p.hmultiple if horizon else s.multiple
+    big = size > 2.0 * s.floor or (multiple is not None and multiple >= 2.0 * alert_multiple)
     data = {
         "price": t.price, "prev_price": prev.price, "move": move, "scale": scale, "multiple": multiple,
-        "threshold": None if horizon else p.floor, "alert_multiple": alert_multiple,
+        "threshold": None if horizon else s.floor, "alert_multiple": alert_multiple,
         "prev_ts": prev.ts.isoformat() + "Z", "size": t.size, "horizon": horizon,
         "jumps": jumps if horizon else None,
     }
@@ -183,7 +216,8 @@ def _anchor(s: TickScale, t: Trade) -> None:
 def price_alerts(trades: ts[list[Trade]], cfg: MarketConfig, states: object = None) -> ts[list[Event]]:
     """`price_alert` when a symbol's move between consecutive trades (in arrival order) is large: beyond
     `price_alert_multiple` times its own tick-move scale (and at least `price_alert_min_move`), or beyond the
-    fixed `price_alert_threshold`, which always alerts; or, with `price_alert_horizon`, when its move since the
+    fixed `price_alert_threshold`, which always alerts (a symbol named in `price_alert_multiples` or
+    `price_alert_thresholds` has its own); or, with `price_alert_horizon`, when its move since the
     last trade about a horizon ago is `price_alert_horizon_multiple` times its own typical horizon move (a slide
     of ticks each too small to alert). One alert per move: a jump is not alerted again as a horizon move. A trade
     more than `session_gap` after the symbol's last (the open after a closed night, a halt, a feed outage) is
@@ -209,9 +243,9 @@ def price_alerts(trades: ts[list[Trade]], cfg: MarketConfig, states: object = No
         scale, n = s.scale, s.n
         # a trade within its horizon step is a tick; only one that ends a step has its pause measured
         tick = (p.gap_steps and t.ts < s.until) or t.ts - prev.ts <= p.gap
-        jump = size > p.floor or (tick and size >= p.min_move and n >= p.warmup and size >= p.multiple * scale)
+        jump = size > s.floor or (tick and size >= p.min_move and n >= p.warmup and size >= s.multiple * scale)
         if jump:
-            out.append(_price_alert(t, prev, move, scale if n >= p.warmup else None, p))
+            out.append(_price_alert(t, prev, move, scale if n >= p.warmup else None, s, p))
         if horizon:
             if t.ts >= s.until:  # (a trade older than its step, out of order, moves no step back)
                 _next_step(s, t, p)
@@ -223,7 +257,7 @@ def price_alerts(trades: ts[list[Trade]], cfg: MarketConfig, states: object = No
                 hmove = _horizon_move(s, price)
                 if hmove >= s.hlim or -hmove >= s.hlim:
                     then, jumped = s.then
-                    out.append(_price_alert(t, then, hmove, s.hscale, p, p.horizon, s.jumped / jumped - 1.0))
+                    out.append(_price_alert(t, then, hmove, s.hscale, s, p, p.horizon, s.jumped / jumped - 1.0))
                     _anchor(s, t)
         if tick:
             s.scale = _learned(scale, n, size, p)

@@ -133,6 +133,40 @@ def test_a_volatile_symbol_raises_at_most_one_alert_per_hundred_normal_ticks():
     assert sum(m > 0.006 for m in moves) > len(wild) / 50  # a fixed 0.6 % (the calm symbol's 30x) would be chatty
 
 
+def test_symbols_named_in_the_per_symbol_settings_alert_by_their_own_floor_and_multiple():
+    """Two calm symbols trade alike and both jump 0.3 % (about 15 x their tick scale, below the multiple of 20),
+    then 3 % (beyond the 2 % floor). `price_alert_multiples` gives LIQ (through the pattern `LI*`, the first
+    entry that matches it) a multiple of 12: its first jump alerts, the other's does not; `price_alert_thresholds` lifts OTHER's floor to
+    5 %, so its 3 % jump (150 x its scale) alerts by the multiple, and names that floor as its threshold."""
+    cfg = MarketConfig(price_alert_multiples="LI*=12,LIQ=30", price_alert_thresholds="OTHER=0.05")
+    sigma = 0.0002 / math.sqrt(2 / math.pi)
+
+    def day(sym: str) -> list[Trade]:
+        rng = random.Random(3)
+        calm = ticks(sym, 400, lambda: rng.gauss(0, sigma))
+        small = trade(sym, 20.0, calm[-1].price * 1.003)
+        after = ticks(sym, 100, lambda: rng.gauss(0, sigma), 20.05, small.price)
+        return [*calm, small, *after, trade(sym, 30.0, after[-1].price * 1.03)]
+
+    evs = run_alerts(sorted(day("LIQ") + day("OTHER"), key=lambda t: (t.ts, t.symbol)), cfg)
+    assert [(e.key, e.ts) for e in evs] == [("LIQ", at(20.0)), ("LIQ", at(30.0)), ("OTHER", at(30.0))]
+    assert [e.data["alert_multiple"] for e in evs] == [12.0, 12.0, 20.0]  # the first entry that matches wins
+    assert [e.data["threshold"] for e in evs] == [0.02, 0.02, 0.05]
+
+
+@pytest.mark.parametrize("key,value,named", [
+    ("price_alert_multiples", "AAPL", "market.price_alert_multiples: expected SYMBOL=number, got 'AAPL'"),
+    ("price_alert_multiples", "AAPL=0", "market.price_alert_multiples: expected SYMBOL=number with a positive"),
+    ("price_alert_thresholds", "=0.05", "market.price_alert_thresholds: expected SYMBOL=number with a positive"),
+    ("price_alert_thresholds", "PENNY=0.001", "market.price_alert_thresholds: PENNY: must be above"),
+])
+def test_bad_per_symbol_settings_name_the_key(key, value, named):
+    from edgewatch.agent.analytics.market import check
+    from edgewatch.agent.config import ConfigError
+
+    with pytest.raises(ConfigError, match=named.replace("(", r"\(")):
+        check(MarketConfig(**{key: value}))
+
 def test_the_open_after_a_closed_night_is_not_a_tick():
     """A calm symbol trades every second for an hour, the market closes for 17.5 hours and opens 0.8 % higher:
     40x its tick scale, but a gap, not a tick. No tick or horizon alert; the gap teaches no scale, so a 0.8 % jump
