@@ -10,8 +10,10 @@ from __future__ import annotations
 import argparse
 import glob
 import json
+import re
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 from edgewatch.agent.commands import doctor
 from edgewatch.agent.testing.harness import AgentProcess, Mosquitto, free_port, wait_for, write_config
@@ -50,6 +52,13 @@ def health(port: int) -> tuple[int, dict]:
         return e.code, json.loads(e.read())
 
 
+def documented_health_fields() -> set[str]:
+    """The fields docs/reference/http-api.md names in the agent's `GET /health` table (what a probe builds on)."""
+    text = (Path(__file__).resolve().parents[2] / "docs" / "reference" / "http-api.md").read_text()
+    table = text.split("### `GET /health`", 1)[1].split("| field | meaning |\n", 1)[1].split("\n\n", 1)[0]
+    return {name for line in table.splitlines()[1:] for name in re.findall(r"`([a-z_]+)`", line.split("|")[1])}
+
+
 def test_a_refused_subscription_fails_readiness_and_is_logged(tmp_path):
     broker = acl_broker(tmp_path)
     port = free_port()
@@ -59,7 +68,9 @@ def test_a_refused_subscription_fails_readiness_and_is_logged(tmp_path):
         wait_for(lambda: "mqtt_subscribe_refused" in agent.log_tail(100_000), timeout=10, what="refusal logged")
         wait_for(lambda: health(port)[0] == 503, timeout=10, what="/health unhealthy")
         status, body = health(port)
+        assert status == 503 and "subscriptions" in body["failing"], body
         assert set(body["subscriptions_refused"]) == {"market/#", "portfolio/#", "news/#"}, body
+        assert set(body) <= documented_health_fields(), set(body) - documented_health_fields()
         assert "sensors/#" not in body["subscriptions_refused"]
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
             assert "edgewatch_mqtt_subscriptions_refused 3.0" in r.read().decode()
