@@ -16,9 +16,10 @@ each in the first half hour of the day and in the rest. In each hour after the f
 of the mid price of 30 tick scales (27 typical moves of the mid; the acceptance's calm-symbol case): the script
 reports how many were alerted at their trade and leaves those alerts out of the rates, so every other alert is
 a false one for the scale-relative rules (the floor alerts on what it is set to: any move of 2 %). The baseline
-is the same process at a flat volatility without a bounce, in the same run. The last case raises the floor to
-5 %, which quiets symbols whose single trades often move 2 % (here for the whole market; `price_alert_thresholds`
-sets it for some symbols; the multiple rule still judges each by its own scale).
+is the same process at a flat volatility without a bounce, in the same run. The last two cases give the symbols
+settings of their own (`price_alert_multiples`, `price_alert_thresholds`): a multiple of 12 where the spread hides
+the jumps, and a floor of 5 %, which quiets symbols whose single trades often move 2 % (the multiple still judges
+them by their own scale).
 
     python bench/trading_days.py [--days 5] [--symbols 2] [--seed 1]
 """
@@ -48,12 +49,13 @@ SESSION = 6.5 * 3600.0  # seconds of trading a day
 OPENING = 1800.0  # the part of the day reported apart
 JUMP = 30.0  # an injected jump of the mid price, in typical ticks (the acceptance's calm-symbol case)
 MARKETS = {"calm, 2/s": (2.0, 0.0002), "volatile, 2/s": (2.0, 0.002)}  # trades a second, typical tick scale
-CASES = {  # intraday volatility shape, spread in typical ticks, price_alert_threshold
-    "flat, no bounce (baseline)": (False, 0.0, 0.02),
-    "open and close": (True, 0.0, 0.02),
-    "open and close, spread of 1 tick": (True, 1.0, 0.02),
-    "open and close, spread of 3 ticks": (True, 3.0, 0.02),
-    "open and close, spread of 1 tick, floor 5 %": (True, 1.0, 0.05),
+CASES = {  # intraday volatility shape, spread in typical ticks, the symbols' own settings
+    "flat, no bounce (baseline)": (False, 0.0, {}),
+    "open and close": (True, 0.0, {}),
+    "open and close, spread of 1 tick": (True, 1.0, {}),
+    "open and close, spread of 3 ticks": (True, 3.0, {}),
+    "open and close, spread of 3 ticks, their multiple 12": (True, 3.0, {"price_alert_multiples": "S*=12"}),
+    "open and close, spread of 1 tick, their floor 5 %": (True, 1.0, {"price_alert_thresholds": "S*=0.05"}),
 }
 
 
@@ -90,22 +92,22 @@ def trading_days(symbols: int, days: int, rate: float, tick: float, shaped: bool
     return out, jumps
 
 
-def rule(e: Event, cfg: MarketConfig) -> str:
+def rule(e: Event) -> str:
     """Which rule raised the alert: the horizon, the multiple of the tick scale, or the fixed floor alone."""
     if e.data["horizon"]:
         return "horizon"
     multiple = e.data["multiple"]
-    return "multiple" if multiple is not None and multiple >= cfg.price_alert_multiple else "floor"
+    return "multiple" if multiple is not None and multiple >= e.data["alert_multiple"] else "floor"
 
 
-def judge(events: list[Event], trades: list[Trade], jumps: set[tuple[str, datetime]], cfg: MarketConfig) -> dict:
+def judge(events: list[Event], trades: list[Trade], jumps: set[tuple[str, datetime]]) -> dict:
     """Alerts per 1,000 trades by rule, in the first half hour of the day and in the rest, the jumps' own left
     out; and the share of jumps alerted at their trade."""
     def part(ts: datetime) -> str:
         return "opening" if (ts - START).total_seconds() % 86400.0 < OPENING else "rest"
 
     n = Counter(part(t.ts) for t in trades)
-    k = Counter((part(e.ts), rule(e, cfg)) for e in events if (e.key, e.ts) not in jumps)
+    k = Counter((part(e.ts), rule(e)) for e in events if (e.key, e.ts) not in jumps)
     found = {(e.key, e.ts) for e in events if not e.data["horizon"]} & jumps
     return {"false_alerts_per_1000_trades": {p: {r: round(1000.0 * k[(p, r)] / n[p], 3)
                                                  for r in ("floor", "multiple", "horizon")} for p in ("opening", "rest")},
@@ -136,11 +138,11 @@ def main(argv: list[str] | None = None) -> dict:
               "session_h": SESSION / 3600.0, "markets": {}}
     for name, (rate, tick) in MARKETS.items():
         rows = {}
-        for case, (shaped, spread, floor) in CASES.items():
-            cfg = MarketConfig(price_alert_threshold=floor)
+        for case, (shaped, spread, own) in CASES.items():
+            cfg = MarketConfig(**own)
             trades, jumps = trading_days(a.symbols, a.days, rate, tick, shaped, spread, a.seed)
             rows[case] = {"trades": len(trades), "typical_move_in_mid_ticks": typical_move(trades, tick),
-                          **judge(alerts(trades, cfg), trades, jumps, cfg)}
+                          **judge(alerts(trades, cfg), trades, jumps)}
         base = rows[next(iter(CASES))]["false_alerts_per_1000_trades"]
         for row in rows.values():  # the scale-relative rules against the baseline's, in the same run
             mine = row["false_alerts_per_1000_trades"]

@@ -290,8 +290,8 @@ def test_the_horizon_bench_runs_and_its_alerts_find_slides_the_tick_alerts_miss(
 def test_the_trading_days_bench_runs_and_the_scale_rules_hold_at_the_open():
     """bench/trading_days.py, cut to one day of one symbol: a U-shaped day (three times the volatility at the
     open) raises no horizon alert and every injected jump is found without a bounce; a spread three times the
-    tick process's scale hides jumps from the calm symbol's tick rule (the docs' limitation), and a 5 % floor
-    quiets the volatile symbol's opening."""
+    tick process's scale hides jumps from the calm symbol's tick rule unless the symbol has a multiple of its own
+    (12), and a floor of its own (5 %) quiets the volatile symbol's opening."""
     from bench import trading_days as bench
 
     r = bench.main(["--days", "1", "--symbols", "1"])
@@ -302,9 +302,10 @@ def test_the_trading_days_bench_runs_and_the_scale_rules_hold_at_the_open():
     calm, volatile = r["markets"]["calm, 2/s"], r["markets"]["volatile, 2/s"]
     assert calm["open and close, spread of 3 ticks"]["jumps_30x_found"] != "5/5"
     assert calm["open and close, spread of 3 ticks"]["typical_move_in_mid_ticks"] > 2.0
+    assert calm["open and close, spread of 3 ticks, their multiple 12"]["jumps_30x_found"] == "5/5"
     floor = {case: volatile[case]["false_alerts_per_1000_trades"]["opening"]["floor"]
-             for case in ("open and close, spread of 1 tick", "open and close, spread of 1 tick, floor 5 %")}
-    assert floor["open and close, spread of 1 tick, floor 5 %"] < floor["open and close, spread of 1 tick"] / 4
+             for case in ("open and close, spread of 1 tick", "open and close, spread of 1 tick, their floor 5 %")}
+    assert floor["open and close, spread of 1 tick, their floor 5 %"] < floor["open and close, spread of 1 tick"] / 4
 
 # --- VWAP bars ---------------------------------------------------------------------------------------------
 
