@@ -80,4 +80,7 @@ def check_config_command(args) -> int:
     for section in config.GROUPED:
         for name, group in getattr(cfg, section).groups.items():
             print(f"  {section:<8} group {name}: {', '.join(group.sensors)}")
+    for key, what in (("price_alert_multiples", "tick multiple"), ("price_alert_thresholds", "price-alert floor")):
+        if own := market.per_symbol(getattr(cfg.market, key), key):
+            print(f"  market   own {what}: {', '.join(f'{symbol}={value:g}' for symbol, value in own)}")
     return 0

@@ -171,6 +171,16 @@ def test_check_config_ok_prints_a_summary(capsys, tmp_path):
     assert "postgresql+psycopg://agent:***@db/edgewatch" in out and "hunter2" not in out
 
 
+def test_check_config_shows_the_symbols_with_price_alert_settings_of_their_own(capsys, tmp_path):
+    path = write(tmp_path, '[market]\nprice_alert_multiples = "AAPL=12, SMALL-*=15"\n'
+                           'price_alert_thresholds = "SMALL-*=0.05"\n')
+    rc, out, _ = check(capsys, path)
+    assert rc == 0
+    assert "market   own tick multiple: AAPL=12, SMALL-*=15" in out
+    assert "market   own price-alert floor: SMALL-*=0.05" in out
+    rc, out, _ = check(capsys, write(tmp_path, "[market]\n"))
+    assert rc == 0 and " own " not in out
+
 def test_check_config_of_the_defaults(capsys, tmp_path):
     rc, out, _ = check(capsys, write(tmp_path, defaults_as_toml()))
     assert rc == 0 and out.startswith("ok: ")
