@@ -49,14 +49,16 @@ SESSION = 6.5 * 3600.0  # seconds of trading a day
 OPENING = 1800.0  # the part of the day reported apart
 JUMP = 30.0  # an injected jump of the mid price, in typical ticks (the acceptance's calm-symbol case)
 MARKETS = {"calm, 2/s": (2.0, 0.0002), "volatile, 2/s": (2.0, 0.002)}  # trades a second, typical tick scale
-CASES = {  # intraday volatility shape, spread in typical ticks, the symbols' own settings
-    "flat, no bounce (baseline)": (False, 0.0, {}),
-    "open and close": (True, 0.0, {}),
-    "open and close, spread of 1 tick": (True, 1.0, {}),
-    "open and close, spread of 3 ticks": (True, 3.0, {}),
-    "open and close, spread of 3 ticks, their multiple 12": (True, 3.0, {"price_alert_multiples": "S*=12"}),
-    "open and close, spread of 1 tick, their floor 5 %": (True, 1.0, {"price_alert_thresholds": "S*=0.05"}),
+CASES = {  # intraday volatility shape, spread in typical ticks, prices rounded to a cent, the symbols' own settings
+    "flat, no bounce (baseline)": (False, 0.0, False, {}),
+    "open and close": (True, 0.0, False, {}),
+    "open and close, spread of 1 tick": (True, 1.0, False, {}),
+    "open and close, spread of 1 tick, prices in cents": (True, 1.0, True, {}),
+    "open and close, spread of 3 ticks": (True, 3.0, False, {}),
+    "open and close, spread of 3 ticks, their multiple 12": (True, 3.0, False, {"price_alert_multiples": "S*=12"}),
+    "open and close, spread of 1 tick, their floor 5 %": (True, 1.0, False, {"price_alert_thresholds": "S*=0.05"}),
 }
+CENT = 0.01  # the price step of "prices in cents" (prices start at 100)
 
 
 def intraday(x: float) -> float:
@@ -65,9 +67,10 @@ def intraday(x: float) -> float:
 
 
 def trading_days(symbols: int, days: int, rate: float, tick: float, shaped: bool, spread: float,
-                 seed: int) -> tuple[list[Trade], set[tuple[str, datetime]]]:
+                 seed: int, cents: bool = False) -> tuple[list[Trade], set[tuple[str, datetime]]]:
     """Trades of `symbols` symbols over `days` sessions: Poisson times, t3 moves of the mid price scaled by the
-    intraday shape, a 1 % (standard deviation) overnight move, each trade printed at the bid or the ask; and
+    intraday shape, a 1 % (standard deviation) overnight move, each trade printed at the bid or the ask (with
+    `cents`, at a whole cent: many consecutive trades then print the same price); and
     the (symbol, time) of the trades that carry a jump of the mid price (JUMP typical ticks, one in each hour of
     the day after the first, at the same times in every case)."""
     rng, jumps_at = random.Random(seed), random.Random(seed + 1)
@@ -86,7 +89,9 @@ def trading_days(symbols: int, days: int, rate: float, tick: float, shaped: bool
                     plan.pop(0)
                     logp += JUMP * tick * (1.0 if rng.random() < 0.5 else -1.0)
                     jumps.add((f"S{i}", ts))
-                out.append(Trade(symbol=f"S{i}", ts=ts, price=math.exp(logp + side), size=100.0))
+                price = math.exp(logp + side)
+                out.append(Trade(symbol=f"S{i}", ts=ts, price=round(price / CENT) * CENT if cents else price,
+                                 size=100.0))
                 t += rng.expovariate(rate)
     out.sort(key=lambda tr: tr.ts)
     return out, jumps
@@ -138,9 +143,9 @@ def main(argv: list[str] | None = None) -> dict:
               "session_h": SESSION / 3600.0, "markets": {}}
     for name, (rate, tick) in MARKETS.items():
         rows = {}
-        for case, (shaped, spread, own) in CASES.items():
+        for case, (shaped, spread, cents, own) in CASES.items():
             cfg = MarketConfig(**own)
-            trades, jumps = trading_days(a.symbols, a.days, rate, tick, shaped, spread, a.seed)
+            trades, jumps = trading_days(a.symbols, a.days, rate, tick, shaped, spread, a.seed, cents)
             rows[case] = {"trades": len(trades), "typical_move_in_mid_ticks": typical_move(trades, tick),
                           **judge(alerts(trades, cfg), trades, jumps)}
         base = rows[next(iter(CASES))]["false_alerts_per_1000_trades"]
