@@ -3,9 +3,10 @@
 The alert multiples were chosen on markets that trade round the clock at one level of volatility
 (bench/price_alerts.py). An exchange's day is not like that: volatility is highest just after the open
 (here three times the midday level, fading over about 20 minutes) and rises again into the close (1.8 times);
-each day starts after an overnight gap; and a trade prints at the bid or at the ask, so consecutive trades
-bounce by the spread even when the price does not move. Real intraday ticks are not available here, so this
-script simulates those three features on the same heavy-tailed tick process (Student t, 3 degrees of freedom)
+each day starts after an overnight gap; a trade prints at the bid or at the ask, so consecutive trades
+bounce by the spread even when the price does not move; and prices are whole cents, which at $5 is ten times
+the price's typical move (most trades print the last price again). Real intraday ticks are not available here,
+so this script simulates those features on the same heavy-tailed tick process (Student t, 3 degrees of freedom)
 and counts the `price_alerts` node's alerts per 1,000 trades at the shipped defaults, by rule:
 
 - `floor`: alerts only the fixed `price_alert_threshold` (2 %) raises (the move is below the multiple rule's);
@@ -49,16 +50,18 @@ SESSION = 6.5 * 3600.0  # seconds of trading a day
 OPENING = 1800.0  # the part of the day reported apart
 JUMP = 30.0  # an injected jump of the mid price, in typical ticks (the acceptance's calm-symbol case)
 MARKETS = {"calm, 2/s": (2.0, 0.0002), "volatile, 2/s": (2.0, 0.002)}  # trades a second, typical tick scale
-CASES = {  # intraday volatility shape, spread in typical ticks, prices rounded to a cent, the symbols' own settings
-    "flat, no bounce (baseline)": (False, 0.0, False, {}),
-    "open and close": (True, 0.0, False, {}),
-    "open and close, spread of 1 tick": (True, 1.0, False, {}),
-    "open and close, spread of 1 tick, prices in cents": (True, 1.0, True, {}),
-    "open and close, spread of 3 ticks": (True, 3.0, False, {}),
-    "open and close, spread of 3 ticks, their multiple 12": (True, 3.0, False, {"price_alert_multiples": "S*=12"}),
-    "open and close, spread of 1 tick, their floor 5 %": (True, 1.0, False, {"price_alert_thresholds": "S*=0.05"}),
+CASES = {  # intraday volatility shape, spread in typical ticks, the first price and whether prices are whole
+    # cents (the calm market only: the volatile one's price wanders by factors a day), the symbols' own settings
+    "flat, no bounce (baseline)": (False, 0.0, 100.0, False, {}),
+    "open and close": (True, 0.0, 100.0, False, {}),
+    "open and close, spread of 1 tick": (True, 1.0, 100.0, False, {}),
+    "open and close, spread of 1 tick, whole cents at $100": (True, 1.0, 100.0, True, {}),
+    "open and close, spread of 1 tick, whole cents at $5": (True, 1.0, 5.0, True, {}),
+    "open and close, spread of 3 ticks": (True, 3.0, 100.0, False, {}),
+    "open and close, spread of 3 ticks, their multiple 12": (True, 3.0, 100.0, False, {"price_alert_multiples": "S*=12"}),
+    "open and close, spread of 1 tick, their floor 5 %": (True, 1.0, 100.0, False, {"price_alert_thresholds": "S*=0.05"}),
 }
-CENT = 0.01  # the price step of "prices in cents" (prices start at 100)
+CENT = 0.01
 
 
 def intraday(x: float) -> float:
@@ -67,7 +70,7 @@ def intraday(x: float) -> float:
 
 
 def trading_days(symbols: int, days: int, rate: float, tick: float, shaped: bool, spread: float,
-                 seed: int, cents: bool = False) -> tuple[list[Trade], set[tuple[str, datetime]]]:
+                 seed: int, start: float = 100.0, cents: bool = False) -> tuple[list[Trade], set[tuple[str, datetime]]]:
     """Trades of `symbols` symbols over `days` sessions: Poisson times, t3 moves of the mid price scaled by the
     intraday shape, a 1 % (standard deviation) overnight move, each trade printed at the bid or the ask (with
     `cents`, at a whole cent: many consecutive trades then print the same price); and
@@ -76,7 +79,7 @@ def trading_days(symbols: int, days: int, rate: float, tick: float, shaped: bool
     rng, jumps_at = random.Random(seed), random.Random(seed + 1)
     out, jumps = [], set()
     for i in range(symbols):
-        logp = math.log(100.0)
+        logp = math.log(start)
         for d in range(days):
             logp += rng.gauss(0.0, 0.01)
             plan = [h * 3600.0 + jumps_at.uniform(0.0, 3600.0) for h in range(1, int(SESSION // 3600))]
@@ -143,9 +146,11 @@ def main(argv: list[str] | None = None) -> dict:
               "session_h": SESSION / 3600.0, "markets": {}}
     for name, (rate, tick) in MARKETS.items():
         rows = {}
-        for case, (shaped, spread, cents, own) in CASES.items():
+        for case, (shaped, spread, start, cents, own) in CASES.items():
+            if cents and tick > 0.001:
+                continue
             cfg = MarketConfig(**own)
-            trades, jumps = trading_days(a.symbols, a.days, rate, tick, shaped, spread, a.seed, cents)
+            trades, jumps = trading_days(a.symbols, a.days, rate, tick, shaped, spread, a.seed, start, cents)
             rows[case] = {"trades": len(trades), "typical_move_in_mid_ticks": typical_move(trades, tick),
                           **judge(alerts(trades, cfg), trades, jumps)}
         base = rows[next(iter(CASES))]["false_alerts_per_1000_trades"]

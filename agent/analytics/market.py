@@ -93,16 +93,20 @@ class TickScale:
     and each ring entry keeps its value then.
 
     The mean absolute move rather than a standard deviation: returns are heavy-tailed, and a mean of absolute
-    values is the robust scale that costs one multiply-add."""
+    values is the robust scale that costs one multiply-add. On a coarse price grid (a low-priced stock's cents)
+    most trades print the last price again and a tiny move of the price behind them can show as one step, so a
+    move is judged less one step of the grid: a single step never alerts by the multiple, however quiet the
+    symbol was."""
 
-    __slots__ = ("last", "floor", "multiple", "scale", "n", "step", "until", "ends", "then", "jumped", "hscale", "hn",
-                 "hlim", "whole")
+    __slots__ = ("last", "floor", "multiple", "scale", "n", "grid", "step", "until", "ends", "then", "jumped",
+                 "hscale", "hn", "hlim", "whole")
 
     def __init__(self, trade: Trade, p: AlertParams):
         self.last = trade  # the previous trade (its time is read only when an alert needs it)
         self.floor, self.multiple = p.of(trade.symbol)  # its price_alert_threshold and price_alert_multiple
         self.scale = 0.0
         self.n = 0  # moves learnt
+        self.grid = math.inf  # the smallest change of its price seen: one step of its price grid, a cent
         step = (trade.ts - EPOCH) // p.step if p.step else 0
         self.step = step  # the horizon step of `last` ...
         self.until = EPOCH + (step + 1) * p.step if p.step else None  # ... which ends here
@@ -237,13 +241,14 @@ def price_alerts(trades: ts[list[Trade]], cfg: MarketConfig, states: object = No
             symbols[t.symbol] = TickScale(t, p)
             continue
         prev = s.last
-        price = t.price
-        move = price / prev.price - 1.0
+        price, before = t.price, prev.price
+        move = price / before - 1.0
         size = move if move >= 0.0 else -move
         scale, n = s.scale, s.n
         # a trade within its horizon step is a tick; only one that ends a step has its pause measured
         tick = (p.gap_steps and t.ts < s.until) or t.ts - prev.ts <= p.gap
-        jump = size > s.floor or (tick and size >= p.min_move and n >= p.warmup and size >= s.multiple * scale)
+        jump = size > s.floor or (tick and size >= p.min_move and n >= p.warmup
+                                  and size - (s.grid / before if s.grid < math.inf else 0.0) >= s.multiple * scale)
         if jump:
             out.append(_price_alert(t, prev, move, scale if n >= p.warmup else None, s, p))
         if horizon:
@@ -252,7 +257,7 @@ def price_alerts(trades: ts[list[Trade]], cfg: MarketConfig, states: object = No
             if not tick:
                 _anchor(s, t)
             elif jump:  # alerted as a jump: left out of the horizon moves (a slide around it still counts)
-                s.jumped *= price / prev.price
+                s.jumped *= price / before
             elif s.then is not None:
                 hmove = _horizon_move(s, price)
                 if hmove >= s.hlim or -hmove >= s.hlim:
@@ -262,6 +267,9 @@ def price_alerts(trades: ts[list[Trade]], cfg: MarketConfig, states: object = No
         if tick:
             s.scale = _learned(scale, n, size, p)
             s.n = n + 1
+            step = size * before
+            if 0.0 < step < s.grid:
+                s.grid = step
         s.last = t
     if out:
         return out

@@ -198,6 +198,23 @@ def test_a_flat_symbol_cannot_alert_on_a_cent():
     assert [e.data["multiple"] for e in run_alerts(flat + [trade("FLAT", 20.0, 101.0)])] == [None]  # 1 %: alerts
 
 
+def test_a_low_priced_symbol_on_a_cent_grid_alerts_on_a_jump_not_on_single_cents():
+    """A $5 stock whose price behind the trades moves about 0.02 % a trade prints whole cents (0.2 %): most
+    trades repeat the last price, so the typical move falls far below one cent after a quiet stretch, and a
+    single cent used to be twenty typical moves. A move is judged less one step of the grid: 6,000 ordinary
+    trades raise no alert; a jump of 8 cents (1.6 %, below the 2 % floor) does."""
+    from bench.price_alerts import t3
+
+    rng = random.Random(11)
+    mid, out = 5.0, []
+    for i in range(6000):
+        mid *= 1.0 + 0.0002 * t3(rng)  # heavy-tailed: long quiet stretches, now and then a burst
+        out.append(trade("PENNY", i * 0.5, round(mid, 2)))
+    assert sum(a.price == b.price for a, b in itertools.pairwise(out)) > len(out) / 2  # mostly the last price
+    assert run_alerts(out) == []
+    jump = trade("PENNY", 3000.0, round(out[-1].price + 0.08, 2))
+    assert [(e.key, e.ts) for e in run_alerts([*out, jump])] == [("PENNY", at(3000.0))]
+
 def test_a_slide_of_small_ticks_alerts_once_as_a_move_within_the_horizon():
     """A calm symbol (one trade a second, typical move 0.02 %) slides 3 % in 30 s by ticks of 0.1 %: each tick is
     five times its tick scale, far below the tick alert's 20, but the move within a minute is many times the
@@ -303,6 +320,8 @@ def test_the_trading_days_bench_runs_and_the_scale_rules_hold_at_the_open():
     assert calm["open and close, spread of 3 ticks"]["jumps_30x_found"] != "5/5"
     assert calm["open and close, spread of 3 ticks"]["typical_move_in_mid_ticks"] > 2.0
     assert calm["open and close, spread of 3 ticks, their multiple 12"]["jumps_30x_found"] == "5/5"
+    cents = calm["open and close, spread of 1 tick, whole cents at $5"]["false_alerts_per_1000_trades"]
+    assert cents["rest"]["multiple"] < 1.0  # a single cent of a quiet $5 stock does not alert
     floor = {case: volatile[case]["false_alerts_per_1000_trades"]["opening"]["floor"]
              for case in ("open and close, spread of 1 tick", "open and close, spread of 1 tick, their floor 5 %")}
     assert floor["open and close, spread of 1 tick, their floor 5 %"] < floor["open and close, spread of 1 tick"] / 4
