@@ -103,7 +103,13 @@ def _end_to_end(broker, tmp_path, protocol: str) -> AgentProcess:
                         and topics.count("edgewatch/deadletter") >= len(MALFORMED))
 
             # generous: the embedded broker (amqtt, pure Python) relays slowly when the machine is loaded
-            wait_for(on_mqtt, timeout=30, what="anomaly events and dead letters on MQTT")
+            try:
+                wait_for(on_mqtt, timeout=30, what="anomaly events and dead letters on MQTT")
+            except TimeoutError:  # say what did arrive and what the agent has not published, to tell why
+                seen = sorted({t for t, _ in list(out)})
+                waiting = sum(1 for r in event_rows(agent) if not r["published_at"])
+                raise AssertionError(f"after 30 s the subscriber had {seen}; {waiting} logged events unpublished; "
+                                     f"agent log: {agent.log_tail(4000)}") from None
             event = next(json.loads(p) for t, p in list(out) if t == "edgewatch/events/anomaly/s1")
             assert {"id", "event_id", "ts", "logged_at", "kind", "key", "severity", "message", "data"} <= set(event)
             letter = next(json.loads(p) for t, p in list(out) if t == "edgewatch/deadletter")
