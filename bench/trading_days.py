@@ -43,15 +43,16 @@ if str(REPO) not in sys.path:
 from edgewatch.agent.config import MarketConfig  # noqa: E402
 from edgewatch.agent.records import Event, Trade  # noqa: E402
 
-from bench.price_alerts import alerts, t3  # noqa: E402
+from bench.price_alerts import START, alerts, t3  # noqa: E402
 
-START = datetime(2026, 3, 2, 9, 30)
 SESSION = 6.5 * 3600.0  # seconds of trading a day
 OPENING = 1800.0  # the part of the day reported apart
 JUMP = 30.0  # an injected jump of the mid price, in typical ticks (the acceptance's calm-symbol case)
-MARKETS = {"calm, 2/s": (2.0, 0.0002), "volatile, 2/s": (2.0, 0.002)}  # trades a second, typical tick scale
-CASES = {  # intraday volatility shape, spread in typical ticks, the first price and whether prices are whole
-    # cents (the calm market only: the volatile one's price wanders by factors a day), the symbols' own settings
+# trades a second, typical tick scale, whether its prices can be whole cents (the volatile price wanders by
+# factors a day, to fractions of a dollar, so its cents would measure the drift, not the grid)
+MARKETS = {"calm, 2/s": (2.0, 0.0002, True), "volatile, 2/s": (2.0, 0.002, False)}
+CASES = {  # intraday volatility shape, spread in typical ticks, the first price, whether prices are whole cents,
+    # the symbols' own settings
     "flat, no bounce (baseline)": (False, 0.0, 100.0, False, {}),
     "open and close": (True, 0.0, 100.0, False, {}),
     "open and close, spread of 1 tick": (True, 1.0, 100.0, False, {}),
@@ -144,10 +145,10 @@ def main(argv: list[str] | None = None) -> dict:
     a = ap.parse_args(argv)
     result = {"bench": "trading_days", "days": a.days, "symbols_per_market": a.symbols,
               "session_h": SESSION / 3600.0, "markets": {}}
-    for name, (rate, tick) in MARKETS.items():
+    for name, (rate, tick, in_cents) in MARKETS.items():
         rows = {}
         for case, (shaped, spread, start, cents, own) in CASES.items():
-            if cents and tick > 0.001:
+            if cents and not in_cents:
                 continue
             cfg = MarketConfig(**own)
             trades, jumps = trading_days(a.symbols, a.days, rate, tick, shaped, spread, a.seed, start, cents)
