@@ -1,8 +1,9 @@
 """Fixtures of the agent's tests: plain MQTT 5 clients on a private Mosquitto, for paho's send and receive paths;
-the events reference's fields."""
+the fields the reference docs name."""
 
 from __future__ import annotations
 
+import functools
 import re
 import threading
 import uuid
@@ -50,13 +51,19 @@ def url(request, tmp_path) -> str:
 
 @pytest.fixture(scope="session")
 def documented_fields():
-    """`fields(kind)`: the `data` fields docs/reference/events.md names in the tables of a kind's section (a user
-    builds against that page, so every key an event carries must be there)."""
-    text = (Path(__file__).resolve().parents[2] / "docs" / "reference" / "events.md").read_text()
+    """`fields(section, page="events.md", header=...)`: the field names a table of docs/reference/PAGE names under
+    the heading `SECTION` (by default an event kind's `data` fields). A user builds against those pages, so
+    every key the agent emits must be there."""
+    reference = Path(__file__).resolve().parents[2] / "docs" / "reference"
 
-    def fields(kind: str) -> set[str]:
-        section = text.split(f"## `{kind}`", 1)[1].split("\n## ", 1)[0]
-        tables = [t.split("\n\n", 1)[0] for t in section.split("| `data` field | meaning |\n")[1:]]
+    @functools.cache
+    def fields(section: str, page: str = "events.md", header: str = "| `data` field | meaning |") -> set[str]:
+        # without its code blocks: a shell `# comment` in one is no heading
+        text = re.sub(r"^```.*?^```", "", (reference / page).read_text(), flags=re.S | re.M)
+        heading = re.search(rf"^(#+) `{re.escape(section)}`.*$", text, re.M)
+        body = text[heading.end():]
+        following = re.search(rf"^#{{1,{len(heading.group(1))}}} ", body, re.M)
+        tables = [t.split("\n\n", 1)[0] for t in body[:following.start() if following else None].split(header + "\n")[1:]]
         return {name for table in tables for line in table.splitlines()[1:]
                 for name in re.findall(r"`([a-z_]+)`", line.split("|")[1])}
 

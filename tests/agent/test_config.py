@@ -181,6 +181,7 @@ def test_check_config_shows_the_symbols_with_price_alert_settings_of_their_own(c
     rc, out, _ = check(capsys, write(tmp_path, "[market]\n"))
     assert rc == 0 and " own " not in out
 
+
 def test_check_config_of_the_defaults(capsys, tmp_path):
     rc, out, _ = check(capsys, write(tmp_path, defaults_as_toml()))
     assert rc == 0 and out.startswith("ok: ")

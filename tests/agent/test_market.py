@@ -9,9 +9,9 @@ from datetime import datetime, timedelta
 
 import csp
 import pytest
-from edgewatch.agent.analytics.market import bucket_of, market_analytics, price_alerts
+from edgewatch.agent.analytics.market import bucket_of, check, market_analytics, price_alerts
 from edgewatch.agent.analytics.topology import market_graph
-from edgewatch.agent.config import Config, MarketConfig
+from edgewatch.agent.config import Config, ConfigError, MarketConfig
 from edgewatch.agent.records import Pnl, Position, Quote, Sentiment, Trade
 from edgewatch.agent.testing.simulator import SimConfig, Simulator, to_batches
 
@@ -136,8 +136,8 @@ def test_a_volatile_symbol_raises_at_most_one_alert_per_hundred_normal_ticks():
 def test_symbols_named_in_the_per_symbol_settings_alert_by_their_own_floor_and_multiple():
     """Two calm symbols trade alike and both jump 0.3 % (about 15 x their tick scale, below the multiple of 20),
     then 3 % (beyond the 2 % floor). `price_alert_multiples` gives LIQ (through the pattern `LI*`, the first
-    entry that matches it) a multiple of 12: its first jump alerts, the other's does not; `price_alert_thresholds` lifts OTHER's floor to
-    5 %, so its 3 % jump (150 x its scale) alerts by the multiple, and names that floor as its threshold."""
+    entry that matches it) a multiple of 12: its first jump alerts, the other's does not;
+    `price_alert_thresholds` lifts OTHER's floor to 5 %, so its 3 % jump (150 x its scale) alerts by the multiple, and names that floor as its threshold."""
     cfg = MarketConfig(price_alert_multiples="LI*=12,LIQ=30", price_alert_thresholds="OTHER=0.05")
     sigma = 0.0002 / math.sqrt(2 / math.pi)
 
@@ -161,11 +161,9 @@ def test_symbols_named_in_the_per_symbol_settings_alert_by_their_own_floor_and_m
     ("price_alert_thresholds", "PENNY=0.001", "market.price_alert_thresholds: PENNY: must be above"),
 ])
 def test_bad_per_symbol_settings_name_the_key(key, value, named):
-    from edgewatch.agent.analytics.market import check
-    from edgewatch.agent.config import ConfigError
-
     with pytest.raises(ConfigError, match=named.replace("(", r"\(")):
         check(MarketConfig(**{key: value}))
+
 
 def test_the_open_after_a_closed_night_is_not_a_tick():
     """A calm symbol trades every second for an hour, the market closes for 17.5 hours and opens 0.8 % higher:
@@ -214,6 +212,7 @@ def test_a_low_priced_symbol_on_a_cent_grid_alerts_on_a_jump_not_on_single_cents
     assert run_alerts(out) == []
     jump = trade("PENNY", 3000.0, round(out[-1].price + 0.08, 2))
     assert [(e.key, e.ts) for e in run_alerts([*out, jump])] == [("PENNY", at(3000.0))]
+
 
 def test_a_slide_of_small_ticks_alerts_once_as_a_move_within_the_horizon():
     """A calm symbol (one trade a second, typical move 0.02 %) slides 3 % in 30 s by ticks of 0.1 %: each tick is
@@ -325,6 +324,7 @@ def test_the_trading_days_bench_runs_and_the_scale_rules_hold_at_the_open():
     floor = {case: volatile[case]["false_alerts_per_1000_trades"]["opening"]["floor"]
              for case in ("open and close, spread of 1 tick", "open and close, spread of 1 tick, their floor 5 %")}
     assert floor["open and close, spread of 1 tick, their floor 5 %"] < floor["open and close, spread of 1 tick"] / 4
+
 
 # --- VWAP bars ---------------------------------------------------------------------------------------------
 

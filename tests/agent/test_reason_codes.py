@@ -10,10 +10,8 @@ from __future__ import annotations
 import argparse
 import glob
 import json
-import re
 import urllib.error
 import urllib.request
-from pathlib import Path
 
 from edgewatch.agent.commands import doctor
 from edgewatch.agent.testing.harness import AgentProcess, Mosquitto, free_port, wait_for, write_config
@@ -52,14 +50,7 @@ def health(port: int) -> tuple[int, dict]:
         return e.code, json.loads(e.read())
 
 
-def documented_health_fields() -> set[str]:
-    """The fields docs/reference/http-api.md names in the agent's `GET /health` table (what a probe builds on)."""
-    text = (Path(__file__).resolve().parents[2] / "docs" / "reference" / "http-api.md").read_text()
-    table = text.split("### `GET /health`", 1)[1].split("| field | meaning |\n", 1)[1].split("\n\n", 1)[0]
-    return {name for line in table.splitlines()[1:] for name in re.findall(r"`([a-z_]+)`", line.split("|")[1])}
-
-
-def test_a_refused_subscription_fails_readiness_and_is_logged(tmp_path):
+def test_a_refused_subscription_fails_readiness_and_is_logged(tmp_path, documented_fields):
     broker = acl_broker(tmp_path)
     port = free_port()
     agent = AgentProcess(broker, tmp_path / "agent", {"metrics": {"listen": f"127.0.0.1:{port}"}}, protocol="5")
@@ -70,7 +61,8 @@ def test_a_refused_subscription_fails_readiness_and_is_logged(tmp_path):
         status, body = health(port)
         assert status == 503 and "subscriptions" in body["failing"], body
         assert set(body["subscriptions_refused"]) == {"market/#", "portfolio/#", "news/#"}, body
-        assert set(body) <= documented_health_fields(), set(body) - documented_health_fields()
+        documented = documented_fields("GET /health", "http-api.md", "| field | meaning |")
+        assert set(body) <= documented, set(body) - documented
         assert "sensors/#" not in body["subscriptions_refused"]
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
             assert "edgewatch_mqtt_subscriptions_refused 3.0" in r.read().decode()
