@@ -100,13 +100,12 @@ def _readonly_uri(path: Path) -> str:
     are gone, and a reader who may not create them in the state directory opens the (then quiescent,
     fully checkpointed) file as `immutable`.
     """
-    try:
-        if not path.is_file():
-            raise StoreNotFound(f"{path}: no such event log")
-        with open(path, "rb"):
-            pass
-    except PermissionError:
-        raise ConfigError(f"{path}: permission denied (operators need the service's group)") from None
+    if not path.is_file():
+        raise StoreNotFound(f"{path}: no such event log")
+    # a permission check that opens nothing: closing a descriptor of the file would drop every SQLite lock
+    # this process holds on it (POSIX), and the agent's status page opens its own log this way while it writes
+    if not os.access(path, os.R_OK):
+        raise ConfigError(f"{path}: permission denied (operators need the service's group)")
     uri = f"file:{quote(str(path.resolve()))}?mode=ro"
     if not Path(f"{path}-wal").exists() and not os.access(path.parent, os.W_OK):
         uri += "&immutable=1"

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
+import subprocess
+import sys
 import threading
 import time
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -310,6 +314,30 @@ def test_readonly_never_creates_a_database(tmp_path):
     with pytest.raises(StoreNotFound):
         Store(str(missing), readonly=True)
     assert not missing.parent.exists()
+
+
+def test_a_reader_in_the_agent_keeps_its_locks_while_another_process_writes(tmp_path):
+    """The agent holds a writer and the status page's reader on one SQLite log. Opening the reader must not
+    close any descriptor of the file in the agent's process: POSIX drops all of a process's locks on a file when
+    it closes any descriptor of it, and another process (`edge-agent label`, `replay`) that then finds no lock
+    takes itself for the last user and deletes the WAL the agent still writes to, which corrupts the log."""
+    path = tmp_path / "events.db"
+    agent = Store(str(path))
+    agent.write([ev(1)])
+    reader = Store(str(path), readonly=True)
+    assert len(reader.events()) == 1
+    other = subprocess.run([sys.executable, "-c", (
+        "import sys; from edgewatch.agent.eventlog.store import Store; s = Store(sys.argv[1]); "
+        "s.label(s.events()[0]['event_id'], 'false'); s.close()"), str(path)], capture_output=True, text=True)
+    assert other.returncode == 0, other.stderr
+    assert Path(f"{path}-wal").exists(), "the other process deleted the agent's WAL"
+    agent.write([ev(2)])
+    assert [e["event_id"] for e in reader.events()] == [ev(1).event_id, ev(2).event_id]
+    reader.close()
+    agent.close()
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        assert conn.execute("SELECT count(*) FROM events").fetchone() == (2,)
 
 
 @pytest.mark.parametrize("umask", [0o077, 0o002, 0o022])
