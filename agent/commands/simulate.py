@@ -9,17 +9,14 @@ check what the agent should report.
 from __future__ import annotations
 
 import json
+import math
 import sys
 import time
 
 import paho.mqtt.client as mqtt
-import structlog
 from edgewatch.agent.config import ConfigError
-from edgewatch.agent.testing.simulator import SimConfig, Simulator
+from edgewatch.agent.testing.simulator import FAULT_GAP, FAULT_READINGS, SimConfig, Simulator
 from edgewatch.agent.timeutil import isoformat, parse_duration, utcnow
-
-log = structlog.get_logger("edgewatch.agent.commands.simulate")
-
 
 def parse_broker(text: str) -> tuple[str, int]:
     host, sep, port = text.rpartition(":")
@@ -42,6 +39,11 @@ def simulate_command(args) -> int:
     for f in sim.faults:
         print(json.dumps({"fault": f.kind, "key": f.key, "reason": f.reason, "metric": f.metric or None,
                           "start": isoformat(f.start), "end": isoformat(f.end)}), flush=True)
+    needed = (sim.cfg.warmup + FAULT_READINGS[1] + FAULT_GAP) / args.rate  # seconds before every fault fits
+    if args.faults and args.sensors and duration < needed:
+        print(f"edge-agent simulate: --faults: a fault starts after {sim.cfg.warmup} readings (the detectors' "
+              f"warm-up) and takes up to {FAULT_READINGS[1] + FAULT_GAP}, so {args.duration} leaves room for "
+              f"{len(sim.faults)}; give --duration {math.ceil(needed / 60)}m or more", file=sys.stderr)
 
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"edgewatch-simulate-{start.timestamp():.0f}",
                          protocol=mqtt.MQTTv311)
@@ -73,8 +75,6 @@ def simulate_command(args) -> int:
     finally:
         client.loop_stop()
         client.disconnect()
-    log.info("simulate_done", messages=sent, dropped=dropped, faults=len(sim.faults),
-             seconds=round(time.monotonic() - t0, 3))
     print(f"published {sent} messages ({len(sim.faults)} faults) to {host}:{port}"
           + (f"; {dropped} dropped (client queue full)" if dropped else ""), file=sys.stderr)
     return 0 if sent or not dropped else 1

@@ -34,6 +34,8 @@ FAULT_REASONS = {
     "out_of_range": "out_of_range",
     "price_jump": "price_alert",
 }
+FAULT_READINGS = (90, 180)  # a sensor fault lasts between these many readings
+FAULT_GAP = 30  # readings of normal operation, at least, after a fault before the run ends
 SENSOR_FAULTS = ("spike", "drift", "stuck", "dropout", "noisy", "battery", "out_of_range")
 REASONS_OF_SENSORS = frozenset(FAULT_REASONS[k] for k in SENSOR_FAULTS)
 
@@ -140,8 +142,8 @@ class Simulator:
                 continue
             kind = cfg.fault_kinds[kinds % len(cfg.fault_kinds)]  # in turn: every kind is covered
             kinds += 1
-            length = rng.uniform(90, 180) * period
-            latest = cfg.duration - length - 30 * period
+            length = rng.uniform(*FAULT_READINGS) * period
+            latest = cfg.duration - length - FAULT_GAP * period
             if latest <= warm:
                 continue
             t0 = self.start + timedelta(seconds=rng.uniform(warm, latest))

@@ -84,6 +84,18 @@ def test_simulate_publishes_to_a_real_broker(mosquitto, capsys):
     assert "published" in capsys.readouterr().err
 
 
+def test_simulate_says_when_its_faults_need_a_longer_run(mosquitto, capsys):
+    """The README's command must inject faults: a run too short for any says how long it needs, on stderr, and
+    stdout holds nothing but the fault schedule's JSON lines."""
+    broker = f"{mosquitto.host}:{mosquitto.port}"
+    assert main(["simulate", "--broker", broker, "--sensors", "2", "--symbols", "0", "--faults", "--duration", "2s"]) == 0
+    out, err = capsys.readouterr()
+    assert "--faults: a fault starts after 150 readings" in err and "give --duration 6m or more" in err
+    assert all(json.loads(line)["fault"] for line in out.splitlines())
+    full = Simulator(SimConfig(sensors=20, symbols=0, duration=6 * 60), T0)  # the duration it asks for
+    assert len(full.faults) >= 5 and all(f.start >= T0 + timedelta(seconds=150) for f in full.faults)
+
+
 @pytest.mark.parametrize("argv", [["--broker", "nohost"], ["--duration", "soon"], ["--rate", "0"]])
 def test_simulate_usage_errors_exit_2(argv, capsys):
     assert main(["simulate", *argv]) == 2
