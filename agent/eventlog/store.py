@@ -48,11 +48,12 @@ EVENT_ID_DIGITS = 24  # an event_id's hex digits: a reference shorter than that 
 
 
 class StoreError(RuntimeError):
-    """The log cannot be used (missing tables, unreadable file): a runtime failure."""
+    """The log cannot be used (a database server that fails or refuses): a runtime failure."""
 
 
 class StoreNotFound(ConfigError):
-    """A read-only open of a log that does not exist: a usage error, nothing is created."""
+    """A read-only open of a log that does not exist, or of a file or database without its tables: a usage error,
+    nothing is created."""
 
 
 def resolve_url(url: str) -> URL:
@@ -258,7 +259,7 @@ class Store:
         if readonly:
             missing = {"events", "deadletters"} - set(self._table_names())
             if missing:
-                raise StoreError(f"{self.display_url}: not an event log (no table {', '.join(sorted(missing))})")
+                raise StoreNotFound(f"{self.display_url}: not an event log (no table {', '.join(sorted(missing))})")
             with self.engine.connect() as conn:
                 migrations.check_readable(conn, self.display_url)
         # (revision before, after) of the migration this open ran; None when read-only
@@ -289,7 +290,7 @@ class Store:
         try:
             return sa.inspect(self.engine).get_table_names()
         except sa.exc.DBAPIError as e:
-            raise StoreError(f"{self.display_url}: {e.orig}") from None
+            raise StoreError(f"{self.display_url}: {str(e.orig).splitlines()[0]}") from None
 
     def close(self) -> None:
         with self._write_lock:

@@ -17,6 +17,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 from edgewatch.agent.cli import main
 from edgewatch.agent.eventlog.store import Store
 from edgewatch.agent.eventlog.writer import StoreWriter
@@ -244,7 +245,14 @@ def test_database_errors(capsys, tmp_path):
         rc, out, err = run(capsys, name, "--db", str(truncated))
         assert rc == 2 and str(truncated) in err and "malformed" in err and len(err.strip().splitlines()) == 1, err
     rc, _, err = run(capsys, "deadletters", "--db", "postgresql+psycopg://postgres@127.0.0.1:1/none")
-    assert rc == 1 and "Connection refused" in err
+    assert rc == 1 and "Connection refused" in err and len(err.strip().splitlines()) == 1  # a server away: runtime
+
+
+def test_a_postgresql_database_without_a_log_is_a_usage_error(capsys, postgres_url):
+    """As an SQLite file without the log's tables: exit 2, one line, nothing created."""
+    rc, _, err = run(capsys, "events", "--db", postgres_url)
+    assert rc == 2 and "not an event log (no table deadletters, events)" in err and len(err.strip().splitlines()) == 1
+    assert not sa.inspect(sa.create_engine(postgres_url)).get_table_names()
 
 
 def test_queries_while_the_agent_writes(capsys, tmp_path):
