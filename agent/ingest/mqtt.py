@@ -184,6 +184,8 @@ class Link:
         c.loop_start()
 
     def _status(self, state: str) -> bytes:
+        """The retained status. `since` is when the state began: the last connect for `online`, the stop for a clean
+        `offline`; the will's `offline`, which the broker sends later on the agent's behalf, carries its start."""
         return json_dumps({"state": state, "version": __version__, "since": isoformat(self._since),
                            "agent_id": self.agent_id}).encode()
 
@@ -285,6 +287,7 @@ class Link:
         if self.client is None:
             return
         if self.connected.is_set():
+            self._since = utcnow()
             try:
                 self.client.publish(self.status_topic, self._status("offline"), qos=1,
                                     retain=True).wait_for_publish(timeout)

@@ -12,6 +12,7 @@ import signal
 import sqlite3
 import subprocess
 import time
+from datetime import datetime
 from pathlib import Path
 
 from edgewatch.agent.eventlog.store import Store
@@ -82,7 +83,8 @@ def retained_status(broker) -> dict:
         return json.loads(status[-1][1])
 
 
-def _end_to_end(broker, tmp_path, protocol: str) -> AgentProcess:
+def _end_to_end(broker, tmp_path, protocol: str) -> tuple[AgentProcess, dict]:
+    """The agent end to end; it and its retained `online` status."""
     agent = AgentProcess(broker, tmp_path / "agent", FAST, protocol=protocol).start()
     try:
         agent.wait_ready(broker)
@@ -114,20 +116,23 @@ def _end_to_end(broker, tmp_path, protocol: str) -> AgentProcess:
             assert {"id", "event_id", "ts", "logged_at", "kind", "key", "severity", "message", "data"} <= set(event)
             letter = next(json.loads(p) for t, p in list(out) if t == "edgewatch/deadletter")
             assert set(letter) == {"topic", "payload", "reason", "code", "received_at", "agent_id"}
-        assert retained_status(broker)["state"] == "online"
+        online = retained_status(broker)
+        assert online["state"] == "online"
         assert agent.proc.poll() is None, "the agent died on malformed input"
         wait_for(lambda: all(r["published_at"] for r in event_rows(agent)), timeout=10, what="all events published")
         assert len({(c["topic"], c["payload"]) for c in captured(agent)}) == len(sent)
     finally:
         code = stop_within(agent)
     assert code == 0, agent.log_tail()
-    return agent
+    return agent, online
 
 
 def test_end_to_end_mosquitto_mqtt5(mosquitto, tmp_path):
-    agent = _end_to_end(mosquitto, tmp_path, protocol="5")
+    agent, online = _end_to_end(mosquitto, tmp_path, protocol="5")
     status = retained_status(mosquitto)
     assert status["state"] == "offline" and status["version"]
+    since = {s["state"]: datetime.fromisoformat(s["since"]) for s in (online, status)}
+    assert since["offline"] > since["online"], "a clean stop's offline begins at the stop, not at the connect"
     assert '"protocol": "5"' in agent.log_tail(100_000)
 
 
@@ -157,7 +162,7 @@ def _dead_letter_rows(db: str) -> list[dict]:
 
 
 def test_end_to_end_amqtt_falls_back_to_311(mqtt_broker, tmp_path):
-    agent = _end_to_end(mqtt_broker, tmp_path, protocol="auto")
+    agent, _ = _end_to_end(mqtt_broker, tmp_path, protocol="auto")
     log = agent.log_tail(100_000)
     assert '"protocol": "3.1.1"' in log, log
 
