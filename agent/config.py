@@ -383,6 +383,7 @@ BELOW_1 = Range(0, 1, high_open=True)  # a fraction that may be 0
 RANGES = {
     ("mqtt", "keepalive"): AT_LEAST_1,
     ("mqtt", "session_expiry"): AT_LEAST_1,
+    ("mqtt", "port"): Range(1, 65535),
     ("mqtt", "receive_maximum"): Range(1, 65535),  # the MQTT 5 range
     ("mqtt", "reconnect_min_delay"): POSITIVE,
     ("mqtt", "reconnect_max_delay"): POSITIVE,
@@ -751,19 +752,27 @@ def _env_overrides(environ: typing.Mapping[str, str]) -> dict:
 def load(path: str | os.PathLike | None = None, environ: typing.Mapping[str, str] | None = None) -> Config:
     """Read the TOML file (if any), then environment overrides; validate everything."""
     cfg = Config()
-    given, groups = set(), {}
+    source: dict[tuple[str, str], str] = {}  # where each key given was set: the file, or the environment
+    groups = {}
     if path is not None:
         data = _read_toml(path)
         groups = _pop_groups(data, str(path))
-        given |= _apply(cfg, data, str(path))
-    given |= _apply(cfg, _env_overrides(os.environ if environ is None else environ), "environment")
+        source |= dict.fromkeys(_apply(cfg, data, str(path)), str(path))
+    source |= dict.fromkeys(_apply(cfg, _env_overrides(os.environ if environ is None else environ), "environment"),
+                            "environment")
     for section, tables in groups.items():
         getattr(cfg, section).groups = _groups(section, getattr(cfg, section), tables, str(path))
-    if path is not None and ("agent", "id") not in given:  # two agents on one host differ by their files
+    if path is not None and ("agent", "id") not in source:  # two agents on one host differ by their files
         cfg.agent.id = _id_token(f"{_host_name()}-{Path(path).stem}")
-    if ("mqtt", "client_id") not in given:
+    if ("mqtt", "client_id") not in source:
         cfg.mqtt.client_id = f"edgewatch-{cfg.agent.id}"
-    check(cfg)
+    try:
+        check(cfg)
+    except ConfigError as e:  # it names the key: say where that key was set, as a key's own error does
+        key = tuple(str(e).split(":", 1)[0].split(".", 1))
+        if key in source:
+            raise ConfigError(f"{source[key]}: {e}") from None
+        raise
     return cfg
 
 

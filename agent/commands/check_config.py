@@ -31,8 +31,6 @@ def _host_port(key: str, text: str) -> None:
 
 def validate(cfg: Config) -> None:
     """Raise ConfigError naming the first key that cannot work."""
-    if not 0 < cfg.mqtt.port < 65536:
-        raise ConfigError(f"mqtt.port: must be 1..65535, got {cfg.mqtt.port}")
     if not cfg.mqtt.client_id:
         raise ConfigError("mqtt.client_id: empty (the persistent session needs a fixed id)")
     config.read_secret("mqtt.password_file", cfg.mqtt.password_file)

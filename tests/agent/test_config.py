@@ -194,7 +194,7 @@ def test_check_config_of_the_defaults(capsys, tmp_path):
         ('[mqtt]\npassword_file = "/nonexistent/pw"\nusername = "u"\n', "mqtt.password_file: cannot read"),
         ('[mqtt]\npassword_file = "{pw}"\n', "mqtt.password_file: set, but mqtt.username is empty"),
         ('[mqtt]\nca_file = "/nonexistent/ca.pem"\n', "mqtt.ca_file: /nonexistent/ca.pem: no such file"),
-        ("[mqtt]\nport = 70000\n", "mqtt.port: must be 1..65535"),
+        ("[mqtt]\nport = 70000\n", "mqtt.port: must be in [1, 65535]"),
         ('[store]\nurl = "mysql://u@h/db"\n', "store.url: unsupported database"),
         ('[store]\nurl = "postgresql://[::1"\n', "store.url: not an SQLAlchemy URL"),
         ('[store]\nurl = ""\n', "store.url: empty"),
@@ -248,6 +248,17 @@ def test_check_config_errors_exit_2_naming_the_key(capsys, tmp_path, text, named
     rc, out, err = check(capsys, write(tmp_path, text.replace("{pw}", str(pw))))
     assert (rc, out) == (2, "")
     assert named in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_rule_between_keys_names_where_its_key_was_set(capsys, tmp_path, monkeypatch):
+    """A key's own error names the file or the environment before the key; a rule checked once every key is set
+    does the same."""
+    path = write(tmp_path, '[mqtt]\nsensors_prefix = "a/#"\n')
+    rc, _, err = check(capsys, path)
+    assert rc == 2 and f"{path}: mqtt.sensors_prefix: 'a/#' contains an MQTT wildcard" in err
+    monkeypatch.setenv("EDGEWATCH_MQTT_SENSORS_PREFIX", "b/+")
+    rc, _, err = check(capsys, path)
+    assert rc == 2 and "environment: mqtt.sensors_prefix: 'b/+' contains an MQTT wildcard" in err
 
 
 def test_check_config_missing_and_unreadable_files(capsys, tmp_path):
