@@ -121,6 +121,10 @@ def calibrate(paths: list[str], cfg: Config, group: str | None = None, budget: f
                 for sc in detectors[k, run].score_readings(fed, min_score=s.threshold):
                     if raises_event(sc, s.threshold):
                         alarms[k, run].setdefault(sc.sensor_id, set()).add(index[sc.sensor_id, sc.ts])
+    if not seen:  # nothing to judge: say why, rather than that no step is within the budget
+        where = f" of [anomaly.groups.{group}]" if group else ""
+        raise InputError(f"no sensor readings{where} in {', '.join(paths)} (captures: under the sensors prefix "
+                         f"{cfg.mqtt.sensors_prefix!r} of the configuration; give the agent's own with --config)")
     hours = sum((last - first).total_seconds() for first, last in span.values()) / 3600.0
     rows = []
     for k, s in enumerate(steps):

@@ -170,3 +170,6 @@ def test_calibrate_command_prints_the_settings_to_use_and_refuses_bad_input(tmp_
     assert "--group pumps: no [anomaly.groups.pumps] in the configuration (groups: doors)" in capsys.readouterr().err
     assert main([*args, "--budget", "0"]) == 2
     assert "--budget 0: must be above 0" in capsys.readouterr().err
+    (tmp_path / "other.toml").write_text('[mqtt]\nsensors_prefix = "plant"\n')  # not the captures' prefix
+    assert main(["calibrate", str(tmp_path / "cap"), "--config", str(tmp_path / "other.toml")]) == 2
+    assert "no sensor readings in" in (err := capsys.readouterr().err) and "sensors prefix 'plant'" in err
