@@ -14,7 +14,7 @@ import sys
 import typing
 
 from edgewatch.agent.config import ConfigError
-from edgewatch.agent.kinds import EVENT_KINDS, LABELS, SEVERITIES
+from edgewatch.agent.kinds import EVENT_KINDS, LABELS, LEGACY_CODE, REASON_CODES, SEVERITIES
 from edgewatch.common import __version__
 
 FORMATS = ("table", "json", "csv")
@@ -112,8 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "bars":
             q.add_argument("--symbol", metavar="SYMBOL", help="only this symbol (default: every symbol)")
         if name == "deadletters":
-            q.add_argument("--code", metavar="CODE",
-                           help="only this reason code, e.g. bad_json or too_large (default: every code)")
+            q.add_argument("--code", choices=(*REASON_CODES, LEGACY_CODE), metavar="CODE",
+                           help=f"only this reason code ({', '.join(REASON_CODES)}; {LEGACY_CODE}: logged before "
+                                "reasons had codes) (default: every code)")
         else:
             q.add_argument("--until", metavar="T", help=f"only {name} before T (default: no upper bound)")
             q.add_argument("--follow", action="store_true", help=f"keep printing new {name} (default: off)")

@@ -110,7 +110,7 @@ class DeadLetter:
     payload: str  # UTF-8 text, or base64 when not UTF-8; truncated to 4 KiB
     reason: str
     received_at: datetime
-    code: str  # the stable class of `reason` (validate.REASON_CODES): metric label, query filter
+    code: str  # the stable class of `reason` (kinds.REASON_CODES): metric label, query filter
 
 
 def event_id(kind: str, key: str, ts: datetime, *discriminators: object) -> str:

@@ -8,6 +8,7 @@ migrations (`migrations/versions`) build them, and a test checks that the two ag
 from __future__ import annotations
 
 import sqlalchemy as sa
+from edgewatch.agent.kinds import LEGACY_CODE
 from edgewatch.agent.timeutil import isoformat
 
 metadata = sa.MetaData()
@@ -51,7 +52,7 @@ deadletters = sa.Table(
     sa.Column("payload", sa.Text, nullable=False),
     sa.Column("reason", sa.Text, nullable=False),
     sa.Column("received_at", sa.DateTime, nullable=False, index=True),
-    sa.Column("code", sa.String(32), nullable=False, server_default="unknown"),  # the reason's class: validate.REASON_CODES
+    sa.Column("code", sa.String(32), nullable=False, server_default=LEGACY_CODE),  # the reason's class: kinds.REASON_CODES
     sa.Column("published_at", sa.DateTime, nullable=True),  # as for events: NULL until the broker has it
     _agent_id(),
     _unpublished("ix_deadletters_unpublished"),

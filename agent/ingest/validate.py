@@ -51,14 +51,10 @@ class Parsed(NamedTuple):
     text: str  # the decoded payload, for the capture record
 
 
-REASON_CODES = (  # the stable classes of dead-letter reasons: a metric label and a query filter
-    "not_utf8", "bad_json", "not_object", "non_finite", "bad_text", "too_large", "bad_topic", "missing_field",
-    "bad_field", "out_of_range", "bad_timestamp", "unknown_metric", "no_metric", "internal",
-)
 
 
 class Invalid(ValueError):
-    """Why a message was rejected: `code` (one of REASON_CODES) and the reason's text, without the topic."""
+    """Why a message was rejected: `code` (one of kinds.REASON_CODES) and the reason's text, without the topic."""
 
     def __init__(self, code: str, reason: str):
         super().__init__(reason)

@@ -173,6 +173,7 @@ def test_db_defaults_to_the_configured_store(capsys, db, tmp_path, monkeypatch):
          "argument --kind: invalid choice: 'bogus' (choose from 'anomaly', 'health', 'maintenance', 'risk', 'signal', "
          "'price_alert', 'news', 'advice')"),
         (["events", "--severity", "loud"], 2, "argument --severity: invalid choice: 'loud'"),
+        (["deadletters", "--code", "nope"], 2, "argument --code: invalid choice: 'nope' (choose from 'not_utf8',"),
         (["events", "--limit", "many"], 2, "argument --limit: invalid int value: 'many'"),
     ],
 )

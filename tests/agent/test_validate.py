@@ -6,7 +6,8 @@ from datetime import datetime
 
 import pytest
 from edgewatch.agent.config import Config
-from edgewatch.agent.ingest.validate import MAX_VALUE, REASON_CODES, Parsed, parse
+from edgewatch.agent.ingest.validate import MAX_VALUE, Parsed, parse
+from edgewatch.agent.kinds import REASON_CODES
 from edgewatch.agent.records import (
     DeadLetter,
     Headline,
