@@ -44,7 +44,7 @@ def _summary(data: object) -> str:
     for k, v in data.items():
         if isinstance(v, float):
             v = f"{v:.4g}"
-        elif isinstance(v, (dict, list)):
+        elif isinstance(v, (dict, list, bool)) or v is None:  # as JSON spells them: null, true, [...]
             v = json.dumps(v, separators=(",", ":"))
         parts.append(f"{k}={v}")
     return " ".join(parts)

@@ -113,7 +113,7 @@ def test_table_is_aligned_and_summarised(capsys, tmp_path):
     path = str(tmp_path / "t.db")
     store = Store(path)
     store.write([make_event("anomaly", "s1", NOW, "warning", "x" * 200, {"metric": "humidity", "value": 1 / 3}),
-                 make_event("news", "AAPL", NOW, "info", "short", {"sentiment": "bullish", "symbols": ["AAPL"]})])
+                 make_event("news", "AAPL", NOW, "info", "short", {"symbols": ["AAPL"], "score": None, "fresh": True})])
     store.close()
     rc, out, _ = run(capsys, "events", "--db", path)
     lines = out.splitlines()
@@ -122,7 +122,7 @@ def test_table_is_aligned_and_summarised(capsys, tmp_path):
     assert lines[0].index("kind") == lines[2].index("anomaly") == lines[3].index("news")  # aligned columns
     assert "x" * 59 + "…" in lines[2] and "x" * 61 not in lines[2]  # message truncated
     assert "metric=humidity value=0.3333" in lines[2]
-    assert 'symbols=["AAPL"]' in lines[3]
+    assert 'symbols=["AAPL"] score=null fresh=true' in lines[3]  # as JSON spells them, not as Python does
 
 
 def test_csv_has_a_header_and_json_data(capsys, db):
