@@ -173,6 +173,8 @@ class Validator:
         self.positions = m.portfolio_prefix + "/positions"
         self.pnl = m.portfolio_prefix + "/pnl"
         self.news = m.news_prefix + "/"
+        self.shapes = (f"expected {self.sensors}{{id}}, {self.market}{{symbol}}/trade|quote, "
+                       f"{m.portfolio_prefix}/positions|pnl or {self.news}{{source}}")  # this agent's topics
         self._names: dict[str, bool] = {}  # field name -> is a metric name (bounded cache)
 
     def parse(self, topic: str, payload: bytes, received_at: datetime) -> Parsed | DeadLetter:
@@ -234,8 +236,7 @@ class Validator:
             source = _path(topic[len(self.news) :], "news source")
             text, obj = _decode(payload)
             return Parsed("news", self._headline(source, obj, received_at), text)
-        raise Invalid("bad_topic", "unknown topic shape (expected sensors/{id}, market/{symbol}/trade|quote, "
-                      "portfolio/positions|pnl or news/{source})")
+        raise Invalid("bad_topic", f"unknown topic shape ({self.shapes})")
 
     def _ts(self, obj: dict, received_at: datetime) -> datetime:
         raw = obj.get("ts")

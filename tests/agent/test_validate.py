@@ -221,7 +221,9 @@ def test_configured_prefixes():
     cfg.mqtt.portfolio_prefix = "acct"
     assert parse("plant7/sensors/s1", b'{"a": 1}', NOW, cfg).record.sensor_id == "s1"
     assert parse("acct/pnl", b'{"pnl": 1}', NOW, cfg).kind == "pnl"
-    assert isinstance(parse("sensors/s1", b'{"a": 1}', NOW, cfg), DeadLetter)
+    wrong = parse("sensors/s1", b'{"a": 1}', NOW, cfg)
+    assert isinstance(wrong, DeadLetter) and "expected plant7/sensors/{id}," in wrong.reason  # this agent's shapes
+    assert "acct/positions|pnl or news/{source}" in wrong.reason
 
 
 def test_non_bytes_payload_never_raises():
