@@ -10,6 +10,7 @@ import math
 import re
 from datetime import datetime, timedelta, timezone
 
+MAX_EPOCH = 253402300800.0  # epoch seconds of the year 10000: datetime's end
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
 
@@ -73,3 +74,9 @@ def parse_when(text: str, now: datetime | None = None) -> datetime:
 def isoformat(dt: datetime) -> str:
     """Naive-UTC datetime -> ISO-8601 with `Z`, microseconds kept when present."""
     return (dt if dt.tzinfo is None else dt.replace(tzinfo=None)).isoformat() + "Z"  # replace() costs as much again
+
+
+def milliseconds_hint(value: object) -> str:
+    """What to tell a user whose epoch time did not parse because it is in milliseconds (else "")."""
+    return " (epoch seconds expected; this looks like milliseconds)" if (
+        type(value) in (int, float) and 1e11 < value < MAX_EPOCH * 1000) else ""

@@ -35,6 +35,7 @@ from edgewatch.agent.analytics.anomaly import FUSED, MAX_MAGNITUDE, SensorScore,
 from edgewatch.agent.analytics.counters import CounterRates
 from edgewatch.agent.config import AnomalyConfig
 from edgewatch.agent.records import MetricScore, SensorReading
+from edgewatch.agent.timeutil import milliseconds_hint
 
 SENSOR_ID = "score"
 BATCH = 4096  # rows per engine tick; batching never changes a score, only the engine's overhead
@@ -146,12 +147,18 @@ def _rows(reader, header: list[str], columns: list[str], ti: int, vis: list[int]
         if not row or all(not c.strip() for c in row):
             continue
         line = reader.line_num
-        if len(row) <= last:
+        if len(row) <= last or (len(row) > len(header) and any(c.strip() for c in row[len(header):])):
+            # (empty cells past the header's end are a spreadsheet's trailing delimiters; text there is a row
+            # that does not split as the header does, an unquoted delimiter in a field)
             raise InputError(f"line {line}: expected {len(header)} columns, got {len(row)}")
         try:
             when = parse_time(row[ti])
         except ValueError:
-            raise InputError(f"line {line}: unparsable timestamp {row[ti][:64]!r}") from None
+            try:
+                hint = milliseconds_hint(float(row[ti]))
+            except ValueError:
+                hint = ""
+            raise InputError(f"line {line}: unparsable timestamp {row[ti][:64]!r}{hint}") from None
         values: list[float | None] = []
         for name, vi in zip(columns, vis):
             if not row[vi].strip():  # an empty cell: no reading of that metric at that time

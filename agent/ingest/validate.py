@@ -25,7 +25,7 @@ from edgewatch.agent.records import (
     SensorReading,
     Trade,
 )
-from edgewatch.agent.timeutil import parse_timestamp
+from edgewatch.agent.timeutil import MAX_EPOCH, milliseconds_hint, parse_timestamp
 
 MAX_FUTURE = timedelta(minutes=5)  # a timestamp further ahead than this is a clock or encoding bug
 DEAD_LETTER_BYTES = 4096  # dead-letter payloads are truncated to this many bytes
@@ -37,10 +37,9 @@ MAX_VALUE = 1e15
 REQUIRED_NUMERIC = frozenset(("temperature", "humidity", "pressure", "battery"))
 _METRIC_NAME = re.compile(r"[a-z][a-z0-9_]*")
 _TYPE_NAMES = {str: "string", bool: "boolean", int: "number", float: "number", list: "array", dict: "object"}
-_TOPIC_TEXT = 200
+_TOPIC_TEXT = 200  # topic characters quoted in a reason
 BASE64_NOTE = " (payload shown base64)"  # binary or NUL-bearing payloads are kept encoded
 _EPOCH = datetime(1970, 1, 1)
-_MAX_EPOCH = 253402300800.0  # year 10000  # topic characters quoted in a reason
 
 
 class Parsed(NamedTuple):
@@ -59,10 +58,6 @@ class Invalid(ValueError):
     def __init__(self, code: str, reason: str):
         super().__init__(reason)
         self.code = code
-
-
-def _looks_like_ms(value: object) -> bool:
-    return type(value) in (int, float) and 1e11 < value < _MAX_EPOCH * 1000
 
 
 def _type_name(value: object) -> str:
@@ -243,13 +238,12 @@ class Validator:
         if raw is None and "ts" not in obj:
             return received_at
         try:
-            if type(raw) is float and 0.0 <= raw < _MAX_EPOCH:  # the common case, twice as fast as fromtimestamp
+            if type(raw) is float and 0.0 <= raw < MAX_EPOCH:  # the common case, twice as fast as fromtimestamp
                 ts = _EPOCH + timedelta(seconds=raw)
             else:
                 ts = parse_timestamp(raw)
         except ValueError as e:
-            hint = " (epoch seconds expected; this looks like milliseconds)" if _looks_like_ms(raw) else ""
-            raise Invalid("bad_timestamp", f"field 'ts': {e}{hint}") from None
+            raise Invalid("bad_timestamp", f"field 'ts': {e}{milliseconds_hint(raw)}") from None
         if ts < _EPOCH:
             raise Invalid("bad_timestamp", f"field 'ts' is before 1970: {raw!r}")
         if ts - received_at > MAX_FUTURE:

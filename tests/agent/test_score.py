@@ -80,6 +80,8 @@ def test_stdout_and_config(tmp_path):
         ("timestamp,value\n2014-07-01 00:00:00,nan\n", "line 2: value is not a finite number"),
         ("timestamp,value\n2014-07-01 00:00:00,1e31\n", "line 2: value is not a finite number of magnitude below 1e+30"),
         ("timestamp,value\n2014-07-01 00:00:00\n", "line 2: expected 2 columns"),
+        ("timestamp,value\n2014-07-01 00:00:00,1,\n2014-07-01 00:05:00,1,5\n", "line 3: expected 2 columns, got 3"),
+        ("timestamp,value\n1404172800000,1\n", "unparsable timestamp '1404172800000' (epoch seconds expected; this looks"),
         ("time,value\n", "line 1: no 'timestamp' column"),
         ("", "line 1: empty file"),
     ],
