@@ -102,7 +102,7 @@ def _readonly_uri(path: Path) -> str:
     fully checkpointed) file as `immutable`.
     """
     if not path.is_file():
-        raise StoreNotFound(f"{path}: no such event log")
+        raise StoreNotFound(f"{path}: {'is a directory, not an event log' if path.is_dir() else 'no such event log'}")
     # a permission check that opens nothing: closing a descriptor of the file would drop every SQLite lock
     # this process holds on it (POSIX), and the agent's status page opens its own log this way while it writes
     if not os.access(path, os.R_OK):

@@ -229,6 +229,8 @@ def test_database_errors(capsys, tmp_path):
     missing = tmp_path / "missing.db"
     rc, _, err = run(capsys, "events", "--db", str(missing))
     assert rc == 2 and "no such event log" in err and not missing.exists()  # never created
+    rc, _, err = run(capsys, "events", "--db", str(tmp_path))
+    assert rc == 2 and f"{tmp_path}: is a directory, not an event log" in err
     for bad in ("mysql://u@h/db", "postgresql+psycopg://[::1"):
         rc, _, err = run(capsys, "events", "--db", bad)
         assert rc == 2 and "store.url" in err
