@@ -34,10 +34,12 @@ MAX_HEADLINE = 2000
 # position x price, a value's square) and sum millions of those, and 1e15 keeps any such product or sum
 # below 1e40, far from float overflow (1.8e308), so no inf or NaN can reach an event, a bar or the log
 MAX_VALUE = 1e15
+MIN_PRICE = 1e-12  # prices and sizes below this are refused: a denormal's moves and ratios overflow to inf
 REQUIRED_NUMERIC = frozenset(("temperature", "humidity", "pressure", "battery"))
 _METRIC_NAME = re.compile(r"[a-z][a-z0-9_]*")
 _TYPE_NAMES = {str: "string", bool: "boolean", int: "number", float: "number", list: "array", dict: "object"}
 _TOPIC_TEXT = 200  # topic characters quoted in a reason
+MAX_ID_BYTES = 1024  # a sensor id, symbol or news source: its events' topics must stay within MQTT's 65,535 bytes
 BASE64_NOTE = " (payload shown base64)"  # binary or NUL-bearing payloads are kept encoded
 _EPOCH = datetime(1970, 1, 1)
 
@@ -154,6 +156,8 @@ def _path(rest: str, what: str) -> str:
         raise Invalid("bad_topic", f"{what} {rest[:_TOPIC_TEXT]!r} has an empty topic segment")
     if "+" in rest or "#" in rest or "\x00" in rest:
         raise Invalid("bad_topic", f"{what} {rest[:_TOPIC_TEXT]!r} contains a wildcard or NUL character")
+    if len(rest) > MAX_ID_BYTES // 4 and len(rest.encode()) > MAX_ID_BYTES:
+        raise Invalid("bad_topic", f"{what} {rest[:_TOPIC_TEXT]!r}… is over {MAX_ID_BYTES} bytes")
     return _clean_text(what, rest)
 
 
@@ -285,17 +289,17 @@ class Validator:
     @staticmethod
     def _trade(symbol: str, ts: datetime, obj: dict) -> Trade:
         price, size = _number(obj, "price"), _number(obj, "size")
-        if price <= 0:
-            raise Invalid("bad_field", f"field 'price' must be > 0, got {price!r}")
-        if size <= 0:
-            raise Invalid("bad_field", f"field 'size' must be > 0, got {size!r}")
+        if price < MIN_PRICE:
+            raise Invalid("bad_field", f"field 'price' must be at least {MIN_PRICE:g}, got {price!r}")
+        if size < MIN_PRICE:
+            raise Invalid("bad_field", f"field 'size' must be at least {MIN_PRICE:g}, got {size!r}")
         return Trade(symbol=symbol, ts=ts, price=price, size=size)
 
     @staticmethod
     def _quote(symbol: str, ts: datetime, obj: dict) -> Quote:
         bid, ask = _number(obj, "bid"), _number(obj, "ask")
-        if bid <= 0:
-            raise Invalid("bad_field", f"field 'bid' must be > 0, got {bid!r}")
+        if bid < MIN_PRICE:
+            raise Invalid("bad_field", f"field 'bid' must be at least {MIN_PRICE:g}, got {bid!r}")
         if ask < bid:
             raise Invalid("bad_field", f"field 'ask' ({ask!r}) must be >= bid ({bid!r})")
         bid_size = _number(obj, "bid_size", required=False)

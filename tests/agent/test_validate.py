@@ -103,12 +103,15 @@ REJECTED = [
     ("market/AAPL/bars", {"price": 1, "size": 1}, "unknown topic shape"),
     ("market/trade", {"price": 1, "size": 1}, "no symbol"),
     ("market/A/B/trade", {"price": 1, "size": 1}, "one topic segment"),
-    ("market/AAPL/trade", {"price": 0, "size": 1}, "field 'price' must be > 0"),
-    ("market/AAPL/trade", {"price": 1, "size": -1}, "field 'size' must be > 0"),
+    ("market/AAPL/trade", {"price": 0, "size": 1}, "field 'price' must be at least 1e-12"),
+    ("market/AAPL/trade", {"price": 5e-324, "size": 1}, "field 'price' must be at least 1e-12"),  # inf moves
+    ("sensors/" + "s" * 1025, {"temperature": 1}, "is over 1024 bytes"),  # its events' topics: too long for MQTT
+    ("market/" + "é" * 513 + "/trade", {"price": 1, "size": 1}, "is over 1024 bytes"),
+    ("market/AAPL/trade", {"price": 1, "size": -1}, "field 'size' must be at least 1e-12"),
     ("market/AAPL/trade", {"price": "1", "size": 1}, "field 'price' must be a number, got string"),
     ("market/AAPL/trade", {"size": 1}, "missing required field 'price'"),
     ("market/AAPL/quote", {"bid": 2, "ask": 1}, "must be >= bid"),
-    ("market/AAPL/quote", {"bid": 0, "ask": 1}, "field 'bid' must be > 0"),
+    ("market/AAPL/quote", {"bid": 0, "ask": 1}, "field 'bid' must be at least 1e-12"),
     ("market/AAPL/quote", {"bid": 1, "ask": 2, "bid_size": -1}, "must be >= 0"),
     ("portfolio/positions", {"quantity": 5}, "missing required field 'symbol'"),
     ("portfolio/positions", {"symbol": 5, "quantity": 5}, "field 'symbol' must be a string, got number"),
