@@ -1,9 +1,11 @@
 """The latest readings per sensor, in memory, for the status page's chart.
 
 Filled by the MQTT pump thread once per push batch (never by the csp engine),
-read by the page's HTTP threads. Both bounds are fixed: `length` readings per
+read by the page's HTTP threads. Every bound is fixed: `length` readings per
 sensor and `sensors` sensors, the least recently heard one dropped first, so a
-flood of new sensor ids cannot grow it.
+flood of new sensor ids cannot grow it; and of a reading only its time and
+first CHART_METRICS metrics, never its attributes, so a flood of large messages
+cannot either (a message may carry 64 KiB of them).
 """
 
 from __future__ import annotations
@@ -11,10 +13,12 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict, deque
 from datetime import datetime
+from itertools import islice
 
 from edgewatch.agent.records import SensorReading
 
 Point = tuple[datetime, dict]  # (reading time, metric name -> value)
+CHART_METRICS = 32  # metrics of a reading the chart can show; the rest are not held
 
 
 class ReadingRing:
@@ -23,12 +27,12 @@ class ReadingRing:
     def __init__(self, length: int, sensors: int):
         self.length = length
         self.sensors = sensors
-        self._rings: OrderedDict[str, deque[SensorReading]] = OrderedDict()
+        self._rings: OrderedDict[str, deque[Point]] = OrderedDict()
         self._lock = threading.Lock()
 
     def extend(self, sensor_ids: list[str], readings: list[SensorReading]) -> None:
         """Pump thread, once per batch (`sensor_ids[i]` is `readings[i].sensor_id`, read once by the caller):
-        one lock per batch, and the readings kept as they are, so adding one costs no copy."""
+        one lock per batch; a reading's metrics are held as they are (no copy) unless there are too many."""
         if not self.length or not self.sensors:
             return
         rings, get, touch = self._rings, self._rings.get, self._rings.move_to_end
@@ -41,16 +45,16 @@ class ReadingRing:
                         rings.popitem(last=False)
                 else:
                     touch(sensor_id)
-                ring.append(r)
+                m = r.metrics
+                ring.append((r.ts, m if len(m) <= CHART_METRICS else dict(islice(m.items(), CHART_METRICS))))
 
     def readings(self, sensor_id: str) -> list[Point]:
         """The sensor's ring as (ts, metrics), oldest first (empty when unknown or dropped)."""
         with self._lock:
             ring = self._rings.get(sensor_id)
-            held = list(ring) if ring is not None else []
-        return [(r.ts, r.metrics) for r in held]
+            return list(ring) if ring is not None else []
 
     def last_seen(self) -> dict[str, datetime]:
         """Sensor -> time of its latest reading, for every sensor held."""
         with self._lock:
-            return {sid: ring[-1].ts for sid, ring in self._rings.items()}
+            return {sid: ring[-1][0] for sid, ring in self._rings.items()}

@@ -11,7 +11,7 @@ from edgewatch.agent.commands.run import Service
 from edgewatch.agent.eventlog.store import Store
 from edgewatch.agent.eventlog.views import StatusViews, epoch
 from edgewatch.agent.ingest.capture import CaptureWriter
-from edgewatch.agent.ingest.ring import ReadingRing
+from edgewatch.agent.ingest.ring import CHART_METRICS, ReadingRing
 from edgewatch.agent.ops import status_page
 from edgewatch.agent.ops.http import serve
 from edgewatch.agent.records import Bar, SensorReading, make_event
@@ -41,6 +41,20 @@ def test_ring_keeps_the_latest_readings_of_the_latest_sensors():
     off = ReadingRing(length=0, sensors=10)
     extend(off, [reading("a", t0, 1.0)])
     assert off.last_seen() == {}
+
+
+def test_ring_holds_a_bounded_part_of_each_reading():
+    """A message may carry 64 KiB of attributes or thousands of metrics: the ring keeps the time and the first
+    CHART_METRICS metrics, so its memory is bounded by its counts, whatever the readings hold."""
+    ring = ReadingRing(length=2, sensors=1)
+    big = SensorReading(sensor_id="a", ts=utcnow(), metrics={f"m{i:04d}": float(i) for i in range(4000)},
+                        attrs={f"a{i}": "x" * 10 for i in range(4000)})
+    extend(ring, [big])
+    [(when, held)] = ring.readings("a")
+    assert when == big.ts and list(held) == [f"m{i:04d}" for i in range(CHART_METRICS)]
+    small = reading("a", utcnow(), 1.0)
+    extend(ring, [small])
+    assert ring.readings("a")[-1][1] is small.metrics  # a usual reading's metrics are held without a copy
 
 
 def health(sensor: str, ts, score: float, band: str):
