@@ -13,7 +13,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable
-from datetime import datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 
 import csp
@@ -27,7 +27,7 @@ from edgewatch.agent.config import Config, ConfigError
 from edgewatch.agent.eventlog.sink import sink
 from edgewatch.agent.eventlog.store import StoreError
 from edgewatch.agent.eventlog.writer import StoreWriter
-from edgewatch.agent.ingest.capture import read_captures
+from edgewatch.agent.ingest.capture import ENGINE_LAST, read_captures
 from edgewatch.agent.ingest.validate import Parsed, Validator
 from edgewatch.agent.records import (
     RECORD_TYPES,
@@ -41,7 +41,9 @@ from edgewatch.agent.records import (
     Trade,
 )
 
-RUN_LIMIT = timedelta(days=365 * 100)  # the engine stops at the last message; this only bounds the run
+# The engine stops at the last message; this only bounds the run: the last time the engine can represent (an end
+# a span past the first message would overflow for data near it; CaptureReader skips lines outside that range)
+RUN_LIMIT = ENGINE_LAST
 
 
 class CaptureSource:
@@ -197,6 +199,7 @@ def replay(paths: list[str], cfg: Config, db: str) -> dict:
         "rejected": len(source.rejected),
         "rejected_examples": [d.reason for d in source.rejected[:5]],
         "skipped_lines": source.reader.skipped,
+        "unreadable_files": list(source.reader.unreadable),
         "first": source.first,
         "last": source.last,
         "events": sum(counting.events.values()),
@@ -215,6 +218,8 @@ def _print_summary(s: dict, out=None) -> None:
     accepted = ", ".join(f"{k} {s['accepted'][k]}" for k in RECORD_TYPES if k in s["accepted"]) or "none"
     print(f"replayed {s['messages']} messages from {s['files']} file(s), {span}", file=out)
     print(f"  accepted: {accepted}; rejected {s['rejected']}; damaged lines skipped {s['skipped_lines']}", file=out)
+    for path in s.get("unreadable_files", ()):
+        print(f"    skipped, cannot be read: {path}", file=out)
     for reason in s["rejected_examples"]:
         print(f"    rejected: {reason}", file=out)
     print(f"  events: {s['events']} ({s['new_events']} new in the log, the rest already there); bars: {s['bars']}",

@@ -34,6 +34,7 @@ from edgewatch.agent import config
 from edgewatch.agent.analytics.anomaly import FUSED, MAX_MAGNITUDE, SensorScore, anomaly_scores, raises_event
 from edgewatch.agent.analytics.counters import CounterRates
 from edgewatch.agent.config import AnomalyConfig
+from edgewatch.agent.ingest.capture import ENGINE_FIRST, ENGINE_LAST, engine_range
 from edgewatch.agent.records import MetricScore, SensorReading
 from edgewatch.agent.timeutil import milliseconds_hint
 
@@ -63,17 +64,30 @@ class TableFormat:
 PLAIN = TableFormat()  # `timestamp` and metrics, nothing else
 
 
+class OutOfRange(ValueError):
+    """A time that parses but lies outside the times the engine can run (`ENGINE_FIRST` .. `ENGINE_LAST`)."""
+
+
 def parse_time(text: str) -> datetime:
-    """ISO-8601 (no timezone = UTC) or epoch seconds -> naive UTC."""
+    """ISO-8601 (no timezone = UTC) or epoch seconds -> naive UTC. Raises ValueError, OutOfRange where the time
+    is one the engine cannot run (csp: `engine_range()`)."""
     t = text.strip()
+    dt = None
     try:
-        return datetime.fromtimestamp(float(t), timezone.utc).replace(tzinfo=None)
+        dt = datetime.fromtimestamp(float(t), timezone.utc).replace(tzinfo=None)
     except (ValueError, OverflowError, OSError):
         pass
-    if t.endswith(("Z", "z")):
-        t = t[:-1] + "+00:00"
-    dt = datetime.fromisoformat(t)
-    return dt.astimezone(timezone.utc).replace(tzinfo=None) if dt.tzinfo else dt
+    if dt is None:
+        if t.endswith(("Z", "z")):
+            t = t[:-1] + "+00:00"
+        dt = datetime.fromisoformat(t)
+        try:
+            dt = dt.astimezone(timezone.utc).replace(tzinfo=None) if dt.tzinfo else dt
+        except OverflowError:  # in UTC before the year 1 or after 9999
+            dt = None
+    if dt is None or not ENGINE_FIRST <= dt <= ENGINE_LAST:
+        raise OutOfRange(f"timestamp {text.strip()[:64]!r} is outside {engine_range()}, the times the engine can run")
+    return dt
 
 
 @contextlib.contextmanager
@@ -84,6 +98,8 @@ def reading(path: str) -> Iterator[None]:
         yield
     except OSError as e:
         raise InputError(f"{path}: {e.strerror}") from None
+    except csv.Error as e:  # (`_rows` names the line; this is the header's)
+        raise InputError(f"{path}: line 1: {e}") from None
     except UnicodeDecodeError as e:
         raise InputError(f"{path}: not UTF-8 text ({e.reason})") from None
     except InputError as e:
@@ -143,7 +159,7 @@ def _rows(reader, header: list[str], columns: list[str], ti: int, vis: list[int]
     """The data rows, checked as they are read (`iter_table`): (timestamp text, value texts, time, values, the
     row's sensor or None)."""
     last = max([ti, *vis, -1 if si is None else si])
-    for row in reader:
+    for row in _checked(reader):
         if not row or all(not c.strip() for c in row):
             continue
         line = reader.line_num
@@ -153,11 +169,13 @@ def _rows(reader, header: list[str], columns: list[str], ti: int, vis: list[int]
             raise InputError(f"line {line}: expected {len(header)} columns, got {len(row)}")
         try:
             when = parse_time(row[ti])
-        except ValueError:
+        except ValueError as e:
             try:
                 hint = milliseconds_hint(float(row[ti]))
             except ValueError:
                 hint = ""
+            if isinstance(e, OutOfRange):
+                raise InputError(f"line {line}: {e}{hint}") from None
             raise InputError(f"line {line}: unparsable timestamp {row[ti][:64]!r}{hint}") from None
         values: list[float | None] = []
         for name, vi in zip(columns, vis):
@@ -176,6 +194,19 @@ def _rows(reader, header: list[str], columns: list[str], ti: int, vis: list[int]
         if si is not None and not (sensor := row[si].strip()):
             raise InputError(f"line {line}: no sensor in column {header[si]!r}")
         yield row[ti], [row[vi] for vi in vis], when, values, sensor
+
+
+def _checked(reader) -> Iterator[list[str]]:
+    """`reader`'s rows; a line the csv module cannot split (a cell over its field limit) raises InputError naming
+    the line."""
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as e:
+            raise InputError(f"line {reader.line_num}: {e}") from None
+        yield row
 
 
 def metrics_of(columns: list[str], values: list[float | None]) -> dict[str, float]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import json.encoder
 import os
+import sys
 import threading
 from collections.abc import Iterable, Iterator
 from datetime import datetime
@@ -26,6 +27,15 @@ PATTERN = "capture-*.jsonl"
 FILE_MODE = 0o640  # as the event log: owner writes, the service's group (operators) reads, nobody else
 DIR_MODE = 0o750
 _quote = json.encoder.encode_basestring  # C-speed JSON string literal, non-ASCII kept as is
+# The times the engine (csp: nanoseconds since 1970 in 64 bits) can run, first and last; csp's own tests pin these
+# (csp/tests/test_engine.py, test_datetime_timedelta_ranges). A capture line outside them cannot be replayed.
+ENGINE_FIRST = datetime(1678, 1, 1) if sys.platform == "linux" else datetime(1970, 1, 1)
+ENGINE_LAST = datetime(2261, 12, 31, 23, 59, 59, 999999)
+
+
+def engine_range() -> str:
+    """The times the engine can run, as a message says them: `1678-01-01 – 2261-12-31`."""
+    return f"{ENGINE_FIRST.date()} – {ENGINE_LAST.date()}"
 
 
 class CaptureWriter:
@@ -127,29 +137,53 @@ class CaptureReader:
     def __init__(self, paths: Iterable[str | os.PathLike], topic: str | None = None):
         self.files: list[Path] = []
         for p in map(Path, paths):
-            self.files.extend(sorted(p.glob(PATTERN)) if p.is_dir() else [p])
+            self.files.extend(_captures_in(p) if p.is_dir() else [p])
         self.skipped = 0
         self.lines = 0
+        self.unreadable: list[str] = []  # files that could not be opened or read to the end: skipped, logged
         # only this topic's lines (`topic`): found by the bytes `write` puts there, so other lines are never parsed
         self._needle = f'"topic":{_quote(topic)},'.encode("utf-8", "backslashreplace") if topic is not None else None
 
     def __iter__(self) -> Iterator[tuple[datetime, str, bytes]]:
         for path in self.files:
-            with open(path, "rb") as f:
-                lines = enumerate(f, 1) if self._needle is None else ((None, raw) for raw in _lines_with(f, self._needle))
-                for lineno, raw in lines:
-                    try:
-                        row = json.loads(raw)
-                        item = (parse_timestamp(row["received_at"]), row["topic"], row["payload"].encode("utf-8"))
-                        if type(item[1]) is not str:
-                            raise TypeError("topic is not a string")
-                    except (ValueError, KeyError, TypeError, AttributeError, UnicodeError) as e:
-                        self.skipped += 1
-                        torn = not raw.endswith(b"\n")
-                        log.warning("capture.line_skipped", path=str(path), line=lineno, torn=torn, error=str(e)[:200])
-                        continue
-                    self.lines += 1
-                    yield item
+            try:
+                with open(path, "rb") as f:
+                    yield from self._read(path, f)
+            except OSError as e:  # a file gone, unreadable or no file: what the others hold still counts
+                self.unreadable.append(str(path))
+                log.warning("capture.file_skipped", path=str(path), error=str(e)[:200])
+
+    def _read(self, path: Path, f) -> Iterator[tuple[datetime, str, bytes]]:
+        lines = enumerate(f, 1) if self._needle is None else ((None, raw) for raw in _lines_with(f, self._needle))
+        for lineno, raw in lines:
+            try:
+                row = json.loads(raw)
+                item = (parse_timestamp(row["received_at"]), row["topic"], row["payload"].encode("utf-8"))
+                if type(item[1]) is not str:
+                    raise TypeError("topic is not a string")
+                if not ENGINE_FIRST <= item[0] <= ENGINE_LAST:
+                    raise ValueError(f"received_at {item[0].date()} is outside {engine_range()}, "
+                                     "the times the engine can run")
+            except (ValueError, KeyError, TypeError, AttributeError, UnicodeError, OverflowError,
+                    RecursionError) as e:  # (a time past datetime's range; JSON nested too deep to parse)
+                self.skipped += 1
+                torn = not raw.endswith(b"\n")
+                log.warning("capture.line_skipped", path=str(path), line=lineno, torn=torn,
+                            error=f"{type(e).__name__}: {e}"[:200])
+                continue
+            self.lines += 1
+            yield item
+
+
+def _captures_in(folder: Path) -> list[Path]:
+    """A folder's capture files, oldest first; anything else named like one (a folder) is left out, logged."""
+    found = []
+    for p in sorted(folder.glob(PATTERN)):
+        if p.is_file():
+            found.append(p)
+        else:
+            log.warning("capture.not_a_file", path=str(p))
+    return found
 
 
 def _lines_with(f, needle: bytes, chunk: int = 1 << 20) -> Iterator[bytes]:

@@ -173,3 +173,34 @@ def test_calibrate_command_prints_the_settings_to_use_and_refuses_bad_input(tmp_
     (tmp_path / "other.toml").write_text('[mqtt]\nsensors_prefix = "plant"\n')  # not the captures' prefix
     assert main(["calibrate", str(tmp_path / "cap"), "--config", str(tmp_path / "other.toml")]) == 2
     assert "no sensor readings in" in (err := capsys.readouterr().err) and "sensors prefix 'plant'" in err
+
+
+@pytest.mark.parametrize("last, message", [
+    ("3000-01-01T00:00:00,4\n", "line 4: timestamp '3000-01-01T00:00:00' is outside 1678-01-01 – 2261-12-31, "
+                                "the times the engine can run"),
+    ("0001-01-01T00:00:00+01:00,4\n", "line 4: timestamp '0001-01-01T00:00:00+01:00' is outside 1678-01-01 – "
+                                      "2261-12-31, the times the engine can run"),
+    ('2026-01-05T00:00:02,"' + "9" * (128 * 1024 + 1) + '"\n', "line 4: field larger than field limit (131072)"),
+])
+def test_a_csv_the_engine_cannot_take_exits_2_naming_the_file_and_line(tmp_path, capsys, last, message):
+    bad = tmp_path / "far.csv"
+    bad.write_text("timestamp,openings\n2026-01-05T00:00:00,3\n2026-01-05T00:00:01,5\n" + last)
+    assert main(["calibrate", str(bad)]) == 2
+    assert capsys.readouterr().err == f"edge-agent calibrate: {bad}: {message}\n"
+
+
+def test_damaged_capture_lines_are_skipped_not_fatal(tmp_path):
+    """Lines no engine can run (too deep to parse, a time past datetime's or csp's range) and a folder named like
+    a capture file are left out: the readings around them are judged as without them."""
+    bursty_counters(tmp_path / "cap", hours=0.25)
+    cfg = load(tmp_path)
+    clean = calibrate([str(tmp_path / "cap")], cfg, "doors")
+    (capture,) = (tmp_path / "cap").glob("capture-*.jsonl")
+    good = json.loads(capture.read_text().splitlines()[0])
+    with capture.open("a") as f:
+        f.write("[" * 100_000 + "\n")
+        for when in ("1600-01-01T00:00:00Z", "0001-01-01T00:00:00+01:00", "2300-01-01T00:00:00Z"):
+            f.write(json.dumps({**good, "received_at": when}) + "\n")
+    (tmp_path / "cap" / "capture-x.jsonl").mkdir()
+    damaged = calibrate([str(tmp_path / "cap")], cfg, "doors")
+    assert damaged["readings"] == clean["readings"] and damaged["steps"] == clean["steps"]

@@ -71,6 +71,56 @@ def test_torn_and_damaged_lines_are_skipped_and_counted(tmp_path):
     assert (reader.lines, reader.skipped) == (3, 2)
 
 
+@pytest.mark.parametrize("line", [
+    b"[" * 100_000 + b"\n",  # nested past the parser's recursion limit
+    b'{"received_at": "0001-01-01T00:00:00+01:00", "topic": "sensors/a", "payload": "{}"}\n',  # year 0 in UTC
+    b'{"received_at": "9999-12-31T23:59:59-01:00", "topic": "sensors/a", "payload": "{}"}\n',  # after 9999 in UTC
+    b'{"received_at": "1600-01-01T00:00:00Z", "topic": "sensors/a", "payload": "{}"}\n',  # before csp's first time
+    b'{"received_at": "1677-12-31T23:59:59.999999Z", "topic": "sensors/a", "payload": "{}"}\n',
+    b'{"received_at": "2262-01-01T00:00:00Z", "topic": "sensors/a", "payload": "{}"}\n',  # after csp's last time
+    b'{"received_at": "3000-01-01T00:00:00Z", "topic": "sensors/a", "payload": "{}"}\n',
+    b'{"received_at": 1e300, "topic": "sensors/a", "payload": "{}"}\n',
+    b'{"received_at": "2026-01-02T03:04:05Z", "topic": "sensors/a", "payload": "\\ud800"}\n',  # not UTF-8 text
+    b'["received_at", "topic", "payload"]\n',
+])
+def test_lines_no_engine_can_run_are_damaged_lines_skipped_and_counted(tmp_path, line):
+    """A line that does not parse, or whose time csp cannot represent (1678-01-01 .. 2261-12-31), is skipped and
+    counted like any damaged line, never raised: a replay and a warm start use what is there."""
+    w = CaptureWriter(RecordConfig(path=str(tmp_path)))
+    w.write(T0, "sensors/a", json.dumps({"i": 0}))
+    w.close()
+    with open(w.path, "ab") as f:
+        f.write(line)
+        f.write(b'{"received_at": "2026-01-02T03:04:06Z", "topic": "sensors/a", "payload": "{\\"i\\": 1}"}\n')
+    for reader in (read_captures([tmp_path]), read_captures([w.path])):
+        assert [json.loads(p)["i"] for _, _, p in reader] == [0, 1]
+        assert (reader.lines, reader.skipped) == (2, 1)
+
+
+def test_the_engine_range_edges_are_read(tmp_path):
+    (tmp_path / "capture-a.jsonl").write_bytes(
+        b'{"received_at": "1678-01-01T00:00:00Z", "topic": "sensors/a", "payload": "{}"}\n'
+        b'{"received_at": "2261-12-31T23:59:59.999999Z", "topic": "sensors/a", "payload": "{}"}\n'
+        b'{"received_at": "2170-01-01T00:00:00Z", "topic": "sensors/a", "payload": "{}"}\n')
+    reader = read_captures([tmp_path])
+    assert [t for t, _, _ in reader] == [datetime(1678, 1, 1), datetime(2261, 12, 31, 23, 59, 59, 999999),
+                                         datetime(2170, 1, 1)]
+    assert reader.skipped == 0
+
+
+def test_a_folder_named_like_a_capture_is_left_out_and_a_missing_file_skipped(tmp_path):
+    w = CaptureWriter(RecordConfig(path=str(tmp_path)))
+    w.write(T0, "sensors/a", json.dumps({"i": 0}))
+    w.close()
+    (tmp_path / "capture-x.jsonl").mkdir()  # sorts after the file
+    (tmp_path / "capture-0.jsonl").mkdir()  # and before it
+    reader = read_captures([tmp_path])
+    assert reader.files == [w.path]
+    assert [json.loads(p)["i"] for _, _, p in reader] == [0] and reader.skipped == 0
+    gone = read_captures([tmp_path / "capture-gone.jsonl", w.path])  # removed between the listing and the read
+    assert len(list(gone)) == 1 and gone.unreadable == [str(tmp_path / "capture-gone.jsonl")]
+
+
 @pytest.mark.parametrize("umask", [0o022, 0o077, 0o000])
 def test_capture_files_are_0640_like_the_log_whatever_the_umask(tmp_path, umask):
     """Captures hold every input message: owner writes, the service's group reads, nobody else."""

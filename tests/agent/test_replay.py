@@ -135,3 +135,60 @@ def test_a_replay_of_some_feeds_skips_the_others_undecoded(tmp_path):
     assert set(trades.next_batch()[1]) == {"trade", "done"} and trades.rejected == []  # the others never decoded
     others = CaptureSource([str(tmp_path / "cap")], Config(), feeds={"sensor", "trade"}, sensors=lambda s: s != "a")
     assert set(others.next_batch()[1]) == {"trade", "done"} and others.rejected == []  # sensor a's never decoded
+
+
+def damaged_capture(folder, start: datetime, n: int = 50):
+    """A capture of `n` readings from `start` with, in between, lines no engine can run (nested too deep to
+    parse, times past datetime's or csp's range), and a folder named like a capture file; returns (readings,
+    damaged lines)."""
+    msgs = readings(start, sensors=1, n=n)
+    write_capture(folder, msgs)
+    (capture,) = folder.glob("capture-*.jsonl")
+    lines = capture.read_text().splitlines(keepends=True)
+    row = json.loads(lines[0])
+    bad = ["[" * 100_000 + "\n"] + [json.dumps({**row, "received_at": when}) + "\n" for when in (
+        "1600-01-01T00:00:00Z", "0001-01-01T00:00:00+01:00", "2262-01-01T00:00:00Z", "9999-12-31T23:59:59Z")]
+    capture.write_text("".join(bad[:2] + lines[:10] + bad[2:] + lines[10:]))
+    (folder / "capture-x.jsonl").mkdir()
+    return len(msgs), len(bad)
+
+
+def test_replay_skips_lines_the_engine_cannot_run_and_ends_within_its_range(tmp_path, capsys):
+    """A capture near csp's last time (2261-12-31) replays: the run's bound is the engine's end, not a span past
+    the first message that would overflow it; the damaged lines are counted, and nothing else breaks."""
+    n, bad = damaged_capture(tmp_path / "cap", datetime(2261, 12, 31, 23, 59))
+    db = tmp_path / "ev.db"
+    assert main(["replay", str(tmp_path / "cap"), "--db", str(db)]) == 0
+    out = capsys.readouterr().out
+    assert f"replayed {n} messages from 1 file(s), 2261-12-31 23:59:00 .. 2261-12-31 23:59:49 UTC" in out
+    assert f"accepted: sensor {n}; rejected 0; damaged lines skipped {bad}" in out
+
+
+def test_replay_of_a_capture_a_century_before_the_engine_ends(tmp_path):
+    write_capture(tmp_path / "cap", readings(datetime(2170, 1, 1), sensors=1, n=20))
+    s = replay([str(tmp_path / "cap")], Config(), str(tmp_path / "ev.db"))
+    assert s["messages"] == s["accepted"]["sensor"] == 20 and s["skipped_lines"] == 0
+
+
+def test_a_warm_start_reads_past_lines_the_engine_cannot_run(tmp_path):
+    """`edge-agent run` re-runs its captures at start (`warm_source`, then the engine from its first time): a
+    damaged line there is skipped, never a failed start (under systemd, a crash loop)."""
+    import csp
+    from edgewatch.agent.analytics.snapshot import StateBook
+    from edgewatch.agent.commands.replay import RUN_LIMIT, learn_graph
+    from edgewatch.agent.commands.run import warm_source
+
+    start = utcnow().replace(microsecond=0) - timedelta(minutes=5)
+    n, bad = damaged_capture(tmp_path / "cap", start)
+    cfg = Config(record=RecordConfig(path=str(tmp_path / "cap")))
+    source = warm_source(cfg, None)
+    assert source is not None and source.first == start
+    batches = []
+    while (batch := source.next_batch()) is not None:
+        batches.append(batch)
+    assert sum(source.accepted.values()) == n and source.reader.skipped == bad and batches[-1][1]["done"]
+    # the prewarm's run over the same captures (agent/commands/run.py): from the first capture to RUN_LIMIT
+    source = warm_source(cfg, None, after=start - timedelta(seconds=1))
+    book = StateBook()
+    csp.run(learn_graph, source, cfg, book, starttime=source.first, endtime=RUN_LIMIT)
+    assert source.last == start + timedelta(seconds=n - 1) and source.reader.skipped == bad

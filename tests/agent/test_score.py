@@ -94,6 +94,42 @@ def test_bad_csv_exits_2_naming_the_line(tmp_path, capsys, body, message):
     assert message in err and len(err.strip().splitlines()) == 1
 
 
+@pytest.mark.parametrize("when", ["0001-01-01 00:00:00", "1653-06-01 00:00:00", "2920-01-01", "3000-01-01T00:00:00Z",
+                                  "9999-12-31 23:59:59", "0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00",
+                                  "-1e10", "2262-01-01"])
+def test_a_time_the_engine_cannot_run_exits_2_naming_the_line(tmp_path, capsys, when):
+    """csp runs from 1678 to 2261 (its datetime is nanoseconds since 1970 in 64 bits): a time outside that, or
+    outside datetime's range once in UTC, is one line naming it, not an OverflowError traceback."""
+    path = tmp_path / "far.csv"
+    path.write_text(f"timestamp,value\n2014-07-01 00:00:00,1\n2014-07-01 00:05:00,2\n\n{when},3\n")
+    assert main(["score", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"edge-agent score: {path}: line 5: timestamp {when!r} is outside 1678-01-01 – 2261-12-31, "
+                   "the times the engine can run\n")
+
+
+def test_the_engine_range_edges_score(tmp_path, capsys):
+    path = write(tmp_path / "edges.csv", [("1678-01-01 00:00:00", "1"), ("2261-12-31T23:59:59.999999Z", "2")])
+    assert main(["score", str(path)]) == 0
+    rows = list(csv.reader(capsys.readouterr().out.splitlines()))
+    assert [r[:2] for r in rows] == [["timestamp", "value"], ["1678-01-01 00:00:00", "1"],
+                                     ["2261-12-31T23:59:59.999999Z", "2"]]
+
+
+@pytest.mark.parametrize("where, line", [("cell", 3), ("header", 1)])
+def test_a_cell_past_the_csv_field_limit_exits_2_naming_the_line(tmp_path, capsys, where, line):
+    huge = "x" * (128 * 1024 + 1)
+    path = tmp_path / "huge.csv"
+    if where == "cell":
+        path.write_text(f'timestamp,value\n2014-07-01 00:00:00,1\n2014-07-01 00:05:00,"{huge}"\n')
+    else:
+        path.write_text(f'timestamp,"value{huge}"\n2014-07-01 00:00:00,1\n')
+    assert main(["score", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"edge-agent score: {path}: line {line}: field larger than field limit")
+    assert len(err.splitlines()) == 1
+
+
 def test_missing_file_and_bad_config_exit_2(tmp_path, capsys):
     assert main(["score", str(tmp_path / "nope.csv")]) == 2
     cfg = tmp_path / "agent.toml"
