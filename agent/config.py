@@ -209,6 +209,7 @@ class HealthConfig:
     bands: str = "0.5,0.8"  # score boundaries of the poor / degraded / good bands (a crossing emits `health`)
     band_margin: float = 0.05  # how far past a band boundary the score must move to count as a crossing
     max_sensors: int = 100_000  # sensors tracked at most by health and maintenance; the longest-silent is forgotten beyond it
+    max_series: int = 200_000  # (sensor, metric) tracks health keeps at most (about 0.5 KB each): beyond it the longest-silent sensors are forgotten, and a sensor that holds them all tracks no new metric name
     forget_after: float = 86400.0  # seconds of silence after which a sensor is forgotten (its next reading starts afresh)
     groups: dict[str, SensorGroup] = dataclasses.field(default_factory=dict)  # sensors with settings of their own: [health.groups.NAME] holds `sensors` (sensor-id filters) and any [health] key (ranges in their units, stale and stuck limits), the rest come from [health]; the first group in file order whose filters match a sensor's id wins (else [health])
 
@@ -341,9 +342,26 @@ def _check_zone(where: str, name: str) -> None:
                           "\"Europe/Berlin\", or \"UTC\")") from None
 
 
+MQTT_STRING = 65535  # bytes of UTF-8 in an MQTT string (a two-byte length)
+
+
+def _check_mqtt_string(where: str, text: str) -> None:
+    """What goes into the CONNECT packet as an MQTT string: at most 65535 bytes of UTF-8, no NUL."""
+    try:
+        size = len(text.encode("utf-8"))
+    except UnicodeEncodeError:  # an environment value of bytes that are not UTF-8
+        raise ConfigError(f"{where}: not UTF-8 text") from None
+    if size > MQTT_STRING:
+        raise ConfigError(f"{where}: {size} bytes of UTF-8, at most {MQTT_STRING} (an MQTT string)")
+    if "\x00" in text:
+        raise ConfigError(f"{where}: holds NUL, which an MQTT string cannot")
+
+
 # keys whose values no list or range describes: a check that raises ConfigError naming the key
 _CHECKS = {
     ("anomaly", "timezone"): _check_zone,
+    ("mqtt", "client_id"): _check_mqtt_string,
+    ("mqtt", "username"): _check_mqtt_string,
 }
 
 
@@ -355,17 +373,20 @@ class Range:
     high: float = math.inf
     low_open: bool = False
     high_open: bool = False
+    off: bool = False  # 0 is allowed too (it turns the thing off)
 
     def __contains__(self, x: float) -> bool:
         above = x > self.low if self.low_open else x >= self.low
         below = x < self.high if self.high_open else x <= self.high
-        return above and below
+        return (above and below) or (self.off and x == 0)
 
     def __str__(self) -> str:
         if self.high == math.inf:
-            return "positive" if self.low == 0 and self.low_open else f"at least {_number(self.low)}"
-        return (f"in {'(' if self.low_open else '['}{_number(self.low)}, {_number(self.high)}"
-                f"{')' if self.high_open else ']'}")
+            text = "positive" if self.low == 0 and self.low_open else f"at least {_number(self.low)}"
+        else:
+            text = (f"in {'(' if self.low_open else '['}{_number(self.low)}, {_number(self.high)}"
+                    f"{')' if self.high_open else ']'}")
+        return f"0 (off) or {text}" if self.off else text
 
 
 def _number(x: float) -> str:
@@ -376,44 +397,62 @@ POSITIVE = Range(0, low_open=True)
 AT_LEAST_1 = Range(1)
 SHARE = Range(0, 1, low_open=True)  # a fraction or rate that must let something through; also an anomaly score
 BELOW_1 = Range(0, 1, high_open=True)  # a fraction that may be 0
+# seconds, about 31 years: a longer span or interval means "never", and a much longer one overflows the clocks
+# it meets (datetime arithmetic to the year 9999, csp's int64 nanoseconds to 2262, a thread's wait)
+LONGEST = 1e9
+SECONDS = Range(0, LONGEST, low_open=True)  # a span of time
+# a timer's period: a shorter one keeps a thread busy with its own alarms (at 1e-6 s the engine spins at
+# 100 % CPU, its clock falls behind and a stop or a reading waits behind millions of them)
+TIMER = Range(0.01, LONGEST)
+INT64 = 2**63 - 1  # TOML's integers are 64-bit; so are the engine's and numpy's that the counts reach
 
 # number keys with a tighter range than "not negative" (the rule for every other number key): limits,
 # intervals and timeouts of 0 stop the thing they bound; anomaly scores run from 0 to 1, so a threshold
 # above 1 silently turns detection off
 RANGES = {
-    ("mqtt", "keepalive"): AT_LEAST_1,
-    ("mqtt", "session_expiry"): AT_LEAST_1,
+    ("mqtt", "keepalive"): Range(1, 65535),  # MQTT's Keep Alive is two bytes
+    ("mqtt", "session_expiry"): Range(1, 4_294_967_295),  # MQTT 5's Session Expiry Interval is four bytes
     ("mqtt", "port"): Range(1, 65535),
     ("mqtt", "receive_maximum"): Range(1, 65535),  # the MQTT 5 range
-    ("mqtt", "reconnect_min_delay"): POSITIVE,
-    ("mqtt", "reconnect_max_delay"): POSITIVE,
+    ("mqtt", "reconnect_min_delay"): TIMER,  # shorter: a busy loop of reconnects while the broker is away
+    ("mqtt", "reconnect_max_delay"): TIMER,
     ("mqtt", "max_payload"): Range(1, 268_435_455),  # the largest MQTT packet
     ("mqtt", "max_qos0_backlog"): AT_LEAST_1,
-    ("mqtt", "ack_deadline"): POSITIVE,
+    ("mqtt", "ack_deadline"): SECONDS,
     ("store", "max_backlog_rows"): AT_LEAST_1,
     ("state", "snapshot_keep"): AT_LEAST_1,
-    ("store", "max_backlog_age"): POSITIVE,
+    # each snapshot serialises every analytic's state into the log: more often than a second, that is all it does
+    ("state", "snapshot_interval"): Range(1, LONGEST, off=True),
+    ("record", "warm_start"): Range(0, LONGEST),  # 0: start cold
+    ("store", "max_backlog_age"): SECONDS,
+    ("store", "retention_days"): Range(0, 36500),  # days (0: forever): the cutoff, now minus this, is a date
     ("anomaly", "max_series"): AT_LEAST_1,
     ("health", "max_sensors"): AT_LEAST_1,
-    ("health", "forget_after"): POSITIVE,
+    ("health", "max_series"): AT_LEAST_1,
+    ("health", "forget_after"): SECONDS,
     ("market", "max_symbols"): AT_LEAST_1,
     ("store", "batch_size"): AT_LEAST_1,
-    ("store", "retention_interval"): POSITIVE,
-    ("sidecar", "timeout"): POSITIVE,
+    ("store", "retention_interval"): TIMER,
+    ("sidecar", "timeout"): SECONDS,
     ("anomaly", "threshold"): SHARE,
     ("anomaly", "critical"): SHARE,
     ("anomaly", "tail_floor"): Range(0, 1, low_open=True, high_open=True),
     ("anomaly", "change_span"): AT_LEAST_1,
     ("anomaly", "season_buckets"): Range(1, 10080),  # at most a bucket a minute of a week (9 bytes a bucket and series)
     ("anomaly", "season_days"): Range(1, 7),
-    ("anomaly", "change_z"): POSITIVE,
+    # the change channel divides by log(erfc(change_z / sqrt 2)): near 0 that tail is 1 and its log 0 (division
+    # by zero), past about 37 it underflows to 0 (no log); in between, any threshold a metric can mean
+    ("anomaly", "change_z"): Range(0.1, 30),
+    # readings: every row of the change channels' table holds change_window / 30 blocks from the start
+    ("anomaly", "change_window"): Range(0, 86400),  # 0: off; check() wants whole blocks of 30
+    ("anomaly", "change_hold"): Range(0, 1000),  # RMS units (0: off); it is squared once, so it must stay a number
     ("anomaly", "change_norm_span"): AT_LEAST_1,
     ("anomaly", "spike_z"): Range(0),  # 0: off
     ("anomaly", "regime_visits"): Range(0),  # 0: off
-    ("health", "interval"): POSITIVE,
-    ("health", "sweep_interval"): POSITIVE,
+    ("health", "interval"): SECONDS,
+    ("health", "sweep_interval"): TIMER,
     ("health", "stale_factor"): POSITIVE,
-    ("health", "stale_min"): POSITIVE,
+    ("health", "stale_min"): SECONDS,
     ("health", "anomaly_rate"): SHARE,
     ("health", "anomaly_score"): SHARE,
     ("health", "low_battery"): Range(0, 100),  # percent
@@ -422,10 +461,16 @@ RANGES = {
     ("maintenance", "anomaly_clear_rate"): BELOW_1,
     ("maintenance", "out_of_range_rate"): SHARE,
     ("maintenance", "out_of_range_clear_rate"): BELOW_1,
-    ("market", "bar_interval"): POSITIVE,
+    # seconds of data time averaged into a level: 0 = off; the daily reference keeps a day of blocks per metric
+    ("drift", "block"): Range(1, LONGEST, off=True),
+    ("drift", "warmup"): Range(0, 10_000),  # blocks (drift.check wants 2 at least); a verdict holds block x warmup
+    ("market", "bar_interval"): Range(0.001, LONGEST),  # also the period of the timer that closes quiet bars
+    ("market", "bar_grace"): Range(0, LONGEST),
+    ("market", "price_alert_horizon"): Range(0, LONGEST),  # 0: off (market.check: else at least 1 s)
+    ("market", "signal_cooldown"): Range(0, LONGEST),
     ("market", "price_alert_threshold"): POSITIVE,
     ("market", "price_alert_horizon_multiple"): POSITIVE,
-    ("market", "session_gap"): POSITIVE,
+    ("market", "session_gap"): Range(0.001, LONGEST),
     ("market", "volatile_ratio"): POSITIVE,
     ("market", "calm_ratio"): POSITIVE,
     ("market", "trend_z"): POSITIVE,
@@ -435,19 +480,19 @@ RANGES = {
     ("market", "trending_mult"): POSITIVE,
     ("market", "strong_mult"): POSITIVE,
     ("market", "strong_volume"): POSITIVE,
-    ("market", "news_window"): POSITIVE,
+    ("market", "news_window"): SECONDS,
     ("market", "news_min_score"): Range(0, 1),
     ("risk", "max_drawdown"): POSITIVE,
     ("risk", "max_gross_exposure"): POSITIVE,
-    ("risk", "check_interval"): POSITIVE,
+    ("risk", "check_interval"): TIMER,
     ("risk", "max_net_exposure"): POSITIVE,
     ("risk", "max_concentration"): SHARE,
     ("risk", "max_vol_exposure"): POSITIVE,
     ("risk", "rearm_fraction"): BELOW_1,
-    ("news", "timeout"): POSITIVE,
+    ("news", "timeout"): SECONDS,
     ("news", "batch_size"): AT_LEAST_1,
     ("news", "breaker_failures"): AT_LEAST_1,
-    ("news", "breaker_reset"): POSITIVE,
+    ("news", "breaker_reset"): SECONDS,
 }
 
 # (section, smaller, larger, strictly): pairs whose order gives them their meaning, e.g. a fast average
@@ -536,12 +581,14 @@ def _set(target: object, section: str, key: str, value: object, where: str) -> N
         check(where, value)
     if isinstance(value, float) and not math.isfinite(value):
         raise ConfigError(f"{where}: must be a finite number, got {value!r}")
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > INT64:
+        raise ConfigError(f"{where}: must be at most {INT64} (a 64-bit integer)")
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         allowed = RANGES.get((section, key))
+        if value < 0 and (allowed is None or (allowed.low == 0 and not allowed.low_open)):
+            raise ConfigError(f"{where}: must not be negative, got {value!r}")
         if allowed is not None and value not in allowed:
             raise ConfigError(f"{where}: must be {allowed}, got {value!r}")
-        if value < 0:
-            raise ConfigError(f"{where}: must not be negative, got {value!r}")
     setattr(target, key, value)
 
 
@@ -790,11 +837,17 @@ def _read_toml(path: str | os.PathLike) -> dict:
     if len(raw) > MAX_FILE_BYTES:
         raise ConfigError(f"{path}: larger than {MAX_FILE_BYTES // 1024} KiB, not a configuration file")
     try:
-        return tomllib.loads(raw.decode("utf-8"))
+        text = raw.decode("utf-8").removeprefix("\ufeff")  # a byte order mark some editors write first
     except UnicodeDecodeError as e:
         raise ConfigError(f"{path}: not UTF-8 text (invalid byte at offset {e.start})") from None
+    try:
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: invalid TOML: {e}") from None
+    except RecursionError:  # arrays or inline tables nested thousands deep: no configuration is
+        raise ConfigError(f"{path}: invalid TOML: nested too deeply") from None
+    except (ValueError, MemoryError):  # an integer of more digits than Python converts (4300)
+        raise ConfigError(f"{path}: invalid TOML: a value too large to read") from None
 
 
 def read_secret(cfg_key: str, path: str) -> str | None:

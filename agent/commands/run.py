@@ -135,15 +135,17 @@ def warm_source(cfg: config.Config, exclude: Path | None, after: datetime | None
                 sensors: Callable[[str], bool] | None = None) -> CaptureSource | None:
     """The captures to re-run at start (not the file this run writes), or None: those received after `after`
     (the watermark of a restored snapshot), else those of the last `record.warm_start` seconds (up to `until`,
-    of `feeds` and `sensors` only)."""
+    of `feeds` and `sensors` only); never past now: a line stamped ahead of the clock (a clock set back since)
+    would start the live engine in the future, where it waits for that time to come."""
     if not cfg.record.path or not Path(cfg.record.path).is_dir() or (after is None and cfg.record.warm_start <= 0):
         return None
     files = [p for p in sorted(Path(cfg.record.path).glob(CAPTURE_PATTERN)) if p != exclude]
+    now = utcnow()
     if after is not None:
-        source = CaptureSource(files, cfg, after=after)
+        source = CaptureSource(files, cfg, after=after, until=now)
     else:
-        source = CaptureSource(files, cfg, since=utcnow() - timedelta(seconds=cfg.record.warm_start), until=until,
-                               feeds=feeds, sensors=sensors)
+        source = CaptureSource(files, cfg, since=now - timedelta(seconds=cfg.record.warm_start),
+                               until=min(until, now) if until is not None else now, feeds=feeds, sensors=sensors)
     return source if source.first is not None else None
 
 
@@ -358,8 +360,10 @@ class Service:
         self.notifier.reloading()
         try:
             new = config.load(self.config_path)
-        except config.ConfigError as e:
-            log.error("reload_rejected", error=str(e))
+            validate(new)  # every check a start makes (check-config's): what a start would refuse never applies
+        except Exception as e:  # noqa: BLE001 - whatever is wrong with the file, the agent goes on as it was
+            error = str(e) if isinstance(e, config.ConfigError) else f"{self.config_path}: {type(e).__name__}: {e}"
+            log.error("reload_rejected", error=error)
             self.notifier.ready()
             return
         applied, needs_restart = [], []

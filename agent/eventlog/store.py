@@ -62,16 +62,24 @@ def resolve_url(url: str) -> URL:
     if not text:
         raise ConfigError("store.url: empty (a path or an SQLAlchemy URL)")
     if "://" not in text:
-        return URL.create("sqlite", database=str(Path(text).expanduser()))
-    try:
-        parsed = make_url(text)
-    except (sa.exc.ArgumentError, ValueError) as e:
-        raise ConfigError(f"store.url: not an SQLAlchemy URL: {text!r} ({e})") from None
-    if parsed.get_backend_name() not in ("sqlite", "postgresql"):
-        raise ConfigError(f"store.url: unsupported database {parsed.get_backend_name()!r} (sqlite or postgresql)")
-    if parsed.get_backend_name() == "sqlite" and parsed.database in (None, "", ":memory:"):
-        raise ConfigError(f"store.url: {text!r} is an in-memory database: every event would be lost at exit")
-    _require_driver(parsed)
+        parsed = URL.create("sqlite", database=str(Path(text).expanduser()))
+    else:
+        try:
+            parsed = make_url(text)
+        except (sa.exc.ArgumentError, ValueError) as e:
+            raise ConfigError(f"store.url: not an SQLAlchemy URL: {text!r} ({e})") from None
+        if parsed.get_backend_name() not in ("sqlite", "postgresql"):
+            raise ConfigError(f"store.url: unsupported database {parsed.get_backend_name()!r} (sqlite or postgresql)")
+    # an SQLite URL of no file (no name, `:memory:`, a `file:` URI of `:memory:` or `mode=memory`): each
+    # connection would get a fresh, empty database, without tables, and every event would be lost
+    if parsed.get_backend_name() == "sqlite":
+        db = (parsed.database or "").strip()
+        name, _, query = db[len("file:"):].partition("?") if db.startswith("file:") else (db, "", "")
+        if name in ("", ":memory:") or parsed.query.get("mode") == "memory" or "mode=memory" in query.split("&"):
+            raise ConfigError(f"store.url: {text!r} is an in-memory database: every event would be lost "
+                              "(give a file: a path, or sqlite:///PATH)")
+    if "://" in text:
+        _require_driver(parsed)
     return parsed
 
 

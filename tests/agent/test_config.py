@@ -218,7 +218,7 @@ def test_check_config_of_the_defaults(capsys, tmp_path):
         ("[drift]\npeer_min = 0\n", "drift.peer_min: must be at least 1"),
         ("[anomaly]\nchange_window = 45\n", "anomaly.change_window: must be 0 (off) or a multiple of 30"),
         ("[anomaly]\nchange_span = 5000\n", "anomaly.change_span: must be below anomaly.change_norm_span"),
-        ("[anomaly]\nchange_z = 0\n", "anomaly.change_z: must be positive"),
+        ("[anomaly]\nchange_z = 0\n", "anomaly.change_z: must be in [0.1, 30], got 0.0"),
         ("[anomaly.groups.pumps]\nchange_hold = 0\n", "anomaly.groups.pumps.sensors: required"),
         ('[anomaly.groups.pumps]\nsensors = ["a/#/b"]\n', "anomaly.groups.pumps.sensors: 'a/#/b' is not a topic filter"),
         ('[anomaly.groups.pumps]\nsensors = ["a/#"]\nthreshold = 2\n', "anomaly.groups.pumps.threshold: must be in (0, 1]"),
@@ -319,21 +319,21 @@ def test_prefixes_that_only_share_a_beginning_are_fine(capsys, tmp_path):
         ("[mqtt]\nmax_payload = 0\n", "mqtt.max_payload: must be in [1, 268435455], got 0"),
         ("[mqtt]\nreceive_maximum = 0\n", "mqtt.receive_maximum: must be in [1, 65535], got 0"),
         ("[mqtt]\nreceive_maximum = 70000\n", "mqtt.receive_maximum: must be in [1, 65535]"),
-        ("[mqtt]\nkeepalive = 0\n", "mqtt.keepalive: must be at least 1"),
-        ("[mqtt]\nsession_expiry = 0\n", "mqtt.session_expiry: must be at least 1"),
-        ("[mqtt]\nreconnect_min_delay = 0\n", "mqtt.reconnect_min_delay: must be positive"),
+        ("[mqtt]\nkeepalive = 0\n", "mqtt.keepalive: must be in [1, 65535], got 0"),
+        ("[mqtt]\nsession_expiry = 0\n", "mqtt.session_expiry: must be in [1, 4294967295], got 0"),
+        ("[mqtt]\nreconnect_min_delay = 0\n", "mqtt.reconnect_min_delay: must be in [0.01, 1000000000]"),
         ("[store]\nbatch_size = -5\n", "store.batch_size: must be at least 1"),
-        ("[store]\nretention_interval = 0\n", "store.retention_interval: must be positive"),
-        ("[sidecar]\ntimeout = 0\n", "sidecar.timeout: must be positive"),
-        ("[health]\nsweep_interval = 0\n", "health.sweep_interval: must be positive"),
+        ("[store]\nretention_interval = 0\n", "store.retention_interval: must be in [0.01, 1000000000]"),
+        ("[sidecar]\ntimeout = 0\n", "sidecar.timeout: must be in (0, 1000000000]"),
+        ("[health]\nsweep_interval = 0\n", "health.sweep_interval: must be in [0.01, 1000000000]"),
         ("[maintenance]\nclear_readings = 0\n", "maintenance.clear_readings: must be at least 1"),
-        ("[market]\nbar_interval = 0\n", "market.bar_interval: must be positive"),
+        ("[market]\nbar_interval = 0\n", "market.bar_interval: must be in [0.001, 1000000000]"),
         ("[market]\nprice_alert_horizon_multiple = 0\n", "market.price_alert_horizon_multiple: must be positive"),
         ("[market]\nprice_alert_horizon = -60\n", "market.price_alert_horizon: must not be negative"),
-        ("[risk]\ncheck_interval = 0\n", "risk.check_interval: must be positive"),
+        ("[risk]\ncheck_interval = 0\n", "risk.check_interval: must be in [0.01, 1000000000]"),
         ("[risk]\nmax_drawdown = 0\n", "risk.max_drawdown: must be positive"),
         ("[news]\nbatch_size = 0\n", "news.batch_size: must be at least 1"),
-        ("[news]\ntimeout = 0\n", "news.timeout: must be positive"),
+        ("[news]\ntimeout = 0\n", "news.timeout: must be in (0, 1000000000]"),
     ],
 )
 def test_zero_or_negative_limits_are_refused(capsys, tmp_path, text, named):
@@ -483,3 +483,168 @@ def test_key_files_are_checked_too(capsys, tmp_path):
     assert rc == 0 and len(lines) == 2
     assert f"mqtt.key_file: {key} is readable by everyone" in lines[0]
     assert f"sidecar.api_key_file: {api} is readable by everyone" in lines[1]
+
+
+# -- what check-config accepts, run can use: one line naming the key, exit 2, from both -------------------------
+
+
+def check_and_run(capsys, path: str, monkeypatch) -> list[tuple[int, str, str]]:
+    """(exit code, stdout, stderr) of `check-config PATH` and of `run --config PATH` (refused before it starts)."""
+    from edgewatch.agent.commands import run as run_command
+
+    def started(*_args, **_kwargs):
+        raise AssertionError(f"edge-agent run started an agent with {path}")
+
+    monkeypatch.setattr(run_command, "Service", started)
+    results = []
+    for argv in (["check-config", path], ["run", "--config", path]):
+        rc = main(argv)
+        results.append((rc, *capsys.readouterr()))
+    return results
+
+
+@pytest.mark.parametrize("url", [":memory:", "sqlite://", "sqlite:///", "sqlite:///:memory:",
+                                 "sqlite+pysqlite:///:memory:", "sqlite:///file::memory:?uri=true",
+                                 "sqlite:///file:events?mode=memory&cache=shared&uri=true"])
+def test_an_in_memory_event_log_is_refused(capsys, tmp_path, monkeypatch, url):
+    """Each connection to it would be a fresh, empty database without tables: every event would be lost."""
+    path = write(tmp_path, f'[store]\nurl = "{url}"\n')
+    for rc, out, err in check_and_run(capsys, path, monkeypatch):
+        assert (rc, out) == (2, "") and f"store.url: {url!r} is an in-memory database" in err, err
+        assert len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    "text, named",
+    [
+        # MQTT's own field sizes: a Session Expiry Interval of four bytes, a Keep Alive of two, strings of 65535 bytes
+        ("[mqtt]\nsession_expiry = 4294967296\n", "mqtt.session_expiry: must be in [1, 4294967295], got 4294967296"),
+        ("[mqtt]\nkeepalive = 65536\n", "mqtt.keepalive: must be in [1, 65535], got 65536"),
+        ('[mqtt]\nclient_id = "' + "é" * 32768 + '"\n', "mqtt.client_id: 65536 bytes of UTF-8, at most 65535"),
+        ('[mqtt]\nclient_id = "agent\\u0000x"\n', "mqtt.client_id: holds NUL"),
+        # spans of time that overflow datetime or csp arithmetic, or are too short to mean anything
+        ("[drift]\nblock = 1e12\n", "drift.block: must be 0 (off) or in [1, 1000000000], got 1000000000000.0"),
+        ("[drift]\nblock = 1e-300\n", "drift.block: must be 0 (off) or in [1, 1000000000]"),
+        ("[drift]\nwarmup = 4611686018427387904\n", "drift.warmup: must be in [0, 10000]"),
+        ("[market]\nsession_gap = 1e12\n", "market.session_gap: must be in [0.001, 1000000000]"),
+        ("[market]\nbar_interval = 1e-300\n", "market.bar_interval: must be in [0.001, 1000000000]"),
+        ("[market]\nbar_interval = 1e12\n", "market.bar_interval: must be in [0.001, 1000000000]"),
+        ("[market]\nsignal_cooldown = 1e300\n", "market.signal_cooldown: must be in [0, 1000000000]"),
+        ("[health]\ninterval = 1e12\n", "health.interval: must be in (0, 1000000000]"),
+        ("[health]\nstale_min = 1e300\n", "health.stale_min: must be in (0, 1000000000]"),
+        ("[store]\nretention_days = 1e6\n", "store.retention_days: must be in [0, 36500]"),
+        ("[record]\nwarm_start = 1e12\n", "record.warm_start: must be in [0, 1000000000]"),
+        ("[news]\ntimeout = 1e12\n", "news.timeout: must be in (0, 1000000000]"),
+        # timers: at 1e-6 s the engine spins at 100 % CPU and a stop waits behind its alarms
+        ("[risk]\ncheck_interval = 1e-6\n", "risk.check_interval: must be in [0.01, 1000000000], got 1e-06"),
+        ("[health]\nsweep_interval = 1e-6\n", "health.sweep_interval: must be in [0.01, 1000000000]"),
+        ("[state]\nsnapshot_interval = 1e-6\n", "state.snapshot_interval: must be 0 (off) or in [1, 1000000000]"),
+        ("[mqtt]\nreconnect_max_delay = 1e-6\n", "mqtt.reconnect_max_delay: must be in [0.01, 1000000000]"),
+        # the change channel: log(erfc(change_z / sqrt 2)) must be finite and not 0; its ring is allocated up front
+        ("[anomaly]\nchange_z = 40\n", "anomaly.change_z: must be in [0.1, 30], got 40.0"),
+        ("[anomaly]\nchange_z = 1e-300\n", "anomaly.change_z: must be in [0.1, 30]"),
+        ("[anomaly]\nchange_window = 3000000000\n", "anomaly.change_window: must be in [0, 86400]"),
+        ("[anomaly]\nchange_hold = 1e200\n", "anomaly.change_hold: must be in [0, 1000]"),
+        ('[anomaly.groups.pumps]\nsensors = ["a/#"]\nchange_z = 40\n',
+         "anomaly.groups.pumps.change_z: must be in [0.1, 30]"),
+        # TOML's integers are 64-bit: a larger one is no count the engine can hold
+        ("[anomaly]\nwarmup = 9223372036854775808\n", "anomaly.warmup: must be at most 9223372036854775807"),
+    ],
+)
+def test_values_run_cannot_use_are_refused_by_check_config_and_run(capsys, tmp_path, monkeypatch, text, named):
+    path = write(tmp_path, text)
+    for rc, out, err in check_and_run(capsys, path, monkeypatch):
+        assert (rc, out) == (2, "") and f"{path}: {named}" in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_the_ends_of_the_new_ranges_are_accepted(capsys, tmp_path):
+    path = write(tmp_path, "[mqtt]\nsession_expiry = 4294967295\nkeepalive = 65535\nreconnect_min_delay = 0.01\n"
+                           '[state]\nsnapshot_interval = 0\n[drift]\nblock = 0\n'
+                           "[anomaly]\nchange_window = 86400\nchange_z = 30\nchange_hold = 0\n"
+                           "[health]\ninterval = 1e9\n[market]\nbar_interval = 0.001\n[risk]\ncheck_interval = 0.01\n")
+    rc, out, err = check(capsys, path)
+    assert rc == 0 and out.startswith("ok: "), err
+
+
+@pytest.mark.parametrize(
+    "text, named",
+    [
+        ("a = " + "[" * 2000 + "]" * 2000 + "\n", "invalid TOML: nested too deeply"),
+        ("a = " + "{b = " * 2000 + "1" + "}" * 2000 + "\n", "invalid TOML: nested too deeply"),
+        ("[mqtt]\nport = " + "1" * 5000 + "\n", "invalid TOML: a value too large to read"),
+    ],
+)
+def test_a_file_python_cannot_parse_is_one_line_naming_it(capsys, tmp_path, monkeypatch, text, named):
+    """Not a traceback of thousands of lines (RecursionError) and exit 1: exit 2 and the file's name."""
+    path = write(tmp_path, text)
+    for rc, out, err in check_and_run(capsys, path, monkeypatch):
+        assert (rc, out) == (2, "") and f"{path}: {named}" in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_a_byte_order_mark_before_the_toml_is_skipped(capsys, tmp_path):
+    path = tmp_path / "agent.toml"
+    path.write_bytes(b"\xef\xbb\xbf[mqtt]\nport = 1884\n")
+    assert config.load(path, environ={}).mqtt.port == 1884
+    rc, out, _ = check(capsys, str(path))
+    assert rc == 0 and out.startswith("ok: ")
+
+
+# -- SIGHUP: the checks of a start, before anything applies -----------------------------------------------------
+
+
+class _Log:
+    def __init__(self):
+        self.lines: list[tuple[str, dict]] = []
+
+    def _add(self, event: str, **fields) -> None:
+        self.lines.append((event, fields))
+
+    error = warning = info = _add
+
+
+def _running(path: str, monkeypatch) -> tuple[object, _Log]:
+    """A Service as far as its reload goes (its config, its file, a notifier without systemd), logging to a list."""
+    from edgewatch.agent.commands import run as run_command
+    from edgewatch.common.notify import Notifier
+
+    recorded = _Log()
+    monkeypatch.setattr(run_command, "log", recorded)
+    monkeypatch.setattr(run_command.logs, "setup", lambda *args: None)
+    service = run_command.Service.__new__(run_command.Service)
+    service.cfg, service.config_path, service.notifier = config.load(path, environ={}), path, Notifier(environ={})
+    return service, recorded
+
+
+@pytest.mark.parametrize(
+    "text, named",
+    [
+        # the advisor's weights and gates are live keys: what check-config refuses must not become live either
+        ("[advisor]\nsignal_weight = 0\nnews_weight = 0\n", "advisor.signal_weight: signal_weight + news_weight"),
+        ("[advisor]\nenter = 5\n", "advisor.enter: must be in (0, 1]"),
+        ("[advisor]\nmin_headroom = 3\n", "advisor.min_headroom: must be in [0, 1)"),
+        ("[market]\nprice_alert_min_move = 0.05\n", "market.price_alert_min_move: must be below"),
+        ('[store]\nurl = ":memory:"\n', "store.url: ':memory:' is an in-memory database"),
+        ("[anomaly]\nchange_z = 40\n", "anomaly.change_z: must be in [0.1, 30]"),
+        ("a = " + "[" * 2000 + "]" * 2000 + "\n", "invalid TOML: nested too deeply"),
+        ("[nonsense]\nx = 1\n", "unknown section [nonsense]"),
+    ],
+)
+def test_a_reload_rejects_what_a_start_would_refuse_and_changes_nothing(tmp_path, monkeypatch, text, named):
+    path = write(tmp_path, "[advisor]\nenter = 0.5\n")
+    service, recorded = _running(path, monkeypatch)
+    before = dataclasses.replace(service.cfg, advisor=dataclasses.replace(service.cfg.advisor))
+    write(tmp_path, text)
+    service.reload()  # returns: the agent keeps running
+    assert service.cfg == before
+    [(event, fields)] = recorded.lines
+    assert event == "reload_rejected" and named in fields["error"], fields
+
+
+def test_a_good_reload_applies_the_live_keys(tmp_path, monkeypatch):
+    path = write(tmp_path, "[advisor]\nenter = 0.5\n")
+    service, recorded = _running(path, monkeypatch)
+    write(tmp_path, "[advisor]\nenter = 0.6\nmin_headroom = 0.2\n")
+    service.reload()
+    assert (service.cfg.advisor.enter, service.cfg.advisor.min_headroom) == (0.6, 0.2)
+    [(event, fields)] = recorded.lines
+    assert event == "config_reloaded" and {"advisor.enter", "advisor.min_headroom"} <= set(fields["applied"])

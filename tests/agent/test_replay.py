@@ -192,3 +192,18 @@ def test_a_warm_start_reads_past_lines_the_engine_cannot_run(tmp_path):
     book = StateBook()
     csp.run(learn_graph, source, cfg, book, starttime=source.first, endtime=RUN_LIMIT)
     assert source.last == start + timedelta(seconds=n - 1) and source.reader.skipped == bad
+
+
+def test_a_warm_start_never_runs_past_now(tmp_path):
+    """A capture stamped ahead of the clock (the clock was set back since) must not start the live engine in the
+    future, where it would wait for that time to come: the warm-up stops at now."""
+    from edgewatch.agent.commands.run import warm_source
+
+    start = utcnow().replace(microsecond=0) - timedelta(minutes=5)
+    past, ahead = readings(start, sensors=1, n=20), readings(utcnow() + timedelta(hours=1), sensors=1, n=5)
+    write_capture(tmp_path / "cap", past + ahead)
+    cfg = Config(record=RecordConfig(path=str(tmp_path / "cap")))
+    for source in (warm_source(cfg, None), warm_source(cfg, None, after=start - timedelta(seconds=1))):
+        while source.next_batch() is not None:
+            pass
+        assert sum(source.accepted.values()) == len(past) and source.last <= utcnow()
