@@ -265,6 +265,43 @@ class MetricTrack:
         return outlier
 
 
+class SensorStates(RecentStates):
+    """sensor -> SensorHealth, at most `cap` sensors and `max_tracks` metric tracks among them: whoever can publish
+    can invent metric names as well as sensor ids. Past `max_tracks` the longest-silent sensors are forgotten; a
+    sensor that holds them all keeps the tracks it has and starts no new one."""
+
+    def __init__(self, cap: int, state: str, max_tracks: int):
+        super().__init__(cap, state)
+        self.max_tracks = max(1, max_tracks)
+        self.tracks = 0
+
+    def __reduce__(self):
+        return type(self), (self.cap, self.state, self.max_tracks), None, None, iter(self.items())
+
+    def __setitem__(self, sid: str, s: SensorHealth) -> None:
+        self.tracks += len(s.metrics)  # a restored sensor comes with its tracks
+        super().__setitem__(sid, s)
+
+    def __delitem__(self, sid: str) -> None:
+        self.tracks -= len(self[sid].metrics)
+        super().__delitem__(sid)
+
+    def forgot(self, s: SensorHealth) -> None:
+        self.tracks -= len(s.metrics)
+
+    def room(self, s: SensorHealth) -> bool:
+        """Whether `s`, the most recent sensor, may start one more track (counted as started): the longest-silent
+        other sensors are forgotten to make room."""
+        while self.tracks >= self.max_tracks:
+            sid, oldest = next(iter(self.items()))
+            if oldest is s:
+                return False
+            del self[sid]
+            self._evicted()
+        self.tracks += 1
+        return True
+
+
 @persisted
 class SensorHealth:
     """Everything health and maintenance remember about one sensor."""
@@ -297,9 +334,10 @@ class SensorHealth:
         self.slow_drift = None  # ... and its evidence
 
     def observe(self, r: SensorReading, when: datetime, anomalous: bool, p: Params,
-                peers: PeerBlocks | None = None) -> float:
+                peers: PeerBlocks | None = None, index: SensorStates | None = None) -> float:
         """Fold one reading (`when` = r.ts, read once by the caller) in, refresh the data-driven measures;
-        return the score as of this reading. `peers`: the groups' block sums, when drift is judged against peers.
+        return the score as of this reading. `peers`: the groups' block sums, when drift is judged against peers;
+        `index`: the sensors' states, which bound the tracks a new metric name may start.
 
         The hot path of the sensor side: drift, noise and the score are inlined on purpose."""
         self.readings += 1
@@ -326,6 +364,8 @@ class SensorHealth:
                 if not lo <= x <= hi:
                     out_of_range = True
                     continue
+                if index is not None and not index.room(self):
+                    continue  # past health.max_series: the metric is judged by the anomaly detector alone
                 tracks[name] = MetricTrack(x, lo, hi, name in steady, p.drift)
                 if name == "battery":
                     self.battery = x
@@ -474,7 +514,7 @@ def sensor_health(
         a_sweep = csp.alarm(bool)
     with csp.state():
         name = state_name("health", group)
-        s_sensors = keep(states, name, RecentStates(h.max_sensors, name))
+        s_sensors = keep(states, name, SensorStates(h.max_sensors, name, h.max_series))
         s_params = Params(h, m, d)
         s_peers = (keep(states, state_name("drift_peers", group), PeerBlocks(h.max_sensors))
                    if s_params.drift.peers else None)
@@ -501,7 +541,7 @@ def sensor_health(
             s = sensors.get(sid)
             if s is None:
                 s = sensors[sid] = SensorHealth(sid, when, p)
-            score = s.observe(r, when, (sid, when) in hits if hits else False, p, s_peers)
+            score = s.observe(r, when, (sid, when) in hits if hits else False, p, s_peers, sensors)
             # every reason raises exactly where the score reaches 0: while it is above 0 and nothing is raised,
             # the flags cannot change, and the per-reason rules are skipped
             if score <= 1e-9 or s.flags.calm:

@@ -10,8 +10,15 @@ from pathlib import Path
 
 import csp
 import pytest
-from edgewatch.agent.analytics.health import parse_bands, parse_ranges, sensor_health
-from edgewatch.agent.config import ConfigError, HealthConfig, MaintenanceConfig
+from edgewatch.agent.analytics.health import (
+    Params,
+    SensorHealth,
+    SensorStates,
+    parse_bands,
+    parse_ranges,
+    sensor_health,
+)
+from edgewatch.agent.config import ConfigError, DriftConfig, HealthConfig, MaintenanceConfig
 from edgewatch.agent.ops import metrics
 from edgewatch.agent.records import MetricScore, SensorReading, event_id
 from edgewatch.agent.testing.plugin import require
@@ -243,3 +250,26 @@ def test_sensor_cap_forgets_the_longest_silent_and_counts_it():
     after = metrics.REGISTRY.get_sample_value("edgewatch_state_evictions_total", {"state": "health"})
     assert after - before == 7  # 12 sensors through a cap of 5
     assert metrics.REGISTRY.get_sample_value("edgewatch_state_keys", {"state": "health"}) == 5
+
+
+def test_invented_metric_names_are_bounded_by_max_series():
+    """Whoever can publish can invent metric names as well as sensor ids: health tracks at most `max_series` of
+    them over all its sensors, forgetting the longest-silent sensors first; a sensor that holds them all starts no
+    more (an outsider's flood of names grew the agent by gigabytes)."""
+    h = HealthConfig(max_series=50)
+    p = Params(h, MaintenanceConfig(), DriftConfig())
+    index = SensorStates(h.max_sensors, "health", h.max_series)
+
+    def feed(sid: str, names: list[str], s: float) -> SensorHealth:
+        state = index.get(sid)
+        if state is None:
+            state = index[sid] = SensorHealth(sid, at(s), p)
+        state.observe(SensorReading(sensor_id=sid, ts=at(s), metrics=dict.fromkeys(names, 1.0), attrs={}), at(s),
+                      False, p, None, index)
+        return state
+
+    feed("quiet", ["temperature"], 0.0)
+    for i in range(30):
+        loud = feed("loud", [f"m{i}_{j}" for j in range(10)], 1.0 + i)
+    assert index.tracks == len(loud.metrics) == 50 and "quiet" not in index
+    assert feed("next", ["temperature"], 40.0).metrics and "loud" not in index and index.tracks == 1

@@ -120,7 +120,8 @@ def test_every_class_in_a_snapshot_is_part_of_its_version():
     Spy(io.BytesIO(), pickle.HIGHEST_PROTOCOL).dump(snapshot.loads(book.dumps()))
     ours = {f"{c.__module__}.{c.__qualname__}" for c in found if c.__module__.startswith("edgewatch.agent.analytics")}
     assert "edgewatch.agent.analytics.anomaly.MetricTable" in ours and "edgewatch.agent.analytics.risk.Book" in ours
-    containers = {"edgewatch.agent.analytics.states.RecentStates", "edgewatch.agent.analytics.anomaly.SensorIndex"}
+    containers = {"edgewatch.agent.analytics.states.RecentStates", "edgewatch.agent.analytics.anomaly.SensorIndex",
+                  "edgewatch.agent.analytics.health.SensorStates"}
     assert ours - containers <= set(snapshot._LAYOUT)
 
 
