@@ -35,7 +35,7 @@ def parse_timestamp(value: object) -> datetime:
     if isinstance(value, bool):
         raise ValueError("timestamp must be ISO-8601 text or epoch seconds, not a boolean")
     if isinstance(value, (int, float)):
-        if not math.isfinite(value) or not (0 <= value < 253402300800):
+        if not math.isfinite(value) or not (0 <= value < MAX_EPOCH):
             raise ValueError(f"epoch timestamp out of range: {value!r}")
         return datetime.fromtimestamp(value, timezone.utc).replace(tzinfo=None)
     if isinstance(value, str):
@@ -48,7 +48,10 @@ def parse_timestamp(value: object) -> datetime:
             raise ValueError(f"unparsable timestamp: {value[:64]!r}") from None
         if dt.tzinfo is None:
             raise ValueError(f"timestamp without a timezone: {value[:64]!r}")
-        return dt.astimezone(timezone.utc).replace(tzinfo=None)
+        try:
+            return dt.astimezone(timezone.utc).replace(tzinfo=None)
+        except OverflowError:
+            raise ValueError(f"timestamp outside the years 1 to 9999 in UTC: {value[:64]!r}") from None
     raise ValueError(f"timestamp must be ISO-8601 text or epoch seconds, got {type(value).__name__}")
 
 

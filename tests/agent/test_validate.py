@@ -105,6 +105,7 @@ REJECTED = [
     ("market/A/B/trade", {"price": 1, "size": 1}, "one topic segment"),
     ("market/AAPL/trade", {"price": 0, "size": 1}, "field 'price' must be at least 1e-12"),
     ("market/AAPL/trade", {"price": 5e-324, "size": 1}, "field 'price' must be at least 1e-12"),  # inf moves
+    ("sensors/x", {"ts": "0001-01-01T00:00:00+01:00", "temperature": 1}, "outside the years 1 to 9999 in UTC"),
     ("sensors/" + "s" * 1025, {"temperature": 1}, "is over 1024 bytes"),  # its events' topics: too long for MQTT
     ("market/" + "é" * 513 + "/trade", {"price": 1, "size": 1}, "is over 1024 bytes"),
     ("market/AAPL/trade", {"price": 1, "size": -1}, "field 'size' must be at least 1e-12"),
@@ -154,6 +155,7 @@ CODES = [  # one message per reason code: the code is the stable label (metric, 
     ("market/AAPL/trade", {"size": 1}, "missing_field"),
     ("market/AAPL/trade", {"price": 0, "size": 1}, "bad_field"),
     ("sensors/x", {"temperature": 1, "ts": "yesterday"}, "bad_timestamp"),
+    ("sensors/x", {"temperature": 1, "ts": "0001-01-01T00:00:00+01:00"}, "bad_timestamp"),  # was `internal`
     ("sensors/x", {"Temp": 1}, "unknown_metric"),
     ("sensors/x", {"status": "ok"}, "no_metric"),
 ]
