@@ -18,6 +18,7 @@ from edgewatch.agent.config import ConfigError
 from edgewatch.agent.testing.simulator import FAULT_GAP, FAULT_READINGS, SimConfig, Simulator
 from edgewatch.agent.timeutil import isoformat, parse_duration, utcnow
 
+
 def parse_broker(text: str) -> tuple[str, int]:
     host, sep, port = text.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:

@@ -326,9 +326,9 @@ def test_a_reader_in_the_agent_keeps_its_locks_while_another_process_writes(tmp_
     agent.write([ev(1)])
     reader = Store(str(path), readonly=True)
     assert len(reader.events()) == 1
-    other = subprocess.run([sys.executable, "-c", (
-        "import sys; from edgewatch.agent.eventlog.store import Store; s = Store(sys.argv[1]); "
-        "s.label(s.events()[0]['event_id'], 'false'); s.close()"), str(path)], capture_output=True, text=True)
+    label = ("import sys; from edgewatch.agent.eventlog.store import Store; s = Store(sys.argv[1]); "
+             "s.label(s.events()[0]['event_id'], 'false'); s.close()")  # `edge-agent label`, in another process
+    other = subprocess.run([sys.executable, "-c", label, str(path)], check=False, capture_output=True, text=True)
     assert other.returncode == 0, other.stderr
     assert Path(f"{path}-wal").exists(), "the other process deleted the agent's WAL"
     agent.write([ev(2)])
