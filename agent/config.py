@@ -97,6 +97,7 @@ class StoreConfig:
     batch_size: int = 5000  # rows per transaction at most (the writer never waits to fill one)
     retention_days: float = 30.0  # delete events/dead letters/bars older than this; 0 = keep forever
     retention_rows: int = 10_000_000  # keep at most this many rows per table; 0 = no row limit
+    retention_dead_letters: int = 100_000  # ... and at most this many dead letters (up to ~4 KB each, and anyone who can publish can make them); 0 = retention_rows
     retention_interval: float = 60.0  # seconds between retention passes of the writer
     max_backlog_rows: int = 200_000  # /health fails while more rows than this wait for the writer
     max_backlog_age: float = 30.0  # ... or while the oldest of them has waited longer than this, seconds
@@ -357,9 +358,16 @@ def _check_mqtt_string(where: str, text: str) -> None:
         raise ConfigError(f"{where}: holds NUL, which an MQTT string cannot")
 
 
+def _check_host(where: str, host: str) -> None:
+    """A broker's name or address: an empty one or one with NUL or blanks never connects, silently."""
+    if not host or any(c.isspace() or c == "\x00" for c in host):
+        raise ConfigError(f"{where}: {host!r} is no host name or address")
+
+
 # keys whose values no list or range describes: a check that raises ConfigError naming the key
 _CHECKS = {
     ("anomaly", "timezone"): _check_zone,
+    ("mqtt", "host"): _check_host,
     ("mqtt", "client_id"): _check_mqtt_string,
     ("mqtt", "username"): _check_mqtt_string,
 }
@@ -825,6 +833,8 @@ def load(path: str | os.PathLike | None = None, environ: typing.Mapping[str, str
 
 def _read_toml(path: str | os.PathLike) -> dict:
     """The file's TOML table, or ConfigError naming the file and what is wrong with it."""
+    if os.path.exists(path) and not os.path.isdir(path) and not os.path.isfile(path):  # a FIFO would block
+        raise ConfigError(f"{path}: not a regular file, not a configuration file")
     try:
         with open(path, "rb") as f:
             raw = f.read(MAX_FILE_BYTES + 1)

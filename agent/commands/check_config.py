@@ -71,7 +71,8 @@ def check_config_command(args) -> int:
           f"{' user=' + m.username if m.username else ''}")
     store = cfg.store.url if "://" not in cfg.store.url else resolve_url(cfg.store.url).render_as_string(hide_password=True)
     print(f"  store    {store}"
-          f" retention={cfg.store.retention_days:g}d/{cfg.store.retention_rows} rows")
+          f" retention={cfg.store.retention_days:g}d/{cfg.store.retention_rows} rows"
+          f"/{cfg.store.retention_dead_letters or cfg.store.retention_rows} dead letters")
     print(f"  record   {cfg.record.path or 'off'}")
     print(f"  sidecar  {cfg.sidecar.url}")
     print(f"  metrics  {cfg.metrics.listen or 'off'}")

@@ -202,7 +202,8 @@ class Service:
         self.outbox = Outbox(self.store, self.link)
         self.writer = StoreWriter(self.store, batch_size=cfg.store.batch_size, on_commit=self.outbox.on_commit,
                                   on_rows=self.outbox.on_rows,
-                                  retention=(cfg.store.retention_days, cfg.store.retention_rows))
+                                  retention=(cfg.store.retention_days, cfg.store.retention_rows,
+                                             cfg.store.retention_dead_letters))
         self.outbox.writer = self.writer
         metrics.watch_event_log(self.writer, self.outbox)
         self.capture = _capture(cfg.record)

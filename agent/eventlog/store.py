@@ -484,15 +484,17 @@ class Store:
             for i in range(0, len(ids), 500):
                 conn.execute(stmt, {"ids": list(ids[i : i + 500])})
 
-    def apply_retention(self, max_age_days: float, max_rows: int) -> int:
-        """Delete what is older than `max_age_days` (by time logged/received/started) and beyond `max_rows`.
+    def apply_retention(self, max_age_days: float, max_rows: int, max_dead_letters: int = 0) -> int:
+        """Delete what is older than `max_age_days` (by time logged/received/started) and beyond `max_rows`
+        (dead letters: beyond `max_dead_letters`, else `max_rows`: whoever can publish can make them).
 
-        0 disables either limit. Deletes in id-range chunks so no single transaction holds the log for long.
+        0 disables a limit. Deletes in id-range chunks so no single transaction holds the log for long.
         Returns the number of rows deleted over all three tables.
         """
         deleted = 0
         cutoff = utcnow() - timedelta(days=max_age_days) if max_age_days > 0 else None
         for table, age_col in ((events, events.c.logged_at), (deadletters, deadletters.c.received_at), (bars, bars.c.start)):
+            rows = max_dead_letters if table is deadletters and max_dead_letters > 0 else max_rows
             with self.engine.connect() as conn:
                 lo, hi = conn.execute(sa.select(sa.func.min(table.c.id), sa.func.max(table.c.id))).one()
                 if lo is None:
@@ -500,9 +502,9 @@ class Store:
                 keep_from = lo  # delete every id below it
                 if cutoff is not None:
                     keep_from = _first_id_not_older(conn, table, age_col, cutoff, lo, hi)
-                if max_rows > 0 and hi - lo + 1 > max_rows:  # ids can have gaps: only then count exactly
+                if rows > 0 and hi - lo + 1 > rows:  # ids can have gaps: only then count exactly
                     nth_newest = conn.execute(
-                        sa.select(table.c.id).order_by(table.c.id.desc()).offset(max_rows - 1).limit(1)
+                        sa.select(table.c.id).order_by(table.c.id.desc()).offset(rows - 1).limit(1)
                     ).scalar()
                     keep_from = max(keep_from, nth_newest or lo)
             while lo < keep_from:

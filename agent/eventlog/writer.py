@@ -74,7 +74,7 @@ class StoreWriter:
         batch_size: int = 5000,
         on_commit: Callable[[list[dict]], None] | None = None,
         on_rows: Callable[[set[str]], None] | None = None,
-        retention: tuple[float, int] = (0.0, 0),
+        retention: tuple[float, int, int] = (0.0, 0, 0),
         retention_every: float = 60.0,
     ):
         self.store = store

@@ -195,6 +195,8 @@ def test_check_config_of_the_defaults(capsys, tmp_path):
         ('[mqtt]\npassword_file = "{pw}"\n', "mqtt.password_file: set, but mqtt.username is empty"),
         ('[mqtt]\nca_file = "/nonexistent/ca.pem"\n', "mqtt.ca_file: /nonexistent/ca.pem: no such file"),
         ("[mqtt]\nport = 70000\n", "mqtt.port: must be in [1, 65535]"),
+        ('[mqtt]\nhost = "broker\\u0000x"\n', "mqtt.host: 'broker\\x00x' is no host name or address"),
+        ('[mqtt]\nhost = ""\n', "mqtt.host: '' is no host name or address"),
         ('[store]\nurl = "mysql://u@h/db"\n', "store.url: unsupported database"),
         ('[store]\nurl = "postgresql://[::1"\n', "store.url: not an SQLAlchemy URL"),
         ('[store]\nurl = ""\n', "store.url: empty"),
@@ -579,6 +581,13 @@ def test_a_file_python_cannot_parse_is_one_line_naming_it(capsys, tmp_path, monk
     path = write(tmp_path, text)
     for rc, out, err in check_and_run(capsys, path, monkeypatch):
         assert (rc, out) == (2, "") and f"{path}: {named}" in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_a_fifo_is_refused_without_blocking(capsys, tmp_path):
+    fifo = tmp_path / "agent.toml"
+    os.mkfifo(fifo)
+    rc, _, err = check(capsys, str(fifo))
+    assert rc == 2 and f"{fifo}: not a regular file" in err
 
 
 def test_a_byte_order_mark_before_the_toml_is_skipped(capsys, tmp_path):

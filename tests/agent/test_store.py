@@ -120,6 +120,16 @@ def test_retention_by_age_and_by_rows(store):
     assert store.events()[-1]["id"] > store.events()[-2]["id"]  # ids are never reused
 
 
+def test_dead_letters_have_a_row_limit_of_their_own(store):
+    """Anyone who can publish can make dead letters: they are kept to `retention_dead_letters`, events to
+    `retention_rows`."""
+    now = utcnow()
+    store.write([ev(i) for i in range(8)], [DeadLetter("t", f"p{i}", "r", now, "bad_json") for i in range(8)])
+    assert store.apply_retention(0, 6, 3) == 2 + 5
+    assert len(store.events()) == 6 and [d["payload"] for d in store.dead_letters()] == ["p5", "p6", "p7"]
+    assert store.apply_retention(0, 4) == 2 + 0  # without a limit of their own: retention_rows
+
+
 def test_text_the_database_refuses_is_cleaned_not_lost(store):
     """NUL (PostgreSQL refuses it) and a lone surrogate (not encodable) still reach the log."""
     writer = StoreWriter(store, batch_size=100)
