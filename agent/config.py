@@ -544,6 +544,8 @@ def _coerce(where: str, value: object, typ: type) -> object:
                 return False
             raise ConfigError(f"{where}: expected true or false, got {value!r}")
         try:
+            if not text.isascii() or "_" in text:  # int() and float() also take "1_883" and other scripts' digits
+                raise ValueError(text)
             return typ(text)
         except ValueError:
             raise ConfigError(f"{where}: expected {typ.__name__}, got {value!r}") from None

@@ -87,9 +87,14 @@ def parse_ranges(text: str, where: str = "health") -> dict[str, tuple[float, flo
             low, high = (float(v) for v in bounds.split(":"))
         except ValueError:
             raise ConfigError(f"{where}.ranges: expected name=low:high, got {part!r}") from None
+        name = name.strip()
+        if not name:
+            raise ConfigError(f"{where}.ranges: expected name=low:high, got {part!r} (no metric name)")
+        if name in out:
+            raise ConfigError(f"{where}.ranges: {name}: given twice")
         if not low < high:
             raise ConfigError(f"{where}.ranges: {name}: low must be below high")
-        out[name.strip()] = (low, high)
+        out[name] = (low, high)
     return out
 
 

@@ -124,6 +124,8 @@ def test_environment_read_from_os_environ(monkeypatch):
     "name, value, named",
     [
         ("EDGEWATCH_MQTT_PORT", "x", "environment: mqtt.port: expected int"),
+        ("EDGEWATCH_MQTT_PORT", "1_883", "environment: mqtt.port: expected int"),  # int() would take these two
+        ("EDGEWATCH_MQTT_PORT", "\u0661\u0668\u0668\u0663", "environment: mqtt.port: expected int"),
         ("EDGEWATCH_MQTT_TLS", "maybe", "environment: mqtt.tls: expected true or false"),
         ("EDGEWATCH_MQTT_NOPE", "1", "EDGEWATCH_MQTT_NOPE: no such configuration key"),
         ("EDGEWATCH_NOPE_X", "1", "EDGEWATCH_NOPE_X: no such configuration key"),

@@ -63,7 +63,7 @@ def test_config_strings_parse_and_bad_ones_name_the_key():
     assert parse_ranges("temperature=-40:85, humidity=0:100") == {
         "temperature": (-40.0, 85.0), "humidity": (0.0, 100.0)}
     assert parse_bands("0.4,0.9") == (0.4, 0.9)
-    for bad in ("temperature=1", "x=5:1", "nonsense"):
+    for bad in ("temperature=1", "x=5:1", "nonsense", "=1:2", "x=0:1,x=0:2"):
         with pytest.raises(ConfigError, match="health.ranges"):
             parse_ranges(bad)
     with pytest.raises(ConfigError, match="health.bands"):
