@@ -40,6 +40,7 @@ from edgewatch.common.logs import get
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
 log = get("edgewatch.agent.ingest.mqtt")
 
@@ -199,7 +200,10 @@ class Link:
         if self._connects > 1:
             metrics.MQTT_RECONNECTS.inc()
         self._since = utcnow()
-        _, mid = client.subscribe([(t, 1) for t in self.topics])
+        # MQTT 5: a retained message is delivered when the subscription is new, not again at every reconnect to a
+        # session that has it (a retained reading or malformed message came back as a reading or dead letter each time)
+        options = SubscribeOptions(qos=1, retainHandling=SubscribeOptions.RETAIN_SEND_IF_NEW_SUB)
+        _, mid = client.subscribe([(t, options if self.protocol == "5" else 1) for t in self.topics])
         self._subscribing[mid] = list(self.topics)
         client.publish(self.status_topic, self._status("online"), qos=1, retain=True)
         self.connected.set()

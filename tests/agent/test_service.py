@@ -155,6 +155,25 @@ def test_a_dead_letter_unpublished_in_the_log_is_published_at_the_next_start(mos
             assert stop_within(agent) == 0, agent.log_tail()
 
 
+def test_a_retained_message_is_judged_once_not_at_every_restart(mosquitto, tmp_path):
+    """A retained message (a device's last word, a stray malformed one) is delivered with a new subscription; the
+    agent's persistent MQTT 5 session keeps its subscription, so a restart must not take it in again."""
+    import paho.mqtt.publish as publish
+
+    publish.single("sensors/r1", b"not json", qos=1, retain=True, hostname=mosquitto.host, port=mosquitto.port)
+    agent = AgentProcess(mosquitto, tmp_path / "agent", FAST, protocol="5")
+    for restart in (False, True):
+        agent.start()
+        try:
+            agent.wait_ready(mosquitto)
+            wait_for_dead_letters(agent.db, 1)
+            if restart:
+                time.sleep(2.0)  # the broker sends a retained message right after the subscription's answer
+        finally:
+            assert stop_within(agent) == 0, agent.log_tail()
+    assert [d["payload"] for d in _dead_letter_rows(agent.db)] == ["not json"]
+
+
 def _dead_letter_rows(db: str) -> list[dict]:
     with sqlite3.connect(db) as conn:
         conn.row_factory = sqlite3.Row
