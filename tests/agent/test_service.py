@@ -158,7 +158,7 @@ def test_a_dead_letter_unpublished_in_the_log_is_published_at_the_next_start(mos
 def test_a_retained_message_is_judged_once_not_at_every_restart(mosquitto, tmp_path):
     """A retained message (a device's last word, a stray malformed one) is delivered with a new subscription; the
     agent's persistent MQTT 5 session keeps its subscription, so a restart must not take it in again."""
-    import paho.mqtt.publish as publish
+    from paho.mqtt import publish
 
     publish.single("sensors/r1", b"not json", qos=1, retain=True, hostname=mosquitto.host, port=mosquitto.port)
     agent = AgentProcess(mosquitto, tmp_path / "agent", FAST, protocol="5")
