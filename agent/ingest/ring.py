@@ -27,12 +27,12 @@ class ReadingRing:
     def __init__(self, length: int, sensors: int):
         self.length = length
         self.sensors = sensors
-        self._rings: OrderedDict[str, deque[Point]] = OrderedDict()
+        self._rings: OrderedDict[str, deque[SensorReading]] = OrderedDict()
         self._lock = threading.Lock()
 
     def extend(self, sensor_ids: list[str], readings: list[SensorReading]) -> None:
         """Pump thread, once per batch (`sensor_ids[i]` is `readings[i].sensor_id`, read once by the caller):
-        one lock per batch; a reading's metrics are held as they are (no copy) unless there are too many."""
+        one lock per batch; a usual reading is held as it is (no copy), a large one as a slim copy."""
         if not self.length or not self.sensors:
             return
         rings, get, touch = self._rings, self._rings.get, self._rings.move_to_end
@@ -46,15 +46,19 @@ class ReadingRing:
                 else:
                     touch(sensor_id)
                 m = r.metrics
-                ring.append((r.ts, m if len(m) <= CHART_METRICS else dict(islice(m.items(), CHART_METRICS))))
+                if r.attrs or len(m) > CHART_METRICS:  # what the chart shows of it, nothing more
+                    m = dict(islice(m.items(), CHART_METRICS))
+                    r = SensorReading(sensor_id=sensor_id, ts=r.ts, metrics=m, attrs={})
+                ring.append(r)
 
     def readings(self, sensor_id: str) -> list[Point]:
         """The sensor's ring as (ts, metrics), oldest first (empty when unknown or dropped)."""
         with self._lock:
             ring = self._rings.get(sensor_id)
-            return list(ring) if ring is not None else []
+            held = list(ring) if ring is not None else []
+        return [(r.ts, r.metrics) for r in held]
 
     def last_seen(self) -> dict[str, datetime]:
         """Sensor -> time of its latest reading, for every sensor held."""
         with self._lock:
-            return {sid: ring[-1][0] for sid, ring in self._rings.items()}
+            return {sid: ring[-1].ts for sid, ring in self._rings.items()}
