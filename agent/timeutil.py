@@ -8,9 +8,14 @@ from __future__ import annotations
 
 import math
 import re
+import sys
 from datetime import datetime, timedelta, timezone
 
 MAX_EPOCH = 253402300800.0  # epoch seconds of the year 10000: datetime's end
+# The times the engine (csp: nanoseconds since 1970 in 64 bits) can run, first and last; csp's own tests pin these
+# (csp/tests/test_engine.py, test_datetime_timedelta_ranges). Data outside them cannot be run: replayed or scored.
+ENGINE_FIRST = datetime(1678, 1, 1) if sys.platform == "linux" else datetime(1970, 1, 1)
+ENGINE_LAST = datetime(2261, 12, 31, 23, 59, 59, 999999)
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
 
@@ -83,3 +88,8 @@ def milliseconds_hint(value: object) -> str:
     """What to tell a user whose epoch time did not parse because it is in milliseconds (else "")."""
     return " (epoch seconds expected; this looks like milliseconds)" if (
         type(value) in (int, float) and 1e11 < value < MAX_EPOCH * 1000) else ""
+
+
+def engine_range() -> str:
+    """The times the engine can run, as a message says them: `1678-01-01 – 2261-12-31`."""
+    return f"{ENGINE_FIRST.date()} – {ENGINE_LAST.date()}"

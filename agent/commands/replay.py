@@ -27,7 +27,7 @@ from edgewatch.agent.config import Config, ConfigError
 from edgewatch.agent.eventlog.sink import sink
 from edgewatch.agent.eventlog.store import StoreError
 from edgewatch.agent.eventlog.writer import StoreWriter
-from edgewatch.agent.ingest.capture import ENGINE_LAST, read_captures
+from edgewatch.agent.ingest.capture import read_captures
 from edgewatch.agent.ingest.validate import Parsed, Validator
 from edgewatch.agent.records import (
     RECORD_TYPES,
@@ -40,6 +40,7 @@ from edgewatch.agent.records import (
     SensorReading,
     Trade,
 )
+from edgewatch.agent.timeutil import ENGINE_LAST
 
 # The engine stops at the last message; this only bounds the run: the last time the engine can represent (an end
 # a span past the first message would overflow for data near it; CaptureReader skips lines outside that range)

@@ -34,9 +34,8 @@ from edgewatch.agent import config
 from edgewatch.agent.analytics.anomaly import FUSED, MAX_MAGNITUDE, SensorScore, anomaly_scores, raises_event
 from edgewatch.agent.analytics.counters import CounterRates
 from edgewatch.agent.config import AnomalyConfig
-from edgewatch.agent.ingest.capture import ENGINE_FIRST, ENGINE_LAST, engine_range
 from edgewatch.agent.records import MetricScore, SensorReading
-from edgewatch.agent.timeutil import milliseconds_hint
+from edgewatch.agent.timeutil import ENGINE_FIRST, ENGINE_LAST, engine_range, milliseconds_hint
 
 SENSOR_ID = "score"
 BATCH = 4096  # rows per engine tick; batching never changes a score, only the engine's overhead
@@ -64,29 +63,27 @@ class TableFormat:
 PLAIN = TableFormat()  # `timestamp` and metrics, nothing else
 
 
-class OutOfRange(ValueError):
-    """A time that parses but lies outside the times the engine can run (`ENGINE_FIRST` .. `ENGINE_LAST`)."""
-
-
 def parse_time(text: str) -> datetime:
-    """ISO-8601 (no timezone = UTC) or epoch seconds -> naive UTC. Raises ValueError, OutOfRange where the time
-    is one the engine cannot run (csp: `engine_range()`)."""
+    """ISO-8601 (no timezone = UTC) or epoch seconds -> naive UTC; ValueError saying why not, also for a time the
+    engine cannot run (csp: `engine_range()`)."""
     t = text.strip()
-    dt = None
     try:
-        dt = datetime.fromtimestamp(float(t), timezone.utc).replace(tzinfo=None)
+        seconds = float(t)
+    except ValueError:
+        seconds = None
+    try:
+        if seconds is not None:
+            dt = datetime.fromtimestamp(seconds, timezone.utc).replace(tzinfo=None)
+        else:
+            dt = datetime.fromisoformat(t[:-1] + "+00:00" if t.endswith(("Z", "z")) else t)
+            try:
+                dt = dt.astimezone(timezone.utc).replace(tzinfo=None) if dt.tzinfo else dt
+            except OverflowError:  # in UTC before the year 1 or after 9999
+                dt = None
     except (ValueError, OverflowError, OSError):
-        pass
-    if dt is None:
-        if t.endswith(("Z", "z")):
-            t = t[:-1] + "+00:00"
-        dt = datetime.fromisoformat(t)
-        try:
-            dt = dt.astimezone(timezone.utc).replace(tzinfo=None) if dt.tzinfo else dt
-        except OverflowError:  # in UTC before the year 1 or after 9999
-            dt = None
+        raise ValueError(f"unparsable timestamp {t[:64]!r}{milliseconds_hint(seconds)}") from None
     if dt is None or not ENGINE_FIRST <= dt <= ENGINE_LAST:
-        raise OutOfRange(f"timestamp {text.strip()[:64]!r} is outside {engine_range()}, the times the engine can run")
+        raise ValueError(f"timestamp {t[:64]!r} is outside {engine_range()}, the times the engine can run")
     return dt
 
 
@@ -170,13 +167,7 @@ def _rows(reader, header: list[str], columns: list[str], ti: int, vis: list[int]
         try:
             when = parse_time(row[ti])
         except ValueError as e:
-            try:
-                hint = milliseconds_hint(float(row[ti]))
-            except ValueError:
-                hint = ""
-            if isinstance(e, OutOfRange):
-                raise InputError(f"line {line}: {e}{hint}") from None
-            raise InputError(f"line {line}: unparsable timestamp {row[ti][:64]!r}{hint}") from None
+            raise InputError(f"line {line}: {e}") from None
         values: list[float | None] = []
         for name, vi in zip(columns, vis):
             if not row[vi].strip():  # an empty cell: no reading of that metric at that time

@@ -70,6 +70,7 @@ def resolve_url(url: str) -> URL:
             raise ConfigError(f"store.url: not an SQLAlchemy URL: {text!r} ({e})") from None
         if parsed.get_backend_name() not in ("sqlite", "postgresql"):
             raise ConfigError(f"store.url: unsupported database {parsed.get_backend_name()!r} (sqlite or postgresql)")
+        _require_driver(parsed)
     # an SQLite URL of no file (no name, `:memory:`, a `file:` URI of `:memory:` or `mode=memory`): each
     # connection would get a fresh, empty database, without tables, and every event would be lost
     if parsed.get_backend_name() == "sqlite":
@@ -78,8 +79,6 @@ def resolve_url(url: str) -> URL:
         if name in ("", ":memory:") or parsed.query.get("mode") == "memory" or "mode=memory" in query.split("&"):
             raise ConfigError(f"store.url: {text!r} is an in-memory database: every event would be lost "
                               "(give a file: a path, or sqlite:///PATH)")
-    if "://" in text:
-        _require_driver(parsed)
     return parsed
 
 

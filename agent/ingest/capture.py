@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import json.encoder
 import os
-import sys
 import threading
 from collections.abc import Iterable, Iterator
 from datetime import datetime
@@ -19,7 +18,7 @@ from pathlib import Path
 
 import structlog
 from edgewatch.agent.config import RecordConfig
-from edgewatch.agent.timeutil import parse_timestamp, utcnow
+from edgewatch.agent.timeutil import ENGINE_FIRST, ENGINE_LAST, engine_range, parse_timestamp, utcnow
 
 log = structlog.get_logger(__name__)
 
@@ -27,15 +26,6 @@ PATTERN = "capture-*.jsonl"
 FILE_MODE = 0o640  # as the event log: owner writes, the service's group (operators) reads, nobody else
 DIR_MODE = 0o750
 _quote = json.encoder.encode_basestring  # C-speed JSON string literal, non-ASCII kept as is
-# The times the engine (csp: nanoseconds since 1970 in 64 bits) can run, first and last; csp's own tests pin these
-# (csp/tests/test_engine.py, test_datetime_timedelta_ranges). A capture line outside them cannot be replayed.
-ENGINE_FIRST = datetime(1678, 1, 1) if sys.platform == "linux" else datetime(1970, 1, 1)
-ENGINE_LAST = datetime(2261, 12, 31, 23, 59, 59, 999999)
-
-
-def engine_range() -> str:
-    """The times the engine can run, as a message says them: `1678-01-01 – 2261-12-31`."""
-    return f"{ENGINE_FIRST.date()} – {ENGINE_LAST.date()}"
 
 
 class CaptureWriter:

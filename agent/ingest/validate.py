@@ -52,8 +52,6 @@ class Parsed(NamedTuple):
     text: str  # the decoded payload, for the capture record
 
 
-
-
 class Invalid(ValueError):
     """Why a message was rejected: `code` (one of kinds.REASON_CODES) and the reason's text, without the topic."""
 
