@@ -108,7 +108,7 @@ import csp
 import numpy as np
 from csp import ts
 from edgewatch.agent.analytics.snapshot import keep, persisted, state_name
-from edgewatch.agent.analytics.states import RecentStates
+from edgewatch.agent.analytics.states import SeriesStates
 from edgewatch.agent.config import AnomalyConfig
 from edgewatch.agent.records import (
     AnomalyScore,
@@ -230,49 +230,37 @@ C_VS = C_LV + REGIME_SLOTS
 C_RING = C_VS + REGIME_SLOTS
 
 
-class SensorIndex(RecentStates):
+class SensorIndex(SeriesStates):
     """sensor -> its SensorState (which holds its series' rows by metric), least recently used first, capped
-    by the number of series, not of sensors: past the cap the longest-silent sensors are forgotten whole
-    (the sensor being added to, if it is the last one, loses its oldest series). Forgotten rows are held in
-    `released` until the batch is done (an earlier reading of that batch may still use them)."""
+    by the number of series (`max_series`, the cap of sensors too unless given): past the cap the longest-silent
+    sensors are forgotten whole (the sensor being added to, if it is the last one, loses its oldest series).
+    Forgotten rows are held in `released` until the batch is done (an earlier reading of that batch may still use
+    them)."""
 
-    def __init__(self, cap: int, state: str):
-        super().__init__(cap, state)
-        self.series = 0
+    def __init__(self, cap: int, state: str, max_series: int | None = None):
+        super().__init__(cap, state, cap if max_series is None else max_series)
         self.released: list[int] = []
 
-    def __setitem__(self, sid: str, sen: SensorState) -> None:
-        self.series += len(sen.rows)  # a restored sensor comes with its rows
-        super().__setitem__(sid, sen)
-        self._tracked.set(self.series)
+    @staticmethod
+    def held(sen: SensorState) -> int:
+        return len(sen.rows)
 
-    def __delitem__(self, sid: str) -> None:
-        self.forgot(self[sid])
-        super().__delitem__(sid)
-        self._tracked.set(self.series)
+    def tracked(self) -> int:
+        return self.series
 
     def forgot(self, sen: SensorState) -> None:
-        self.series -= len(sen.rows)
+        super().forgot(sen)
         self.released += sen.rows.values()
-        self._tracked.set(self.series)
 
     def added(self, sen: SensorState, current: dict) -> None:
-        """One more series of `sen` (the most recent sensor, reading the metrics `current`): forget the
-        longest-silent sensors past the cap; when `sen` is the last one, its oldest series not in this reading
+        """One more series of `sen` (the most recent sensor, reading the metrics `current`; its row already in
+        `sen.rows`): when it is the last sensor left to forget, its oldest series not in this reading gives way
         (a sensor that invents metric names keeps the ones it always sends)."""
-        self.series += 1
-        while self.series > self.cap:
-            sid, oldest = next(iter(self.items()))
-            if oldest is sen:
-                rows = sen.rows
-                name = next((n for n in rows if n not in current), None) or next(iter(rows))
-                self.series -= 1
-                self.released.append(rows.pop(name))
-                self._evicted()
-            else:
-                self._evicted(len(oldest.rows))
-                del self[sid]
-        self._tracked.set(self.series)
+        if not self.room(sen):
+            rows = sen.rows
+            name = next((n for n in rows if n not in current), None) or next(iter(rows))
+            self.released.append(rows.pop(name))
+            self._evicted()
 
 
 @persisted

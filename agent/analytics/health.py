@@ -58,7 +58,7 @@ from edgewatch.agent.analytics.maintenance import (
     maintenance_events,
 )
 from edgewatch.agent.analytics.snapshot import keep, persisted, state_name
-from edgewatch.agent.analytics.states import RecentStates
+from edgewatch.agent.analytics.states import SeriesStates
 from edgewatch.agent.config import (
     ConfigError,
     DriftConfig,
@@ -270,41 +270,13 @@ class MetricTrack:
         return outlier
 
 
-class SensorStates(RecentStates):
-    """sensor -> SensorHealth, at most `cap` sensors and `max_tracks` metric tracks among them: whoever can publish
-    can invent metric names as well as sensor ids. Past `max_tracks` the longest-silent sensors are forgotten; a
-    sensor that holds them all keeps the tracks it has and starts no new one."""
+class SensorStates(SeriesStates):
+    """sensor -> SensorHealth, at most `cap` sensors and `max_series` metric tracks among them; a sensor that holds
+    them all keeps the tracks it has and starts no new one (`room`)."""
 
-    def __init__(self, cap: int, state: str, max_tracks: int):
-        super().__init__(cap, state)
-        self.max_tracks = max(1, max_tracks)
-        self.tracks = 0
-
-    def __reduce__(self):
-        return type(self), (self.cap, self.state, self.max_tracks), None, None, iter(self.items())
-
-    def __setitem__(self, sid: str, s: SensorHealth) -> None:
-        self.tracks += len(s.metrics)  # a restored sensor comes with its tracks
-        super().__setitem__(sid, s)
-
-    def __delitem__(self, sid: str) -> None:
-        self.tracks -= len(self[sid].metrics)
-        super().__delitem__(sid)
-
-    def forgot(self, s: SensorHealth) -> None:
-        self.tracks -= len(s.metrics)
-
-    def room(self, s: SensorHealth) -> bool:
-        """Whether `s`, the most recent sensor, may start one more track (counted as started): the longest-silent
-        other sensors are forgotten to make room."""
-        while self.tracks >= self.max_tracks:
-            sid, oldest = next(iter(self.items()))
-            if oldest is s:
-                return False
-            del self[sid]
-            self._evicted()
-        self.tracks += 1
-        return True
+    @staticmethod
+    def held(s: SensorHealth) -> int:
+        return len(s.metrics)
 
 
 @persisted

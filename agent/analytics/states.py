@@ -52,14 +52,18 @@ class RecentStates(collections.OrderedDict):
         if len(self) > self.cap:
             self.forgot(self.popitem(last=False)[1])
             self._evicted()
-        self._tracked.set(len(self))
+        self._tracked.set(self.tracked())
 
     def forgot(self, state) -> None:
         """Called with each state the cap evicts (a subclass frees what it refers to)."""
 
     def __delitem__(self, key) -> None:
         super().__delitem__(key)
-        self._tracked.set(len(self))
+        self._tracked.set(self.tracked())
+
+    def tracked(self) -> int:
+        """What `edgewatch_state_keys{state}` shows: the keys held."""
+        return len(self)
 
     def _evicted(self, n: int = 1) -> None:
         self.evicted += n
@@ -69,3 +73,47 @@ class RecentStates(collections.OrderedDict):
             log.warning("state_cap_reached", state=self.state, cap=self.cap, evicted=self.evicted,
                         hint="the longest-silent keys are forgotten; raise the cap if these are real")
             self._warned, self.evicted = now, 0
+
+
+class SeriesStates(RecentStates):
+    """A RecentStates whose states each hold several series (a sensor's metrics, by name), capped as well by the
+    series all of them hold, `max_series`: whoever can publish can invent metric names as well as keys. Past it the
+    longest-silent keys are forgotten whole (counted in the series they held); `room` tells the key asking for one
+    more series when it is the one holding them all. A subclass says what a state holds (`held`)."""
+
+    def __init__(self, cap: int, state: str, max_series: int):
+        super().__init__(cap, state)
+        self.max_series = max(1, max_series)
+        self.series = 0
+
+    def __reduce__(self):
+        return type(self), (self.cap, self.state, self.max_series), None, None, iter(self.items())
+
+    @staticmethod
+    def held(state) -> int:
+        """The series `state` holds."""
+        raise NotImplementedError
+
+    def __setitem__(self, key, value) -> None:
+        self.series += self.held(value)  # a restored state comes with its series
+        super().__setitem__(key, value)
+
+    def __delitem__(self, key) -> None:
+        self.forgot(self[key])
+        super().__delitem__(key)
+
+    def forgot(self, state) -> None:
+        self.series -= self.held(state)
+
+    def room(self, state) -> bool:
+        """Count one more series of `state`, the most recent key, forgetting the longest-silent other keys to make
+        room for it; False, counting nothing, when `state` is the only one left to forget."""
+        while self.series >= self.max_series:
+            key, oldest = next(iter(self.items()))
+            if oldest is state:
+                return False
+            self._evicted(self.held(oldest))
+            del self[key]
+        self.series += 1
+        self._tracked.set(self.tracked())
+        return True

@@ -271,5 +271,5 @@ def test_invented_metric_names_are_bounded_by_max_series():
     feed("quiet", ["temperature"], 0.0)
     for i in range(30):
         loud = feed("loud", [f"m{i}_{j}" for j in range(10)], 1.0 + i)
-    assert index.tracks == len(loud.metrics) == 50 and "quiet" not in index
-    assert feed("next", ["temperature"], 40.0).metrics and "loud" not in index and index.tracks == 1
+    assert index.series == len(loud.metrics) == 50 and "quiet" not in index
+    assert feed("next", ["temperature"], 40.0).metrics and "loud" not in index and index.series == 1
