@@ -1,0 +1,121 @@
+"""A real systemd, booted as PID 1 of its own PID and mount namespaces over a throwaway copy of this host's root.
+
+The box's root is an overlay (this host's / below, a tmpfs above), so what an install writes there (/opt,
+/etc/passwd, units, the event log) goes with the box and the host is left as it was. systemd starts only
+its own journald and what a test starts, never the host's services, and shares the host's network, so the
+services reach a broker the test runs. The new root is entered with pivot_root, not chroot: a chrooted
+process may not create user namespaces, and the units' PrivateUsers=yes needs one.
+Needs root, unshare(1) and nsenter(1) (util-linux), overlayfs and systemd.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+TARGET = "edgewatch-box.target"
+BOOT = f"""set -e
+mount -t tmpfs tmpfs "$1"
+mkdir "$1/upper" "$1/work" "$1/root"
+mount -t overlay overlay -o lowerdir=/,upperdir="$1/upper",workdir="$1/work" "$1/root"
+for d in proc sys dev; do mount --rbind /$d "$1/root/$d"; done
+mount -t tmpfs tmpfs "$1/root/run"
+cd "$1/root" && mkdir -p .old && pivot_root . .old && umount -l /.old
+mkdir -p /etc/systemd/system
+printf '[Unit]\\nDescription=a test box\\nDefaultDependencies=no\\nWants=systemd-journald.service\\n' \\
+    > /etc/systemd/system/{TARGET}
+exec /lib/systemd/systemd --system --unit={TARGET}
+"""
+CGROUPS = Path("/sys/fs/cgroup")
+
+
+def missing() -> str | None:
+    """Why no box can be booted here, or None."""
+    if os.geteuid() != 0:
+        return "needs root (namespaces, mounts)"
+    for tool in ("unshare", "nsenter", "systemctl", "journalctl"):
+        if shutil.which(tool) is None:
+            return f"{tool} not on PATH"
+    if not os.access("/lib/systemd/systemd", os.X_OK):
+        return "no /lib/systemd/systemd"
+    return None
+
+
+class SystemdBox:
+    def __init__(self, workdir: Path):
+        self.workdir = workdir
+        self.proc: subprocess.Popen | None = None
+        self.pid = 0  # systemd's PID as this host sees it
+        self._cgroups_before = self._cgroups()
+
+    def boot(self, timeout: float = 60.0) -> SystemdBox:
+        mountpoint = self.workdir / "box"
+        mountpoint.mkdir(parents=True)
+        self.proc = subprocess.Popen(
+            ["unshare", "--pid", "--fork", "--mount", "--mount-proc", "--propagation", "private",
+             "sh", "-c", BOOT, "boot", str(mountpoint)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        end = time.monotonic() + timeout
+        while time.monotonic() < end and self.proc.poll() is None:
+            children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text().split()
+            if children and os.readlink(f"/proc/{children[0]}/exe").endswith("/systemd"):
+                self.pid = int(children[0])
+                r = self.run("systemctl", "is-system-running", "--wait", timeout=max(1.0, end - time.monotonic()))
+                if r.stdout.strip() in ("running", "degraded"):
+                    return self
+                raise RuntimeError(f"systemd in the box is {r.stdout.strip()}: {r.stderr.strip()}")
+            time.sleep(0.1)
+        err = self.proc.stderr.read().decode(errors="replace") if self.proc.poll() is not None else "timed out"
+        self.close()
+        raise RuntimeError(f"the box did not boot: {err.strip()[-500:]}")
+
+    def run(self, *argv: str, env: dict[str, str] | None = None, timeout: float = 120.0,
+            check: bool = False) -> subprocess.CompletedProcess:
+        """Run a command inside the box (its namespaces and root), as root."""
+        assignments = [f"{k}={v}" for k, v in (env or {}).items()]
+        return subprocess.run(["nsenter", "-t", str(self.pid), "-a", "env", *assignments, *argv],
+                              capture_output=True, text=True, timeout=timeout, check=check)
+
+    def path(self, inside: str) -> Path:
+        """A path of the box's file system, as this host reaches it."""
+        return Path(f"/proc/{self.pid}/root") / inside.lstrip("/")
+
+    def show(self, unit: str, *properties: str) -> dict[str, str]:
+        r = self.run("systemctl", "show", unit, *(f"--property={p}" for p in properties), check=True)
+        return dict(line.split("=", 1) for line in r.stdout.splitlines() if "=" in line)
+
+    def wait_for(self, unit: str, timeout: float, **want: str) -> dict[str, str]:
+        """Poll the unit's properties until each named one has its wanted value."""
+        end = time.monotonic() + timeout
+        while True:
+            got = self.show(unit, *want, "ActiveState", "SubState", "MainPID", "NRestarts", "Result")
+            if all(got.get(k) == v for k, v in want.items()):
+                return got
+            if time.monotonic() > end:
+                raise AssertionError(f"{unit}: wanted {want}, got {got}\n{self.journal(unit)[-3000:]}")
+            time.sleep(0.2)
+
+    def journal(self, unit: str, *args: str) -> str:
+        return self.run("journalctl", "--no-pager", "-u", unit, *args).stdout
+
+    def close(self) -> None:
+        """Kill the box: SIGKILL to its PID 1 ends every process in it; its mounts go with its namespace."""
+        if self.pid:
+            os.kill(self.pid, signal.SIGKILL)
+        if self.proc is not None:
+            self.proc.wait(timeout=30)
+        for top in self._cgroups() - self._cgroups_before:  # the control groups systemd made, now empty
+            for path in sorted(top.glob("**/"), key=lambda p: -len(p.parts)):
+                try:
+                    path.rmdir()
+                except OSError:
+                    pass
+
+    @staticmethod
+    def _cgroups() -> set[Path]:
+        """The control groups at the top of each hierarchy (systemd's slices, scopes and mounts go there)."""
+        return {p for p in CGROUPS.glob("*/*/") if p.is_dir()}

@@ -1,0 +1,243 @@
+"""Both services under a real systemd, installed the way docs/deploy.md says: `deploy/install.sh` on a live host.
+
+The box (box.py) is a throwaway copy of this host running systemd as its PID 1, so the units run with every
+sandboxing directive they carry: their own user, user and mount namespaces, the seccomp filters, a private
+network for the sidecar. What is checked is what an operator relies on: the services start and say when they
+are ready, reach each other and the broker through the sandbox, answer `doctor`, reload on SIGHUP, are
+restarted after a crash or a hang, stop cleanly, and are not restarted after a configuration error.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import sysconfig
+import time
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import pytest
+from edgewatch.agent.testing.harness import Mosquitto, free_port
+from edgewatch.agent.testing.plugin import require
+
+from .box import SystemdBox, missing
+from .conftest import DEPLOY
+
+AGENT, SIDECAR = "edgewatch-agent.service", "edgewatch-sidecar.service"
+CONFIG = "/etc/edgewatch/agent.toml"
+
+
+def interpreter() -> str | None:
+    """A Python the services' user may run, of this one's version (the services import this environment's
+    dependencies: the wheel is installed with --no-deps). Not one under /root: ProtectHome hides it."""
+    version = f"python{sys.version_info.major}.{sys.version_info.minor}"
+    for candidate in (os.path.realpath(sys.executable), f"/usr/bin/{version}"):
+        if os.access(candidate, os.X_OK) and not candidate.startswith(("/root/", "/home/")) and \
+                Path(candidate).name == version:
+            return candidate
+    return None
+
+
+@pytest.fixture(scope="module")
+def broker(tmp_path_factory):
+    require("mosquitto", Mosquitto.binary() is not None, "the `mosquitto` binary is not on PATH")
+    b = Mosquitto(tmp_path_factory.mktemp("broker")).start()
+    yield b
+    b.stop()
+
+
+@pytest.fixture(scope="module")
+def box(tmp_path_factory, wheelhouse, broker):
+    """A booted box with Edgewatch installed by install.sh, its agent.toml pointed at the test's broker."""
+    why = missing()
+    require("a systemd box", why is None, why or "")
+    python = interpreter()
+    require("a system Python", python is not None,
+            f"no python{sys.version_info.major}.{sys.version_info.minor} outside /root and /home")
+    b = SystemdBox(tmp_path_factory.mktemp("systemd")).boot()
+    try:
+        r = b.run(str(DEPLOY / "install.sh"), "--wheelhouse", str(wheelhouse), "--no-deps", env={"PYTHON": python})
+        assert r.returncode == 0, r.stdout + r.stderr
+        deps = sysconfig.get_paths()["purelib"]
+        for unit in (AGENT, SIDECAR):  # the dependencies --no-deps left out: this test environment's
+            dropin = b.path(f"/etc/systemd/system/{unit}.d")
+            dropin.mkdir()
+            (dropin / "deps.conf").write_text(f"[Service]\nEnvironment=PYTHONPATH={deps}\n")
+        conf = (DEPLOY / "agent.toml").read_text()
+        conf = re.sub(r"(?m)^port = 1883", f"port = {broker.port}", conf)
+        conf = re.sub(r'(?m)^listen = "127.0.0.1:9108"', f'listen = "127.0.0.1:{free_port()}"', conf)
+        b.path(CONFIG).write_text(conf)  # keeps the installed file's owner and mode
+        b.run("systemctl", "daemon-reload", check=True)
+        b.deps = deps
+        yield b
+    finally:
+        b.close()
+
+
+def started(box: SystemdBox) -> dict[str, str]:
+    r = box.run("systemctl", "start", AGENT, timeout=200)
+    assert r.returncode == 0, r.stderr + box.journal(AGENT)[-3000:]
+    return box.wait_for(AGENT, 10, ActiveState="active", SubState="running")
+
+
+def edge_agent(box: SystemdBox, *args: str, user: str = "edgewatch") -> subprocess.CompletedProcess:
+    """An installed command run in the box as the services' user, the way docs/deploy.md shows it."""
+    return box.run("runuser", "-u", user, "--", "/opt/edgewatch/bin/edge-agent", *args, env={"PYTHONPATH": box.deps})
+
+
+def publish(broker: Mosquitto, topic: str, payload: dict) -> None:
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    c.connect(broker.host, broker.port)
+    c.loop_start()
+    c.publish(topic, json.dumps(payload), qos=1).wait_for_publish(10)
+    c.loop_stop()
+    c.disconnect()
+
+
+def events(box: SystemdBox, *args: str) -> list[dict]:
+    r = edge_agent(box, "events", "--config", CONFIG, "--format", "json", *args)
+    assert r.returncode == 0, r.stdout + r.stderr
+    return [json.loads(line) for line in r.stdout.splitlines() if line.strip()]
+
+
+def test_install_registers_the_units_and_the_user(box):
+    # install.sh saw a running systemd and reloaded it: the units are known without a manual daemon-reload
+    for unit in (AGENT, SIDECAR):
+        assert box.show(unit, "LoadState", "FragmentPath") == \
+            {"LoadState": "loaded", "FragmentPath": f"/etc/systemd/system/{unit}"}
+    assert box.run("id", "-u", "edgewatch").returncode == 0
+
+
+def test_agent_start_brings_up_the_sidecar_and_both_say_ready(box):
+    agent = started(box)  # Type=notify: `systemctl start` returns once READY=1 came
+    sidecar = box.wait_for(SIDECAR, 10, ActiveState="active", SubState="running")  # Wants= pulled it in
+    status = box.show(AGENT, "StatusText")["StatusText"]
+    assert status.startswith("connected to 127.0.0.1:"), status
+    assert box.show(SIDECAR, "StatusText")["StatusText"].startswith("serving edgewatch-nanogpt on ")
+    for unit, props in ((AGENT, agent), (SIDECAR, sidecar)):
+        assert box.run("ps", "-o", "user=", "-p", props["MainPID"]).stdout.strip() == "edgewatch", unit  # not root
+    # the sidecar's socket: only the edgewatch user and group reach the model
+    run_dir = box.path("/run/edgewatch")
+    assert oct(run_dir.stat().st_mode & 0o777) == "0o750" and (run_dir / "sidecar.sock").exists()
+
+
+def test_feeds_reach_the_log_through_the_sandbox_and_doctor_passes(box, broker):
+    started(box)
+    box.wait_for(SIDECAR, 10, ActiveState="active")
+    publish(broker, "news/wire", {"headline": "Acme beats earnings estimates and raises its outlook",
+                                  "symbols": ["ACME"], "id": "box-1"})
+    publish(broker, "sensors/box-1", {"temperature": "hot"})  # malformed: a dead letter with its reason
+    end, news = time.monotonic() + 30, []
+    while time.monotonic() < end and not news:
+        news = [e for e in events(box, "--kind", "news") if e["data"].get("headline_id") == "box-1"]
+        time.sleep(0.5)
+    assert news, box.journal(AGENT)[-3000:]
+    data = news[0]["data"]
+    assert data["degraded"] is False and data["model"] == "edgewatch-nanogpt", data  # asked over the socket
+    assert data["sentiment"] in ("bullish", "bearish", "neutral") and 0 < data["confidence"] <= 1
+    r = edge_agent(box, "deadletters", "--config", CONFIG, "--format", "json")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert [d["code"] for d in map(json.loads, r.stdout.splitlines()) if d["topic"] == "sensors/box-1"], r.stdout
+    # the log is the service's: written by edgewatch, readable by its group, not by others
+    db = box.path("/var/lib/edgewatch/events.db")
+    assert oct(db.stat().st_mode & 0o777) == "0o640"
+    r = edge_agent(box, "doctor", "--config", CONFIG)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "all checks passed" in r.stdout
+
+
+def test_reload_keeps_the_process_and_applies_live_keys(box):
+    pid = started(box)["MainPID"]
+    conf = box.path(CONFIG)
+    text = conf.read_text()
+    conf.write_text(text.replace('level = "info"', 'level = "debug"'))
+    try:
+        r = box.run("systemctl", "reload", AGENT)  # ExecReload: SIGHUP, and Type=notify waits for READY=1 again
+        assert r.returncode == 0, r.stderr
+        assert box.show(AGENT, "MainPID", "ActiveState") == {"MainPID": pid, "ActiveState": "active"}
+        end = time.monotonic() + 10
+        while "config_reloaded" not in (log := box.journal(AGENT, "-o", "cat")) and time.monotonic() < end:
+            time.sleep(0.2)
+        line = next(json.loads(x) for x in log.splitlines() if '"config_reloaded"' in x)
+        assert line["applied"] == ["log.level"] and line["needs_restart"] == []
+    finally:
+        conf.write_text(text)
+        box.run("systemctl", "reload", AGENT)
+
+
+def test_crash_is_restarted(box):
+    before = started(box)
+    box.run("kill", "-9", before["MainPID"], check=True)
+    after = box.wait_for(AGENT, 30, ActiveState="active", SubState="running",
+                         NRestarts=str(int(before["NRestarts"]) + 1))  # RestartSec=2s, then READY=1 again
+    assert after["MainPID"] != before["MainPID"]
+
+
+def test_hung_agent_is_killed_by_the_watchdog_and_restarted(box):
+    dropin = box.path(f"/etc/systemd/system/{AGENT}.d/watchdog.conf")
+    dropin.write_text("[Service]\nWatchdogSec=3s\nTimeoutAbortSec=2s\n")  # the unit's 30 s, shortened for the test
+    try:
+        box.run("systemctl", "daemon-reload", check=True)
+        box.run("systemctl", "restart", AGENT, timeout=200, check=True)
+        before = box.wait_for(AGENT, 10, ActiveState="active", SubState="running")
+        time.sleep(6)  # two watchdog periods: a running graph keeps pinging
+        assert box.show(AGENT, "MainPID", "NRestarts") == {"MainPID": before["MainPID"], "NRestarts": before["NRestarts"]}
+        box.run("kill", "-STOP", before["MainPID"], check=True)  # SIGSTOP: the process stays, its pings stop
+        after = box.wait_for(AGENT, 30, ActiveState="active", SubState="running",
+                             NRestarts=str(int(before["NRestarts"]) + 1))
+        assert after["MainPID"] != before["MainPID"]
+        assert "Watchdog timeout" in box.journal(AGENT)
+    finally:
+        dropin.unlink()
+        box.run("systemctl", "daemon-reload", check=True)
+
+
+def test_stop_is_clean_and_says_offline(box, broker):
+    started(box)
+    seen: list[dict] = []
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    c.on_message = lambda _c, _u, m: seen.append(json.loads(m.payload))
+    c.connect(broker.host, broker.port)
+    c.subscribe("edgewatch/status", qos=1)
+    c.loop_start()
+    try:
+        t0 = time.monotonic()
+        r = box.run("systemctl", "stop", AGENT, timeout=60)
+        took = time.monotonic() - t0
+        assert r.returncode == 0, r.stderr
+        props = box.show(AGENT, "ActiveState", "Result", "ExecMainStatus")
+        # SIGTERM: flushed and exited 0 on its own (not killed by the signal: that would be status 15), well
+        # inside TimeoutStopSec=20s
+        assert props == {"ActiveState": "inactive", "Result": "success", "ExecMainStatus": "0"}
+        assert took < 15
+        stopped = [json.loads(x) for x in box.journal(AGENT, "-o", "cat").splitlines() if '"agent_stopped"' in x]
+        assert stopped and stopped[-1]["failed"] is False
+        end = time.monotonic() + 5
+        while not (seen and seen[-1]["state"] == "offline") and time.monotonic() < end:
+            time.sleep(0.1)
+        assert seen and seen[-1]["state"] == "offline", seen
+    finally:
+        c.loop_stop()
+        c.disconnect()
+
+
+def test_configuration_error_exits_2_and_is_not_restarted(box):
+    conf = box.path(CONFIG)
+    text = conf.read_text()
+    box.run("systemctl", "stop", AGENT)
+    conf.write_text(text.replace("max_drawdown = 10000.0", "max_drawdown = -5.0"))
+    try:
+        r = box.run("systemctl", "start", AGENT, timeout=60)
+        assert r.returncode != 0
+        time.sleep(4)  # two RestartSec periods: RestartPreventExitStatus=2 means none comes
+        props = box.show(AGENT, "ActiveState", "Result", "ExecMainStatus", "NRestarts")
+        assert props["ActiveState"] == "failed" and props["ExecMainStatus"] == "2", props
+        assert props["NRestarts"] == "0"
+        assert "risk.max_drawdown" in box.journal(AGENT, "-o", "cat")
+    finally:
+        conf.write_text(text)
+        box.run("systemctl", "reset-failed", AGENT)
+        started(box)
