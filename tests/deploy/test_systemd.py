@@ -241,3 +241,39 @@ def test_configuration_error_exits_2_and_is_not_restarted(box):
         conf.write_text(text)
         box.run("systemctl", "reset-failed", AGENT)
         started(box)
+
+
+def test_broker_down_at_start_is_retried_until_it_comes(box, tmp_path):
+    late = Mosquitto(tmp_path / "late")  # configured, not yet running
+    conf, dropin = box.path(CONFIG), box.path(f"/etc/systemd/system/{AGENT}.d/start.conf")
+    text = conf.read_text()
+    box.run("systemctl", "stop", AGENT, check=True)
+    conf.write_text(re.sub(r"(?m)^port = \d+", f"port = {late.port}", text))
+    dropin.write_text("[Service]\nTimeoutStartSec=4s\n")  # the unit's 90 s, shortened for the test
+    try:
+        box.run("systemctl", "daemon-reload", check=True)
+        box.run("systemctl", "start", "--no-block", AGENT, check=True)
+        # no READY=1 without the broker: the start times out, and Restart=on-failure tries again
+        box.wait_for(AGENT, 30, NRestarts="1")
+        late.start()
+        box.wait_for(AGENT, 30, ActiveState="active", SubState="running")
+        assert box.show(AGENT, "StatusText")["StatusText"] == f"connected to 127.0.0.1:{late.port}"
+    finally:
+        late.stop()
+        conf.write_text(text)
+        dropin.unlink()
+        box.run("systemctl", "daemon-reload", check=True)
+        box.run("systemctl", "restart", AGENT, timeout=200)
+
+
+def test_uninstall_stops_the_services_and_keeps_the_data(box):
+    started(box)
+    assert box.run("systemctl", "enable", AGENT, SIDECAR).returncode == 0  # as docs/deploy.md says to
+    assert box.path(f"/etc/systemd/system/multi-user.target.wants/{AGENT}").is_symlink()
+    r = box.run(str(DEPLOY / "install.sh"), "--uninstall")
+    assert r.returncode == 0, r.stdout + r.stderr
+    for unit in (AGENT, SIDECAR):
+        assert box.show(unit, "ActiveState", "LoadState") == {"ActiveState": "inactive", "LoadState": "not-found"}
+    assert not box.path(f"/etc/systemd/system/multi-user.target.wants/{AGENT}").exists()
+    assert not box.path("/opt/edgewatch").exists()
+    assert box.path(CONFIG).is_file() and box.path("/var/lib/edgewatch/events.db").is_file()
