@@ -16,6 +16,7 @@ import typing
 from edgewatch.agent.config import ConfigError
 from edgewatch.agent.kinds import EVENT_KINDS, LABELS, LEGACY_CODE, REASON_CODES, SEVERITIES
 from edgewatch.common import __version__
+from edgewatch.common.journal import error_line
 
 FORMATS = ("table", "json", "csv")
 
@@ -242,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(getattr(importlib.import_module(module), func)(args) or 0)
     except ConfigError as e:
-        print(f"edge-agent {args.command}: configuration error: {e}", file=sys.stderr)
+        print(error_line(f"edge-agent {args.command}: configuration error: {e}", sys.stderr), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

@@ -58,6 +58,7 @@ sysusersdir=$root/usr/lib/sysusers.d
 tmpfilesdir=$root/usr/lib/tmpfiles.d
 confdir=$root/etc/edgewatch
 units="edgewatch-agent.service edgewatch-sidecar.service"
+template=edgewatch-agent@.service  # more agents on one host: edgewatch-agent@NAME reads /etc/edgewatch/NAME.toml
 
 # systemctl only on the live system, and only when systemd is the running init
 live_systemd() { [ -z "$root" ] && [ -d /run/systemd/system ]; }
@@ -65,10 +66,12 @@ say() { echo "==> $*"; }
 
 if [ $action = uninstall ]; then
     if live_systemd; then
-        say "stopping and disabling $units"
-        systemctl disable --now $units 2>/dev/null || true
+        instances=$(cd "$unitdir" && ls -d *.wants/edgewatch-agent@?*.service 2>/dev/null | sed 's|.*/||' | sort -u)
+        say "stopping and disabling $units $instances"
+        systemctl stop 'edgewatch-agent@*.service' 2>/dev/null || true
+        systemctl disable --now $units $instances 2>/dev/null || true
     fi
-    for u in $units; do rm -f "$unitdir/$u"; done
+    for u in $units $template; do rm -f "$unitdir/$u"; done
     rm -f "$sysusersdir/edgewatch.conf" "$tmpfilesdir/edgewatch.conf"
     if [ -x "$venv/bin/python" ] && [ -f "$venv/.edgewatch" ]; then
         say "removing $prefix"
@@ -125,11 +128,18 @@ if [ -n "$root" ]; then
 fi
 
 say "units in /etc/systemd/system"
-for u in $units; do
-    sed "s|/opt/edgewatch/bin/|$prefix/bin/|g" "$src/deploy/systemd/$u" > "$unitdir/$u.tmp"
-    chmod 0644 "$unitdir/$u.tmp"
-    mv -f "$unitdir/$u.tmp" "$unitdir/$u"
-done
+# a unit from deploy/systemd, with the environment's path and any further sed expressions
+put_unit() {
+    from=$1 to=$2
+    shift 2
+    sed -e "s|/opt/edgewatch/bin/|$prefix/bin/|g" "$@" "$src/deploy/systemd/$from" > "$unitdir/$to.tmp"
+    chmod 0644 "$unitdir/$to.tmp"
+    mv -f "$unitdir/$to.tmp" "$unitdir/$to"
+}
+for u in $units; do put_unit "$u" "$u"; done
+# the template is the agent's unit reading the instance's own configuration file
+put_unit edgewatch-agent.service "$template" -e '/^Description=/s|$| %i|' \
+    -e 's|--config /etc/edgewatch/agent.toml|--config /etc/edgewatch/%i.toml|'
 
 if [ -e "$confdir/agent.toml" ]; then
     say "keeping existing /etc/edgewatch/agent.toml (example: $src/deploy/agent.toml)"

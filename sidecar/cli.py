@@ -13,6 +13,7 @@ from pathlib import Path
 
 import structlog
 from edgewatch.common import __version__, logs
+from edgewatch.common.journal import error_line
 from edgewatch.model.format import meta as model_meta
 
 log = structlog.get_logger("sidecar")
@@ -128,7 +129,7 @@ def serve(args) -> int:
     finally:
         notifier.stopping()
     if failure:
-        print(f"edge-sidecar: {failure[0]}", file=sys.stderr)
+        print(error_line(f"edge-sidecar: {failure[0]}", sys.stderr), file=sys.stderr)
         return 1
     return 0 if server.started else 1
 
@@ -138,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         return serve(args)
     except UsageError as e:
-        print(f"edge-sidecar: error: {e}", file=sys.stderr)
+        print(error_line(f"edge-sidecar: error: {e}", sys.stderr), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

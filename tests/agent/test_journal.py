@@ -12,6 +12,7 @@ import structlog
 from edgewatch.common.journal import (
     JournalLoggerFactory,
     entry_fields,
+    error_line,
     stdout_is_journal,
 )
 
@@ -82,6 +83,15 @@ def test_stdout_is_journal_only_for_the_stream_systemd_connected(tmp_path):
         assert not stdout_is_journal({"JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino + 1}"}, f)  # stdout redirected elsewhere
         assert not stdout_is_journal({}, f)
     assert not stdout_is_journal({"JOURNAL_STREAM": "1:2"}, io.StringIO())
+
+
+def test_error_lines_carry_the_err_priority_only_into_the_journal(tmp_path, monkeypatch):
+    with open(tmp_path / "err", "w") as f:
+        st = os.fstat(f.fileno())
+        monkeypatch.setenv("JOURNAL_STREAM", f"{st.st_dev}:{st.st_ino}")
+        assert error_line("edge-agent run: configuration error: x", f) == "<3>edge-agent run: configuration error: x"
+        monkeypatch.delenv("JOURNAL_STREAM")
+        assert error_line("edge-agent run: configuration error: x", f) == "edge-agent run: configuration error: x"
 
 
 def test_logs_setup_uses_the_journal_under_systemd(tmp_path, monkeypatch):

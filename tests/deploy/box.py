@@ -10,6 +10,7 @@ Needs root, unshare(1) and nsenter(1) (util-linux), overlayfs and systemd.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import signal
@@ -19,18 +20,25 @@ from pathlib import Path
 
 TARGET = "edgewatch-box.target"
 BOOT = f"""set -e
-mount -t tmpfs tmpfs "$1"
-mkdir "$1/upper" "$1/work" "$1/root"
-mount -t overlay overlay -o lowerdir=/,upperdir="$1/upper",workdir="$1/work" "$1/root"
-for d in proc sys dev; do mount --rbind /$d "$1/root/$d"; done
-mount -t tmpfs tmpfs "$1/root/run"
-cd "$1/root" && mkdir -p .old && pivot_root . .old && umount -l /.old
+box=$1
+shift
+mount -t tmpfs tmpfs "$box"
+mkdir "$box/upper" "$box/work" "$box/root"
+mount -t overlay overlay -o lowerdir=/,upperdir="$box/upper",workdir="$box/work" "$box/root"
+for d in proc sys dev; do mount --rbind /$d "$box/root/$d"; done
+mount -t tmpfs tmpfs "$box/root/run"
+while [ $# -gt 0 ]; do
+    mkdir -p "$box/root$2" && mount --bind "$1" "$box/root$2" && mount -o remount,bind,ro "$box/root$2"
+    shift 2
+done
+cd "$box/root" && mkdir -p .old && pivot_root . .old && umount -l /.old
 mkdir -p /etc/systemd/system
 printf '[Unit]\\nDescription=a test box\\nDefaultDependencies=no\\nWants=systemd-journald.service\\n' \\
     > /etc/systemd/system/{TARGET}
 exec /lib/systemd/systemd --system --unit={TARGET}
 """
 CGROUPS = Path("/sys/fs/cgroup")
+LOCK = Path("/run/lock/edgewatch-systemd-box.lock")  # one box a host: boxes share the host's control groups
 
 
 def missing() -> str | None:
@@ -46,23 +54,34 @@ def missing() -> str | None:
 
 
 class SystemdBox:
-    def __init__(self, workdir: Path):
+    """`binds` maps host directories to where the box sees them, read-only and as they are: what a test needs
+    from the host goes there, not through the overlay, whose view of a lower directory that changes while it
+    is mounted (a checkout, a virtual environment) is undefined."""
+
+    def __init__(self, workdir: Path, binds: dict[str, str] | None = None):
         self.workdir = workdir
+        self.binds = binds or {}
         self.proc: subprocess.Popen | None = None
         self.pid = 0  # systemd's PID as this host sees it
-        self._cgroups_before = self._cgroups()
+        self._lock = None
+        self._cgroups_before: set[Path] = set()
 
     def boot(self, timeout: float = 60.0) -> SystemdBox:
+        LOCK.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = LOCK.open("w")
+        fcntl.flock(self._lock, fcntl.LOCK_EX)  # waits for another test run's box to be gone
+        self._cgroups_before = self._cgroups()
         mountpoint = self.workdir / "box"
         mountpoint.mkdir(parents=True)
         self.proc = subprocess.Popen(
             ["unshare", "--pid", "--fork", "--mount", "--mount-proc", "--propagation", "private",
-             "sh", "-c", BOOT, "boot", str(mountpoint)],
+             "sh", "-c", BOOT, "boot", str(mountpoint), *(x for pair in self.binds.items() for x in pair)],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         end = time.monotonic() + timeout
         while time.monotonic() < end and self.proc.poll() is None:
             children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text().split()
-            if children and os.readlink(f"/proc/{children[0]}/exe").endswith("/systemd"):
+            if children and os.readlink(f"/proc/{children[0]}/exe").endswith("/systemd") and \
+                    Path(f"/proc/{children[0]}/root/run/systemd/private").exists():  # systemctl's socket
                 self.pid = int(children[0])
                 r = self.run("systemctl", "is-system-running", "--wait", timeout=max(1.0, end - time.monotonic()))
                 if r.stdout.strip() in ("running", "degraded"):
@@ -114,6 +133,8 @@ class SystemdBox:
                     path.rmdir()
                 except OSError:
                     pass
+        if self._lock is not None:
+            self._lock.close()
 
     @staticmethod
     def _cgroups() -> set[Path]:

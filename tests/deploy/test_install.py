@@ -27,6 +27,11 @@ def test_staged_layout(staged: Path):
     for unit in UNITS:
         text = (staged / "etc/systemd/system" / unit).read_text()
         assert text == (DEPLOY / "systemd" / unit).read_text() and mode(staged / "etc/systemd/system" / unit) == "0o644"
+    # more agents on one host: the agent's unit as a template, each instance with its own configuration file
+    template = (staged / "etc/systemd/system/edgewatch-agent@.service").read_text()
+    assert template == (DEPLOY / "systemd" / UNITS[0]).read_text() \
+        .replace("Description=Edgewatch edge agent\n", "Description=Edgewatch edge agent %i\n") \
+        .replace("--config /etc/edgewatch/agent.toml", "--config /etc/edgewatch/%i.toml")
     assert (staged / "usr/lib/sysusers.d/edgewatch.conf").is_file()
     assert (staged / "usr/lib/tmpfiles.d/edgewatch.conf").is_file()
     # configuration: root-owned, readable by the services' group only (it may name secrets)
@@ -77,7 +82,7 @@ def test_rerun_keeps_config_and_uninstall_keeps_data(staged: Path, wheelhouse: P
     r = install(root, "--uninstall", wheelhouse=wheelhouse)
     assert r.returncode == 0, r.stderr
     assert not (root / "opt/edgewatch").exists()
-    assert not any((root / "etc/systemd/system" / u).exists() for u in UNITS)
+    assert not any((root / "etc/systemd/system" / u).exists() for u in (*UNITS, "edgewatch-agent@.service"))
     assert not (root / "usr/lib/sysusers.d/edgewatch.conf").exists()
     assert toml.exists() and (root / "var/lib/edgewatch/events.db").read_bytes() == b"log"
 

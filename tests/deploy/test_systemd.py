@@ -18,13 +18,14 @@ import sysconfig
 import time
 from pathlib import Path
 
+import httpx
 import paho.mqtt.client as mqtt
 import pytest
 from edgewatch.agent.testing.harness import Mosquitto, free_port
 from edgewatch.agent.testing.plugin import require
 
 from .box import SystemdBox, missing
-from .conftest import DEPLOY
+from .conftest import DEPLOY, REPO
 
 AGENT, SIDECAR = "edgewatch-agent.service", "edgewatch-sidecar.service"
 CONFIG = "/etc/edgewatch/agent.toml"
@@ -57,12 +58,17 @@ def box(tmp_path_factory, wheelhouse, broker):
     python = interpreter()
     require("a system Python", python is not None,
             f"no python{sys.version_info.major}.{sys.version_info.minor} outside /root and /home")
-    b = SystemdBox(tmp_path_factory.mktemp("systemd")).boot()
+    # the dependencies --no-deps leaves out: this test environment's, where the services see them (a checkout
+    # under /tmp or /root is hidden from them by PrivateTmp and ProtectHome)
+    deps = "/usr/local/lib/edgewatch-test-deps"
+    binds = {str(REPO): "/usr/local/src/edgewatch", str(wheelhouse): "/usr/local/src/wheels",
+             sysconfig.get_paths()["purelib"]: deps}
+    b = SystemdBox(tmp_path_factory.mktemp("systemd"), binds).boot()
     try:
-        r = b.run(str(DEPLOY / "install.sh"), "--wheelhouse", str(wheelhouse), "--no-deps", env={"PYTHON": python})
+        r = b.run("/usr/local/src/edgewatch/deploy/install.sh", "--wheelhouse", "/usr/local/src/wheels", "--no-deps",
+                  env={"PYTHON": python})
         assert r.returncode == 0, r.stdout + r.stderr
-        deps = sysconfig.get_paths()["purelib"]
-        for unit in (AGENT, SIDECAR):  # the dependencies --no-deps left out: this test environment's
+        for unit in (AGENT, SIDECAR, "edgewatch-agent@.service"):
             dropin = b.path(f"/etc/systemd/system/{unit}.d")
             dropin.mkdir()
             (dropin / "deps.conf").write_text(f"[Service]\nEnvironment=PYTHONPATH={deps}\n")
@@ -163,6 +169,11 @@ def test_reload_keeps_the_process_and_applies_live_keys(box):
             time.sleep(0.2)
         line = next(json.loads(x) for x in log.splitlines() if '"config_reloaded"' in x)
         assert line["applied"] == ["log.level"] and line["needs_restart"] == []
+        # each key of a log line is a journal field (docs/deploy.md: `journalctl -u edgewatch-agent EVENT=...`)
+        r = box.run("journalctl", "--no-pager", "-u", AGENT, "EVENT=config_reloaded", "-o", "json", check=True)
+        entry = json.loads(r.stdout.splitlines()[-1])
+        assert (entry["PRIORITY"], entry["SYSLOG_IDENTIFIER"], entry["APPLIED"]) == ("6", "edge-agent", '["log.level"]')
+        assert json.loads(entry["MESSAGE"])["event"] == "config_reloaded"
     finally:
         conf.write_text(text)
         box.run("systemctl", "reload", AGENT)
@@ -236,7 +247,7 @@ def test_configuration_error_exits_2_and_is_not_restarted(box):
         props = box.show(AGENT, "ActiveState", "Result", "ExecMainStatus", "NRestarts")
         assert props["ActiveState"] == "failed" and props["ExecMainStatus"] == "2", props
         assert props["NRestarts"] == "0"
-        assert "risk.max_drawdown" in box.journal(AGENT, "-o", "cat")
+        assert "risk.max_drawdown" in box.journal(AGENT, "-o", "cat", "-p", "err")
     finally:
         conf.write_text(text)
         box.run("systemctl", "reset-failed", AGENT)
@@ -266,14 +277,49 @@ def test_broker_down_at_start_is_retried_until_it_comes(box, tmp_path):
         box.run("systemctl", "restart", AGENT, timeout=200)
 
 
+def instance_config(box: SystemdBox, name: str) -> int:
+    """/etc/edgewatch/NAME.toml: the installed agent.toml with its own metrics port; returns the port."""
+    port = free_port()
+    text = re.sub(r'(?m)^listen = "127.0.0.1:\d+"', f'listen = "127.0.0.1:{port}"', box.path(CONFIG).read_text())
+    path = box.path(f"/etc/edgewatch/{name}.toml")
+    path.write_text(text)
+    box.run("chown", "root:edgewatch", f"/etc/edgewatch/{name}.toml", check=True)
+    path.chmod(0o640)
+    return port
+
+
+def test_two_agents_on_one_host_from_the_template(box):
+    ports = {name: instance_config(box, name) for name in ("north", "south")}
+    host = box.run("hostname", check=True).stdout.strip()
+    units = [f"edgewatch-agent@{name}.service" for name in ports]
+    try:
+        r = box.run("systemctl", "start", *units, timeout=200)
+        assert r.returncode == 0, r.stderr + box.journal(units[0])[-3000:]
+        for name, unit in zip(ports, units):
+            props = box.wait_for(unit, 10, ActiveState="active", SubState="running")
+            assert box.show(unit, "Description")["Description"] == f"Edgewatch edge agent {name}"
+            ready = box.run("journalctl", "--no-pager", "-u", unit, "EVENT=agent_ready", "-o", "json", check=True)
+            entry = json.loads(ready.stdout.splitlines()[-1])
+            # each its own agent: id from the file's stem, its own broker session, its own metrics port
+            assert (entry["AGENT_ID"], entry["CLIENT_ID"]) == (f"{host}-{name}", f"edgewatch-{host}-{name}"), entry
+            assert entry["_PID"] == props["MainPID"]
+            assert httpx.get(f"http://127.0.0.1:{ports[name]}/health", timeout=5).status_code == 200
+    finally:
+        box.run("systemctl", "stop", *units)
+
+
 def test_uninstall_stops_the_services_and_keeps_the_data(box):
     started(box)
-    assert box.run("systemctl", "enable", AGENT, SIDECAR).returncode == 0  # as docs/deploy.md says to
-    assert box.path(f"/etc/systemd/system/multi-user.target.wants/{AGENT}").is_symlink()
-    r = box.run(str(DEPLOY / "install.sh"), "--uninstall")
+    instance_config(box, "north")
+    # enabled as docs/deploy.md says, and one agent from the template
+    r = box.run("systemctl", "enable", "--now", AGENT, SIDECAR, "edgewatch-agent@north.service")
+    assert r.returncode == 0, r.stderr
+    wants = box.path("/etc/systemd/system/multi-user.target.wants")
+    assert (wants / AGENT).is_symlink() and (wants / "edgewatch-agent@north.service").is_symlink()
+    r = box.run("/usr/local/src/edgewatch/deploy/install.sh", "--uninstall")
     assert r.returncode == 0, r.stdout + r.stderr
-    for unit in (AGENT, SIDECAR):
+    for unit in (AGENT, SIDECAR, "edgewatch-agent@north.service"):
         assert box.show(unit, "ActiveState", "LoadState") == {"ActiveState": "inactive", "LoadState": "not-found"}
-    assert not box.path(f"/etc/systemd/system/multi-user.target.wants/{AGENT}").exists()
+        assert not (wants / unit).exists()
     assert not box.path("/opt/edgewatch").exists()
     assert box.path(CONFIG).is_file() and box.path("/var/lib/edgewatch/events.db").is_file()

@@ -51,7 +51,8 @@ def test_verify_has_no_warnings(staged: Path, tmp_path):
     (staged / "bin").mkdir(exist_ok=True)
     shutil.copy2(shutil.which("kill") or "/bin/kill", staged / "bin/kill")
     r = subprocess.run(
-        ["systemd-analyze", "verify", f"--root={staged}", *(f"/etc/systemd/system/{u}" for u in UNITS)],
+        ["systemd-analyze", "verify", f"--root={staged}",
+         *(f"/etc/systemd/system/{u}" for u in (*UNITS, "edgewatch-agent@north.service"))],
         capture_output=True, text=True, timeout=60,
     )
     assert r.returncode == 0 and r.stdout.strip() == "" and r.stderr.strip() == "", r.stdout + r.stderr
