@@ -823,14 +823,20 @@ def load(path: str | os.PathLike | None = None, environ: typing.Mapping[str, str
         cfg.agent.id = _id_token(f"{_host_name()}-{Path(path).stem}")
     if ("mqtt", "client_id") not in source:
         cfg.mqtt.client_id = f"edgewatch-{cfg.agent.id}"
+    cfg.source = source  # for `located`: not a setting (no dataclass field), so reloads do not compare it
     try:
         check(cfg)
-    except ConfigError as e:  # it names the key: say where that key was set, as a key's own error does
-        key = tuple(str(e).split(":", 1)[0].split(".", 1))
-        if key in source:
-            raise ConfigError(f"{source[key]}: {e}") from None
-        raise
+    except ConfigError as e:
+        raise located(cfg, e) from None
     return cfg
+
+
+def located(cfg: Config, error: ConfigError) -> ConfigError:
+    """`error`, which names a key, with where that key was set (the file, or the environment) in front, as a
+    key's own error has it; the rules checked after loading (the analytics' own) use it too."""
+    key = tuple(str(error).split(":", 1)[0].split(".", 1))
+    where = getattr(cfg, "source", {}).get(key)
+    return ConfigError(f"{where}: {error}") if where else error
 
 
 def _read_toml(path: str | os.PathLike) -> dict:

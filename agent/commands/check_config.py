@@ -48,10 +48,13 @@ def validate(cfg: Config) -> None:
     if cfg.metrics.listen:
         _host_port("metrics.listen", cfg.metrics.listen)
     # the analytics' own consistency rules, the same ones the graphs apply when they are wired
-    health.check(cfg.health, cfg.maintenance)
-    drift.check(cfg.drift, cfg.health)
-    market.check(cfg.market)
-    advisor.check(cfg.advisor)
+    try:
+        health.check(cfg.health, cfg.maintenance)
+        drift.check(cfg.drift, cfg.health)
+        market.check(cfg.market)
+        advisor.check(cfg.advisor)
+    except ConfigError as e:
+        raise config.located(cfg, e) from None
 
 
 def check_config_command(args) -> int:

@@ -280,12 +280,17 @@ def test_unix_sidecar_url_is_accepted(capsys, tmp_path):
     assert rc == 0, err
 
 
-def test_check_config_applies_the_analytics_rules(tmp_path, capsys):
-    """A key the loader accepts but the health graph cannot work with is caught before `run`."""
+def test_check_config_applies_the_analytics_rules(tmp_path, capsys, monkeypatch):
+    """A key the loader accepts but the health graph cannot work with is caught before `run`, named with where
+    it was set, as the loader's own errors are."""
     path = tmp_path / "agent.toml"
     path.write_text("[health]\nfast_span = 0\n")
     assert main(["check-config", str(path)]) == 2
-    assert "health.fast_span" in capsys.readouterr().err
+    assert f"configuration error: {path}: health.fast_span: must be at least 1" in capsys.readouterr().err
+    path.write_text("")
+    monkeypatch.setenv("EDGEWATCH_ADVISOR_ENTER", "0")
+    assert main(["check-config", str(path)]) == 2
+    assert "configuration error: environment: advisor.enter: must be in (0, 1]" in capsys.readouterr().err
 
 
 # -- settings that load but cannot work: check-config (and run, which applies the same checks) names them -----
