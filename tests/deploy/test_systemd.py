@@ -155,6 +155,26 @@ def test_feeds_reach_the_log_through_the_sandbox_and_doctor_passes(box, broker):
     assert "all checks passed" in r.stdout
 
 
+def test_an_operator_in_the_group_reads_the_live_log(box, broker):
+    """docs/deploy.md: `usermod -aG edgewatch alice`, then alice queries the log the agent is writing."""
+    started(box)
+    if box.run("id", "alice").returncode != 0:
+        box.run("useradd", "--no-create-home", "--groups", "edgewatch", "alice", check=True)
+    publish(broker, "sensors/box-2", {"temperature": "cold"})
+    end, r = time.monotonic() + 20, None
+    while time.monotonic() < end:
+        r = edge_agent(box, "deadletters", "--config", CONFIG, "--format", "json", user="alice")
+        if r.returncode != 0 or "sensors/box-2" in r.stdout:
+            break
+        time.sleep(0.5)
+    assert r.returncode == 0 and "sensors/box-2" in r.stdout, r.stdout + r.stderr
+    # without the group: no access, said in one line
+    if box.run("id", "bob").returncode != 0:
+        box.run("useradd", "--no-create-home", "bob", check=True)
+    r = edge_agent(box, "events", "--config", CONFIG, user="bob")
+    assert r.returncode == 2 and r.stderr.strip().endswith(f"{CONFIG}: permission denied"), r.stdout + r.stderr
+
+
 def test_reload_keeps_the_process_and_applies_live_keys(box):
     pid = started(box)["MainPID"]
     conf = box.path(CONFIG)
