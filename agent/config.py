@@ -323,6 +323,8 @@ class Config:
     risk: RiskConfig = dataclasses.field(default_factory=RiskConfig)
     news: NewsConfig = dataclasses.field(default_factory=NewsConfig)
     advisor: AdvisorConfig = dataclasses.field(default_factory=AdvisorConfig)
+    # where each key given was set, (section, key) -> the file or "environment" (`load` sets it); not a setting
+    source: typing.ClassVar[dict[tuple[str, str], str]] = {}
 
 
 DRIFT_REFERENCES = ("own", "peers", "daily")  # what a level drifts against ([drift] reference; drift.py checks it)
@@ -823,7 +825,7 @@ def load(path: str | os.PathLike | None = None, environ: typing.Mapping[str, str
         cfg.agent.id = _id_token(f"{_host_name()}-{Path(path).stem}")
     if ("mqtt", "client_id") not in source:
         cfg.mqtt.client_id = f"edgewatch-{cfg.agent.id}"
-    cfg.source = source  # for `located`: not a setting (no dataclass field), so reloads do not compare it
+    cfg.source = source
     try:
         check(cfg)
     except ConfigError as e:
@@ -835,7 +837,7 @@ def located(cfg: Config, error: ConfigError) -> ConfigError:
     """`error`, which names a key, with where that key was set (the file, or the environment) in front, as a
     key's own error has it; the rules checked after loading (the analytics' own) use it too."""
     key = tuple(str(error).split(":", 1)[0].split(".", 1))
-    where = getattr(cfg, "source", {}).get(key)
+    where = cfg.source.get(key)
     return ConfigError(f"{where}: {error}") if where else error
 
 

@@ -66,7 +66,7 @@ say() { echo "==> $*"; }
 
 if [ $action = uninstall ]; then
     if live_systemd; then
-        instances=$(cd "$unitdir" && ls -d *.wants/edgewatch-agent@?*.service 2>/dev/null | sed 's|.*/||' | sort -u)
+        instances=$(cd "$unitdir" 2>/dev/null && ls -d *.wants/edgewatch-agent@?*.service 2>/dev/null | sed 's|.*/||' | sort -u || true)
         say "stopping and disabling $units $instances"
         systemctl stop 'edgewatch-agent@*.service' 2>/dev/null || true
         systemctl disable --now $units $instances 2>/dev/null || true
