@@ -175,6 +175,36 @@ def test_an_operator_in_the_group_reads_the_live_log(box, broker):
     assert r.returncode == 2 and r.stderr.strip().endswith(f"{CONFIG}: permission denied"), r.stdout + r.stderr
 
 
+def news_event(box: SystemdBox, broker: Mosquitto, headline_id: str, timeout: float = 20) -> dict:
+    publish(broker, "news/wire", {"headline": f"Acme {headline_id}: shares rise on a new contract",
+                                  "symbols": ["ACME"], "id": headline_id})
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        found = [e for e in events(box, "--kind", "news") if e["data"].get("headline_id") == headline_id]
+        if found:
+            return found[0]["data"]
+        time.sleep(0.3)
+    raise AssertionError(f"no news event for {headline_id}\n{box.journal(AGENT)[-2000:]}")
+
+
+def test_the_agent_outlives_the_sidecar_and_uses_it_again_when_it_is_back(box, broker):
+    """The agent only Wants= the sidecar: stopping the sidecar degrades news and stops nothing else, and the
+    agent reaches the socket the restarted sidecar makes (its runtime directory is removed and made again)."""
+    pid = started(box)["MainPID"]
+    box.wait_for(SIDECAR, 10, ActiveState="active")
+    box.run("systemctl", "stop", SIDECAR, check=True)
+    assert not box.path("/run/edgewatch").exists()
+    data = news_event(box, broker, "while-away")
+    assert data["degraded"] is True and data["sentiment"] == "neutral", data
+    box.run("systemctl", "start", SIDECAR, timeout=200, check=True)
+    back = time.monotonic()
+    data = {"degraded": True}
+    while data["degraded"] and time.monotonic() - back < 15:  # the breaker lets a trial through every second
+        data = news_event(box, broker, f"back-{time.monotonic():.3f}")
+    assert data["degraded"] is False and data["model"] == "edgewatch-nanogpt", data
+    assert box.show(AGENT, "MainPID", "ActiveState") == {"MainPID": pid, "ActiveState": "active"}
+
+
 def test_reload_keeps_the_process_and_applies_live_keys(box):
     pid = started(box)["MainPID"]
     conf = box.path(CONFIG)
