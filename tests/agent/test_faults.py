@@ -9,6 +9,7 @@ acknowledged by the broker and seen by a subscriber (the outbox).
 """
 
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -19,7 +20,8 @@ import uuid
 
 import paho.mqtt.client as mqtt
 import pytest
-from edgewatch.agent.testing.plugin import AgentProcess, Mosquitto, free_port, publish_many, require, wait_for
+from edgewatch.agent.testing.plugin import (AgentProcess, Mosquitto, free_port, publish_many, require, wait_for,
+                                            wait_for_dead_letters)
 
 from .test_service import FAST, T0, captured, event_rows, stop_within
 
@@ -280,3 +282,39 @@ def test_broker_then_agent_killed_without_pause_loses_nothing(broker, tmp_path, 
         witness.close()
         collector.close()
         assert stop_within(agent) == 0, agent.log_tail()
+
+
+def test_a_full_disk_holds_the_input_back_and_loses_nothing(broker, tmp_path):
+    """The log's file system fills up (an edge box's SD card): the agent keeps running, says so on /health, holds
+    the unlogged input unacknowledged at the broker, and logs all of it, once, when space is freed."""
+    require("root", os.geteuid() == 0, "mounting a small file system for the log needs root")
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)], check=True)
+    port = free_port()
+    agent = AgentProcess(broker, tmp_path / "agent", {
+        **FAST, "store": {"url": str(disk / "events.db"), "max_backlog_age": 2.0}, "record": {"path": ""},
+        "metrics": {"listen": f"127.0.0.1:{port}"}}, protocol="5").start()
+    try:
+        agent.wait_ready(broker)
+        n = 1500  # 1.5 KB each, kept whole in the dead letters: more than the disk holds
+        publish_many(broker, [(f"sensors/s{i}", "x" * 1500 + str(i)) for i in range(n)], timeout=60)
+
+        def health() -> dict:
+            try:
+                return json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5).read())
+            except urllib.error.HTTPError as e:  # 503 while a check fails
+                return json.loads(e.read())
+
+        wait_for(lambda: "writer_backlog" in health()["failing"], 20, what="/health failing on the writer backlog")
+        state = health()
+        assert agent.proc.poll() is None and state["unacked_messages"] > 0, state  # held back, not dropped
+        assert "database or disk is full" in agent.log_tail(20_000)
+        subprocess.run(["mount", "-o", "remount,size=64m", str(disk)], check=True)  # space is freed
+        wait_for(lambda: health()["ok"], 30, what="/health ok once the log is written")
+        rows = wait_for_dead_letters(str(disk / "events.db"), n, timeout=30)
+        assert len(rows) == n and len({r["topic"] for r in rows}) == n  # every message once
+        assert stop_within(agent) == 0, agent.log_tail()
+    finally:
+        agent.kill()
+        subprocess.run(["umount", "--lazy", str(disk)], check=False)
