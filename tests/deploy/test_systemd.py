@@ -123,6 +123,11 @@ def test_agent_start_brings_up_the_sidecar_and_both_say_ready(box):
     status = box.show(AGENT, "StatusText")["StatusText"]
     assert status.startswith("connected to 127.0.0.1:"), status
     assert box.show(SIDECAR, "StatusText")["StatusText"].startswith("serving edgewatch-nanogpt on ")
+    # the sidecar (AF_UNIX only, no network) logs over the journal's socket too: its keys are fields
+    r = box.run("journalctl", "--no-pager", "-u", SIDECAR, "EVENT=model ready", "-o", "json", check=True)
+    entry = json.loads(r.stdout.splitlines()[-1])
+    assert (entry["SYSLOG_IDENTIFIER"], entry["MODEL"]) == ("edge-sidecar", "edgewatch-nanogpt"), entry
+    assert entry["PROVIDER"].endswith("ExecutionProvider"), entry
     for unit, props in ((AGENT, agent), (SIDECAR, sidecar)):
         assert box.run("ps", "-o", "user=", "-p", props["MainPID"]).stdout.strip() == "edgewatch", unit  # not root
     # the sidecar's socket: only the edgewatch user and group reach the model
