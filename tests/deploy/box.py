@@ -73,24 +73,37 @@ class SystemdBox:
         self._cgroups_before = self._cgroups()
         mountpoint = self.workdir / "box"
         mountpoint.mkdir(parents=True)
-        self.proc = subprocess.Popen(
-            ["unshare", "--pid", "--fork", "--mount", "--mount-proc", "--propagation", "private",
-             "sh", "-c", BOOT, "boot", str(mountpoint), *(x for pair in self.binds.items() for x in pair)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        console = self.workdir / "console"  # a file, not a pipe: systemd writes to it and must never block
+        with console.open("wb") as out:
+            self.proc = subprocess.Popen(
+                ["unshare", "--pid", "--fork", "--mount", "--mount-proc", "--propagation", "private",
+                 "sh", "-c", BOOT, "boot", str(mountpoint), *(x for pair in self.binds.items() for x in pair)],
+                stdout=out, stderr=out)
         end = time.monotonic() + timeout
+        why = "timed out"
         while time.monotonic() < end and self.proc.poll() is None:
-            children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text().split()
-            if children and os.readlink(f"/proc/{children[0]}/exe").endswith("/systemd") and \
-                    Path(f"/proc/{children[0]}/root/run/systemd/private").exists():  # systemctl's socket
-                self.pid = int(children[0])
+            pid = self._systemd()
+            if pid:
+                self.pid = pid
                 r = self.run("systemctl", "is-system-running", "--wait", timeout=max(1.0, end - time.monotonic()))
                 if r.stdout.strip() in ("running", "degraded"):
                     return self
-                raise RuntimeError(f"systemd in the box is {r.stdout.strip()}: {r.stderr.strip()}")
+                why = f"systemd is {r.stdout.strip()}: {r.stderr.strip()}"
+                break
             time.sleep(0.1)
-        err = self.proc.stderr.read().decode(errors="replace") if self.proc.poll() is not None else "timed out"
         self.close()
-        raise RuntimeError(f"the box did not boot: {err.strip()[-500:]}")
+        raise RuntimeError(f"the box did not boot ({why}): {console.read_text(errors='replace')[-500:]}")
+
+    def _systemd(self) -> int:
+        """systemd's PID once it listens for systemctl, else 0."""
+        try:
+            children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text().split()
+            if children and os.readlink(f"/proc/{children[0]}/exe").endswith("/systemd") and \
+                    Path(f"/proc/{children[0]}/root/run/systemd/private").exists():
+                return int(children[0])
+        except OSError:  # the boot script just exited, or exec'd
+            pass
+        return 0
 
     def run(self, *argv: str, env: dict[str, str] | None = None, timeout: float = 120.0,
             check: bool = False) -> subprocess.CompletedProcess:
