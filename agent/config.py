@@ -323,8 +323,11 @@ class Config:
     risk: RiskConfig = dataclasses.field(default_factory=RiskConfig)
     news: NewsConfig = dataclasses.field(default_factory=NewsConfig)
     advisor: AdvisorConfig = dataclasses.field(default_factory=AdvisorConfig)
-    # where each key given was set, (section, key) -> the file or "environment" (`load` sets it); not a setting
-    source: typing.ClassVar[dict[tuple[str, str], str]] = {}
+
+    def __post_init__(self) -> None:
+        # where each key given was set, (section, key) -> the file or "environment" (`load` fills it): an
+        # attribute, not a field, so it is no section and never compared
+        self.source: dict[tuple[str, str], str] = {}
 
 
 DRIFT_REFERENCES = ("own", "peers", "daily")  # what a level drifts against ([drift] reference; drift.py checks it)
@@ -811,7 +814,7 @@ def _env_overrides(environ: typing.Mapping[str, str]) -> dict:
 def load(path: str | os.PathLike | None = None, environ: typing.Mapping[str, str] | None = None) -> Config:
     """Read the TOML file (if any), then environment overrides; validate everything."""
     cfg = Config()
-    source: dict[tuple[str, str], str] = {}  # where each key given was set: the file, or the environment
+    source = cfg.source  # where each key given was set: the file, or the environment
     groups = {}
     if path is not None:
         data = _read_toml(path)
@@ -825,7 +828,6 @@ def load(path: str | os.PathLike | None = None, environ: typing.Mapping[str, str
         cfg.agent.id = _id_token(f"{_host_name()}-{Path(path).stem}")
     if ("mqtt", "client_id") not in source:
         cfg.mqtt.client_id = f"edgewatch-{cfg.agent.id}"
-    cfg.source = source
     try:
         check(cfg)
     except ConfigError as e:
@@ -835,7 +837,7 @@ def load(path: str | os.PathLike | None = None, environ: typing.Mapping[str, str
 
 def located(cfg: Config, error: ConfigError) -> ConfigError:
     """`error`, which names a key, with where that key was set (the file, or the environment) in front, as a
-    key's own error has it; the rules checked after loading (the analytics' own) use it too."""
+    key's own error has it; the checks made after loading (check-config's `validate`) use it too."""
     key = tuple(str(error).split(":", 1)[0].split(".", 1))
     where = cfg.source.get(key)
     return ConfigError(f"{where}: {error}") if where else error

@@ -66,10 +66,13 @@ say() { echo "==> $*"; }
 
 if [ $action = uninstall ]; then
     if live_systemd; then
-        instances=$(cd "$unitdir" 2>/dev/null && ls -d *.wants/edgewatch-agent@?*.service 2>/dev/null | sed 's|.*/||' | sort -u || true)
+        instances=$(cd "$unitdir" 2>/dev/null && ls -d *.wants/edgewatch-agent@?*.service 2>/dev/null \
+            | sed 's|.*/||' | sort -u | tr '\n' ' ' || true)
         say "stopping and disabling $units $instances"
         systemctl stop 'edgewatch-agent@*.service' 2>/dev/null || true
-        systemctl disable --now $units $instances 2>/dev/null || true
+        for u in $units $instances; do
+            systemctl disable --now "$u" || echo "install.sh: could not disable $u (see above)" >&2
+        done
     fi
     for u in $units $template; do rm -f "$unitdir/$u"; done
     rm -f "$sysusersdir/edgewatch.conf" "$tmpfilesdir/edgewatch.conf"
@@ -139,7 +142,8 @@ put_unit() {
 for u in $units; do put_unit "$u" "$u"; done
 # the template is the agent's unit reading the instance's own configuration file
 put_unit edgewatch-agent.service "$template" -e '/^Description=/s|$| %i|' \
-    -e 's|--config /etc/edgewatch/agent.toml|--config /etc/edgewatch/%i.toml|'
+    -e 's|--config /etc/edgewatch/agent.toml|--config /etc/edgewatch/%i.toml|' \
+    -e 's|^#   systemctl edit edgewatch-agent$|#   systemctl edit edgewatch-agent@NAME (one agent) or edgewatch-agent@.service (every one)|'
 
 if [ -e "$confdir/agent.toml" ]; then
     say "keeping existing /etc/edgewatch/agent.toml (example: $src/deploy/agent.toml)"

@@ -30,7 +30,14 @@ def _host_port(key: str, text: str) -> None:
 
 
 def validate(cfg: Config) -> None:
-    """Raise ConfigError naming the first key that cannot work."""
+    """Raise ConfigError naming the first key that cannot work, and where that key was set."""
+    try:
+        _validate(cfg)
+    except ConfigError as e:
+        raise config.located(cfg, e) from None
+
+
+def _validate(cfg: Config) -> None:
     if not cfg.mqtt.client_id:
         raise ConfigError("mqtt.client_id: empty (the persistent session needs a fixed id)")
     config.read_secret("mqtt.password_file", cfg.mqtt.password_file)
@@ -48,13 +55,10 @@ def validate(cfg: Config) -> None:
     if cfg.metrics.listen:
         _host_port("metrics.listen", cfg.metrics.listen)
     # the analytics' own consistency rules, the same ones the graphs apply when they are wired
-    try:
-        health.check(cfg.health, cfg.maintenance)
-        drift.check(cfg.drift, cfg.health)
-        market.check(cfg.market)
-        advisor.check(cfg.advisor)
-    except ConfigError as e:
-        raise config.located(cfg, e) from None
+    health.check(cfg.health, cfg.maintenance)
+    drift.check(cfg.drift, cfg.health)
+    market.check(cfg.market)
+    advisor.check(cfg.advisor)
 
 
 def check_config_command(args) -> int:

@@ -291,6 +291,10 @@ def test_check_config_applies_the_analytics_rules(tmp_path, capsys, monkeypatch)
     monkeypatch.setenv("EDGEWATCH_ADVISOR_ENTER", "0")
     assert main(["check-config", str(path)]) == 2
     assert "configuration error: environment: advisor.enter: must be in (0, 1]" in capsys.readouterr().err
+    monkeypatch.delenv("EDGEWATCH_ADVISOR_ENTER")
+    path.write_text('[metrics]\nlisten = "nowhere"\n')  # a check of check-config's own, not the analytics'
+    assert main(["check-config", str(path)]) == 2
+    assert f"configuration error: {path}: metrics.listen:" in capsys.readouterr().err
 
 
 # -- settings that load but cannot work: check-config (and run, which applies the same checks) names them -----

@@ -31,7 +31,9 @@ def test_staged_layout(staged: Path):
     template = (staged / "etc/systemd/system/edgewatch-agent@.service").read_text()
     assert template == (DEPLOY / "systemd" / UNITS[0]).read_text() \
         .replace("Description=Edgewatch edge agent\n", "Description=Edgewatch edge agent %i\n") \
-        .replace("--config /etc/edgewatch/agent.toml", "--config /etc/edgewatch/%i.toml")
+        .replace("--config /etc/edgewatch/agent.toml", "--config /etc/edgewatch/%i.toml") \
+        .replace("#   systemctl edit edgewatch-agent\n",
+                 "#   systemctl edit edgewatch-agent@NAME (one agent) or edgewatch-agent@.service (every one)\n")
     assert (staged / "usr/lib/sysusers.d/edgewatch.conf").is_file()
     assert (staged / "usr/lib/tmpfiles.d/edgewatch.conf").is_file()
     # configuration: root-owned, readable by the services' group only (it may name secrets)
