@@ -42,9 +42,10 @@ def stdout_is_journal(environ: typing.Mapping[str, str] | None = None, stream: t
 
 
 def error_line(line: str, stream: typing.TextIO) -> str:
-    """`line` as an error for `stream` (stderr): prefixed `<3>` where the stream is the journal, which reads the
-    prefix as PRIORITY=3 (SyslogLevelPrefix=, on by default), so `journalctl -p err` shows why a start failed."""
-    return f"<3>{line}" if stdout_is_journal(stream=stream) else line
+    """`line` as an error for `stream` (stderr): each of its lines prefixed `<3>` where the stream is the
+    journal, which reads the prefix as PRIORITY=3 (SyslogLevelPrefix=, on by default), so `journalctl -p err`
+    shows why a start failed."""
+    return "\n".join(f"<3>{part}" for part in line.split("\n")) if stdout_is_journal(stream=stream) else line
 
 
 def _field_name(key: str) -> str | None:

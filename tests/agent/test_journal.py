@@ -90,6 +90,7 @@ def test_error_lines_carry_the_err_priority_only_into_the_journal(tmp_path, monk
         st = os.fstat(f.fileno())
         monkeypatch.setenv("JOURNAL_STREAM", f"{st.st_dev}:{st.st_ino}")
         assert error_line("edge-agent run: configuration error: x", f) == "<3>edge-agent run: configuration error: x"
+        assert error_line("edge-sidecar: a\nb", f) == "<3>edge-sidecar: a\n<3>b"  # journald reads it line by line
         monkeypatch.delenv("JOURNAL_STREAM")
         assert error_line("edge-agent run: configuration error: x", f) == "edge-agent run: configuration error: x"
 

@@ -59,6 +59,11 @@ def missing() -> str | None:
             return f"{tool} not on PATH"
     if not os.access("/lib/systemd/systemd", os.X_OK):
         return "no /lib/systemd/systemd"
+    return None
+
+
+def unsafe() -> str | None:
+    """Why a box must not be booted on this host, or None."""
     if os.path.isdir("/run/systemd/system"):
         return "this host runs systemd: a box's systemd would manage the host's control groups"
     return None
