@@ -19,9 +19,8 @@ import time
 from pathlib import Path
 
 import httpx
-import paho.mqtt.client as mqtt
 import pytest
-from edgewatch.agent.testing.harness import Mosquitto, free_port
+from edgewatch.agent.testing.harness import Mosquitto, free_port, publish, subscribe_collect
 from edgewatch.agent.testing.plugin import require
 
 from .box import SystemdBox, missing, unsafe
@@ -96,16 +95,6 @@ def edge_agent(box: SystemdBox, *args: str, user: str = "edgewatch") -> subproce
     return box.run("runuser", "-u", user, "--", "/opt/edgewatch/bin/edge-agent", *args, env={"PYTHONPATH": DEPS})
 
 
-def publish(broker: Mosquitto, topic: str, payload: dict) -> None:
-    """One MQTT 5 message at QoS 1, acknowledged by the broker."""
-    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
-    c.connect(broker.host, broker.port)
-    c.loop_start()
-    c.publish(topic, json.dumps(payload), qos=1).wait_for_publish(10)
-    c.loop_stop()
-    c.disconnect()
-
-
 def events(box: SystemdBox, *args: str) -> list[dict]:
     """`edge-agent events --format json` in the box, as the services' user."""
     r = edge_agent(box, "events", "--config", CONFIG, "--format", "json", *args)
@@ -139,18 +128,24 @@ def test_agent_start_brings_up_the_sidecar_and_both_say_ready(box):
     assert oct(run_dir.stat().st_mode & 0o777) == "0o750" and (run_dir / "sidecar.sock").exists()
 
 
+def news_event(box: SystemdBox, broker: Mosquitto, headline_id: str, timeout: float = 20) -> dict:
+    """Publish a headline with this id and return the `data` of the `news` event the agent logs for it."""
+    publish(broker, "news/wire", {"headline": f"Acme {headline_id}: shares rise on a new contract",
+                                  "symbols": ["ACME"], "id": headline_id})
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        found = [e for e in events(box, "--kind", "news") if e["data"].get("headline_id") == headline_id]
+        if found:
+            return found[0]["data"]
+        time.sleep(0.3)
+    raise AssertionError(f"no news event for {headline_id}\n{box.journal(AGENT)[-2000:]}")
+
+
 def test_feeds_reach_the_log_through_the_sandbox_and_doctor_passes(box, broker):
     started(box)
     box.wait_for(SIDECAR, 10, ActiveState="active")
-    publish(broker, "news/wire", {"headline": "Acme beats earnings estimates and raises its outlook",
-                                  "symbols": ["ACME"], "id": "box-1"})
     publish(broker, "sensors/box-1", {"temperature": "hot"})  # malformed: a dead letter with its reason
-    end, news = time.monotonic() + 30, []
-    while time.monotonic() < end and not news:
-        news = [e for e in events(box, "--kind", "news") if e["data"].get("headline_id") == "box-1"]
-        time.sleep(0.5)
-    assert news, box.journal(AGENT)[-3000:]
-    data = news[0]["data"]
+    data = news_event(box, broker, "box-1", timeout=30)
     assert data["degraded"] is False and data["model"] == "edgewatch-nanogpt", data  # asked over the socket
     assert data["sentiment"] in ("bullish", "bearish", "neutral") and 0 < data["confidence"] <= 1
     r = edge_agent(box, "deadletters", "--config", CONFIG, "--format", "json")
@@ -182,18 +177,6 @@ def test_an_operator_in_the_group_reads_the_live_log(box, broker):
         box.run("useradd", "--no-create-home", "bob", check=True)
     r = edge_agent(box, "events", "--config", CONFIG, user="bob")
     assert r.returncode == 2 and r.stderr.strip().endswith(f"{CONFIG}: permission denied"), r.stdout + r.stderr
-
-
-def news_event(box: SystemdBox, broker: Mosquitto, headline_id: str, timeout: float = 20) -> dict:
-    publish(broker, "news/wire", {"headline": f"Acme {headline_id}: shares rise on a new contract",
-                                  "symbols": ["ACME"], "id": headline_id})
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        found = [e for e in events(box, "--kind", "news") if e["data"].get("headline_id") == headline_id]
-        if found:
-            return found[0]["data"]
-        time.sleep(0.3)
-    raise AssertionError(f"no news event for {headline_id}\n{box.journal(AGENT)[-2000:]}")
 
 
 def test_the_agent_outlives_the_sidecar_and_uses_it_again_when_it_is_back(box, broker):
@@ -254,7 +237,8 @@ def test_hung_agent_is_killed_by_the_watchdog_and_restarted(box):
         box.run("systemctl", "restart", AGENT, timeout=200, check=True)
         before = box.wait_for(AGENT, 10, ActiveState="active", SubState="running")
         time.sleep(10)  # two watchdog periods: a running graph keeps pinging
-        assert box.show(AGENT, "MainPID", "NRestarts") == {"MainPID": before["MainPID"], "NRestarts": before["NRestarts"]}
+        assert box.show(AGENT, "MainPID", "NRestarts") == \
+            {"MainPID": before["MainPID"], "NRestarts": before["NRestarts"]}
         box.run("kill", "-STOP", before["MainPID"], check=True)  # SIGSTOP: the process stays, its pings stop
         after = box.wait_for(AGENT, 40, ActiveState="active", SubState="running",
                              NRestarts=str(int(before["NRestarts"]) + 1))
@@ -267,13 +251,11 @@ def test_hung_agent_is_killed_by_the_watchdog_and_restarted(box):
 
 def test_stop_is_clean_and_says_offline(box, broker):
     started(box)
-    seen: list[dict] = []
-    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
-    c.on_message = lambda _c, _u, m: seen.append(json.loads(m.payload))
-    c.connect(broker.host, broker.port)
-    c.subscribe("edgewatch/status", qos=1)
-    c.loop_start()
-    try:
+    with subscribe_collect(broker, "edgewatch/status") as status:
+
+        def seen() -> list[dict]:
+            return [json.loads(p) for _, p in list(status)]
+
         t0 = time.monotonic()
         r = box.run("systemctl", "stop", AGENT, timeout=60)
         took = time.monotonic() - t0
@@ -286,12 +268,9 @@ def test_stop_is_clean_and_says_offline(box, broker):
         stopped = [json.loads(x) for x in box.journal(AGENT, "-o", "cat").splitlines() if '"agent_stopped"' in x]
         assert stopped and stopped[-1]["failed"] is False
         end = time.monotonic() + 5
-        while not (seen and seen[-1]["state"] == "offline") and time.monotonic() < end:
+        while not (seen() and seen()[-1]["state"] == "offline") and time.monotonic() < end:
             time.sleep(0.1)
-        assert seen and seen[-1]["state"] == "offline", seen
-    finally:
-        c.loop_stop()
-        c.disconnect()
+        assert seen() and seen()[-1]["state"] == "offline", seen()
 
 
 def test_configuration_error_exits_2_and_is_not_restarted(box):
